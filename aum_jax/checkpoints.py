@@ -1,0 +1,72 @@
+"""Saving and restoring AudioMamba models with orbax.
+
+A model directory holds ``config.json`` (the ``AuMConfig``) and ``params/`` (an orbax
+checkpoint of the model's ``nnx.Param`` state). It is written to a temporary sibling
+directory first and renamed into place, so a crash never leaves a partial model behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+from aum_jax.models import AudioMamba, AuMConfig
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def save_model(model: AudioMamba, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Writes ``model`` to ``directory`` atomically and returns its absolute path."""
+    directory = Path(directory).absolute()
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.config.save(staging / CONFIG_FILE)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(staging / PARAMS_DIR, nnx.state(model, nnx.Param))
+            checkpointer.wait_until_finished()
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logging.info("Saved %s model to %s", model.config.aum_type, directory)
+    return directory
+
+
+def load_config(directory: str | os.PathLike) -> AuMConfig:
+    """Reads the ``AuMConfig`` of a model directory."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {directory} is not an aum-jax model directory.")
+    return AuMConfig.load(path)
+
+
+def init_model(config: AuMConfig, seed: int = 0) -> AudioMamba:
+    """Builds a freshly initialised model, with initialisation compiled (fast for base sizes)."""
+    return nnx.jit(lambda: AudioMamba(config, rngs=nnx.Rngs(seed)))()
+
+
+def load_model(directory: str | os.PathLike, **config_overrides) -> AudioMamba:
+    """Restores a model saved by ``save_model``.
+
+    ``config_overrides`` may change fields that do not touch the parameters, such as
+    ``scan_impl`` or ``drop_path_rate``.
+    """
+    directory = Path(directory).absolute()
+    config = load_config(directory).replace(**config_overrides)
+    model = init_model(config)
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(directory / PARAMS_DIR, nnx.state(model, nnx.Param))
+    nnx.update(model, params)
+    return model

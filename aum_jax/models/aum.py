@@ -1,0 +1,181 @@
+"""AudioMamba: patch embedding, cls token, position embedding, Mamba blocks and head.
+
+The forward pass, for an input fbank (B, T, F):
+
+1. transpose to (B, F, T) and cut into patches with a strided conv -> (B, F'*T', D), patches
+   ordered frequency-major (or time-major with ``transpose_token_sequence``);
+2. add the absolute position embedding, whose cls entries are stored first, and insert the cls
+   token(s) at their position (the middle of the sequence by default);
+3. run the stack of Mamba blocks as one ``lax.scan`` over layer-stacked parameters;
+4. add the last residual, RMS-normalise, take the cls token (or pool) and apply the head.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from aum_jax.models.config import AuMConfig
+from aum_jax.models.mamba import Block, RMSNorm
+
+
+def timm_trunc_normal(std: float = 0.02) -> nnx.Initializer:
+    """timm's ``trunc_normal_(std=std)``: N(0, std) cut at the absolute values +-2."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return (jax.random.truncated_normal(key, -2.0 / std, 2.0 / std, shape, jnp.float32) * std).astype(dtype)
+
+    return init
+
+
+def drop_path_rates(config: AuMConfig) -> np.ndarray:
+    """(depth,) stochastic-depth rate of each block.
+
+    The original draws ``linspace(0, drop_path_rate, depth)`` and gives block ``i`` entry
+    ``i - 1`` of it (block 0 gets 0), so the last rate is never used by a block.
+    """
+    rates = np.linspace(0.0, config.drop_path_rate, config.depth)
+    return np.concatenate([[0.0], rates[:-1]]).astype(np.float32)
+
+
+def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
+    """Merges identically built modules into one whose arrays carry a leading layer axis."""
+    splits = [nnx.split(m) for m in modules]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[state for _, state in splits])
+    return nnx.merge(splits[0][0], stacked)
+
+
+class PatchEmbed(nnx.Module):
+    """A strided conv over the (F, T) plane: (B, F, T, 1) -> (B, F', T', D)."""
+
+    def __init__(self, config: AuMConfig, *, rngs: nnx.Rngs):
+        self.proj = nnx.Conv(
+            1, config.embed_dim, kernel_size=config.patch_size, strides=config.strides,
+            padding="VALID", dtype=jnp.dtype(config.dtype),
+            kernel_init=nnx.initializers.lecun_normal(), bias_init=nnx.initializers.zeros, rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(x)
+
+
+class DropPath(nnx.Module):
+    """Per-sample keep masks for stochastic depth, scaled by 1/keep like timm's DropPath."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.rngs = rngs["dropout"].fork()
+        self.deterministic = False
+
+    def masks(self, rates: np.ndarray, batch: int) -> jax.Array:
+        """rates (K,) -> keep masks (K, B, 1, 1); all ones in eval mode or when every rate is 0."""
+        if self.deterministic or not rates.any():
+            return jnp.ones((len(rates), batch, 1, 1), jnp.float32)
+        keep = jnp.asarray(1.0 - rates)[:, None, None, None]
+        draws = jax.random.bernoulli(self.rngs(), keep, (len(rates), batch, 1, 1))
+        return draws / keep
+
+
+class AudioMamba(nnx.Module):
+    """The AuM classifier. ``model(x)`` maps fbank features (B, T, F) to logits (B, classes)."""
+
+    def __init__(self, config: AuMConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dim = config.embed_dim
+        self.patch_embed = PatchEmbed(config, rngs=rngs)
+        init = timm_trunc_normal(0.02)
+        if config.cls_position == "double":
+            self.cls_token_head = nnx.Param(init(rngs.params(), (1, 1, dim)))
+            self.cls_token_tail = nnx.Param(init(rngs.params(), (1, 1, dim)))
+        elif config.cls_position != "none":
+            self.cls_token = nnx.Param(init(rngs.params(), (1, 1, dim)))
+        self.pos_embed = nnx.Param(init(rngs.params(), (1, config.num_cls_tokens + config.num_patches, dim)))
+        self.pos_drop = nnx.Dropout(config.drop_rate, rngs=rngs)
+        self.layers = stack_modules([Block(config, rngs=rngs) for _ in range(config.depth)])
+        self.drop_path = DropPath(rngs=rngs)
+        self.norm_f = RMSNorm(dim, config.norm_epsilon)
+        if config.num_classes > 0:
+            self.head = nnx.Linear(
+                dim, config.num_classes, kernel_init=timm_trunc_normal(0.02),
+                bias_init=nnx.initializers.zeros, rngs=rngs,
+            )
+
+    def cls_positions(self) -> list[int]:
+        """Indices of the cls token(s) in the token sequence."""
+        n = self.config.num_patches
+        return {"middle": [n // 2], "head": [0], "end": [n], "double": [0, n + 1], "none": []}[
+            self.config.cls_position
+        ]
+
+    def tokens(self, x: jax.Array) -> jax.Array:
+        """Fbank (B, T, F) -> embedded token sequence (B, N + cls tokens, D)."""
+        cfg = self.config
+        patches = self.patch_embed(jnp.swapaxes(x, 1, 2)[..., None])
+        batch, f_grid, t_grid, dim = patches.shape
+        pos = self.pos_embed[...]
+        n_cls = cfg.num_cls_tokens
+        patches = patches.reshape(batch, f_grid * t_grid, dim) + pos[:, n_cls:]
+        if cfg.transpose_token_sequence:
+            patches = jnp.swapaxes(patches.reshape(batch, f_grid, t_grid, dim), 1, 2)
+            patches = patches.reshape(batch, t_grid * f_grid, dim)
+        if cfg.cls_position == "double":
+            head = jnp.broadcast_to(self.cls_token_head[...] + pos[:, :1], (batch, 1, dim))
+            tail = jnp.broadcast_to(self.cls_token_tail[...] + pos[:, 1:2], (batch, 1, dim))
+            tokens = jnp.concatenate([head, patches.astype(head.dtype), tail], axis=1)
+        elif cfg.cls_position != "none":
+            at = self.cls_positions()[0]
+            cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (batch, 1, dim))
+            patches = patches.astype(cls.dtype)
+            tokens = jnp.concatenate([patches[:, :at], cls, patches[:, at:]], axis=1)
+        else:
+            tokens = patches
+        return self.pos_drop(tokens)
+
+    def encode(self, tokens: jax.Array) -> jax.Array:
+        """Runs the Mamba blocks and the final norm: (B, L, D) -> (B, L, D) float32."""
+        cfg = self.config
+        rates = np.concatenate([drop_path_rates(cfg), [cfg.drop_path_rate]]).astype(np.float32)
+        masks = self.drop_path.masks(rates, tokens.shape[0])
+        graphdef, stacked = nnx.split(self.layers)
+
+        def body(carry, xs):
+            layer_state, keep_mask = xs
+            return nnx.merge(graphdef, layer_state)(*carry, keep_mask), None
+
+        residual = jnp.zeros(tokens.shape, jnp.float32 if cfg.residual_in_fp32 else tokens.dtype)
+        (hidden, residual), _ = jax.lax.scan(body, (tokens, residual), (stacked, masks[:-1]))
+        residual = residual + hidden * masks[-1].astype(hidden.dtype)
+        return self.norm_f(residual)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Fbank (B, T, F) -> pooled features (B, D), or token features (B, L, D) for pool "max"."""
+        hidden = self.encode(self.tokens(x))
+        positions = self.cls_positions()
+        if positions:
+            return jnp.mean(jnp.stack([hidden[:, p] for p in positions]), axis=0)
+        if self.config.pool == "mean":
+            return hidden.mean(axis=1)
+        if self.config.pool == "last":
+            return hidden[:, -1]
+        return hidden
+
+    def __call__(self, x: jax.Array, *, return_features: bool = False) -> jax.Array:
+        """Fbank features (B, T, F), normalised -> logits (B, classes), or features (B, D)."""
+        cfg = self.config
+        if x.ndim != 3 or x.shape[1:] != (cfg.audio_length, cfg.num_mel_bins):
+            raise ValueError(
+                f"AudioMamba expects (batch, {cfg.audio_length}, {cfg.num_mel_bins}) features, got {x.shape}."
+            )
+        feats = self.features(x)
+        if return_features:
+            return feats
+        logits = self.head(feats)
+        if cfg.cls_position == "none" and cfg.pool == "max":
+            logits = logits.max(axis=1)
+        return logits
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters, counted as PyTorch counts ``model.parameters()``."""
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,126 @@
+"""The hyperparameters of an AudioMamba model, with the original AuM defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+EMBED_DIMS: dict[str, int] = {"tiny": 192, "small": 384, "base": 768}
+# The paper's block names and the original `bimamba_type` values they map to.
+AUM_TYPES: dict[str, str] = {"Fo-Fo": "none", "Fo-Bi": "v1", "Bi-Bi": "v2"}
+BIMAMBA_TYPES: tuple[str, ...] = tuple(AUM_TYPES.values())
+CLS_POSITIONS: tuple[str, ...] = ("middle", "head", "end", "double", "none")
+POOLS: tuple[str, ...] = ("mean", "last", "max")
+
+BimambaType = Literal["none", "v1", "v2"]
+ClsPosition = Literal["middle", "head", "end", "double", "none"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AuMConfig:
+    """Everything that fixes an AudioMamba's parameters and forward pass.
+
+    Field defaults are those of the original training script (`src/run.py`) and of its
+    `AudioMamba` and `Mamba` constructors.
+    """
+
+    num_mel_bins: int = 128  # F: fbank bins of the input
+    audio_length: int = 1024  # T: frames of the input (10 ms each)
+    patch_size: tuple[int, int] = (16, 16)  # (frequency, time) patch
+    strides: tuple[int, int] = (16, 16)  # (frequency, time) stride; smaller than the patch overlaps
+    embed_dim: int = 768  # model width: tiny 192, small 384, base 768
+    depth: int = 24  # number of Mamba blocks
+    num_classes: int = 527  # head outputs; 0 drops the head
+    bimamba_type: BimambaType = "v1"  # "none" Fo-Fo, "v1" Fo-Bi, "v2" Bi-Bi
+    d_state: int = 16  # SSM state size N
+    d_conv: int = 4  # causal depthwise conv width
+    expand: int = 2  # inner width = expand * embed_dim
+    dt_rank: int | None = None  # None: ceil(embed_dim / 16)
+    dt_min: float = 1e-3  # softplus(dt bias) is drawn log-uniform in [dt_min, dt_max]
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4  # lower clamp of the drawn dt
+    dt_scale: float = 1.0  # dt_proj weights are U(+-dt_scale / sqrt(dt_rank))
+    conv_bias: bool = True  # bias of the causal conv
+    proj_bias: bool = False  # bias of in_proj and out_proj
+    norm_epsilon: float = 1e-5  # RMSNorm epsilon
+    residual_in_fp32: bool = True  # keep the residual stream in float32
+    if_devide_out: bool = True  # Bi-Bi: average (not sum) the two directions
+    cls_position: ClsPosition = "middle"  # where the cls token sits; "none" pools instead
+    pool: str = "mean"  # without a cls token: "mean", "last" or "max" (head, then max over tokens)
+    transpose_token_sequence: bool = False  # order patches time-major instead of frequency-major
+    drop_rate: float = 0.0  # dropout after the position embedding
+    drop_path_rate: float = 0.0  # stochastic depth: linear in depth, shifted by one block
+    scan_impl: str = "associative"  # selective-scan implementation, see aum_jax.ops.SCAN_IMPLS
+    scan_chunk_size: int = 128  # steps per chunk for scan_impl="chunked"
+    dtype: str = "float32"  # compute dtype of the projections; params and state stay float32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        object.__setattr__(self, "strides", tuple(self.strides))
+        if self.bimamba_type not in BIMAMBA_TYPES:
+            raise ValueError(f"bimamba_type must be one of {BIMAMBA_TYPES}, got {self.bimamba_type!r}")
+        if self.cls_position not in CLS_POSITIONS:
+            raise ValueError(f"cls_position must be one of {CLS_POSITIONS}, got {self.cls_position!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        for name, value in (("num_mel_bins", self.num_mel_bins), ("audio_length", self.audio_length)):
+            patch = self.patch_size[0] if name == "num_mel_bins" else self.patch_size[1]
+            if value < patch:
+                raise ValueError(f"{name}={value} is smaller than the patch ({patch}).")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.embed_dim
+
+    @property
+    def resolved_dt_rank(self) -> int:
+        return self.dt_rank if self.dt_rank is not None else math.ceil(self.embed_dim / 16)
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(F', T'): patches along frequency and time, as a VALID strided conv gives."""
+        (pf, pt), (sf, st) = self.patch_size, self.strides
+        return (self.num_mel_bins - pf) // sf + 1, (self.audio_length - pt) // st + 1
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_grid[0] * self.patch_grid[1]
+
+    @property
+    def num_cls_tokens(self) -> int:
+        return {"none": 0, "double": 2}.get(self.cls_position, 1)
+
+    @property
+    def aum_type(self) -> str:
+        return {v: k for k, v in AUM_TYPES.items()}[self.bimamba_type]
+
+    @property
+    def size_name(self) -> str:
+        return {v: k for k, v in EMBED_DIMS.items()}.get(self.embed_dim, f"d{self.embed_dim}")
+
+    def replace(self, **changes: Any) -> AuMConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> AuMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown AuMConfig fields: {unknown}")
+        return cls(**dict(values))
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AuMConfig:
+        with open(path) as f:
+            return cls.from_dict(json.load(f))

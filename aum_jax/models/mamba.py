@@ -1,0 +1,198 @@
+"""The Mamba mixer of AuM in its three variants, and the pre-norm residual block around it.
+
+- ``bimamba_type="none"`` (Fo-Fo): one causal scan, forward in time.
+- ``bimamba_type="v1"`` (Fo-Bi): the causal conv runs once, forward. A second scan runs over the
+  flipped conv output, delta, B, C and z with its own ``A_b_log`` and the shared ``D``,
+  ``x_proj`` and ``dt_proj``. The output is ``out_proj(y_f + flip(y_b))``.
+- ``bimamba_type="v2"`` (Bi-Bi): the backward branch has its own conv, ``x_proj``, ``dt_proj``,
+  ``D`` and ``A_b_log``, and is fed the flipped ``in_proj`` output. The output is
+  ``out_proj((y_f + flip(y_b)) / 2)`` (the sum when ``if_devide_out`` is off).
+
+Parameter names follow the original module tree, so that a PyTorch key such as
+``layers.3.mixer.x_proj_b.weight`` has an obvious NNX counterpart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from aum_jax.models.config import AuMConfig
+from aum_jax.ops import selective_scan
+
+
+def torch_linear_init(fan_in: int, scale: float = 1.0) -> nnx.Initializer:
+    """PyTorch's default ``nn.Linear``/``nn.Conv1d`` init: U(+-1/sqrt(fan_in)), times ``scale``."""
+    bound = scale / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm over the last axis, computed in float32: ``x / rms(x) * weight``."""
+
+    def __init__(self, dim: int, eps: float):
+        self.eps = eps
+        self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(..., D) -> (..., D) float32."""
+        x = x.astype(jnp.float32)
+        rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+        return x * rstd * self.weight[...]
+
+
+class CausalConv1d(nnx.Module):
+    """Depthwise causal conv over time: output t sees inputs t-K+1 .. t (zeros before 0)."""
+
+    def __init__(self, channels: int, width: int, use_bias: bool, *, rngs: nnx.Rngs):
+        init = torch_linear_init(width)
+        self.kernel = nnx.Param(init(rngs.params(), (width, channels)))
+        self.bias = nnx.Param(init(rngs.params(), (channels,))) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, L, C) -> (B, L, C)."""
+        kernel = self.kernel[...].astype(x.dtype)
+        width, length = kernel.shape[0], x.shape[1]
+        padded = jnp.pad(x, ((0, 0), (width - 1, 0), (0, 0)))
+        out = sum(padded[:, k : k + length] * kernel[k] for k in range(width))
+        if self.bias is not None:
+            out = out + self.bias[...].astype(x.dtype)
+        return out
+
+
+class SSMBranch(nnx.Module):
+    """The parameters of one scan direction: x_proj, dt_proj, A_log and D."""
+
+    def __init__(self, config: AuMConfig, *, rngs: nnx.Rngs):
+        d_inner, rank, n = config.d_inner, config.resolved_dt_rank, config.d_state
+        dtype = jnp.dtype(config.dtype)
+        self.x_proj = nnx.Linear(
+            d_inner, rank + 2 * n, use_bias=False, dtype=dtype,
+            kernel_init=torch_linear_init(d_inner), rngs=rngs,
+        )
+        self.dt_proj = nnx.Linear(
+            rank, d_inner, dtype=dtype,
+            kernel_init=torch_linear_init(1, scale=config.dt_scale * rank**-0.5),
+            bias_init=_dt_bias_init(config), rngs=rngs,
+        )
+
+
+def _dt_bias_init(config: AuMConfig) -> nnx.Initializer:
+    """dt drawn log-uniform in [dt_min, dt_max], floored, stored as softplus^-1(dt)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        lo, hi = math.log(config.dt_min), math.log(config.dt_max)
+        dt = jnp.exp(jax.random.uniform(key, shape, jnp.float32) * (hi - lo) + lo)
+        dt = jnp.maximum(dt, config.dt_init_floor)
+        return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
+
+    return init
+
+
+def _s4d_real_a_log(config: AuMConfig) -> nnx.Param:
+    """A_log with A = -(1, 2, ..., N) for every channel: (D_inner, N)."""
+    a = jnp.broadcast_to(jnp.arange(1, config.d_state + 1, dtype=jnp.float32), (config.d_inner, config.d_state))
+    return nnx.Param(jnp.log(a))
+
+
+class Mamba(nnx.Module):
+    """The Mamba mixer: (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, config: AuMConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d_model, d_inner = config.embed_dim, config.d_inner
+        dtype = jnp.dtype(config.dtype)
+        self.in_proj = nnx.Linear(
+            d_model, 2 * d_inner, use_bias=config.proj_bias, dtype=dtype,
+            kernel_init=torch_linear_init(d_model), bias_init=nnx.initializers.zeros, rngs=rngs,
+        )
+        self.conv1d = CausalConv1d(d_inner, config.d_conv, config.conv_bias, rngs=rngs)
+        forward = SSMBranch(config, rngs=rngs)
+        self.x_proj, self.dt_proj = forward.x_proj, forward.dt_proj
+        self.A_log = _s4d_real_a_log(config)
+        self.D = nnx.Param(jnp.ones((d_inner,), jnp.float32))
+        if config.bimamba_type in ("v1", "v2"):
+            self.A_b_log = _s4d_real_a_log(config)
+        if config.bimamba_type == "v2":
+            self.conv1d_b = CausalConv1d(d_inner, config.d_conv, config.conv_bias, rngs=rngs)
+            backward = SSMBranch(config, rngs=rngs)
+            self.x_proj_b, self.dt_proj_b = backward.x_proj, backward.dt_proj
+            self.D_b = nnx.Param(jnp.ones((d_inner,), jnp.float32))
+        # GPT-2 style: out_proj is PyTorch-default initialised, then scaled by 1/sqrt(depth).
+        self.out_proj = nnx.Linear(
+            d_inner, d_model, use_bias=config.proj_bias, dtype=dtype,
+            kernel_init=torch_linear_init(d_inner, scale=1 / math.sqrt(config.depth)),
+            bias_init=nnx.initializers.zeros, rngs=rngs,
+        )
+
+    def _scan(
+        self,
+        x: jax.Array,
+        z: jax.Array,
+        x_proj: nnx.Linear,
+        dt_proj: nnx.Linear,
+        a_log: nnx.Param,
+        d: nnx.Param,
+    ) -> jax.Array:
+        """Runs one direction on the conv output ``x`` (B, L, Di) with gate ``z``: -> (B, L, Di)."""
+        cfg = self.config
+        rank, n = cfg.resolved_dt_rank, cfg.d_state
+        x_dbl = x_proj(x)
+        dt, b, c = jnp.split(x_dbl, [rank, rank + n], axis=-1)
+        delta = dt @ dt_proj.kernel[...].astype(dt.dtype)
+        return selective_scan(
+            x, delta, -jnp.exp(a_log[...]), b, c, d[...], z,
+            delta_bias=dt_proj.bias[...], delta_softplus=True,
+            impl=cfg.scan_impl, chunk_size=cfg.scan_chunk_size,
+        )
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        """(B, L, D) -> (B, L, D)."""
+        cfg = self.config
+        xz = self.in_proj(hidden)
+        x, z = jnp.split(xz, 2, axis=-1)
+        x_conv = jax.nn.silu(self.conv1d(x))
+        y = self._scan(x_conv, z, self.x_proj, self.dt_proj, self.A_log, self.D)
+        if cfg.bimamba_type == "v1":
+            flip = lambda t: jnp.flip(t, axis=1)  # noqa: E731
+            y_b = self._scan(flip(x_conv), flip(z), self.x_proj, self.dt_proj, self.A_b_log, self.D)
+            y = y + flip(y_b)
+        elif cfg.bimamba_type == "v2":
+            x_b, z_b = jnp.flip(x, axis=1), jnp.flip(z, axis=1)
+            x_b_conv = jax.nn.silu(self.conv1d_b(x_b))
+            y_b = self._scan(x_b_conv, z_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+            y = y + jnp.flip(y_b, axis=1)
+            if cfg.if_devide_out:
+                y = y / 2
+        return self.out_proj(y)
+
+
+class Block(nnx.Module):
+    """Add -> RMSNorm -> Mamba, carrying the residual stream separately.
+
+    ``residual = residual + drop_path(hidden)``; ``hidden = mixer(norm(residual))``.
+    Starting from ``residual = 0`` with a drop-path rate of 0 in the first block gives the
+    original's first block, which takes ``residual = hidden``.
+    """
+
+    def __init__(self, config: AuMConfig, *, rngs: nnx.Rngs):
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = RMSNorm(config.embed_dim, config.norm_epsilon)
+        self.mixer = Mamba(config, rngs=rngs)
+
+    def __call__(
+        self, hidden: jax.Array, residual: jax.Array, keep_mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """hidden, residual (B, L, D), keep_mask (B, 1, 1) -> new hidden, new residual."""
+        residual = residual + hidden * keep_mask.astype(hidden.dtype)
+        if self.residual_in_fp32:
+            residual = residual.astype(jnp.float32)
+        normed = self.norm(residual).astype(hidden.dtype)
+        return self.mixer(normed), residual

@@ -1,0 +1,155 @@
+"""Selective scan (the S6 recurrence of Mamba) in pure JAX.
+
+The recurrence, per batch b, channel d and state n, over time t:
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+    y_t = <h_t, C_t> + D * u_t,   then   y_t *= silu(z_t)
+
+Tensors are channels-last, the natural JAX layout: ``u``, ``delta`` and ``z`` are
+(B, L, D), ``B`` and ``C`` are (B, L, N), ``A`` is (D, N). The original CUDA kernel
+takes (B, D, L); only the layout differs, the arguments and their meaning are the same.
+
+Three implementations compute the same function and are all differentiable:
+
+- ``"sequential"``: a ``lax.scan`` over time, the readable reference.
+- ``"associative"``: ``jax.lax.associative_scan`` over time, log-depth parallel.
+- ``"chunked"``: a ``lax.scan`` over chunks of ``chunk_size`` steps with a parallel scan
+  inside each chunk; the chunk body is rematerialised, so neither the forward nor the
+  backward pass ever holds the whole (B, L, D, N) state tensor, only chunk-boundary states.
+
+The state is always float32, whatever the input dtype; the output takes ``u``'s dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+ScanImpl = Literal["sequential", "associative", "chunked"]
+SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked")
+DEFAULT_CHUNK_SIZE = 128
+
+
+def _discretize(
+    u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Returns the per-step decay exp(delta*A) and input delta*B*u, both (B, L, D, N) float32."""
+    decay = jnp.exp(delta[..., None] * A)
+    drive = (delta * u)[..., None] * B[:, :, None, :]
+    return decay, drive
+
+
+def _combine(
+    left: tuple[jax.Array, jax.Array], right: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    """Composes two affine maps h -> a*h + b, applying ``left`` first."""
+    a_l, b_l = left
+    a_r, b_r = right
+    return a_r * a_l, a_r * b_l + b_r
+
+
+def _scan_sequential(u, delta, A, B, C, h0):
+    """(B, L, D) inputs -> (B, L, D) readout <h_t, C_t>, with a ``lax.scan`` over time."""
+
+    def step(h, inputs):
+        u_t, delta_t, B_t, C_t = inputs
+        h = jnp.exp(delta_t[..., None] * A) * h + (delta_t * u_t)[..., None] * B_t[:, None, :]
+        return h, jnp.einsum("bdn,bn->bd", h, C_t)
+
+    time_major = [jnp.swapaxes(x, 0, 1) for x in (u, delta, B, C)]
+    _, y = jax.lax.scan(step, h0, time_major)
+    return jnp.swapaxes(y, 0, 1)
+
+
+def _scan_parallel(u, delta, A, B, C, h0):
+    """Like ``_scan_sequential`` with an associative scan; also returns the last state (B, D, N)."""
+    decay, drive = _discretize(u, delta, A, B)
+    drive = drive.at[:, 0].add(decay[:, 0] * h0)
+    _, h = jax.lax.associative_scan(_combine, (decay, drive), axis=1)
+    return jnp.einsum("bldn,bln->bld", h, C), h[:, -1]
+
+
+def _scan_associative(u, delta, A, B, C, h0):
+    return _scan_parallel(u, delta, A, B, C, h0)[0]
+
+
+def _scan_chunked(u, delta, A, B, C, h0, chunk_size: int):
+    """Scans chunks of ``chunk_size`` steps in turn; only boundary states are kept."""
+    batch, length, dim = u.shape
+    chunk = min(chunk_size, length)
+    n_chunks = -(-length // chunk)
+    pad = n_chunks * chunk - length
+    if pad:
+        # delta = 0 makes a step the identity map: decay exp(0) = 1 and input 0.
+        u, delta, B, C = (jnp.pad(x, ((0, 0), (0, pad), (0, 0))) for x in (u, delta, B, C))
+
+    def to_chunks(x):
+        return jnp.swapaxes(x.reshape(batch, n_chunks, chunk, x.shape[-1]), 0, 1)
+
+    @jax.checkpoint
+    def body(h, inputs):
+        y, h_last = _scan_parallel(*inputs[:2], A, *inputs[2:], h)
+        return h_last, y
+
+    _, y = jax.lax.scan(body, h0, [to_chunks(x) for x in (u, delta, B, C)])
+    y = jnp.swapaxes(y, 0, 1).reshape(batch, n_chunks * chunk, dim)
+    return y[:, :length]
+
+
+@functools.partial(jax.jit, static_argnames=("delta_softplus", "impl", "chunk_size"))
+def selective_scan(
+    u: jax.Array,
+    delta: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    D: jax.Array | None = None,
+    z: jax.Array | None = None,
+    delta_bias: jax.Array | None = None,
+    delta_softplus: bool = False,
+    *,
+    impl: ScanImpl = "associative",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> jax.Array:
+    """Runs the selective scan.
+
+    Args:
+      u: (B, L, D) input.
+      delta: (B, L, D) step sizes, before ``delta_bias`` and softplus.
+      A: (D, N) state matrix (negative reals: ``-exp(A_log)``).
+      B: (B, L, N) input projection.
+      C: (B, L, N) output projection.
+      D: (D,) skip connection, or None.
+      z: (B, L, D) gate, multiplied in as ``silu(z)``, or None.
+      delta_bias: (D,) added to ``delta`` before the softplus, or None.
+      delta_softplus: apply softplus to ``delta`` (after adding ``delta_bias``).
+      impl: one of ``SCAN_IMPLS``.
+      chunk_size: steps per chunk for ``impl="chunked"``.
+
+    Returns:
+      (B, L, D) output in ``u``'s dtype.
+    """
+    if impl not in SCAN_IMPLS:
+        raise ValueError(f"Unknown selective-scan impl {impl!r}; choose one of {SCAN_IMPLS}.")
+    out_dtype = u.dtype
+    f32 = jnp.float32
+    u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.astype(f32)
+    if delta_softplus:
+        delta = jax.nn.softplus(delta)
+    h0 = jnp.zeros((u.shape[0], u.shape[2], A.shape[1]), f32)
+    if impl == "sequential":
+        y = _scan_sequential(u, delta, A, B, C, h0)
+    elif impl == "associative":
+        y = _scan_associative(u, delta, A, B, C, h0)
+    else:
+        y = _scan_chunked(u, delta, A, B, C, h0, chunk_size)
+    if D is not None:
+        y = y + u * D.astype(f32)
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(f32))
+    return y.astype(out_dtype)
