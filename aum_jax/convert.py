@@ -20,6 +20,7 @@ import dataclasses
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -65,6 +66,8 @@ def read_torch_checkpoint(path: str | os.PathLike) -> StateDict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch zip archive nor a pickle).")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -85,6 +88,14 @@ def read_torch_checkpoint(path: str | os.PathLike) -> StateDict:
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
         state[key.removeprefix("module.")] = value.detach().to(torch.float32).numpy()
     return state
+
+
+def _looks_like_torch_file(path: str) -> bool:
+    """True for torch's zip format and for the legacy pickle format (protocol-2+ magic byte)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""Converts an original PyTorch AuM checkpoint into an aum-jax model directory.
+
+Plain conversion (a trained AuM model, config inferred from the tensor shapes):
+
+  python scripts/convert_checkpoint.py --torch-checkpoint best_audio_model.pth --output models/aum_base
+
+Init mode (a NEW model initialised from ViM ImageNet or AuM weights, as the original's
+imagenet_pretrain / aum_pretrain do):
+
+  python scripts/convert_checkpoint.py --torch-checkpoint vim_s_midclstok.pth --output models/spc_init \
+      --target-variant Bi-Bi --target-num-classes 35 --target-audio-length 128 --target-strides 16,16
+
+The output directory holds config.json and an orbax checkpoint under params/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from absl import app, flags, logging
+
+from aum_jax import convert
+from aum_jax.checkpoints import save_model
+from aum_jax.models import count_params
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        f, t = (int(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected two integers 'F,T', got {text!r}") from e
+    return f, t
+
+
+def parse_flags(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--torch-checkpoint", required=True, help="the .pth file (state_dict, module.-prefixed or {'model': ...})")
+    parser.add_argument("--output", required=True, help="the model directory to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument("--strides", type=_pair, help="F,T strides the checkpoint was trained with (default: its patch size)")
+    parser.add_argument("--audio-length", type=int, help="frames the checkpoint was trained with (default: inferred from pos_embed)")
+    parser.add_argument("--num-mel-bins", type=int, default=128, help="mel bins of the input (default: 128)")
+    parser.add_argument("--cls-position", choices=["middle", "head", "end"], help="where a single cls token sits (default: middle)")
+    init = parser.add_argument_group("init mode: build a new model from the checkpoint's backbone")
+    init.add_argument("--target-variant", help="Fo-Fo, Fo-Bi or Bi-Bi (or none, v1, v2); switches init mode on")
+    init.add_argument("--target-num-classes", type=int, help="classes of the new head")
+    init.add_argument("--target-audio-length", type=int, help="frames of the new model's input")
+    init.add_argument("--target-strides", type=_pair, help="F,T strides of the new model (default: the patch size)")
+    init.add_argument("--source-kind", choices=["vim", "aum"], help="source family (default: detected from its keys)")
+    init.add_argument("--source-cls-position", choices=["middle", "head", "double"], default="middle",
+                      help="ViM source: where its cls entries sit in pos_embed (default: middle)")
+    init.add_argument("--seed", type=int, default=0, help="seed of the fresh head")
+    args = parser.parse_args(argv[1:])
+    flags.FLAGS.mark_as_parsed()
+    target_flags = (args.target_num_classes, args.target_audio_length, args.target_strides)
+    if args.target_variant is None and any(v is not None for v in target_flags):
+        parser.error("--target-* flags need --target-variant (init mode)")
+    if args.target_variant is not None and (args.target_num_classes is None or args.target_audio_length is None):
+        parser.error("init mode needs --target-num-classes and --target-audio-length")
+    return args
+
+
+def build(args: argparse.Namespace):
+    state = convert.read_torch_checkpoint(args.torch_checkpoint)
+    if args.target_variant is None:
+        return convert.convert(
+            state, strides=args.strides, audio_length=args.audio_length,
+            num_mel_bins=args.num_mel_bins, cls_position=args.cls_position,
+        )
+    target = convert.infer_config(
+        state, strides=args.target_strides, audio_length=args.target_audio_length,
+        num_mel_bins=args.num_mel_bins, cls_position=args.cls_position,
+    ).replace(bimamba_type=convert.target_variant(args.target_variant), num_classes=args.target_num_classes)
+    layout = convert.SourceLayout(
+        kind=args.source_kind or convert.detect_source_kind(state),
+        cls_position=args.source_cls_position,
+        strides=args.strides,
+        num_mel_bins=args.num_mel_bins,
+    )
+    return convert.init_from_source(state, target, layout, seed=args.seed)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        model = build(args)
+    except (convert.CheckpointError, FileNotFoundError, ValueError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    path = save_model(model, args.output, overwrite=args.overwrite)
+    cfg = model.config
+    print(
+        f"Wrote {path}\n"
+        f"  variant     {cfg.aum_type} (bimamba_type={cfg.bimamba_type})\n"
+        f"  size        {cfg.size_name} (embed_dim={cfg.embed_dim})\n"
+        f"  depth       {cfg.depth}\n"
+        f"  classes     {cfg.num_classes}\n"
+        f"  input       {cfg.audio_length} frames x {cfg.num_mel_bins} mel bins\n"
+        f"  patch grid  {cfg.patch_grid[0]} x {cfg.patch_grid[1]} (patch {cfg.patch_size}, strides {cfg.strides})\n"
+        f"  parameters  {count_params(model):,}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
