@@ -1,0 +1,45 @@
+"""Writes the per-clip sampling weights for balanced sampling (``--bal bal``).
+
+Each class gets ``1000 / (count + 0.01)`` where ``count`` is how many clips carry it;
+a clip's weight is the sum over its labels. The weights go to
+``<datafile without .json>_weight.csv``, one per line, the file that
+``config.weight_csv`` names.
+
+  python scripts/gen_weight_file.py --datafile data/audioset/datafiles/unbalanced.json \
+      --label_csv data/audioset/class_labels_indices.csv
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import app, flags
+
+from aum_jax import datasets
+
+_DATAFILE = flags.DEFINE_string("datafile", None, "JSON datafile.", required=True)
+_LABEL_CSV = flags.DEFINE_string(
+    "label_csv", "data/audioset/class_labels_indices.csv", "index,mid,display_name CSV."
+)
+
+
+def sample_weights(label_lists: list[tuple[int, ...]], num_classes: int) -> np.ndarray:
+    """Per-clip weights, shape ``(num_clips,)`` float64 (see the module docstring)."""
+    counts = np.zeros(num_classes)
+    for labels in label_lists:
+        for label in labels:
+            counts[label] += 1
+    class_weight = 1000.0 / (counts + 0.01)
+    return np.array([sum(class_weight[l] for l in labels) for labels in label_lists])
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    source = datasets.DatafileSource(_DATAFILE.value, _LABEL_CSV.value)
+    weights = sample_weights([source[i].labels for i in range(len(source))], source.num_classes)
+    out = _DATAFILE.value.removesuffix(".json") + "_weight.csv"
+    np.savetxt(out, weights, delimiter=",")
+    print(f"wrote {len(weights)} weights to {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

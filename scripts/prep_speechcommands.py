@@ -1,0 +1,62 @@
+"""Speech Commands V2 (35 words) -> train / validation / test datafiles.
+
+Expects an extracted ``speech_commands_v0.02`` folder (one sub-folder per word, plus
+the official ``validation_list.txt`` and ``testing_list.txt``). Validation and test
+are those lists; training is every other clip outside ``_background_noise_``.
+Labels are the ``/m/spcmdNN`` ids of ``data/speechcommands/
+speechcommands_class_labels_indices.csv``. Writes, under ``--out_dir``,
+``speechcommand_{train,valid,eval}_data.json`` with absolute paths.
+
+  python scripts/prep_speechcommands.py --root /data/speech_commands_v0.02
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from aum_jax import datasets
+
+_ROOT = flags.DEFINE_string("root", None, "extracted speech_commands_v0.02.", required=True)
+_OUT_DIR = flags.DEFINE_string("out_dir", "data/speechcommands/datafiles", "output folder.")
+_LABEL_CSV = flags.DEFINE_string(
+    "label_csv",
+    "data/speechcommands/speechcommands_class_labels_indices.csv",
+    "index,mid,display_name CSV of the 35 words.",
+)
+
+
+def split_lists(root: str) -> dict[str, list[str]]:
+    """``{"train"|"valid"|"eval": [word/file.wav, ...]}`` from the official lists."""
+
+    def read(name: str) -> list[str]:
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+
+    valid, test = read("validation_list.txt"), read("testing_list.txt")
+    held_out = set(valid) | set(test)
+    train = sorted(
+        f"{word}/{name}"
+        for word in os.listdir(root)
+        if word != "_background_noise_" and os.path.isdir(os.path.join(root, word))
+        for name in os.listdir(os.path.join(root, word))
+        if name.endswith(".wav") and f"{word}/{name}" not in held_out
+    )
+    return {"train": train, "valid": valid, "eval": test}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    root = os.path.abspath(_ROOT.value)
+    mid_of, names = datasets.load_label_csv(_LABEL_CSV.value)
+    word_to_mid = {names[index]: mid for mid, index in mid_of.items()}
+    for split, files in split_lists(root).items():
+        entries = [(os.path.join(root, f), [word_to_mid[f.split("/")[0]]]) for f in files]
+        out = os.path.join(_OUT_DIR.value, f"speechcommand_{split}_data.json")
+        datasets.write_datafile(out, entries)
+        print(f"{split}: {len(entries)} clips -> {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,47 @@
+"""VoxCeleb1 identification split -> ``train_data.json`` / ``test_data.json``.
+
+``iden_split.txt`` lines are ``<set> idNNNNN/<video>/<clip>.wav`` with set 1 (train),
+2 (validation) or 3 (test); as in the original recipe, train and validation form the
+training datafile. Speaker ``id1NNNN`` is label ``/m/voxclbNNNN`` of
+``data/voxceleb/class_labels_indices.csv``.
+
+  python scripts/prep_voxceleb.py --iden_split iden_split.txt --wav_dir /data/voxceleb1/wav
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from aum_jax import datasets
+
+_SPLIT = flags.DEFINE_string("iden_split", None, "iden_split.txt.", required=True)
+_WAV_DIR = flags.DEFINE_string("wav_dir", None, "VoxCeleb1 wav root.", required=True)
+_OUT_DIR = flags.DEFINE_string("out_dir", "data/voxceleb/datafiles", "output folder.")
+
+
+def speaker_mid(path: str) -> str:
+    """``id10003/x/00001.wav`` -> ``/m/voxclb0003``."""
+    return f"/m/voxclb{int(path.split('/')[0][2:]) - 10000:04d}"
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    wav_dir = os.path.abspath(_WAV_DIR.value)
+    splits: dict[str, list[tuple[str, list[str]]]] = {"train_data": [], "test_data": []}
+    with open(_SPLIT.value, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            which, path = line.split()
+            name = "test_data" if which == "3" else "train_data"
+            splits[name].append((os.path.join(wav_dir, path), [speaker_mid(path)]))
+    for name, entries in splits.items():
+        out = os.path.join(_OUT_DIR.value, f"{name}.json")
+        datasets.write_datafile(out, entries)
+        print(f"{name}: {len(entries)} clips -> {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,257 @@
+"""Tests of the grain input pipeline (aum_jax/input_pipeline.py) on tiny synthetic wavs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from aum_jax import audio
+from aum_jax import input_pipeline as ip
+from configs.data import get_data_config
+
+SR = 16_000
+BINS = 32
+FRAMES = 40  # target_length; 0.3 s clips give 28 fbank frames, so padding is used.
+
+
+def _write_set(folder, num_clips: int, seconds: float = 0.3, bad: dict[int, str] | None = None):
+    """num_clips wavs, clip i labelled class i; bad maps index -> 'missing'|'empty'|'corrupt'."""
+    bad = bad or {}
+    rng = np.random.default_rng(1)
+    entries = []
+    for i in range(num_clips):
+        name = f"clip{i}.wav"
+        path = os.path.join(folder, name)
+        kind = bad.get(i)
+        if kind == "empty":
+            open(path, "wb").close()
+        elif kind == "corrupt":
+            with open(path, "wb") as f:
+                f.write(b"RIFF\x00\x00not really a wav file" * 10)
+        elif kind is None:
+            t = np.arange(int(seconds * SR)) / SR
+            wave = 0.2 * np.sin(2 * np.pi * (150 + 40 * i) * t) + 0.01 * rng.standard_normal(t.size)
+            sf.write(path, wave.astype(np.float32), SR, subtype="PCM_16")
+        entries.append({"wav": name, "labels": f"/m/c{i}"})  # relative to the JSON folder.
+    datafile = os.path.join(folder, "data.json")
+    with open(datafile, "w") as f:
+        json.dump({"data": entries}, f)
+    label_csv = os.path.join(folder, "labels.csv")
+    with open(label_csv, "w") as f:
+        f.write("index,mid,display_name\n")
+        f.writelines(f"{i},/m/c{i},class {i}\n" for i in range(num_clips))
+    return datafile, label_csv
+
+
+def _config(folder, num_clips: int, **overrides):
+    datafile, label_csv = _write_set(folder, num_clips, bad=overrides.pop("bad", None))
+    c = get_data_config("speechcommands")
+    c.train_datafile = c.eval_datafile = datafile
+    c.label_csv = label_csv
+    c.n_class = num_clips
+    c.num_mel_bins, c.target_length = BINS, FRAMES
+    c.freqm, c.timem, c.mixup, c.noise = 8, 10, 0.5, True
+    c.batch_size, c.eval_batch_size = 4, 4
+    c.num_workers, c.read_threads, c.prefetch_buffer_size = 0, 1, 8
+    c.max_bad_fraction = 0.0
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_train_and_eval_shapes_and_tail(tmp_path):
+    c = _config(tmp_path, 10)
+    batch = next(ip.make_train_iterator(c, process_index=0, process_count=1))
+    assert set(batch) == {"fbank", "label"}
+    assert batch["fbank"].shape == (4, FRAMES, BINS) and batch["fbank"].dtype == np.float32
+    assert batch["label"].shape == (4, 10) and batch["label"].dtype == np.float32
+
+    batches = list(ip.make_eval_iterator(c, process_index=0, process_count=1))
+    assert len(batches) == 3  # 10 clips in batches of 4: the tail is padded, not dropped.
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.dtype == bool and mask.tolist() == [True] * 10 + [False] * 2
+    labels = np.concatenate([b["label"] for b in batches])
+    np.testing.assert_array_equal(labels[:10], np.eye(10))  # ordered, one-hot.
+    assert not labels[10:].any() and not np.concatenate([b["fbank"] for b in batches])[10:].any()
+
+
+def test_eval_equals_fbank_pad_and_normalisation(tmp_path):
+    c = _config(tmp_path, 3)
+    batch = next(ip.make_eval_iterator(c, process_index=0, process_count=1))
+    wav, sr = audio.load_waveform(tmp_path / "clip1.wav")
+    fbank = audio.fbank_from_waveform(wav, sr, BINS, 10.0)
+    assert fbank.shape[0] == 28
+    expected = (audio.pad_or_cut(fbank, FRAMES) - c.mean) / (2 * c.std)
+    np.testing.assert_allclose(batch["fbank"][1], expected, rtol=1e-5, atol=1e-5)
+    # Padded frames are normalised zeros, as the original pads before normalising.
+    np.testing.assert_allclose(batch["fbank"][1][28:], -c.mean / (2 * c.std), rtol=1e-6)
+
+
+def test_torchaudio_mask_bands():
+    rng = np.random.default_rng(0)
+    widths = set()
+    for axis, param in ((0, 12), (1, 7)):
+        for _ in range(400):
+            spec = np.ones((50, 20), np.float32)
+            ip.torchaudio_mask(spec, axis, param, rng)
+            zero = spec == 0
+            lines = zero.all(axis=1 - axis)  # fully-zeroed frames (axis 0) or bins (axis 1).
+            assert zero.sum() == lines.sum() * spec.shape[1 - axis]  # only whole lines.
+            idx = np.flatnonzero(lines)
+            width = idx.size
+            assert width < param
+            if width:
+                assert idx[-1] - idx[0] + 1 == width  # one contiguous band.
+            widths.add((axis, width))
+    assert {w for a, w in widths if a == 0} == set(range(12))
+    assert {w for a, w in widths if a == 1} == set(range(7))
+
+
+def test_pipeline_masks_zero_whole_frequency_bands(tmp_path):
+    c = _config(tmp_path, 4, freqm=15, timem=0, mixup=0.0, noise=False, skip_norm=True)
+    found_mask = False
+    for batch in _take(ip.make_train_iterator(c, process_index=0, process_count=1), 5):
+        for spec in batch["fbank"]:
+            zero_cols = (spec == 0).all(axis=0)
+            assert ((spec[:28] == 0) == zero_cols[None, :]).all()  # zeros only in whole bins.
+            found_mask |= bool(zero_cols.any())
+            assert zero_cols.sum() < 15
+    assert found_mask
+
+
+def test_mixup_labels(tmp_path):
+    c = _config(tmp_path, 6, mixup=1.0)
+    lambdas = []
+    for batch in _take(ip.make_train_iterator(c, process_index=0, process_count=1), 6):
+        np.testing.assert_allclose(batch["label"].sum(axis=1), 1.0, rtol=1e-5)
+        for row in batch["label"]:
+            nonzero = row[row > 0]
+            assert nonzero.size in (1, 2)
+            if nonzero.size == 2:
+                lambdas.extend(nonzero.tolist())
+    assert len(lambdas) >= 10 and all(0 < lam < 1 for lam in lambdas)
+    assert len(set(np.round(lambdas, 6))) > 5  # lambda is drawn per clip (Beta(10, 10)).
+
+
+def test_mix_waveforms_pads_cuts_and_centres():
+    first = np.ones((1, 6), np.float32) + np.arange(6, dtype=np.float32)
+    short = np.full((1, 3), 4.0, np.float32)
+    mixed = ip.mix_waveforms(first, short, 0.25)
+    assert mixed.shape == (1, 6)
+    centred = first - first.mean()
+    expected = 0.25 * centred + 0.75 * np.array([[0, 0, 0, 0, 0, 0]], np.float32)
+    np.testing.assert_allclose(mixed, expected - expected.mean(), atol=1e-6)
+    long = np.arange(10, dtype=np.float32)[None]
+    mixed = ip.mix_waveforms(first, long, 0.5)
+    second = (long - long.mean())[:, :6]
+    expected = 0.5 * centred + 0.5 * second
+    np.testing.assert_allclose(mixed, expected - expected.mean(), atol=1e-6)
+    assert abs(mixed.mean()) < 1e-6
+
+
+def test_weighted_sampling_frequencies():
+    weights = np.array([1.0, 2.0, 3.0, 4.0, 0.0])
+    indices = np.array([10, 11, 12, 13, 14])
+    draw = ip._WeightedDraw(indices, weights, seed=5)
+    epochs = 2000
+    drawn = np.array([draw(i, None) for i in range(epochs * 5)])
+    counts = np.array([(drawn == k).sum() for k in indices])
+    expected = weights / weights.sum() * drawn.size
+    assert counts[-1] == 0  # zero weight is never drawn.
+    chi2 = (((counts - expected) ** 2)[:4] / expected[:4]).sum()
+    assert chi2 < 16.3  # 3 degrees of freedom, p = 0.001.
+    # Deterministic, and a different draw each epoch.
+    again = ip._WeightedDraw(indices, weights, seed=5)
+    assert [again(i, None) for i in range(50)] == drawn[:50].tolist()
+    assert drawn[:5].tolist() != drawn[5:10].tolist() or drawn[5:10].tolist() != drawn[10:15].tolist()
+
+
+def test_balanced_sampling_in_pipeline(tmp_path):
+    c = _config(tmp_path, 4, mixup=0.0, balanced_sampling=True)
+    c.weight_csv = str(tmp_path / "w.csv")
+    np.savetxt(c.weight_csv, [0.0, 1.0, 0.0, 0.0])  # only clip 1 can be drawn.
+    batch = next(ip.make_train_iterator(c, process_index=0, process_count=1))
+    np.testing.assert_array_equal(batch["label"].argmax(axis=1), [1, 1, 1, 1])
+
+
+def test_sharding_is_disjoint_and_complete(tmp_path):
+    c = _config(tmp_path, 11, mixup=0.0, batch_size=1)
+    eval_seen, train_seen, eval_batches = [], [], set()
+    for p in range(3):
+        batches = list(ip.make_eval_iterator(c, process_index=p, process_count=3))
+        eval_batches.add(len(batches))
+        for b in batches:
+            eval_seen.extend(b["label"][b["mask"]].argmax(axis=1).tolist())
+        train = ip.make_train_iterator(c, process_index=p, process_count=3, num_epochs=1)
+        train_seen.append({int(b["label"].argmax()) for b in train})
+    assert eval_batches == {1}  # every process runs the same number of eval steps.
+    assert sorted(eval_seen) == list(range(11))
+    assert sorted(train_seen[0] | train_seen[1] | train_seen[2]) == list(range(11))
+    assert sum(len(s) for s in train_seen) == 11
+
+
+def test_resume_gives_the_same_batches(tmp_path):
+    c = _config(tmp_path, 6)
+    reference = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 6)
+    first = ip.make_train_iterator(c, process_index=0, process_count=1)
+    _take(first, 3)
+    state = json.loads(json.dumps(first.get_state()))  # must survive serialisation.
+    resumed = ip.make_train_iterator(c, process_index=0, process_count=1)
+    resumed.set_state(state)
+    for want, got in zip(reference[3:], _take(resumed, 3)):
+        np.testing.assert_array_equal(want["fbank"], got["fbank"])
+        np.testing.assert_array_equal(want["label"], got["label"])
+
+
+def test_seed_changes_order_and_augmentation(tmp_path):
+    c = _config(tmp_path, 8)
+    a = next(ip.make_train_iterator(c, process_index=0, process_count=1))
+    c.seed = 7
+    b = next(ip.make_train_iterator(c, process_index=0, process_count=1))
+    assert not np.array_equal(a["fbank"], b["fbank"])
+
+
+def test_bad_files_are_skipped_counted_and_limited(tmp_path):
+    bad = {1: "missing", 3: "empty", 5: "corrupt"}
+    c = _config(tmp_path, 8, bad=bad, mixup=0.0, max_bad_fraction=0.5)
+    it = ip.make_train_iterator(c, process_index=0, process_count=1, num_epochs=1)
+    seen = {int(i) for b in it for i in b["label"].argmax(axis=1)}
+    assert seen <= {0, 2, 4, 6, 7} and len(seen) == 4  # 5 good clips, one partial batch dropped.
+    assert sorted(os.path.basename(k) for k in it.bad_inputs) == ["clip1.wav", "clip3.wav",
+                                                                  "clip5.wav"]
+    assert it.num_skipped == 3
+
+    c.max_bad_fraction = 0.25  # at most 2 of 8.
+    with pytest.raises(ip.BadInputError, match="clip1.wav") as err:
+        list(ip.make_train_iterator(c, process_index=0, process_count=1, num_epochs=2))
+    assert "clip3.wav" in str(err.value) and "clip5.wav" in str(err.value)
+
+    c.max_bad_fraction = 0.5
+    batches = list(ip.make_eval_iterator(c, process_index=0, process_count=1))
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.tolist() == [True, False, True, False, True, False, True, True]
+
+
+def test_workers_and_worker_errors_surface(tmp_path):
+    c = _config(tmp_path, 4, mixup=0.0)
+    in_process = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 2)
+    c.num_workers = 1
+    it = ip.make_train_iterator(c, process_index=0, process_count=1)
+    for want in in_process:
+        np.testing.assert_array_equal(next(it)["fbank"], want["fbank"])
+    it.close()
+
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    c = _config(bad_dir, 4, num_workers=1, bad={0: "corrupt", 1: "corrupt", 2: "corrupt",
+                                                 3: "corrupt"})
+    with pytest.raises(ip.BadInputError, match=r"bad/clip\d\.wav"):
+        next(ip.make_train_iterator(c, process_index=0, process_count=1))
