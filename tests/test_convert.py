@@ -1,0 +1,154 @@
+"""Conversion safety and the command-line tools: every bad key is named, junk and pickles
+that would run code are refused, nothing partial is written, and the CLIs work end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aum_jax import convert
+from aum_jax.checkpoints import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fobi(fixtures_dir):
+    folder = fixtures_dir / "aum_torch" / "tiny_fobi"
+    return folder, convert.read_torch_checkpoint(folder / "state_dict.pth")
+
+
+def test_every_bad_key_is_named(fobi):
+    _, state = fobi
+    state = dict(state)
+    del state["layers.2.mixer.D"]
+    del state["norm_f.weight"]
+    state["layers.1.mixer.extra"] = np.zeros(3, np.float32)
+    state["layers.3.mixer.x_proj.weight"] = np.zeros((40, 384), np.float32)
+    config = convert.infer_config(fobi[1])
+    with pytest.raises(convert.CheckpointError) as err:
+        convert.convert(state, config)
+    message = str(err.value)
+    assert "missing key layers.2.mixer.D (expected shape (384,))" in message
+    assert "missing key norm_f.weight" in message
+    assert "unexpected key layers.1.mixer.extra (shape (3,))" in message
+    assert "mis-shaped key layers.3.mixer.x_proj.weight: checkpoint (40, 384), model (44, 384)" in message
+
+
+def test_variant_mismatch_is_reported(fobi):
+    config = convert.infer_config(fobi[1]).replace(bimamba_type="v2")
+    with pytest.raises(convert.CheckpointError, match="missing key layers.0.mixer.conv1d_b.weight"):
+        convert.convert(fobi[1], config)
+
+
+def test_infers_config_from_shapes(fobi):
+    config = convert.infer_config(fobi[1])
+    assert (config.embed_dim, config.depth, config.bimamba_type, config.num_classes) == (192, 4, "v1", 10)
+    assert (config.patch_size, config.strides, config.audio_length) == ((16, 16), (16, 16), 128)
+    assert (config.d_state, config.d_conv, config.expand, config.resolved_dt_rank) == (16, 4, 2, 12)
+    # 65 position entries = 1 cls + 64 patches: 8 x 8 with strides 16, or 12 x 5 ... with strides 10 none fits.
+    assert convert.infer_config(fobi[1], audio_length=100, strides=(16, 12)).audio_length == 100
+    with pytest.raises(convert.CheckpointError, match="No power-of-two audio length"):
+        convert.infer_config(fobi[1], strides=(10, 10))
+
+
+def test_refuses_non_checkpoints(tmp_path, fixtures_dir):
+    with pytest.raises(convert.CheckpointError, match="is not a PyTorch checkpoint"):
+        convert.read_torch_checkpoint(fixtures_dir / "audio" / "eval.json")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(convert.CheckpointError, match="empty.pth is not a PyTorch checkpoint"):
+        convert.read_torch_checkpoint(empty)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        convert.read_torch_checkpoint(tmp_path / "nope.pth")
+    not_tensors = tmp_path / "list.pth"
+    torch.save([1, 2, 3], not_tensors)
+    with pytest.raises(convert.CheckpointError, match="holds a list"):
+        convert.read_torch_checkpoint(not_tensors)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/aum_jax_pwned"),))
+
+
+def test_refuses_pickles_that_would_run_code(tmp_path):
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "payload": _RunsCode()}, evil)
+    with pytest.raises(convert.CheckpointError, match="Refusing to load .*evil.pth"):
+        convert.read_torch_checkpoint(evil)
+    assert not Path("/tmp/aum_jax_pwned").exists()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_convert_then_predict_cli(fobi, tmp_path):
+    folder, _ = fobi
+    out = tmp_path / "model"
+    result = run_cli("scripts/convert_checkpoint.py", "--torch-checkpoint", str(folder / "state_dict.pth"), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    for fact in ("Fo-Bi", "tiny", "depth       4", "classes     10", "8 x 8", "1,095,562"):
+        assert fact in result.stdout
+    logits, feats = tmp_path / "logits.npy", tmp_path / "features.npy"
+    result = run_cli(
+        "-m", "aum_jax.predict", "--checkpoint", str(out), "--features", str(folder / "input.npy"),
+        "--save-logits", str(logits), "--save-features", str(feats), "--batch-size", "3",
+    )
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.load(logits), np.load(folder / "logits.npy"), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.load(feats), np.load(folder / "features.npy"), atol=1e-4, rtol=0)
+    # The output exists now: a second conversion refuses to overwrite it without --overwrite.
+    again = run_cli("scripts/convert_checkpoint.py", "--torch-checkpoint", str(folder / "state_dict.pth"), "--output", str(out))
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_convert_cli_init_mode(fixtures_dir, tmp_path):
+    source = fixtures_dir / "vim_imagenet_init" / "vim_small_midcls.pth"
+    out = tmp_path / "init"
+    result = run_cli(
+        "scripts/convert_checkpoint.py", "--torch-checkpoint", str(source), "--output", str(out),
+        "--target-variant", "Bi-Bi", "--target-num-classes", "35", "--target-audio-length", "128",
+        "--target-strides", "16,16",
+    )
+    assert result.returncode == 0, result.stderr
+    model = load_model(out)
+    assert (model.config.num_classes, model.config.audio_length, model.config.bimamba_type) == (35, 128, "v2")
+    np.testing.assert_allclose(
+        np.asarray(model.pos_embed[...]), np.load(fixtures_dir / "vim_imagenet_init" / "pos_embed_after_init.npy"), atol=1e-4
+    )
+
+
+def test_bad_checkpoint_writes_nothing(tmp_path, fixtures_dir):
+    out = tmp_path / "model"
+    result = run_cli(
+        "scripts/convert_checkpoint.py", "--torch-checkpoint", str(fixtures_dir / "audio" / "eval.json"), "--output", str(out)
+    )
+    assert result.returncode == 1
+    assert "eval.json is not a PyTorch checkpoint" in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_help_explains_both_modes():
+    result = run_cli("scripts/convert_checkpoint.py", "--help")
+    assert result.returncode == 0
+    assert "--target-variant" in result.stdout and "init mode" in result.stdout
+    result = run_cli("-m", "aum_jax.predict", "--help")
+    assert result.returncode == 0 and "--save-logits" in result.stdout
+
+
+def test_predict_rejects_mismatched_features(fobi, tmp_path):
+    folder, state = fobi
+    from aum_jax.checkpoints import save_model
+
+    save_model(convert.convert(state), tmp_path / "m")
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 64, 128), np.float32))
+    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--features", str(bad), "--save-logits", str(tmp_path / "y.npy"))
+    assert result.returncode == 1 and "(batch, 128, 128)" in result.stderr
