@@ -1,7 +1,7 @@
 """Inference with a converted or trained AudioMamba.
 
   python -m aum_jax.predict --checkpoint MODEL_DIR --features X.npy --save-logits Y.npy \
-      [--save-features Z.npy] [--batch-size 32] [--scan-impl associative]
+      [--save-features Z.npy] [--batch-size 32] [--scan-impl auto]
 
 X holds normalised fbank features, float32 (B, T, F), with T and F as the model expects
 (see MODEL_DIR/config.json). Audio-file input arrives with the audio front end.
@@ -67,7 +67,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--save-logits", required=True, help=".npy to write the logits (B, classes) to")
     parser.add_argument("--save-features", help=".npy to write the pooled features (B, D) to")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
-    parser.add_argument("--scan-impl", choices=SCAN_IMPLS, help="selective-scan implementation (default: the model's)")
+    parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
     return args

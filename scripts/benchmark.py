@@ -5,6 +5,8 @@ Sections:
 * ``input``: training input-pipeline throughput of ONE worker (in-process, one
   reading thread): 10 s 16 kHz wav clips decoded from disk, Kaldi fbank, mixup,
   SpecAugment, normalisation and noise, in clips per second.
+* ``scan``: forward + backward time of each pure-JAX selective-scan implementation on
+  one tiny-AuM-sized layer input, as ratios to the sequential reference, side by side.
 
 Each section returns rows of ``(name, value, unit)`` that are printed as a table;
 record results in BENCHMARKS.md.
@@ -28,10 +30,12 @@ from absl import app, flags
 from aum_jax import input_pipeline
 from configs.data import get_data_config
 
-_SECTIONS = flags.DEFINE_list("sections", ["input"], "sections to run: input.")
+_SECTIONS = flags.DEFINE_list("sections", ["input", "scan"], "sections to run: input, scan.")
 _INPUT_CLIPS = flags.DEFINE_integer("input_clips", 16, "distinct wav files on disk.")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 20, "timed batches of 12 clips.")
 _INPUT_THREADS = flags.DEFINE_integer("input_threads", 1, "reading threads of the worker.")
+_SCAN_SHAPE = flags.DEFINE_list("scan_shape", ["4", "513", "384", "16"], "B,L,D,N of the scan section.")
+_SCAN_REPEATS = flags.DEFINE_integer("scan_repeats", 5, "timed calls per scan implementation.")
 
 Row = tuple[str, float, str]
 
@@ -80,7 +84,35 @@ def input_section() -> list[Row]:
     ]
 
 
-SECTIONS: dict[str, Callable[[], list[Row]]] = {"input": input_section}
+def scan_section() -> list[Row]:
+    """Milliseconds per forward + backward pass of each scan implementation, and ratios."""
+    import jax
+    import jax.numpy as jnp
+
+    from aum_jax.ops import SCAN_IMPLS, selective_scan
+
+    batch, length, dim, n = (int(v) for v in _SCAN_SHAPE.value)
+    keys = jax.random.split(jax.random.key(0), 5)
+    u, delta, z = (jax.random.normal(k, (batch, length, dim)) for k in keys[:3])
+    b, c = (jax.random.normal(k, (batch, length, n)) for k in keys[3:])
+    a = -jnp.broadcast_to(jnp.arange(1.0, n + 1), (dim, n))
+    ms = {}
+    for impl in SCAN_IMPLS:
+        step = jax.jit(jax.grad(
+            lambda u, impl=impl: selective_scan(u, delta, a, b, c, None, z, None, True, impl=impl).sum()
+        ))
+        step(u).block_until_ready()
+        start = time.perf_counter()
+        for _ in range(_SCAN_REPEATS.value):
+            step(u).block_until_ready()
+        ms[impl] = 1000 * (time.perf_counter() - start) / _SCAN_REPEATS.value
+    shape = f"B={batch} L={length} D={dim} N={n}"
+    rows = [(f"scan {impl}: ms fwd+bwd ({shape})", ms[impl], "ms") for impl in SCAN_IMPLS]
+    rows += [(f"scan speed-up {impl} vs sequential", ms["sequential"] / ms[impl], "x") for impl in SCAN_IMPLS[1:]]
+    return rows
+
+
+SECTIONS: dict[str, Callable[[], list[Row]]] = {"input": input_section, "scan": scan_section}
 
 
 def main(argv: list[str]) -> None:

@@ -117,7 +117,7 @@ def test_rejects_wrongly_shaped_input(small_model):
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(bimamba_type="v3"), dict(cls_position="left"), dict(pool="median"), dict(audio_length=8)],
+    [dict(bimamba_type="v3"), dict(cls_position="left"), dict(pool="median"), dict(audio_length=8), dict(scan_impl="cuda")],
 )
 def test_config_validation(bad):
     with pytest.raises(ValueError):

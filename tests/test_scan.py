@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from aum_jax.ops import SCAN_IMPLS, selective_scan
-from aum_jax.ops.scan import _discretize
+from aum_jax.ops.scan import _discretize, resolve_impl
 
 SHAPES = [(2, 37, 12, 5), (1, 1, 7, 3), (3, 64, 24, 16), (2, 129, 6, 4)]  # (B, L, D, N): odd L, L=1, D not 2^k
 
@@ -97,6 +97,11 @@ def test_low_precision_inputs_keep_a_float32_state(impl):
 def test_unknown_impl_is_rejected():
     with pytest.raises(ValueError, match="Unknown selective-scan impl"):
         selective_scan(**make_inputs(1, 3, 2, 2), impl="cuda")
+
+
+def test_auto_picks_by_backend():
+    assert resolve_impl("auto") == ("sequential" if jax.default_backend() == "cpu" else "associative")
+    assert resolve_impl("chunked") == "chunked"
 
 
 def _intermediate_shapes(jaxpr) -> set[tuple[int, ...]]:

@@ -9,6 +9,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from aum_jax.ops.scan import SCAN_IMPLS
+
 EMBED_DIMS: dict[str, int] = {"tiny": 192, "small": 384, "base": 768}
 # The paper's block names and the original `bimamba_type` values they map to.
 AUM_TYPES: dict[str, str] = {"Fo-Fo": "none", "Fo-Bi": "v1", "Bi-Bi": "v2"}
@@ -54,7 +56,7 @@ class AuMConfig:
     transpose_token_sequence: bool = False  # order patches time-major instead of frequency-major
     drop_rate: float = 0.0  # dropout after the position embedding
     drop_path_rate: float = 0.0  # stochastic depth: linear in depth, shifted by one block
-    scan_impl: str = "associative"  # selective-scan implementation, see aum_jax.ops.SCAN_IMPLS
+    scan_impl: str = "auto"  # selective scan: sequential, associative, chunked; auto picks by backend
     scan_chunk_size: int = 128  # steps per chunk for scan_impl="chunked"
     dtype: str = "float32"  # compute dtype of the projections; params and state stay float32
 
@@ -65,6 +67,8 @@ class AuMConfig:
             raise ValueError(f"bimamba_type must be one of {BIMAMBA_TYPES}, got {self.bimamba_type!r}")
         if self.cls_position not in CLS_POSITIONS:
             raise ValueError(f"cls_position must be one of {CLS_POSITIONS}, got {self.cls_position!r}")
+        if self.scan_impl not in (*SCAN_IMPLS, "auto"):
+            raise ValueError(f"scan_impl must be one of {SCAN_IMPLS} or 'auto', got {self.scan_impl!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         for name, value in (("num_mel_bins", self.num_mel_bins), ("audio_length", self.audio_length)):

@@ -17,6 +17,9 @@ Three implementations compute the same function and are all differentiable:
   inside each chunk; the chunk body is rematerialised, so neither the forward nor the
   backward pass ever holds the whole (B, L, D, N) state tensor, only chunk-boundary states.
 
+``impl="auto"`` picks ``"sequential"`` on CPU, where it is the fastest (see the ``scan``
+section of ``scripts/benchmark.py``), and ``"associative"`` on accelerators.
+
 The state is always float32, whatever the input dtype; the output takes ``u``'s dtype.
 """
 
@@ -28,9 +31,18 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-ScanImpl = Literal["sequential", "associative", "chunked"]
+ScanImpl = Literal["sequential", "associative", "chunked", "auto"]
 SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked")
 DEFAULT_CHUNK_SIZE = 128
+
+
+def resolve_impl(impl: str) -> str:
+    """Maps ``"auto"`` to the fastest implementation on the default backend."""
+    if impl == "auto":
+        return "sequential" if jax.default_backend() == "cpu" else "associative"
+    if impl not in SCAN_IMPLS:
+        raise ValueError(f"Unknown selective-scan impl {impl!r}; choose one of {SCAN_IMPLS} or 'auto'.")
+    return impl
 
 
 def _discretize(
@@ -111,7 +123,7 @@ def selective_scan(
     delta_bias: jax.Array | None = None,
     delta_softplus: bool = False,
     *,
-    impl: ScanImpl = "associative",
+    impl: ScanImpl = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> jax.Array:
     """Runs the selective scan.
@@ -126,14 +138,13 @@ def selective_scan(
       z: (B, L, D) gate, multiplied in as ``silu(z)``, or None.
       delta_bias: (D,) added to ``delta`` before the softplus, or None.
       delta_softplus: apply softplus to ``delta`` (after adding ``delta_bias``).
-      impl: one of ``SCAN_IMPLS``.
+      impl: one of ``SCAN_IMPLS``, or ``"auto"`` to pick by backend.
       chunk_size: steps per chunk for ``impl="chunked"``.
 
     Returns:
       (B, L, D) output in ``u``'s dtype.
     """
-    if impl not in SCAN_IMPLS:
-        raise ValueError(f"Unknown selective-scan impl {impl!r}; choose one of {SCAN_IMPLS}.")
+    impl = resolve_impl(impl)
     out_dtype = u.dtype
     f32 = jnp.float32
     u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
