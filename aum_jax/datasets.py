@@ -127,7 +127,19 @@ def write_datafile(path: str | os.PathLike, entries: list[tuple[str, list[str]]]
         json.dump({"data": data}, f, indent=1)
 
 
-class DatafileSource:
+class _RecordList:
+    """Random access to a list of :class:`ClipRecord` built by the subclass in ``_records``."""
+
+    _records: list[ClipRecord]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> ClipRecord:
+        return self._records[index]
+
+
+class DatafileSource(_RecordList):
     """The AST/AuM JSON datafile with its label CSV.
 
     Relative ``wav`` paths resolve against the JSON file's folder. Every label id is
@@ -155,12 +167,6 @@ class DatafileSource:
                 labels.append(index_of[mid])
             records.append(ClipRecord(key=path, labels=tuple(labels)))
         self._records = records
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> ClipRecord:
-        return self._records[index]
 
     def load_audio(
         self, index: int, rng: np.random.Generator | None
@@ -235,7 +241,7 @@ def timestamp_to_seconds(timestamp: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + int(whole) + float(millis or 0) / 1000
 
 
-class EpicSoundsSource:
+class EpicSoundsSource(_RecordList):
     """EPIC-Sounds: labelled segments of the per-video audio in one HDF5 file.
 
     The HDF5 file holds one 1-D dataset per ``video_id`` (24 kHz samples). The
@@ -281,12 +287,6 @@ class EpicSoundsSource:
     def __getstate__(self) -> dict[str, Any]:
         # An open h5py file cannot be pickled into worker processes; reopen there.
         return {**self.__dict__, "_h5": None}
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> ClipRecord:
-        return self._records[index]
 
     def load_audio(
         self, index: int, rng: np.random.Generator | None
