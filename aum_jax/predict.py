@@ -1,10 +1,20 @@
 """Inference with a converted or trained AudioMamba.
 
+On features:
+
   python -m aum_jax.predict --checkpoint MODEL_DIR --features X.npy --save-logits Y.npy \
       [--save-features Z.npy] [--batch-size 32] [--scan-impl auto]
 
 X holds normalised fbank features, float32 (B, T, F), with T and F as the model expects
-(see MODEL_DIR/config.json). Audio-file input arrives with the audio front end.
+(see MODEL_DIR/config.json).
+
+On audio files (any format soundfile or librosa reads), printing the top classes:
+
+  python -m aum_jax.predict --checkpoint MODEL_DIR --audio a.wav b.flac \
+      --label-csv data/audioset/class_labels_indices.csv [--mean -4.2677393 --std 4.5689974]
+
+Each file becomes a Kaldi fbank at its own sample rate, zero-padded or cut to the model's
+frame count and normalised with the training set's statistics (default: AudioSet's).
 """
 
 from __future__ import annotations
@@ -20,9 +30,13 @@ from absl import app, flags, logging
 from flax import nnx
 from tqdm import tqdm
 
+from aum_jax import audio
 from aum_jax.checkpoints import load_model
-from aum_jax.models import AudioMamba
+from aum_jax.datasets import load_label_csv
+from aum_jax.models import AudioMamba, AuMConfig
 from aum_jax.ops import SCAN_IMPLS
+
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 
 
 @nnx.jit
@@ -55,6 +69,25 @@ def predict(model: AudioMamba, features: np.ndarray, batch_size: int = 32) -> tu
     return np.concatenate(logits), np.concatenate(pooled)
 
 
+def audio_features(paths: list[str], config: AuMConfig, mean: float, std: float) -> np.ndarray:
+    """Audio files -> normalised fbank features (B, T, F), as the original's evaluation loader.
+
+    Raises ``AudioLoadError`` naming the file that cannot be decoded.
+    """
+    feats = []
+    for path in tqdm(paths, desc="fbank", unit="file", disable=len(paths) < 8):
+        fbank = audio.pad_or_cut(audio.load_fbank(path, config.num_mel_bins), config.audio_length)
+        feats.append((fbank - mean) / (2 * std))
+    return np.stack(feats).astype(np.float32)
+
+
+def top_classes(logits: np.ndarray, names: list[str] | None, k: int) -> list[list[tuple[str, float]]]:
+    """Per example, the ``k`` highest-scoring classes with their sigmoid scores."""
+    scores = 1 / (1 + np.exp(-logits))
+    best = np.argsort(-logits, axis=1)[:, :k]
+    return [[(names[j] if names else str(j), float(scores[i, j])) for j in row] for i, row in enumerate(best)]
+
+
 def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m aum_jax.predict",
@@ -63,10 +96,16 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="model directory (config.json + params/)")
-    parser.add_argument("--features", required=True, help=".npy of normalised fbank features, float32 (B, T, F)")
-    parser.add_argument("--save-logits", required=True, help=".npy to write the logits (B, classes) to")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--features", help=".npy of normalised fbank features, float32 (B, T, F)")
+    inputs.add_argument("--audio", nargs="+", help="audio files to classify")
+    parser.add_argument("--save-logits", help=".npy to write the logits (B, classes) to")
     parser.add_argument("--save-features", help=".npy to write the pooled features (B, D) to")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
+    parser.add_argument("--mean", type=float, default=AUDIOSET_MEAN, help="--audio: fbank mean of the training set (default: AudioSet's)")
+    parser.add_argument("--std", type=float, default=AUDIOSET_STD, help="--audio: fbank std of the training set (default: AudioSet's)")
+    parser.add_argument("--label-csv", help="index,mid,display_name CSV to name the classes in the printed top list")
+    parser.add_argument("--top-k", type=int, default=5, help="classes printed per example (default: 5)")
     parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
@@ -74,21 +113,30 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.features):
+    if args.features and not os.path.isfile(args.features):
         print(f"error: features file {args.features} does not exist", file=sys.stderr)
         return 1
     overrides = {"scan_impl": args.scan_impl} if args.scan_impl else {}
     try:
         model = load_model(args.checkpoint, **overrides)
-        logits, pooled = predict(model, np.load(args.features), args.batch_size)
-    except (FileNotFoundError, ValueError) as e:
+        if args.audio:
+            features = audio_features(args.audio, model.config, args.mean, args.std)
+        else:
+            features = np.load(args.features)
+        names = load_label_csv(args.label_csv)[1] if args.label_csv else None
+        logits, pooled = predict(model, features, args.batch_size)
+    except (FileNotFoundError, ValueError, audio.AudioLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    np.save(args.save_logits, logits)
-    logging.info("Wrote logits %s to %s", logits.shape, args.save_logits)
+    if args.save_logits:
+        np.save(args.save_logits, logits)
+        logging.info("Wrote logits %s to %s", logits.shape, args.save_logits)
     if args.save_features:
         np.save(args.save_features, pooled)
         logging.info("Wrote features %s to %s", pooled.shape, args.save_features)
+    sources = args.audio or [f"{args.features}[{i}]" for i in range(len(logits))]
+    for source, best in zip(sources, top_classes(logits, names, args.top_k)):
+        print(f"{source}: " + ", ".join(f"{name} {score:.3f}" for name, score in best))
     return 0
 
 

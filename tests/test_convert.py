@@ -152,3 +152,39 @@ def test_predict_rejects_mismatched_features(fobi, tmp_path):
     np.save(bad, np.zeros((2, 64, 128), np.float32))
     result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--features", str(bad), "--save-logits", str(tmp_path / "y.npy"))
     assert result.returncode == 1 and "(batch, 128, 128)" in result.stderr
+
+
+def test_predict_on_audio_files_reproduces_the_original_end_to_end(fobi, tmp_path, fixtures_dir):
+    """Real wavs -> fbank -> converted model gives the original's inputs and logits."""
+    folder, state = fobi
+    from aum_jax.checkpoints import save_model
+
+    save_model(convert.convert(state), tmp_path / "m")
+    expected = np.load(folder / "logits.npy")  # the fixture batch holds the first clips
+    wavs = [str(fixtures_dir / "audio" / f"sample{k}.wav") for k in range(len(expected))]
+    logits = tmp_path / "logits.npy"
+    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--audio", *wavs, "--save-logits", str(logits), "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    assert all(f"sample{k}.wav: " in result.stdout for k in range(len(expected)))
+    # The fbank agrees within 1e-3, i.e. 1e-3 / (2 * 4.57) after normalisation; logits follow.
+    np.testing.assert_allclose(np.load(logits), expected, atol=1e-3, rtol=0)
+
+
+def test_audio_features_match_the_original_inputs(fobi, fixtures_dir):
+    from aum_jax import predict
+
+    folder, state = fobi
+    expected = np.load(folder / "input.npy")
+    wavs = [str(fixtures_dir / "audio" / f"sample{k}.wav") for k in range(len(expected))]
+    features = predict.audio_features(wavs, convert.infer_config(state), predict.AUDIOSET_MEAN, predict.AUDIOSET_STD)
+    np.testing.assert_allclose(features, expected, atol=1e-3 / (2 * predict.AUDIOSET_STD), rtol=0)
+
+
+def test_predict_names_an_unreadable_audio_file(fobi, tmp_path):
+    from aum_jax.checkpoints import save_model
+
+    save_model(convert.convert(fobi[1]), tmp_path / "m")
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....WAVEfmt garbage")
+    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--audio", str(broken))
+    assert result.returncode == 1 and "broken.wav" in result.stderr
