@@ -67,21 +67,20 @@ class CausalConv1d(nnx.Module):
         return out
 
 
-class SSMBranch(nnx.Module):
-    """The parameters of one scan direction: x_proj, dt_proj, A_log and D."""
-
-    def __init__(self, config: AuMConfig, *, rngs: nnx.Rngs):
-        d_inner, rank, n = config.d_inner, config.resolved_dt_rank, config.d_state
-        dtype = jnp.dtype(config.dtype)
-        self.x_proj = nnx.Linear(
-            d_inner, rank + 2 * n, use_bias=False, dtype=dtype,
-            kernel_init=torch_linear_init(d_inner), rngs=rngs,
-        )
-        self.dt_proj = nnx.Linear(
-            rank, d_inner, dtype=dtype,
-            kernel_init=torch_linear_init(1, scale=config.dt_scale * rank**-0.5),
-            bias_init=_dt_bias_init(config), rngs=rngs,
-        )
+def _ssm_projections(config: AuMConfig, rngs: nnx.Rngs) -> tuple[nnx.Linear, nnx.Linear]:
+    """The x_proj (D_inner -> dt_rank + 2N) and dt_proj (dt_rank -> D_inner) of one direction."""
+    d_inner, rank, n = config.d_inner, config.resolved_dt_rank, config.d_state
+    dtype = jnp.dtype(config.dtype)
+    x_proj = nnx.Linear(
+        d_inner, rank + 2 * n, use_bias=False, dtype=dtype,
+        kernel_init=torch_linear_init(d_inner), rngs=rngs,
+    )
+    dt_proj = nnx.Linear(
+        rank, d_inner, dtype=dtype,
+        kernel_init=torch_linear_init(1, scale=config.dt_scale * rank**-0.5),
+        bias_init=_dt_bias_init(config), rngs=rngs,
+    )
+    return x_proj, dt_proj
 
 
 def _dt_bias_init(config: AuMConfig) -> nnx.Initializer:
@@ -114,16 +113,14 @@ class Mamba(nnx.Module):
             kernel_init=torch_linear_init(d_model), bias_init=nnx.initializers.zeros, rngs=rngs,
         )
         self.conv1d = CausalConv1d(d_inner, config.d_conv, config.conv_bias, rngs=rngs)
-        forward = SSMBranch(config, rngs=rngs)
-        self.x_proj, self.dt_proj = forward.x_proj, forward.dt_proj
+        self.x_proj, self.dt_proj = _ssm_projections(config, rngs)
         self.A_log = _s4d_real_a_log(config)
         self.D = nnx.Param(jnp.ones((d_inner,), jnp.float32))
         if config.bimamba_type in ("v1", "v2"):
             self.A_b_log = _s4d_real_a_log(config)
         if config.bimamba_type == "v2":
             self.conv1d_b = CausalConv1d(d_inner, config.d_conv, config.conv_bias, rngs=rngs)
-            backward = SSMBranch(config, rngs=rngs)
-            self.x_proj_b, self.dt_proj_b = backward.x_proj, backward.dt_proj
+            self.x_proj_b, self.dt_proj_b = _ssm_projections(config, rngs)
             self.D_b = nnx.Param(jnp.ones((d_inner,), jnp.float32))
         # GPT-2 style: out_proj is PyTorch-default initialised, then scaled by 1/sqrt(depth).
         self.out_proj = nnx.Linear(
@@ -161,9 +158,9 @@ class Mamba(nnx.Module):
         x_conv = jax.nn.silu(self.conv1d(x))
         y = self._scan(x_conv, z, self.x_proj, self.dt_proj, self.A_log, self.D)
         if cfg.bimamba_type == "v1":
-            flip = lambda t: jnp.flip(t, axis=1)  # noqa: E731
-            y_b = self._scan(flip(x_conv), flip(z), self.x_proj, self.dt_proj, self.A_b_log, self.D)
-            y = y + flip(y_b)
+            x_b, z_b = jnp.flip(x_conv, axis=1), jnp.flip(z, axis=1)
+            y_b = self._scan(x_b, z_b, self.x_proj, self.dt_proj, self.A_b_log, self.D)
+            y = y + jnp.flip(y_b, axis=1)
         elif cfg.bimamba_type == "v2":
             x_b, z_b = jnp.flip(x, axis=1), jnp.flip(z, axis=1)
             x_b_conv = jax.nn.silu(self.conv1d_b(x_b))
