@@ -369,26 +369,28 @@ class _ShardLookup:
 
 
 class _WeightedDraw:
-    """Global position -> source index, drawn with replacement per epoch.
+    """Shard position -> source index, drawn with replacement per epoch.
 
-    Epoch ``e`` is ``len(indices)`` draws from ``indices`` with probabilities
-    proportional to ``weights``, from a generator seeded by ``(seed, e)``: the
-    original's ``WeightedRandomSampler(weights, len(weights), replacement=True)``,
-    made deterministic and random-access.
+    Epoch ``e`` draws ``len(weights)`` indices of the WHOLE source with probabilities
+    proportional to ``weights``, from a generator seeded by ``(seed, e)`` that every
+    process shares: the original's ``WeightedRandomSampler(weights, len(weights),
+    replacement=True)``, made deterministic and random-access. Process ``i`` of ``n``
+    takes draws ``i, i + n, ...`` of that global sequence.
     """
 
-    def __init__(self, indices: np.ndarray, weights: np.ndarray, seed: int):
-        self._indices = indices
+    def __init__(self, weights: np.ndarray, seed: int, process_index: int, process_count: int):
         self._p = weights / weights.sum()
         self._seed = seed
+        self._shard = slice(process_index, None, process_count)
 
     @functools.lru_cache(maxsize=2)
     def _epoch(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self._seed, epoch])
-        return self._indices[rng.choice(len(self._indices), size=len(self._indices), p=self._p)]
+        return rng.choice(len(self._p), size=len(self._p), p=self._p)[self._shard]
 
     def __call__(self, position: int, _: Any) -> int:
-        epoch, offset = divmod(position, len(self._indices))
+        draws = self._epoch(0)
+        epoch, offset = divmod(position, len(draws))
         return int(self._epoch(epoch)[offset])
 
 
@@ -597,7 +599,7 @@ def make_train_dataset(
     if config.balanced_sampling:
         weights = datasets.load_sample_weights(config.weight_csv, len(source))
         ds = grain.MapDataset.range(len(shard)).repeat(num_epochs)
-        ds = ds.map_with_index(_WeightedDraw(shard, weights[shard], sample_seed))
+        ds = ds.map_with_index(_WeightedDraw(weights, config.seed, process_index, process_count))
     else:
         ds = grain.MapDataset.range(len(shard)).shuffle(seed=sample_seed).repeat(num_epochs)
         ds = ds.map(_ShardLookup(shard))

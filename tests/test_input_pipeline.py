@@ -159,19 +159,29 @@ def test_mix_waveforms_pads_cuts_and_centres():
 
 def test_weighted_sampling_frequencies():
     weights = np.array([1.0, 2.0, 3.0, 4.0, 0.0])
-    indices = np.array([10, 11, 12, 13, 14])
-    draw = ip._WeightedDraw(indices, weights, seed=5)
+    draw = ip._WeightedDraw(weights, seed=5, process_index=0, process_count=1)
     epochs = 2000
     drawn = np.array([draw(i, None) for i in range(epochs * 5)])
-    counts = np.array([(drawn == k).sum() for k in indices])
+    counts = np.array([(drawn == k).sum() for k in range(5)])
     expected = weights / weights.sum() * drawn.size
     assert counts[-1] == 0  # zero weight is never drawn.
     chi2 = (((counts - expected) ** 2)[:4] / expected[:4]).sum()
     assert chi2 < 16.3  # 3 degrees of freedom, p = 0.001.
     # Deterministic, and a different draw each epoch.
-    again = ip._WeightedDraw(indices, weights, seed=5)
+    again = ip._WeightedDraw(weights, seed=5, process_index=0, process_count=1)
     assert [again(i, None) for i in range(50)] == drawn[:50].tolist()
     assert drawn[:5].tolist() != drawn[5:10].tolist() or drawn[5:10].tolist() != drawn[10:15].tolist()
+
+
+def test_weighted_sampling_is_global_across_processes():
+    # Process shards interleave one global weighted sequence, as one sampler over all clips:
+    # all weight on clips that process 0 would never own under index sharding still reaches it.
+    weights = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    shards = [ip._WeightedDraw(weights, seed=2, process_index=i, process_count=2) for i in range(2)]
+    single = ip._WeightedDraw(weights, seed=2, process_index=0, process_count=1)
+    merged = [shards[pos % 2](pos // 2, None) for pos in range(7)]
+    assert merged == [single(pos, None) for pos in range(7)]
+    assert set(shards[0](i, None) for i in range(40)) <= {1, 3, 5}
 
 
 def test_balanced_sampling_in_pipeline(tmp_path):
