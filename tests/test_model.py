@@ -86,6 +86,12 @@ def test_initialisation_follows_the_original(small_model):
     out = mixer["out_proj"]["kernel"][...]
     assert float(jnp.abs(out).max()) <= out_bound and float(jnp.abs(out).max()) > 0.9 * out_bound
     assert float(jnp.abs(mixer["conv1d"]["kernel"][...]).max()) <= 0.5  # 1/sqrt(d_conv)
+    # The Bi-Bi backward dt_proj is a plain Linear in the original: default weight, zeroed bias.
+    np.testing.assert_array_equal(mixer["dt_proj_b"]["bias"][...], 0.0)
+    back = jnp.abs(mixer["dt_proj_b"]["kernel"][...]).max()
+    assert 0.9 * rank**-0.5 < float(back) <= rank**-0.5
+    assert float(jnp.abs(mixer["x_proj_b"]["kernel"][...]).max()) <= 1 / math.sqrt(d_inner)
+    np.testing.assert_array_equal(jnp.exp(mixer["A_b_log"][...]), jnp.exp(mixer["A_log"][...]))
     np.testing.assert_array_equal(params["layers"]["norm"]["weight"][...], 1.0)
     np.testing.assert_array_equal(params["head"]["bias"][...], 0.0)
     assert abs(float(jnp.std(params["head"]["kernel"][...])) - 0.02) < 0.005
@@ -110,6 +116,14 @@ def test_stochastic_depth_and_dropout_only_in_train_mode():
     np.testing.assert_array_equal(model(x), model(x))
 
 
+def test_headless_model_returns_features():
+    model = init_model(AuMConfig(embed_dim=32, depth=1, num_classes=0, audio_length=32), seed=0)
+    model.eval()
+    x = jnp.ones((2, 32, 128))
+    np.testing.assert_array_equal(model(x), model(x, return_features=True))
+    assert model(x).shape == (2, 32)
+
+
 def test_rejects_wrongly_shaped_input(small_model):
     with pytest.raises(ValueError, match=r"expects \(batch, 64, 128\)"):
         small_model(jnp.zeros((2, 128, 64)))
@@ -117,7 +131,11 @@ def test_rejects_wrongly_shaped_input(small_model):
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(bimamba_type="v3"), dict(cls_position="left"), dict(pool="median"), dict(audio_length=8), dict(scan_impl="cuda")],
+    [
+        dict(bimamba_type="v3"), dict(cls_position="left"), dict(pool="median"), dict(audio_length=8),
+        dict(scan_impl="cuda"), dict(strides=(0, 16)), dict(depth=0), dict(num_classes=-1),
+        dict(drop_path_rate=1.0), dict(pool="max"), dict(transpose_token_sequence=True, strides=(10, 10)),
+    ],
 )
 def test_config_validation(bad):
     with pytest.raises(ValueError):

@@ -56,6 +56,7 @@ CASES = {
     "overlapping strides 10": dict(strides=(10, 10), audio_length=70),
     "frequency and time strides differ": dict(strides=(16, 8), audio_length=56),
     "d_state 8, expand 3": dict(d_state=8, expand=3, dt_rank=5),
+    "projection biases, no conv bias": dict(proj_bias=True, conv_bias=False, bimamba_type="v2"),
 }
 
 

@@ -40,13 +40,15 @@ def _branch(sd, p, x, z, rank, n, a_key, d_key, suffix=""):
 def _conv(sd, p, x, suffix=""):
     w = sd[f"{p}conv1d{suffix}.weight"]
     L = x.shape[-1]
-    return F.silu(F.conv1d(x, w, sd[f"{p}conv1d{suffix}.bias"], padding=w.shape[-1] - 1, groups=w.shape[0])[..., :L])
+    return F.silu(F.conv1d(x, w, sd.get(f"{p}conv1d{suffix}.bias"), padding=w.shape[-1] - 1, groups=w.shape[0])[..., :L])
 
 
 def mixer(sd, p, hidden, cfg: AuMConfig):
     """hidden (B, L, D) -> (B, L, D)."""
     rank, n = cfg.resolved_dt_rank, cfg.d_state
     xz = torch.einsum("bld,ed->bel", hidden, sd[f"{p}in_proj.weight"])
+    if f"{p}in_proj.bias" in sd:
+        xz = xz + sd[f"{p}in_proj.bias"][:, None]
     x, z = xz.chunk(2, dim=1)
     xc = _conv(sd, p, x)
     y = _branch(sd, p, xc, z, rank, n, "A_log", "D")
@@ -57,7 +59,8 @@ def mixer(sd, p, hidden, cfg: AuMConfig):
         xb, zb = xz.flip(-1).chunk(2, dim=1)
         y_b = _branch(sd, p, _conv(sd, p, xb, "_b"), zb, rank, n, "A_b_log", "D_b", "_b")
         y = (y + y_b.flip(-1)) / (2 if cfg.if_devide_out else 1)
-    return torch.einsum("bdl,ed->ble", y, sd[f"{p}out_proj.weight"])
+    out = torch.einsum("bdl,ed->ble", y, sd[f"{p}out_proj.weight"])
+    return out + sd[f"{p}out_proj.bias"] if f"{p}out_proj.bias" in sd else out
 
 
 def _rms(x, w, eps):

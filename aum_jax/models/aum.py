@@ -161,7 +161,11 @@ class AudioMamba(nnx.Module):
         return hidden
 
     def __call__(self, x: jax.Array, *, return_features: bool = False) -> jax.Array:
-        """Fbank features (B, T, F), normalised -> logits (B, classes), or features (B, D)."""
+        """Fbank features (B, T, F), normalised -> logits (B, classes), or features (B, D).
+
+        Without a head (``num_classes=0``) the features are the output, as the original's
+        ``nn.Identity`` head gives.
+        """
         cfg = self.config
         if x.ndim != 3 or x.shape[1:] != (cfg.audio_length, cfg.num_mel_bins):
             raise ValueError(
@@ -170,7 +174,7 @@ class AudioMamba(nnx.Module):
         feats = self.features(x)
         if return_features:
             return feats
-        logits = self.head(feats)
+        logits = self.head(feats) if cfg.num_classes > 0 else feats
         if cfg.cls_position == "none" and cfg.pool == "max":
             logits = logits.max(axis=1)
         return logits

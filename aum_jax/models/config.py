@@ -52,8 +52,8 @@ class AuMConfig:
     residual_in_fp32: bool = True  # keep the residual stream in float32
     if_devide_out: bool = True  # Bi-Bi: average (not sum) the two directions
     cls_position: ClsPosition = "middle"  # where the cls token sits; "none" pools instead
-    pool: str = "mean"  # without a cls token: "mean", "last" or "max" (head, then max over tokens)
-    transpose_token_sequence: bool = False  # order patches time-major instead of frequency-major
+    pool: str = "mean"  # with cls_position "none": "mean", "last" or "max" (head, then max over tokens)
+    transpose_token_sequence: bool = False  # order patches time-major (needs strides == patch_size)
     drop_rate: float = 0.0  # dropout after the position embedding
     drop_path_rate: float = 0.0  # stochastic depth: linear in depth, shifted by one block
     scan_impl: str = "auto"  # selective scan: sequential, associative, chunked; auto picks by backend
@@ -71,6 +71,23 @@ class AuMConfig:
             raise ValueError(f"scan_impl must be one of {SCAN_IMPLS} or 'auto', got {self.scan_impl!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        positive = dict(
+            num_mel_bins=self.num_mel_bins, audio_length=self.audio_length, embed_dim=self.embed_dim,
+            depth=self.depth, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,
+            patch_size=min(self.patch_size), strides=min(self.strides),
+        )
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        for name in ("drop_rate", "drop_path_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.cls_position != "none" and self.pool != "mean":
+            raise ValueError(f"pool={self.pool!r} needs cls_position='none'; with a cls token the cls token is the output.")
+        if self.transpose_token_sequence and self.strides != self.patch_size:
+            raise ValueError("transpose_token_sequence needs strides equal to the patch size, as in the original.")
         for name, value in (("num_mel_bins", self.num_mel_bins), ("audio_length", self.audio_length)):
             patch = self.patch_size[0] if name == "num_mel_bins" else self.patch_size[1]
             if value < patch:

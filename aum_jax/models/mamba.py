@@ -67,18 +67,27 @@ class CausalConv1d(nnx.Module):
         return out
 
 
-def _ssm_projections(config: AuMConfig, rngs: nnx.Rngs) -> tuple[nnx.Linear, nnx.Linear]:
-    """The x_proj (D_inner -> dt_rank + 2N) and dt_proj (dt_rank -> D_inner) of one direction."""
+def _ssm_projections(
+    config: AuMConfig, rngs: nnx.Rngs, *, dt_init: bool = True
+) -> tuple[nnx.Linear, nnx.Linear]:
+    """The x_proj (D_inner -> dt_rank + 2N) and dt_proj (dt_rank -> D_inner) of one direction.
+
+    With ``dt_init`` (the forward branch) dt_proj gets Mamba's special initialisation;
+    without it (the Bi-Bi backward branch, as in the original) a PyTorch-default weight and
+    a zero bias, since the original's model-wide init zeroes every Linear bias it has not
+    marked as special.
+    """
     d_inner, rank, n = config.d_inner, config.resolved_dt_rank, config.d_state
     dtype = jnp.dtype(config.dtype)
     x_proj = nnx.Linear(
         d_inner, rank + 2 * n, use_bias=False, dtype=dtype,
         kernel_init=torch_linear_init(d_inner), rngs=rngs,
     )
+    dt_scale = config.dt_scale * rank**-0.5 if dt_init else rank**-0.5
     dt_proj = nnx.Linear(
         rank, d_inner, dtype=dtype,
-        kernel_init=torch_linear_init(1, scale=config.dt_scale * rank**-0.5),
-        bias_init=_dt_bias_init(config), rngs=rngs,
+        kernel_init=torch_linear_init(1, scale=dt_scale),
+        bias_init=_dt_bias_init(config) if dt_init else nnx.initializers.zeros, rngs=rngs,
     )
     return x_proj, dt_proj
 
@@ -120,7 +129,7 @@ class Mamba(nnx.Module):
             self.A_b_log = _s4d_real_a_log(config)
         if config.bimamba_type == "v2":
             self.conv1d_b = CausalConv1d(d_inner, config.d_conv, config.conv_bias, rngs=rngs)
-            self.x_proj_b, self.dt_proj_b = _ssm_projections(config, rngs)
+            self.x_proj_b, self.dt_proj_b = _ssm_projections(config, rngs, dt_init=False)
             self.D_b = nnx.Param(jnp.ones((d_inner,), jnp.float32))
         # GPT-2 style: out_proj is PyTorch-default initialised, then scaled by 1/sqrt(depth).
         self.out_proj = nnx.Linear(
