@@ -1,0 +1,105 @@
+"""Evaluating a model over a split: masked batches, gathered across processes.
+
+Every process runs the same number of evaluation batches (the input pipeline pads its
+shard); the logits, labels and masks of each global batch are gathered to every
+process, the padding rows dropped, and the metrics of :mod:`aum_jax.metrics` computed
+on the whole split, as the original's ``validate_acc`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from scipy import special
+from tqdm import tqdm
+
+from aum_jax import input_pipeline, metrics, sharding
+from aum_jax.models import AudioMamba
+
+
+@nnx.jit
+def _logits(model: AudioMamba, fbank: jax.Array) -> jax.Array:
+    """Fbank (B, T, F) -> logits (B, C)."""
+    return model(fbank)
+
+
+def host_loss(logits: np.ndarray, labels: np.ndarray, loss: str) -> float:
+    """Mean training loss of ``(N, C)`` logits against ``(N, C)`` labels, on the host.
+
+    "BCE" is the mean over all N * C entries of the sigmoid cross-entropy; "CE" the mean
+    softmax cross-entropy against ``argmax(labels)``.
+    """
+    logits = logits.astype(np.float64)
+    if loss == "BCE":
+        return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
+    if loss == "CE":
+        log_probs = special.log_softmax(logits, axis=1)
+        return float(-np.mean(log_probs[np.arange(len(labels)), np.argmax(labels, axis=1)]))
+    raise ValueError(f"unknown loss {loss!r}; use 'BCE' or 'CE'")
+
+
+def evaluate(
+    model: AudioMamba, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, loss: str
+) -> dict[str, float]:
+    """Runs ``model`` (in eval mode; it is left so) over ``batches`` of this process.
+
+    Args:
+      model: the model, its parameters replicated over ``mesh``.
+      batches: this process's ``{"fbank": (B, T, F), "label": (B, C), "mask": (B,)}``.
+      mesh: the data-parallel mesh.
+      loss: "BCE" or "CE", for the reported loss.
+
+    Returns:
+      ``{"mAP", "mAUC", "d_prime", "accuracy", "loss", "num_examples"}``.
+    """
+    model.eval()
+    all_logits, all_labels = [], []
+    show = jax.process_index() == 0
+    for batch in tqdm(batches, desc="eval", unit="batch", disable=not show, leave=False):
+        arrays = sharding.global_batch(batch, mesh)
+        logits = _logits(model, arrays["fbank"])
+        logits, labels, mask = multihost_utils.process_allgather(
+            (logits, arrays["label"], arrays["mask"]), tiled=True
+        )
+        keep = np.asarray(mask, bool)
+        all_logits.append(np.asarray(logits)[keep])
+        all_labels.append(np.asarray(labels)[keep])
+    logits, labels = np.concatenate(all_logits), np.concatenate(all_labels)
+    bad = int(np.sum(~np.isfinite(logits)))
+    if bad:
+        logging.warning("%d non-finite logits in evaluation were replaced by numbers", bad)
+        logits = np.nan_to_num(logits)  # the original's if_nan2num.
+    result = metrics.classification_metrics(labels, special.expit(logits))
+    result["loss"] = host_loss(logits, labels, loss)
+    result["num_examples"] = len(labels)
+    return result
+
+
+def evaluate_split(
+    model: AudioMamba, data: ml_collections.ConfigDict, split: str, mesh: jax.sharding.Mesh, loss: str
+) -> dict[str, float]:
+    """:func:`evaluate` over one pass of ``split`` of the data config ``data``."""
+    iterator = input_pipeline.make_eval_iterator(data, split)
+    try:
+        return evaluate(model, iterator, mesh, loss)
+    finally:
+        iterator.close()
+
+
+def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Writes ``report`` as indented JSON (on process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    logging.info("Wrote the evaluation report %s", path)

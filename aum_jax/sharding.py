@@ -1,0 +1,56 @@
+"""Data-parallel mesh and global batches.
+
+One mesh axis (``config.mesh.data_axis``) spans the devices of every process; batches
+are split along it and parameters are replicated. Each process feeds its own shard of
+the data (``jax.process_index()::jax.process_count()``), and
+``jax.make_array_from_process_local_data`` stitches the per-process batches into one
+global array.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
+    """A 1-D mesh over ``config.num_devices`` devices (-1: all), axis ``config.data_axis``."""
+    num = jax.device_count() if config.num_devices == -1 else config.num_devices
+    if not 0 < num <= jax.device_count():
+        raise ValueError(f"mesh.num_devices={config.num_devices}, but {jax.device_count()} devices exist")
+    devices = jax.devices()[:num]
+    return jax.make_mesh((num,), (config.data_axis,), (jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the mesh's data axis."""
+    return NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's batch ``{k: (B, ...)}`` -> global arrays ``{k: (B * processes, ...)}``."""
+    sharding = data_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Puts every array of ``tree`` (the same on every process) on all devices of ``mesh``."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x: jax.Array) -> jax.Array:
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)

@@ -1,0 +1,15 @@
+"""AuM on balanced AudioSet-20K (exps/audioset-balanced/aum-*.sh): 25 epochs, mAP.
+
+  python -m aum_jax.main --config=configs/audioset_20k.py:base_scratch --workdir=DIR
+
+Variants: base_scratch (default), small_imgnet; add ,runlocal for a tiny CPU check.
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    return common.get_recipe_config(
+        "audioset_20k", arg, families=("base_scratch", "small_imgnet"),
+        lr=5e-5, num_epochs=25, loss="BCE", metric="mAP", warmup=True, decay=(10, 5, 0.5),
+    )

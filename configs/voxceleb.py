@@ -1,0 +1,16 @@
+"""AuM on VoxCeleb1 speaker identification (exps/voxceleb/aum-*.sh): 20 epochs, CE, accuracy.
+
+  python -m aum_jax.main --config=configs/voxceleb.py --workdir=DIR
+
+Variants: base_scratch (default), small_imgnet, base_audioset; add ,runlocal for a
+tiny CPU check.
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    return common.get_recipe_config(
+        "voxceleb", arg, families=("base_scratch", "small_imgnet", "base_audioset"),
+        lr=1e-5, num_epochs=20, loss="CE", metric="accuracy", warmup=True, decay=(5, 2, 0.75),
+    )

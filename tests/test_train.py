@@ -1,0 +1,263 @@
+"""The training job: learning, resumption, non-finite steps, multi-device, the CLI."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+import soundfile
+from flax import nnx
+
+from aum_jax import checkpoints, datasets, input_pipeline, train, train_state
+from aum_jax.models import AuMConfig
+from configs import speechcommands
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_RATE = 16_000
+CLASSES = {"/toy/low": 300.0, "/toy/high": 2500.0}  # mid: tone frequency (Hz).
+
+
+def write_toy_dataset(root: Path, clips_per_class: int = 12, seed: int = 0) -> dict[str, str]:
+    """Noisy low and high tones, 0.35 s at 16 kHz: a two-class set a tiny model learns at once."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    label_csv = root / "labels.csv"
+    label_csv.write_text("index,mid,display_name\n" + "".join(
+        f"{i},{mid},{mid.rsplit('/', 1)[1]}\n" for i, mid in enumerate(CLASSES)))
+    paths = {}
+    for split, count in (("train", clips_per_class), ("eval", clips_per_class // 2)):
+        entries = []
+        for mid, freq in CLASSES.items():
+            for n in range(count):
+                t = np.arange(int(0.35 * SAMPLE_RATE)) / SAMPLE_RATE
+                tone = 0.3 * np.sin(2 * np.pi * freq * rng.uniform(0.9, 1.1) * t + rng.uniform(0, 2 * np.pi))
+                wav = root / split / f"{mid.rsplit('/', 1)[1]}{n}.wav"
+                wav.parent.mkdir(parents=True, exist_ok=True)
+                soundfile.write(wav, (tone + 0.02 * rng.normal(size=t.shape)).astype(np.float32), SAMPLE_RATE)
+                entries.append((str(wav.relative_to(root)), [mid]))
+        paths[split] = str(root / f"{split}.json")
+        datasets.write_datafile(paths[split], entries)
+    paths["label_csv"] = str(label_csv)
+    return paths
+
+
+def toy_config(paths: dict[str, str], **train_overrides) -> ml_collections.ConfigDict:
+    """The Speech Commands recipe shrunk to the toy set: 32x32 inputs, a 32-wide 1-block AuM."""
+    config = speechcommands.get_config("runlocal")
+    data = config.data
+    data.train_datafile, data.eval_datafile, data.label_csv = paths["train"], paths["eval"], paths["label_csv"]
+    data.n_class, data.num_mel_bins, data.target_length = 2, 32, 32
+    data.freqm = data.timem = 0
+    data.mixup, data.noise = 0.0, False
+    data.batch_size, data.eval_batch_size = 4, 8
+    config.model.embed_dim, config.model.depth = 32, 1
+    config.optimizer.lr = 3e-3
+    config.eval.test_split = ""
+    config.train.update(dict(loss="CE", num_steps=6, steps_per_epoch=6, log_every=1, checkpoint_every=2))
+    config.train.update(train_overrides)
+    return config
+
+
+def read_scalars(workdir: Path, tag: str) -> dict[int, float]:
+    """``{step: value}`` of one TensorBoard scalar, over every event file of ``workdir``."""
+    import tensorflow as tf
+
+    values = {}
+    for path in sorted(glob.glob(str(workdir / "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def final_params(workdir: Path) -> dict:
+    return nnx.to_pure_dict(nnx.state(checkpoints.load_model(workdir / train.MODEL_DIR), nnx.Param))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"))
+
+
+def test_training_reduces_the_loss_and_writes_tensorboard(toy, tmp_path: Path) -> None:
+    report = train.train_and_evaluate(toy_config(toy, num_steps=12, steps_per_epoch=12), tmp_path)
+    losses = read_scalars(tmp_path, "train/loss")
+    assert sorted(losses) == list(range(1, 13))
+    first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (10, 11, 12)])
+    assert last < 0.7 * first, losses
+    assert read_scalars(tmp_path, "eval/accuracy")[12] == report["final"]["accuracy"]
+    assert report["final"]["num_examples"] == 12
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert json.loads((tmp_path / "report.json").read_text())["step"] == 12
+
+
+def test_resume_gives_the_same_params_and_data_order(toy, tmp_path: Path) -> None:
+    overrides = dict(num_steps=6)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    config = toy_config(toy, **overrides)
+    config.eval.split = ""  # workdir/model is then the final model.
+    train.train_and_evaluate(config, straight)
+    config.train.num_steps = 3  # stops after step 3, as a killed run would ...
+    train.train_and_evaluate(config, resumed)
+    assert train_state.make_manager(resumed, 3).latest_step() == 3
+    config.train.num_steps = 6  # ... and the restarted job resumes from its checkpoint.
+    train.train_and_evaluate(config, resumed)
+    straight_losses, resumed_losses = read_scalars(straight, "train/loss"), read_scalars(resumed, "train/loss")
+    assert sorted(resumed_losses) == list(range(1, 7))
+    np.testing.assert_array_equal([resumed_losses[s] for s in range(1, 7)],
+                                  [straight_losses[s] for s in range(1, 7)])  # same batches, same order.
+    jax.tree.map(np.testing.assert_array_equal, final_params(resumed), final_params(straight))
+
+
+def _tiny_model_and_optimizer() -> tuple[nnx.Module, nnx.Optimizer]:
+    config = AuMConfig(num_mel_bins=32, audio_length=32, embed_dim=32, depth=1, num_classes=2)
+    model = checkpoints.init_model(config, 0)
+    return model, nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+
+def test_a_nonfinite_step_changes_nothing() -> None:
+    model, optimizer = _tiny_model_and_optimizer()
+    batch = {"fbank": jnp.ones((4, 32, 32)), "label": jax.nn.one_hot(jnp.arange(4) % 2, 2)}
+    def snapshot() -> list:  # parameters and optimizer state; RNG counters may advance.
+        return [jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+                jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(optimizer)))]
+
+    before = snapshot()
+    loss, ok = train.train_step(model, optimizer, {**batch, "fbank": batch["fbank"].at[0, 0, 0].set(jnp.inf)}, "BCE")
+    assert not bool(ok) and not np.isfinite(float(loss))
+    jax.tree.map(np.testing.assert_array_equal, snapshot(), before)
+    loss, ok = train.train_step(model, optimizer, batch, "BCE")  # a good batch still trains.
+    assert bool(ok) and np.isfinite(float(loss))
+    assert int(optimizer.step[...]) == 1
+
+
+def test_nonfinite_steps_are_skipped_then_stop_with_a_checkpoint(toy, tmp_path: Path) -> None:
+    report = train.train_and_evaluate(toy_config(toy, num_steps=4, inject_nonfinite_steps=(2,)), tmp_path / "one")
+    assert report["step"] == 4
+    assert read_scalars(tmp_path / "one", "train/skipped_steps") == {1: 0, 2: 0, 3: 1, 4: 0}
+    assert sorted(read_scalars(tmp_path / "one", "train/loss")) == [1, 2, 4]
+
+    config = toy_config(toy, num_steps=8, inject_nonfinite_steps=(1, 2, 3), max_nonfinite_steps=3)
+    with pytest.raises(train.NonFiniteLossError, match="3 consecutive non-finite"):
+        train.train_and_evaluate(config, tmp_path / "three")
+    manager = train_state.make_manager(tmp_path / "three", 3)
+    assert manager.latest_step() == 4
+    model, optimizer = _tiny_model_and_optimizer()
+    train_optimizer = nnx.Optimizer(model, train.make_optimizer(config.optimizer, optax.constant_schedule(0.0)),
+                                    wrt=nnx.Param)
+    iterator = input_pipeline.make_train_iterator(config.data)
+    train_state.restore_latest(manager, model, train_optimizer, iterator)
+    iterator.close()
+    assert int(train_optimizer.step[...]) == 1  # only step 1 was applied.
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+
+
+MULTI_DEVICE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, ml_collections, numpy as np, optax
+    from flax import nnx
+    from aum_jax import checkpoints, sharding, train
+    from aum_jax.models import AuMConfig
+
+    assert jax.device_count() == 8, jax.devices()
+    rng = np.random.default_rng(0)
+    batch = {"fbank": rng.normal(size=(8, 32, 32)).astype(np.float32),
+             "label": np.eye(3, dtype=np.float32)[rng.integers(3, size=8)]}
+    out = {}
+    for n in (1, 8):
+        mesh = sharding.make_mesh(ml_collections.ConfigDict({"data_axis": "data", "num_devices": n}))
+        model = checkpoints.init_model(AuMConfig(num_mel_bins=32, audio_length=32, embed_dim=32, depth=2,
+                                                 num_classes=3, bimamba_type="v2"), 0)
+        optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+        nnx.update(model, sharding.replicate(nnx.state(model), mesh))
+        nnx.update(optimizer, sharding.replicate(nnx.state(optimizer), mesh))
+        losses = [float(train.train_step(model, optimizer, sharding.global_batch(batch, mesh), "BCE")[0])
+                  for _ in range(2)]
+        leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        out[n] = {"losses": losses, "devices": len(leaves[0].sharding.device_set),
+                  "params": [float(np.abs(np.asarray(x)).sum()) for x in leaves]}
+    print(json.dumps(out))
+""")
+
+
+def _subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    return env
+
+
+def test_eight_devices_match_one_device() -> None:
+    env = _subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    one, eight = out["1"], out["8"]
+    assert eight["devices"] == 8  # parameters stay replicated over the mesh.
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
+    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4)
+
+
+def test_main_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "aum_jax.main", "--help"], env=_subprocess_env(),
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]  # absl's --help exits with 1 after the usage.
+    assert "Command line of the training and evaluation job" in result.stdout
+    for flag in ("--config", "--workdir", "--mode"):
+        assert flag in result.stdout
+
+
+def test_demo_runlocal_end_to_end(tmp_path: Path) -> None:
+    env = _subprocess_env(AUM_JAX_CACHE=str(tmp_path / "cache"))
+    workdir = tmp_path / "work"
+    command = [sys.executable, "-m", "aum_jax.main", "--config=configs/demo.py:runlocal", f"--workdir={workdir}"]
+    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["step"] == 4 and report["test"]["num_examples"] == 20
+    result = subprocess.run(command + ["--mode=eval"], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((workdir / "eval_test.json").read_text())["accuracy"] == report["test"]["accuracy"]
+
+
+def test_sigterm_checkpoints_and_the_job_resumes(tmp_path: Path) -> None:
+    env = _subprocess_env(AUM_JAX_CACHE=str(tmp_path / "cache"))
+    workdir = tmp_path / "work"
+    command = [sys.executable, "-m", "aum_jax.main", "--config=configs/demo.py:runlocal", f"--workdir={workdir}",
+               "--config.train.num_steps=100000", "--config.train.checkpoint_every=2"]
+    job = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (workdir / "checkpoints" / "2").is_dir():
+            assert job.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGTERM)
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 143, stderr[-3000:]
+    assert "training interrupted after step" in stderr
+    stopped = train_state.make_manager(workdir, 3).latest_step()
+    assert stopped >= 2
+    resumed = subprocess.run(command[:-2] + [f"--config.train.num_steps={stopped + 2}"], env=env, cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restored the checkpoint of step {stopped}" in resumed.stderr
+    assert json.loads((workdir / "report.json").read_text())["step"] == stopped + 2
