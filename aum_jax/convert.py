@@ -16,12 +16,13 @@ a checkpoint can never run code on load.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -69,7 +70,9 @@ def read_torch_checkpoint(path: str | os.PathLike) -> StateDict:
     if not _looks_like_torch_file(path):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch zip archive nor a pickle).")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # Training scripts often save their argparse Namespace beside the weights; it holds data only.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"Refusing to load {path}: it needs arbitrary pickled objects, which could run code. "
@@ -273,19 +276,30 @@ def _natural(key: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
-def load_torch_params(model: AudioMamba, state: StateDict, *, source: str = "checkpoint") -> None:
-    """Copies a PyTorch ``state_dict`` into ``model`` in place, after a strict key check."""
-    check_keys(state, expected_torch_shapes(model), source=source)
+def load_torch_params(
+    model: AudioMamba,
+    state: StateDict,
+    *,
+    source: str = "checkpoint",
+    keep_init: Collection[str] = (),
+) -> None:
+    """Copies a PyTorch ``state_dict`` into ``model`` in place, after a strict key check.
+
+    Keys in ``keep_init`` may be absent from ``state``; those parameters keep the values
+    ``model`` was initialised with.
+    """
+    expected = expected_torch_shapes(model)
+    check_keys(state, {k: v for k, v in expected.items() if k not in keep_init or k in state}, source=source)
     params = nnx.state(model, nnx.Param)
     flat = _flatten(nnx.to_pure_dict(params))
     for path, value in flat.items():
-        if path[0] == "layers":
-            name = _torch_name(path[1:])
-            stacked = [_to_nnx_layout(name, state[f"layers.{i}.{name}"]) for i in range(value.shape[0])]
-            flat[path] = jnp.asarray(np.stack(stacked), value.dtype)
-        else:
-            name = _torch_name(path)
-            flat[path] = jnp.asarray(_to_nnx_layout(name, state[name]), value.dtype)
+        layered = path[0] == "layers"
+        name = _torch_name(path[1:] if layered else path)
+        keys = [f"layers.{i}.{name}" for i in range(value.shape[0])] if layered else [name]
+        if all(k in keep_init and k not in state for k in keys):
+            continue
+        arrays = [_to_nnx_layout(name, state[k]) for k in keys]
+        flat[path] = jnp.asarray(np.stack(arrays) if layered else arrays[0], value.dtype)
     nnx.replace_by_pure_dict(params, _unflatten(flat))
     nnx.update(model, params)
 
@@ -372,13 +386,23 @@ def _aum_pos_embed(state: StateDict, target: AuMConfig, layout: SourceLayout) ->
     return pos, source.patch_grid
 
 
+# The backward-direction parameters that only some variants have; init mode may add or drop them.
+BACKWARD_KEY = re.compile(r"^layers\.\d+\.mixer\.(A_b_log|D_b|(conv1d_b|x_proj_b|dt_proj_b)\.(weight|bias))$")
+
+
 def init_from_source(
     state: StateDict, target: AuMConfig, layout: SourceLayout, *, seed: int = 0
 ) -> AudioMamba:
-    """Builds a new ``target`` model whose backbone comes from a ViM or AuM checkpoint."""
+    """Builds a new ``target`` model whose backbone comes from a ViM or AuM checkpoint.
+
+    As the original's non-strict load, a source and target of different variants may differ
+    in their backward-direction parameters: the source's extra ones are dropped and the
+    target's extra ones keep their fresh initialisation (both are logged). Any other missing,
+    unexpected or mis-shaped key is an error.
+    """
     state = dict(state)
     model = init_model(target, seed)
-    patch = state[PATCH_KEY]
+    patch = _require(state, PATCH_KEY)
     if patch.shape[1] != 1:
         state[PATCH_KEY] = patch.mean(axis=1, keepdims=True)
     if tuple(patch.shape[-2:]) != target.patch_size:
@@ -388,16 +412,26 @@ def init_from_source(
     read_pos = _vim_pos_embed if layout.kind == "vim" else _aum_pos_embed
     pos, grid = read_pos(state, target, layout)
     state[POS_EMBED_KEY] = resample_pos_embed(pos, grid, target.patch_grid, target.num_cls_tokens)
+    keep_init: set[str] = set()
     head_fits = "head.weight" in state and state["head.weight"].shape[0] == target.num_classes
     if layout.kind == "vim" or not head_fits:
         for key in HEAD_KEYS:
             state.pop(key, None)
-        fresh = nnx.state(model, nnx.Param)
-        if target.num_classes > 0:
-            state["head.weight"] = np.asarray(fresh["head"]["kernel"][...]).T
-            state["head.bias"] = np.asarray(fresh["head"]["bias"][...])
+        keep_init.update(HEAD_KEYS)
         logging.info("Head dropped; a fresh %d-class head is initialised.", target.num_classes)
-    load_torch_params(model, state, source=f"{layout.kind} source checkpoint")
+    expected = expected_torch_shapes(model)
+    dropped = sorted((k for k in state if k not in expected and BACKWARD_KEY.match(k)), key=_natural)
+    fresh = sorted((k for k in expected if k not in state and BACKWARD_KEY.match(k)), key=_natural)
+    for key in dropped:
+        del state[key]
+    if dropped or fresh:
+        logging.warning(
+            "Source and target variants differ: %d backward-direction tensors of the source are dropped "
+            "(%s) and %d of the target keep their fresh initialisation (%s).",
+            len(dropped), ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else ""),
+            len(fresh), ", ".join(fresh[:4]) + (" ..." if len(fresh) > 4 else ""),
+        )
+    load_torch_params(model, state, source=f"{layout.kind} source checkpoint", keep_init=keep_init | set(fresh))
     return model
 
 

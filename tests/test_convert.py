@@ -188,3 +188,38 @@ def test_predict_names_an_unreadable_audio_file(fobi, tmp_path):
     broken.write_bytes(b"RIFF....WAVEfmt garbage")
     result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--audio", str(broken))
     assert result.returncode == 1 and "broken.wav" in result.stderr
+
+
+def test_init_mode_across_variants_keeps_the_backbone(fixtures_dir, fobi):
+    """As the original's non-strict load: Bi-Bi ViM -> Fo-Bi drops the _b branch; Fo-Bi -> Bi-Bi adds a fresh one."""
+    vim = convert.read_torch_checkpoint(fixtures_dir / "vim_imagenet_init" / "vim_small_midcls.pth")
+    target = convert.infer_config(vim, audio_length=128).replace(num_classes=35, bimamba_type="v1")
+    model = convert.init_from_source(vim, target, convert.SourceLayout(kind="vim"))
+    np.testing.assert_array_equal(model.layers.mixer.A_b_log[...][1], vim["layers.1.mixer.A_b_log"])
+    assert not hasattr(model.layers.mixer, "conv1d_b")
+
+    _, state = fobi
+    target = convert.infer_config(state).replace(bimamba_type="v2", num_classes=7)
+    model = convert.init_from_source(state, target, convert.SourceLayout(kind="aum"))
+    np.testing.assert_array_equal(model.layers.mixer.x_proj.kernel[...][2], state["layers.2.mixer.x_proj.weight"].T)
+    np.testing.assert_array_equal(model.layers.mixer.dt_proj_b.bias[...], 0.0)  # fresh, as initialised
+
+
+def test_init_mode_still_rejects_other_mismatches(fobi):
+    _, state = fobi
+    deeper = convert.infer_config(state).replace(depth=5)
+    with pytest.raises(convert.CheckpointError, match="missing key layers.4.mixer.in_proj.weight"):
+        convert.init_from_source(state, deeper, convert.SourceLayout(kind="aum"))
+    headless = {k: v for k, v in state.items() if k != "patch_embed.proj.weight"}
+    with pytest.raises(convert.CheckpointError, match="no 'patch_embed.proj.weight'"):
+        convert.init_from_source(headless, convert.infer_config(state), convert.SourceLayout(kind="aum"))
+
+
+def test_reads_checkpoints_that_carry_their_training_arguments(tmp_path, fobi):
+    import argparse
+
+    folder, state = fobi
+    raw = torch.load(folder / "state_dict.pth", map_location="cpu", weights_only=True)
+    path = tmp_path / "with_args.pth"
+    torch.save({"model": raw, "args": argparse.Namespace(lr=5e-4, model="vim_small")}, path)
+    assert convert.read_torch_checkpoint(path).keys() == state.keys()
