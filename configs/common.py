@@ -171,7 +171,6 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
     """Shrinks ``config`` in place: tiny depth-2 model, short clips, a few small steps."""
     config.model.embed_dim = EMBED_DIMS["tiny"]
     config.model.depth = 2
-    config.model.scan_impl = "sequential"  # the fastest selective scan on CPU.
     config.init.checkpoint = ""
     config.data.target_length = 64
     config.data.batch_size = 4

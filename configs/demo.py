@@ -40,7 +40,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = common.get_model_config(config.data, "tiny", "Bi-Bi")
     config.model.depth = 2  # on 2 CPU cores, more epochs beat more blocks in a few minutes.
-    config.model.scan_impl = "sequential"  # the fastest selective scan on a CPU.
 
     config.optimizer = common.get_optimizer_config(2e-3, warmup=False)
     config.optimizer.decay_start_epoch = 8  # halve the lr every epoch from the 9th.
