@@ -17,6 +17,7 @@ and ``--process_id``.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 from pathlib import Path
@@ -101,7 +102,13 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return reports
 
 
+def _quiet_orbax_info(record: std_logging.LogRecord) -> bool:
+    """Keeps orbax's warnings and errors but drops its per-save INFO chatter."""
+    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
+    logging.get_absl_logger().addFilter(_quiet_orbax_info)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
