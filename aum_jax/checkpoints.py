@@ -1,7 +1,7 @@
 """Saving and restoring AudioMamba models with orbax.
 
 A model directory holds ``config.json`` (the ``AuMConfig``) and ``params/`` (an orbax
-checkpoint of the model's ``nnx.Param`` state). It is written to a temporary sibling
+checkpoint of the model's ``nnx.Param`` state). It is written to a hidden sibling
 directory first and renamed into place, so a crash never leaves a partial model behind.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from absl import logging
 from flax import nnx
 
@@ -22,24 +23,41 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 def save_model(model: AudioMamba, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Writes ``model`` to ``directory`` atomically and returns its absolute path."""
+    """Writes ``model`` to ``directory`` atomically and returns its absolute path.
+
+    With several processes every one of them must call this (orbax writes the arrays
+    collectively); process 0 writes the config and moves the result into place.
+    """
     directory = Path(directory).absolute()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it.")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    primary = jax.process_index() == 0
+    staging = directory.parent / f".{directory.name}.partial"
+    if primary:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    _sync("aum_jax.save_model.staged")
     try:
-        model.config.save(staging / CONFIG_FILE)
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging / PARAMS_DIR, nnx.state(model, nnx.Param))
             checkpointer.wait_until_finished()
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
+        _sync("aum_jax.save_model.written")
+        if primary:
+            model.config.save(staging / CONFIG_FILE)
+            if directory.exists():
+                shutil.rmtree(directory)
+            staging.rename(directory)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if primary:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
+    _sync("aum_jax.save_model.done")
     logging.info("Saved %s model to %s", model.config.aum_type, directory)
     return directory
 

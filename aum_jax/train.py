@@ -232,15 +232,6 @@ def _every(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
-def _save_model(model: AudioMamba, directory: Path) -> None:
-    if jax.process_count() > 1:
-        # checkpoints.save_model stages in a per-process temporary directory, which
-        # multi-process orbax saving cannot share.
-        logging.warning("Not writing %s: model export is single-process only", directory)
-        return
-    checkpoints.save_model(model, directory, overwrite=True)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -315,7 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         report["final"] = {"step": step, **result}
         if best is None or result[train_cfg.metric] > best[train_cfg.metric]:
             best = {"step": step, **result}
-            _save_model(model, workdir / MODEL_DIR)
+            checkpoints.save_model(model, workdir / MODEL_DIR, overwrite=True)
             if is_main:
                 (workdir / BEST_FILE).write_text(json.dumps(best, indent=1))
 
@@ -379,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if config.eval.split and last_eval is None:  # resumed at the end: evaluate what we have.
         eval_and_keep_best(step)
     if not config.eval.split:
-        _save_model(model, workdir / MODEL_DIR)
+        checkpoints.save_model(model, workdir / MODEL_DIR, overwrite=True)
     report["step"] = step
     report["best"] = best
     if config.eval.test_split and (workdir / MODEL_DIR).is_dir():

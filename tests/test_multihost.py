@@ -88,6 +88,10 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     assert outputs[0]["params"] == outputs[1]["params"]
     assert outputs[0]["eval"] == outputs[1]["eval"]
     assert outputs[0]["eval"]["num_examples"] == 12  # every eval clip once, across both shards.
+    # The two processes exported one model together.
+    exported = checkpoints.load_model(tmp_path / "work" / "model")
+    assert exported.config.depth == toy_config(paths, num_steps=NUM_STEPS).model.depth
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "work").iterdir())
 
     # One process fed the concatenation of the two shards' batches reaches the same point.
     config = toy_config(paths, num_steps=NUM_STEPS)
