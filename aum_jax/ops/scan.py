@@ -9,13 +9,15 @@ Tensors are channels-last, the natural JAX layout: ``u``, ``delta`` and ``z`` ar
 (B, L, D), ``B`` and ``C`` are (B, L, N), ``A`` is (D, N). The original CUDA kernel
 takes (B, D, L); only the layout differs, the arguments and their meaning are the same.
 
-Three implementations compute the same function and are all differentiable:
+Four implementations compute the same function and are all differentiable:
 
 - ``"sequential"``: a ``lax.scan`` over time, the readable reference.
 - ``"associative"``: ``jax.lax.associative_scan`` over time, log-depth parallel.
 - ``"chunked"``: a ``lax.scan`` over chunks of ``chunk_size`` steps with a parallel scan
   inside each chunk; the chunk body is rematerialised, so neither the forward nor the
   backward pass ever holds the whole (B, L, D, N) state tensor, only chunk-boundary states.
+- ``"pallas"``: the Pallas/Triton GPU kernel of ``kernels/selective_scan.py`` (Pallas
+  interpret mode on CPU), with the chunked scan's VJP as its backward pass.
 
 ``impl="auto"`` picks ``"sequential"`` on CPU, where it is the fastest (see the ``scan``
 section of ``scripts/benchmark.py``), and ``"associative"`` on accelerators.
@@ -31,8 +33,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-ScanImpl = Literal["sequential", "associative", "chunked", "auto"]
-SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked")
+ScanImpl = Literal["sequential", "associative", "chunked", "pallas", "auto"]
+SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked", "pallas")
 DEFAULT_CHUNK_SIZE = 128
 
 
@@ -111,6 +113,22 @@ def _scan_chunked(u, delta, A, B, C, h0, chunk_size: int):
     return y[:, :length]
 
 
+def scan_readout(
+    u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *, impl: str, chunk_size: int
+) -> jax.Array:
+    """The recurrence alone on float32 inputs: u, delta (B, L, D), A (D, N), B, C (B, L, N) -> <h_t, C_t>."""
+    if impl == "pallas":
+        from kernels.selective_scan import pallas_readout  # kernels depends on this module.
+
+        return pallas_readout(u, delta, A, B, C, interpret=jax.default_backend() == "cpu")
+    h0 = jnp.zeros((u.shape[0], u.shape[2], A.shape[1]), jnp.float32)
+    if impl == "sequential":
+        return _scan_sequential(u, delta, A, B, C, h0)
+    if impl == "associative":
+        return _scan_associative(u, delta, A, B, C, h0)
+    return _scan_chunked(u, delta, A, B, C, h0, chunk_size)
+
+
 @functools.partial(jax.jit, static_argnames=("delta_softplus", "impl", "chunk_size"))
 def selective_scan(
     u: jax.Array,
@@ -152,13 +170,7 @@ def selective_scan(
         delta = delta + delta_bias.astype(f32)
     if delta_softplus:
         delta = jax.nn.softplus(delta)
-    h0 = jnp.zeros((u.shape[0], u.shape[2], A.shape[1]), f32)
-    if impl == "sequential":
-        y = _scan_sequential(u, delta, A, B, C, h0)
-    elif impl == "associative":
-        y = _scan_associative(u, delta, A, B, C, h0)
-    else:
-        y = _scan_chunked(u, delta, A, B, C, h0, chunk_size)
+    y = scan_readout(u, delta, A, B, C, impl=impl, chunk_size=chunk_size)
     if D is not None:
         y = y + u * D.astype(f32)
     if z is not None:
