@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
+from flax import nnx, traverse_util
 
 from aum_jax.checkpoints import init_model
 from aum_jax.models import AUM_TYPES, AudioMamba, AuMConfig
@@ -193,26 +193,6 @@ def infer_config(
 # ----------------------------------------------------------------------------------------
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, (*prefix, str(key))))
-        else:
-            flat[(*prefix, str(key))] = value
-    return flat
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
-
-
 def _torch_name(path: tuple[str, ...]) -> str:
     """NNX path (without the layer axis) -> PyTorch key."""
     if path == ("pos_embed",):
@@ -243,7 +223,7 @@ def _to_nnx_layout(name: str, value: np.ndarray) -> np.ndarray:
 def expected_torch_shapes(model: AudioMamba) -> dict[str, tuple[int, ...]]:
     """Every PyTorch key the original model of ``model.config`` has, with its shape."""
     shapes = {}
-    for path, value in _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items():
+    for path, value in traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items():
         if path[0] == "layers":
             name = _torch_name(path[1:])
             for i in range(value.shape[0]):
@@ -291,7 +271,7 @@ def load_torch_params(
     expected = expected_torch_shapes(model)
     check_keys(state, {k: v for k, v in expected.items() if k not in keep_init or k in state}, source=source)
     params = nnx.state(model, nnx.Param)
-    flat = _flatten(nnx.to_pure_dict(params))
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(params))
     for path, value in flat.items():
         layered = path[0] == "layers"
         name = _torch_name(path[1:] if layered else path)
@@ -300,7 +280,7 @@ def load_torch_params(
             continue
         arrays = [_to_nnx_layout(name, state[k]) for k in keys]
         flat[path] = jnp.asarray(np.stack(arrays) if layered else arrays[0], value.dtype)
-    nnx.replace_by_pure_dict(params, _unflatten(flat))
+    nnx.replace_by_pure_dict(params, traverse_util.unflatten_dict(flat))
     nnx.update(model, params)
 
 
