@@ -7,7 +7,8 @@ Two paths:
   mis-shaped key is an error that names each one.
 - ``init_from_source``: a NEW model is built from a source checkpoint, as the original's
   ``imagenet_pretrain`` (ViM ImageNet) and ``aum_pretrain`` (AuM) options do. The position
-  embedding grid is resampled, a 3-channel patch kernel is averaged, and the head is dropped
+  embedding grid is resampled, a 3-channel patch kernel is averaged (and PI-resized to
+  another patch size), and the head is dropped
   (always for ViM, for AuM when the class count differs) and freshly initialised.
 
 PyTorch is needed only here, to read ``.pth`` files, and only with ``weights_only=True``:
@@ -307,6 +308,25 @@ def resample_grid(grid: jax.Array, new_size: tuple[int, int]) -> jax.Array:
     return jax.image.resize(grid, (*new_size, grid.shape[-1]), method="linear", antialias=True)
 
 
+def resample_patch_kernel(kernel: np.ndarray, new_size: tuple[int, int]) -> np.ndarray:
+    """Resizes a patch-embedding kernel (D, C, h, w) -> (D, C, h', w') as FlexiViT's PI-resize.
+
+    The original's ``resample_patch_embed``: with ``R`` the bilinear resize (no antialiasing)
+    from (h, w) to (h', w') as a matrix, the new kernel is ``pinv(R^T) @ kernel``, so that a
+    resized patch seen by the new kernel gives what the old patch gave the old kernel.
+    """
+    old_size = tuple(kernel.shape[-2:])
+    if old_size == tuple(new_size):
+        return kernel
+    old_n = old_size[0] * old_size[1]
+    basis = jnp.eye(old_n, dtype=jnp.float32).reshape(old_n, *old_size)
+    resized = jax.vmap(lambda e: jax.image.resize(e, new_size, method="linear", antialias=False))(basis)
+    resize_matrix = np.asarray(resized, np.float64).reshape(old_n, -1).T  # (new_n, old_n)
+    inverse = np.linalg.pinv(resize_matrix.T)  # (new_n, old_n)
+    flat = kernel.reshape(*kernel.shape[:2], old_n).astype(np.float64)
+    return np.einsum("xk,abk->abx", inverse, flat).reshape(*kernel.shape[:2], *new_size).astype(np.float32)
+
+
 def resample_pos_embed(
     pos: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int], num_prefix: int
 ) -> np.ndarray:
@@ -375,6 +395,9 @@ def init_from_source(
 ) -> AudioMamba:
     """Builds a new ``target`` model whose backbone comes from a ViM or AuM checkpoint.
 
+    A 3-channel patch kernel is averaged over its channels, and a kernel of another patch
+    size is PI-resized (``resample_patch_kernel``), as the original's ``FlexiPatchEmbed``.
+
     As the original's non-strict load, a source and target of different variants may differ
     in their backward-direction parameters: the source's extra ones are dropped and the
     target's extra ones keep their fresh initialisation (both are logged). Any other missing,
@@ -383,15 +406,12 @@ def init_from_source(
     state = dict(state)
     model = init_model(target, seed)
     patch = _require(state, PATCH_KEY)
-    if patch.shape[1] != 1:
-        state[PATCH_KEY] = patch.mean(axis=1, keepdims=True)
-    if tuple(patch.shape[-2:]) != target.patch_size:
-        raise CheckpointError(
-            f"{PATCH_KEY}: source patch {tuple(patch.shape[-2:])} differs from the target patch {target.patch_size}."
-        )
     read_pos = _vim_pos_embed if layout.kind == "vim" else _aum_pos_embed
     pos, grid = read_pos(state, target, layout)
     state[POS_EMBED_KEY] = resample_pos_embed(pos, grid, target.patch_grid, target.num_cls_tokens)
+    if patch.shape[1] != 1:
+        patch = patch.mean(axis=1, keepdims=True)
+    state[PATCH_KEY] = resample_patch_kernel(patch, target.patch_size)
     keep_init: set[str] = set()
     head_fits = "head.weight" in state and state["head.weight"].shape[0] == target.num_classes
     if layout.kind == "vim" or not head_fits:

@@ -97,3 +97,34 @@ def test_aum_source_init_resamples_grid_and_handles_head(classes, keeps_head):
         np.testing.assert_array_equal(head, sd["head.weight"].T.numpy())
     else:
         assert abs(head.std() - 0.02) < 0.005  # a fresh head, not a copy
+
+
+def torch_pi_resize(kernel: torch.Tensor, new: tuple[int, int]) -> torch.Tensor:
+    """FlexiViT's PI-resize as the original computes it: pinv of the bilinear resize matrix."""
+    old = tuple(kernel.shape[-2:])
+    columns = []
+    for i in range(old[0] * old[1]):
+        basis = torch.zeros(old)
+        basis.view(-1)[i] = 1.0
+        columns.append(F.interpolate(basis[None, None], size=new, mode="bilinear", antialias=False).reshape(-1))
+    resize_matrix = torch.stack(columns).T  # (new_n, old_n), as the original's get_resize_mat
+    inverse = torch.linalg.pinv(resize_matrix.T.double())
+    flat = kernel.reshape(*kernel.shape[:2], -1).double()
+    return torch.einsum("xk,abk->abx", inverse, flat).reshape(*kernel.shape[:2], *new).float()
+
+
+@pytest.mark.parametrize("new", [(8, 8), (24, 24), (16, 10)])
+def test_patch_kernel_pi_resize_matches_the_original_recipe(new):
+    kernel = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    got = convert.resample_patch_kernel(kernel.numpy(), new)
+    np.testing.assert_allclose(got, torch_pi_resize(kernel, new).numpy(), atol=1e-4)
+
+
+def test_aum_source_init_to_another_patch_size():
+    source_cfg = AuMConfig(**{**TINY, "num_mel_bins": 128, "audio_length": 64})
+    sd = random_state_dict(source_cfg, seed=4)
+    target = source_cfg.replace(patch_size=(8, 8), strides=(8, 8), audio_length=64)
+    model = convert.init_from_source({k: v.numpy() for k, v in sd.items()}, target, convert.SourceLayout(kind="aum"))
+    kernel = np.asarray(model.patch_embed.proj.kernel[...]).transpose(3, 2, 0, 1)
+    np.testing.assert_allclose(kernel, torch_pi_resize(sd["patch_embed.proj.weight"], (8, 8)).numpy(), atol=1e-4)
+    assert model.pos_embed.shape == (1, 1 + 16 * 8, 48)
