@@ -95,11 +95,24 @@ def evaluate_split(
         iterator.close()
 
 
+def to_json(report: dict[str, Any]) -> str:
+    """Indented, standard JSON: non-finite metrics (e.g. d' of a perfect AUC) become null."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(clean(report), indent=1, sort_keys=True, allow_nan=False)
+
+
 def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
     """Writes ``report`` as indented JSON (on process 0 only)."""
     if jax.process_index() != 0:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(report, f, indent=1, sort_keys=True)
+        f.write(to_json(report))
     logging.info("Wrote the evaluation report %s", path)

@@ -84,6 +84,8 @@ def _latest_checkpoint_model(config: ml_collections.ConfigDict, workdir: Path) -
 
 def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """Evaluates a model directory or the newest checkpoint; writes ``workdir/eval_<split>.json``."""
+    if config.eval.model_dir and not (Path(config.eval.model_dir) / checkpoints.CONFIG_FILE).is_file():
+        raise app.UsageError(f"config.eval.model_dir={config.eval.model_dir} is not an aum-jax model directory")
     model_dir = Path(config.eval.model_dir or workdir / train.MODEL_DIR)
     if (model_dir / checkpoints.CONFIG_FILE).is_file():
         model, source = checkpoints.load_model(model_dir), str(model_dir)
@@ -92,6 +94,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         if model is None:
             raise app.UsageError(f"no model in {model_dir} and no checkpoint in {workdir}")
     mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     nnx.update(model, sharding.replicate(nnx.state(model), mesh))
     reports = {}
     for split in filter(None, (config.eval.split, config.eval.test_split)):

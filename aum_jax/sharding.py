@@ -26,6 +26,18 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
     return jax.make_mesh((num,), (config.data_axis,), (jax.sharding.AxisType.Auto,), devices=devices)
 
 
+def check_batch_size(per_process: int, mesh: Mesh, name: str) -> int:
+    """Returns the global batch of ``per_process`` examples per process, if the mesh divides it."""
+    global_size = per_process * jax.process_count()
+    if global_size % mesh.size:
+        raise ValueError(
+            f"{name}={per_process} per process gives a global batch of {global_size}, "
+            f"which the {mesh.size} devices of the mesh do not divide; pick a multiple of "
+            f"{mesh.size // np.gcd(mesh.size, jax.process_count())}."
+        )
+    return global_size
+
+
 def data_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over the mesh's data axis."""
     return NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))

@@ -65,11 +65,11 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     ``"multistep"``: ``lr * decay_factor ** #{m in range(decay_start_epoch, inf,
     decay_every_epochs) : m <= epoch}`` with ``epoch = step // steps_per_epoch`` (0-based),
     i.e. torch's MultiStepLR stepped after every epoch. ``"epic"``: 1, 0.05 from epoch
-    10, 0.01 from epoch 20. Warm-up multiplies by ``warmup_start + (1 - warmup_start) *
+    10, 0.01 from epoch 20. ``"constant"``: 1. Warm-up multiplies by ``warmup_start + (1 - warmup_start) *
     min(1, s / warmup_steps)``, with ``s`` the step rounded down to ``warmup_interval``.
     """
-    if config.schedule not in ("multistep", "epic"):
-        raise ValueError(f"unknown lr schedule {config.schedule!r}; use 'multistep' or 'epic'")
+    if config.schedule not in ("multistep", "epic", "constant"):
+        raise ValueError(f"unknown lr schedule {config.schedule!r}; use 'multistep', 'epic' or 'constant'")
     warmup_steps = round(config.warmup_epochs * steps_per_epoch) if config.warmup_epochs > 0 else config.warmup_steps
 
     def schedule(step: jax.Array) -> jax.Array:
@@ -77,8 +77,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
         if config.schedule == "multistep":
             decays = jnp.maximum(0, (epoch - config.decay_start_epoch) // config.decay_every_epochs + 1)
             factor = jnp.asarray(config.decay_factor, jnp.float32) ** decays
-        else:
+        elif config.schedule == "epic":
             factor = jnp.where(epoch < 10, 1.0, jnp.where(epoch < 20, 0.05, 0.01))
+        else:
+            factor = jnp.ones((), jnp.float32)
         if warmup_steps > 0:
             stair = (step // config.warmup_interval) * config.warmup_interval
             ramp = jnp.minimum(stair / warmup_steps, 1.0)
@@ -258,9 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     # ---------------------------------------------------------------- mesh
     mesh = sharding.make_mesh(config.mesh)
-    global_batch_size = config.data.batch_size * jax.process_count()
-    if global_batch_size % mesh.size:
-        raise ValueError(f"global batch {global_batch_size} is not divisible by the {mesh.size} mesh devices")
+    global_batch_size = sharding.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
+    sharding.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     logging.info("Mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
 
     # ---------------------------------------------------------------- input
@@ -308,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             best = {"step": step, **result}
             checkpoints.save_model(model, workdir / MODEL_DIR, overwrite=True)
             if is_main:
-                (workdir / BEST_FILE).write_text(json.dumps(best, indent=1))
+                (workdir / BEST_FILE).write_text(evaluate.to_json(best))
 
     # ---------------------------------------------------------------- train loop
     inject = set(train_cfg.inject_nonfinite_steps)

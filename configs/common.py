@@ -70,7 +70,7 @@ def get_optimizer_config(lr: float, *, warmup: bool) -> ml_collections.ConfigDic
     c.b2 = 0.999  # Adam beta2.
     c.eps = 1e-8  # Adam epsilon.
     c.weight_decay = 5e-7  # --weight_decay, added to the gradient (L2) as torch Adam does.
-    c.schedule = "multistep"  # "multistep" (MultiStepLR) or "epic" (1, 0.05 from epoch 10, 0.01 from 20).
+    c.schedule = "multistep"  # "multistep" (MultiStepLR), "epic" (1, 0.05 from epoch 10, 0.01 from 20) or "constant".
     c.decay_start_epoch = 2  # --lrscheduler_start: first epoch (0-based count done) with decayed lr.
     c.decay_every_epochs = 1  # --lrscheduler_step.
     c.decay_factor = 0.5  # --lrscheduler_decay.

@@ -1,7 +1,10 @@
 """AuM on EPIC-Sounds (exps/epic-sounds/aum-*.sh): 30 epochs, CE, accuracy.
 
-The original uses its own schedule here: lr x1 until epoch 10, x0.05 until 20, then
-x0.01, after a linear warm-up from 1% of the lr over the first two epochs.
+The original ramps the lr linearly from 1% over the first two epochs (every recipe sets
+--warmup True) and then holds it: its training loop resets the lr to --lr on every step
+after the warm-up, which overrides the LambdaLR it also sets up (x1 until epoch 10, x0.05
+until 20, then x0.01). ``schedule="constant"`` reproduces what runs; ``"epic"`` is the
+LambdaLR as written.
 
   python -m aum_jax.main --config=configs/epic_sounds.py:base_audioset --workdir=DIR
 
@@ -15,9 +18,9 @@ from configs import common
 def get_config(arg: str | None = None):
     config = common.get_recipe_config(
         "epic_sounds", arg, families=("base_scratch", "small_imgnet", "base_audioset"),
-        lr=1e-5, num_epochs=30, loss="CE", metric="accuracy", warmup=False,
+        lr=1e-5, num_epochs=30, loss="CE", metric="accuracy", warmup=False,  # its ramp is set below.
     )
-    config.optimizer.schedule = "epic"  # LambdaLR: 1, 0.05 from epoch 10, 0.01 from epoch 20.
+    config.optimizer.schedule = "constant"  # what the original runs after its warm-up (see above).
     if "runlocal" not in config.variant:
         config.optimizer.warmup_epochs = 2.0  # epic_warmup_step = 2 * len(train_loader).
         config.optimizer.warmup_start = 0.01  # the ramp starts at 1% of the lr.
