@@ -346,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                             f"last good state is checkpointed in {manager.directory} (step {step})"
                         )
                 if _every(step, train_cfg.log_every) or step == num_steps:
-                    scalars = {"train/lr": float(schedule(step - 1)), "train/skipped_steps": skipped}
+                    # The lr of the last applied update: skipped steps do not advance the schedule.
+                    scalars = {"train/lr": float(schedule(max(int(optimizer.step[...]) - 1, 0))), "train/skipped_steps": skipped}
                     if losses:
                         scalars["train/loss"] = float(np.mean(losses))
                     writer.write_scalars(step, scalars)
