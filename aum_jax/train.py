@@ -352,11 +352,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                         scalars["train/loss"] = float(np.mean(losses))
                     writer.write_scalars(step, scalars)
                     losses, skipped = [], 0
-                if _every(step, train_cfg.checkpoint_every):
-                    train_state.save(manager, step, model, optimizer, train_iter)
+                # Evaluate before checkpointing: a run killed during the evaluation resumes
+                # from the previous checkpoint and evaluates this step again.
                 if config.eval.split and (_every(step, eval_every) or step == num_steps):
                     eval_and_keep_best(step)
                     last_eval = step
+                if _every(step, train_cfg.checkpoint_every):
+                    train_state.save(manager, step, model, optimizer, train_iter)
                 if stop.any_process():
                     train_state.save(manager, step, model, optimizer, train_iter, force=True)
                     raise TrainingInterrupted(step)
