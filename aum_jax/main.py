@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from aum_jax import checkpoints, demo_data, evaluate, input_pipeline, sharding, train, train_state
+from aum_jax import checkpoints, demo_data, evaluate, sharding, train, train_state
 from aum_jax.models import AudioMamba, AuMConfig
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -72,11 +72,9 @@ def _latest_checkpoint_model(config: ml_collections.ConfigDict, workdir: Path) -
     model = checkpoints.init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
     optimizer = nnx.Optimizer(model, train.make_optimizer(config.optimizer, optax.constant_schedule(0.0)),
                               wrt=nnx.Param)
-    iterator = input_pipeline.make_train_iterator(config.data)
     try:
-        step = train_state.restore_latest(manager, model, optimizer, iterator)
+        step = train_state.restore_latest(manager, model, optimizer, None)
     finally:
-        iterator.close()
         manager.close()
     logging.info("Evaluating the training checkpoint of step %d", step)
     return model

@@ -67,11 +67,12 @@ def restore_latest(
     manager: ocp.CheckpointManager,
     model: nnx.Module,
     optimizer: nnx.Optimizer,
-    iterator: grain.DatasetIterator,
+    iterator: grain.DatasetIterator | None,
 ) -> int:
     """Loads the newest checkpoint into ``model``, ``optimizer`` and ``iterator`` in place.
 
-    The restored arrays take the shardings the current ones have.
+    The restored arrays take the shardings the current ones have. With ``iterator`` None
+    (evaluation) the input position is not read, so no training data is needed.
 
     Returns:
       The step of the checkpoint, or 0 (nothing changed) when there is none.
@@ -84,12 +85,10 @@ def restore_latest(
         ocp.utils.to_shape_dtype_struct,
         {"model": nnx.to_pure_dict(model_state), "optimizer": nnx.to_pure_dict(optimizer_state)},
     )
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), iter=grain.checkpoint.CheckpointRestore(iterator)
-        ),
-    )
+    items = {"state": ocp.args.StandardRestore(target)}
+    if iterator is not None:
+        items["iter"] = grain.checkpoint.CheckpointRestore(iterator)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
     nnx.replace_by_pure_dict(model_state, restored["state"]["model"])
     nnx.replace_by_pure_dict(optimizer_state, restored["state"]["optimizer"])
     nnx.update(model, model_state)

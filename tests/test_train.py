@@ -105,6 +105,23 @@ def test_training_reduces_the_loss_and_writes_tensorboard(toy, tmp_path: Path) -
     assert json.loads((tmp_path / "report.json").read_text())["step"] == 12
 
 
+def test_eval_mode_reads_a_training_checkpoint_without_the_training_data(toy, tmp_path: Path) -> None:
+    import shutil
+
+    from aum_jax import main
+
+    config = toy_config(toy, num_steps=2, checkpoint_every=2)
+    train.train_and_evaluate(config, tmp_path)
+    shutil.rmtree(tmp_path / train.MODEL_DIR)  # leave only the training checkpoint
+    config.data.train_datafile = str(tmp_path / "gone.json")
+    reports = main.run_eval(config, tmp_path)
+    assert reports["eval"]["num_examples"] == 12
+    assert reports["eval"]["model"].endswith("checkpoints")
+    config.eval.model_dir = str(tmp_path / "typo")
+    with pytest.raises(Exception, match="not an aum-jax model directory"):
+        main.run_eval(config, tmp_path)
+
+
 def test_resume_gives_the_same_params_and_data_order(toy, tmp_path: Path) -> None:
     overrides = dict(num_steps=6)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
