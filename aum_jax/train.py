@@ -223,10 +223,16 @@ class _StopRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
-    def any_process(self) -> bool:
-        """Whether any process was asked to stop (the same answer on every process)."""
+    def any_process(self, step: int, interval: int) -> bool:
+        """Whether any process was asked to stop (the same answer on every process).
+
+        With several processes the flags are gathered only every ``interval`` steps, to keep
+        a collective out of every step.
+        """
         if jax.process_count() == 1:
             return self.requested
+        if not _every(step, interval):
+            return False
         return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
 
 
@@ -359,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     last_eval = step
                 if _every(step, train_cfg.checkpoint_every):
                     train_state.save(manager, step, model, optimizer, train_iter)
-                if stop.any_process():
+                if stop.any_process(step, train_cfg.stop_check_every):
                     train_state.save(manager, step, model, optimizer, train_iter, force=True)
                     raise TrainingInterrupted(step)
             train_state.save(manager, step, model, optimizer, train_iter, force=True)

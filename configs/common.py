@@ -94,6 +94,7 @@ def get_train_config(num_epochs: int, loss: str, metric: str) -> ml_collections.
     c.checkpoint_every = 1000  # steps between training checkpoints (and at the end, on SIGTERM, on errors).
     c.keep_checkpoints = 3  # training checkpoints kept in workdir/checkpoints.
     c.max_nonfinite_steps = 10  # stop after this many consecutive non-finite losses (each is skipped).
+    c.stop_check_every = 10  # multi-process: steps between checks for a SIGTERM on any process.
     c.inject_nonfinite_steps = ()  # fault injection for tests: steps whose input is made NaN.
     return c
 
