@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -22,7 +23,7 @@ from jax.experimental import multihost_utils
 from scipy import special
 from tqdm import tqdm
 
-from aum_jax import input_pipeline, metrics, sharding
+from aum_jax import input_pipeline, losses, metrics, sharding
 from aum_jax.models import AudioMamba
 
 
@@ -30,21 +31,6 @@ from aum_jax.models import AudioMamba
 def _logits(model: AudioMamba, fbank: jax.Array) -> jax.Array:
     """Fbank (B, T, F) -> logits (B, C)."""
     return model(fbank)
-
-
-def host_loss(logits: np.ndarray, labels: np.ndarray, loss: str) -> float:
-    """Mean training loss of ``(N, C)`` logits against ``(N, C)`` labels, on the host.
-
-    "BCE" is the mean over all N * C entries of the sigmoid cross-entropy; "CE" the mean
-    softmax cross-entropy against ``argmax(labels)``.
-    """
-    logits = logits.astype(np.float64)
-    if loss == "BCE":
-        return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
-    if loss == "CE":
-        log_probs = special.log_softmax(logits, axis=1)
-        return float(-np.mean(log_probs[np.arange(len(labels)), np.argmax(labels, axis=1)]))
-    raise ValueError(f"unknown loss {loss!r}; use 'BCE' or 'CE'")
 
 
 def evaluate(
@@ -79,7 +65,7 @@ def evaluate(
         logging.warning("%d non-finite logits in evaluation were replaced by numbers", bad)
         logits = np.nan_to_num(logits)  # the original's if_nan2num.
     result = metrics.classification_metrics(labels, special.expit(logits))
-    result["loss"] = host_loss(logits, labels, loss)
+    result["loss"] = float(losses.loss_value(jnp.asarray(logits), jnp.asarray(labels), loss))
     result["num_examples"] = len(labels)
     return result
 

@@ -34,7 +34,7 @@ from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from aum_jax import checkpoints, convert, datasets, evaluate, input_pipeline, sharding, train_state
+from aum_jax import checkpoints, convert, datasets, evaluate, input_pipeline, losses, sharding, train_state
 from aum_jax.models import AudioMamba, AuMConfig, count_params
 
 MODEL_DIR = "model"
@@ -99,15 +99,6 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
     )
 
 
-def loss_value(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
-    """Mean loss of logits (B, C) against labels (B, C): "BCE" over all entries, or "CE"."""
-    if loss == "BCE":
-        return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
-    if loss == "CE":
-        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.argmax(labels, axis=-1)).mean()
-    raise ValueError(f"unknown loss {loss!r}; use 'BCE' or 'CE'")
-
-
 @nnx.jit(static_argnames="loss")
 def train_step(
     model: AudioMamba, optimizer: nnx.Optimizer, batch: dict[str, jax.Array], loss: str
@@ -124,7 +115,7 @@ def train_step(
     optimizer_before = nnx.to_pure_dict(nnx.state(optimizer))
 
     def compute_loss(model: AudioMamba) -> jax.Array:
-        return loss_value(model(batch["fbank"]), batch["label"], loss)
+        return losses.loss_value(model(batch["fbank"]), batch["label"], loss)
 
     value, grads = nnx.value_and_grad(compute_loss)(model)
     ok = jnp.isfinite(value)
