@@ -1,100 +1,167 @@
-"""A Pallas (Triton) GPU kernel for the selective-scan recurrence.
+"""Selective scan on the GPU: Pallas (Triton) forward and backward kernels.
 
-One program per (batch element, tile of ``block_d`` channels) walks time in a
-``fori_loop``, keeping its (block_d, N) state in registers and reading one row of
-``u``, ``delta``, ``B`` and ``C`` per step, the layout of the original CUDA kernel.
-The elementwise parts (delta bias, softplus, the D skip, the silu gate) stay in XLA,
-which fuses them around the kernel; the kernel computes only
+``selective_scan_fn`` takes the original CUDA kernel's arguments, channels last.
+``bidirectional_selective_scan`` runs AuM's two directions in one launch: direction 1
+reads the same time-ordered tensors from the end, so the model never flips a copy.
 
-    h_t = exp(delta_t * A) * h_{t-1} + delta_t * u_t * B_t,    y_t = <h_t, C_t>.
+The forward kernel keeps only the states at chunk boundaries (every 128 steps) for the
+backward kernel, which recomputes the states inside each chunk while it walks time in
+reverse; training holds O(B L D) per scan, never O(B L D N). The state is float32
+whatever the input dtype; the output takes ``u``'s dtype and each gradient its input's.
 
-Triton needs power-of-two blocks, so L, the channel count and N are zero-padded: a step
-with delta = 0 is the identity and trailing steps cannot change earlier outputs, a padded
-state column has B = C = 0, and padded channels are dropped.
-
-The backward pass is the VJP of the pure-JAX chunked scan (``aum_jax.ops.scan``): the
-same function, recomputed from the inputs with only chunk-boundary states kept.
-
-On CPU the kernel runs in Pallas interpret mode, which is how the tests check it.
+Pallas compiles the kernels through Triton on a CUDA GPU and runs them in interpret mode
+elsewhere (``interpret=None`` picks by backend), which is how the CPU tests check them.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
-from aum_jax.ops.scan import DEFAULT_CHUNK_SIZE, scan_readout
+from kernels.backward import backward
+from kernels.forward import forward
+from kernels.layout import BlockConfig, ScanLayout, backward_blocks, forward_blocks
 
-DEFAULT_BLOCK_D = 64  # channels per program
-NUM_WARPS = 4
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+Tensors = Sequence[jax.Array]
 
 
-def _kernel(u_ref, delta_ref, a_ref, b_ref, c_ref, y_ref, *, length: int):
-    """Refs: u, delta, y (L, BD); A (BD, N); B, C (L, N)."""
-    a = a_ref[...]
+def selective_scan_fn(
+    u: jax.Array,
+    delta: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    D: jax.Array | None = None,
+    z: jax.Array | None = None,
+    delta_bias: jax.Array | None = None,
+    delta_softplus: bool = False,
+    *,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """One forward-in-time scan, as mamba_ssm's ``selective_scan_fn`` (channels last).
 
-    def step(t, h):
-        u_t = u_ref[t, :]
-        delta_t = delta_ref[t, :]
-        h = jnp.exp(delta_t[:, None] * a) * h + (delta_t * u_t)[:, None] * b_ref[t, :][None, :]
-        y_ref[t, :] = jnp.sum(h * c_ref[t, :][None, :], axis=1)
-        return h
+    Args:
+      u, delta: (B, L, D); A: (D, N); B, C: (B, L, N); D, delta_bias: (D,) or None;
+      z: (B, L, D) gate, applied as silu(z), or None.
 
-    jax.lax.fori_loop(0, length, step, jnp.zeros(a.shape, jnp.float32))
-
-
-def _pad_to(x: jax.Array, axis: int, size: int) -> jax.Array:
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, size - x.shape[axis])
-    return jnp.pad(x, widths)
-
-
-def _pallas_readout(u, delta, A, B, C, *, block_d: int, interpret: bool):
-    batch, length, dim = u.shape
-    n = A.shape[1]
-    lp, np2 = _next_pow2(length), _next_pow2(n)
-    bd = min(block_d, _next_pow2(dim))
-    dp = pl.cdiv(dim, bd) * bd
-    u, delta = (_pad_to(_pad_to(x, 1, lp), 2, dp) for x in (u, delta))
-    A = _pad_to(_pad_to(A, 0, dp), 1, np2)
-    B, C = (_pad_to(_pad_to(x, 1, lp), 2, np2) for x in (B, C))
-    channels = pl.BlockSpec((None, lp, bd), lambda b, d: (b, 0, d))
-    states = pl.BlockSpec((None, lp, np2), lambda b, d: (b, 0, 0))
-    y = pl.pallas_call(
-        functools.partial(_kernel, length=length),
-        out_shape=jax.ShapeDtypeStruct((batch, lp, dp), jnp.float32),
-        grid=(batch, dp // bd),
-        in_specs=[channels, channels, pl.BlockSpec((bd, np2), lambda b, d: (d, 0)), states, states],
-        out_specs=channels,
-        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=1),
-        interpret=interpret,
-        name="aum_selective_scan",
-    )(u, delta, A, B, C)
-    return y[:, :length, :dim]
+    Returns:
+      (B, L, D) in ``u``'s dtype.
+    """
+    optional = lambda x: () if x is None else (x,)
+    return bidirectional_selective_scan(
+        (u,), (delta,), (A,), (B,), (C,), optional(D), z, optional(delta_bias),
+        delta_softplus=delta_softplus, interpret=interpret,
+    )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def pallas_readout(u, delta, A, B, C, block_d: int = DEFAULT_BLOCK_D, interpret: bool = False):
-    """float32 u, delta (B, L, D), A (D, N), B, C (B, L, N) -> readout <h_t, C_t> (B, L, D)."""
-    return _pallas_readout(u, delta, A, B, C, block_d=block_d, interpret=interpret)
+def bidirectional_selective_scan(
+    us: Tensors,
+    deltas: Tensors,
+    As: Tensors,
+    Bs: Tensors,
+    Cs: Tensors,
+    Ds: Tensors,
+    z: jax.Array | None,
+    delta_biases: Tensors,
+    *,
+    delta_softplus: bool,
+    scale: float = 1.0,
+    interpret: bool | None = None,
+    blocks: tuple[BlockConfig, BlockConfig] | None = None,
+) -> jax.Array:
+    """``scale * sum_k scan_k``, where scan 0 runs forward in time and scan 1 backward.
+
+    ``As`` holds one (D, N) matrix per direction and fixes their number K (1 or 2). Each
+    other sequence holds one tensor shared by all directions or one per direction:
+    ``us``, ``deltas`` (B, L, D) and ``Bs``, ``Cs`` (B, L, N) together; ``Ds`` and
+    ``delta_biases`` (D,) each, or nothing. Scan 1's output at time t is the one it
+    produced on reaching t, i.e. ``flip(scan(flip(inputs)))`` of the reference.
+
+    ``blocks`` overrides the (forward, backward) block sizes of ``kernels.layout``'s table;
+    both must use the same chunk.
+    """
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    args = tuple(map(tuple, (us, deltas, As, Bs, Cs, Ds))) + (z, tuple(delta_biases))
+    return _scan(_Static(bool(delta_softplus), float(scale), bool(interpret), blocks), args)
 
 
-def _forward(u, delta, A, B, C, block_d, interpret):
-    return _pallas_readout(u, delta, A, B, C, block_d=block_d, interpret=interpret), (u, delta, A, B, C)
+class _Static(NamedTuple):
+    delta_softplus: bool
+    scale: float
+    interpret: bool
+    blocks: tuple[BlockConfig, BlockConfig] | None
+
+    def pick(self, layout: ScanLayout) -> tuple[BlockConfig, BlockConfig]:
+        if self.blocks is not None:
+            fwd, bwd = self.blocks
+        else:
+            fwd, bwd = forward_blocks(layout, self.interpret), backward_blocks(layout, self.interpret)
+        if fwd.chunk != bwd.chunk or fwd.chunk % fwd.unroll or bwd.chunk % bwd.unroll:
+            raise ValueError(f"block sizes {fwd}, {bwd}: chunks must agree and be multiples of the unroll")
+        return fwd, bwd
 
 
-def _backward(block_d, interpret, residuals, grad):
-    del block_d, interpret
-    _, vjp = jax.vjp(lambda *xs: scan_readout(*xs, impl="chunked", chunk_size=DEFAULT_CHUNK_SIZE), *residuals)
-    return vjp(grad)
+def _layout(static, args) -> ScanLayout:
+    us, _, As, Bs, _, Ds, z, biases = args
+    batch, length, dim = us[0].shape
+    return ScanLayout(
+        batch=batch, length=length, dim=dim, d_state=As[0].shape[1], n_dirs=len(As), n_u=len(us),
+        n_d=len(Ds), n_bias=len(biases), has_z=z is not None, delta_softplus=static.delta_softplus, scale=static.scale,
+    )
 
 
-pallas_readout.defvjp(_forward, _backward)
+def _flat(args) -> list[jax.Array]:
+    us, deltas, As, Bs, Cs, Ds, z, biases = args
+    return [*us, *deltas, *As, *Bs, *Cs, *Ds, *([] if z is None else [z]), *biases]
+
+
+def _check(layout: ScanLayout, args) -> None:
+    us, deltas, As, Bs, Cs, Ds, z, biases = args
+    rows, states = (layout.batch, layout.length, layout.dim), (layout.batch, layout.length, layout.d_state)
+    expected = [("us", us, rows), ("deltas", deltas, rows), ("Bs", Bs, states), ("Cs", Cs, states),
+                ("As", As, (layout.dim, layout.d_state)), ("Ds", Ds, (layout.dim,)), ("delta_biases", biases, (layout.dim,))]
+    for name, tensors, shape in expected + ([("z", [z], rows)] if z is not None else []):
+        for x in tensors:
+            if x.shape != shape:
+                raise ValueError(f"selective scan: {name} has shape {x.shape}, expected {shape}")
+    if len(deltas) != len(us) or len(Bs) != len(us) or len(Cs) != len(us):
+        raise ValueError("selective scan: us, deltas, Bs and Cs must be given for the same directions")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scan(static, args) -> jax.Array:
+    layout = _layout(static, args)
+    _check(layout, args)
+    fwd, _ = static.pick(layout)
+    out, _ = forward(layout, fwd, _flat(args), out_dtype=args[0][0].dtype, save_states=False, interpret=static.interpret)
+    return out
+
+
+def _scan_fwd(static, args):
+    layout = _layout(static, args)
+    _check(layout, args)
+    fwd, _ = static.pick(layout)
+    out, states = forward(layout, fwd, _flat(args), out_dtype=args[0][0].dtype, save_states=True, interpret=static.interpret)
+    return out, (args, states)
+
+
+def _scan_bwd(static, residuals, dout):
+    args, states = residuals
+    layout = _layout(static, args)
+    _, bwd = static.pick(layout)
+    du, ddelta, dB, dC, dA, dD, dbias, dz = backward(layout, bwd, _flat(args), states, dout, interpret=static.interpret)
+    us, deltas, As, Bs, Cs, Ds, z, biases = args
+    cast = lambda grads, like: tuple(g.astype(x.dtype) for g, x in zip(grads, like))
+    return ((
+        cast(du, us), cast(ddelta, deltas), cast(dA, As), cast(dB, Bs), cast(dC, Cs),
+        cast(() if dD is None else dD, Ds), None if z is None else dz.astype(z.dtype),
+        cast(() if dbias is None else dbias, biases),
+    ),)
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)

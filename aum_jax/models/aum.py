@@ -143,8 +143,12 @@ class AudioMamba(nnx.Module):
             layer_state, keep_mask = xs
             return nnx.merge(graphdef, layer_state)(*carry, keep_mask), None
 
-        residual = jnp.zeros(tokens.shape, jnp.float32 if cfg.residual_in_fp32 else tokens.dtype)
-        (hidden, residual), _ = jax.lax.scan(body, (tokens, residual), (stacked, masks[:-1]))
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=False)
+
+        hidden = tokens.astype(cfg.dtype)  # the blocks' output dtype, so the scan carry keeps its type
+        residual = jnp.zeros(tokens.shape, jnp.float32 if cfg.residual_in_fp32 else hidden.dtype)
+        (hidden, residual), _ = jax.lax.scan(body, (hidden, residual), (stacked, masks[:-1]))
         residual = residual + hidden * masks[-1].astype(hidden.dtype)
         return self.norm_f(residual)
 
@@ -178,6 +182,14 @@ class AudioMamba(nnx.Module):
         if cfg.cls_position == "none" and cfg.pool == "max":
             logits = logits.max(axis=1)
         return logits
+
+
+# What a block keeps for its backward pass; the rest (conv, gates, the scan) is recomputed,
+# as the original's fused mamba_inner_fn recomputes its conv and delta.
+_REMAT = {
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 
 
 def count_params(model: nnx.Module) -> int:

@@ -17,6 +17,7 @@ AUM_TYPES: dict[str, str] = {"Fo-Fo": "none", "Fo-Bi": "v1", "Bi-Bi": "v2"}
 BIMAMBA_TYPES: tuple[str, ...] = tuple(AUM_TYPES.values())
 CLS_POSITIONS: tuple[str, ...] = ("middle", "head", "end", "double", "none")
 POOLS: tuple[str, ...] = ("mean", "last", "max")
+REMAT_POLICIES: tuple[str, ...] = ("dots", "none", "full")
 
 BimambaType = Literal["none", "v1", "v2"]
 ClsPosition = Literal["middle", "head", "end", "double", "none"]
@@ -58,6 +59,7 @@ class AuMConfig:
     drop_path_rate: float = 0.0  # stochastic depth: linear in depth, shifted by one block
     scan_impl: str = "auto"  # selective scan: sequential, associative, chunked; auto picks by backend
     scan_chunk_size: int = 128  # steps per chunk for scan_impl="chunked"
+    remat: str = "dots"  # what a block keeps for its backward pass: "dots" (matmul outputs), "none" (all), "full" (nothing)
     dtype: str = "float32"  # compute dtype of the projections; params and state stay float32
 
     def __post_init__(self) -> None:
@@ -69,6 +71,8 @@ class AuMConfig:
             raise ValueError(f"cls_position must be one of {CLS_POSITIONS}, got {self.cls_position!r}")
         if self.scan_impl not in (*SCAN_IMPLS, "auto"):
             raise ValueError(f"scan_impl must be one of {SCAN_IMPLS} or 'auto', got {self.scan_impl!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         positive = dict(

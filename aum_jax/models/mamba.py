@@ -1,12 +1,18 @@
 """The Mamba mixer of AuM in its three variants, and the pre-norm residual block around it.
 
 - ``bimamba_type="none"`` (Fo-Fo): one causal scan, forward in time.
-- ``bimamba_type="v1"`` (Fo-Bi): the causal conv runs once, forward. A second scan runs over the
-  flipped conv output, delta, B, C and z with its own ``A_b_log`` and the shared ``D``,
-  ``x_proj`` and ``dt_proj``. The output is ``out_proj(y_f + flip(y_b))``.
-- ``bimamba_type="v2"`` (Bi-Bi): the backward branch has its own conv, ``x_proj``, ``dt_proj``,
-  ``D`` and ``A_b_log``, and is fed the flipped ``in_proj`` output. The output is
-  ``out_proj((y_f + flip(y_b)) / 2)`` (the sum when ``if_devide_out`` is off).
+- ``bimamba_type="v1"`` (Fo-Bi): the causal conv runs once, forward. A second scan runs
+  backward in time over the same conv output, delta, B, C and z, with its own ``A_b_log``
+  and the shared ``D``, ``x_proj`` and ``dt_proj``. The output is
+  ``out_proj(y_f + flip(scan(flip(...))))``.
+- ``bimamba_type="v2"`` (Bi-Bi): the backward branch has its own conv, ``x_proj``,
+  ``dt_proj``, ``D`` and ``A_b_log``. The original feeds it the flipped ``in_proj`` output;
+  here its conv runs anti-causally over the unflipped sequence, which is the same function,
+  so no flipped copy is ever made. The output is ``out_proj((y_f + y_b) / 2)`` (the sum
+  when ``if_devide_out`` is off).
+
+Both directions go to ``aum_jax.ops.bidirectional_scan`` together, which the GPU kernel
+runs in one launch, reading time backwards for the second.
 
 Parameter names follow the original module tree, so that a PyTorch key such as
 ``layers.3.mixer.x_proj_b.weight`` has an obvious NNX counterpart.
@@ -21,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from aum_jax.models.config import AuMConfig
-from aum_jax.ops import selective_scan
+from aum_jax.ops import bidirectional_scan, selective_scan
 
 
 def torch_linear_init(fan_in: int, scale: float = 1.0) -> nnx.Initializer:
@@ -49,19 +55,28 @@ class RMSNorm(nnx.Module):
 
 
 class CausalConv1d(nnx.Module):
-    """Depthwise causal conv over time: output t sees inputs t-K+1 .. t (zeros before 0)."""
+    """Depthwise causal conv over time: output t sees inputs t-K+1 .. t (zeros before 0).
+
+    With ``reverse`` it is the same conv applied to the time-flipped sequence, flipped back:
+    output t sees inputs t .. t+K-1 with the taps in reverse order (zeros after L-1).
+    """
 
     def __init__(self, channels: int, width: int, use_bias: bool, *, rngs: nnx.Rngs):
         init = torch_linear_init(width)
         self.kernel = nnx.Param(init(rngs.params(), (width, channels)))
         self.bias = nnx.Param(init(rngs.params(), (channels,))) if use_bias else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, reverse: bool = False) -> jax.Array:
         """(B, L, C) -> (B, L, C)."""
         kernel = self.kernel[...].astype(x.dtype)
         width, length = kernel.shape[0], x.shape[1]
-        padded = jnp.pad(x, ((0, 0), (width - 1, 0), (0, 0)))
-        out = sum(padded[:, k : k + length] * kernel[k] for k in range(width))
+        if reverse:  # tap k sees x[t + width - 1 - k]
+            padded = jnp.pad(x, ((0, 0), (0, width - 1), (0, 0)))
+            windows = [padded[:, width - 1 - k : width - 1 - k + length] for k in range(width)]
+        else:  # tap k sees x[t - width + 1 + k]
+            padded = jnp.pad(x, ((0, 0), (width - 1, 0), (0, 0)))
+            windows = [padded[:, k : k + length] for k in range(width)]
+        out = sum(window * kernel[k] for k, window in enumerate(windows))
         if self.bias is not None:
             out = out + self.bias[...].astype(x.dtype)
         return out
@@ -138,45 +153,39 @@ class Mamba(nnx.Module):
             bias_init=nnx.initializers.zeros, rngs=rngs,
         )
 
-    def _scan(
-        self,
-        x: jax.Array,
-        z: jax.Array,
-        x_proj: nnx.Linear,
-        dt_proj: nnx.Linear,
-        a_log: nnx.Param,
-        d: nnx.Param,
-    ) -> jax.Array:
-        """Runs one direction on the conv output ``x`` (B, L, Di) with gate ``z``: -> (B, L, Di)."""
-        cfg = self.config
-        rank, n = cfg.resolved_dt_rank, cfg.d_state
-        x_dbl = x_proj(x)
-        dt, b, c = jnp.split(x_dbl, [rank, rank + n], axis=-1)
-        delta = dt @ dt_proj.kernel[...].astype(dt.dtype)
-        return selective_scan(
-            x, delta, -jnp.exp(a_log[...]), b, c, d[...], z,
-            delta_bias=dt_proj.bias[...], delta_softplus=True,
-            impl=cfg.scan_impl, chunk_size=cfg.scan_chunk_size,
-        )
+    def _ssm_inputs(
+        self, x: jax.Array, x_proj: nnx.Linear, dt_proj: nnx.Linear
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Conv output (B, L, Di) -> delta before bias and softplus (B, L, Di), B and C (B, L, N)."""
+        rank, n = self.config.resolved_dt_rank, self.config.d_state
+        dt, b, c = jnp.split(x_proj(x), [rank, rank + n], axis=-1)
+        return dt @ dt_proj.kernel[...].astype(dt.dtype), b, c
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """(B, L, D) -> (B, L, D)."""
         cfg = self.config
-        xz = self.in_proj(hidden)
-        x, z = jnp.split(xz, 2, axis=-1)
-        x_conv = jax.nn.silu(self.conv1d(x))
-        y = self._scan(x_conv, z, self.x_proj, self.dt_proj, self.A_log, self.D)
-        if cfg.bimamba_type == "v1":
-            x_b, z_b = jnp.flip(x_conv, axis=1), jnp.flip(z, axis=1)
-            y_b = self._scan(x_b, z_b, self.x_proj, self.dt_proj, self.A_b_log, self.D)
-            y = y + jnp.flip(y_b, axis=1)
-        elif cfg.bimamba_type == "v2":
-            x_b, z_b = jnp.flip(x, axis=1), jnp.flip(z, axis=1)
-            x_b_conv = jax.nn.silu(self.conv1d_b(x_b))
-            y_b = self._scan(x_b_conv, z_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
-            y = y + jnp.flip(y_b, axis=1)
-            if cfg.if_devide_out:
-                y = y / 2
+        x, z = jnp.split(self.in_proj(hidden), 2, axis=-1)
+        x_f = jax.nn.silu(self.conv1d(x))
+        delta_f, b_f, c_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
+        a_f = -jnp.exp(self.A_log[...])
+        scan = dict(impl=cfg.scan_impl, chunk_size=cfg.scan_chunk_size)
+        if cfg.bimamba_type == "none":
+            y = selective_scan(
+                x_f, delta_f, a_f, b_f, c_f, self.D[...], z, self.dt_proj.bias[...], True, **scan
+            )
+        elif cfg.bimamba_type == "v1":
+            y = bidirectional_scan(
+                (x_f,), (delta_f,), (a_f, -jnp.exp(self.A_b_log[...])), (b_f,), (c_f,), (self.D[...],), z,
+                (self.dt_proj.bias[...],), delta_softplus=True, **scan,
+            )
+        else:
+            x_b = jax.nn.silu(self.conv1d_b(x, reverse=True))
+            delta_b, b_b, c_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
+            y = bidirectional_scan(
+                (x_f, x_b), (delta_f, delta_b), (a_f, -jnp.exp(self.A_b_log[...])), (b_f, b_b), (c_f, c_b),
+                (self.D[...], self.D_b[...]), z, (self.dt_proj.bias[...], self.dt_proj_b.bias[...]),
+                delta_softplus=True, scale=0.5 if cfg.if_devide_out else 1.0, **scan,
+            )
         return self.out_proj(y)
 
 

@@ -16,32 +16,48 @@ Four implementations compute the same function and are all differentiable:
 - ``"chunked"``: a ``lax.scan`` over chunks of ``chunk_size`` steps with a parallel scan
   inside each chunk; the chunk body is rematerialised, so neither the forward nor the
   backward pass ever holds the whole (B, L, D, N) state tensor, only chunk-boundary states.
-- ``"pallas"``: the Pallas/Triton GPU kernel of ``kernels/selective_scan.py`` (Pallas
-  interpret mode on CPU), with the chunked scan's VJP as its backward pass.
+- ``"pallas"``: the Pallas/Triton GPU kernels of ``kernels/`` (Pallas interpret mode off
+  the GPU): a fused forward kernel that keeps chunk-boundary states and a backward kernel
+  that walks time in reverse, recomputing the states in between.
 
-``impl="auto"`` picks ``"sequential"`` on CPU, where it is the fastest (see the ``scan``
-section of ``scripts/benchmark.py``), and ``"associative"`` on accelerators.
+``impl="auto"`` picks ``"pallas"`` on GPU (the only implementation whose training memory
+matches the original's, and the fastest), ``"sequential"`` on CPU, where it is the fastest
+(see the ``scan`` section of ``scripts/benchmark.py``), and ``"chunked"`` elsewhere (TPU),
+whose memory is bounded like the kernel's.
+
+``bidirectional_scan`` sums a forward-in-time scan and a backward-in-time one, as AuM's
+Fo-Bi and Bi-Bi blocks do: the kernel runs both in one launch, reading time backwards for
+the second; the pure-JAX implementations flip its inputs and output instead.
 
 The state is always float32, whatever the input dtype; the output takes ``u``'s dtype.
+The readout ``<h_t, C_t>`` is computed at ``HIGHEST`` precision, as the original kernel's
+float32 arithmetic, whatever the default matmul precision.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
+
+from kernels.selective_scan import bidirectional_selective_scan, selective_scan_fn
 
 ScanImpl = Literal["sequential", "associative", "chunked", "pallas", "auto"]
 SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked", "pallas")
 DEFAULT_CHUNK_SIZE = 128
 
 
+AUTO_IMPLS: dict[str, str] = {"cpu": "sequential", "gpu": "pallas"}  # other backends: "chunked"
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
 def resolve_impl(impl: str) -> str:
     """Maps ``"auto"`` to the fastest implementation on the default backend."""
     if impl == "auto":
-        return "sequential" if jax.default_backend() == "cpu" else "associative"
+        return AUTO_IMPLS.get(jax.default_backend(), "chunked")
     if impl not in SCAN_IMPLS:
         raise ValueError(f"Unknown selective-scan impl {impl!r}; choose one of {SCAN_IMPLS} or 'auto'.")
     return impl
@@ -71,7 +87,7 @@ def _scan_sequential(u, delta, A, B, C, h0):
     def step(h, inputs):
         u_t, delta_t, B_t, C_t = inputs
         h = jnp.exp(delta_t[..., None] * A) * h + (delta_t * u_t)[..., None] * B_t[:, None, :]
-        return h, jnp.einsum("bdn,bn->bd", h, C_t)
+        return h, jnp.einsum("bdn,bn->bd", h, C_t, precision=HIGHEST)
 
     time_major = [jnp.swapaxes(x, 0, 1) for x in (u, delta, B, C)]
     _, y = jax.lax.scan(step, h0, time_major)
@@ -83,7 +99,7 @@ def _scan_parallel(u, delta, A, B, C, h0):
     decay, drive = _discretize(u, delta, A, B)
     drive = drive.at[:, 0].add(decay[:, 0] * h0)
     _, h = jax.lax.associative_scan(_combine, (decay, drive), axis=1)
-    return jnp.einsum("bldn,bln->bld", h, C), h[:, -1]
+    return jnp.einsum("bldn,bln->bld", h, C, precision=HIGHEST), h[:, -1]
 
 
 def _scan_associative(u, delta, A, B, C, h0):
@@ -117,10 +133,6 @@ def scan_readout(
     u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *, impl: str, chunk_size: int
 ) -> jax.Array:
     """The recurrence alone on float32 inputs: u, delta (B, L, D), A (D, N), B, C (B, L, N) -> <h_t, C_t>."""
-    if impl == "pallas":
-        from kernels.selective_scan import pallas_readout  # kernels depends on this module.
-
-        return pallas_readout(u, delta, A, B, C, interpret=jax.default_backend() == "cpu")
     h0 = jnp.zeros((u.shape[0], u.shape[2], A.shape[1]), jnp.float32)
     if impl == "sequential":
         return _scan_sequential(u, delta, A, B, C, h0)
@@ -163,6 +175,8 @@ def selective_scan(
       (B, L, D) output in ``u``'s dtype.
     """
     impl = resolve_impl(impl)
+    if impl == "pallas":
+        return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     out_dtype = u.dtype
     f32 = jnp.float32
     u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
@@ -176,3 +190,48 @@ def selective_scan(
     if z is not None:
         y = y * jax.nn.silu(z.astype(f32))
     return y.astype(out_dtype)
+
+
+Tensors = Sequence[jax.Array]
+
+
+@functools.partial(jax.jit, static_argnames=("delta_softplus", "scale", "impl", "chunk_size"))
+def bidirectional_scan(
+    us: Tensors,
+    deltas: Tensors,
+    As: Tensors,
+    Bs: Tensors,
+    Cs: Tensors,
+    Ds: Tensors,
+    z: jax.Array | None,
+    delta_biases: Tensors,
+    *,
+    delta_softplus: bool,
+    scale: float = 1.0,
+    impl: ScanImpl = "auto",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> jax.Array:
+    """``scale * (scan_0 + scan_1)``: scan 0 runs forward in time, scan 1 backward.
+
+    ``As`` holds a (D, N) matrix per direction. ``us``, ``deltas`` (B, L, D), ``Bs``,
+    ``Cs`` (B, L, N), ``Ds`` and ``delta_biases`` (D,) hold one tensor shared by both
+    directions or one per direction (``Ds`` and ``delta_biases`` may be empty); all are
+    in time order, and scan 1's output at t is the one it produced on reaching t. ``z``
+    (B, L, D), shared, gates both. Returns (B, L, D) in ``us[0]``'s dtype.
+    """
+    impl = resolve_impl(impl)
+    if impl == "pallas":
+        return bidirectional_selective_scan(
+            us, deltas, As, Bs, Cs, Ds, z, delta_biases, delta_softplus=delta_softplus, scale=scale
+        )
+    out = None
+    for k, A in enumerate(As):
+        pick = lambda seq: seq[0] if len(seq) == 1 else seq[k]
+        flip = (lambda x: x) if k == 0 else (lambda x: None if x is None else jnp.flip(x, axis=1))
+        y = selective_scan(
+            flip(pick(us)), flip(pick(deltas)), A, flip(pick(Bs)), flip(pick(Cs)),
+            pick(Ds) if Ds else None, flip(z), pick(delta_biases) if delta_biases else None,
+            delta_softplus, impl=impl, chunk_size=chunk_size,
+        )
+        out = flip(y) if out is None else out + flip(y)
+    return out * scale if scale != 1.0 else out

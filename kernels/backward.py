@@ -1,0 +1,223 @@
+"""The backward selective-scan kernel: walks time in reverse, recomputing states chunk by chunk.
+
+For each chunk, last to first, starting from the boundary state the forward pass stored:
+
+1. the states are recomputed forward through the chunk, and the state at the start of
+   every sub-block of ``unroll`` steps is parked in a small scratch buffer;
+2. the sub-blocks are visited last to first: the ``unroll`` states of one are recomputed into
+   registers from its parked start, then its steps are walked backward, carrying
+   ``dh = exp(dt_{s+1} A) * dh_{s+1}`` from step to step.
+
+With ``g = dout * scale * silu(z)`` and ``dh_s = carry + g C_s``, a step yields
+
+    du = g D + dt sum_n(dh B),  ddt = u sum_n(dh B) + sum_n(dh h_{s-1} a A),
+    dB = sum_d(dh dt u),  dC = sum_d(g h_s),  dA += dh h_{s-1} a dt,  dD += g u,
+    dz = dout scale (y + D u) silu'(z),  ddelta = ddt softplus'(delta + bias),  dbias += ddelta.
+
+Row gradients of an input shared by both directions accumulate in place: direction 1 adds
+to what direction 0 stored. dB and dC are summed over channels per tile here and over
+tiles by the caller; dA, dD and dbias per program, and over the batch by the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from kernels import forward as fw
+from kernels import layout as lo
+from kernels.layout import BlockConfig, ScanLayout, Tile
+
+
+def _split_outputs(layout: ScanLayout, refs):
+    """Flat outputs -> (du, ddelta, dB, dC per given tensor, dA, dD, dbias, dz, scratch)."""
+    refs, n = list(refs), layout.n_u
+    du, ddelta, dB, dC = (tuple(refs.pop(0) for _ in range(n)) for _ in range(4))
+    dA = refs.pop(0)
+    dD = refs.pop(0) if layout.n_d else None
+    dbias = refs.pop(0) if layout.n_bias else None
+    dz = refs.pop(0) if layout.has_z else None
+    (scratch,) = refs
+    return du, ddelta, dB, dC, dA, dD, dbias, dz, scratch
+
+
+def _kernel(*refs, layout: ScanLayout, blocks: BlockConfig, n_inputs: int, interpret: bool):
+    inputs = fw.split_inputs(layout, refs[:n_inputs])
+    states_ref, dout_ref = refs[n_inputs : n_inputs + 2]
+    du_refs, ddelta_refs, dB_refs, dC_refs, dA_ref, dD_ref, dbias_ref, dz_ref, scratch = _split_outputs(
+        layout, refs[n_inputs + 2 :]
+    )
+    _, _, _, _, _, _, z_ref, _, _ = inputs
+    tile = Tile.here(layout, blocks.block_d)
+    n_state = layout.n_state
+    row = functools.partial(lo.channel_row, tile=tile)
+    n_full, tail = divmod(layout.length, blocks.chunk)
+    zeros_d = jnp.zeros((blocks.block_d,), jnp.float32)
+    zeros_dn = jnp.zeros((blocks.block_d, n_state), jnp.float32)
+    dD_acc = [zeros_d] * layout.n_d
+    dbias_acc = [zeros_d] * layout.n_bias
+
+    def barrier():
+        if not interpret:
+            plgpu.debug_barrier()
+
+    for k in range(layout.n_dirs):
+        a, d, bias = fw.direction_constants(layout, inputs, tile, k)
+        j = layout.pick(layout.n_u, k)
+        accumulate = k > 0 and layout.n_u == 1  # direction 0 already stored this input's rows
+        bucket = pl.program_id(1)
+
+        def scratch_view(i):
+            return scratch.at[tile.b, bucket, i, pl.ds(0, blocks.block_d), pl.ds(0, n_state)]
+
+        def advance(h, rows, a=a, bias=bias):
+            dt = fw.step_size(layout, rows["delta"], bias)
+            decay = jnp.exp(dt[:, None] * a)
+            return decay * h + (dt * rows["u"])[:, None] * rows["B"][None, :], decay, dt
+
+        def load_rows(s, k=k, j=j, accumulate=accumulate):
+            t = lo.time_index(layout, k, s)
+            rows = fw.load_step(layout, inputs, tile, k, t)
+            rows["dout"] = row(dout_ref, t=t)
+            if accumulate:
+                rows["du"] = row(du_refs[j], t=t)
+                rows["ddelta"] = row(ddelta_refs[j], t=t)
+                rows["dB"] = lo.load(dB_refs[j].at[tile.b, bucket, t, pl.ds(0, n_state)], tile.n_mask)
+                rows["dC"] = lo.load(dC_refs[j].at[tile.b, bucket, t, pl.ds(0, n_state)], tile.n_mask)
+            if k > 0 and z_ref is not None:
+                rows["dz"] = row(dz_ref, t=t)
+            return t, rows
+
+        def step_back(t, rows, h, h_prev, decay, dt, carry, k=k, a=a, d=d, bias=bias, j=j, accumulate=accumulate):
+            dh_next, dA, dD, dbias = carry
+            u, dout = rows["u"], rows["dout"] * layout.scale
+            y = jnp.sum(h * rows["C"][None, :], axis=1)
+            if d is not None:
+                y = y + d * u
+            if z_ref is not None:
+                z = rows["z"]
+                sig = jax.nn.sigmoid(z)
+                dz = dout * y * sig * (1.0 + z * (1.0 - sig))
+                lo.store_channel_row(dz_ref, tile, t, dz + rows["dz"] if k > 0 else dz)
+                g = dout * z * sig
+            else:
+                g = dout
+            dh = dh_next + g[:, None] * rows["C"][None, :]
+            dbu = jnp.sum(dh * rows["B"][None, :], axis=1)
+            du = dt * dbu
+            if d is not None:
+                du = du + g * d
+                dD = dD + g * u
+            da = dh * h_prev * decay
+            ddt = u * dbu + jnp.sum(da * a, axis=1)
+            dA = dA + da * dt[:, None]
+            ddelta = ddt * lo.softplus_grad(rows["delta"] + (bias if bias is not None else 0.0)) if layout.delta_softplus else ddt
+            if bias is not None:
+                dbias = dbias + ddelta
+            dB = jnp.sum(dh * (dt * u)[:, None], axis=0)
+            dC = jnp.sum(g[:, None] * h, axis=0)
+            if accumulate:
+                du, ddelta, dB, dC = du + rows["du"], ddelta + rows["ddelta"], dB + rows["dB"], dC + rows["dC"]
+            lo.store_channel_row(du_refs[j], tile, t, du)
+            lo.store_channel_row(ddelta_refs[j], tile, t, ddelta)
+            lo.store(dB_refs[j].at[tile.b, bucket, t, pl.ds(0, n_state)], dB, tile.n_mask)
+            lo.store(dC_refs[j].at[tile.b, bucket, t, pl.ds(0, n_state)], dC, tile.n_mask)
+            return decay * dh, dA, dD, dbias
+
+        def sub_block_back(first, size, h_start, carry, load_rows=load_rows, advance=advance, step_back=step_back):
+            loaded = [load_rows(first + i) for i in range(size)]
+            states, decays, dts, h = [], [], [], h_start
+            for _, rows in loaded:
+                h, decay, dt = advance(h, rows)
+                states.append(h)
+                decays.append(decay)
+                dts.append(dt)
+            for i in reversed(range(size)):
+                t, rows = loaded[i]
+                h_prev = states[i - 1] if i else h_start
+                carry = step_back(t, rows, states[i], h_prev, decays[i], dts[i], carry)
+            return carry
+
+        def chunk_back(c, size, carry, k=k, advance=advance, sub_block_back=sub_block_back, scratch_view=scratch_view):
+            first = c * blocks.chunk
+            n_sub, rest = divmod(size, blocks.unroll)
+            states_view = states_ref.at[jnp.int32(k), tile.b, jnp.int32(c), pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)]
+            h0 = lo.load(states_view, tile.dn_mask)
+
+            def park(i, h, size):
+                lo.store(scratch_view(jnp.int32(i)), h, None)
+                s0 = first + i * blocks.unroll
+                load = lambda s: fw.load_step(layout, inputs, tile, k, lo.time_index(layout, k, s), readout=False)
+                return lo.walk(s0, size, size, h, load, lambda s, rows, h: advance(h, rows)[0])
+
+            h = jax.lax.fori_loop(0, n_sub, functools.partial(park, size=blocks.unroll), h0) if n_sub else h0
+            if rest:
+                lo.store(scratch_view(jnp.int32(n_sub)), h, None)
+            barrier()
+            if rest:
+                carry = sub_block_back(first + n_sub * blocks.unroll, rest, lo.load(scratch_view(jnp.int32(n_sub)), None), carry)
+
+            def back(i, carry):
+                i = n_sub - 1 - i
+                return sub_block_back(first + i * blocks.unroll, blocks.unroll, lo.load(scratch_view(i), None), carry)
+
+            return jax.lax.fori_loop(0, n_sub, back, carry) if n_sub else carry
+
+        carry = (zeros_dn, zeros_dn, zeros_d, zeros_d)
+        if tail:
+            carry = chunk_back(n_full, tail, carry)
+        if n_full:
+            carry = jax.lax.fori_loop(0, n_full, lambda i, c: chunk_back(n_full - 1 - i, blocks.chunk, c), carry)
+        _, dA, dD, dbias = carry
+        lo.store(dA_ref.at[jnp.int32(k), tile.b, pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)], dA, tile.dn_mask)
+        if layout.n_d:
+            dD_acc[layout.pick(layout.n_d, k)] += dD
+        if layout.n_bias:
+            dbias_acc[layout.pick(layout.n_bias, k)] += dbias
+        if k + 1 < layout.n_dirs:
+            barrier()  # direction k + 1 reads back the rows direction k stored
+
+    for ref, accs in ((dD_ref, dD_acc), (dbias_ref, dbias_acc)):
+        for i, acc in enumerate(accs):
+            lo.store(ref.at[jnp.int32(i), tile.b, pl.ds(tile.d0, blocks.block_d)], acc, tile.d_mask)
+
+
+def backward(
+    layout: ScanLayout, blocks: BlockConfig, inputs: list[jax.Array], states: jax.Array, dout: jax.Array, *, interpret: bool
+):
+    """Runs the kernel. Returns float32 (du, ddelta, dB, dC per given tensor; dA (K, D, N);
+    dD (n_d, D) or None; dbias (n_bias, D) or None; dz or None), reduced over tiles and batch."""
+    batch, length, dim, n_state = layout.batch, layout.length, layout.dim, layout.n_state
+    tiles = pl.cdiv(dim, blocks.block_d)
+    f32 = jnp.float32
+    rows = jax.ShapeDtypeStruct((batch, length, dim), f32)
+    per_tile = jax.ShapeDtypeStruct((batch, tiles, length, n_state), f32)
+    out_shape = [rows] * (2 * layout.n_u) + [per_tile] * (2 * layout.n_u)
+    out_shape.append(jax.ShapeDtypeStruct((layout.n_dirs, batch, dim, n_state), f32))
+    for count in (layout.n_d, layout.n_bias):
+        if count:
+            out_shape.append(jax.ShapeDtypeStruct((count, batch, dim), f32))
+    if layout.has_z:
+        out_shape.append(rows)
+    scratch = (batch, tiles, pl.cdiv(blocks.chunk, blocks.unroll), blocks.block_d, n_state)
+    out_shape.append(jax.ShapeDtypeStruct(scratch, f32))
+    outs = pl.pallas_call(
+        functools.partial(_kernel, layout=layout, blocks=blocks, n_inputs=len(inputs), interpret=interpret),
+        out_shape=out_shape,
+        grid=(batch, tiles),
+        compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps, num_stages=1),
+        interpret=interpret,
+        name="aum_selective_scan_bwd",
+    )(*inputs, states, dout)
+    du, ddelta, dB, dC, dA, dD, dbias, dz, _ = _split_outputs(layout, outs)
+    n = layout.d_state
+    dB = [x.sum(axis=1)[..., :n] for x in dB]
+    dC = [x.sum(axis=1)[..., :n] for x in dC]
+    dA = dA.sum(axis=1)[..., :n]
+    dD = None if dD is None else dD.sum(axis=1)
+    dbias = None if dbias is None else dbias.sum(axis=1)
+    return list(du), list(ddelta), dB, dC, dA, dD, dbias, dz

@@ -1,0 +1,140 @@
+"""The forward selective-scan kernel: every direction of one (batch, channel tile) in one program.
+
+Per step, with the delta bias, softplus, D skip and silu gate fused in:
+
+    dt  = softplus(delta_t + bias)                          (block_d,)
+    h   = exp(dt * A) * h + (dt * u_t) * B_t                (block_d, N)
+    out += scale * (<h, C_t> + D * u_t) * silu(z_t)         (block_d,)
+
+Direction 0 stores ``out``; direction 1, walking time backward, adds to it. At the start of
+every chunk of ``chunk`` logical steps the state is written to ``states`` (K, B, n_chunks,
+D, N), the only residual the backward pass needs besides the inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from kernels import layout as lo
+from kernels.layout import BlockConfig, ScanLayout, Tile
+
+
+def split_inputs(layout: ScanLayout, refs):
+    """Flat refs -> (us, deltas, As, Bs, Cs, Ds, z, biases, rest)."""
+    counts = [layout.n_u, layout.n_u, layout.n_dirs, layout.n_u, layout.n_u, layout.n_d, int(layout.has_z), layout.n_bias]
+    groups, i = [], 0
+    for count in counts:
+        groups.append(tuple(refs[i : i + count]))
+        i += count
+    us, deltas, As, Bs, Cs, Ds, z, biases = groups
+    return us, deltas, As, Bs, Cs, Ds, (z[0] if z else None), biases, refs[i:]
+
+
+def direction_constants(layout: ScanLayout, refs, tile: Tile, k: int):
+    """A (block_d, N'), D and delta bias (block_d,) of direction ``k`` (zeros where absent)."""
+    _, _, As, _, _, Ds, _, biases, _ = refs
+    a = lo.channel_state_tile(As[k], tile, layout.n_state)
+    d = lo.channel_vector(Ds[layout.pick(layout.n_d, k)], tile) if Ds else None
+    bias = lo.channel_vector(biases[layout.pick(layout.n_bias, k)], tile) if biases else None
+    return a, d, bias
+
+
+def load_step(layout: ScanLayout, refs, tile: Tile, k: int, t, readout: bool = True) -> dict[str, jax.Array]:
+    """The rows of time ``t`` that direction ``k`` reads; without ``readout``, only those the state needs."""
+    us, deltas, _, Bs, Cs, _, z, _, _ = refs
+    j = layout.pick(layout.n_u, k)
+    rows = dict(
+        u=lo.channel_row(us[j], tile, t),
+        delta=lo.channel_row(deltas[j], tile, t),
+        B=lo.state_row(Bs[j], tile, t, layout.n_state),
+    )
+    if readout:
+        rows["C"] = lo.state_row(Cs[j], tile, t, layout.n_state)
+    if readout and z is not None:
+        rows["z"] = lo.channel_row(z, tile, t)
+    return rows
+
+
+def step_size(layout: ScanLayout, delta: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """dt from the raw delta row: + bias, then softplus."""
+    if bias is not None:
+        delta = delta + bias
+    return lo.softplus(delta) if layout.delta_softplus else delta
+
+
+def _kernel(*refs, layout: ScanLayout, blocks: BlockConfig, save_states: bool, interpret: bool):
+    n_in = len(refs) - 1 - int(save_states)
+    inputs = split_inputs(layout, refs[:n_in])
+    out_ref = refs[n_in]
+    states_ref = refs[n_in + 1] if save_states else None
+    tile = Tile.here(layout, blocks.block_d)
+    n_chunks, tail = divmod(layout.length, blocks.chunk)
+
+    for k in range(layout.n_dirs):
+        a, d, bias = direction_constants(layout, inputs, tile, k)
+
+        def load_rows(s, k=k):
+            t = lo.time_index(layout, k, s)
+            rows = load_step(layout, inputs, tile, k, t)
+            if k > 0:
+                rows["out"] = lo.channel_row(out_ref, tile, t)
+            return t, rows
+
+        def compute(s, loaded, h, k=k, a=a, d=d, bias=bias):
+            t, rows = loaded
+            dt = step_size(layout, rows["delta"], bias)
+            h = jnp.exp(dt[:, None] * a) * h + (dt * rows["u"])[:, None] * rows["B"][None, :]
+            y = jnp.sum(h * rows["C"][None, :], axis=1)
+            if d is not None:
+                y = y + d * rows["u"]
+            if layout.has_z:
+                y = y * jax.nn.sigmoid(rows["z"]) * rows["z"]
+            if layout.scale != 1.0:
+                y = y * layout.scale
+            if k > 0:
+                y = y + rows["out"]
+            lo.store_channel_row(out_ref, tile, t, y)
+            return h
+
+        def chunk(c, h, size, k=k, load_rows=load_rows, compute=compute):
+            if save_states:
+                view = states_ref.at[jnp.int32(k), tile.b, jnp.int32(c), pl.ds(tile.d0, tile.block_d), pl.ds(0, layout.n_state)]
+                lo.store(view, h, tile.dn_mask)
+            return lo.walk(c * blocks.chunk, size, blocks.unroll, h, load_rows, compute)
+
+        h = jnp.zeros((blocks.block_d, layout.n_state), jnp.float32)
+        if n_chunks:
+            h = jax.lax.fori_loop(0, n_chunks, functools.partial(chunk, size=blocks.chunk), h)
+        if tail:
+            chunk(n_chunks, h, tail)
+        if k + 1 < layout.n_dirs and not interpret:
+            plgpu.debug_barrier()  # direction k's stores of ``out`` are read back by direction k + 1
+
+
+def num_chunks(layout: ScanLayout, blocks: BlockConfig) -> int:
+    return pl.cdiv(layout.length, blocks.chunk)
+
+
+def forward(
+    layout: ScanLayout, blocks: BlockConfig, inputs: list[jax.Array], *, out_dtype, save_states: bool, interpret: bool
+) -> tuple[jax.Array, jax.Array | None]:
+    """Runs the kernel: flat inputs in ``split_inputs`` order -> out (B, L, D), states or None."""
+    shape = (layout.batch, layout.length, layout.dim)
+    out_shape = [jax.ShapeDtypeStruct(shape, out_dtype)]
+    if save_states:
+        states = (layout.n_dirs, layout.batch, num_chunks(layout, blocks), layout.dim, layout.n_state)
+        out_shape.append(jax.ShapeDtypeStruct(states, jnp.float32))
+    outs = pl.pallas_call(
+        functools.partial(_kernel, layout=layout, blocks=blocks, save_states=save_states, interpret=interpret),
+        out_shape=out_shape,
+        grid=(layout.batch, pl.cdiv(layout.dim, blocks.block_d)),
+        compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps, num_stages=1),
+        interpret=interpret,
+        name="aum_selective_scan_fwd",
+    )(*inputs)
+    return outs[0], (outs[1] if save_states else None)
