@@ -1,8 +1,12 @@
-"""The selective-scan implementations agree with a float64 NumPy recurrence and with each other,
-on outputs and gradients, and the chunked scan never materialises the full (B, L, D, N) state."""
+"""The selective scans: every implementation against a float64 NumPy recurrence and against the
+others, on outputs and all eight gradients; the Pallas kernels in interpret mode on awkward
+shapes, both directions in one launch, bf16 inputs and their GPU block sizes; their CUDA
+lowering through Triton (``jax.export``, no GPU needed); and the training memory the model's
+gradient keeps per layer (``compiled.memory_analysis()``)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -10,11 +14,16 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+from jax import export
 
-from aum_jax.ops import SCAN_IMPLS, selective_scan
-from aum_jax.ops.scan import _discretize, resolve_impl
+from aum_jax.models import AudioMamba, AuMConfig
+from aum_jax.ops import SCAN_IMPLS, bidirectional_scan, resolve_impl, selective_scan
+from kernels.layout import BlockConfig, ScanLayout, backward_blocks, forward_blocks
+from kernels.selective_scan import bidirectional_selective_scan
 
 SHAPES = [(2, 37, 12, 5), (1, 1, 7, 3), (3, 64, 24, 16), (2, 129, 6, 4)]  # (B, L, D, N): odd L, L=1, D not 2^k
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 def make_inputs(batch, length, dim, n, seed=0, dtype=jnp.float32):
@@ -53,6 +62,16 @@ def numpy_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_so
     return y
 
 
+def assert_close_relative(got, want, atol, msg=""):
+    scale = float(jnp.abs(want).max()) + 1e-6
+    np.testing.assert_allclose(np.asarray(got, np.float32) / scale, np.asarray(want, np.float32) / scale, atol=atol, err_msg=msg)
+
+
+# ----------------------------------------------------------------------------------------
+# One direction, every implementation
+# ----------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("impl", SCAN_IMPLS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_float64_recurrence(impl, shape):
@@ -62,19 +81,17 @@ def test_matches_float64_recurrence(impl, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradients_agree(shape):
+def test_all_eight_gradients_agree(shape):
     inputs = make_inputs(*shape, seed=1)
-    names = tuple(inputs)
 
     def loss(impl, *args):
-        out = selective_scan(**dict(zip(names, args)), delta_softplus=True, impl=impl, chunk_size=16)
+        out = selective_scan(*args, delta_softplus=True, impl=impl, chunk_size=16)
         return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
 
     grads = {impl: jax.grad(loss, argnums=tuple(range(1, 9)))(impl, *inputs.values()) for impl in SCAN_IMPLS}
     for a, b in itertools.combinations(SCAN_IMPLS, 2):
-        for name, ga, gb in zip(names, grads[a], grads[b]):
-            scale = float(jnp.abs(ga).max()) + 1e-6
-            np.testing.assert_allclose(ga / scale, gb / scale, atol=2e-5, err_msg=f"d/d{name}: {a} vs {b}")
+        for name, ga, gb in zip(NAMES, grads[a], grads[b]):
+            assert_close_relative(ga, gb, 2e-5, f"d/d{name}: {a} vs {b}")
 
 
 @pytest.mark.parametrize("impl", SCAN_IMPLS)
@@ -99,36 +116,179 @@ def test_unknown_impl_is_rejected():
         selective_scan(**make_inputs(1, 3, 2, 2), impl="cuda")
 
 
-def test_auto_picks_by_backend():
-    assert resolve_impl("auto") == ("sequential" if jax.default_backend() == "cpu" else "associative")
-    assert resolve_impl("chunked") == "chunked"
+# ----------------------------------------------------------------------------------------
+# Both directions in one launch
+# ----------------------------------------------------------------------------------------
 
 
-def _intermediate_shapes(jaxpr) -> set[tuple[int, ...]]:
-    shapes = set()
+def bidirectional_inputs(batch, length, dim, n, per_direction: bool, seed=2, dtype=jnp.float32):
+    """Fo-Bi shares u, delta, B, C, D and the bias between the directions; Bi-Bi does not."""
+    count = 2 if per_direction else 1
+    sets = [make_inputs(batch, length, dim, n, seed=seed + i, dtype=dtype) for i in range(2)]
+    group = lambda name, k=count: tuple(sets[i][name] for i in range(k))
+    return (group("u"), group("delta"), group("A", 2), group("B"), group("C"), group("D"), sets[0]["z"], group("delta_bias"))
+
+
+@pytest.mark.parametrize("per_direction", [False, True], ids=["fobi_shared", "bibi_own"])
+@pytest.mark.parametrize("shape", [(2, 37, 12, 5), (1, 1, 7, 3), (1, 100, 20, 16)])  # odd L, L=1, L not 2^k
+def test_bidirectional_kernel_matches_the_flipped_reference(per_direction, shape):
+    args = bidirectional_inputs(*shape, per_direction)
+    weights = jnp.cos(jnp.arange(np.prod(shape[:3])).reshape(shape[:3]))
+    scale = 0.5 if per_direction else 1.0
+
+    def loss(impl, *args):
+        out = bidirectional_scan(*args, delta_softplus=True, scale=scale, impl=impl, chunk_size=16)
+        return jnp.sum(out * weights), out
+
+    (_, want), want_grads = jax.value_and_grad(loss, argnums=tuple(range(1, 9)), has_aux=True)("sequential", *args)
+    (_, got), got_grads = jax.value_and_grad(loss, argnums=tuple(range(1, 9)), has_aux=True)("pallas", *args)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-4)
+    for name, g, w in zip(NAMES, got_grads, want_grads):
+        for i, (gi, wi) in enumerate(zip(jax.tree.leaves(g), jax.tree.leaves(w))):
+            assert gi.shape == wi.shape and gi.dtype == wi.dtype
+            assert_close_relative(gi, wi, 2e-5, f"d/d{name}[{i}]")
+
+
+def test_reverse_direction_reads_time_backwards_without_flipping():
+    """The kernel's reverse scan of a sequence equals the forward scan of its mirror image."""
+    inputs = make_inputs(2, 23, 8, 4, seed=3)
+    flip = lambda x: jnp.flip(x, axis=1)
+    mirrored = {k: flip(v) if v.ndim == 3 else v for k, v in inputs.items()}
+    args = lambda x: ((x["u"],), (x["delta"],), (x["A"], x["A"]), (x["B"],), (x["C"],), (x["D"],), x["z"], (x["delta_bias"],))
+    both = bidirectional_selective_scan(*args(inputs), delta_softplus=True)
+    forward = selective_scan(**inputs, delta_softplus=True, impl="pallas")
+    backward = flip(selective_scan(**mirrored, delta_softplus=True, impl="pallas"))
+    np.testing.assert_allclose(both, forward + backward, atol=2e-5, rtol=2e-5)
+
+
+def test_gpu_block_sizes_agree_in_interpret_mode():
+    """The unrolled groups and chunks of the GPU configuration (not the interpret default)."""
+    args = bidirectional_inputs(1, 40, 20, 16, per_direction=True, seed=4)
+    blocks = (BlockConfig(block_d=8, num_warps=1, unroll=16, chunk=32), BlockConfig(block_d=8, num_warps=1, unroll=8, chunk=32))
+    w = jnp.sin(jnp.arange(40 * 20).reshape(1, 40, 20))
+
+    def loss(fn, *args):
+        return jnp.sum(fn(*args) * w)
+
+    kernel = functools.partial(bidirectional_selective_scan, delta_softplus=True, scale=0.5, interpret=True, blocks=blocks)
+    reference = functools.partial(bidirectional_scan, delta_softplus=True, scale=0.5, impl="sequential")
+    got = jax.grad(functools.partial(loss, kernel), argnums=tuple(range(8)))(*args)
+    want = jax.grad(functools.partial(loss, reference), argnums=tuple(range(8)))(*args)
+    for name, g, w in zip(NAMES, got, want):
+        for gi, wi in zip(jax.tree.leaves(g), jax.tree.leaves(w)):
+            assert_close_relative(gi, wi, 2e-5, f"d/d{name}")
+
+
+def test_bf16_inputs_give_bf16_gradients_close_to_float32():
+    args32 = bidirectional_inputs(2, 40, 16, 8, per_direction=False, seed=5)
+    args16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.ndim == 3 else x, args32)
+
+    def loss(*args):
+        out = bidirectional_selective_scan(*args, delta_softplus=True)
+        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    g32 = jax.grad(loss, argnums=tuple(range(8)))(*args32)
+    g16 = jax.grad(loss, argnums=tuple(range(8)))(*args16)
+    for name, a, b, x in zip(NAMES, g16, g32, args16):
+        for ai, bi, xi in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(x)):
+            assert ai.dtype == xi.dtype, name
+            assert_close_relative(ai, bi, 0.05, f"d/d{name}")
+
+
+def test_block_sizes_follow_the_shape():
+    base = ScanLayout(12, 513, 1536, 16, 2, 1, 1, 1, True, True, 1.0)
+    tiny_batch = ScanLayout(1, 65, 384, 16, 2, 1, 1, 1, True, True, 1.0)
+    big_state = ScanLayout(12, 513, 1536, 64, 2, 1, 1, 1, True, True, 1.0)
+    assert forward_blocks(base).block_d == 16 and forward_blocks(base).num_warps == 1
+    assert forward_blocks(tiny_batch).block_d < 16  # more, smaller tiles to fill the GPU
+    assert forward_blocks(big_state).block_d * 64 <= 4 * 256
+    for layout in (base, tiny_batch, big_state):
+        fwd, bwd = forward_blocks(layout), backward_blocks(layout)
+        assert fwd.chunk == bwd.chunk and fwd.chunk % fwd.unroll == 0 and bwd.chunk % bwd.unroll == 0
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA lowering, without a GPU
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "batch, length, dim, n_u, dtype",
+    [(2, 65, 384, 1, jnp.float32), (12, 513, 1536, 1, jnp.float32), (12, 513, 768, 2, jnp.float32), (2, 65, 384, 2, jnp.bfloat16)],
+    ids=["tiny_fobi", "base_fobi_audioset", "small_bibi_audioset", "tiny_bibi_bf16"],
+)
+def test_forward_and_backward_lower_for_cuda_through_triton(batch, length, dim, n_u, dtype):
+    S = jax.ShapeDtypeStruct
+    rows, states = S((batch, length, dim), dtype), S((batch, length, 16), dtype)
+    matrix, vector = S((dim, 16), jnp.float32), S((dim,), jnp.float32)
+
+    def loss(*args):
+        out = bidirectional_selective_scan(*args, delta_softplus=True, interpret=False)
+        return out.astype(jnp.float32).sum()
+
+    exported = export.export(
+        jax.jit(jax.value_and_grad(loss, argnums=tuple(range(8)))), platforms=["cuda"],
+        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )((rows,) * n_u, (rows,) * n_u, (matrix,) * 2, (states,) * n_u, (states,) * n_u, (vector,) * n_u, rows, (vector,) * n_u)
+    module = exported.mlir_module()
+    assert module.count("__gpu$xla.gpu.triton") >= 2
+    assert "aum_selective_scan_fwd" in module and "aum_selective_scan_bwd" in module
+    assert "stablehlo.reverse" not in module  # the reverse direction is read backwards, not flipped
+
+
+# ----------------------------------------------------------------------------------------
+# The model: which scan runs, and what training keeps
+# ----------------------------------------------------------------------------------------
+
+
+def _eqns(jaxpr):
+    """Every equation of the XLA program, not descending into Pallas kernels' bodies."""
     for eqn in jaxpr.eqns:
-        shapes.update(tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            shapes |= _intermediate_shapes(sub)
-    return shapes
+        yield eqn
+        if eqn.primitive.name != "pallas_call":
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from _eqns(sub)
 
 
-def test_chunked_never_holds_the_full_state_tensor():
-    batch, length, dim, n, chunk = 2, 256, 8, 4, 32
-    inputs = make_inputs(batch, length, dim, n)
-
-    def loss(impl, u):
-        return selective_scan(**{**inputs, "u": u}, delta_softplus=True, impl=impl, chunk_size=chunk).sum()
-
-    full = (batch, length, dim, n)
-    chunked = _intermediate_shapes(jax.make_jaxpr(jax.grad(lambda u: loss("chunked", u)))(inputs["u"]).jaxpr)
-    assert full not in chunked
-    assert (batch, chunk, dim, n) in chunked
-    associative = _intermediate_shapes(jax.make_jaxpr(jax.grad(lambda u: loss("associative", u)))(inputs["u"]).jaxpr)
-    assert full in associative  # the check can fail: the associative scan does hold it
+def _model_grad_jaxpr(config: AuMConfig):
+    model = AudioMamba(config, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x = jnp.zeros((2, config.audio_length, config.num_mel_bins))
+    loss = lambda p: nnx.merge(graphdef, p, rest)(x).sum()
+    return jax.make_jaxpr(jax.grad(loss))(params).jaxpr
 
 
-def test_discretize_shapes():
-    inputs = make_inputs(2, 5, 3, 4)
-    decay, drive = _discretize(inputs["u"], inputs["delta"], inputs["A"], inputs["B"])
-    assert decay.shape == drive.shape == (2, 5, 3, 4)
+def test_auto_trains_with_the_kernels_on_gpu(monkeypatch):
+    """On a GPU backend the model's gradient runs the forward and backward kernels and no XLA
+    loop over time: the only loop is the one over layers."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve_impl("auto") == "pallas"
+    config = AuMConfig(embed_dim=32, depth=3, num_classes=4, num_mel_bins=32, audio_length=64, bimamba_type="v2")
+    eqns = list(_eqns(_model_grad_jaxpr(config)))
+    kernels = {str(e.params.get("name", e.params.get("debug_info", ""))) for e in eqns if e.primitive.name == "pallas_call"}
+    assert any("aum_selective_scan_fwd" in k for k in kernels) and any("aum_selective_scan_bwd" in k for k in kernels)
+    loops = [e for e in eqns if e.primitive.name in ("scan", "while")]
+    assert loops and all(e.primitive.name == "scan" and e.params["length"] == config.depth for e in loops)
+
+
+def _temp_bytes_per_layer(impl: str, d_state: int) -> tuple[float, int]:
+    """Temp memory the model's gradient grows by per extra layer, and one (B, L, D_inner) float32."""
+    temp = {}
+    for depth in (2, 4):
+        config = AuMConfig(
+            embed_dim=64, depth=depth, num_classes=10, audio_length=512, d_state=d_state, scan_impl=impl, scan_chunk_size=64
+        )
+        model = AudioMamba(config, rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        x = jnp.zeros((2, config.audio_length, config.num_mel_bins))
+        grad = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p, rest)(x).sum()))
+        temp[depth] = grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+    return (temp[4] - temp[2]) / 2, 2 * (config.num_patches + 1) * config.d_inner * 4
+
+
+@pytest.mark.parametrize("impl", ["sequential", "associative", "chunked"])
+def test_training_keeps_order_bld_per_layer_never_bldn(impl):
+    """With N = 16, one (B, L, D, N) float32 residual per layer would alone be 16 (B, L, D)
+    tensors; the blocks keep about 4.3 (the matmul outputs), as the original keeps 4 to 5."""
+    per_layer, bld = _temp_bytes_per_layer(impl, d_state=16)
+    assert per_layer < 6 * bld, f"{impl}: {per_layer / bld:.1f} (B, L, D) tensors per layer"

@@ -141,7 +141,6 @@ def scan_readout(
     return _scan_chunked(u, delta, A, B, C, h0, chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("delta_softplus", "impl", "chunk_size"))
 def selective_scan(
     u: jax.Array,
     delta: jax.Array,
@@ -174,9 +173,14 @@ def selective_scan(
     Returns:
       (B, L, D) output in ``u``'s dtype.
     """
-    impl = resolve_impl(impl)
+    impl = resolve_impl(impl)  # outside jit: "auto" is not a cache key
     if impl == "pallas":
         return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, impl=impl, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("delta_softplus", "impl", "chunk_size"))
+def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, *, impl: str, chunk_size: int) -> jax.Array:
     out_dtype = u.dtype
     f32 = jnp.float32
     u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
@@ -195,7 +199,6 @@ def selective_scan(
 Tensors = Sequence[jax.Array]
 
 
-@functools.partial(jax.jit, static_argnames=("delta_softplus", "scale", "impl", "chunk_size"))
 def bidirectional_scan(
     us: Tensors,
     deltas: Tensors,
