@@ -65,18 +65,24 @@ _LOG_FLOOR = float(np.finfo(np.float32).eps)
 _MS = 0.001  # the same milliseconds-to-seconds factor torchaudio multiplies by.
 # Frames are processed in blocks of this many, to keep the working set in cache.
 _BLOCK_FRAMES = 256
+# Why a clip can fail to load; the input pipeline counts skipped clips by these.
+BAD_INPUT_KINDS = ("missing", "empty", "truncated", "unreadable", "non_finite", "too_short")
 
 
 class AudioLoadError(OSError):
     """A file could not be decoded into audio.
 
-    Raised for a missing, empty, corrupt or otherwise unreadable file. ``path`` and
-    ``reason`` are kept as attributes; the message names the file.
+    Raised for a missing, empty, truncated, corrupt or otherwise unreadable file.
+    ``path``, ``reason`` and ``kind`` (one of :data:`BAD_INPUT_KINDS`, for counting) are
+    kept as attributes; the message names the file.
     """
 
-    def __init__(self, path: PathLike, reason: str):
+    def __init__(self, path: PathLike, reason: str, kind: str = "unreadable"):
+        if kind not in BAD_INPUT_KINDS:
+            raise ValueError(f"unknown bad-input kind {kind!r}")
         self.path = os.fspath(path)
         self.reason = str(reason)
+        self.kind = kind
         super().__init__(f"cannot load audio file {self.path!r}: {self.reason}")
 
     def __str__(self) -> str:
@@ -84,7 +90,7 @@ class AudioLoadError(OSError):
 
     def __reduce__(self):
         # Keep the exception picklable across worker processes.
-        return (type(self), (self.path, self.reason))
+        return (type(self), (self.path, self.reason, self.kind))
 
 
 # --------------------------------------------------------------------------- #
@@ -523,6 +529,34 @@ def _read_librosa(path: str) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data), int(sr)
 
 
+def _check_wav_length(path: str, size: int) -> None:
+    """Raises if a RIFF/WAVE file's data chunk claims more bytes than the file holds.
+
+    libsndfile reads such a file without complaint, as a shorter clip. Files of other
+    formats, and WAVs written for streaming (data size 0 or 0xFFFFFFFF), pass.
+    """
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if chunk_id == b"data":
+                if chunk_size in (0, 0xFFFFFFFF):
+                    return
+                held = size - f.tell()
+                if chunk_size > held:
+                    raise AudioLoadError(
+                        path, f"truncated WAV: the header promises {chunk_size} data bytes, the file holds {held}",
+                        "truncated",
+                    )
+                return
+            f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
+
+
 def load_waveform(path: PathLike) -> tuple[np.ndarray, int]:
     """Decodes an audio file.
 
@@ -537,20 +571,22 @@ def load_waveform(path: PathLike) -> tuple[np.ndarray, int]:
       ``(waveform, sample_rate)`` with waveform float32 of shape ``(channels, samples)``.
 
     Raises:
-      AudioLoadError: missing, empty, corrupt or unreadable file, no samples, or
-        non-finite samples.
+      AudioLoadError: missing, empty, truncated (a WAV whose header promises more
+        samples than it holds), corrupt or unreadable file, no samples, or non-finite
+        samples.
     """
     p = os.fspath(path)
     if not os.path.exists(p):
-        raise AudioLoadError(p, "file does not exist")
+        raise AudioLoadError(p, "file does not exist", "missing")
     if os.path.isdir(p):
-        raise AudioLoadError(p, "is a directory")
+        raise AudioLoadError(p, "is a directory", "missing")
     try:
         size = os.path.getsize(p)
     except OSError as e:
         raise AudioLoadError(p, f"cannot stat file ({e})") from e
     if size == 0:
-        raise AudioLoadError(p, "file is empty (0 bytes)")
+        raise AudioLoadError(p, "file is empty (0 bytes)", "empty")
+    _check_wav_length(p, size)
     try:
         data, sr = _read_soundfile(p)
     except Exception as sf_err:  # noqa: BLE001 - any decoder failure is reported below.
@@ -565,11 +601,11 @@ def load_waveform(path: PathLike) -> tuple[np.ndarray, int]:
                 p, f"not a readable audio file (soundfile: {sf_err}; librosa: {lr_msg})"
             ) from lr_err
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioLoadError(p, f"contains no samples (shape {data.shape})")
+        raise AudioLoadError(p, f"contains no samples (shape {data.shape})", "empty")
     if sr <= 0:
         raise AudioLoadError(p, f"bad sample rate {sr}")
     if not np.isfinite(data).all():
-        raise AudioLoadError(p, "contains non-finite samples (NaN or Inf)")
+        raise AudioLoadError(p, "contains non-finite samples (NaN or Inf)", "non_finite")
     return data, sr
 
 

@@ -224,7 +224,7 @@ class TfdsSource:
         except Exception as e:  # noqa: BLE001 - any reader failure names the example.
             raise audio.AudioLoadError(self._key(index), f"cannot read example ({e})") from e
         if samples.size == 0:
-            raise audio.AudioLoadError(self._key(index), "example has no samples")
+            raise audio.AudioLoadError(self._key(index), "example has no samples", "empty")
         if np.issubdtype(samples.dtype, np.integer):
             scale = float(np.iinfo(samples.dtype).max) + 1.0
             samples = samples.astype(np.float32) / scale
@@ -313,7 +313,7 @@ class EpicSoundsSource(_RecordList):
             ) from e
         clip = np.asarray(clip, dtype=np.float32)
         if clip.size == 0:
-            raise audio.AudioLoadError(f"{self.hdf5_path}:{key}", "segment has no samples")
+            raise audio.AudioLoadError(f"{self.hdf5_path}:{key}", "segment has no samples", "empty")
         return clip[None, :], self.sample_rate
 
 

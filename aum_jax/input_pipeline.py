@@ -22,11 +22,16 @@ sampling draws ``len(shard)`` indices per epoch with replacement, with the
 probabilities of the ``*_weight.csv``. Each process reads the disjoint shard
 ``process_index::process_count``.
 
-A clip that cannot be decoded (missing, empty, corrupt, unreadable, too short) is
-skipped in training (a masked row in evaluation), logged with an absl warning and
-counted; once more than ``max_bad_fraction`` of the source's clips have failed, the
-iterator raises :class:`BadInputError` naming them. Errors in worker processes are
-re-raised in the main process by grain.
+Clips are decoded and augmented one by one (in ``num_workers`` grain processes, or in
+this one) and batched in this process, so the batches depend on the seed alone, not
+on the worker or read-thread counts, and the iterator state (clips consumed) resumes
+with any of them. Workers exit when their parent dies, SIGKILL included.
+
+A clip that cannot be decoded (missing, empty, truncated, corrupt, unreadable, too
+short) is skipped in training (a masked row in evaluation), logged with an absl
+warning and counted by kind; once more than ``max_bad_fraction`` of the source's
+clips have failed, the iterator raises :class:`BadInputError` naming them. Errors in
+worker processes are re-raised in the main process by grain.
 
 Batches are dicts of NumPy arrays: ``fbank`` ``(B, target_length, num_mel_bins)``
 float32 and ``label`` ``(B, n_class)`` float32, plus in evaluation ``mask`` ``(B,)``
@@ -40,7 +45,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+import os
+import threading
+import time
 from typing import Any
 
 import grain
@@ -55,17 +62,16 @@ __all__ = [
     "BadInputError",
     "FeatureOptions",
     "epic_log_mel",
-    "make_eval_dataset",
+    "BatchIterator",
     "make_eval_iterator",
-    "make_train_dataset",
     "make_train_iterator",
     "mix_waveforms",
     "torchaudio_mask",
 ]
 
 Element = dict[str, Any]
-# A failed clip, as (key naming the file, message).
-Failure = tuple[str, str]
+# A failed clip, as (key naming the file, kind of failure (audio.BAD_INPUT_KINDS), message).
+Failure = tuple[str, str, str]
 
 
 class BadInputError(RuntimeError):
@@ -284,19 +290,18 @@ class _ClipTransform:
         )
         return audio.pad_or_cut(spec, opt.target_length)
 
-    def _empty(self, failures: Sequence[Failure]) -> Element:
+    def _empty(self) -> Element:
         opt = self._opt
         return {
             "fbank": np.zeros((opt.target_length, opt.num_mel_bins), np.float32),
             "label": np.zeros((opt.num_classes,), np.float32),
             "mask": np.False_,
-            "skipped": tuple(failures),
         }
 
     def __call__(self, index: int, rng: np.random.Generator | None = None) -> Element:
         opt = self._opt
         if index < 0:
-            return self._empty(())
+            return self._empty()
         record = self._source[index]
         label = np.zeros((opt.num_classes,), np.float32)
         keys = record.key
@@ -315,9 +320,9 @@ class _ClipTransform:
                 label[list(record.labels)] = 1.0
             spec = self._features(waveform, sample_rate)
         except audio.AudioLoadError as e:
-            return self._failure((e.path, str(e)))
-        except ValueError as e:  # e.g. a clip shorter than one frame.
-            return self._failure((record.key, f"{keys}: {e}"))
+            return self._failure((e.path, e.kind, str(e)))
+        except ValueError as e:  # a clip shorter than one frame.
+            return self._failure((record.key, "too_short", f"{keys}: {e}"))
 
         if rng is not None:
             spec = np.array(spec, dtype=np.float32)  # writable copy for in-place masks.
@@ -335,7 +340,7 @@ class _ClipTransform:
             spec = (spec - np.float32(opt.mean)) / np.float32(2.0 * opt.std)
         if rng is not None and opt.noise:
             spec = _add_noise(spec, rng)
-        example = {"fbank": spec.astype(np.float32), "label": label, "skipped": ()}
+        example = {"fbank": spec.astype(np.float32), "label": label}
         if not opt.train:
             example["mask"] = np.True_
         return example
@@ -343,14 +348,7 @@ class _ClipTransform:
     def _failure(self, failure: Failure) -> Element:
         if self._opt.train:
             return {"failure": failure}
-        return self._empty((failure,))
-
-
-def _collate(elements: Sequence[Element]) -> Element:
-    """Stacks arrays along a new batch axis; concatenates the ``skipped`` tuples."""
-    batch = {k: np.stack([e[k] for e in elements]) for k in elements[0] if k != "skipped"}
-    batch["skipped"] = tuple(f for e in elements for f in e["skipped"])
-    return batch
+        return {**self._empty(), "failure": failure}
 
 
 # --------------------------------------------------------------------------- #
@@ -395,124 +393,138 @@ class _WeightedDraw:
 
 
 # --------------------------------------------------------------------------- #
-# Bad-input accounting
+# Batching and bad-input accounting, in this process
 # --------------------------------------------------------------------------- #
 
 
-class _SkipAndBatchIterator(grain.DatasetIterator):
-    """Batches good examples, dropping failure markers and passing them on in ``skipped``.
+class _ExitWithParent:
+    """grain ``worker_init_fn``: each worker ends itself once the trainer is gone.
 
-    Yields full batches (an incomplete last batch is dropped); failures seen after
-    the last full batch come out in a final batch holding only ``skipped``, so the
-    main process counts every one. Raises :class:`BadInputError` as soon as this
-    worker alone has seen more distinct bad clips than allowed, so a source of bad
-    files cannot make a worker spin without output.
+    grain's workers are daemon processes, which die with a parent that exits normally
+    but are orphaned when it is killed (SIGKILL, OOM killer). A watcher thread in every
+    worker polls its parent PID and exits when the parent has changed; the
+    multiprocessing resource tracker then sees its last pipe close and exits too.
+    (A Linux parent-death signal would fire when grain's short-lived starter thread
+    ends, not the trainer.)
     """
 
-    def __init__(
-        self, parent: grain.DatasetIterator, batch_size: int, limit: int, num_records: int
-    ):
-        super().__init__(parent)
-        self._batch_size = batch_size
-        self._limit = limit
-        self._num_records = num_records
-        self._bad: dict[str, str] = {}
+    def __init__(self, parent_pid: int, poll_s: float):
+        self._parent_pid = parent_pid
+        self._poll_s = poll_s
 
-    def __next__(self) -> Element:
-        rows: list[Element] = []
-        skipped: list[Failure] = []
-        while len(rows) < self._batch_size:
-            try:
-                element = next(self._parent)
-            except StopIteration:
-                if skipped:
-                    return {"skipped": tuple(skipped)}
-                raise
-            if "failure" not in element:
-                rows.append(element)
-                continue
-            key, message = element["failure"]
-            skipped.append((key, message))
-            self._bad[key] = message
-            if len(self._bad) > self._limit:
-                raise BadInputError(self._bad, self._limit, self._num_records)
-        batch = _collate(rows)
-        batch["skipped"] = tuple(skipped)
-        return batch
+    def __call__(self, worker_index: int, worker_count: int) -> None:
+        del worker_index, worker_count
+        threading.Thread(target=self._watch, name="exit-with-parent", daemon=True).start()
 
-    def get_state(self) -> dict[str, Any]:
-        return {"parent": self._parent.get_state(), "bad": dict(self._bad)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state["parent"])
-        self._bad = dict(state["bad"])
-
-
-class _SkipAndBatch(grain.IterDataset):
-    def __init__(
-        self, parent: grain.IterDataset, batch_size: int, limit: int, num_records: int
-    ):
-        super().__init__(parent)
-        self._batch_size = batch_size
-        self._limit = limit
-        self._num_records = num_records
-
-    def __iter__(self) -> _SkipAndBatchIterator:
-        return _SkipAndBatchIterator(
-            self._parent.__iter__(), self._batch_size, self._limit, self._num_records
-        )
+    def _watch(self) -> None:
+        while os.getppid() == self._parent_pid:
+            time.sleep(self._poll_s)
+        os._exit(1)
 
 
 class BatchIterator(grain.DatasetIterator):
-    """The pipeline's output iterator: counts, logs and limits bad inputs.
+    """Batches the clips of one process, counting, logging and limiting bad inputs.
+
+    Clips are decoded and augmented by grain (``num_workers`` processes, or this one)
+    one by one; they are batched here, in this process, so every batch holds the same
+    clips whatever the worker and thread counts. Its state is the number of clips
+    consumed, so a run resumes on the same clip with any number of workers.
+
+    Training drops clips that failed to load; evaluation keeps them as zero rows with
+    ``mask`` False. Once more distinct clips than ``limit`` have failed,
+    :class:`BadInputError` is raised naming them.
 
     Attributes:
       bad_inputs: ``{key: message}`` of every distinct clip that failed to load.
       num_skipped: how many times a clip was skipped (a bad clip counts once per
         epoch it is drawn in).
+      skipped_by_kind: ``num_skipped`` split by kind (``audio.BAD_INPUT_KINDS``).
     """
 
-    def __init__(self, parent: grain.DatasetIterator, limit: int, num_records: int):
-        super().__init__(parent)
+    def __init__(
+        self,
+        clips: grain.MapDataset,
+        config: ml_collections.ConfigDict,
+        batch_size: int,
+        *,
+        train: bool,
+        limit: int,
+        num_records: int,
+    ):
+        super().__init__()
+        self._clips = clips
+        self._read_options = grain.ReadOptions(
+            num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size
+        )
+        self._num_workers = config.num_workers
+        self._worker_poll_s = config.worker_parent_poll_s
+        self._batch_size = batch_size
+        self._train = train
         self._limit = limit
         self._num_records = num_records
+        self._elements: grain.DatasetIterator | None = None
+        self._position = 0
         self.bad_inputs: dict[str, str] = {}
         self.num_skipped = 0
+        self.skipped_by_kind: dict[str, int] = {}
 
-    def __next__(self) -> Element:
-        while True:
-            batch = next(self._parent)
-            for key, message in batch.pop("skipped"):
-                self.num_skipped += 1
-                if key not in self.bad_inputs:
-                    logging.warning("skipping a clip that cannot be loaded: %s", message)
-                    self.bad_inputs[key] = message
+    def _open(self) -> grain.DatasetIterator:
+        clips = self._clips[self._position:] if self._position else self._clips
+        ds = clips.to_iter_dataset(self._read_options)
+        if self._num_workers > 0:
+            ds = ds.mp_prefetch(
+                # a batch of clips buffered per worker between the processes.
+                grain.MultiprocessingOptions(num_workers=self._num_workers,
+                                             per_worker_buffer_size=self._batch_size),
+                worker_init_fn=_ExitWithParent(os.getpid(), self._worker_poll_s),
+            )
+        return iter(ds)
+
+    def _count(self, failure: Failure) -> None:
+        key, kind, message = failure
+        self.num_skipped += 1
+        self.skipped_by_kind[kind] = self.skipped_by_kind.get(kind, 0) + 1
+        if key not in self.bad_inputs:
+            logging.warning("skipping a clip that cannot be loaded: %s", message)
+            self.bad_inputs[key] = message
             if len(self.bad_inputs) > self._limit:
                 raise BadInputError(self.bad_inputs, self._limit, self._num_records)
-            if batch:  # a batch of only failures (end of a finite pass) is consumed here.
-                return batch
+
+    def __next__(self) -> Element:
+        if self._elements is None:
+            self._elements = self._open()
+        rows: list[Element] = []
+        while len(rows) < self._batch_size:
+            element = next(self._elements)  # StopIteration ends a finite pass; a partial batch is dropped.
+            self._position += 1
+            failure = element.pop("failure", None)
+            if failure is not None:
+                self._count(failure)
+                if self._train:
+                    continue
+            rows.append(element)
+        return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
     def get_state(self) -> dict[str, Any]:
         return {
-            "parent": self._parent.get_state(),
+            "position": self._position,
             "bad_inputs": dict(self.bad_inputs),
             "num_skipped": self.num_skipped,
+            "skipped_by_kind": dict(self.skipped_by_kind),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state["parent"])
+        self.close()
+        self._position = int(state["position"])
         self.bad_inputs = dict(state["bad_inputs"])
         self.num_skipped = int(state["num_skipped"])
+        self.skipped_by_kind = {k: int(v) for k, v in state["skipped_by_kind"].items()}
 
-
-class _Accounted(grain.IterDataset):
-    def __init__(self, parent: grain.IterDataset, limit: int, num_records: int):
-        super().__init__(parent)
-        self._limit = limit
-        self._num_records = num_records
-
-    def __iter__(self) -> BatchIterator:
-        return BatchIterator(self._parent.__iter__(), self._limit, self._num_records)
+    def close(self) -> None:
+        """Stops the worker processes, if any; the next batch starts them again."""
+        if self._elements is not None:
+            self._elements.close()
+            self._elements = None
 
 
 # --------------------------------------------------------------------------- #
@@ -543,33 +555,22 @@ def _host_seeds(seed: int, process_index: int) -> tuple[int, int]:
     return int(state[0]), int(state[1])
 
 
-def _read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
-    return grain.ReadOptions(
-        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size
-    )
+def _mark_flags_parsed_for_workers(config: ml_collections.ConfigDict) -> None:
+    if config.num_workers > 0 and not flags.FLAGS.is_parsed():
+        # grain's workers read absl flags; outside app.run (tests, notebooks) use
+        # their defaults instead of failing with UnparsedFlagAccessError.
+        flags.FLAGS.mark_as_parsed()
 
 
-def _finish(
-    ds: grain.IterDataset, config: ml_collections.ConfigDict, limit: int, num_records: int
-) -> grain.IterDataset:
-    if config.num_workers > 0:
-        if not flags.FLAGS.is_parsed():
-            # grain's workers read absl flags; outside app.run (tests, notebooks) use
-            # their defaults instead of failing with UnparsedFlagAccessError.
-            flags.FLAGS.mark_as_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
-    return _Accounted(ds, limit, num_records)
-
-
-def make_train_dataset(
+def make_train_iterator(
     config: ml_collections.ConfigDict,
     *,
     source: datasets.AudioSource | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     num_epochs: int | None = None,
-) -> grain.IterDataset:
-    """The training pipeline of this process.
+) -> BatchIterator:
+    """The training batches of this process.
 
     Args:
       config: a data config (``configs/data.py``): ``batch_size`` (per process),
@@ -582,9 +583,8 @@ def make_train_dataset(
       num_epochs: passes over the shard; ``None`` repeats forever.
 
     Returns:
-      An ``IterDataset`` of ``{"fbank": (B, T, F) float32, "label": (B, C) float32}``
-      with ``B = config.batch_size`` (incomplete batches are dropped); its iterator
-      is a :class:`BatchIterator`.
+      A :class:`BatchIterator` of ``{"fbank": (B, T, F) float32, "label": (B, C)
+      float32}`` with ``B = config.batch_size`` (an incomplete last batch is dropped).
     """
     process_index, process_count = _process(process_index, process_count)
     if source is None:
@@ -605,22 +605,20 @@ def make_train_dataset(
         ds = ds.map(_ShardLookup(shard))
     ds = ds.random_map(_ClipTransform(source, FeatureOptions.from_config(config, True)),
                        seed=augment_seed)
-    limit = _bad_limit(config, len(source))
-    it_ds = _SkipAndBatch(
-        ds.to_iter_dataset(_read_options(config)), config.batch_size, limit, len(source)
-    )
-    return _finish(it_ds, config, limit, len(source))
+    _mark_flags_parsed_for_workers(config)
+    return BatchIterator(ds, config, config.batch_size, train=True,
+                         limit=_bad_limit(config, len(source)), num_records=len(source))
 
 
-def make_eval_dataset(
+def make_eval_iterator(
     config: ml_collections.ConfigDict,
     split: str = "eval",
     *,
     source: datasets.AudioSource | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> grain.IterDataset:
-    """The evaluation pipeline of this process: one ordered pass, nothing lost.
+) -> BatchIterator:
+    """The evaluation batches of this process: one ordered pass, nothing lost.
 
     No masks, mixup or noise. The shard ``process_index::process_count`` is padded to
     ``ceil(ceil(N / process_count) / B)`` batches of ``B = config.eval_batch_size``,
@@ -628,8 +626,8 @@ def make_eval_dataset(
     zeros with ``mask`` False.
 
     Returns:
-      An ``IterDataset`` of ``{"fbank": (B, T, F) float32, "label": (B, C) float32,
-      "mask": (B,) bool}``; its iterator is a :class:`BatchIterator`.
+      A :class:`BatchIterator` of ``{"fbank": (B, T, F) float32, "label": (B, C)
+      float32, "mask": (B,) bool}``.
     """
     process_index, process_count = _process(process_index, process_count)
     if source is None:
@@ -640,19 +638,6 @@ def make_eval_dataset(
     padded = -(-per_process // batch_size) * batch_size
     ds = grain.MapDataset.range(padded).map(_ShardLookup(shard))
     ds = ds.map(_ClipTransform(source, FeatureOptions.from_config(config, False)))
-    ds = ds.batch(batch_size, batch_fn=_collate)
-    limit = _bad_limit(config, len(source))
-    return _finish(ds.to_iter_dataset(_read_options(config)), config, limit, len(source))
-
-
-def make_train_iterator(config: ml_collections.ConfigDict, **kwargs: Any) -> BatchIterator:
-    """``iter(make_train_dataset(config, **kwargs))``; see there."""
-    return iter(make_train_dataset(config, **kwargs))
-
-
-def make_eval_iterator(
-    config: ml_collections.ConfigDict, split: str = "eval", **kwargs: Any
-) -> BatchIterator:
-    """``iter(make_eval_dataset(config, split, **kwargs))``; see there."""
-    return iter(make_eval_dataset(config, split, **kwargs))
-
+    _mark_flags_parsed_for_workers(config)
+    return BatchIterator(ds, config, batch_size, train=False,
+                         limit=_bad_limit(config, len(source)), num_records=len(source))

@@ -54,6 +54,7 @@ def _common() -> ml_collections.ConfigDict:
     c.read_threads = 2  # threads per worker reading and transforming clips.
     c.prefetch_buffer_size = 64  # clips buffered per worker.
     c.max_bad_fraction = 0.01  # stop once this fraction of clips failed to load.
+    c.worker_parent_poll_s = 1.0  # workers check this often that the trainer lives (exit if not).
     c.tfds_name = ""  # TFDS dataset name (source "tfds").
     c.tfds_data_dir = ""  # TFDS data_dir; "" = the TFDS default.
     c.tfds_train_split = "train"  # TFDS training split.

@@ -265,3 +265,44 @@ def test_workers_and_worker_errors_surface(tmp_path):
                                                  3: "corrupt"})
     with pytest.raises(ip.BadInputError, match=r"bad/clip\d\.wav"):
         next(ip.make_train_iterator(c, process_index=0, process_count=1))
+
+
+def test_batches_do_not_depend_on_worker_or_thread_counts(tmp_path):
+    c = _config(tmp_path, 10, bad={3: "corrupt"}, max_bad_fraction=0.5)
+    c.batch_size = 3  # batches straddle the 10-clip epoch and the per-worker slices.
+    reference = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 5)
+    for workers, threads in ((1, 1), (2, 2), (4, 4), (0, 4)):
+        c.num_workers, c.read_threads = workers, threads
+        it = ip.make_train_iterator(c, process_index=0, process_count=1)
+        for want, got in zip(reference, _take(it, 5)):
+            np.testing.assert_array_equal(got["fbank"], want["fbank"], err_msg=f"{workers} workers")
+            np.testing.assert_array_equal(got["label"], want["label"], err_msg=f"{workers} workers")
+        it.close()
+
+
+def test_resume_with_another_worker_count(tmp_path):
+    c = _config(tmp_path, 6)
+    reference = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 5)
+    c.num_workers = 2
+    first = ip.make_train_iterator(c, process_index=0, process_count=1)
+    _take(first, 2)
+    state = json.loads(json.dumps(first.get_state()))
+    first.close()
+    c.num_workers = 0
+    resumed = ip.make_train_iterator(c, process_index=0, process_count=1)
+    resumed.set_state(state)
+    for want, got in zip(reference[2:], _take(resumed, 3)):
+        np.testing.assert_array_equal(got["fbank"], want["fbank"])
+
+
+def test_a_truncated_wav_is_counted_as_bad_input(tmp_path):
+    c = _config(tmp_path, 4, mixup=0.0, max_bad_fraction=0.5)
+    path = tmp_path / "clip2.wav"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header still promises every frame.
+    with pytest.raises(audio.AudioLoadError, match="truncated WAV"):
+        audio.load_waveform(path)
+    it = ip.make_train_iterator(c, process_index=0, process_count=1)
+    _take(it, 2)
+    assert it.skipped_by_kind == {"truncated": it.num_skipped} and it.num_skipped >= 1
+    assert list(it.bad_inputs) == [str(path)]
