@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 from flax import nnx, traverse_util
 
-from aum_jax.checkpoints import init_model
+from aum_jax.models import init_model
 from aum_jax.models import AUM_TYPES, AudioMamba, AuMConfig
 
 StateDict = dict[str, np.ndarray]

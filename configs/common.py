@@ -70,7 +70,7 @@ def get_optimizer_config(lr: float, *, warmup: bool) -> ml_collections.ConfigDic
     c.b2 = 0.999  # Adam beta2.
     c.eps = 1e-8  # Adam epsilon.
     c.weight_decay = 5e-7  # --weight_decay, added to the gradient (L2) as torch Adam does.
-    c.schedule = "multistep"  # "multistep" (MultiStepLR), "epic" (1, 0.05 from epoch 10, 0.01 from 20) or "constant".
+    c.schedule = "multistep"  # "multistep" (MultiStepLR) or "constant".
     c.decay_start_epoch = 2  # --lrscheduler_start: first epoch (0-based count done) with decayed lr.
     c.decay_every_epochs = 1  # --lrscheduler_step.
     c.decay_factor = 0.5  # --lrscheduler_decay.
@@ -93,9 +93,12 @@ def get_train_config(num_epochs: int, loss: str, metric: str) -> ml_collections.
     c.eval_every = -1  # steps between evaluations; -1: every epoch (the original), 0: only at the end.
     c.checkpoint_every = 1000  # steps between training checkpoints (and at the end, on SIGTERM, on errors).
     c.keep_checkpoints = 3  # training checkpoints kept in workdir/checkpoints.
-    c.max_nonfinite_steps = 10  # stop after this many consecutive non-finite losses (each is skipped).
+    c.max_nonfinite_steps = 10  # diverged after this many bad steps in a row (each is skipped); not in the original.
+    c.max_loss = 1e4  # a step with a larger mean loss is bad (healthy runs stay below ~10).
+    c.max_grad_norm = 1e6  # a step with a larger global gradient norm is bad (healthy: below ~1e2).
     c.stop_check_every = 10  # multi-process: steps between checks for a SIGTERM on any process.
-    c.inject_nonfinite_steps = ()  # fault injection for tests: steps whose input is made NaN.
+    c.lock_heartbeat_s = 10.0  # seconds between touches of workdir/lock.json.
+    c.lock_stale_after_s = 120.0  # a lock from another host untouched this long is taken over.
     return c
 
 

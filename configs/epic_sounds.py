@@ -3,8 +3,7 @@
 The original ramps the lr linearly from 1% over the first two epochs (every recipe sets
 --warmup True) and then holds it: its training loop resets the lr to --lr on every step
 after the warm-up, which overrides the LambdaLR it also sets up (x1 until epoch 10, x0.05
-until 20, then x0.01). ``schedule="constant"`` reproduces what runs; ``"epic"`` is the
-LambdaLR as written.
+until 20, then x0.01). ``schedule="constant"`` reproduces what runs.
 
   python -m aum_jax.main --config=configs/epic_sounds.py:base_audioset --workdir=DIR
 
