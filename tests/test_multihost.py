@@ -92,6 +92,7 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     exported = checkpoints.load_model(tmp_path / "work" / "model")
     assert exported.config.depth == toy_config(paths, num_steps=NUM_STEPS).model.depth
     assert not any(p.name.endswith(".partial") for p in (tmp_path / "work").iterdir())
+    assert not (tmp_path / "work" / "lock.json").exists()  # one lock for the run, taken and released.
 
     # One process fed the concatenation of the two shards' batches reaches the same point.
     config = toy_config(paths, num_steps=NUM_STEPS)
