@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax import nnx, traverse_util
+from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -145,57 +145,6 @@ def train_step(
         grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads)
     optimizer.update(model, grads)
     return {"loss": value, "grad_norm": grad_norm, "ok": ok}
-
-
-# ----------------------------------------------------------------------------------------
-# Model construction
-# ----------------------------------------------------------------------------------------
-
-
-def _init_from_model_dir(directory: str, target: AuMConfig, seed: int) -> AudioMamba:
-    """A ``target`` model with every parameter of an aum-jax model directory that fits.
-
-    The position embedding is resampled to the new patch grid, and the head is kept only
-    when the class count matches; any other mismatch is an error.
-    """
-    source = checkpoints.load_model(directory)
-    model = init_model(target, seed)
-    params = nnx.state(model, nnx.Param)
-    fresh = traverse_util.flatten_dict(nnx.to_pure_dict(params))
-    loaded = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(source, nnx.Param)))
-    for key, value in fresh.items():
-        old = loaded.get(key)
-        if old is not None and old.shape == value.shape:
-            fresh[key] = old
-        elif key == ("pos_embed",) and old is not None and source.config.num_cls_tokens == target.num_cls_tokens:
-            grid_from, grid_to = source.config.patch_grid, target.patch_grid
-            fresh[key] = jnp.asarray(
-                convert.resample_pos_embed(np.asarray(old), grid_from, grid_to, target.num_cls_tokens)
-            )
-        elif key[0] != "head":
-            shape = None if old is None else old.shape
-            raise ValueError(f"{directory}: parameter {'/'.join(map(str, key))} {shape} does not fit {value.shape}")
-    nnx.replace_by_pure_dict(params, traverse_util.unflatten_dict(fresh))
-    nnx.update(model, params)
-    return model
-
-
-def build_model(model_config: AuMConfig, init: ml_collections.ConfigDict, seed: int) -> AudioMamba:
-    """A fresh model, or one initialised from ``init.checkpoint`` (.pth or model directory)."""
-    if not init.checkpoint:
-        return init_model(model_config, seed)
-    path = os.path.expanduser(init.checkpoint)
-    logging.info("Initialising from %s", path)
-    if os.path.isdir(path):
-        return _init_from_model_dir(path, model_config, seed)
-    state = convert.read_torch_checkpoint(path)
-    layout = convert.SourceLayout(
-        kind=init.kind or convert.detect_source_kind(state),
-        cls_position=init.vim_cls_position,
-        strides=tuple(init.source_strides) if init.source_strides else None,
-        num_mel_bins=init.source_num_mel_bins,
-    )
-    return convert.init_from_source(state, model_config, layout, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------
@@ -378,7 +327,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     manager = train_state.make_manager(workdir, train_cfg.keep_checkpoints)
     step = restored_from = train_state.restore(manager, model, optimizer, train_iter)
     if not restored_from and config.init.checkpoint:  # a new run starts from a pretrained source.
-        pretrained = build_model(model_config, config.init, train_cfg.seed)
+        pretrained = convert.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed)
         nnx.update(model, sharding.replicate(nnx.state(pretrained, nnx.Param), mesh))
     model.train()
     best = _read_json(workdir / workdir_lib.BEST_FILE)

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from aum_jax import convert
-from aum_jax.checkpoints import load_model
+from aum_jax.checkpoints import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,3 +230,23 @@ def test_reads_checkpoints_that_carry_their_training_arguments(tmp_path, fobi):
     path = tmp_path / "with_args.pth"
     torch.save({"model": raw, "args": argparse.Namespace(lr=5e-4, model="vim_small")}, path)
     assert convert.read_torch_checkpoint(path).keys() == state.keys()
+
+
+def test_a_model_directory_and_its_pth_initialise_the_same_model(fobi, tmp_path):
+    folder, _ = fobi
+    state = convert.read_torch_checkpoint(folder / "state_dict.pth")
+    source = convert.convert(state)
+    round_trip = convert.torch_state_dict(source)
+    assert sorted(round_trip) == sorted(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(round_trip[key], value, err_msg=key)
+    save_model(source, tmp_path / "source")
+    target = source.config.replace(audio_length=source.config.audio_length // 2, num_classes=3)
+    init = ml_collections.ConfigDict({"kind": "aum", "vim_cls_position": "middle",
+                                      "source_strides": source.config.strides,
+                                      "source_num_mel_bins": source.config.num_mel_bins})
+    from_dir = convert.init_from_pretrained(tmp_path / "source", target, init, seed=1)
+    from_pth = convert.init_from_pretrained(folder / "state_dict.pth", target, init, seed=1)
+    params = [nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in (from_dir, from_pth)]
+    jax.tree.map(np.testing.assert_array_equal, *params)
+    assert params[0]["pos_embed"].shape[1] == target.num_patches + target.num_cls_tokens
