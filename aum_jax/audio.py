@@ -48,7 +48,6 @@ __all__ = [
     "kaldi_fbank",
     "load_fbank",
     "load_waveform",
-    "num_frames",
     "pad_or_cut",
     "remove_mean",
 ]
@@ -132,14 +131,6 @@ def _check_params(sample_rate: float, num_mel_bins: int, frame_shift_ms: float) 
             f"frame_shift_ms {frame_shift_ms!r} at sample_rate {sample_rate!r} gives a frame "
             "shift of 0 samples"
         )
-
-
-def num_frames(num_samples: int, sample_rate: float, frame_shift_ms: float = 10.0) -> int:
-    """Number of fbank frames Kaldi produces for ``num_samples`` (``snip_edges=True``)."""
-    window_size, window_shift, _ = _window_sizes(sample_rate, frame_shift_ms)
-    if num_samples < window_size:
-        return 0
-    return 1 + (num_samples - window_size) // window_shift
 
 
 def _ceil_log2(n: int) -> int:

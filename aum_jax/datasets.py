@@ -201,6 +201,7 @@ class TfdsSource:
         self.class_names = list(info.features[label_key].names)
         self.sample_rate = int(info.features[audio_key].sample_rate)
         self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        self._last: tuple[int, Any] | None = None  # the last decoded (index, record).
 
     def __len__(self) -> int:
         return len(self._source)
@@ -208,8 +209,17 @@ class TfdsSource:
     def _key(self, index: int) -> str:
         return f"{self.name}/{self.split}/{index}"
 
+    def _record(self, index: int) -> Any:
+        """The decoded record; the pipeline asks for the label, then the audio, of one index."""
+        last = self._last
+        if last is not None and last[0] == index:
+            return last[1]
+        record = self._source[index]
+        self._last = (index, record)
+        return record
+
     def __getitem__(self, index: int) -> ClipRecord:
-        label = int(self._source[index][self.label_key])
+        label = int(self._record(index)[self.label_key])
         if not 0 <= label < self.num_classes:
             raise ValueError(f"{self._key(index)}: label {label} outside 0..{self.num_classes - 1}")
         return ClipRecord(key=self._key(index), labels=(label,))
@@ -220,7 +230,7 @@ class TfdsSource:
         """Returns the example's audio as ``(1, samples)`` float32."""
         del rng
         try:
-            samples = np.asarray(self._source[index][self.audio_key])
+            samples = np.asarray(self._record(index)[self.audio_key])
         except Exception as e:  # noqa: BLE001 - any reader failure names the example.
             raise audio.AudioLoadError(self._key(index), f"cannot read example ({e})") from e
         if samples.size == 0:

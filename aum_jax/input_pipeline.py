@@ -157,13 +157,12 @@ def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float) -> np.ndarr
       ``(channels, n1)`` float32: ``lam * (first - mean) + (1 - lam) * (second - mean)``
       minus its own mean.
     """
-    first = first - first.mean()
-    second = second - second.mean()
+    first = audio.remove_mean(first)
+    second = audio.remove_mean(second)
     n = first.shape[1]
     fitted = np.zeros((second.shape[0], n), dtype=np.float32)
     fitted[:, : min(n, second.shape[1])] = second[:, :n]
-    mixed = lam * first + (1.0 - lam) * fitted
-    return (mixed - mixed.mean()).astype(np.float32)
+    return audio.remove_mean(np.float32(lam) * first + np.float32(1.0 - lam) * fitted)
 
 
 def epic_log_mel(

@@ -336,14 +336,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     if restored_from:
         writer.write_scalars(step, {"train/restored_from_step": restored_from})
 
-    def run_eval(split: str, eval_model: AudioMamba) -> dict[str, float]:
-        result = evaluate.evaluate_split(eval_model, config.data, split, mesh, train_cfg.loss)
-        eval_model.train()
-        return result
-
     def eval_and_keep_best(step: int) -> None:
         nonlocal best
-        result = run_eval(config.eval.split, model)
+        result = evaluate.evaluate_split(model, config.data, config.eval.split, mesh, train_cfg.loss)
+        model.train()
         writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
         logging.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
         report["final"] = {"step": step, **result}
@@ -442,7 +438,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     if config.eval.test_split and model_dir.is_dir():
         best_model = checkpoints.load_model(model_dir)
         nnx.update(best_model, sharding.replicate(nnx.state(best_model), mesh))
-        report["test"] = run_eval(config.eval.test_split, best_model)
+        report["test"] = evaluate.evaluate_split(best_model, config.data, config.eval.test_split, mesh, train_cfg.loss)
         writer.write_scalars(step, {f"test/{k}": v for k, v in report["test"].items()})
         logging.info("test (%s) with the best model: %s", config.eval.test_split, report["test"])
     evaluate.write_report(workdir / workdir_lib.REPORT_FILE, report)

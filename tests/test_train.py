@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 import soundfile
+from absl import app
 from flax import nnx
 
 from aum_jax import checkpoints, datasets, input_pipeline, train, train_state
@@ -119,7 +120,7 @@ def test_eval_mode_reads_a_training_checkpoint_without_the_training_data(toy, tm
     assert reports["eval"]["num_examples"] == 12
     assert reports["eval"]["model"].endswith("checkpoints")
     config.eval.model_dir = str(tmp_path / "typo")
-    with pytest.raises(Exception, match="not an aum-jax model directory"):
+    with pytest.raises(app.UsageError, match="not an aum-jax model directory"):
         main.run_eval(config, tmp_path)
 
 
