@@ -19,6 +19,9 @@ Public API:
   before padding, cutting and normalisation).
 * :func:`remove_mean` -- subtract the float32 mean over all channels (as torch does).
 * :func:`pad_or_cut` -- zero-pad at the end or cut to a fixed number of frames.
+* :func:`normalize` -- the model's input normalisation with a training set's statistics
+  (:data:`AUDIOSET_MEAN`, :data:`AUDIOSET_STD` by default in ``aum_jax.predict``).
+* :func:`epic_log_mel` -- the EPIC-Sounds loader's librosa log-mel spectrogram.
 * :class:`AudioLoadError` -- the single exception raised for unreadable files.
 
 Precision: every step before the FFT is done in float32 in exactly torch's order
@@ -47,7 +50,9 @@ __all__ = [
     "fbank_from_waveform",
     "kaldi_fbank",
     "load_fbank",
+    "epic_log_mel",
     "load_waveform",
+    "normalize",
     "pad_or_cut",
     "remove_mean",
 ]
@@ -64,6 +69,8 @@ _LOG_FLOOR = float(np.finfo(np.float32).eps)
 _MS = 0.001  # the same milliseconds-to-seconds factor torchaudio multiplies by.
 # Frames are processed in blocks of this many, to keep the working set in cache.
 _BLOCK_FRAMES = 256
+# AudioSet's fbank statistics (the original's --dataset_mean/--dataset_std default).
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 # Why a clip can fail to load; the input pipeline counts skipped clips by these.
 BAD_INPUT_KINDS = ("missing", "empty", "truncated", "unreadable", "non_finite", "too_short")
 
@@ -472,6 +479,17 @@ def remove_mean(waveform: np.ndarray) -> np.ndarray:
     return wav - mean
 
 
+def normalize(fbank: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """The original's input normalisation ``(fbank - mean) / (2 * std)``, float32.
+
+    Args:
+      fbank: ``(..., frames, bins)``.
+      mean, std: the training set's fbank statistics (e.g. :data:`AUDIOSET_MEAN`,
+        :data:`AUDIOSET_STD`; ``scripts/get_norm_stats.py`` computes them).
+    """
+    return ((np.asarray(fbank, np.float32) - np.float32(mean)) / np.float32(2.0 * std)).astype(np.float32)
+
+
 def pad_or_cut(fbank: np.ndarray, target_length: int) -> np.ndarray:
     """Zero-pads at the end, or cuts, the time axis to ``target_length`` frames.
 
@@ -622,3 +640,49 @@ def load_fbank(
     """
     waveform, sr = load_waveform(path)
     return fbank_from_waveform(waveform, sr, num_mel_bins, frame_shift_ms)
+
+
+def epic_log_mel(
+    samples: np.ndarray,
+    sample_rate: int,
+    num_mel_bins: int,
+    window_ms: float,
+    hop_ms: float,
+) -> np.ndarray:
+    """EPIC-Sounds log-mel spectrogram, as the original EPIC loader computes it.
+
+    librosa STFT (n_fft 2048, Hann window of ``window_ms``, hop ``hop_ms``, centred
+    with zero padding), magnitude, HTK mel filters without normalisation,
+    ``log(mel + 1e-6)``.
+
+    Args:
+      samples: ``(samples,)`` float32.
+      sample_rate: in Hz (24 kHz for EPIC-Sounds).
+      num_mel_bins: mel bands.
+      window_ms: window length in milliseconds.
+      hop_ms: hop in milliseconds.
+
+    Returns:
+      ``(frames, num_mel_bins)`` float32, ``frames = 1 + samples // hop``.
+    """
+    import librosa  # slow import; only EPIC-Sounds needs it.
+
+    spec = librosa.stft(
+        samples,
+        n_fft=2048,
+        window="hann",
+        hop_length=int(round(hop_ms * sample_rate / 1e3)),
+        win_length=int(round(window_ms * sample_rate / 1e3)),
+        pad_mode="constant",
+    )
+    mel_basis = _librosa_mel(sample_rate, num_mel_bins)
+    return np.log(mel_basis @ np.abs(spec) + 1e-6).T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _librosa_mel(sample_rate: int, num_mel_bins: int) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(
+        sr=sample_rate, n_fft=2048, n_mels=num_mel_bins, htk=True, norm=None
+    )

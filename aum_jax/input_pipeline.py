@@ -1,20 +1,20 @@
 """Grain input pipeline: clips -> augmented, normalised fbank batches.
 
-Per clip, in the order of the original ``AudiosetDataset.__getitem__``:
+Per clip, grain maps in the order of the original ``AudiosetDataset.__getitem__``
+(the augmentations are in :mod:`aum_jax.augment`):
 
-1. decode (training: with probability ``mixup`` also a second, uniformly drawn clip;
-   both waveforms lose their mean, the second is zero-padded or cut to the first's
-   length, they are mixed with lambda ~ Beta(10, 10) and the mix loses its mean; the
-   label is ``lambda * y1 + (1 - lambda) * y2``);
-2. features: Kaldi fbank (:mod:`aum_jax.audio`), or for EPIC-Sounds the original's
-   librosa log-mel;
-3. pad (zeros; EPIC: edge) or cut to ``target_length`` frames;
-4. training only: SpecAugment, one frequency mask of width < ``freqm`` then one time
-   mask of width < ``timem`` with torchaudio's semantics (zeros); EPIC-Sounds uses
-   its own two masks per axis filled with the spectrogram mean;
-5. ``(x - mean) / (2 * std)`` unless ``skip_norm``;
-6. training only, if ``noise``: add ``U[0,1) * U[0,1) / 10`` noise, roll in time by
-   an integer in [-10, 10).
+1. decode (:meth:`aum_jax.datasets.AudioSource.load_audio`);
+2. training, with probability ``mixup``: mix in a uniformly drawn second clip with
+   lambda ~ Beta(``mixup_beta``, ``mixup_beta``); the label is ``lambda * y1 +
+   (1 - lambda) * y2``;
+3. fbank: Kaldi fbank (:mod:`aum_jax.audio`), or for EPIC-Sounds the original's
+   librosa log-mel; padded (zeros; EPIC: edge) or cut to ``target_length`` frames;
+4. training: SpecAugment masks, a frequency mask of width < ``freqm`` then a time
+   mask of width < ``timem`` (torchaudio's, or EPIC-Sounds' two per axis);
+5. normalise, ``(x - mean) / (2 * std)`` (:func:`aum_jax.audio.normalize`), unless
+   ``skip_norm``;
+6. training, if ``noise``: add ``U[0,1) * U[0,1) * noise_scale`` noise and roll in
+   time by an integer in [-``noise_max_shift``, ``noise_max_shift``).
 
 All randomness comes from grain's per-record generators (``random_map``), so a run
 is reproducible from ``config.seed``; the shuffle is seeded per epoch; balanced
@@ -53,20 +53,16 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
-from aum_jax import audio
-from aum_jax import datasets
+from aum_jax import audio, augment, datasets
 
 __all__ = [
     "BadInputError",
-    "FeatureOptions",
-    "epic_log_mel",
     "BatchIterator",
+    "FeatureOptions",
     "make_eval_iterator",
     "make_train_iterator",
-    "mix_waveforms",
-    "torchaudio_mask",
 ]
 
 Element = dict[str, Any]
@@ -107,7 +103,10 @@ class FeatureOptions:
     timem: int
     mask_style: str
     mixup: float
+    mixup_beta: float
     noise: bool
+    noise_scale: float
+    noise_max_shift: int
     mean: float
     std: float
     skip_norm: bool
@@ -132,7 +131,10 @@ class FeatureOptions:
             timem=config.timem if train else 0,
             mask_style=config.mask_style,
             mixup=config.mixup if train else 0.0,
+            mixup_beta=config.mixup_beta,
             noise=bool(config.noise) and train,
+            noise_scale=config.noise_scale,
+            noise_max_shift=config.noise_max_shift,
             mean=config.mean,
             std=config.std,
             skip_norm=config.skip_norm,
@@ -141,213 +143,165 @@ class FeatureOptions:
 
 
 # --------------------------------------------------------------------------- #
-# Per-clip operations
+# Per-clip stages, each a picklable grain map; a failure marker passes through
 # --------------------------------------------------------------------------- #
 
 
-def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float) -> np.ndarray:
-    """The original's waveform mixup.
+class _Decode:
+    """Source index -> ``{"key", "waveform" (channels, samples), "sample_rate", "label"}``.
 
-    Args:
-      first: ``(channels, n1)`` float32.
-      second: ``(channels2, n2)`` float32; zero-padded or cut to ``n1`` samples.
-      lam: weight of ``first``.
-
-    Returns:
-      ``(channels, n1)`` float32: ``lam * (first - mean) + (1 - lam) * (second - mean)``
-      minus its own mean.
-    """
-    first = audio.remove_mean(first)
-    second = audio.remove_mean(second)
-    n = first.shape[1]
-    fitted = np.zeros((second.shape[0], n), dtype=np.float32)
-    fitted[:, : min(n, second.shape[1])] = second[:, :n]
-    return audio.remove_mean(np.float32(lam) * first + np.float32(1.0 - lam) * fitted)
-
-
-def epic_log_mel(
-    samples: np.ndarray,
-    sample_rate: int,
-    num_mel_bins: int,
-    window_ms: float,
-    hop_ms: float,
-) -> np.ndarray:
-    """EPIC-Sounds log-mel spectrogram, as the original EPIC loader computes it.
-
-    librosa STFT (n_fft 2048, Hann window of ``window_ms``, hop ``hop_ms``, centred
-    with zero padding), magnitude, HTK mel filters without normalisation,
-    ``log(mel + 1e-6)``.
-
-    Args:
-      samples: ``(samples,)`` float32.
-      sample_rate: in Hz (24 kHz for EPIC-Sounds).
-      num_mel_bins: mel bands.
-      window_ms: window length in milliseconds.
-      hop_ms: hop in milliseconds.
-
-    Returns:
-      ``(frames, num_mel_bins)`` float32, ``frames = 1 + samples // hop``.
-    """
-    import librosa  # slow import; only EPIC-Sounds needs it.
-
-    spec = librosa.stft(
-        samples,
-        n_fft=2048,
-        window="hann",
-        hop_length=int(round(hop_ms * sample_rate / 1e3)),
-        win_length=int(round(window_ms * sample_rate / 1e3)),
-        pad_mode="constant",
-    )
-    mel_basis = _librosa_mel(sample_rate, num_mel_bins)
-    return np.log(mel_basis @ np.abs(spec) + 1e-6).T.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def _librosa_mel(sample_rate: int, num_mel_bins: int) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(
-        sr=sample_rate, n_fft=2048, n_mels=num_mel_bins, htk=True, norm=None
-    )
-
-
-def torchaudio_mask(
-    spec: np.ndarray, axis: int, mask_param: int, rng: np.random.Generator
-) -> None:
-    """One torchaudio ``FrequencyMasking``/``TimeMasking`` mask, in place (zeros).
-
-    ``width = int(u1 * mask_param)`` and ``start = int(u2 * (size - u1 * mask_param))``
-    with ``u1, u2 ~ U[0, 1)``: the width is uniform in ``[0, mask_param)`` and the
-    band ``[start, start + width)`` lies inside the axis.
-
-    Args:
-      spec: ``(time, freq)``.
-      axis: 0 masks time frames, 1 masks frequency bins.
-      mask_param: the maximum width (exclusive).
-      rng: generator.
-    """
-    value = rng.random() * mask_param
-    start = int(rng.random() * (spec.shape[axis] - value))
-    band = slice(start, start + int(value))
-    if axis == 0:
-        spec[band] = 0.0
-    else:
-        spec[:, band] = 0.0
-
-
-def _epic_masks(
-    spec: np.ndarray, axis: int, mask_param: int, rng: np.random.Generator, count: int = 2
-) -> None:
-    """The EPIC-Sounds loader's masks, in place: up to ``count`` bands set to the mean.
-
-    Each mask draws ``w`` in ``[0, mask_param)``, ``start`` in ``[0, size - w)`` and
-    ``end`` in ``[start, start + w)``; a zero width ends the masking of this axis.
-    """
-    size = spec.shape[axis]
-    for _ in range(count):
-        width = int(rng.integers(0, mask_param))
-        start = int(rng.integers(0, size - width))
-        if width == 0:
-            return
-        band = slice(start, int(rng.integers(start, start + width)))
-        if axis == 0:
-            spec[band] = spec.mean()
-        else:
-            spec[:, band] = spec.mean()
-
-
-def _add_noise(spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``spec + U[0,1)^(T,F) * U[0,1) / 10``, rolled in time by ``randint(-10, 10)``."""
-    noisy = spec + rng.random(spec.shape, dtype=np.float32) * np.float32(rng.random() / 10)
-    return np.roll(noisy, int(rng.integers(-10, 10)), axis=0)
-
-
-class _ClipTransform:
-    """Index -> example dict (or a failure marker); picklable for worker processes.
-
-    Called as ``transform(index, rng)`` by ``random_map`` (training) and as
-    ``transform(index)`` by ``map`` (evaluation). ``index == -1`` is an evaluation
-    padding row.
+    ``index == -1`` is an evaluation padding row, passed on as ``{"padding": True}``.
     """
 
     def __init__(self, source: datasets.AudioSource, options: FeatureOptions):
         self._source = source
         self._opt = options
 
-    def _features(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
-        opt = self._opt
-        if opt.feature == "epic_logmel":
-            spec = epic_log_mel(
-                waveform[0], sample_rate, opt.num_mel_bins, opt.epic_window_ms, opt.epic_hop_ms
-            )
-            frames = spec.shape[0]
-            if frames < opt.target_length:
-                return np.pad(spec, ((0, opt.target_length - frames), (0, 0)), mode="edge")
-            return spec[: opt.target_length]
-        spec = audio.fbank_from_waveform(
-            waveform, sample_rate, opt.num_mel_bins, opt.frame_shift_ms
-        )
-        return audio.pad_or_cut(spec, opt.target_length)
-
-    def _empty(self) -> Element:
-        opt = self._opt
-        return {
-            "fbank": np.zeros((opt.target_length, opt.num_mel_bins), np.float32),
-            "label": np.zeros((opt.num_classes,), np.float32),
-            "mask": np.False_,
-        }
-
     def __call__(self, index: int, rng: np.random.Generator | None = None) -> Element:
-        opt = self._opt
         if index < 0:
-            return self._empty()
+            return {"padding": True}
         record = self._source[index]
-        label = np.zeros((opt.num_classes,), np.float32)
-        keys = record.key
+        label = np.zeros((self._opt.num_classes,), np.float32)
+        label[list(record.labels)] = 1.0
         try:
-            waveform, sample_rate = self._source.load_audio(index, rng)
-            if rng is not None and opt.mixup > 0 and rng.random() < opt.mixup:
-                other_index = int(rng.integers(len(self._source)))
-                other = self._source[other_index]
-                keys = f"{record.key} mixed with {other.key}"
-                other_waveform, _ = self._source.load_audio(other_index, rng)
-                lam = rng.beta(10, 10)
-                waveform = mix_waveforms(waveform, other_waveform, lam)
-                np.add.at(label, list(record.labels), lam)
-                np.add.at(label, list(other.labels), 1.0 - lam)
-            else:
-                label[list(record.labels)] = 1.0
-            spec = self._features(waveform, sample_rate)
+            waveform, sample_rate = self._source.load_audio(index, rng)  # rng: a source's random crop.
         except audio.AudioLoadError as e:
-            return self._failure((e.path, e.kind, str(e)))
-        except ValueError as e:  # a clip shorter than one frame.
-            return self._failure((record.key, "too_short", f"{keys}: {e}"))
+            return {"failure": (e.path, e.kind, str(e))}
+        return {"key": record.key, "labels": record.labels, "waveform": waveform, "sample_rate": sample_rate,
+                "label": label}
 
-        if rng is not None:
-            spec = np.array(spec, dtype=np.float32)  # writable copy for in-place masks.
-            if opt.mask_style == "epic":
-                if opt.freqm:
-                    _epic_masks(spec, 1, opt.freqm, rng)
-                if opt.timem:
-                    _epic_masks(spec, 0, opt.timem, rng)
+
+class _Mixup:
+    """With probability ``mixup``: mixes in a uniformly drawn second clip, lambda ~ Beta(a, a)."""
+
+    def __init__(self, source: datasets.AudioSource, options: FeatureOptions):
+        self._source = source
+        self._opt = options
+
+    def __call__(self, element: Element, rng: np.random.Generator) -> Element:
+        if "waveform" not in element or rng.random() >= self._opt.mixup:
+            return element
+        other_index = int(rng.integers(len(self._source)))
+        other = self._source[other_index]
+        try:
+            other_waveform, _ = self._source.load_audio(other_index, rng)
+        except audio.AudioLoadError as e:
+            return {"failure": (e.path, e.kind, f"{e} (mixed into {element['key']})")}
+        lam = rng.beta(self._opt.mixup_beta, self._opt.mixup_beta)
+        label = np.zeros((self._opt.num_classes,), np.float32)
+        np.add.at(label, list(element["labels"]), lam)
+        np.add.at(label, list(other.labels), 1.0 - lam)
+        return {**element, "key": f"{element['key']} mixed with {other.key}",
+                "waveform": augment.mix_waveforms(element["waveform"], other_waveform, lam),
+                "label": label.astype(np.float32)}
+
+
+class _Features:
+    """Waveform -> ``fbank`` (target_length, num_mel_bins): Kaldi fbank or EPIC log-mel, padded or cut."""
+
+    def __init__(self, options: FeatureOptions):
+        self._opt = options
+
+    def __call__(self, element: Element) -> Element:
+        if "waveform" not in element:
+            return element
+        opt = self._opt
+        try:
+            if opt.feature == "epic_logmel":
+                spec = audio.epic_log_mel(element["waveform"][0], element["sample_rate"], opt.num_mel_bins,
+                                          opt.epic_window_ms, opt.epic_hop_ms)
+                missing = opt.target_length - spec.shape[0]
+                spec = np.pad(spec, ((0, missing), (0, 0)), mode="edge") if missing > 0 else spec[: opt.target_length]
             else:
-                if opt.freqm:
-                    torchaudio_mask(spec, 1, opt.freqm, rng)
-                if opt.timem:
-                    torchaudio_mask(spec, 0, opt.timem, rng)
-        if not opt.skip_norm:
-            spec = (spec - np.float32(opt.mean)) / np.float32(2.0 * opt.std)
-        if rng is not None and opt.noise:
-            spec = _add_noise(spec, rng)
-        example = {"fbank": spec.astype(np.float32), "label": label}
-        if not opt.train:
-            example["mask"] = np.True_
-        return example
+                spec = audio.fbank_from_waveform(element["waveform"], element["sample_rate"],
+                                                 opt.num_mel_bins, opt.frame_shift_ms)
+                spec = audio.pad_or_cut(spec, opt.target_length)
+        except ValueError as e:  # a clip shorter than one frame.
+            return {"failure": (element["key"], "too_short", f"{element['key']}: {e}")}
+        return {"key": element["key"], "fbank": np.array(spec, np.float32), "label": element["label"]}
 
-    def _failure(self, failure: Failure) -> Element:
-        if self._opt.train:
-            return {"failure": failure}
-        return {**self._empty(), "failure": failure}
+
+class _Masks:
+    """SpecAugment: a frequency then a time mask (torchaudio's, or EPIC-Sounds' two per axis)."""
+
+    def __init__(self, options: FeatureOptions):
+        self._opt = options
+
+    def __call__(self, element: Element, rng: np.random.Generator) -> Element:
+        if "fbank" not in element:
+            return element
+        spec, opt = element["fbank"], self._opt  # a fresh array of this clip: masked in place.
+        mask = augment.epic_masks if opt.mask_style == "epic" else augment.torchaudio_mask
+        if opt.freqm:
+            mask(spec, 1, opt.freqm, rng)
+        if opt.timem:
+            mask(spec, 0, opt.timem, rng)
+        return element
+
+
+class _Normalize:
+    def __init__(self, options: FeatureOptions):
+        self._opt = options
+
+    def __call__(self, element: Element) -> Element:
+        if "fbank" not in element:
+            return element
+        return {**element, "fbank": audio.normalize(element["fbank"], self._opt.mean, self._opt.std)}
+
+
+class _Noise:
+    def __init__(self, options: FeatureOptions):
+        self._opt = options
+
+    def __call__(self, element: Element, rng: np.random.Generator) -> Element:
+        if "fbank" not in element:
+            return element
+        noisy = augment.add_noise(element["fbank"], rng, self._opt.noise_scale, self._opt.noise_max_shift)
+        return {**element, "fbank": noisy.astype(np.float32)}
+
+
+class _Example:
+    """The pipeline's element: ``{"fbank", "label"}`` (+ ``mask`` in evaluation) or a failure.
+
+    In evaluation a failed clip or a padding row becomes zeros with ``mask`` False (a
+    failure keeps its marker, to be counted).
+    """
+
+    def __init__(self, options: FeatureOptions):
+        self._opt = options
+
+    def __call__(self, element: Element) -> Element:
+        opt = self._opt
+        if "fbank" in element:
+            example = {"fbank": element["fbank"], "label": element["label"]}
+            return example if opt.train else {**example, "mask": np.True_}
+        if opt.train:
+            return element
+        empty = {"fbank": np.zeros((opt.target_length, opt.num_mel_bins), np.float32),
+                 "label": np.zeros((opt.num_classes,), np.float32), "mask": np.False_}
+        return {**empty, **({"failure": element["failure"]} if "failure" in element else {})}
+
+
+def _clips(ds: grain.MapDataset, source: datasets.AudioSource, options: FeatureOptions,
+           seed: int) -> grain.MapDataset:
+    """Source indices -> examples, in the order of the module docstring.
+
+    Each random stage draws from its own per-clip generator (seeded by ``seed``, the
+    stage and the clip's position), so the result depends on the seed alone.
+    """
+    decode_seed, mixup_seed, mask_seed, noise_seed = np.random.SeedSequence(seed).generate_state(4).tolist()
+    decode = _Decode(source, options)
+    ds = ds.random_map(decode, seed=decode_seed) if options.train else ds.map(decode)
+    if options.mixup > 0:
+        ds = ds.random_map(_Mixup(source, options), seed=mixup_seed)
+    ds = ds.map(_Features(options))
+    if options.freqm or options.timem:
+        ds = ds.random_map(_Masks(options), seed=mask_seed)
+    if not options.skip_norm:
+        ds = ds.map(_Normalize(options))
+    if options.noise:
+        ds = ds.random_map(_Noise(options), seed=noise_seed)
+    return ds.map(_Example(options))
 
 
 # --------------------------------------------------------------------------- #
@@ -554,13 +508,6 @@ def _host_seeds(seed: int, process_index: int) -> tuple[int, int]:
     return int(state[0]), int(state[1])
 
 
-def _mark_flags_parsed_for_workers(config: ml_collections.ConfigDict) -> None:
-    if config.num_workers > 0 and not flags.FLAGS.is_parsed():
-        # grain's workers read absl flags; outside app.run (tests, notebooks) use
-        # their defaults instead of failing with UnparsedFlagAccessError.
-        flags.FLAGS.mark_as_parsed()
-
-
 def make_train_iterator(
     config: ml_collections.ConfigDict,
     *,
@@ -574,7 +521,9 @@ def make_train_iterator(
     Args:
       config: a data config (``configs/data.py``): ``batch_size`` (per process),
         ``seed``, ``balanced_sampling``/``weight_csv``, the feature and augmentation
-        settings, ``num_workers`` (0 = in this process), ``read_threads``,
+        settings, ``num_workers`` (0 = in this process; grain's workers read absl
+        flags, so outside ``absl.app.run`` parse them first, e.g.
+        ``flags.FLAGS.mark_as_parsed()``), ``read_threads``,
         ``prefetch_buffer_size``, ``max_bad_fraction``.
       source: the clips; built from ``config`` (split ``"train"``) when omitted.
       process_index: this process's shard; default ``jax.process_index()``.
@@ -602,9 +551,7 @@ def make_train_iterator(
     else:
         ds = grain.MapDataset.range(len(shard)).shuffle(seed=sample_seed).repeat(num_epochs)
         ds = ds.map(_ShardLookup(shard))
-    ds = ds.random_map(_ClipTransform(source, FeatureOptions.from_config(config, True)),
-                       seed=augment_seed)
-    _mark_flags_parsed_for_workers(config)
+    ds = _clips(ds, source, FeatureOptions.from_config(config, True), augment_seed)
     return BatchIterator(ds, config, config.batch_size, train=True,
                          limit=_bad_limit(config, len(source)), num_records=len(source))
 
@@ -636,7 +583,6 @@ def make_eval_iterator(
     per_process = -(-len(source) // process_count)
     padded = -(-per_process // batch_size) * batch_size
     ds = grain.MapDataset.range(padded).map(_ShardLookup(shard))
-    ds = ds.map(_ClipTransform(source, FeatureOptions.from_config(config, False)))
-    _mark_flags_parsed_for_workers(config)
+    ds = _clips(ds, source, FeatureOptions.from_config(config, False), 0)  # nothing random.
     return BatchIterator(ds, config, batch_size, train=False,
                          limit=_bad_limit(config, len(source)), num_records=len(source))

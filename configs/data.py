@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from aum_jax.audio import AUDIOSET_MEAN, AUDIOSET_STD
+
 DATASETS = (
     "audioset",
     "audioset_20k",
@@ -43,9 +45,12 @@ def _common() -> ml_collections.ConfigDict:
     c.timem = 0  # max time-mask width (exclusive); 0 = none.
     c.mask_style = "torchaudio"  # "torchaudio" (one zero band) or "epic" (two mean bands).
     c.mixup = 0.0  # probability of waveform mixup per training clip.
+    c.mixup_beta = 10.0  # mixup lambda ~ Beta(mixup_beta, mixup_beta) (the original: Beta(10, 10)).
     c.noise = False  # additive noise + time roll augmentation.
-    c.mean = -4.2677393  # --dataset_mean: fbank mean for normalisation.
-    c.std = 4.5689974  # --dataset_std: x -> (x - mean) / (2 * std).
+    c.noise_scale = 0.1  # noise is U[0,1) * U[0,1) * noise_scale (the original: / 10).
+    c.noise_max_shift = 10  # the time roll is an integer in [-noise_max_shift, noise_max_shift).
+    c.mean = AUDIOSET_MEAN  # --dataset_mean: fbank mean for normalisation (AudioSet's).
+    c.std = AUDIOSET_STD  # --dataset_std: x -> (x - mean) / (2 * std).
     c.skip_norm = False  # skip normalisation (only to compute the stats).
     c.batch_size = 12  # training batch per process.
     c.eval_batch_size = 24  # evaluation batch per process (original: 2x training).
@@ -77,7 +82,7 @@ def get_data_config(name: str) -> ml_collections.ConfigDict:
         c.eval_datafile = f"{root}/datafiles/eval.json"  # AudioSet eval segments.
         c.n_class = 527  # AudioSet ontology classes.
         c.freqm, c.timem, c.mixup = 48, 192, 0.5  # exps/audioset*/aum-*.sh.
-        c.mean, c.std = -4.2677393, 4.5689974  # AudioSet fbank stats.
+        c.mean, c.std = AUDIOSET_MEAN, AUDIOSET_STD  # AudioSet fbank stats.
         if name == "audioset":
             c.train_datafile = f"{root}/datafiles/unbalanced.json"  # full 2M set.
             c.balanced_sampling = True  # --bal bal.

@@ -14,7 +14,7 @@ import pytest
 import torch
 from flax import nnx
 
-from aum_jax import convert
+from aum_jax import audio, convert
 from aum_jax.checkpoints import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,8 +183,8 @@ def test_audio_features_match_the_original_inputs(fobi, fixtures_dir):
     folder, state = fobi
     expected = np.load(folder / "input.npy")
     wavs = [str(fixtures_dir / "audio" / f"sample{k}.wav") for k in range(len(expected))]
-    features = predict.audio_features(wavs, convert.infer_config(state), predict.AUDIOSET_MEAN, predict.AUDIOSET_STD)
-    np.testing.assert_allclose(features, expected, atol=1e-3 / (2 * predict.AUDIOSET_STD), rtol=0)
+    features = predict.audio_features(wavs, convert.infer_config(state), audio.AUDIOSET_MEAN, audio.AUDIOSET_STD)
+    np.testing.assert_allclose(features, expected, atol=1e-3 / (2 * audio.AUDIOSET_STD), rtol=0)
 
 
 def test_predict_names_an_unreadable_audio_file(fobi, tmp_path):

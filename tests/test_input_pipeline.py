@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from aum_jax import audio
+from aum_jax import audio, augment
 from aum_jax import input_pipeline as ip
 from configs.data import get_data_config
 
@@ -101,7 +101,7 @@ def test_torchaudio_mask_bands():
     for axis, param in ((0, 12), (1, 7)):
         for _ in range(400):
             spec = np.ones((50, 20), np.float32)
-            ip.torchaudio_mask(spec, axis, param, rng)
+            augment.torchaudio_mask(spec, axis, param, rng)
             zero = spec == 0
             lines = zero.all(axis=1 - axis)  # fully-zeroed frames (axis 0) or bins (axis 1).
             assert zero.sum() == lines.sum() * spec.shape[1 - axis]  # only whole lines.
@@ -144,13 +144,13 @@ def test_mixup_labels(tmp_path):
 def test_mix_waveforms_pads_cuts_and_centres():
     first = np.ones((1, 6), np.float32) + np.arange(6, dtype=np.float32)
     short = np.full((1, 3), 4.0, np.float32)
-    mixed = ip.mix_waveforms(first, short, 0.25)
+    mixed = augment.mix_waveforms(first, short, 0.25)
     assert mixed.shape == (1, 6)
     centred = first - first.mean()
     expected = 0.25 * centred + 0.75 * np.array([[0, 0, 0, 0, 0, 0]], np.float32)
     np.testing.assert_allclose(mixed, expected - expected.mean(), atol=1e-6)
     long = np.arange(10, dtype=np.float32)[None]
-    mixed = ip.mix_waveforms(first, long, 0.5)
+    mixed = augment.mix_waveforms(first, long, 0.5)
     second = (long - long.mean())[:, :6]
     expected = 0.5 * centred + 0.5 * second
     np.testing.assert_allclose(mixed, expected - expected.mean(), atol=1e-6)
