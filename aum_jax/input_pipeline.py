@@ -171,15 +171,29 @@ class _Decode:
                 "label": label}
 
 
-class _Mixup:
+class _Stage:
+    """A per-clip grain map of the elements holding ``needs``; others (failures, padding) pass."""
+
+    needs = "fbank"
+
+    def __init__(self, options: FeatureOptions, source: datasets.AudioSource | None = None):
+        self._opt = options
+        self._source = source
+
+    def __call__(self, element: Element, rng: np.random.Generator | None = None) -> Element:
+        return self.apply(element, rng) if self.needs in element else element
+
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        raise NotImplementedError
+
+
+class _Mixup(_Stage):
     """With probability ``mixup``: mixes in a uniformly drawn second clip, lambda ~ Beta(a, a)."""
 
-    def __init__(self, source: datasets.AudioSource, options: FeatureOptions):
-        self._source = source
-        self._opt = options
+    needs = "waveform"
 
-    def __call__(self, element: Element, rng: np.random.Generator) -> Element:
-        if "waveform" not in element or rng.random() >= self._opt.mixup:
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        if rng.random() >= self._opt.mixup:
             return element
         other_index = int(rng.integers(len(self._source)))
         other = self._source[other_index]
@@ -196,15 +210,12 @@ class _Mixup:
                 "label": label.astype(np.float32)}
 
 
-class _Features:
+class _Features(_Stage):
     """Waveform -> ``fbank`` (target_length, num_mel_bins): Kaldi fbank or EPIC log-mel, padded or cut."""
 
-    def __init__(self, options: FeatureOptions):
-        self._opt = options
+    needs = "waveform"
 
-    def __call__(self, element: Element) -> Element:
-        if "waveform" not in element:
-            return element
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
         opt = self._opt
         try:
             if opt.feature == "epic_logmel":
@@ -221,15 +232,10 @@ class _Features:
         return {"key": element["key"], "fbank": np.array(spec, np.float32), "label": element["label"]}
 
 
-class _Masks:
+class _Masks(_Stage):
     """SpecAugment: a frequency then a time mask (torchaudio's, or EPIC-Sounds' two per axis)."""
 
-    def __init__(self, options: FeatureOptions):
-        self._opt = options
-
-    def __call__(self, element: Element, rng: np.random.Generator) -> Element:
-        if "fbank" not in element:
-            return element
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
         spec, opt = element["fbank"], self._opt  # a fresh array of this clip: masked in place.
         mask = augment.epic_masks if opt.mask_style == "epic" else augment.torchaudio_mask
         if opt.freqm:
@@ -239,23 +245,13 @@ class _Masks:
         return element
 
 
-class _Normalize:
-    def __init__(self, options: FeatureOptions):
-        self._opt = options
-
-    def __call__(self, element: Element) -> Element:
-        if "fbank" not in element:
-            return element
+class _Normalize(_Stage):
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
         return {**element, "fbank": audio.normalize(element["fbank"], self._opt.mean, self._opt.std)}
 
 
-class _Noise:
-    def __init__(self, options: FeatureOptions):
-        self._opt = options
-
-    def __call__(self, element: Element, rng: np.random.Generator) -> Element:
-        if "fbank" not in element:
-            return element
+class _Noise(_Stage):
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
         noisy = augment.add_noise(element["fbank"], rng, self._opt.noise_scale, self._opt.noise_max_shift)
         return {**element, "fbank": noisy.astype(np.float32)}
 
@@ -293,7 +289,7 @@ def _clips(ds: grain.MapDataset, source: datasets.AudioSource, options: FeatureO
     decode = _Decode(source, options)
     ds = ds.random_map(decode, seed=decode_seed) if options.train else ds.map(decode)
     if options.mixup > 0:
-        ds = ds.random_map(_Mixup(source, options), seed=mixup_seed)
+        ds = ds.random_map(_Mixup(options, source), seed=mixup_seed)
     ds = ds.map(_Features(options))
     if options.freqm or options.timem:
         ds = ds.random_map(_Masks(options), seed=mask_seed)
