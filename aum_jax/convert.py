@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 from flax import nnx, traverse_util
 
-from aum_jax import checkpoints
+from aum_jax import model_files
 from aum_jax.models import AUM_TYPES, AudioMamba, AuMConfig, init_model
 
 StateDict = dict[str, np.ndarray]
@@ -473,7 +473,7 @@ def init_from_pretrained(path: str | os.PathLike, target: AuMConfig, init: Any, 
     path = os.path.expanduser(os.fspath(path))
     logging.info("Initialising from %s", path)
     if os.path.isdir(path):
-        source = checkpoints.load_model(path)
+        source = model_files.load_model(path)
         state = torch_state_dict(source)
         layout = SourceLayout(kind="aum", strides=source.config.strides, num_mel_bins=source.config.num_mel_bins)
     else:

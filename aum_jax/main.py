@@ -28,7 +28,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from aum_jax import checkpoints, demo_data, evaluate, input_pipeline, sharding, train, train_state
+from aum_jax import demo_data, evaluate, input_pipeline, model_files, run_checkpoints, sharding, train
 from aum_jax import workdir as workdir_lib
 from aum_jax.models import AudioMamba, AuMConfig, init_model
 
@@ -66,10 +66,10 @@ def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
 
 def _latest_checkpoint_model(config: ml_collections.ConfigDict, workdir: Path) -> AudioMamba | None:
     """The model of the newest readable training checkpoint in ``workdir``, or None."""
-    manager = train_state.make_manager(workdir, config.train.keep_checkpoints)
+    manager = run_checkpoints.make_manager(workdir, config.train.keep_checkpoints)
     model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
     try:
-        step = train_state.restore(manager, model, None, None)  # the model item alone.
+        step = run_checkpoints.restore(manager, model, None, None)  # the model item alone.
     finally:
         manager.close()
     if not step:
@@ -80,11 +80,11 @@ def _latest_checkpoint_model(config: ml_collections.ConfigDict, workdir: Path) -
 
 def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """Evaluates a model directory or the newest checkpoint; writes ``workdir/eval_<split>.json``."""
-    if config.eval.model_dir and not (Path(config.eval.model_dir) / checkpoints.CONFIG_FILE).is_file():
+    if config.eval.model_dir and not (Path(config.eval.model_dir) / model_files.CONFIG_FILE).is_file():
         raise app.UsageError(f"config.eval.model_dir={config.eval.model_dir} is not an aum-jax model directory")
     model_dir = Path(config.eval.model_dir or workdir / workdir_lib.MODEL_DIR)
-    if (model_dir / checkpoints.CONFIG_FILE).is_file():
-        model, source = checkpoints.load_model(model_dir), str(model_dir)
+    if (model_dir / model_files.CONFIG_FILE).is_file():
+        model, source = model_files.load_model(model_dir), str(model_dir)
     else:
         model, source = _latest_checkpoint_model(config, workdir), str(workdir / workdir_lib.CHECKPOINT_DIR)
         if model is None:
@@ -112,7 +112,7 @@ CLEAN_EXITS = (
     train.DivergedWorkdirError,
     train.NonFiniteLossError,
     input_pipeline.BadInputError,
-    train_state.CheckpointMismatchError,
+    run_checkpoints.CheckpointMismatchError,
 )
 
 

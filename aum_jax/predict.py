@@ -31,7 +31,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from aum_jax import audio
-from aum_jax.checkpoints import load_model
+from aum_jax.model_files import load_model
 from aum_jax.datasets import load_label_csv
 from aum_jax.models import AudioMamba, AuMConfig
 from aum_jax.ops import SCAN_IMPLS

@@ -43,7 +43,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from aum_jax import audio, checkpoints, convert, datasets, evaluate, input_pipeline, losses, sharding, train_state
+from aum_jax import audio, convert, datasets, evaluate, input_pipeline, losses, model_files, run_checkpoints, sharding
 from aum_jax import workdir as workdir_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
 
@@ -324,8 +324,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     optimizer = nnx.jit(lambda m: sharding.constrain(nnx.Optimizer(m, tx, wrt=nnx.Param), replicated))(model)
 
     # ---------------------------------------------------------------- checkpoint
-    manager = train_state.make_manager(workdir, train_cfg.keep_checkpoints)
-    step = restored_from = train_state.restore(manager, model, optimizer, train_iter)
+    manager = run_checkpoints.make_manager(workdir, train_cfg.keep_checkpoints)
+    step = restored_from = run_checkpoints.restore(manager, model, optimizer, train_iter)
     if not restored_from and config.init.checkpoint:  # a new run starts from a pretrained source.
         pretrained = convert.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed)
         nnx.update(model, sharding.replicate(nnx.state(pretrained, nnx.Param), mesh))
@@ -345,7 +345,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         report["final"] = {"step": step, **result}
         if best is None or result[train_cfg.metric] > best[train_cfg.metric]:
             best = {"step": step, **result}
-            checkpoints.save_model(model, workdir / workdir_lib.MODEL_DIR, overwrite=True)
+            model_files.save_model(model, workdir / workdir_lib.MODEL_DIR, overwrite=True)
             if is_main:
                 (workdir / workdir_lib.BEST_FILE).write_text(evaluate.to_json(best))
 
@@ -412,12 +412,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
                     eval_and_keep_best(step)
                     last_eval = step
                 if checkpoint_now and bad_streak_from is None:  # never checkpoint inside a bad streak.
-                    train_state.save(manager, step, model, optimizer, train_iter)
+                    run_checkpoints.save(manager, step, model, optimizer, train_iter)
                 if stop_now:
-                    train_state.save(manager, step, model, optimizer, train_iter, force=True)
+                    run_checkpoints.save(manager, step, model, optimizer, train_iter, force=True)
                     raise TrainingInterrupted(step)
             if bad_streak_from is None:
-                train_state.save(manager, step, model, optimizer, train_iter, force=True)
+                run_checkpoints.save(manager, step, model, optimizer, train_iter, force=True)
     finally:
         bar.close()
         manager.wait_until_finished()
@@ -429,14 +429,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     if config.eval.split and last_eval is None:  # resumed at the end: evaluate what we have.
         eval_and_keep_best(step)
     if not config.eval.split:
-        checkpoints.save_model(model, workdir / workdir_lib.MODEL_DIR, overwrite=True)
+        model_files.save_model(model, workdir / workdir_lib.MODEL_DIR, overwrite=True)
     report["step"] = step
     report["best"] = best
     report["skipped_steps"] = skipped_total()
     report["skipped_clips"] = {"total": train_iter.num_skipped, **_input_counts(train_iter)}
     model_dir = workdir / workdir_lib.MODEL_DIR
     if config.eval.test_split and model_dir.is_dir():
-        best_model = checkpoints.load_model(model_dir)
+        best_model = model_files.load_model(model_dir)
         nnx.update(best_model, sharding.replicate(nnx.state(best_model), mesh))
         report["test"] = evaluate.evaluate_split(best_model, config.data, config.eval.test_split, mesh, train_cfg.loss)
         writer.write_scalars(step, {f"test/{k}": v for k, v in report["test"].items()})
@@ -457,7 +457,7 @@ def _stop_on_divergence(config: ml_collections.ConfigDict, workdir: Path, manage
     manager.wait_until_finished()
     for k in manager.all_steps():
         if k >= first_bad - 1:
-            train_state.move_aside(manager, k, "diverged")
+            run_checkpoints.move_aside(manager, k, "diverged")
     kept = manager.latest_step()
     what = (f"{consecutive_bad} steps in a row from step {first_bad} had a non-finite loss or gradient, "
             f"a loss above train.max_loss={config.train.max_loss:g} or a gradient norm above "

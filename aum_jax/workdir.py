@@ -5,7 +5,7 @@
       config.json        the config of the latest start
       checkpoints/<step> training checkpoints (model, optimizer, input position)
       checkpoints/corrupt/<step>   checkpoints that failed to read, moved aside
-      model/             the best evaluated model (``aum_jax.checkpoints.load_model``)
+      model/             the best evaluated model (``aum_jax.model_files.load_model``)
       best.json          its metrics
       report.json        the run's final report
       diverged.json      written when a run stops on divergence; a restart reads it

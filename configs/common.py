@@ -1,7 +1,7 @@
 """Shared pieces of the training configs: model, optimizer, train, init, eval and mesh.
 
-Each ``configs/<dataset>.py`` calls :func:`get_recipe_config` with the numbers of its
-``exps/<dataset>/aum-*.sh`` recipes. The string after ``:`` on the command line picks
+Each ``configs/<dataset>.py`` calls :func:`get_recipe_config` with its data recipe and
+the numbers of its ``exps/<dataset>/aum-*.sh`` recipes. The string after ``:`` on the command line picks
 a variant, a comma-separated list of:
 
 - a checkpoint family: ``base_scratch`` (base, Fo-Bi, random init), ``small_imgnet``
@@ -18,7 +18,6 @@ from __future__ import annotations
 import ml_collections
 
 from aum_jax.models import AUM_TYPES, EMBED_DIMS, AuMConfig
-from configs.data import get_data_config
 
 FAMILIES: dict[str, tuple[str, str, str]] = {
     # family: (size, aum_type, pretrained source kind: "" none, "vim", "aum")
@@ -129,7 +128,7 @@ def get_mesh_config() -> ml_collections.ConfigDict:
 
 
 def get_recipe_config(
-    dataset: str,
+    data: ml_collections.ConfigDict,
     arg: str | None,
     *,
     families: tuple[str, ...],
@@ -144,7 +143,7 @@ def get_recipe_config(
     """A full config for one ``exps/<dataset>/aum-<family>-*.sh`` recipe.
 
     Args:
-      dataset: a name of ``configs/data.py``.
+      data: the dataset's data recipe (its ``get_data_config()``).
       arg: the variant string after ``:`` (see the module docstring).
       families: checkpoint families the original provides for this dataset; the first
         is the default.
@@ -157,7 +156,7 @@ def get_recipe_config(
     size, aum_type, kind = FAMILIES[family]
     config = ml_collections.ConfigDict()
     config.variant = family + (",runlocal" if local else "")  # for the logs.
-    config.data = get_data_config(dataset)
+    config.data = data
     config.model = get_model_config(config.data, size, aum_type)
     config.optimizer = get_optimizer_config(lr, warmup=warmup)
     (config.optimizer.decay_start_epoch, config.optimizer.decay_every_epochs,

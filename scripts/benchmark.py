@@ -8,6 +8,10 @@ Sections:
 * ``scan``: forward + backward time of each selective-scan implementation on one
   layer input, as ratios to the sequential reference, side by side (the Pallas kernel
   only on a GPU).
+* ``model_cpu``: the CPU figures of one run side by side: the sgemm rate of JAX on
+  this machine, training clips/s of a tiny Fo-Bi (128 frames x 128 bins, batch 32,
+  ``train.train_step``) with its model FLOP utilisation against that rate, and
+  inference clips/s of a base Fo-Bi (128 x 128, batch 8).
 
 Each section returns rows of ``(name, value, unit)`` that are printed as a table;
 record results in BENCHMARKS.md.
@@ -31,12 +35,13 @@ from absl import app, flags
 from aum_jax import input_pipeline
 from configs.data import get_data_config
 
-_SECTIONS = flags.DEFINE_list("sections", ["input", "scan"], "sections to run: input, scan.")
+_SECTIONS = flags.DEFINE_list("sections", ["input", "scan"], "sections to run: input, scan, model_cpu.")
 _INPUT_CLIPS = flags.DEFINE_integer("input_clips", 16, "distinct wav files on disk.")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 20, "timed batches of 12 clips.")
 _INPUT_THREADS = flags.DEFINE_integer("input_threads", 1, "reading threads of the worker.")
 _SCAN_SHAPE = flags.DEFINE_list("scan_shape", ["4", "513", "384", "16"], "B,L,D,N of the scan section.")
 _SCAN_REPEATS = flags.DEFINE_integer("scan_repeats", 5, "timed calls per scan implementation.")
+_MODEL_STEPS = flags.DEFINE_integer("model_steps", 3, "timed training steps / inference batches of model_cpu.")
 
 Row = tuple[str, float, str]
 
@@ -115,7 +120,69 @@ def scan_section() -> list[Row]:
     return rows
 
 
-SECTIONS: dict[str, Callable[[], list[Row]]] = {"input": input_section, "scan": scan_section}
+def _timed(call: Callable[[], object], repeats: int) -> float:
+    """Seconds per call, after one warm-up call (compilation); blocks on the results."""
+    import jax
+
+    jax.block_until_ready(call())
+    start = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(call())
+    return (time.perf_counter() - start) / repeats
+
+
+def model_cpu_section() -> list[Row]:
+    """sgemm GFLOP/s; tiny Fo-Bi training clips/s and MFU; base Fo-Bi inference clips/s."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from aum_jax import train
+    from aum_jax.models import AuMConfig, init_model
+    from configs.common import get_optimizer_config
+
+    n = 2048
+    a, b = (jax.random.normal(k, (n, n), jnp.float32) for k in jax.random.split(jax.random.key(0)))
+    matmul = jax.jit(jnp.dot)
+    sgemm = 2 * n**3 / _timed(lambda: matmul(a, b), 10) / 1e9
+
+    steps = _MODEL_STEPS.value
+    tiny = AuMConfig(embed_dim=192, depth=24, bimamba_type="v1", audio_length=128, num_mel_bins=128, num_classes=527)
+    model = init_model(tiny)
+    optimizer = nnx.Optimizer(model, train.make_optimizer(get_optimizer_config(1e-5, warmup=False),
+                                                          optax.constant_schedule(1e-5)), wrt=nnx.Param)
+    rng = np.random.default_rng(0)
+    batch = {"fbank": jnp.asarray(rng.standard_normal((32, 128, 128)), jnp.float32),
+             "label": jnp.asarray(rng.random((32, 527)) < 0.01, jnp.float32)}
+    graphdef, state = nnx.split((model, optimizer))
+
+    def pure_step(state, batch):
+        model, optimizer = nnx.merge(graphdef, state)
+        train.train_step(model, optimizer, batch, "BCE")
+        return nnx.state((model, optimizer))
+
+    step_flops = jax.jit(pure_step).lower(state, batch).compile().cost_analysis()["flops"]
+    train_s = _timed(lambda: train.train_step(model, optimizer, batch, "BCE")["loss"], steps)
+
+    base = init_model(AuMConfig(embed_dim=768, depth=24, bimamba_type="v1", audio_length=128, num_mel_bins=128,
+                                num_classes=527))
+    base.eval()
+    forward = nnx.jit(lambda m, x: m(x))
+    clips = jnp.asarray(rng.standard_normal((8, 128, 128)), jnp.float32)
+    infer_s = _timed(lambda: forward(base, clips), steps)
+    return [
+        ("model_cpu: sgemm (2048^3, float32)", sgemm, "GFLOP/s"),
+        ("model_cpu: tiny Fo-Bi 128x128 train, batch 32", 32 / train_s, "clips/s"),
+        ("model_cpu: tiny Fo-Bi train step (XLA count)", step_flops / 1e9, "GFLOP"),
+        ("model_cpu: tiny Fo-Bi train MFU vs sgemm", 100 * step_flops / train_s / 1e9 / sgemm, "%"),
+        ("model_cpu: base Fo-Bi 128x128 inference, batch 8", 8 / infer_s, "clips/s"),
+    ]
+
+
+SECTIONS: dict[str, Callable[[], list[Row]]] = {
+    "input": input_section, "scan": scan_section, "model_cpu": model_cpu_section,
+}
 
 
 def main(argv: list[str]) -> None:

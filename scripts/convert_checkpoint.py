@@ -22,7 +22,7 @@ import sys
 from absl import app, flags, logging
 
 from aum_jax import convert
-from aum_jax.checkpoints import save_model
+from aum_jax.model_files import save_model
 from aum_jax.models import count_params
 
 

@@ -15,7 +15,7 @@ import torch
 from flax import nnx
 
 from aum_jax import audio, convert
-from aum_jax.checkpoints import load_model, save_model
+from aum_jax.model_files import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def test_cli_help_explains_both_modes():
 
 def test_predict_rejects_mismatched_features(fobi, tmp_path):
     folder, state = fobi
-    from aum_jax.checkpoints import save_model
+    from aum_jax.model_files import save_model
 
     save_model(convert.convert(state), tmp_path / "m")
     bad = tmp_path / "bad.npy"
@@ -164,7 +164,7 @@ def test_predict_rejects_mismatched_features(fobi, tmp_path):
 def test_predict_on_audio_files_reproduces_the_original_end_to_end(fobi, tmp_path, fixtures_dir):
     """Real wavs -> fbank -> converted model gives the original's inputs and logits."""
     folder, state = fobi
-    from aum_jax.checkpoints import save_model
+    from aum_jax.model_files import save_model
 
     save_model(convert.convert(state), tmp_path / "m")
     expected = np.load(folder / "logits.npy")  # the fixture batch holds the first clips
@@ -188,7 +188,7 @@ def test_audio_features_match_the_original_inputs(fobi, fixtures_dir):
 
 
 def test_predict_names_an_unreadable_audio_file(fobi, tmp_path):
-    from aum_jax.checkpoints import save_model
+    from aum_jax.model_files import save_model
 
     save_model(convert.convert(fobi[1]), tmp_path / "m")
     broken = tmp_path / "broken.wav"

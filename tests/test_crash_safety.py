@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aum_jax import train, train_state
+from aum_jax import run_checkpoints, train
 from aum_jax import workdir as workdir_lib
 from tests.test_train import REPO_ROOT, _subprocess_env, read_scalars, toy_config, write_toy_dataset
 
@@ -88,7 +88,7 @@ def test_second_trainer_sigkill_with_workers_and_takeover(tmp_path: Path) -> Non
             first.kill()
 
     # The dead holder's lock is taken over; the run resumes, now with another worker count.
-    stopped = train_state.make_manager(workdir, 3).latest_step()
+    stopped = run_checkpoints.make_manager(workdir, 3).latest_step()
     resumed = subprocess.run(DEMO + [f"--workdir={workdir}", f"--config.train.num_steps={stopped + 2}",
                                      "--config.data.num_workers=0"],
                              env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
@@ -134,7 +134,7 @@ def test_unreadable_checkpoints_fall_back_to_older_ones(toy, tmp_path: Path) -> 
     report = train.train_and_evaluate(config, tmp_path)
     assert report["restored_from_step"] == 2 and report["step"] == 6
     assert sorted(p.name for p in (checkpoints / workdir_lib.CORRUPT_DIR).iterdir()) == ["4", "6"]
-    assert train_state.make_manager(tmp_path, 5).all_steps() == [2, 4, 6]  # 4 and 6 written anew.
+    assert run_checkpoints.make_manager(tmp_path, 5).all_steps() == [2, 4, 6]  # 4 and 6 written anew.
     assert read_scalars(tmp_path, "train/restored_from_step") == {2: 2.0}
 
     # With every step unreadable, the run starts from scratch.
@@ -151,7 +151,7 @@ def test_a_checkpoint_of_another_model_is_an_error_not_corruption(toy, tmp_path:
     config.eval.split = ""
     train.train_and_evaluate(config, tmp_path)
     config.model.embed_dim = 48
-    with pytest.raises(train_state.CheckpointMismatchError, match=r"checkpoints/2/model does not fit.*\n.*shape"):
+    with pytest.raises(run_checkpoints.CheckpointMismatchError, match=r"checkpoints/2/model does not fit.*\n.*shape"):
         train.train_and_evaluate(config, tmp_path)
     assert not (tmp_path / workdir_lib.CHECKPOINT_DIR / workdir_lib.CORRUPT_DIR).exists()
 
@@ -167,7 +167,7 @@ def test_divergence_stops_keeps_earlier_checkpoints_and_refuses_a_blind_restart(
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert _last_line(result.stderr).startswith("error: training diverged: 3 steps in a row from step 6")
-    assert train_state.make_manager(workdir, 3).all_steps() == [2, 4]  # from before the divergence.
+    assert run_checkpoints.make_manager(workdir, 3).all_steps() == [2, 4]  # from before the divergence.
     record = json.loads((workdir / workdir_lib.DIVERGED_FILE).read_text())
     assert record["first_bad_step"] == 6 and record["kept_step"] == 4
 

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from aum_jax import checkpoints, input_pipeline, train
+from aum_jax import input_pipeline, model_files, train
 from aum_jax.models import AuMConfig, init_model
 from tests.test_train import REPO_ROOT, toy_config, write_toy_dataset
 
@@ -89,7 +89,7 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     assert outputs[0]["eval"] == outputs[1]["eval"]
     assert outputs[0]["eval"]["num_examples"] == 12  # every eval clip once, across both shards.
     # The two processes exported one model together.
-    exported = checkpoints.load_model(tmp_path / "work" / "model")
+    exported = model_files.load_model(tmp_path / "work" / "model")
     assert exported.config.depth == toy_config(paths, num_steps=NUM_STEPS).model.depth
     assert not any(p.name.endswith(".partial") for p in (tmp_path / "work").iterdir())
     assert not (tmp_path / "work" / "lock.json").exists()  # one lock for the run, taken and released.

@@ -22,7 +22,7 @@ import soundfile
 from absl import app
 from flax import nnx
 
-from aum_jax import checkpoints, datasets, input_pipeline, train, train_state
+from aum_jax import datasets, input_pipeline, model_files, run_checkpoints, train
 from aum_jax import workdir as workdir_lib
 from aum_jax.models import AuMConfig, init_model
 from configs import speechcommands
@@ -87,7 +87,7 @@ def read_scalars(workdir: Path, tag: str) -> dict[int, float]:
 
 
 def final_params(workdir: Path) -> dict:
-    return nnx.to_pure_dict(nnx.state(checkpoints.load_model(workdir / workdir_lib.MODEL_DIR), nnx.Param))
+    return nnx.to_pure_dict(nnx.state(model_files.load_model(workdir / workdir_lib.MODEL_DIR), nnx.Param))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_resume_gives_the_same_params_and_data_order(toy, tmp_path: Path) -> Non
     train.train_and_evaluate(config, straight)
     config.train.num_steps = 3  # stops after step 3, as a killed run would ...
     train.train_and_evaluate(config, resumed)
-    assert train_state.make_manager(resumed, 3).latest_step() == 3
+    assert run_checkpoints.make_manager(resumed, 3).latest_step() == 3
     config.train.num_steps = 6  # ... and the restarted job resumes from its checkpoint.
     train.train_and_evaluate(config, resumed)
     straight_losses, resumed_losses = read_scalars(straight, "train/loss"), read_scalars(resumed, "train/loss")
@@ -265,7 +265,7 @@ def test_sigterm_checkpoints_and_the_job_resumes(tmp_path: Path) -> None:
             job.kill()
     assert job.returncode == 143, stderr[-3000:]
     assert "training interrupted after step" in stderr
-    stopped = train_state.make_manager(workdir, 3).latest_step()
+    stopped = run_checkpoints.make_manager(workdir, 3).latest_step()
     assert stopped >= 2
     resumed = subprocess.run(command[:-2] + [f"--config.train.num_steps={stopped + 2}"], env=env, cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=240)
