@@ -27,9 +27,10 @@ def get_data_config():
     return c
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None, data_config=None):
+    """The recipe; ``data_config`` replaces the datafile data (configs/speechcommands_tfds.py)."""
     return common.get_recipe_config(
-        get_data_config(), arg, families=("base_scratch", "small_imgnet", "base_audioset"),
+        data_config or get_data_config(), arg, families=("base_scratch", "small_imgnet", "base_audioset"),
         lr=2.5e-4, num_epochs=30, loss="BCE", metric="accuracy", warmup=False, decay=(5, 1, 0.85),
         test_split="test",
     )

@@ -6,7 +6,7 @@ TFDS's v0.02 build has 12 labels (10 words, silence, unknown), not the original'
 Variants as configs/speechcommands.py.
 """
 
-from configs import common, speechcommands
+from configs import speechcommands
 
 
 def get_data_config():
@@ -22,8 +22,4 @@ def get_data_config():
 
 
 def get_config(arg: str | None = None):
-    return common.get_recipe_config(
-        get_data_config(), arg, families=("base_scratch", "small_imgnet", "base_audioset"),
-        lr=2.5e-4, num_epochs=30, loss="BCE", metric="accuracy", warmup=False, decay=(5, 1, 0.85),
-        test_split="test",
-    )
+    return speechcommands.get_config(arg, get_data_config())
