@@ -338,7 +338,7 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> AudioSource:
 
     Raises:
       ValueError: unknown source kind or split, or a source whose class count differs
-        from ``config.n_class``.
+        from ``config.num_classes``.
     """
     kind = config.source
     split_key = {
@@ -360,14 +360,14 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> AudioSource:
         source = EpicSoundsSource(
             config[split_key],
             config.epic_hdf5,
-            num_classes=config.n_class,
+            num_classes=config.num_classes,
             sample_rate=config.epic_sample_rate,
             clip_secs=config.epic_clip_secs,
         )
-    if source.num_classes != config.n_class:
+    if source.num_classes != config.num_classes:
         raise ValueError(
             f"{config.name}: the {split} source has {source.num_classes} classes but "
-            f"config.n_class is {config.n_class}"
+            f"config.num_classes is {config.num_classes}"
         )
     return source
 

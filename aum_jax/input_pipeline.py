@@ -8,7 +8,7 @@ Per clip, grain maps in the order of the original ``AudiosetDataset.__getitem__`
    lambda ~ Beta(``mixup_beta``, ``mixup_beta``); the label is ``lambda * y1 +
    (1 - lambda) * y2``;
 3. fbank: Kaldi fbank (:mod:`aum_jax.audio`), or for EPIC-Sounds the original's
-   librosa log-mel; padded (zeros; EPIC: edge) or cut to ``target_length`` frames;
+   librosa log-mel; padded (zeros; EPIC: edge) or cut to ``audio_length`` frames;
 4. training: SpecAugment masks, a frequency mask of width < ``freqm`` then a time
    mask of width < ``timem`` (torchaudio's, or EPIC-Sounds' two per axis);
 5. normalise, ``(x - mean) / (2 * std)`` (:func:`aum_jax.audio.normalize`), unless
@@ -33,8 +33,8 @@ warning and counted by kind; once more than ``max_bad_fraction`` of the source's
 clips have failed, the iterator raises :class:`BadInputError` naming them. Errors in
 worker processes are re-raised in the main process by grain.
 
-Batches are dicts of NumPy arrays: ``fbank`` ``(B, target_length, num_mel_bins)``
-float32 and ``label`` ``(B, n_class)`` float32, plus in evaluation ``mask`` ``(B,)``
+Batches are dicts of NumPy arrays: ``fbank`` ``(B, audio_length, num_mel_bins)``
+float32 and ``label`` ``(B, num_classes)`` float32, plus in evaluation ``mask`` ``(B,)``
 bool (False on padding and failed rows; the last batch is padded so no clip is lost).
 Iterators support ``get_state()`` / ``set_state()`` (and
 ``grain.checkpoint.CheckpointSave/Restore`` for orbax) for exact resumption.
@@ -95,7 +95,7 @@ class FeatureOptions:
     num_classes: int
     num_mel_bins: int
     frame_shift_ms: float
-    target_length: int
+    audio_length: int
     feature: str
     epic_window_ms: float
     epic_hop_ms: float
@@ -120,10 +120,10 @@ class FeatureOptions:
         if config.mask_style not in ("torchaudio", "epic"):
             raise ValueError(f"unknown mask_style {config.mask_style!r}")
         return cls(
-            num_classes=config.n_class,
+            num_classes=config.num_classes,
             num_mel_bins=config.num_mel_bins,
             frame_shift_ms=config.frame_shift_ms,
-            target_length=config.target_length,
+            audio_length=config.audio_length,
             feature=config.feature,
             epic_window_ms=config.epic_window_ms,
             epic_hop_ms=config.epic_hop_ms,
@@ -211,7 +211,7 @@ class _Mixup(_Stage):
 
 
 class _Features(_Stage):
-    """Waveform -> ``fbank`` (target_length, num_mel_bins): Kaldi fbank or EPIC log-mel, padded or cut."""
+    """Waveform -> ``fbank`` (audio_length, num_mel_bins): Kaldi fbank or EPIC log-mel, padded or cut."""
 
     needs = "waveform"
 
@@ -221,12 +221,12 @@ class _Features(_Stage):
             if opt.feature == "epic_logmel":
                 spec = audio.epic_log_mel(element["waveform"][0], element["sample_rate"], opt.num_mel_bins,
                                           opt.epic_window_ms, opt.epic_hop_ms)
-                missing = opt.target_length - spec.shape[0]
-                spec = np.pad(spec, ((0, missing), (0, 0)), mode="edge") if missing > 0 else spec[: opt.target_length]
+                missing = opt.audio_length - spec.shape[0]
+                spec = np.pad(spec, ((0, missing), (0, 0)), mode="edge") if missing > 0 else spec[: opt.audio_length]
             else:
                 spec = audio.fbank_from_waveform(element["waveform"], element["sample_rate"],
                                                  opt.num_mel_bins, opt.frame_shift_ms)
-                spec = audio.pad_or_cut(spec, opt.target_length)
+                spec = audio.pad_or_cut(spec, opt.audio_length)
         except ValueError as e:  # a clip shorter than one frame.
             return {"failure": (element["key"], "too_short", f"{element['key']}: {e}")}
         return {"key": element["key"], "fbank": np.array(spec, np.float32), "label": element["label"]}
@@ -273,7 +273,7 @@ class _Example:
             return example if opt.train else {**example, "mask": np.True_}
         if opt.train:
             return element
-        empty = {"fbank": np.zeros((opt.target_length, opt.num_mel_bins), np.float32),
+        empty = {"fbank": np.zeros((opt.audio_length, opt.num_mel_bins), np.float32),
                  "label": np.zeros((opt.num_classes,), np.float32), "mask": np.False_}
         return {**empty, **({"failure": element["failure"]} if "failure" in element else {})}
 

@@ -291,6 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
                         writer: metric_writers.MetricWriter) -> dict[str, Any]:
+    """The run itself, in the locked ``workdir``: see :func:`train_and_evaluate`."""
     train_cfg = config.train
     is_main = jax.process_index() == 0
 

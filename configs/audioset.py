@@ -16,7 +16,7 @@ def get_data_config():
     c.train_datafile = "data/audioset/datafiles/unbalanced.json"  # full 2M set.
     c.eval_datafile = "data/audioset/datafiles/eval.json"  # AudioSet eval segments.
     c.label_csv = "data/audioset/class_labels_indices.csv"  # 527 AudioSet classes.
-    c.n_class = 527  # AudioSet ontology classes.
+    c.num_classes = 527  # AudioSet ontology classes.
     c.balanced_sampling = True  # --bal bal.
     c.weight_csv = "data/audioset/datafiles/unbalanced_weight.csv"  # from gen_weight_file.
     c.freqm, c.timem, c.mixup = 48, 192, 0.5  # exps/audioset/aum-*.sh.

@@ -56,8 +56,8 @@ def get_model_config(data: ml_collections.ConfigDict, size: str, aum_type: str) 
     c.strides = (16, 16)  # --fstride, --tstride of every aum-*.sh recipe.
     c.drop_path_rate = 0.0  # --aum_drop_path.
     c.num_mel_bins = data.get_ref("num_mel_bins")  # follows config.data.
-    c.audio_length = data.get_ref("target_length")  # follows config.data.
-    c.num_classes = data.get_ref("n_class")  # follows config.data.
+    c.audio_length = data.get_ref("audio_length")  # follows config.data.
+    c.num_classes = data.get_ref("num_classes")  # follows config.data.
     return c
 
 
@@ -175,7 +175,7 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
     config.model.embed_dim = EMBED_DIMS["tiny"]
     config.model.depth = 2
     config.init.checkpoint = ""
-    config.data.target_length = 64
+    config.data.audio_length = 64
     config.data.batch_size = 4
     config.data.eval_batch_size = 8
     config.data.num_workers = 0

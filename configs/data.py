@@ -39,10 +39,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.label_csv = ""  # index,mid,display_name.
     c.balanced_sampling = False  # --bal bal: weighted sampling with replacement.
     c.weight_csv = ""  # per-clip weights (scripts/gen_weight_file.py) for balanced sampling.
-    c.n_class = 0  # number of classes.
+    c.num_classes = 0  # number of classes (the model's num_classes).
     c.num_mel_bins = 128  # --melbins.
     c.frame_shift_ms = 10.0  # --fshift (ms).
-    c.target_length = 1024  # --audio_length: frames after pad/cut.
+    c.audio_length = 1024  # --audio_length: frames after pad/cut (the model's audio_length).
     c.feature = "kaldi_fbank"  # "kaldi_fbank" (AudiosetDataset) or "epic_logmel".
     c.epic_window_ms = 10.0  # EPIC log-mel window (AUDIO_DATA.WINDOW_LENGTH).
     c.epic_hop_ms = 5.0  # EPIC log-mel hop (AUDIO_DATA.HOP_LENGTH).

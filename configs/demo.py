@@ -23,9 +23,9 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.eval_datafile = "~/.cache/aum_jax/demo/valid.json"  # validation voices.
     c.test_datafile = "~/.cache/aum_jax/demo/eval.json"  # held-out voices.
     c.label_csv = "data/demo/class_labels_indices.csv"  # the 10 keywords.
-    c.n_class = 10  # yes no up down left right on off stop go.
+    c.num_classes = 10  # yes no up down left right on off stop go.
     c.num_mel_bins = 64  # half the bins: half the tokens, twice the speed on a CPU.
-    c.target_length = 96  # 1 s clips are 98 frames; 96 is a whole number of patches.
+    c.audio_length = 96  # 1 s clips are 98 frames; 96 is a whole number of patches.
     c.freqm, c.timem = 12, 24  # SpecAugment scaled to the short run.
     c.mixup = 0.0  # no mixup: a few epochs are too short to profit from it.
     c.noise = True  # the Speech Commands recipe.

@@ -18,8 +18,8 @@ def get_data_config():
     c.eval_datafile = "data/speechcommands/datafiles/speechcommand_valid_data.json"  # validation.
     c.test_datafile = "data/speechcommands/datafiles/speechcommand_eval_data.json"  # test split.
     c.label_csv = "data/speechcommands/speechcommands_class_labels_indices.csv"  # 35 words.
-    c.n_class = 35  # Speech Commands V2, 35 words.
-    c.target_length = 128  # 1 s clips -> 98 frames, padded to 128.
+    c.num_classes = 35  # Speech Commands V2, 35 words.
+    c.audio_length = 128  # 1 s clips -> 98 frames, padded to 128.
     c.freqm, c.timem, c.mixup = 48, 48, 0.6  # exps/speechcommands/aum-*.sh.
     c.noise = True  # noise augmentation on.
     c.mean, c.std = -6.845978, 5.5654526  # Speech Commands fbank stats.

@@ -17,7 +17,7 @@ def get_data_config():
     c.tfds_name = "speech_commands"  # TFDS v0.02 build: 10 words + silence + unknown.
     c.tfds_test_split = "test"  # TFDS test split.
     c.train_datafile = c.eval_datafile = c.test_datafile = c.label_csv = ""  # TFDS has them.
-    c.n_class = 12  # the TFDS label set, not the original's 35.
+    c.num_classes = 12  # the TFDS label set, not the original's 35.
     return c
 
 

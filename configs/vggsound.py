@@ -16,7 +16,7 @@ def get_data_config():
     c.train_datafile = "data/vggsound/datafiles/vgg_train.json"  # VGGSound train.
     c.eval_datafile = "data/vggsound/datafiles/vgg_test.json"  # VGGSound test.
     c.label_csv = "data/vggsound/class_labels_indices.csv"  # 309 classes.
-    c.n_class = 309  # VGGSound classes.
+    c.num_classes = 309  # VGGSound classes.
     c.freqm, c.timem, c.mixup = 48, 192, 0.0  # exps/vggsound/aum-*.sh (bal=full: none).
     c.mean, c.std = -5.0767093, 4.4533687  # VGGSound fbank stats.
     return c

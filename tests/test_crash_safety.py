@@ -192,7 +192,7 @@ def test_bad_input_ends_with_one_line(tmp_path: Path) -> None:
                  (("train_datafile", "train"), ("eval_datafile", "eval"), ("label_csv", "label_csv"))]
     result = subprocess.run(
         [sys.executable, "-m", "aum_jax.main", "--config=configs/speechcommands.py:runlocal",
-         f"--workdir={tmp_path / 'work'}", "--config.data.n_class=2", *overrides],
+         f"--workdir={tmp_path / 'work'}", "--config.data.num_classes=2", *overrides],
         env=_subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -15,7 +15,7 @@ from configs.data import get_data_config
 
 SR = 16_000
 BINS = 32
-FRAMES = 40  # target_length; 0.3 s clips give 28 fbank frames, so padding is used.
+FRAMES = 40  # audio_length; 0.3 s clips give 28 fbank frames, so padding is used.
 
 
 def _write_set(folder, num_clips: int, seconds: float = 0.3, bad: dict[int, str] | None = None):
@@ -52,8 +52,8 @@ def _config(folder, num_clips: int, **overrides):
     c = get_data_config("speechcommands")
     c.train_datafile = c.eval_datafile = datafile
     c.label_csv = label_csv
-    c.n_class = num_clips
-    c.num_mel_bins, c.target_length = BINS, FRAMES
+    c.num_classes = num_clips
+    c.num_mel_bins, c.audio_length = BINS, FRAMES
     c.freqm, c.timem, c.mixup, c.noise = 8, 10, 0.5, True
     c.batch_size, c.eval_batch_size = 4, 4
     c.num_workers, c.read_threads, c.prefetch_buffer_size = 0, 1, 8

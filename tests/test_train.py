@@ -61,7 +61,7 @@ def toy_config(paths: dict[str, str], **train_overrides) -> ml_collections.Confi
     config = speechcommands.get_config("runlocal")
     data = config.data
     data.train_datafile, data.eval_datafile, data.label_csv = paths["train"], paths["eval"], paths["label_csv"]
-    data.n_class, data.num_mel_bins, data.target_length = 2, 32, 32
+    data.num_classes, data.num_mel_bins, data.audio_length = 2, 32, 32
     data.freqm = data.timem = 0
     data.mixup, data.noise = 0.0, False
     data.batch_size, data.eval_batch_size = 4, 8
