@@ -19,6 +19,9 @@ Public API:
   before padding, cutting and normalisation).
 * :func:`remove_mean` -- subtract the float32 mean over all channels (as torch does).
 * :func:`pad_or_cut` -- zero-pad at the end or cut to a fixed number of frames.
+* :func:`normalize` -- the model's input normalisation with a training set's statistics
+  (:data:`AUDIOSET_MEAN`, :data:`AUDIOSET_STD` by default in ``aum_jax.predict``).
+* :func:`epic_log_mel` -- the EPIC-Sounds loader's librosa log-mel spectrogram.
 * :class:`AudioLoadError` -- the single exception raised for unreadable files.
 
 Precision: every step before the FFT is done in float32 in exactly torch's order
@@ -47,8 +50,9 @@ __all__ = [
     "fbank_from_waveform",
     "kaldi_fbank",
     "load_fbank",
+    "epic_log_mel",
     "load_waveform",
-    "num_frames",
+    "normalize",
     "pad_or_cut",
     "remove_mean",
 ]
@@ -65,18 +69,26 @@ _LOG_FLOOR = float(np.finfo(np.float32).eps)
 _MS = 0.001  # the same milliseconds-to-seconds factor torchaudio multiplies by.
 # Frames are processed in blocks of this many, to keep the working set in cache.
 _BLOCK_FRAMES = 256
+# AudioSet's fbank statistics (the original's --dataset_mean/--dataset_std default).
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
+# Why a clip can fail to load; the input pipeline counts skipped clips by these.
+BAD_INPUT_KINDS = ("missing", "empty", "truncated", "unreadable", "non_finite", "too_short")
 
 
 class AudioLoadError(OSError):
     """A file could not be decoded into audio.
 
-    Raised for a missing, empty, corrupt or otherwise unreadable file. ``path`` and
-    ``reason`` are kept as attributes; the message names the file.
+    Raised for a missing, empty, truncated, corrupt or otherwise unreadable file.
+    ``path``, ``reason`` and ``kind`` (one of :data:`BAD_INPUT_KINDS`, for counting) are
+    kept as attributes; the message names the file.
     """
 
-    def __init__(self, path: PathLike, reason: str):
+    def __init__(self, path: PathLike, reason: str, kind: str = "unreadable"):
+        if kind not in BAD_INPUT_KINDS:
+            raise ValueError(f"unknown bad-input kind {kind!r}")
         self.path = os.fspath(path)
         self.reason = str(reason)
+        self.kind = kind
         super().__init__(f"cannot load audio file {self.path!r}: {self.reason}")
 
     def __str__(self) -> str:
@@ -84,7 +96,7 @@ class AudioLoadError(OSError):
 
     def __reduce__(self):
         # Keep the exception picklable across worker processes.
-        return (type(self), (self.path, self.reason))
+        return (type(self), (self.path, self.reason, self.kind))
 
 
 # --------------------------------------------------------------------------- #
@@ -126,14 +138,6 @@ def _check_params(sample_rate: float, num_mel_bins: int, frame_shift_ms: float) 
             f"frame_shift_ms {frame_shift_ms!r} at sample_rate {sample_rate!r} gives a frame "
             "shift of 0 samples"
         )
-
-
-def num_frames(num_samples: int, sample_rate: float, frame_shift_ms: float = 10.0) -> int:
-    """Number of fbank frames Kaldi produces for ``num_samples`` (``snip_edges=True``)."""
-    window_size, window_shift, _ = _window_sizes(sample_rate, frame_shift_ms)
-    if num_samples < window_size:
-        return 0
-    return 1 + (num_samples - window_size) // window_shift
 
 
 def _ceil_log2(n: int) -> int:
@@ -475,6 +479,17 @@ def remove_mean(waveform: np.ndarray) -> np.ndarray:
     return wav - mean
 
 
+def normalize(fbank: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """The original's input normalisation ``(fbank - mean) / (2 * std)``, float32.
+
+    Args:
+      fbank: ``(..., frames, bins)``.
+      mean, std: the training set's fbank statistics (e.g. :data:`AUDIOSET_MEAN`,
+        :data:`AUDIOSET_STD`; ``scripts/get_norm_stats.py`` computes them).
+    """
+    return ((np.asarray(fbank, np.float32) - np.float32(mean)) / np.float32(2.0 * std)).astype(np.float32)
+
+
 def pad_or_cut(fbank: np.ndarray, target_length: int) -> np.ndarray:
     """Zero-pads at the end, or cuts, the time axis to ``target_length`` frames.
 
@@ -523,6 +538,34 @@ def _read_librosa(path: str) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data), int(sr)
 
 
+def _check_wav_length(path: str, size: int) -> None:
+    """Raises if a RIFF/WAVE file's data chunk claims more bytes than the file holds.
+
+    libsndfile reads such a file without complaint, as a shorter clip. Files of other
+    formats, and WAVs written for streaming (data size 0 or 0xFFFFFFFF), pass.
+    """
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if chunk_id == b"data":
+                if chunk_size in (0, 0xFFFFFFFF):
+                    return
+                held = size - f.tell()
+                if chunk_size > held:
+                    raise AudioLoadError(
+                        path, f"truncated WAV: the header promises {chunk_size} data bytes, the file holds {held}",
+                        "truncated",
+                    )
+                return
+            f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
+
+
 def load_waveform(path: PathLike) -> tuple[np.ndarray, int]:
     """Decodes an audio file.
 
@@ -537,20 +580,22 @@ def load_waveform(path: PathLike) -> tuple[np.ndarray, int]:
       ``(waveform, sample_rate)`` with waveform float32 of shape ``(channels, samples)``.
 
     Raises:
-      AudioLoadError: missing, empty, corrupt or unreadable file, no samples, or
-        non-finite samples.
+      AudioLoadError: missing, empty, truncated (a WAV whose header promises more
+        samples than it holds), corrupt or unreadable file, no samples, or non-finite
+        samples.
     """
     p = os.fspath(path)
     if not os.path.exists(p):
-        raise AudioLoadError(p, "file does not exist")
+        raise AudioLoadError(p, "file does not exist", "missing")
     if os.path.isdir(p):
-        raise AudioLoadError(p, "is a directory")
+        raise AudioLoadError(p, "is a directory", "missing")
     try:
         size = os.path.getsize(p)
     except OSError as e:
         raise AudioLoadError(p, f"cannot stat file ({e})") from e
     if size == 0:
-        raise AudioLoadError(p, "file is empty (0 bytes)")
+        raise AudioLoadError(p, "file is empty (0 bytes)", "empty")
+    _check_wav_length(p, size)
     try:
         data, sr = _read_soundfile(p)
     except Exception as sf_err:  # noqa: BLE001 - any decoder failure is reported below.
@@ -565,11 +610,11 @@ def load_waveform(path: PathLike) -> tuple[np.ndarray, int]:
                 p, f"not a readable audio file (soundfile: {sf_err}; librosa: {lr_msg})"
             ) from lr_err
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioLoadError(p, f"contains no samples (shape {data.shape})")
+        raise AudioLoadError(p, f"contains no samples (shape {data.shape})", "empty")
     if sr <= 0:
         raise AudioLoadError(p, f"bad sample rate {sr}")
     if not np.isfinite(data).all():
-        raise AudioLoadError(p, "contains non-finite samples (NaN or Inf)")
+        raise AudioLoadError(p, "contains non-finite samples (NaN or Inf)", "non_finite")
     return data, sr
 
 
@@ -595,3 +640,49 @@ def load_fbank(
     """
     waveform, sr = load_waveform(path)
     return fbank_from_waveform(waveform, sr, num_mel_bins, frame_shift_ms)
+
+
+def epic_log_mel(
+    samples: np.ndarray,
+    sample_rate: int,
+    num_mel_bins: int,
+    window_ms: float,
+    hop_ms: float,
+) -> np.ndarray:
+    """EPIC-Sounds log-mel spectrogram, as the original EPIC loader computes it.
+
+    librosa STFT (n_fft 2048, Hann window of ``window_ms``, hop ``hop_ms``, centred
+    with zero padding), magnitude, HTK mel filters without normalisation,
+    ``log(mel + 1e-6)``.
+
+    Args:
+      samples: ``(samples,)`` float32.
+      sample_rate: in Hz (24 kHz for EPIC-Sounds).
+      num_mel_bins: mel bands.
+      window_ms: window length in milliseconds.
+      hop_ms: hop in milliseconds.
+
+    Returns:
+      ``(frames, num_mel_bins)`` float32, ``frames = 1 + samples // hop``.
+    """
+    import librosa  # slow import; only EPIC-Sounds needs it.
+
+    spec = librosa.stft(
+        samples,
+        n_fft=2048,
+        window="hann",
+        hop_length=int(round(hop_ms * sample_rate / 1e3)),
+        win_length=int(round(window_ms * sample_rate / 1e3)),
+        pad_mode="constant",
+    )
+    mel_basis = _librosa_mel(sample_rate, num_mel_bins)
+    return np.log(mel_basis @ np.abs(spec) + 1e-6).T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _librosa_mel(sample_rate: int, num_mel_bins: int) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(
+        sr=sample_rate, n_fft=2048, n_mels=num_mel_bins, htk=True, norm=None
+    )

@@ -32,8 +32,8 @@ import numpy as np
 from absl import logging
 from flax import nnx, traverse_util
 
-from aum_jax.checkpoints import init_model
-from aum_jax.models import AUM_TYPES, AudioMamba, AuMConfig
+from aum_jax import model_files
+from aum_jax.models import AUM_TYPES, AudioMamba, AuMConfig, init_model
 
 StateDict = dict[str, np.ndarray]
 
@@ -219,6 +219,30 @@ def _to_nnx_layout(name: str, value: np.ndarray) -> np.ndarray:
     if re.search(r"conv1d(_b)?\.weight$", name):
         return value[:, 0, :].T
     return value.T if name.endswith(".weight") and value.ndim == 2 else value
+
+
+def _from_nnx_layout(name: str, value: np.ndarray) -> np.ndarray:
+    """The inverse of ``_to_nnx_layout``."""
+    if name == PATCH_KEY:
+        return value.transpose(3, 2, 0, 1)
+    if re.search(r"conv1d(_b)?\.weight$", name):
+        return value.T[:, None, :]
+    return value.T if name.endswith(".weight") and value.ndim == 2 else value
+
+
+def torch_state_dict(model: AudioMamba) -> StateDict:
+    """The PyTorch ``state_dict`` of the original model equal to ``model`` (NumPy arrays)."""
+    state = {}
+    for path, value in traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items():
+        value = np.asarray(value)
+        if path[0] == "layers":
+            name = _torch_name(path[1:])
+            for i in range(value.shape[0]):
+                state[f"layers.{i}.{name}"] = _from_nnx_layout(name, value[i])
+        else:
+            name = _torch_name(path)
+            state[name] = _from_nnx_layout(name, value)
+    return state
 
 
 def expected_torch_shapes(model: AudioMamba) -> dict[str, tuple[int, ...]]:
@@ -433,6 +457,34 @@ def init_from_source(
         )
     load_torch_params(model, state, source=f"{layout.kind} source checkpoint", keep_init=keep_init | set(fresh))
     return model
+
+
+def init_from_pretrained(path: str | os.PathLike, target: AuMConfig, init: Any, *, seed: int = 0) -> AudioMamba:
+    """A new ``target`` model from a pretrained source: a ``.pth`` (ViM or AuM) or an
+    aum-jax model directory, through :func:`init_from_source` either way.
+
+    Args:
+      path: the source.
+      target: the new model's config.
+      init: ``config.init`` (``kind``, ``vim_cls_position``, ``source_strides``,
+        ``source_num_mel_bins``), used for a ``.pth`` whose shapes cannot tell.
+      seed: initialisation of the parameters the source does not provide.
+    """
+    path = os.path.expanduser(os.fspath(path))
+    logging.info("Initialising from %s", path)
+    if os.path.isdir(path):
+        source = model_files.load_model(path)
+        state = torch_state_dict(source)
+        layout = SourceLayout(kind="aum", strides=source.config.strides, num_mel_bins=source.config.num_mel_bins)
+    else:
+        state = read_torch_checkpoint(path)
+        layout = SourceLayout(
+            kind=init.kind or detect_source_kind(state),
+            cls_position=init.vim_cls_position,
+            strides=tuple(init.source_strides) if init.source_strides else None,
+            num_mel_bins=init.source_num_mel_bins,
+        )
+    return init_from_source(state, target, layout, seed=seed)
 
 
 def target_variant(name: str) -> str:

@@ -201,6 +201,7 @@ class TfdsSource:
         self.class_names = list(info.features[label_key].names)
         self.sample_rate = int(info.features[audio_key].sample_rate)
         self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        self._last: tuple[int, Any] | None = None  # the last decoded (index, record).
 
     def __len__(self) -> int:
         return len(self._source)
@@ -208,8 +209,17 @@ class TfdsSource:
     def _key(self, index: int) -> str:
         return f"{self.name}/{self.split}/{index}"
 
+    def _record(self, index: int) -> Any:
+        """The decoded record; the pipeline asks for the label, then the audio, of one index."""
+        last = self._last
+        if last is not None and last[0] == index:
+            return last[1]
+        record = self._source[index]
+        self._last = (index, record)
+        return record
+
     def __getitem__(self, index: int) -> ClipRecord:
-        label = int(self._source[index][self.label_key])
+        label = int(self._record(index)[self.label_key])
         if not 0 <= label < self.num_classes:
             raise ValueError(f"{self._key(index)}: label {label} outside 0..{self.num_classes - 1}")
         return ClipRecord(key=self._key(index), labels=(label,))
@@ -220,11 +230,11 @@ class TfdsSource:
         """Returns the example's audio as ``(1, samples)`` float32."""
         del rng
         try:
-            samples = np.asarray(self._source[index][self.audio_key])
+            samples = np.asarray(self._record(index)[self.audio_key])
         except Exception as e:  # noqa: BLE001 - any reader failure names the example.
             raise audio.AudioLoadError(self._key(index), f"cannot read example ({e})") from e
         if samples.size == 0:
-            raise audio.AudioLoadError(self._key(index), "example has no samples")
+            raise audio.AudioLoadError(self._key(index), "example has no samples", "empty")
         if np.issubdtype(samples.dtype, np.integer):
             scale = float(np.iinfo(samples.dtype).max) + 1.0
             samples = samples.astype(np.float32) / scale
@@ -313,7 +323,7 @@ class EpicSoundsSource(_RecordList):
             ) from e
         clip = np.asarray(clip, dtype=np.float32)
         if clip.size == 0:
-            raise audio.AudioLoadError(f"{self.hdf5_path}:{key}", "segment has no samples")
+            raise audio.AudioLoadError(f"{self.hdf5_path}:{key}", "segment has no samples", "empty")
         return clip[None, :], self.sample_rate
 
 
@@ -328,7 +338,7 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> AudioSource:
 
     Raises:
       ValueError: unknown source kind or split, or a source whose class count differs
-        from ``config.n_class``.
+        from ``config.num_classes``.
     """
     kind = config.source
     split_key = {
@@ -350,14 +360,14 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> AudioSource:
         source = EpicSoundsSource(
             config[split_key],
             config.epic_hdf5,
-            num_classes=config.n_class,
+            num_classes=config.num_classes,
             sample_rate=config.epic_sample_rate,
             clip_secs=config.epic_clip_secs,
         )
-    if source.num_classes != config.n_class:
+    if source.num_classes != config.num_classes:
         raise ValueError(
             f"{config.name}: the {split} source has {source.num_classes} classes but "
-            f"config.n_class is {config.n_class}"
+            f"config.num_classes is {config.num_classes}"
         )
     return source
 

@@ -1,20 +1,20 @@
 """Grain input pipeline: clips -> augmented, normalised fbank batches.
 
-Per clip, in the order of the original ``AudiosetDataset.__getitem__``:
+Per clip, grain maps in the order of the original ``AudiosetDataset.__getitem__``
+(the augmentations are in :mod:`aum_jax.augment`):
 
-1. decode (training: with probability ``mixup`` also a second, uniformly drawn clip;
-   both waveforms lose their mean, the second is zero-padded or cut to the first's
-   length, they are mixed with lambda ~ Beta(10, 10) and the mix loses its mean; the
-   label is ``lambda * y1 + (1 - lambda) * y2``);
-2. features: Kaldi fbank (:mod:`aum_jax.audio`), or for EPIC-Sounds the original's
-   librosa log-mel;
-3. pad (zeros; EPIC: edge) or cut to ``target_length`` frames;
-4. training only: SpecAugment, one frequency mask of width < ``freqm`` then one time
-   mask of width < ``timem`` with torchaudio's semantics (zeros); EPIC-Sounds uses
-   its own two masks per axis filled with the spectrogram mean;
-5. ``(x - mean) / (2 * std)`` unless ``skip_norm``;
-6. training only, if ``noise``: add ``U[0,1) * U[0,1) / 10`` noise, roll in time by
-   an integer in [-10, 10).
+1. decode (:meth:`aum_jax.datasets.AudioSource.load_audio`);
+2. training, with probability ``mixup``: mix in a uniformly drawn second clip with
+   lambda ~ Beta(``mixup_beta``, ``mixup_beta``); the label is ``lambda * y1 +
+   (1 - lambda) * y2``;
+3. fbank: Kaldi fbank (:mod:`aum_jax.audio`), or for EPIC-Sounds the original's
+   librosa log-mel; padded (zeros; EPIC: edge) or cut to ``audio_length`` frames;
+4. training: SpecAugment masks, a frequency mask of width < ``freqm`` then a time
+   mask of width < ``timem`` (torchaudio's, or EPIC-Sounds' two per axis);
+5. normalise, ``(x - mean) / (2 * std)`` (:func:`aum_jax.audio.normalize`), unless
+   ``skip_norm``;
+6. training, if ``noise``: add ``U[0,1) * U[0,1) * noise_scale`` noise and roll in
+   time by an integer in [-``noise_max_shift``, ``noise_max_shift``).
 
 All randomness comes from grain's per-record generators (``random_map``), so a run
 is reproducible from ``config.seed``; the shuffle is seeded per epoch; balanced
@@ -22,14 +22,19 @@ sampling draws ``len(shard)`` indices per epoch with replacement, with the
 probabilities of the ``*_weight.csv``. Each process reads the disjoint shard
 ``process_index::process_count``.
 
-A clip that cannot be decoded (missing, empty, corrupt, unreadable, too short) is
-skipped in training (a masked row in evaluation), logged with an absl warning and
-counted; once more than ``max_bad_fraction`` of the source's clips have failed, the
-iterator raises :class:`BadInputError` naming them. Errors in worker processes are
-re-raised in the main process by grain.
+Clips are decoded and augmented one by one (in ``num_workers`` grain processes, or in
+this one) and batched in this process, so the batches depend on the seed alone, not
+on the worker or read-thread counts, and the iterator state (clips consumed) resumes
+with any of them. Workers exit when their parent dies, SIGKILL included.
 
-Batches are dicts of NumPy arrays: ``fbank`` ``(B, target_length, num_mel_bins)``
-float32 and ``label`` ``(B, n_class)`` float32, plus in evaluation ``mask`` ``(B,)``
+A clip that cannot be decoded (missing, empty, truncated, corrupt, unreadable, too
+short) is skipped in training (a masked row in evaluation), logged with an absl
+warning and counted by kind; once more than ``max_bad_fraction`` of the source's
+clips have failed, the iterator raises :class:`BadInputError` naming them. Errors in
+worker processes are re-raised in the main process by grain.
+
+Batches are dicts of NumPy arrays: ``fbank`` ``(B, audio_length, num_mel_bins)``
+float32 and ``label`` ``(B, num_classes)`` float32, plus in evaluation ``mask`` ``(B,)``
 bool (False on padding and failed rows; the last batch is padded so no clip is lost).
 Iterators support ``get_state()`` / ``set_state()`` (and
 ``grain.checkpoint.CheckpointSave/Restore`` for orbax) for exact resumption.
@@ -40,32 +45,29 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+import os
+import threading
+import time
 from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
-from aum_jax import audio
-from aum_jax import datasets
+from aum_jax import audio, augment, datasets
 
 __all__ = [
     "BadInputError",
+    "BatchIterator",
     "FeatureOptions",
-    "epic_log_mel",
-    "make_eval_dataset",
     "make_eval_iterator",
-    "make_train_dataset",
     "make_train_iterator",
-    "mix_waveforms",
-    "torchaudio_mask",
 ]
 
 Element = dict[str, Any]
-# A failed clip, as (key naming the file, message).
-Failure = tuple[str, str]
+# A failed clip, as (key naming the file, kind of failure (audio.BAD_INPUT_KINDS), message).
+Failure = tuple[str, str, str]
 
 
 class BadInputError(RuntimeError):
@@ -93,7 +95,7 @@ class FeatureOptions:
     num_classes: int
     num_mel_bins: int
     frame_shift_ms: float
-    target_length: int
+    audio_length: int
     feature: str
     epic_window_ms: float
     epic_hop_ms: float
@@ -101,7 +103,10 @@ class FeatureOptions:
     timem: int
     mask_style: str
     mixup: float
+    mixup_beta: float
     noise: bool
+    noise_scale: float
+    noise_max_shift: int
     mean: float
     std: float
     skip_norm: bool
@@ -115,10 +120,10 @@ class FeatureOptions:
         if config.mask_style not in ("torchaudio", "epic"):
             raise ValueError(f"unknown mask_style {config.mask_style!r}")
         return cls(
-            num_classes=config.n_class,
+            num_classes=config.num_classes,
             num_mel_bins=config.num_mel_bins,
             frame_shift_ms=config.frame_shift_ms,
-            target_length=config.target_length,
+            audio_length=config.audio_length,
             feature=config.feature,
             epic_window_ms=config.epic_window_ms,
             epic_hop_ms=config.epic_hop_ms,
@@ -126,7 +131,10 @@ class FeatureOptions:
             timem=config.timem if train else 0,
             mask_style=config.mask_style,
             mixup=config.mixup if train else 0.0,
+            mixup_beta=config.mixup_beta,
             noise=bool(config.noise) and train,
+            noise_scale=config.noise_scale,
+            noise_max_shift=config.noise_max_shift,
             mean=config.mean,
             std=config.std,
             skip_norm=config.skip_norm,
@@ -135,222 +143,161 @@ class FeatureOptions:
 
 
 # --------------------------------------------------------------------------- #
-# Per-clip operations
+# Per-clip stages, each a picklable grain map; a failure marker passes through
 # --------------------------------------------------------------------------- #
 
 
-def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float) -> np.ndarray:
-    """The original's waveform mixup.
+class _Decode:
+    """Source index -> ``{"key", "waveform" (channels, samples), "sample_rate", "label"}``.
 
-    Args:
-      first: ``(channels, n1)`` float32.
-      second: ``(channels2, n2)`` float32; zero-padded or cut to ``n1`` samples.
-      lam: weight of ``first``.
-
-    Returns:
-      ``(channels, n1)`` float32: ``lam * (first - mean) + (1 - lam) * (second - mean)``
-      minus its own mean.
-    """
-    first = first - first.mean()
-    second = second - second.mean()
-    n = first.shape[1]
-    fitted = np.zeros((second.shape[0], n), dtype=np.float32)
-    fitted[:, : min(n, second.shape[1])] = second[:, :n]
-    mixed = lam * first + (1.0 - lam) * fitted
-    return (mixed - mixed.mean()).astype(np.float32)
-
-
-def epic_log_mel(
-    samples: np.ndarray,
-    sample_rate: int,
-    num_mel_bins: int,
-    window_ms: float,
-    hop_ms: float,
-) -> np.ndarray:
-    """EPIC-Sounds log-mel spectrogram, as the original EPIC loader computes it.
-
-    librosa STFT (n_fft 2048, Hann window of ``window_ms``, hop ``hop_ms``, centred
-    with zero padding), magnitude, HTK mel filters without normalisation,
-    ``log(mel + 1e-6)``.
-
-    Args:
-      samples: ``(samples,)`` float32.
-      sample_rate: in Hz (24 kHz for EPIC-Sounds).
-      num_mel_bins: mel bands.
-      window_ms: window length in milliseconds.
-      hop_ms: hop in milliseconds.
-
-    Returns:
-      ``(frames, num_mel_bins)`` float32, ``frames = 1 + samples // hop``.
-    """
-    import librosa  # slow import; only EPIC-Sounds needs it.
-
-    spec = librosa.stft(
-        samples,
-        n_fft=2048,
-        window="hann",
-        hop_length=int(round(hop_ms * sample_rate / 1e3)),
-        win_length=int(round(window_ms * sample_rate / 1e3)),
-        pad_mode="constant",
-    )
-    mel_basis = _librosa_mel(sample_rate, num_mel_bins)
-    return np.log(mel_basis @ np.abs(spec) + 1e-6).T.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def _librosa_mel(sample_rate: int, num_mel_bins: int) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(
-        sr=sample_rate, n_fft=2048, n_mels=num_mel_bins, htk=True, norm=None
-    )
-
-
-def torchaudio_mask(
-    spec: np.ndarray, axis: int, mask_param: int, rng: np.random.Generator
-) -> None:
-    """One torchaudio ``FrequencyMasking``/``TimeMasking`` mask, in place (zeros).
-
-    ``width = int(u1 * mask_param)`` and ``start = int(u2 * (size - u1 * mask_param))``
-    with ``u1, u2 ~ U[0, 1)``: the width is uniform in ``[0, mask_param)`` and the
-    band ``[start, start + width)`` lies inside the axis.
-
-    Args:
-      spec: ``(time, freq)``.
-      axis: 0 masks time frames, 1 masks frequency bins.
-      mask_param: the maximum width (exclusive).
-      rng: generator.
-    """
-    value = rng.random() * mask_param
-    start = int(rng.random() * (spec.shape[axis] - value))
-    band = slice(start, start + int(value))
-    if axis == 0:
-        spec[band] = 0.0
-    else:
-        spec[:, band] = 0.0
-
-
-def _epic_masks(
-    spec: np.ndarray, axis: int, mask_param: int, rng: np.random.Generator, count: int = 2
-) -> None:
-    """The EPIC-Sounds loader's masks, in place: up to ``count`` bands set to the mean.
-
-    Each mask draws ``w`` in ``[0, mask_param)``, ``start`` in ``[0, size - w)`` and
-    ``end`` in ``[start, start + w)``; a zero width ends the masking of this axis.
-    """
-    size = spec.shape[axis]
-    for _ in range(count):
-        width = int(rng.integers(0, mask_param))
-        start = int(rng.integers(0, size - width))
-        if width == 0:
-            return
-        band = slice(start, int(rng.integers(start, start + width)))
-        if axis == 0:
-            spec[band] = spec.mean()
-        else:
-            spec[:, band] = spec.mean()
-
-
-def _add_noise(spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``spec + U[0,1)^(T,F) * U[0,1) / 10``, rolled in time by ``randint(-10, 10)``."""
-    noisy = spec + rng.random(spec.shape, dtype=np.float32) * np.float32(rng.random() / 10)
-    return np.roll(noisy, int(rng.integers(-10, 10)), axis=0)
-
-
-class _ClipTransform:
-    """Index -> example dict (or a failure marker); picklable for worker processes.
-
-    Called as ``transform(index, rng)`` by ``random_map`` (training) and as
-    ``transform(index)`` by ``map`` (evaluation). ``index == -1`` is an evaluation
-    padding row.
+    ``index == -1`` is an evaluation padding row, passed on as ``{"padding": True}``.
     """
 
     def __init__(self, source: datasets.AudioSource, options: FeatureOptions):
         self._source = source
         self._opt = options
 
-    def _features(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
-        opt = self._opt
-        if opt.feature == "epic_logmel":
-            spec = epic_log_mel(
-                waveform[0], sample_rate, opt.num_mel_bins, opt.epic_window_ms, opt.epic_hop_ms
-            )
-            frames = spec.shape[0]
-            if frames < opt.target_length:
-                return np.pad(spec, ((0, opt.target_length - frames), (0, 0)), mode="edge")
-            return spec[: opt.target_length]
-        spec = audio.fbank_from_waveform(
-            waveform, sample_rate, opt.num_mel_bins, opt.frame_shift_ms
-        )
-        return audio.pad_or_cut(spec, opt.target_length)
-
-    def _empty(self, failures: Sequence[Failure]) -> Element:
-        opt = self._opt
-        return {
-            "fbank": np.zeros((opt.target_length, opt.num_mel_bins), np.float32),
-            "label": np.zeros((opt.num_classes,), np.float32),
-            "mask": np.False_,
-            "skipped": tuple(failures),
-        }
-
     def __call__(self, index: int, rng: np.random.Generator | None = None) -> Element:
-        opt = self._opt
         if index < 0:
-            return self._empty(())
+            return {"padding": True}
         record = self._source[index]
-        label = np.zeros((opt.num_classes,), np.float32)
-        keys = record.key
+        label = np.zeros((self._opt.num_classes,), np.float32)
+        label[list(record.labels)] = 1.0
         try:
-            waveform, sample_rate = self._source.load_audio(index, rng)
-            if rng is not None and opt.mixup > 0 and rng.random() < opt.mixup:
-                other_index = int(rng.integers(len(self._source)))
-                other = self._source[other_index]
-                keys = f"{record.key} mixed with {other.key}"
-                other_waveform, _ = self._source.load_audio(other_index, rng)
-                lam = rng.beta(10, 10)
-                waveform = mix_waveforms(waveform, other_waveform, lam)
-                np.add.at(label, list(record.labels), lam)
-                np.add.at(label, list(other.labels), 1.0 - lam)
-            else:
-                label[list(record.labels)] = 1.0
-            spec = self._features(waveform, sample_rate)
+            waveform, sample_rate = self._source.load_audio(index, rng)  # rng: a source's random crop.
         except audio.AudioLoadError as e:
-            return self._failure((e.path, str(e)))
-        except ValueError as e:  # e.g. a clip shorter than one frame.
-            return self._failure((record.key, f"{keys}: {e}"))
+            return {"failure": (e.path, e.kind, str(e))}
+        return {"key": record.key, "labels": record.labels, "waveform": waveform, "sample_rate": sample_rate,
+                "label": label}
 
-        if rng is not None:
-            spec = np.array(spec, dtype=np.float32)  # writable copy for in-place masks.
-            if opt.mask_style == "epic":
-                if opt.freqm:
-                    _epic_masks(spec, 1, opt.freqm, rng)
-                if opt.timem:
-                    _epic_masks(spec, 0, opt.timem, rng)
+
+class _Stage:
+    """A per-clip grain map of the elements holding ``needs``; others (failures, padding) pass."""
+
+    needs = "fbank"
+
+    def __init__(self, options: FeatureOptions, source: datasets.AudioSource | None = None):
+        self._opt = options
+        self._source = source
+
+    def __call__(self, element: Element, rng: np.random.Generator | None = None) -> Element:
+        return self.apply(element, rng) if self.needs in element else element
+
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        raise NotImplementedError
+
+
+class _Mixup(_Stage):
+    """With probability ``mixup``: mixes in a uniformly drawn second clip, lambda ~ Beta(a, a)."""
+
+    needs = "waveform"
+
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        if rng.random() >= self._opt.mixup:
+            return element
+        other_index = int(rng.integers(len(self._source)))
+        other = self._source[other_index]
+        try:
+            other_waveform, _ = self._source.load_audio(other_index, rng)
+        except audio.AudioLoadError as e:
+            return {"failure": (e.path, e.kind, f"{e} (mixed into {element['key']})")}
+        lam = rng.beta(self._opt.mixup_beta, self._opt.mixup_beta)
+        label = np.zeros((self._opt.num_classes,), np.float32)
+        np.add.at(label, list(element["labels"]), lam)
+        np.add.at(label, list(other.labels), 1.0 - lam)
+        return {**element, "key": f"{element['key']} mixed with {other.key}",
+                "waveform": augment.mix_waveforms(element["waveform"], other_waveform, lam),
+                "label": label.astype(np.float32)}
+
+
+class _Features(_Stage):
+    """Waveform -> ``fbank`` (audio_length, num_mel_bins): Kaldi fbank or EPIC log-mel, padded or cut."""
+
+    needs = "waveform"
+
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        opt = self._opt
+        try:
+            if opt.feature == "epic_logmel":
+                spec = audio.epic_log_mel(element["waveform"][0], element["sample_rate"], opt.num_mel_bins,
+                                          opt.epic_window_ms, opt.epic_hop_ms)
+                missing = opt.audio_length - spec.shape[0]
+                spec = np.pad(spec, ((0, missing), (0, 0)), mode="edge") if missing > 0 else spec[: opt.audio_length]
             else:
-                if opt.freqm:
-                    torchaudio_mask(spec, 1, opt.freqm, rng)
-                if opt.timem:
-                    torchaudio_mask(spec, 0, opt.timem, rng)
-        if not opt.skip_norm:
-            spec = (spec - np.float32(opt.mean)) / np.float32(2.0 * opt.std)
-        if rng is not None and opt.noise:
-            spec = _add_noise(spec, rng)
-        example = {"fbank": spec.astype(np.float32), "label": label, "skipped": ()}
-        if not opt.train:
-            example["mask"] = np.True_
-        return example
-
-    def _failure(self, failure: Failure) -> Element:
-        if self._opt.train:
-            return {"failure": failure}
-        return self._empty((failure,))
+                spec = audio.fbank_from_waveform(element["waveform"], element["sample_rate"],
+                                                 opt.num_mel_bins, opt.frame_shift_ms)
+                spec = audio.pad_or_cut(spec, opt.audio_length)
+        except ValueError as e:  # a clip shorter than one frame.
+            return {"failure": (element["key"], "too_short", f"{element['key']}: {e}")}
+        return {"key": element["key"], "fbank": np.array(spec, np.float32), "label": element["label"]}
 
 
-def _collate(elements: Sequence[Element]) -> Element:
-    """Stacks arrays along a new batch axis; concatenates the ``skipped`` tuples."""
-    batch = {k: np.stack([e[k] for e in elements]) for k in elements[0] if k != "skipped"}
-    batch["skipped"] = tuple(f for e in elements for f in e["skipped"])
-    return batch
+class _Masks(_Stage):
+    """SpecAugment: a frequency then a time mask (torchaudio's, or EPIC-Sounds' two per axis)."""
+
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        spec, opt = element["fbank"], self._opt  # a fresh array of this clip: masked in place.
+        mask = augment.epic_masks if opt.mask_style == "epic" else augment.torchaudio_mask
+        if opt.freqm:
+            mask(spec, 1, opt.freqm, rng)
+        if opt.timem:
+            mask(spec, 0, opt.timem, rng)
+        return element
+
+
+class _Normalize(_Stage):
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        return {**element, "fbank": audio.normalize(element["fbank"], self._opt.mean, self._opt.std)}
+
+
+class _Noise(_Stage):
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        noisy = augment.add_noise(element["fbank"], rng, self._opt.noise_scale, self._opt.noise_max_shift)
+        return {**element, "fbank": noisy.astype(np.float32)}
+
+
+class _Example:
+    """The pipeline's element: ``{"fbank", "label"}`` (+ ``mask`` in evaluation) or a failure.
+
+    In evaluation a failed clip or a padding row becomes zeros with ``mask`` False (a
+    failure keeps its marker, to be counted).
+    """
+
+    def __init__(self, options: FeatureOptions):
+        self._opt = options
+
+    def __call__(self, element: Element) -> Element:
+        opt = self._opt
+        if "fbank" in element:
+            example = {"fbank": element["fbank"], "label": element["label"]}
+            return example if opt.train else {**example, "mask": np.True_}
+        if opt.train:
+            return element
+        empty = {"fbank": np.zeros((opt.audio_length, opt.num_mel_bins), np.float32),
+                 "label": np.zeros((opt.num_classes,), np.float32), "mask": np.False_}
+        return {**empty, **({"failure": element["failure"]} if "failure" in element else {})}
+
+
+def _clips(ds: grain.MapDataset, source: datasets.AudioSource, options: FeatureOptions,
+           seed: int) -> grain.MapDataset:
+    """Source indices -> examples, in the order of the module docstring.
+
+    Each random stage draws from its own per-clip generator (seeded by ``seed``, the
+    stage and the clip's position), so the result depends on the seed alone.
+    """
+    decode_seed, mixup_seed, mask_seed, noise_seed = np.random.SeedSequence(seed).generate_state(4).tolist()
+    decode = _Decode(source, options)
+    ds = ds.random_map(decode, seed=decode_seed) if options.train else ds.map(decode)
+    if options.mixup > 0:
+        ds = ds.random_map(_Mixup(options, source), seed=mixup_seed)
+    ds = ds.map(_Features(options))
+    if options.freqm or options.timem:
+        ds = ds.random_map(_Masks(options), seed=mask_seed)
+    if not options.skip_norm:
+        ds = ds.map(_Normalize(options))
+    if options.noise:
+        ds = ds.random_map(_Noise(options), seed=noise_seed)
+    return ds.map(_Example(options))
 
 
 # --------------------------------------------------------------------------- #
@@ -395,124 +342,138 @@ class _WeightedDraw:
 
 
 # --------------------------------------------------------------------------- #
-# Bad-input accounting
+# Batching and bad-input accounting, in this process
 # --------------------------------------------------------------------------- #
 
 
-class _SkipAndBatchIterator(grain.DatasetIterator):
-    """Batches good examples, dropping failure markers and passing them on in ``skipped``.
+class _ExitWithParent:
+    """grain ``worker_init_fn``: each worker ends itself once the trainer is gone.
 
-    Yields full batches (an incomplete last batch is dropped); failures seen after
-    the last full batch come out in a final batch holding only ``skipped``, so the
-    main process counts every one. Raises :class:`BadInputError` as soon as this
-    worker alone has seen more distinct bad clips than allowed, so a source of bad
-    files cannot make a worker spin without output.
+    grain's workers are daemon processes, which die with a parent that exits normally
+    but are orphaned when it is killed (SIGKILL, OOM killer). A watcher thread in every
+    worker polls its parent PID and exits when the parent has changed; the
+    multiprocessing resource tracker then sees its last pipe close and exits too.
+    (A Linux parent-death signal would fire when grain's short-lived starter thread
+    ends, not the trainer.)
     """
 
-    def __init__(
-        self, parent: grain.DatasetIterator, batch_size: int, limit: int, num_records: int
-    ):
-        super().__init__(parent)
-        self._batch_size = batch_size
-        self._limit = limit
-        self._num_records = num_records
-        self._bad: dict[str, str] = {}
+    def __init__(self, parent_pid: int, poll_s: float):
+        self._parent_pid = parent_pid
+        self._poll_s = poll_s
 
-    def __next__(self) -> Element:
-        rows: list[Element] = []
-        skipped: list[Failure] = []
-        while len(rows) < self._batch_size:
-            try:
-                element = next(self._parent)
-            except StopIteration:
-                if skipped:
-                    return {"skipped": tuple(skipped)}
-                raise
-            if "failure" not in element:
-                rows.append(element)
-                continue
-            key, message = element["failure"]
-            skipped.append((key, message))
-            self._bad[key] = message
-            if len(self._bad) > self._limit:
-                raise BadInputError(self._bad, self._limit, self._num_records)
-        batch = _collate(rows)
-        batch["skipped"] = tuple(skipped)
-        return batch
+    def __call__(self, worker_index: int, worker_count: int) -> None:
+        del worker_index, worker_count
+        threading.Thread(target=self._watch, name="exit-with-parent", daemon=True).start()
 
-    def get_state(self) -> dict[str, Any]:
-        return {"parent": self._parent.get_state(), "bad": dict(self._bad)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state["parent"])
-        self._bad = dict(state["bad"])
-
-
-class _SkipAndBatch(grain.IterDataset):
-    def __init__(
-        self, parent: grain.IterDataset, batch_size: int, limit: int, num_records: int
-    ):
-        super().__init__(parent)
-        self._batch_size = batch_size
-        self._limit = limit
-        self._num_records = num_records
-
-    def __iter__(self) -> _SkipAndBatchIterator:
-        return _SkipAndBatchIterator(
-            self._parent.__iter__(), self._batch_size, self._limit, self._num_records
-        )
+    def _watch(self) -> None:
+        while os.getppid() == self._parent_pid:
+            time.sleep(self._poll_s)
+        os._exit(1)
 
 
 class BatchIterator(grain.DatasetIterator):
-    """The pipeline's output iterator: counts, logs and limits bad inputs.
+    """Batches the clips of one process, counting, logging and limiting bad inputs.
+
+    Clips are decoded and augmented by grain (``num_workers`` processes, or this one)
+    one by one; they are batched here, in this process, so every batch holds the same
+    clips whatever the worker and thread counts. Its state is the number of clips
+    consumed, so a run resumes on the same clip with any number of workers.
+
+    Training drops clips that failed to load; evaluation keeps them as zero rows with
+    ``mask`` False. Once more distinct clips than ``limit`` have failed,
+    :class:`BadInputError` is raised naming them.
 
     Attributes:
       bad_inputs: ``{key: message}`` of every distinct clip that failed to load.
       num_skipped: how many times a clip was skipped (a bad clip counts once per
         epoch it is drawn in).
+      skipped_by_kind: ``num_skipped`` split by kind (``audio.BAD_INPUT_KINDS``).
     """
 
-    def __init__(self, parent: grain.DatasetIterator, limit: int, num_records: int):
-        super().__init__(parent)
+    def __init__(
+        self,
+        clips: grain.MapDataset,
+        config: ml_collections.ConfigDict,
+        batch_size: int,
+        *,
+        train: bool,
+        limit: int,
+        num_records: int,
+    ):
+        super().__init__()
+        self._clips = clips
+        self._read_options = grain.ReadOptions(
+            num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size
+        )
+        self._num_workers = config.num_workers
+        self._worker_poll_s = config.worker_parent_poll_s
+        self._batch_size = batch_size
+        self._train = train
         self._limit = limit
         self._num_records = num_records
+        self._elements: grain.DatasetIterator | None = None
+        self._position = 0
         self.bad_inputs: dict[str, str] = {}
         self.num_skipped = 0
+        self.skipped_by_kind: dict[str, int] = {}
 
-    def __next__(self) -> Element:
-        while True:
-            batch = next(self._parent)
-            for key, message in batch.pop("skipped"):
-                self.num_skipped += 1
-                if key not in self.bad_inputs:
-                    logging.warning("skipping a clip that cannot be loaded: %s", message)
-                    self.bad_inputs[key] = message
+    def _open(self) -> grain.DatasetIterator:
+        clips = self._clips[self._position:] if self._position else self._clips
+        ds = clips.to_iter_dataset(self._read_options)
+        if self._num_workers > 0:
+            ds = ds.mp_prefetch(
+                # a batch of clips buffered per worker between the processes.
+                grain.MultiprocessingOptions(num_workers=self._num_workers,
+                                             per_worker_buffer_size=self._batch_size),
+                worker_init_fn=_ExitWithParent(os.getpid(), self._worker_poll_s),
+            )
+        return iter(ds)
+
+    def _count(self, failure: Failure) -> None:
+        key, kind, message = failure
+        self.num_skipped += 1
+        self.skipped_by_kind[kind] = self.skipped_by_kind.get(kind, 0) + 1
+        if key not in self.bad_inputs:
+            logging.warning("skipping a clip that cannot be loaded: %s", message)
+            self.bad_inputs[key] = message
             if len(self.bad_inputs) > self._limit:
                 raise BadInputError(self.bad_inputs, self._limit, self._num_records)
-            if batch:  # a batch of only failures (end of a finite pass) is consumed here.
-                return batch
+
+    def __next__(self) -> Element:
+        if self._elements is None:
+            self._elements = self._open()
+        rows: list[Element] = []
+        while len(rows) < self._batch_size:
+            element = next(self._elements)  # StopIteration ends a finite pass; a partial batch is dropped.
+            self._position += 1
+            failure = element.pop("failure", None)
+            if failure is not None:
+                self._count(failure)
+                if self._train:
+                    continue
+            rows.append(element)
+        return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
     def get_state(self) -> dict[str, Any]:
         return {
-            "parent": self._parent.get_state(),
+            "position": self._position,
             "bad_inputs": dict(self.bad_inputs),
             "num_skipped": self.num_skipped,
+            "skipped_by_kind": dict(self.skipped_by_kind),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state["parent"])
+        self.close()
+        self._position = int(state["position"])
         self.bad_inputs = dict(state["bad_inputs"])
         self.num_skipped = int(state["num_skipped"])
+        self.skipped_by_kind = {k: int(v) for k, v in state["skipped_by_kind"].items()}
 
-
-class _Accounted(grain.IterDataset):
-    def __init__(self, parent: grain.IterDataset, limit: int, num_records: int):
-        super().__init__(parent)
-        self._limit = limit
-        self._num_records = num_records
-
-    def __iter__(self) -> BatchIterator:
-        return BatchIterator(self._parent.__iter__(), self._limit, self._num_records)
+    def close(self) -> None:
+        """Stops the worker processes, if any; the next batch starts them again."""
+        if self._elements is not None:
+            self._elements.close()
+            self._elements = None
 
 
 # --------------------------------------------------------------------------- #
@@ -543,38 +504,22 @@ def _host_seeds(seed: int, process_index: int) -> tuple[int, int]:
     return int(state[0]), int(state[1])
 
 
-def _read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
-    return grain.ReadOptions(
-        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size
-    )
-
-
-def _finish(
-    ds: grain.IterDataset, config: ml_collections.ConfigDict, limit: int, num_records: int
-) -> grain.IterDataset:
-    if config.num_workers > 0:
-        if not flags.FLAGS.is_parsed():
-            # grain's workers read absl flags; outside app.run (tests, notebooks) use
-            # their defaults instead of failing with UnparsedFlagAccessError.
-            flags.FLAGS.mark_as_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
-    return _Accounted(ds, limit, num_records)
-
-
-def make_train_dataset(
+def make_train_iterator(
     config: ml_collections.ConfigDict,
     *,
     source: datasets.AudioSource | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     num_epochs: int | None = None,
-) -> grain.IterDataset:
-    """The training pipeline of this process.
+) -> BatchIterator:
+    """The training batches of this process.
 
     Args:
       config: a data config (``configs/data.py``): ``batch_size`` (per process),
         ``seed``, ``balanced_sampling``/``weight_csv``, the feature and augmentation
-        settings, ``num_workers`` (0 = in this process), ``read_threads``,
+        settings, ``num_workers`` (0 = in this process; grain's workers read absl
+        flags, so outside ``absl.app.run`` parse them first, e.g.
+        ``flags.FLAGS.mark_as_parsed()``), ``read_threads``,
         ``prefetch_buffer_size``, ``max_bad_fraction``.
       source: the clips; built from ``config`` (split ``"train"``) when omitted.
       process_index: this process's shard; default ``jax.process_index()``.
@@ -582,9 +527,8 @@ def make_train_dataset(
       num_epochs: passes over the shard; ``None`` repeats forever.
 
     Returns:
-      An ``IterDataset`` of ``{"fbank": (B, T, F) float32, "label": (B, C) float32}``
-      with ``B = config.batch_size`` (incomplete batches are dropped); its iterator
-      is a :class:`BatchIterator`.
+      A :class:`BatchIterator` of ``{"fbank": (B, T, F) float32, "label": (B, C)
+      float32}`` with ``B = config.batch_size`` (an incomplete last batch is dropped).
     """
     process_index, process_count = _process(process_index, process_count)
     if source is None:
@@ -603,24 +547,20 @@ def make_train_dataset(
     else:
         ds = grain.MapDataset.range(len(shard)).shuffle(seed=sample_seed).repeat(num_epochs)
         ds = ds.map(_ShardLookup(shard))
-    ds = ds.random_map(_ClipTransform(source, FeatureOptions.from_config(config, True)),
-                       seed=augment_seed)
-    limit = _bad_limit(config, len(source))
-    it_ds = _SkipAndBatch(
-        ds.to_iter_dataset(_read_options(config)), config.batch_size, limit, len(source)
-    )
-    return _finish(it_ds, config, limit, len(source))
+    ds = _clips(ds, source, FeatureOptions.from_config(config, True), augment_seed)
+    return BatchIterator(ds, config, config.batch_size, train=True,
+                         limit=_bad_limit(config, len(source)), num_records=len(source))
 
 
-def make_eval_dataset(
+def make_eval_iterator(
     config: ml_collections.ConfigDict,
     split: str = "eval",
     *,
     source: datasets.AudioSource | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> grain.IterDataset:
-    """The evaluation pipeline of this process: one ordered pass, nothing lost.
+) -> BatchIterator:
+    """The evaluation batches of this process: one ordered pass, nothing lost.
 
     No masks, mixup or noise. The shard ``process_index::process_count`` is padded to
     ``ceil(ceil(N / process_count) / B)`` batches of ``B = config.eval_batch_size``,
@@ -628,8 +568,8 @@ def make_eval_dataset(
     zeros with ``mask`` False.
 
     Returns:
-      An ``IterDataset`` of ``{"fbank": (B, T, F) float32, "label": (B, C) float32,
-      "mask": (B,) bool}``; its iterator is a :class:`BatchIterator`.
+      A :class:`BatchIterator` of ``{"fbank": (B, T, F) float32, "label": (B, C)
+      float32, "mask": (B,) bool}``.
     """
     process_index, process_count = _process(process_index, process_count)
     if source is None:
@@ -639,20 +579,6 @@ def make_eval_dataset(
     per_process = -(-len(source) // process_count)
     padded = -(-per_process // batch_size) * batch_size
     ds = grain.MapDataset.range(padded).map(_ShardLookup(shard))
-    ds = ds.map(_ClipTransform(source, FeatureOptions.from_config(config, False)))
-    ds = ds.batch(batch_size, batch_fn=_collate)
-    limit = _bad_limit(config, len(source))
-    return _finish(ds.to_iter_dataset(_read_options(config)), config, limit, len(source))
-
-
-def make_train_iterator(config: ml_collections.ConfigDict, **kwargs: Any) -> BatchIterator:
-    """``iter(make_train_dataset(config, **kwargs))``; see there."""
-    return iter(make_train_dataset(config, **kwargs))
-
-
-def make_eval_iterator(
-    config: ml_collections.ConfigDict, split: str = "eval", **kwargs: Any
-) -> BatchIterator:
-    """``iter(make_eval_dataset(config, split, **kwargs))``; see there."""
-    return iter(make_eval_dataset(config, split, **kwargs))
-
+    ds = _clips(ds, source, FeatureOptions.from_config(config, False), 0)  # nothing random.
+    return BatchIterator(ds, config, batch_size, train=False,
+                         limit=_bad_limit(config, len(source)), num_records=len(source))

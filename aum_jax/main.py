@@ -24,13 +24,13 @@ from pathlib import Path
 
 import jax
 import ml_collections
-import optax
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from aum_jax import checkpoints, demo_data, evaluate, sharding, train, train_state
-from aum_jax.models import AudioMamba, AuMConfig
+from aum_jax import demo_data, evaluate, input_pipeline, model_files, run_checkpoints, sharding, train
+from aum_jax import workdir as workdir_lib
+from aum_jax.models import AudioMamba, AuMConfig, init_model
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/demo.py",
@@ -65,30 +65,28 @@ def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
 
 
 def _latest_checkpoint_model(config: ml_collections.ConfigDict, workdir: Path) -> AudioMamba | None:
-    """The model of the newest training checkpoint in ``workdir``, or None."""
-    manager = train_state.make_manager(workdir, config.train.keep_checkpoints)
-    if manager.latest_step() is None:
-        return None
-    model = checkpoints.init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
-    optimizer = nnx.Optimizer(model, train.make_optimizer(config.optimizer, optax.constant_schedule(0.0)),
-                              wrt=nnx.Param)
+    """The model of the newest readable training checkpoint in ``workdir``, or None."""
+    manager = run_checkpoints.make_manager(workdir, config.train.keep_checkpoints)
+    model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
     try:
-        step = train_state.restore_latest(manager, model, optimizer, None)
+        step = run_checkpoints.restore(manager, model, None, None)  # the model item alone.
     finally:
         manager.close()
+    if not step:
+        return None
     logging.info("Evaluating the training checkpoint of step %d", step)
     return model
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """Evaluates a model directory or the newest checkpoint; writes ``workdir/eval_<split>.json``."""
-    if config.eval.model_dir and not (Path(config.eval.model_dir) / checkpoints.CONFIG_FILE).is_file():
+    if config.eval.model_dir and not (Path(config.eval.model_dir) / model_files.CONFIG_FILE).is_file():
         raise app.UsageError(f"config.eval.model_dir={config.eval.model_dir} is not an aum-jax model directory")
-    model_dir = Path(config.eval.model_dir or workdir / train.MODEL_DIR)
-    if (model_dir / checkpoints.CONFIG_FILE).is_file():
-        model, source = checkpoints.load_model(model_dir), str(model_dir)
+    model_dir = Path(config.eval.model_dir or workdir / workdir_lib.MODEL_DIR)
+    if (model_dir / model_files.CONFIG_FILE).is_file():
+        model, source = model_files.load_model(model_dir), str(model_dir)
     else:
-        model, source = _latest_checkpoint_model(config, workdir), str(workdir / train_state.CHECKPOINT_DIR)
+        model, source = _latest_checkpoint_model(config, workdir), str(workdir / workdir_lib.CHECKPOINT_DIR)
         if model is None:
             raise app.UsageError(f"no model in {model_dir} and no checkpoint in {workdir}")
     mesh = sharding.make_mesh(config.mesh)
@@ -99,13 +97,30 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         result = evaluate.evaluate_split(model, config.data, split, mesh, config.train.loss)
         logging.info("%s on %s: %s", source, split, result)
         reports[split] = {"model": source, "split": split, **result}
-        evaluate.write_report(workdir / f"eval_{split}.json", reports[split])
+        evaluate.write_report(workdir / workdir_lib.eval_report_file(split), reports[split])
     return reports
 
 
 def _quiet_orbax_info(record: std_logging.LogRecord) -> bool:
     """Keeps orbax's warnings and errors but drops its per-save INFO chatter."""
     return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+# Errors that end a run with one line on stderr and exit status 1 instead of a traceback.
+CLEAN_EXITS = (
+    workdir_lib.WorkdirInUseError,
+    train.DivergedWorkdirError,
+    train.NonFiniteLossError,
+    input_pipeline.BadInputError,
+    run_checkpoints.CheckpointMismatchError,
+)
+
+
+def _exit_with_one_line(error: Exception) -> None:
+    """Logs the whole message, then ends the process with its first line."""
+    message = str(error)
+    logging.error("%s: %s", type(error).__name__, message)
+    sys.exit(f"error: {message.splitlines()[0]}")
 
 
 def main(argv: list[str]) -> None:
@@ -127,14 +142,16 @@ def main(argv: list[str]) -> None:
     if config.get("demo") and config.demo.generate:
         prepare_demo_data(config)
     workdir = Path(_WORKDIR.value)
-    if _MODE.value == "eval":
-        run_eval(config, workdir)
-        return
     try:
-        train.train_and_evaluate(config, workdir)
+        if _MODE.value == "eval":
+            run_eval(config, workdir)
+        else:
+            train.train_and_evaluate(config, workdir)
     except train.TrainingInterrupted as e:
         logging.warning("%s", e)
         sys.exit(143)
+    except CLEAN_EXITS as e:
+        _exit_with_one_line(e)
 
 
 if __name__ == "__main__":

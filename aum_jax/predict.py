@@ -31,13 +31,10 @@ from flax import nnx
 from tqdm import tqdm
 
 from aum_jax import audio
-from aum_jax.checkpoints import load_model
+from aum_jax.model_files import load_model
 from aum_jax.datasets import load_label_csv
 from aum_jax.models import AudioMamba, AuMConfig
 from aum_jax.ops import SCAN_IMPLS
-
-AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
-
 
 @nnx.jit
 def _forward(model: AudioMamba, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -77,7 +74,7 @@ def audio_features(paths: list[str], config: AuMConfig, mean: float, std: float)
     feats = []
     for path in tqdm(paths, desc="fbank", unit="file", disable=len(paths) < 8):
         fbank = audio.pad_or_cut(audio.load_fbank(path, config.num_mel_bins), config.audio_length)
-        feats.append((fbank - mean) / (2 * std))
+        feats.append(audio.normalize(fbank, mean, std))
     return np.stack(feats).astype(np.float32)
 
 
@@ -102,8 +99,8 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--save-logits", help=".npy to write the logits (B, classes) to")
     parser.add_argument("--save-features", help=".npy to write the pooled features (B, D) to")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
-    parser.add_argument("--mean", type=float, default=AUDIOSET_MEAN, help="--audio: fbank mean of the training set (default: AudioSet's)")
-    parser.add_argument("--std", type=float, default=AUDIOSET_STD, help="--audio: fbank std of the training set (default: AudioSet's)")
+    parser.add_argument("--mean", type=float, default=audio.AUDIOSET_MEAN, help="--audio: fbank mean of the training set (default: AudioSet's)")
+    parser.add_argument("--std", type=float, default=audio.AUDIOSET_STD, help="--audio: fbank std of the training set (default: AudioSet's)")
     parser.add_argument("--label-csv", help="index,mid,display_name CSV to name the classes in the printed top list")
     parser.add_argument("--top-k", type=int, default=5, help="classes printed per example (default: 5)")
     parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
@@ -66,3 +67,9 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree.map(put, tree)
+
+
+def constrain(node: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Inside ``jit``: gives every array of an NNX object ``sharding``; returns the object."""
+    nnx.update(node, jax.lax.with_sharding_constraint(nnx.state(node), sharding))
+    return node

@@ -5,11 +5,27 @@
 Variants: base_scratch (default), small_imgnet; add ,runlocal for a tiny CPU check.
 """
 
-from configs import common
+from aum_jax.audio import AUDIOSET_MEAN, AUDIOSET_STD
+from configs import common, data
+
+
+def get_data_config():
+    """Full AudioSet (2M clips) with balanced sampling; every other key is data.defaults()'s."""
+    c = data.defaults()
+    c.name = "audioset"
+    c.train_datafile = "data/audioset/datafiles/unbalanced.json"  # full 2M set.
+    c.eval_datafile = "data/audioset/datafiles/eval.json"  # AudioSet eval segments.
+    c.label_csv = "data/audioset/class_labels_indices.csv"  # 527 AudioSet classes.
+    c.num_classes = 527  # AudioSet ontology classes.
+    c.balanced_sampling = True  # --bal bal.
+    c.weight_csv = "data/audioset/datafiles/unbalanced_weight.csv"  # from gen_weight_file.
+    c.freqm, c.timem, c.mixup = 48, 192, 0.5  # exps/audioset/aum-*.sh.
+    c.mean, c.std = AUDIOSET_MEAN, AUDIOSET_STD  # AudioSet fbank stats.
+    return c
 
 
 def get_config(arg: str | None = None):
     return common.get_recipe_config(
-        "audioset", arg, families=("base_scratch", "small_imgnet"),
+        get_data_config(), arg, families=("base_scratch", "small_imgnet"),
         lr=1e-5, num_epochs=5, loss="BCE", metric="mAP", warmup=True, decay=(2, 1, 0.5),
     )

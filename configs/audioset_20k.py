@@ -5,11 +5,21 @@
 Variants: base_scratch (default), small_imgnet; add ,runlocal for a tiny CPU check.
 """
 
-from configs import common
+from configs import audioset, common
+
+
+def get_data_config():
+    """Full AudioSet's recipe on the 20k balanced subset, sampled uniformly."""
+    c = audioset.get_data_config()
+    c.name = "audioset_20k"
+    c.train_datafile = "data/audioset/datafiles/balanced.json"  # 20k balanced subset.
+    c.balanced_sampling = False  # --bal none.
+    c.weight_csv = ""  # no sampling weights.
+    return c
 
 
 def get_config(arg: str | None = None):
     return common.get_recipe_config(
-        "audioset_20k", arg, families=("base_scratch", "small_imgnet"),
+        get_data_config(), arg, families=("base_scratch", "small_imgnet"),
         lr=5e-5, num_epochs=25, loss="BCE", metric="mAP", warmup=True, decay=(10, 5, 0.5),
     )

@@ -1,7 +1,7 @@
 """Shared pieces of the training configs: model, optimizer, train, init, eval and mesh.
 
-Each ``configs/<dataset>.py`` calls :func:`get_recipe_config` with the numbers of its
-``exps/<dataset>/aum-*.sh`` recipes. The string after ``:`` on the command line picks
+Each ``configs/<dataset>.py`` calls :func:`get_recipe_config` with its data recipe and
+the numbers of its ``exps/<dataset>/aum-*.sh`` recipes. The string after ``:`` on the command line picks
 a variant, a comma-separated list of:
 
 - a checkpoint family: ``base_scratch`` (base, Fo-Bi, random init), ``small_imgnet``
@@ -18,7 +18,6 @@ from __future__ import annotations
 import ml_collections
 
 from aum_jax.models import AUM_TYPES, EMBED_DIMS, AuMConfig
-from configs.data import get_data_config
 
 FAMILIES: dict[str, tuple[str, str, str]] = {
     # family: (size, aum_type, pretrained source kind: "" none, "vim", "aum")
@@ -57,8 +56,8 @@ def get_model_config(data: ml_collections.ConfigDict, size: str, aum_type: str) 
     c.strides = (16, 16)  # --fstride, --tstride of every aum-*.sh recipe.
     c.drop_path_rate = 0.0  # --aum_drop_path.
     c.num_mel_bins = data.get_ref("num_mel_bins")  # follows config.data.
-    c.audio_length = data.get_ref("target_length")  # follows config.data.
-    c.num_classes = data.get_ref("n_class")  # follows config.data.
+    c.audio_length = data.get_ref("audio_length")  # follows config.data.
+    c.num_classes = data.get_ref("num_classes")  # follows config.data.
     return c
 
 
@@ -70,7 +69,7 @@ def get_optimizer_config(lr: float, *, warmup: bool) -> ml_collections.ConfigDic
     c.b2 = 0.999  # Adam beta2.
     c.eps = 1e-8  # Adam epsilon.
     c.weight_decay = 5e-7  # --weight_decay, added to the gradient (L2) as torch Adam does.
-    c.schedule = "multistep"  # "multistep" (MultiStepLR), "epic" (1, 0.05 from epoch 10, 0.01 from 20) or "constant".
+    c.schedule = "multistep"  # "multistep" (MultiStepLR) or "constant".
     c.decay_start_epoch = 2  # --lrscheduler_start: first epoch (0-based count done) with decayed lr.
     c.decay_every_epochs = 1  # --lrscheduler_step.
     c.decay_factor = 0.5  # --lrscheduler_decay.
@@ -93,9 +92,12 @@ def get_train_config(num_epochs: int, loss: str, metric: str) -> ml_collections.
     c.eval_every = -1  # steps between evaluations; -1: every epoch (the original), 0: only at the end.
     c.checkpoint_every = 1000  # steps between training checkpoints (and at the end, on SIGTERM, on errors).
     c.keep_checkpoints = 3  # training checkpoints kept in workdir/checkpoints.
-    c.max_nonfinite_steps = 10  # stop after this many consecutive non-finite losses (each is skipped).
+    c.max_nonfinite_steps = 10  # diverged after this many bad steps in a row (each is skipped); not in the original.
+    c.max_loss = 1e4  # a step with a larger mean loss is bad (healthy runs stay below ~10).
+    c.max_grad_norm = 1e6  # a step with a larger global gradient norm is bad (healthy: below ~1e2).
     c.stop_check_every = 10  # multi-process: steps between checks for a SIGTERM on any process.
-    c.inject_nonfinite_steps = ()  # fault injection for tests: steps whose input is made NaN.
+    c.lock_heartbeat_s = 10.0  # seconds between touches of workdir/lock.json.
+    c.lock_stale_after_s = 120.0  # a lock from another host untouched this long is taken over.
     return c
 
 
@@ -126,7 +128,7 @@ def get_mesh_config() -> ml_collections.ConfigDict:
 
 
 def get_recipe_config(
-    dataset: str,
+    data: ml_collections.ConfigDict,
     arg: str | None,
     *,
     families: tuple[str, ...],
@@ -141,7 +143,7 @@ def get_recipe_config(
     """A full config for one ``exps/<dataset>/aum-<family>-*.sh`` recipe.
 
     Args:
-      dataset: a name of ``configs/data.py``.
+      data: the dataset's data recipe (its ``get_data_config()``).
       arg: the variant string after ``:`` (see the module docstring).
       families: checkpoint families the original provides for this dataset; the first
         is the default.
@@ -154,7 +156,7 @@ def get_recipe_config(
     size, aum_type, kind = FAMILIES[family]
     config = ml_collections.ConfigDict()
     config.variant = family + (",runlocal" if local else "")  # for the logs.
-    config.data = get_data_config(dataset)
+    config.data = data
     config.model = get_model_config(config.data, size, aum_type)
     config.optimizer = get_optimizer_config(lr, warmup=warmup)
     (config.optimizer.decay_start_epoch, config.optimizer.decay_every_epochs,
@@ -173,7 +175,7 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
     config.model.embed_dim = EMBED_DIMS["tiny"]
     config.model.depth = 2
     config.init.checkpoint = ""
-    config.data.target_length = 64
+    config.data.audio_length = 64
     config.data.batch_size = 4
     config.data.eval_batch_size = 8
     config.data.num_workers = 0

@@ -12,8 +12,28 @@ Variant ``runlocal`` (alias ``tiny``): a handful of steps on a tiny dataset, sec
 
 import ml_collections
 
-from configs import common
-from configs.data import get_data_config
+from configs import common, data
+
+
+def get_data_config() -> ml_collections.ConfigDict:
+    """The demo keywords, with the Speech Commands recipe shrunk for a few CPU minutes."""
+    c = data.defaults()
+    c.name = "demo"
+    c.train_datafile = "~/.cache/aum_jax/demo/train.json"  # from demo_data (config.demo.generate sets it).
+    c.eval_datafile = "~/.cache/aum_jax/demo/valid.json"  # validation voices.
+    c.test_datafile = "~/.cache/aum_jax/demo/eval.json"  # held-out voices.
+    c.label_csv = "data/demo/class_labels_indices.csv"  # the 10 keywords.
+    c.num_classes = 10  # yes no up down left right on off stop go.
+    c.num_mel_bins = 64  # half the bins: half the tokens, twice the speed on a CPU.
+    c.audio_length = 96  # 1 s clips are 98 frames; 96 is a whole number of patches.
+    c.freqm, c.timem = 12, 24  # SpecAugment scaled to the short run.
+    c.mixup = 0.0  # no mixup: a few epochs are too short to profit from it.
+    c.noise = True  # the Speech Commands recipe.
+    c.mean, c.std = -5.0114145, 4.2837193  # scripts/get_norm_stats.py --dataset demo (seed 0).
+    c.batch_size = 32  # small set, small batches.
+    c.eval_batch_size = 80  # divides over 1, 2, 4, 8 or 16 devices.
+    c.num_workers = 0  # tiny set: read in-process.
+    return c
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,14 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.demo.valid_clips_per_word = 20  # validation clips per keyword (picks the best model).
     config.demo.eval_clips_per_word = 40  # test clips per keyword, spoken by held-out voices.
 
-    config.data = get_data_config("demo")
-    config.data.num_mel_bins = 64  # half the bins: half the tokens, twice the speed on a CPU.
-    config.data.target_length = 96  # 1 s clips are 98 frames; 96 is a whole number of patches.
-    config.data.freqm = 12  # SpecAugment scaled to the short run.
-    config.data.timem = 24
-    config.data.mixup = 0.0  # no mixup: a few epochs are too short to profit from it.
-    config.data.batch_size = 32
-    config.data.eval_batch_size = 80  # divides over 1, 2, 4, 8 or 16 devices.
+    config.data = get_data_config()
 
     config.model = common.get_model_config(config.data, "tiny", "Bi-Bi")
     config.model.depth = 2  # on 2 CPU cores, more epochs beat more blocks in a few minutes.

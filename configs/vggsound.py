@@ -6,11 +6,24 @@ Variants: base_scratch (default), small_imgnet, base_audioset; add ,runlocal for
 tiny CPU check.
 """
 
-from configs import common
+from configs import common, data
+
+
+def get_data_config():
+    """VGGSound; every other key is data.defaults()'s."""
+    c = data.defaults()
+    c.name = "vggsound"
+    c.train_datafile = "data/vggsound/datafiles/vgg_train.json"  # VGGSound train.
+    c.eval_datafile = "data/vggsound/datafiles/vgg_test.json"  # VGGSound test.
+    c.label_csv = "data/vggsound/class_labels_indices.csv"  # 309 classes.
+    c.num_classes = 309  # VGGSound classes.
+    c.freqm, c.timem, c.mixup = 48, 192, 0.0  # exps/vggsound/aum-*.sh (bal=full: none).
+    c.mean, c.std = -5.0767093, 4.4533687  # VGGSound fbank stats.
+    return c
 
 
 def get_config(arg: str | None = None):
     return common.get_recipe_config(
-        "vggsound", arg, families=("base_scratch", "small_imgnet", "base_audioset"),
+        get_data_config(), arg, families=("base_scratch", "small_imgnet", "base_audioset"),
         lr=1e-5, num_epochs=20, loss="BCE", metric="accuracy", warmup=True, decay=(5, 2, 0.75),
     )

@@ -6,11 +6,24 @@ Variants: base_scratch (default), small_imgnet, base_audioset; add ,runlocal for
 tiny CPU check.
 """
 
-from configs import common
+from configs import common, data
+
+
+def get_data_config():
+    """VoxCeleb1 speaker identification; every other key is data.defaults()'s."""
+    c = data.defaults()
+    c.name = "voxceleb"
+    c.train_datafile = "data/voxceleb/datafiles/train_data.json"  # VoxCeleb1 identification train.
+    c.eval_datafile = "data/voxceleb/datafiles/test_data.json"  # VoxCeleb1 identification test.
+    c.label_csv = "data/voxceleb/class_labels_indices.csv"  # 1251 speakers.
+    c.num_classes = 1251  # VoxCeleb1 speakers.
+    c.freqm, c.timem, c.mixup = 48, 192, 0.0  # exps/voxceleb/aum-*.sh.
+    c.mean, c.std = -3.7614744, 4.2011642  # VoxCeleb fbank stats.
+    return c
 
 
 def get_config(arg: str | None = None):
     return common.get_recipe_config(
-        "voxceleb", arg, families=("base_scratch", "small_imgnet", "base_audioset"),
+        get_data_config(), arg, families=("base_scratch", "small_imgnet", "base_audioset"),
         lr=1e-5, num_epochs=20, loss="CE", metric="accuracy", warmup=True, decay=(5, 2, 0.75),
     )

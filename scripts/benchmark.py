@@ -89,7 +89,7 @@ def input_section() -> list[Row]:
     with tempfile.TemporaryDirectory() as folder:
         config = get_data_config("audioset_20k")  # 1024 frames, freqm 48, timem 192, mixup 0.5.
         config.train_datafile, config.label_csv = _write_clips(folder, _INPUT_CLIPS.value)
-        config.n_class = 4
+        config.num_classes = 4
         config.noise = True
         config.num_workers = 0
         config.read_threads = _INPUT_THREADS.value

@@ -16,12 +16,13 @@ The output directory holds config.json and an orbax checkpoint under params/.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from absl import app, flags, logging
 
 from aum_jax import convert
-from aum_jax.checkpoints import save_model
+from aum_jax.model_files import save_model
 from aum_jax.models import count_params
 
 
@@ -86,6 +87,9 @@ def build(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    if os.path.exists(args.output) and not args.overwrite:  # before any conversion work.
+        print(f"error: {os.path.abspath(args.output)} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 1
     try:
         model = build(args)
     except (convert.CheckpointError, FileNotFoundError, ValueError) as e:

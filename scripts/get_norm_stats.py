@@ -36,11 +36,10 @@ def main(argv: list[str]) -> None:
         config.label_csv = _LABEL_CSV.value
     if _NUM_WORKERS.value is not None:
         config.num_workers = _NUM_WORKERS.value
-    dataset = input_pipeline.make_eval_dataset(
+    iterator = input_pipeline.make_eval_iterator(
         config, _SPLIT.value, process_index=0, process_count=1
     )
     means, stds = [], []
-    iterator = iter(dataset)
     for batch in tqdm.tqdm(iterator, desc=f"{config.name}/{_SPLIT.value}", unit="batch"):
         values = batch["fbank"][batch["mask"]]
         if values.size:

@@ -133,7 +133,7 @@ def test_frame_counts_and_shapes():
     rng = np.random.default_rng(0)
     x = rng.standard_normal(16000).astype(np.float32) * 0.1
     f = audio.kaldi_fbank(x, 16000, num_mel_bins=64, frame_shift_ms=10.0)
-    assert f.shape == (98, 64) == (audio.num_frames(16000, 16000, 10.0), 64)
+    assert f.shape == (98, 64)  # 1 + (16000 - 400) // 160 frames.
     assert audio.kaldi_fbank(x[:400], 16000).shape == (1, 128)
     # 22050 Hz: 551-sample window, shift int(220.5) = 220.
     y = rng.standard_normal(22050).astype(np.float32) * 0.1

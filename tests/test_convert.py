@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
-from aum_jax import convert
-from aum_jax.checkpoints import load_model
+from aum_jax import audio, convert
+from aum_jax.model_files import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +110,10 @@ def test_convert_then_predict_cli(fobi, tmp_path):
     # The output exists now: a second conversion refuses to overwrite it without --overwrite.
     again = run_cli("scripts/convert_checkpoint.py", "--torch-checkpoint", str(folder / "state_dict.pth"), "--output", str(out))
     assert again.returncode != 0 and "already exists" in again.stderr
+    # It checks the output before converting: a missing source is never read.
+    again = run_cli("scripts/convert_checkpoint.py", "--torch-checkpoint", str(tmp_path / "absent.pth"), "--output", str(out))
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert again.stderr.strip().splitlines()[-1] == f"error: {out} already exists; pass --overwrite to replace it"
 
 
 def test_convert_cli_init_mode(fixtures_dir, tmp_path):
@@ -145,7 +152,7 @@ def test_cli_help_explains_both_modes():
 
 def test_predict_rejects_mismatched_features(fobi, tmp_path):
     folder, state = fobi
-    from aum_jax.checkpoints import save_model
+    from aum_jax.model_files import save_model
 
     save_model(convert.convert(state), tmp_path / "m")
     bad = tmp_path / "bad.npy"
@@ -157,7 +164,7 @@ def test_predict_rejects_mismatched_features(fobi, tmp_path):
 def test_predict_on_audio_files_reproduces_the_original_end_to_end(fobi, tmp_path, fixtures_dir):
     """Real wavs -> fbank -> converted model gives the original's inputs and logits."""
     folder, state = fobi
-    from aum_jax.checkpoints import save_model
+    from aum_jax.model_files import save_model
 
     save_model(convert.convert(state), tmp_path / "m")
     expected = np.load(folder / "logits.npy")  # the fixture batch holds the first clips
@@ -176,12 +183,12 @@ def test_audio_features_match_the_original_inputs(fobi, fixtures_dir):
     folder, state = fobi
     expected = np.load(folder / "input.npy")
     wavs = [str(fixtures_dir / "audio" / f"sample{k}.wav") for k in range(len(expected))]
-    features = predict.audio_features(wavs, convert.infer_config(state), predict.AUDIOSET_MEAN, predict.AUDIOSET_STD)
-    np.testing.assert_allclose(features, expected, atol=1e-3 / (2 * predict.AUDIOSET_STD), rtol=0)
+    features = predict.audio_features(wavs, convert.infer_config(state), audio.AUDIOSET_MEAN, audio.AUDIOSET_STD)
+    np.testing.assert_allclose(features, expected, atol=1e-3 / (2 * audio.AUDIOSET_STD), rtol=0)
 
 
 def test_predict_names_an_unreadable_audio_file(fobi, tmp_path):
-    from aum_jax.checkpoints import save_model
+    from aum_jax.model_files import save_model
 
     save_model(convert.convert(fobi[1]), tmp_path / "m")
     broken = tmp_path / "broken.wav"
@@ -223,3 +230,23 @@ def test_reads_checkpoints_that_carry_their_training_arguments(tmp_path, fobi):
     path = tmp_path / "with_args.pth"
     torch.save({"model": raw, "args": argparse.Namespace(lr=5e-4, model="vim_small")}, path)
     assert convert.read_torch_checkpoint(path).keys() == state.keys()
+
+
+def test_a_model_directory_and_its_pth_initialise_the_same_model(fobi, tmp_path):
+    folder, _ = fobi
+    state = convert.read_torch_checkpoint(folder / "state_dict.pth")
+    source = convert.convert(state)
+    round_trip = convert.torch_state_dict(source)
+    assert sorted(round_trip) == sorted(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(round_trip[key], value, err_msg=key)
+    save_model(source, tmp_path / "source")
+    target = source.config.replace(audio_length=source.config.audio_length // 2, num_classes=3)
+    init = ml_collections.ConfigDict({"kind": "aum", "vim_cls_position": "middle",
+                                      "source_strides": source.config.strides,
+                                      "source_num_mel_bins": source.config.num_mel_bins})
+    from_dir = convert.init_from_pretrained(tmp_path / "source", target, init, seed=1)
+    from_pth = convert.init_from_pretrained(folder / "state_dict.pth", target, init, seed=1)
+    params = [nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in (from_dir, from_pth)]
+    jax.tree.map(np.testing.assert_array_equal, *params)
+    assert params[0]["pos_embed"].shape[1] == target.num_patches + target.num_cls_tokens

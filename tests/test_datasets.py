@@ -44,9 +44,9 @@ def test_shipped_label_csvs(path, count):
 def test_every_config_builds_and_matches_its_label_csv():
     for name in DATASETS:
         c = get_data_config(name)
-        assert c.n_class > 0 and c.target_length > 0 and c.std > 0
+        assert c.num_classes > 0 and c.audio_length > 0 and c.std > 0
         if c.source == "datafile":
-            assert len(datasets.load_label_csv(os.path.join(REPO, c.label_csv))[1]) == c.n_class
+            assert len(datasets.load_label_csv(os.path.join(REPO, c.label_csv))[1]) == c.num_classes
     with pytest.raises(ValueError, match="unknown dataset"):
         get_data_config("nope")
 
@@ -170,7 +170,7 @@ def test_epic_sounds_pipeline(tmp_path):
     c.epic_hdf5 = str(tmp_path / "audio.hdf5")
     c.epic_train_annotations = c.epic_eval_annotations = str(tmp_path / "ann.csv")
     c.epic_sample_rate, c.epic_clip_secs = sr, 1.0
-    c.target_length, c.timem = 256, 40
+    c.audio_length, c.timem = 256, 40
     c.batch_size, c.eval_batch_size, c.num_workers = 2, 4, 0
     ev = next(ip.make_eval_iterator(c, process_index=0, process_count=1))
     assert ev["fbank"].shape == (4, 256, 128)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from aum_jax import audio
+from aum_jax import audio, augment
 from aum_jax import input_pipeline as ip
 from configs.data import get_data_config
 
 SR = 16_000
 BINS = 32
-FRAMES = 40  # target_length; 0.3 s clips give 28 fbank frames, so padding is used.
+FRAMES = 40  # audio_length; 0.3 s clips give 28 fbank frames, so padding is used.
 
 
 def _write_set(folder, num_clips: int, seconds: float = 0.3, bad: dict[int, str] | None = None):
@@ -52,8 +52,8 @@ def _config(folder, num_clips: int, **overrides):
     c = get_data_config("speechcommands")
     c.train_datafile = c.eval_datafile = datafile
     c.label_csv = label_csv
-    c.n_class = num_clips
-    c.num_mel_bins, c.target_length = BINS, FRAMES
+    c.num_classes = num_clips
+    c.num_mel_bins, c.audio_length = BINS, FRAMES
     c.freqm, c.timem, c.mixup, c.noise = 8, 10, 0.5, True
     c.batch_size, c.eval_batch_size = 4, 4
     c.num_workers, c.read_threads, c.prefetch_buffer_size = 0, 1, 8
@@ -101,7 +101,7 @@ def test_torchaudio_mask_bands():
     for axis, param in ((0, 12), (1, 7)):
         for _ in range(400):
             spec = np.ones((50, 20), np.float32)
-            ip.torchaudio_mask(spec, axis, param, rng)
+            augment.torchaudio_mask(spec, axis, param, rng)
             zero = spec == 0
             lines = zero.all(axis=1 - axis)  # fully-zeroed frames (axis 0) or bins (axis 1).
             assert zero.sum() == lines.sum() * spec.shape[1 - axis]  # only whole lines.
@@ -144,13 +144,13 @@ def test_mixup_labels(tmp_path):
 def test_mix_waveforms_pads_cuts_and_centres():
     first = np.ones((1, 6), np.float32) + np.arange(6, dtype=np.float32)
     short = np.full((1, 3), 4.0, np.float32)
-    mixed = ip.mix_waveforms(first, short, 0.25)
+    mixed = augment.mix_waveforms(first, short, 0.25)
     assert mixed.shape == (1, 6)
     centred = first - first.mean()
     expected = 0.25 * centred + 0.75 * np.array([[0, 0, 0, 0, 0, 0]], np.float32)
     np.testing.assert_allclose(mixed, expected - expected.mean(), atol=1e-6)
     long = np.arange(10, dtype=np.float32)[None]
-    mixed = ip.mix_waveforms(first, long, 0.5)
+    mixed = augment.mix_waveforms(first, long, 0.5)
     second = (long - long.mean())[:, :6]
     expected = 0.5 * centred + 0.5 * second
     np.testing.assert_allclose(mixed, expected - expected.mean(), atol=1e-6)
@@ -170,7 +170,10 @@ def test_weighted_sampling_frequencies():
     # Deterministic, and a different draw each epoch.
     again = ip._WeightedDraw(weights, seed=5, process_index=0, process_count=1)
     assert [again(i, None) for i in range(50)] == drawn[:50].tolist()
-    assert drawn[:5].tolist() != drawn[5:10].tolist() or drawn[5:10].tolist() != drawn[10:15].tolist()
+    # Each epoch draws anew: over 50 equally weighted clips, two epochs agree with chance 50!/50**50.
+    many = ip._WeightedDraw(np.ones(50), seed=5, process_index=0, process_count=1)
+    epoch0, epoch1 = ([many(e * 50 + i, None) for i in range(50)] for e in range(2))
+    assert epoch0 != epoch1
 
 
 def test_weighted_sampling_is_global_across_processes():
@@ -265,3 +268,44 @@ def test_workers_and_worker_errors_surface(tmp_path):
                                                  3: "corrupt"})
     with pytest.raises(ip.BadInputError, match=r"bad/clip\d\.wav"):
         next(ip.make_train_iterator(c, process_index=0, process_count=1))
+
+
+def test_batches_do_not_depend_on_worker_or_thread_counts(tmp_path):
+    c = _config(tmp_path, 10, bad={3: "corrupt"}, max_bad_fraction=0.5)
+    c.batch_size = 3  # batches straddle the 10-clip epoch and the per-worker slices.
+    reference = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 5)
+    for workers, threads in ((1, 1), (2, 2), (4, 4), (0, 4)):
+        c.num_workers, c.read_threads = workers, threads
+        it = ip.make_train_iterator(c, process_index=0, process_count=1)
+        for want, got in zip(reference, _take(it, 5)):
+            np.testing.assert_array_equal(got["fbank"], want["fbank"], err_msg=f"{workers} workers")
+            np.testing.assert_array_equal(got["label"], want["label"], err_msg=f"{workers} workers")
+        it.close()
+
+
+def test_resume_with_another_worker_count(tmp_path):
+    c = _config(tmp_path, 6)
+    reference = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 5)
+    c.num_workers = 2
+    first = ip.make_train_iterator(c, process_index=0, process_count=1)
+    _take(first, 2)
+    state = json.loads(json.dumps(first.get_state()))
+    first.close()
+    c.num_workers = 0
+    resumed = ip.make_train_iterator(c, process_index=0, process_count=1)
+    resumed.set_state(state)
+    for want, got in zip(reference[2:], _take(resumed, 3)):
+        np.testing.assert_array_equal(got["fbank"], want["fbank"])
+
+
+def test_a_truncated_wav_is_counted_as_bad_input(tmp_path):
+    c = _config(tmp_path, 4, mixup=0.0, max_bad_fraction=0.5)
+    path = tmp_path / "clip2.wav"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header still promises every frame.
+    with pytest.raises(audio.AudioLoadError, match="truncated WAV"):
+        audio.load_waveform(path)
+    it = ip.make_train_iterator(c, process_index=0, process_count=1)
+    _take(it, 2)
+    assert it.skipped_by_kind == {"truncated": it.num_skipped} and it.num_skipped >= 1
+    assert list(it.bad_inputs) == [str(path)]

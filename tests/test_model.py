@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from aum_jax.checkpoints import init_model
+from aum_jax.models import init_model
 from aum_jax.models import AUM_TYPES, EMBED_DIMS, AudioMamba, AuMConfig, count_params
 from aum_jax.models.aum import drop_path_rates
 

@@ -15,8 +15,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from aum_jax import checkpoints, input_pipeline, train
-from aum_jax.models import AuMConfig
+from aum_jax import input_pipeline, model_files, train
+from aum_jax.models import AuMConfig, init_model
 from tests.test_train import REPO_ROOT, toy_config, write_toy_dataset
 
 NUM_STEPS = 2
@@ -39,7 +39,7 @@ WORKER = textwrap.dedent("""
     nnx.update(model, sharding.replicate(nnx.state(model), mesh))
     nnx.update(optimizer, sharding.replicate(nnx.state(optimizer), mesh))
     iterator = input_pipeline.make_train_iterator(config.data)  # this process's shard.
-    losses = [float(train.train_step(model, optimizer, sharding.global_batch(next(iterator), mesh), "CE")[0])
+    losses = [float(train.train_step(model, optimizer, sharding.global_batch(next(iterator), mesh), "CE")["loss"])
               for _ in range(NUM_STEPS)]
     iterator.close()
     params = [float(np.asarray(x).sum()) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]
@@ -51,7 +51,7 @@ WORKER = textwrap.dedent("""
 
 
 def model_and_optimizer(config) -> tuple[nnx.Module, nnx.Optimizer]:
-    model = checkpoints.init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
+    model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
     optimizer = nnx.Optimizer(model, train.make_optimizer(config.optimizer, optax.constant_schedule(1e-3)),
                               wrt=nnx.Param)
     return model, optimizer
@@ -89,9 +89,10 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     assert outputs[0]["eval"] == outputs[1]["eval"]
     assert outputs[0]["eval"]["num_examples"] == 12  # every eval clip once, across both shards.
     # The two processes exported one model together.
-    exported = checkpoints.load_model(tmp_path / "work" / "model")
+    exported = model_files.load_model(tmp_path / "work" / "model")
     assert exported.config.depth == toy_config(paths, num_steps=NUM_STEPS).model.depth
     assert not any(p.name.endswith(".partial") for p in (tmp_path / "work").iterdir())
+    assert not (tmp_path / "work" / "lock.json").exists()  # one lock for the run, taken and released.
 
     # One process fed the concatenation of the two shards' batches reaches the same point.
     config = toy_config(paths, num_steps=NUM_STEPS)
@@ -101,7 +102,7 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     for _ in range(NUM_STEPS):
         parts = [next(it) for it in shards]
         batch = {k: np.concatenate([p[k] for p in parts]) for k in ("fbank", "label")}
-        losses.append(float(train.train_step(model, optimizer, batch, "CE")[0]))
+        losses.append(float(train.train_step(model, optimizer, batch, "CE")["loss"]))
     for it in shards:
         it.close()
     params = [float(np.asarray(x).sum()) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]

@@ -104,7 +104,7 @@ def test_notebook_runs_on_fixtures(checkpoint, fixture_eval, tmp_path, capsys):
     pytest.importorskip("torch")
     if checkpoint == "model_dir":
         from aum_jax import convert
-        from aum_jax.checkpoints import save_model
+        from aum_jax.model_files import save_model
 
         model = convert.convert(convert.read_torch_checkpoint(fixture_eval["CHECKPOINT"]))
         fixture_eval["CHECKPOINT"] = str(save_model(model, tmp_path / "model"))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from aum_jax import convert
-from aum_jax.checkpoints import init_model
+from aum_jax.models import init_model
 from aum_jax.models import AuMConfig
 from tests import torch_reference
 

@@ -19,10 +19,12 @@ import numpy as np
 import optax
 import pytest
 import soundfile
+from absl import app
 from flax import nnx
 
-from aum_jax import checkpoints, datasets, input_pipeline, train, train_state
-from aum_jax.models import AuMConfig
+from aum_jax import datasets, input_pipeline, model_files, run_checkpoints, train
+from aum_jax import workdir as workdir_lib
+from aum_jax.models import AuMConfig, init_model
 from configs import speechcommands
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +61,7 @@ def toy_config(paths: dict[str, str], **train_overrides) -> ml_collections.Confi
     config = speechcommands.get_config("runlocal")
     data = config.data
     data.train_datafile, data.eval_datafile, data.label_csv = paths["train"], paths["eval"], paths["label_csv"]
-    data.n_class, data.num_mel_bins, data.target_length = 2, 32, 32
+    data.num_classes, data.num_mel_bins, data.audio_length = 2, 32, 32
     data.freqm = data.timem = 0
     data.mixup, data.noise = 0.0, False
     data.batch_size, data.eval_batch_size = 4, 8
@@ -85,7 +87,7 @@ def read_scalars(workdir: Path, tag: str) -> dict[int, float]:
 
 
 def final_params(workdir: Path) -> dict:
-    return nnx.to_pure_dict(nnx.state(checkpoints.load_model(workdir / train.MODEL_DIR), nnx.Param))
+    return nnx.to_pure_dict(nnx.state(model_files.load_model(workdir / workdir_lib.MODEL_DIR), nnx.Param))
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +114,13 @@ def test_eval_mode_reads_a_training_checkpoint_without_the_training_data(toy, tm
 
     config = toy_config(toy, num_steps=2, checkpoint_every=2)
     train.train_and_evaluate(config, tmp_path)
-    shutil.rmtree(tmp_path / train.MODEL_DIR)  # leave only the training checkpoint
+    shutil.rmtree(tmp_path / workdir_lib.MODEL_DIR)  # leave only the training checkpoint
     config.data.train_datafile = str(tmp_path / "gone.json")
     reports = main.run_eval(config, tmp_path)
     assert reports["eval"]["num_examples"] == 12
     assert reports["eval"]["model"].endswith("checkpoints")
     config.eval.model_dir = str(tmp_path / "typo")
-    with pytest.raises(Exception, match="not an aum-jax model directory"):
+    with pytest.raises(app.UsageError, match="not an aum-jax model directory"):
         main.run_eval(config, tmp_path)
 
 
@@ -130,7 +132,7 @@ def test_resume_gives_the_same_params_and_data_order(toy, tmp_path: Path) -> Non
     train.train_and_evaluate(config, straight)
     config.train.num_steps = 3  # stops after step 3, as a killed run would ...
     train.train_and_evaluate(config, resumed)
-    assert train_state.make_manager(resumed, 3).latest_step() == 3
+    assert run_checkpoints.make_manager(resumed, 3).latest_step() == 3
     config.train.num_steps = 6  # ... and the restarted job resumes from its checkpoint.
     train.train_and_evaluate(config, resumed)
     straight_losses, resumed_losses = read_scalars(straight, "train/loss"), read_scalars(resumed, "train/loss")
@@ -142,53 +144,45 @@ def test_resume_gives_the_same_params_and_data_order(toy, tmp_path: Path) -> Non
 
 def _tiny_model_and_optimizer() -> tuple[nnx.Module, nnx.Optimizer]:
     config = AuMConfig(num_mel_bins=32, audio_length=32, embed_dim=32, depth=1, num_classes=2)
-    model = checkpoints.init_model(config, 0)
-    return model, nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    model = init_model(config, 0)
+    optimizer = nnx.Optimizer(model, train.make_optimizer(speechcommands.get_config().optimizer,
+                                                          optax.constant_schedule(1e-3)), wrt=nnx.Param)
+    return model, optimizer
 
 
-def test_a_nonfinite_step_changes_nothing() -> None:
+def test_a_bad_step_changes_no_parameter_or_moment() -> None:
     model, optimizer = _tiny_model_and_optimizer()
     batch = {"fbank": jnp.ones((4, 32, 32)), "label": jax.nn.one_hot(jnp.arange(4) % 2, 2)}
-    def snapshot() -> list:  # parameters and optimizer state; RNG counters may advance.
-        return [jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param))),
-                jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(optimizer)))]
+
+    def snapshot() -> list:  # parameters and the inner optimizer state (moments, schedule count).
+        return [jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+                jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(optimizer.opt_state.inner_state)))]
 
     before = snapshot()
-    loss, ok = train.train_step(model, optimizer, {**batch, "fbank": batch["fbank"].at[0, 0, 0].set(jnp.inf)}, "BCE")
-    assert not bool(ok) and not np.isfinite(float(loss))
+    nan_batch = {**batch, "fbank": batch["fbank"].at[0, 0, 0].set(jnp.inf)}
+    metrics = train.train_step(model, optimizer, nan_batch, "BCE")
+    assert not bool(metrics["ok"]) and not np.isfinite(float(metrics["loss"]))
     jax.tree.map(np.testing.assert_array_equal, snapshot(), before)
-    loss, ok = train.train_step(model, optimizer, batch, "BCE")  # a good batch still trains.
-    assert bool(ok) and np.isfinite(float(loss))
-    assert int(optimizer.step[...]) == 1
+    metrics = train.train_step(model, optimizer, batch, "BCE", max_loss=1e-3)  # finite, out of bounds.
+    assert not bool(metrics["ok"]) and np.isfinite(float(metrics["loss"]))
+    metrics = train.train_step(model, optimizer, batch, "BCE", max_grad_norm=1e-6)
+    assert not bool(metrics["ok"]) and np.isfinite(float(metrics["grad_norm"]))
+    jax.tree.map(np.testing.assert_array_equal, snapshot(), before)
+    assert int(optimizer.opt_state.notfinite_count[...]) == 3  # apply_if_finite counted all three.
 
-
-def test_nonfinite_steps_are_skipped_then_stop_with_a_checkpoint(toy, tmp_path: Path) -> None:
-    report = train.train_and_evaluate(toy_config(toy, num_steps=4, inject_nonfinite_steps=(2,)), tmp_path / "one")
-    assert report["step"] == 4
-    assert read_scalars(tmp_path / "one", "train/skipped_steps") == {1: 0, 2: 0, 3: 1, 4: 0}
-    assert sorted(read_scalars(tmp_path / "one", "train/loss")) == [1, 2, 4]
-
-    config = toy_config(toy, num_steps=8, inject_nonfinite_steps=(1, 2, 3), max_nonfinite_steps=3)
-    with pytest.raises(train.NonFiniteLossError, match="3 consecutive non-finite"):
-        train.train_and_evaluate(config, tmp_path / "three")
-    manager = train_state.make_manager(tmp_path / "three", 3)
-    assert manager.latest_step() == 4
-    model, optimizer = _tiny_model_and_optimizer()
-    train_optimizer = nnx.Optimizer(model, train.make_optimizer(config.optimizer, optax.constant_schedule(0.0)),
-                                    wrt=nnx.Param)
-    iterator = input_pipeline.make_train_iterator(config.data)
-    train_state.restore_latest(manager, model, train_optimizer, iterator)
-    iterator.close()
-    assert int(train_optimizer.step[...]) == 1  # only step 1 was applied.
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+    metrics = train.train_step(model, optimizer, batch, "BCE", max_loss=1e4, max_grad_norm=1e6)
+    assert bool(metrics["ok"])  # a good batch within the bounds still trains.
+    assert int(optimizer.opt_state.notfinite_count[...]) == 0
+    assert int(optimizer.opt_state.total_notfinite[...]) == 3
+    assert not np.array_equal(snapshot()[0]["head"]["kernel"], before[0]["head"]["kernel"])
 
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, ml_collections, numpy as np, optax
     from flax import nnx
-    from aum_jax import checkpoints, sharding, train
-    from aum_jax.models import AuMConfig
+    from aum_jax import sharding, train
+    from aum_jax.models import AuMConfig, init_model
 
     assert jax.device_count() == 8, jax.devices()
     rng = np.random.default_rng(0)
@@ -197,12 +191,12 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     out = {}
     for n in (1, 8):
         mesh = sharding.make_mesh(ml_collections.ConfigDict({"data_axis": "data", "num_devices": n}))
-        model = checkpoints.init_model(AuMConfig(num_mel_bins=32, audio_length=32, embed_dim=32, depth=2,
+        model = init_model(AuMConfig(num_mel_bins=32, audio_length=32, embed_dim=32, depth=2,
                                                  num_classes=3, bimamba_type="v2"), 0)
         optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
         nnx.update(model, sharding.replicate(nnx.state(model), mesh))
         nnx.update(optimizer, sharding.replicate(nnx.state(optimizer), mesh))
-        losses = [float(train.train_step(model, optimizer, sharding.global_batch(batch, mesh), "BCE")[0])
+        losses = [float(train.train_step(model, optimizer, sharding.global_batch(batch, mesh), "BCE")["loss"])
                   for _ in range(2)]
         leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         out[n] = {"losses": losses, "devices": len(leaves[0].sharding.device_set),
@@ -271,7 +265,7 @@ def test_sigterm_checkpoints_and_the_job_resumes(tmp_path: Path) -> None:
             job.kill()
     assert job.returncode == 143, stderr[-3000:]
     assert "training interrupted after step" in stderr
-    stopped = train_state.make_manager(workdir, 3).latest_step()
+    stopped = run_checkpoints.make_manager(workdir, 3).latest_step()
     assert stopped >= 2
     resumed = subprocess.run(command[:-2] + [f"--config.train.num_steps={stopped + 2}"], env=env, cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=240)

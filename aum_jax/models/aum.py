@@ -195,3 +195,19 @@ _REMAT = {
 def count_params(model: nnx.Module) -> int:
     """Number of trainable parameters, counted as PyTorch counts ``model.parameters()``."""
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def init_model(config: AuMConfig, seed: int = 0, sharding: jax.sharding.Sharding | None = None) -> AudioMamba:
+    """A freshly initialised model, built under ``jit`` (fast for base sizes).
+
+    With ``sharding`` every variable is created directly with it (e.g. replicated over a
+    mesh), on all processes at once, with no copy through the host.
+    """
+
+    def build() -> AudioMamba:
+        model = AudioMamba(config, rngs=nnx.Rngs(seed))
+        if sharding is not None:
+            nnx.update(model, jax.lax.with_sharding_constraint(nnx.state(model), sharding))
+        return model
+
+    return nnx.jit(build)()

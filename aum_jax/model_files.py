@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from absl import logging
 from flax import nnx
 
-from aum_jax.models import AudioMamba, AuMConfig
+from aum_jax.models import AudioMamba, AuMConfig, init_model
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -68,11 +68,6 @@ def load_config(directory: str | os.PathLike) -> AuMConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} is not an aum-jax model directory.")
     return AuMConfig.load(path)
-
-
-def init_model(config: AuMConfig, seed: int = 0) -> AudioMamba:
-    """Builds a freshly initialised model, with initialisation compiled (fast for base sizes)."""
-    return nnx.jit(lambda: AudioMamba(config, rngs=nnx.Rngs(seed)))()
 
 
 def load_model(directory: str | os.PathLike, **config_overrides) -> AudioMamba:
