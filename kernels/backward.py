@@ -45,145 +45,152 @@ def _split_outputs(layout: ScanLayout, refs):
     return du, ddelta, dB, dC, dA, dD, dbias, dz, scratch
 
 
-def _kernel(*refs, layout: ScanLayout, blocks: BlockConfig, n_inputs: int, interpret: bool):
-    inputs = fw.split_inputs(layout, refs[:n_inputs])
-    states_ref, dout_ref = refs[n_inputs : n_inputs + 2]
-    du_refs, ddelta_refs, dB_refs, dC_refs, dA_ref, dD_ref, dbias_ref, dz_ref, scratch = _split_outputs(
-        layout, refs[n_inputs + 2 :]
-    )
-    _, _, _, _, _, _, z_ref, _, _ = inputs
-    tile = Tile.here(layout, blocks.block_d)
-    n_state = layout.n_state
-    row = functools.partial(lo.channel_row, tile=tile)
-    n_full, tail = divmod(layout.length, blocks.chunk)
+def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, k: int, interpret: bool):
+    """Direction ``k``'s walk back over time: stores its row gradients (adding to direction 0's
+    for shared inputs) and dA; returns its dD and dbias sums (block_d,)."""
+    inputs = refs["inputs"]
+    a, d, bias = fw.direction_constants(layout, inputs, tile, k)
+    z_ref, n_state = inputs[6], layout.n_state
+    j = layout.pick(layout.n_u, k)
+    du_ref, ddelta_ref, dB_ref, dC_ref = (refs[name][j] for name in ("du", "ddelta", "dB", "dC"))
+    accumulate = k > 0 and layout.n_u == 1  # direction 0 already stored this input's rows
+    bucket = pl.program_id(1)
+
+    def state_row_view(ref, t):
+        return ref.at[tile.b, bucket, t, pl.ds(0, n_state)]
+
+    def scratch_view(i):
+        return refs["scratch"].at[tile.b, bucket, i, pl.ds(0, blocks.block_d), pl.ds(0, n_state)]
+
+    def advance(h, rows):
+        dt = fw.step_size(layout, rows["delta"], bias)
+        decay = jnp.exp(dt[:, None] * a)
+        return decay * h + (dt * rows["u"])[:, None] * rows["B"][None, :], decay, dt
+
+    def load_rows(s):
+        t = lo.time_index(layout, k, s)
+        rows = fw.load_step(layout, inputs, tile, k, t)
+        rows["dout"] = lo.channel_row(refs["dout"], tile, t)
+        if accumulate:
+            rows["du"] = lo.channel_row(du_ref, tile, t)
+            rows["ddelta"] = lo.channel_row(ddelta_ref, tile, t)
+            rows["dB"] = lo.load(state_row_view(dB_ref, t), tile.n_mask)
+            rows["dC"] = lo.load(state_row_view(dC_ref, t), tile.n_mask)
+        if k > 0 and z_ref is not None:
+            rows["dz"] = lo.channel_row(refs["dz"], tile, t)
+        return t, rows
+
+    def step_back(t, rows, h, h_prev, decay, dt, carry):
+        dh_next, dA, dD, dbias = carry
+        u, dout = rows["u"], rows["dout"] * layout.scale
+        y = jnp.sum(h * rows["C"][None, :], axis=1)
+        if d is not None:
+            y = y + d * u
+        if z_ref is not None:
+            z = rows["z"]
+            sig = jax.nn.sigmoid(z)
+            dz = dout * y * sig * (1.0 + z * (1.0 - sig))
+            lo.store_channel_row(refs["dz"], tile, t, dz + rows["dz"] if k > 0 else dz)
+            g = dout * z * sig
+        else:
+            g = dout
+        dh = dh_next + g[:, None] * rows["C"][None, :]
+        dbu = jnp.sum(dh * rows["B"][None, :], axis=1)
+        du = dt * dbu
+        if d is not None:
+            du = du + g * d
+            dD = dD + g * u
+        da = dh * h_prev * decay
+        ddt = u * dbu + jnp.sum(da * a, axis=1)
+        dA = dA + da * dt[:, None]
+        ddelta = ddt
+        if layout.delta_softplus:
+            ddelta = ddt * lo.softplus_grad(rows["delta"] if bias is None else rows["delta"] + bias)
+        if bias is not None:
+            dbias = dbias + ddelta
+        dB = jnp.sum(dh * (dt * u)[:, None], axis=0)
+        dC = jnp.sum(g[:, None] * h, axis=0)
+        if accumulate:
+            du, ddelta, dB, dC = du + rows["du"], ddelta + rows["ddelta"], dB + rows["dB"], dC + rows["dC"]
+        lo.store_channel_row(du_ref, tile, t, du)
+        lo.store_channel_row(ddelta_ref, tile, t, ddelta)
+        lo.store(state_row_view(dB_ref, t), dB, tile.n_mask)
+        lo.store(state_row_view(dC_ref, t), dC, tile.n_mask)
+        return decay * dh, dA, dD, dbias
+
+    def sub_block_back(first, size: int, h_start, carry):
+        """Recomputes ``size`` states from ``h_start`` into registers, then walks them back."""
+        loaded = [load_rows(first + i) for i in range(size)]
+        states, decays, dts, h = [], [], [], h_start
+        for _, rows in loaded:
+            h, decay, dt = advance(h, rows)
+            states.append(h)
+            decays.append(decay)
+            dts.append(dt)
+        for i in reversed(range(size)):
+            t, rows = loaded[i]
+            carry = step_back(t, rows, states[i], states[i - 1] if i else h_start, decays[i], dts[i], carry)
+        return carry
+
+    def park(first, i, h, size: int):
+        """Stores sub-block ``i``'s start state, then advances ``h`` over its ``size`` steps."""
+        lo.store(scratch_view(jnp.int32(i)), h, None)
+        load = lambda s: fw.load_step(layout, inputs, tile, k, lo.time_index(layout, k, s), readout=False)
+        return lo.walk(first + i * blocks.unroll, size, size, h, load, lambda s, rows, h: advance(h, rows)[0])
+
+    def chunk_back(c, size: int, carry):
+        first = c * blocks.chunk
+        n_sub, rest = divmod(size, blocks.unroll)
+        boundary = refs["states"].at[jnp.int32(k), tile.b, jnp.int32(c), pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)]
+        h = lo.load(boundary, tile.dn_mask)
+        if n_sub:
+            h = jax.lax.fori_loop(0, n_sub, lambda i, h: park(first, i, h, blocks.unroll), h)
+        if rest:
+            lo.store(scratch_view(jnp.int32(n_sub)), h, None)
+        if not interpret:
+            plgpu.debug_barrier()  # the parked states are read back below
+        if rest:
+            h_start = lo.load(scratch_view(jnp.int32(n_sub)), None)
+            carry = sub_block_back(first + n_sub * blocks.unroll, rest, h_start, carry)
+
+        def back(i, carry):
+            i = n_sub - 1 - i
+            return sub_block_back(first + i * blocks.unroll, blocks.unroll, lo.load(scratch_view(i), None), carry)
+
+        return jax.lax.fori_loop(0, n_sub, back, carry) if n_sub else carry
+
     zeros_d = jnp.zeros((blocks.block_d,), jnp.float32)
     zeros_dn = jnp.zeros((blocks.block_d, n_state), jnp.float32)
-    dD_acc = [zeros_d] * layout.n_d
-    dbias_acc = [zeros_d] * layout.n_bias
+    carry = (zeros_dn, zeros_dn, zeros_d, zeros_d)
+    n_full, tail = divmod(layout.length, blocks.chunk)
+    if tail:
+        carry = chunk_back(n_full, tail, carry)
+    if n_full:
+        carry = jax.lax.fori_loop(0, n_full, lambda i, c: chunk_back(n_full - 1 - i, blocks.chunk, c), carry)
+    _, dA, dD, dbias = carry
+    lo.store(refs["dA"].at[jnp.int32(k), tile.b, pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)], dA, tile.dn_mask)
+    return dD, dbias
 
-    def barrier():
-        if not interpret:
-            plgpu.debug_barrier()
 
+def _kernel(*refs, layout: ScanLayout, blocks: BlockConfig, n_inputs: int, interpret: bool):
+    du, ddelta, dB, dC, dA, dD, dbias, dz, scratch = _split_outputs(layout, refs[n_inputs + 2 :])
+    named = dict(
+        inputs=fw.split_inputs(layout, refs[:n_inputs]), states=refs[n_inputs], dout=refs[n_inputs + 1],
+        du=du, ddelta=ddelta, dB=dB, dC=dC, dA=dA, dz=dz, scratch=scratch,
+    )
+    tile = Tile.here(layout, blocks.block_d)
+    sums = {"dD": [0.0] * layout.n_d, "dbias": [0.0] * layout.n_bias}
     for k in range(layout.n_dirs):
-        a, d, bias = fw.direction_constants(layout, inputs, tile, k)
-        j = layout.pick(layout.n_u, k)
-        accumulate = k > 0 and layout.n_u == 1  # direction 0 already stored this input's rows
-        bucket = pl.program_id(1)
-
-        def scratch_view(i):
-            return scratch.at[tile.b, bucket, i, pl.ds(0, blocks.block_d), pl.ds(0, n_state)]
-
-        def advance(h, rows, a=a, bias=bias):
-            dt = fw.step_size(layout, rows["delta"], bias)
-            decay = jnp.exp(dt[:, None] * a)
-            return decay * h + (dt * rows["u"])[:, None] * rows["B"][None, :], decay, dt
-
-        def load_rows(s, k=k, j=j, accumulate=accumulate):
-            t = lo.time_index(layout, k, s)
-            rows = fw.load_step(layout, inputs, tile, k, t)
-            rows["dout"] = row(dout_ref, t=t)
-            if accumulate:
-                rows["du"] = row(du_refs[j], t=t)
-                rows["ddelta"] = row(ddelta_refs[j], t=t)
-                rows["dB"] = lo.load(dB_refs[j].at[tile.b, bucket, t, pl.ds(0, n_state)], tile.n_mask)
-                rows["dC"] = lo.load(dC_refs[j].at[tile.b, bucket, t, pl.ds(0, n_state)], tile.n_mask)
-            if k > 0 and z_ref is not None:
-                rows["dz"] = row(dz_ref, t=t)
-            return t, rows
-
-        def step_back(t, rows, h, h_prev, decay, dt, carry, k=k, a=a, d=d, bias=bias, j=j, accumulate=accumulate):
-            dh_next, dA, dD, dbias = carry
-            u, dout = rows["u"], rows["dout"] * layout.scale
-            y = jnp.sum(h * rows["C"][None, :], axis=1)
-            if d is not None:
-                y = y + d * u
-            if z_ref is not None:
-                z = rows["z"]
-                sig = jax.nn.sigmoid(z)
-                dz = dout * y * sig * (1.0 + z * (1.0 - sig))
-                lo.store_channel_row(dz_ref, tile, t, dz + rows["dz"] if k > 0 else dz)
-                g = dout * z * sig
-            else:
-                g = dout
-            dh = dh_next + g[:, None] * rows["C"][None, :]
-            dbu = jnp.sum(dh * rows["B"][None, :], axis=1)
-            du = dt * dbu
-            if d is not None:
-                du = du + g * d
-                dD = dD + g * u
-            da = dh * h_prev * decay
-            ddt = u * dbu + jnp.sum(da * a, axis=1)
-            dA = dA + da * dt[:, None]
-            ddelta = ddt * lo.softplus_grad(rows["delta"] + (bias if bias is not None else 0.0)) if layout.delta_softplus else ddt
-            if bias is not None:
-                dbias = dbias + ddelta
-            dB = jnp.sum(dh * (dt * u)[:, None], axis=0)
-            dC = jnp.sum(g[:, None] * h, axis=0)
-            if accumulate:
-                du, ddelta, dB, dC = du + rows["du"], ddelta + rows["ddelta"], dB + rows["dB"], dC + rows["dC"]
-            lo.store_channel_row(du_refs[j], tile, t, du)
-            lo.store_channel_row(ddelta_refs[j], tile, t, ddelta)
-            lo.store(dB_refs[j].at[tile.b, bucket, t, pl.ds(0, n_state)], dB, tile.n_mask)
-            lo.store(dC_refs[j].at[tile.b, bucket, t, pl.ds(0, n_state)], dC, tile.n_mask)
-            return decay * dh, dA, dD, dbias
-
-        def sub_block_back(first, size, h_start, carry, load_rows=load_rows, advance=advance, step_back=step_back):
-            loaded = [load_rows(first + i) for i in range(size)]
-            states, decays, dts, h = [], [], [], h_start
-            for _, rows in loaded:
-                h, decay, dt = advance(h, rows)
-                states.append(h)
-                decays.append(decay)
-                dts.append(dt)
-            for i in reversed(range(size)):
-                t, rows = loaded[i]
-                h_prev = states[i - 1] if i else h_start
-                carry = step_back(t, rows, states[i], h_prev, decays[i], dts[i], carry)
-            return carry
-
-        def chunk_back(c, size, carry, k=k, advance=advance, sub_block_back=sub_block_back, scratch_view=scratch_view):
-            first = c * blocks.chunk
-            n_sub, rest = divmod(size, blocks.unroll)
-            states_view = states_ref.at[jnp.int32(k), tile.b, jnp.int32(c), pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)]
-            h0 = lo.load(states_view, tile.dn_mask)
-
-            def park(i, h, size):
-                lo.store(scratch_view(jnp.int32(i)), h, None)
-                s0 = first + i * blocks.unroll
-                load = lambda s: fw.load_step(layout, inputs, tile, k, lo.time_index(layout, k, s), readout=False)
-                return lo.walk(s0, size, size, h, load, lambda s, rows, h: advance(h, rows)[0])
-
-            h = jax.lax.fori_loop(0, n_sub, functools.partial(park, size=blocks.unroll), h0) if n_sub else h0
-            if rest:
-                lo.store(scratch_view(jnp.int32(n_sub)), h, None)
-            barrier()
-            if rest:
-                carry = sub_block_back(first + n_sub * blocks.unroll, rest, lo.load(scratch_view(jnp.int32(n_sub)), None), carry)
-
-            def back(i, carry):
-                i = n_sub - 1 - i
-                return sub_block_back(first + i * blocks.unroll, blocks.unroll, lo.load(scratch_view(i), None), carry)
-
-            return jax.lax.fori_loop(0, n_sub, back, carry) if n_sub else carry
-
-        carry = (zeros_dn, zeros_dn, zeros_d, zeros_d)
-        if tail:
-            carry = chunk_back(n_full, tail, carry)
-        if n_full:
-            carry = jax.lax.fori_loop(0, n_full, lambda i, c: chunk_back(n_full - 1 - i, blocks.chunk, c), carry)
-        _, dA, dD, dbias = carry
-        lo.store(dA_ref.at[jnp.int32(k), tile.b, pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)], dA, tile.dn_mask)
+        if k and not interpret:
+            plgpu.debug_barrier()  # direction k reads back the rows direction k - 1 stored
+        dD_k, dbias_k = _direction(layout, blocks, named, tile, k, interpret)
         if layout.n_d:
-            dD_acc[layout.pick(layout.n_d, k)] += dD
+            sums["dD"][layout.pick(layout.n_d, k)] += dD_k
         if layout.n_bias:
-            dbias_acc[layout.pick(layout.n_bias, k)] += dbias
-        if k + 1 < layout.n_dirs:
-            barrier()  # direction k + 1 reads back the rows direction k stored
-
-    for ref, accs in ((dD_ref, dD_acc), (dbias_ref, dbias_acc)):
-        for i, acc in enumerate(accs):
-            lo.store(ref.at[jnp.int32(i), tile.b, pl.ds(tile.d0, blocks.block_d)], acc, tile.d_mask)
+            sums["dbias"][layout.pick(layout.n_bias, k)] += dbias_k
+    for ref, values in ((dD, sums["dD"]), (dbias, sums["dbias"])):
+        for i, value in enumerate(values):
+            lo.store(ref.at[jnp.int32(i), tile.b, pl.ds(tile.d0, blocks.block_d)], value, tile.d_mask)
 
 
 def backward(

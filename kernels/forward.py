@@ -67,53 +67,57 @@ def step_size(layout: ScanLayout, delta: jax.Array, bias: jax.Array | None) -> j
     return lo.softplus(delta) if layout.delta_softplus else delta
 
 
+def _direction(layout: ScanLayout, blocks: BlockConfig, inputs, out_ref, states_ref, tile: Tile, k: int) -> None:
+    """Direction ``k``'s walk over time: stores (k = 0) or adds to (k > 0) the output rows."""
+    a, d, bias = direction_constants(layout, inputs, tile, k)
+
+    def load_rows(s):
+        t = lo.time_index(layout, k, s)
+        rows = load_step(layout, inputs, tile, k, t)
+        if k > 0:
+            rows["out"] = lo.channel_row(out_ref, tile, t)
+        return t, rows
+
+    def compute(s, loaded, h):
+        t, rows = loaded
+        dt = step_size(layout, rows["delta"], bias)
+        h = jnp.exp(dt[:, None] * a) * h + (dt * rows["u"])[:, None] * rows["B"][None, :]
+        y = jnp.sum(h * rows["C"][None, :], axis=1)
+        if d is not None:
+            y = y + d * rows["u"]
+        if layout.has_z:
+            y = y * jax.nn.sigmoid(rows["z"]) * rows["z"]
+        if layout.scale != 1.0:
+            y = y * layout.scale
+        if k > 0:
+            y = y + rows["out"]
+        lo.store_channel_row(out_ref, tile, t, y)
+        return h
+
+    def chunk(c, h, size: int):
+        if states_ref is not None:
+            view = states_ref.at[jnp.int32(k), tile.b, jnp.int32(c), pl.ds(tile.d0, tile.block_d), pl.ds(0, layout.n_state)]
+            lo.store(view, h, tile.dn_mask)
+        return lo.walk(c * blocks.chunk, size, blocks.unroll, h, load_rows, compute)
+
+    n_full, tail = divmod(layout.length, blocks.chunk)
+    h = jnp.zeros((blocks.block_d, layout.n_state), jnp.float32)
+    if n_full:
+        h = jax.lax.fori_loop(0, n_full, functools.partial(chunk, size=blocks.chunk), h)
+    if tail:
+        chunk(n_full, h, tail)
+
+
 def _kernel(*refs, layout: ScanLayout, blocks: BlockConfig, save_states: bool, interpret: bool):
     n_in = len(refs) - 1 - int(save_states)
     inputs = split_inputs(layout, refs[:n_in])
     out_ref = refs[n_in]
     states_ref = refs[n_in + 1] if save_states else None
     tile = Tile.here(layout, blocks.block_d)
-    n_chunks, tail = divmod(layout.length, blocks.chunk)
-
     for k in range(layout.n_dirs):
-        a, d, bias = direction_constants(layout, inputs, tile, k)
-
-        def load_rows(s, k=k):
-            t = lo.time_index(layout, k, s)
-            rows = load_step(layout, inputs, tile, k, t)
-            if k > 0:
-                rows["out"] = lo.channel_row(out_ref, tile, t)
-            return t, rows
-
-        def compute(s, loaded, h, k=k, a=a, d=d, bias=bias):
-            t, rows = loaded
-            dt = step_size(layout, rows["delta"], bias)
-            h = jnp.exp(dt[:, None] * a) * h + (dt * rows["u"])[:, None] * rows["B"][None, :]
-            y = jnp.sum(h * rows["C"][None, :], axis=1)
-            if d is not None:
-                y = y + d * rows["u"]
-            if layout.has_z:
-                y = y * jax.nn.sigmoid(rows["z"]) * rows["z"]
-            if layout.scale != 1.0:
-                y = y * layout.scale
-            if k > 0:
-                y = y + rows["out"]
-            lo.store_channel_row(out_ref, tile, t, y)
-            return h
-
-        def chunk(c, h, size, k=k, load_rows=load_rows, compute=compute):
-            if save_states:
-                view = states_ref.at[jnp.int32(k), tile.b, jnp.int32(c), pl.ds(tile.d0, tile.block_d), pl.ds(0, layout.n_state)]
-                lo.store(view, h, tile.dn_mask)
-            return lo.walk(c * blocks.chunk, size, blocks.unroll, h, load_rows, compute)
-
-        h = jnp.zeros((blocks.block_d, layout.n_state), jnp.float32)
-        if n_chunks:
-            h = jax.lax.fori_loop(0, n_chunks, functools.partial(chunk, size=blocks.chunk), h)
-        if tail:
-            chunk(n_chunks, h, tail)
-        if k + 1 < layout.n_dirs and not interpret:
-            plgpu.debug_barrier()  # direction k's stores of ``out`` are read back by direction k + 1
+        if k and not interpret:
+            plgpu.debug_barrier()  # direction k reads back the output rows direction k - 1 stored
+        _direction(layout, blocks, inputs, out_ref, states_ref, tile, k)
 
 
 def num_chunks(layout: ScanLayout, blocks: BlockConfig) -> int:
