@@ -34,7 +34,7 @@ from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from aum_jax import checkpoints, convert, datasets, evaluate, input_pipeline, losses, sharding, train_state
+from aum_jax import checkpoints, convert, datasets, evaluate, input_pipeline, losses, preprocessing, sharding, train_state
 from aum_jax.models import AudioMamba, AuMConfig, count_params
 
 MODEL_DIR = "model"
@@ -289,6 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     manager = train_state.make_manager(workdir, train_cfg.keep_checkpoints)
     step = train_state.restore_latest(manager, model, optimizer, train_iter)
     best = _read_json(workdir / BEST_FILE)
+    model_preprocessing = preprocessing.for_training(config)  # stored beside the model.
     report: dict[str, Any] = {"best": best, "final": None, "test": None}
 
     def run_eval(split: str, eval_model: AudioMamba) -> dict[str, float]:
@@ -304,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         report["final"] = {"step": step, **result}
         if best is None or result[train_cfg.metric] > best[train_cfg.metric]:
             best = {"step": step, **result}
-            checkpoints.save_model(model, workdir / MODEL_DIR, overwrite=True)
+            checkpoints.save_model(model, workdir / MODEL_DIR, overwrite=True, preprocessing=model_preprocessing)
             if is_main:
                 (workdir / BEST_FILE).write_text(evaluate.to_json(best))
 
@@ -371,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if config.eval.split and last_eval is None:  # resumed at the end: evaluate what we have.
         eval_and_keep_best(step)
     if not config.eval.split:
-        checkpoints.save_model(model, workdir / MODEL_DIR, overwrite=True)
+        checkpoints.save_model(model, workdir / MODEL_DIR, overwrite=True, preprocessing=model_preprocessing)
     report["step"] = step
     report["best"] = best
     if config.eval.test_split and (workdir / MODEL_DIR).is_dir():
