@@ -6,12 +6,15 @@ of every process), of JAX's backend probing, of orbax and of clu's writers is dr
 ``-v 0`` / ``--verbosity=0`` (or a bare ``-v``) brings it back, ``-v 1`` adds debug lines.
 
 Native libraries read their log level from the environment when they load, so a tool
-calls :func:`quiet_native_logs` before it imports JAX or TensorFlow.
+calls :func:`quiet_native_logs` before it imports JAX or TensorFlow. TensorFlow 2.21
+logs its load-time notices through absl C++ before any level applies, so a tool that
+needs TensorFlow (through clu's writers) imports it with its stderr silenced.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -37,14 +40,36 @@ def verbosity_from_argv(argv: Sequence[str]) -> int:
     return value
 
 
-def quiet_native_logs(argv: Sequence[str] | None = None) -> None:
-    """Silences TensorFlow's native INFO logs unless the command line asks for verbosity.
+def quiet_native_logs(argv: Sequence[str] | None = None, *, preload_tensorflow: bool = False) -> None:
+    """Silences the native INFO logs of TensorFlow unless the command line asks for verbosity.
 
-    Call before JAX, TensorFlow or clu is imported; child processes inherit it.
+    Call before JAX, TensorFlow or clu is imported; child processes inherit the settings
+    (and a spawned worker re-runs the tool's module, and so this call).
+
+    Args:
+      argv: the command line (default ``sys.argv``).
+      preload_tensorflow: import TensorFlow now, with file descriptor 2 silenced.
     """
-    if verbosity_from_argv(sys.argv if argv is None else argv) < 0:
-        for key, value in _QUIET_ENV.items():
-            os.environ.setdefault(key, value)
+    if verbosity_from_argv(sys.argv if argv is None else argv) >= 0:
+        return
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if preload_tensorflow and "tensorflow" not in sys.modules:
+        _import_silently("tensorflow")
+
+
+def _import_silently(module: str) -> None:
+    """Imports ``module`` with the process's stderr (fd 2) pointed at /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        importlib.import_module(module)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def expand_bare_verbose(argv: list[str]) -> list[str]:
@@ -81,10 +106,16 @@ def is_verbose() -> bool:
 
 
 def line(text: str) -> None:
-    """A compact progress line that does not break a tqdm bar (an INFO log when verbose)."""
+    """A compact progress line that does not break a tqdm bar (an INFO log when verbose).
+
+    Only process 0 of a multi-process job prints.
+    """
+    import jax
     from absl import logging
     from tqdm import tqdm
 
+    if jax.process_index() != 0:
+        return
     if is_verbose():
         logging.info("%s", text)
     else:

@@ -34,12 +34,13 @@ from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from aum_jax import checkpoints, convert, datasets, evaluate, input_pipeline, losses, preprocessing, sharding, train_state
+from aum_jax import checkpoints, console, convert, datasets, evaluate, input_pipeline, losses, preprocessing, sharding, train_state
 from aum_jax.models import AudioMamba, AuMConfig, count_params
 
 MODEL_DIR = "model"
 BEST_FILE = "best.json"
 REPORT_FILE = "report.json"
+ALREADY_TRAINED = "already_trained"  # key of a returned report: the workdir was finished before.
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -252,7 +253,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     is_main = jax.process_index() == 0
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     train_cfg = config.train
 
     # ---------------------------------------------------------------- mesh
@@ -263,7 +263,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     # ---------------------------------------------------------------- input
     source = datasets.make_source(config.data, "train")
-    train_iter = input_pipeline.make_train_iterator(config.data, source=source)
     steps_per_epoch = train_cfg.steps_per_epoch
     if steps_per_epoch <= 0:
         steps_per_epoch = max(1, len(source) // global_batch_size)
@@ -271,6 +270,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     eval_every = steps_per_epoch if train_cfg.eval_every < 0 else train_cfg.eval_every
     logging.info("%d training clips, global batch %d: %d steps per epoch, %d steps",
                  len(source), global_batch_size, steps_per_epoch, num_steps)
+    finished = _read_json(workdir / REPORT_FILE)
+    if finished is not None and finished.get("step", -1) >= num_steps:  # nothing to do: keep the results.
+        return {**finished, ALREADY_TRAINED: True}
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+    train_iter = input_pipeline.make_train_iterator(config.data, source=source)
 
     # ---------------------------------------------------------------- model
     model_config = AuMConfig.from_dict(config.model.to_dict())
@@ -300,8 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     def eval_and_keep_best(step: int) -> None:
         nonlocal best
         result = run_eval(config.eval.split, model)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
-        logging.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        writer.write_scalars(step, {f"{config.eval.split}/{k}": v for k, v in result.items()})
+        console.line(f"step {step} {config.eval.split}: {console.format_metrics(result)}")
         report["final"] = {"step": step, **result}
         if best is None or result[train_cfg.metric] > best[train_cfg.metric]:
             best = {"step": step, **result}
@@ -349,6 +353,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     if losses:
                         scalars["train/loss"] = float(np.mean(losses))
                     writer.write_scalars(step, scalars)
+                    console.line(f"step {step}/{num_steps}  loss {scalars.get('train/loss', float('nan')):.4f}  "
+                                 f"lr {scalars['train/lr']:.2e}" + (f"  skipped {skipped}" if skipped else ""))
                     losses, skipped = [], 0
                 # Evaluate before checkpointing: a run killed during the evaluation resumes
                 # from the previous checkpoint and evaluates this step again.
@@ -379,8 +385,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         best_model = checkpoints.load_model(workdir / MODEL_DIR)
         nnx.update(best_model, sharding.replicate(nnx.state(best_model), mesh))
         report["test"] = run_eval(config.eval.test_split, best_model)
-        writer.write_scalars(step, {f"test/{k}": v for k, v in report["test"].items()})
-        logging.info("test (%s) with the best model: %s", config.eval.test_split, report["test"])
+        writer.write_scalars(step, {f"{config.eval.test_split}/{k}": v for k, v in report["test"].items()})
+        logging.info("%s with the best model: %s", config.eval.test_split, report["test"])
     evaluate.write_report(workdir / REPORT_FILE, report)
     writer.close()
     return report
