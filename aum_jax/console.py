@@ -84,6 +84,22 @@ def expand_bare_verbose(argv: list[str]) -> list[str]:
     return out
 
 
+def parse_absl_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing for a tool's ``app.run``: quiet by default, a bare ``-v``, ``--help`` exits 0."""
+    from absl import app, flags, logging
+
+    argv = expand_bare_verbose(argv)
+    try:
+        rest = app.parse_flags_with_usage(argv)
+    except SystemExit:
+        if any(a in ("-h", "--help", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
+            sys.exit(0)
+        raise
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(QUIET)
+    return rest
+
+
 def add_verbosity_flag(parser: argparse.ArgumentParser) -> None:
     """``-v [N]`` / ``--verbosity N`` for an argparse tool."""
     parser.add_argument(

@@ -38,7 +38,7 @@ from absl import app, flags, logging  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from aum_jax import checkpoints, datasets, demo_data, evaluate, sharding, train, train_state  # noqa: E402
+from aum_jax import checkpoints, confusion, datasets, demo_data, evaluate, preprocessing, sharding, train, train_state  # noqa: E402
 from aum_jax.models import AudioMamba, AuMConfig  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -142,18 +142,29 @@ def print_results(report: dict[str, Any], workdir: Path, config: ml_collections.
     print(console.results_table(rows))
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, quiet by default, with a bare ``-v`` and ``--help`` exiting 0."""
-    argv = console.expand_bare_verbose(argv)
-    try:
-        rest = app.parse_flags_with_usage(argv)
-    except SystemExit as e:
-        if any(a in ("-h", "--help", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
-            sys.exit(0)
-        raise e
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(console.QUIET)
-    return rest
+def show_confusion(config: ml_collections.ConfigDict, workdir: Path, recompute: bool) -> None:
+    """Prints the best model's confusion matrix on the test split (else validation) and saves its PNG.
+
+    A stored matrix is reused unless ``recompute``.
+    """
+    split = config.eval.test_split or config.eval.split
+    model_dir = workdir / train.MODEL_DIR
+    stored = None if recompute else confusion.load(workdir, split)
+    if stored is None:
+        model = checkpoints.load_model(model_dir)
+        mesh = sharding.make_mesh(config.mesh)
+        nnx.update(model, sharding.replicate(nnx.state(model), mesh))
+        counts = confusion.confusion_matrix(model, config.data, split, mesh)
+        prep = preprocessing.load(model_dir)
+        names = list(prep.class_names) if prep and prep.class_names else [str(i) for i in range(len(counts))]
+        if jax.process_index() == 0:
+            confusion.save(counts, names, workdir, split)
+    else:
+        counts, names = stored
+    if jax.process_index() == 0:
+        print(f"\nConfusion matrix of the best model on {split} (rows: true, columns: predicted; "
+              f"{workdir / f'confusion_{split}.png'}):")
+        print(confusion.format_table(counts, names))
 
 
 def main(argv: list[str]) -> None:
@@ -190,13 +201,14 @@ def main(argv: list[str]) -> None:
     except train.TrainingInterrupted as e:
         logging.warning("%s", e)
         sys.exit(143)
-    if not is_main:
-        return
-    if report.get(train.ALREADY_TRAINED):
-        print(f"{workdir} is already trained to step {report['step']}; its stored results follow "
-              "(--mode=eval evaluates again, a larger --config.train.num_steps trains on).")
-    print_results(report, workdir, config)
+    if is_main:
+        if report.get(train.ALREADY_TRAINED):
+            print(f"{workdir} is already trained to step {report['step']}; its stored results follow "
+                  "(--mode=eval evaluates again, a larger --config.train.num_steps trains on).")
+        print_results(report, workdir, config)
+    if config.eval.confusion_matrix and (workdir / train.MODEL_DIR).is_dir():
+        show_confusion(config, workdir, recompute=not report.get(train.ALREADY_TRAINED))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=console.parse_absl_flags)

@@ -115,6 +115,7 @@ def get_eval_config(test_split: str = "") -> ml_collections.ConfigDict:
     c.split = "validation"  # split evaluated during training and by --mode=eval (config.data.eval_datafile).
     c.test_split = test_split  # "test": evaluated once with the best model after training ("" none).
     c.model_dir = ""  # --mode=eval: model directory to evaluate; "" = workdir/model, else latest checkpoint.
+    c.confusion_matrix = False  # after training: print and plot (workdir/confusion_<split>.png) the test split's confusion matrix; not in the original.
     return c
 
 

@@ -17,6 +17,10 @@ record results in BENCHMARKS.md.
 
 from __future__ import annotations
 
+from aum_jax import console
+
+console.quiet_native_logs()  # before JAX and TensorFlow load.
+
 import json
 import os
 import platform
@@ -131,4 +135,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_absl_flags)

@@ -73,6 +73,12 @@ def test_demo_run_is_quiet_prints_results_and_is_not_trained_twice(tmp_path):
     assert re.search(r"^validation\s+4\s+[0-9.]+", first.stdout, re.M) and re.search(r"^test\s+4\s", first.stdout, re.M)
     report = json.loads((workdir / "report.json").read_text())
     assert set(report["test"]) >= {"accuracy", "mAP"}
+    # The demo prints the test confusion matrix and saves it as a PNG.
+    assert "Confusion matrix of the best model on test" in first.stdout
+    assert re.search(r"^yes(\s+\d+){10}\s+[0-9.]+%$", first.stdout, re.M), first.stdout
+    assert (workdir / "confusion_test.png").read_bytes()[:4] == b"\x89PNG"
+    counts = json.loads((workdir / "confusion_test.json").read_text())["counts"]
+    assert sum(map(sum, counts)) == 20 and sum(counts[i][i] for i in range(10)) == round(20 * report["test"]["accuracy"])
     events = sorted(glob.glob(str(workdir / "events.out.tfevents.*")))
 
     second = run(*command, cache=tmp_path / "cache")
@@ -82,6 +88,8 @@ def test_demo_run_is_quiet_prints_results_and_is_not_trained_twice(tmp_path):
     assert "step 4 validation" not in second.stderr  # no re-evaluation...
     assert sorted(glob.glob(str(workdir / "events.out.tfevents.*"))) == events  # ...and no new scalars.
     assert json.loads((workdir / "report.json").read_text()) == report
+    assert "Confusion matrix of the best model on test" in second.stdout  # the stored one.
+    assert "confusion" not in second.stderr
 
 
 def test_missing_datafile_names_path_dataset_and_step_and_leaves_nothing(tmp_path):
@@ -94,3 +102,18 @@ def test_missing_datafile_names_path_dataset_and_step_and_leaves_nothing(tmp_pat
     assert "python scripts/prep_audioset.py" in message and "data/README.md" in message
     assert "Traceback" not in message
     assert not workdir.exists()
+
+
+def test_confusion_table_and_plot(tmp_path):
+    import numpy as np
+
+    from aum_jax import confusion
+
+    counts = np.array([[8, 2, 0], [1, 9, 0], [0, 5, 5]])
+    table = confusion.format_table(counts, ["yes", "no", "stop"])
+    assert table.splitlines()[1].split() == ["yes", "8", "2", "0", "80.0%"]
+    assert table.splitlines()[-1] == "accuracy 22/30 = 73.33%"
+    json_path, png = confusion.save(counts, ["yes", "no", "stop"], tmp_path, "test")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    stored, names = confusion.load(tmp_path, "test")
+    assert names == ["yes", "no", "stop"] and (stored == counts).all()
