@@ -366,6 +366,8 @@ def main(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, **overrides)
         prep = preprocessing.for_model(args.checkpoint, model.config.num_mel_bins, model.config.audio_length)
         names = tuple(load_label_csv(args.label_csv)[1]) if args.label_csv else None
+        if names is not None and len(names) != model.config.num_classes:
+            raise ValueError(f"{args.label_csv} names {len(names)} classes but the model has {model.config.num_classes}")
         prep = prep.replace(mean=args.mean, std=args.std, class_names=names)
         if args.audio:
             windowed = bool(args.window_seconds or args.hop_seconds)

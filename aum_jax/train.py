@@ -8,10 +8,12 @@ the parameters it had) and stops with :class:`NonFiniteLossError` after
 ``config.train.max_nonfinite_steps`` such steps in a row, and checkpoints on SIGTERM or
 Ctrl-C before raising :class:`TrainingInterrupted`.
 
-Outputs in ``workdir``: TensorBoard events (``train/*``, ``eval/*``), ``config.json``,
-``checkpoints/<step>/``, ``model/`` (the best evaluated model, readable by
-``checkpoints.load_model`` and ``python -m aum_jax.predict``), ``best.json`` and
-``report.json``.
+Outputs in ``workdir``: TensorBoard events (``train/*``, ``validation/*``, ``test/*``), ``config.json``,
+``checkpoints/<step>/``, ``model/`` (the best evaluated model with its
+``preprocessing.json``, readable by ``checkpoints.load_model`` and ``python -m
+aum_jax.predict``), ``best.json`` and ``report.json``. A workdir whose ``report.json``
+reached the configured steps is not trained again: its report is returned, marked
+``already_trained``.
 """
 
 from __future__ import annotations
