@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import ml_collections
@@ -327,13 +328,77 @@ class EpicSoundsSource(_RecordList):
         return clip[None, :], self.sample_rate
 
 
+SPLIT_ALIASES = {"validation": "eval"}  # split name -> the prefix of its config keys.
+# How each dataset's files are made: the step of data/README.md.
+PREP_STEPS = {
+    "audioset": "python scripts/prep_audioset.py --segments_csv <*_segments.csv> --audio_dir <clips> "
+                "--out data/audioset/datafiles/<name>.json (data/README.md, AudioSet)",
+    "vggsound": "python scripts/prep_vggsound.py --csv vggsound.csv --audio_dir <wavs> (data/README.md, VGGSound)",
+    "voxceleb": "python scripts/prep_voxceleb.py --iden_split iden_split.txt --wav_dir <wav root> "
+                "(data/README.md, VoxCeleb1)",
+    "speechcommands": "python scripts/prep_speechcommands.py --root <speech_commands_v0.02> "
+                      "(data/README.md, Speech Commands V2)",
+    "epic_sounds": "put or link the EPIC-Sounds annotation CSVs and EPIC-KITCHENS-100_audio.hdf5 in "
+                   "data/epic_sounds/ (data/README.md, EPIC-Sounds)",
+}
+PREP_STEPS["audioset_20k"] = PREP_STEPS["audioset"]
+WEIGHT_STEP = ("python scripts/gen_weight_file.py --datafile data/audioset/datafiles/unbalanced.json "
+               "(data/README.md, AudioSet)")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A datafile, label list or dataset folder of the config does not exist."""
+
+
+def split_key(config: ml_collections.ConfigDict, split: str) -> str:
+    """The data-config key naming ``split`` (``validation`` reads the ``eval_*`` keys)."""
+    prefix = SPLIT_ALIASES.get(split, split)
+    key = {
+        "datafile": f"{prefix}_datafile",
+        "tfds": f"tfds_{prefix}_split",
+        "epic_sounds": f"epic_{prefix}_annotations",
+    }.get(config.source)
+    if key is None:
+        raise ValueError(f"unknown data source {config.source!r}")
+    return key
+
+
+def check_files(config: ml_collections.ConfigDict, splits: Sequence[str]) -> None:
+    """Raises :class:`DataNotFoundError` for the first file of ``splits`` that does not exist.
+
+    The message names the path, the config key, the dataset and the ``data/README.md``
+    step that makes the file. TFDS datasets are left to TFDS.
+    """
+    needed: list[tuple[str, str, str]] = []  # (key, path, what)
+    for split in splits:
+        key = split_key(config, split)
+        if config.source != "tfds" and config.get(key):
+            what = "annotation list" if config.source == "epic_sounds" else "datafile"
+            needed.append((key, config[key], f"{split} {what}"))
+    if config.source == "datafile" and config.get("label_csv"):
+        needed.append(("label_csv", config.label_csv, "label list"))
+    if config.source == "epic_sounds":
+        needed.append(("epic_hdf5", config.epic_hdf5, "audio HDF5 file"))
+    if "train" in splits and config.get("balanced_sampling") and config.get("weight_csv"):
+        needed.append(("weight_csv", config.weight_csv, "sampling-weight file"))
+    for key, path, what in needed:
+        if os.path.exists(os.path.expanduser(path)):
+            continue
+        step = WEIGHT_STEP if key == "weight_csv" else PREP_STEPS.get(config.name)
+        how = f"Create it with: {step}" if step else "See data/README.md for how to prepare the data"
+        raise DataNotFoundError(
+            f"{path} does not exist: it is the {config.name} {what} (config.data.{key}). "
+            f"{how}; or point --config.data.{key} at your copy."
+        )
+
+
 def make_source(config: ml_collections.ConfigDict, split: str) -> AudioSource:
-    """Builds the source of ``split`` (``"train"``, ``"eval"``, ...) from a data config.
+    """Builds the source of ``split`` (``"train"``, ``"validation"``, ``"test"``) from a data config.
 
     Args:
       config: a data config (``configs/data.py``); ``config.source`` picks the kind and
         ``<split>_datafile`` / ``tfds_<split>_split`` / ``epic_<split>_annotations``
-        names the split.
+        names the split (``validation`` reads the ``eval_*`` keys).
       split: the split name.
 
     Raises:
@@ -341,24 +406,18 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> AudioSource:
         from ``config.num_classes``.
     """
     kind = config.source
-    split_key = {
-        "datafile": f"{split}_datafile",
-        "tfds": f"tfds_{split}_split",
-        "epic_sounds": f"epic_{split}_annotations",
-    }.get(kind)
-    if split_key is None:
-        raise ValueError(f"unknown data source {kind!r}")
-    if not config.get(split_key):
-        raise ValueError(f"{config.name}: no {split!r} split (config.{split_key} is unset)")
+    key = split_key(config, split)
+    if not config.get(key):
+        raise ValueError(f"{config.name}: no {split!r} split (config.{key} is unset)")
     if kind == "datafile":
-        source: AudioSource = DatafileSource(config[split_key], config.label_csv)
+        source: AudioSource = DatafileSource(config[key], config.label_csv)
     elif kind == "tfds":
         source = TfdsSource(
-            config.tfds_name, config[split_key], config.tfds_data_dir or None
+            config.tfds_name, config[key], config.tfds_data_dir or None
         )
     else:
         source = EpicSoundsSource(
-            config[split_key],
+            config[key],
             config.epic_hdf5,
             num_classes=config.num_classes,
             sample_rate=config.epic_sample_rate,

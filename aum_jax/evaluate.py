@@ -34,7 +34,8 @@ def _logits(model: AudioMamba, fbank: jax.Array) -> jax.Array:
 
 
 def evaluate(
-    model: AudioMamba, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, loss: str
+    model: AudioMamba, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, loss: str,
+    desc: str = "eval",
 ) -> dict[str, float]:
     """Runs ``model`` (in eval mode; it is left so) over ``batches`` of this process.
 
@@ -43,6 +44,7 @@ def evaluate(
       batches: this process's ``{"fbank": (B, T, F), "label": (B, C), "mask": (B,)}``.
       mesh: the data-parallel mesh.
       loss: "BCE" or "CE", for the reported loss.
+      desc: the progress bar's label (the split's name).
 
     Returns:
       ``{"mAP", "mAUC", "d_prime", "accuracy", "loss", "num_examples"}``.
@@ -50,7 +52,7 @@ def evaluate(
     model.eval()
     all_logits, all_labels = [], []
     show = jax.process_index() == 0
-    for batch in tqdm(batches, desc="eval", unit="batch", disable=not show, leave=False):
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False):
         arrays = sharding.global_batch(batch, mesh)
         logits = _logits(model, arrays["fbank"])
         logits, labels, mask = multihost_utils.process_allgather(
@@ -76,7 +78,7 @@ def evaluate_split(
     """:func:`evaluate` over one pass of ``split`` of the data config ``data``."""
     iterator = input_pipeline.make_eval_iterator(data, split)
     try:
-        return evaluate(model, iterator, mesh, loss)
+        return evaluate(model, iterator, mesh, loss, desc=split)
     finally:
         iterator.close()
 

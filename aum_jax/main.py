@@ -6,9 +6,14 @@
 
 Every setting lives in the config file (print it with ``--config=... --mode=print``);
 ``--config.<path>=<value>`` overrides any of them. Training resumes by itself from the
-newest checkpoint in the workdir. ``--mode=eval`` evaluates ``config.eval.model_dir``,
-else ``workdir/model``, else the newest training checkpoint, on ``config.eval.split``
-(and ``config.eval.test_split``) and writes ``workdir/eval_<split>.json``.
+newest checkpoint in the workdir; a finished workdir is not trained again: its stored
+results are printed. ``--mode=eval`` evaluates ``config.eval.model_dir``, else
+``workdir/model``, else the newest training checkpoint, on ``config.eval.split``
+(``validation``) and ``config.eval.test_split`` (``test``) and writes
+``workdir/eval_<split>.json``.
+
+The console shows progress bars, a line every ``config.train.log_every`` steps and the
+results; ``-v`` (``--verbosity=0``) adds the INFO logs of every library.
 
 On a cluster, start one process per host with ``--distributed`` (Cloud TPU, SLURM,
 Open MPI are detected) or with explicit ``--coordinator_address``, ``--num_processes``
@@ -17,20 +22,27 @@ and ``--process_id``.
 
 from __future__ import annotations
 
-import logging as std_logging
-import os
-import sys
-from pathlib import Path
+from aum_jax import console
 
-import jax
-import ml_collections
-from absl import app, flags, logging
-from flax import nnx
-from ml_collections import config_flags
+console.quiet_native_logs(preload_tensorflow=True)  # before JAX and TensorFlow (clu) load.
 
-from aum_jax import demo_data, evaluate, input_pipeline, model_files, run_checkpoints, sharding, train
-from aum_jax import workdir as workdir_lib
-from aum_jax.models import AudioMamba, AuMConfig, init_model
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from flax import nnx  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from aum_jax import (  # noqa: E402
+    confusion, datasets, demo_data, evaluate, input_pipeline, model_files, preprocessing, run_checkpoints, sharding,
+    train,
+)
+from aum_jax import workdir as workdir_lib  # noqa: E402
+from aum_jax.models import AudioMamba, AuMConfig, init_model  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/demo.py",
@@ -101,9 +113,59 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return reports
 
 
-def _quiet_orbax_info(record: std_logging.LogRecord) -> bool:
-    """Keeps orbax's warnings and errors but drops its per-save INFO chatter."""
-    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+def format_config(config: ml_collections.ConfigDict) -> str:
+    """Every knob as ``path = value``, one a line, values plain (references resolved)."""
+    lines = []
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key in sorted(node):
+                walk(f"{prefix}.{key}" if prefix else key, node[key])
+        else:
+            lines.append(f"{prefix} = {node!r}")
+
+    walk("", config.to_dict())
+    return "\n".join(lines)
+
+
+def splits_to_check(config: ml_collections.ConfigDict, mode: str) -> list[str]:
+    """The splits a mode reads: training needs train and the evaluated ones."""
+    evaluated = [s for s in (config.eval.split, config.eval.test_split) if s]
+    return (["train"] if mode == "train" else []) + evaluated
+
+
+def print_results(report: dict[str, Any], workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """The final table: the best model on validation (and test), and where the files are."""
+    rows = [(config.eval.split or "final", report.get("best") or report.get("final"))]
+    if report.get("test"):
+        rows.append((config.eval.test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
+    print(f"\nResults ({workdir / workdir_lib.REPORT_FILE}); best model by {config.train.metric} in {workdir / workdir_lib.MODEL_DIR}:")
+    print(console.results_table(rows))
+
+
+def show_confusion(config: ml_collections.ConfigDict, workdir: Path, recompute: bool) -> None:
+    """Prints the best model's confusion matrix on the test split (else validation) and saves its PNG.
+
+    A stored matrix is reused unless ``recompute``.
+    """
+    split = config.eval.test_split or config.eval.split
+    model_dir = workdir / workdir_lib.MODEL_DIR
+    stored = None if recompute else confusion.load(workdir, split)
+    if stored is None:
+        model = model_files.load_model(model_dir)
+        mesh = sharding.make_mesh(config.mesh)
+        nnx.update(model, sharding.replicate(nnx.state(model), mesh))
+        counts = confusion.confusion_matrix(model, config.data, split, mesh)
+        prep = preprocessing.load(model_dir)
+        names = list(prep.class_names) if prep and prep.class_names else [str(i) for i in range(len(counts))]
+        if jax.process_index() == 0:
+            confusion.save(counts, names, workdir, split)
+    else:
+        counts, names = stored
+    if jax.process_index() == 0:
+        print(f"\nConfusion matrix of the best model on {split} (rows: true, columns: predicted; "
+              f"{workdir / f'confusion_{split}.png'}):")
+        print(confusion.format_table(counts, names))
 
 
 # Errors that end a run with one line on stderr and exit status 1 instead of a traceback.
@@ -124,12 +186,11 @@ def _exit_with_one_line(error: Exception) -> None:
 
 
 def main(argv: list[str]) -> None:
-    logging.get_absl_logger().addFilter(_quiet_orbax_info)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     if _MODE.value == "print":
-        print(config)
+        print(format_config(config))
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
@@ -143,16 +204,31 @@ def main(argv: list[str]) -> None:
         prepare_demo_data(config)
     workdir = Path(_WORKDIR.value)
     try:
+        datasets.check_files(config.data, splits_to_check(config, _MODE.value))
+    except datasets.DataNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    is_main = jax.process_index() == 0
+    try:
         if _MODE.value == "eval":
-            run_eval(config, workdir)
-        else:
-            train.train_and_evaluate(config, workdir)
+            reports = run_eval(config, workdir)
+            if is_main:
+                print(console.results_table([(split, r) for split, r in reports.items()]))
+            return
+        report = train.train_and_evaluate(config, workdir)
     except train.TrainingInterrupted as e:
         logging.warning("%s", e)
         sys.exit(143)
     except CLEAN_EXITS as e:
         _exit_with_one_line(e)
+    if is_main:
+        if report.get(train.ALREADY_TRAINED):
+            print(f"{workdir} is already trained to step {report['step']}; its stored results follow "
+                  "(--mode=eval evaluates again, a larger --config.train.num_steps trains on).")
+        print_results(report, workdir, config)
+    if config.eval.confusion_matrix and (workdir / workdir_lib.MODEL_DIR).is_dir():
+        show_confusion(config, workdir, recompute=not report.get(train.ALREADY_TRAINED))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_absl_flags)

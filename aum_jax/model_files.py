@@ -1,7 +1,8 @@
 """Saving and restoring AudioMamba models with orbax.
 
-A model directory holds ``config.json`` (the ``AuMConfig``) and ``params/`` (an orbax
-checkpoint of the model's ``nnx.Param`` state). It is written to a hidden sibling
+A model directory holds ``config.json`` (the ``AuMConfig``), ``params/`` (an orbax
+checkpoint of the model's ``nnx.Param`` state) and, when known, ``preprocessing.json``
+(features, statistics, class names and loss; see :mod:`aum_jax.preprocessing`). It is written to a hidden sibling
 directory first and renamed into place, so a crash never leaves a partial model behind.
 """
 
@@ -17,6 +18,7 @@ from jax.experimental import multihost_utils
 from absl import logging
 from flax import nnx
 
+from aum_jax import preprocessing as preprocessing_lib
 from aum_jax.models import AudioMamba, AuMConfig, init_model
 
 CONFIG_FILE = "config.json"
@@ -28,8 +30,14 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def save_model(model: AudioMamba, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Writes ``model`` to ``directory`` atomically and returns its absolute path.
+def save_model(
+    model: AudioMamba,
+    directory: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    preprocessing: preprocessing_lib.Preprocessing | None = None,
+) -> Path:
+    """Writes ``model`` (and its ``preprocessing``) to ``directory`` atomically; returns its path.
 
     With several processes every one of them must call this (orbax writes the arrays
     collectively); process 0 writes the config and moves the result into place.
@@ -50,6 +58,8 @@ def save_model(model: AudioMamba, directory: str | os.PathLike, *, overwrite: bo
         _sync("aum_jax.save_model.written")
         if primary:
             model.config.save(staging / CONFIG_FILE)
+            if preprocessing is not None:
+                preprocessing_lib.save(preprocessing, staging)
             if directory.exists():
                 shutil.rmtree(directory)
             staging.rename(directory)

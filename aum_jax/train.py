@@ -4,6 +4,8 @@
 workdir, mesh, input, model, update, checkpoint, train loop, eval.
 
 - The workdir is locked for the run (:mod:`aum_jax.workdir`); a second trainer stops.
+- A workdir whose ``report.json`` reached the configured steps is not trained again:
+  its report is returned, marked ``already_trained``.
 - The model and optimizer come from, in this order: the newest readable checkpoint
   in ``workdir/checkpoints`` (same parameters, optimizer state and next batch), else
   the pretrained source ``config.init.checkpoint``, else a fresh initialisation.
@@ -18,9 +20,11 @@ workdir, mesh, input, model, update, checkpoint, train loop, eval.
 - SIGTERM or Ctrl-C checkpoint, then raise :class:`TrainingInterrupted`.
 - The loss goes to the host only at log, checkpoint and evaluation steps.
 
-Outputs in ``workdir`` are listed in :mod:`aum_jax.workdir`. ``report.json`` holds
-the metrics and the run's accounting: skipped steps, skipped clips by reason and the
-step training was restored from; TensorBoard gets the same counts.
+Outputs in ``workdir`` are listed in :mod:`aum_jax.workdir`; the best model lands in
+``model/`` with its ``preprocessing.json``. ``report.json`` holds the metrics and the
+run's accounting: skipped steps, skipped clips by reason and the step training was
+restored from; TensorBoard gets the same counts, under ``train/*``, ``validation/*`` and
+``test/*``.
 """
 
 from __future__ import annotations
@@ -43,13 +47,17 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from aum_jax import audio, convert, datasets, evaluate, input_pipeline, losses, model_files, run_checkpoints, sharding
+from aum_jax import (
+    audio, console, convert, datasets, evaluate, input_pipeline, losses, model_files, preprocessing, run_checkpoints,
+    sharding,
+)
 from aum_jax import workdir as workdir_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
 
 # apply_if_finite applies updates anyway after this many bad steps in a row; the loop
 # stops long before (config.train.max_nonfinite_steps).
 _NEVER_GIVE_UP = np.iinfo(np.int32).max
+ALREADY_TRAINED = "already_trained"  # key of a returned report: the workdir was finished before.
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -282,15 +290,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         check_divergence(config, workdir)
         if is_main:
             (workdir / workdir_lib.CONFIG_FILE).write_text(config.to_json_best_effort(indent=1))
-        writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-        return _train_and_evaluate(config, workdir, writer)
+        return _train_and_evaluate(config, workdir)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
-                        writer: metric_writers.MetricWriter) -> dict[str, Any]:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """The run itself, in the locked ``workdir``: see :func:`train_and_evaluate`."""
     train_cfg = config.train
     is_main = jax.process_index() == 0
@@ -303,7 +309,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
 
     # ---------------------------------------------------------------- input
     source = datasets.make_source(config.data, "train")
-    train_iter = input_pipeline.make_train_iterator(config.data, source=source)
     steps_per_epoch = train_cfg.steps_per_epoch
     if steps_per_epoch <= 0:
         steps_per_epoch = max(1, len(source) // global_batch_size)
@@ -311,6 +316,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     eval_every = steps_per_epoch if train_cfg.eval_every < 0 else train_cfg.eval_every
     logging.info("%d training clips, global batch %d: %d steps per epoch, %d steps",
                  len(source), global_batch_size, steps_per_epoch, num_steps)
+    finished = _read_json(workdir / workdir_lib.REPORT_FILE)
+    if finished is not None and finished.get("step", -1) >= num_steps:  # nothing to do: keep the results.
+        return {**finished, ALREADY_TRAINED: True}
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+    train_iter = input_pipeline.make_train_iterator(config.data, source=source)
 
     # ---------------------------------------------------------------- model
     model_config = AuMConfig.from_dict(config.model.to_dict())
@@ -332,21 +342,26 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         nnx.update(model, sharding.replicate(nnx.state(pretrained, nnx.Param), mesh))
     model.train()
     best = _read_json(workdir / workdir_lib.BEST_FILE)
+    model_preprocessing = preprocessing.for_training(config)  # stored beside the model.
     report: dict[str, Any] = {"best": best, "final": None, "test": None,
                               "restored_from_step": restored_from or None}
     if restored_from:
         writer.write_scalars(step, {"train/restored_from_step": restored_from})
 
+    def run_eval(split: str, eval_model: AudioMamba) -> dict[str, float]:
+        result = evaluate.evaluate_split(eval_model, config.data, split, mesh, train_cfg.loss)
+        eval_model.train()
+        return result
+
     def eval_and_keep_best(step: int) -> None:
         nonlocal best
-        result = evaluate.evaluate_split(model, config.data, config.eval.split, mesh, train_cfg.loss)
-        model.train()
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
-        logging.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        result = run_eval(config.eval.split, model)
+        writer.write_scalars(step, {f"{config.eval.split}/{k}": v for k, v in result.items()})
+        console.line(f"step {step} {config.eval.split}: {console.format_metrics(result)}")
         report["final"] = {"step": step, **result}
         if best is None or result[train_cfg.metric] > best[train_cfg.metric]:
             best = {"step": step, **result}
-            model_files.save_model(model, workdir / workdir_lib.MODEL_DIR, overwrite=True)
+            model_files.save_model(model, workdir / workdir_lib.MODEL_DIR, overwrite=True, preprocessing=model_preprocessing)
             if is_main:
                 (workdir / workdir_lib.BEST_FILE).write_text(evaluate.to_json(best))
 
@@ -406,6 +421,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
                     if window["loss"]:
                         scalars.update({f"train/{k}": float(np.mean(v)) for k, v in window.items()})
                     writer.write_scalars(step, scalars)
+                    console.line(f"step {step}/{num_steps}  loss {scalars.get('train/loss', float('nan')):.4f}  "
+                                 f"lr {scalars['train/lr']:.2e}" + (f"  skipped {window_skipped}" if window_skipped else ""))
                     window, window_skipped = {"loss": [], "grad_norm": []}, 0
                 # Evaluate before checkpointing: a run killed during the evaluation resumes
                 # from the previous checkpoint and evaluates this step again.
@@ -430,7 +447,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     if config.eval.split and last_eval is None:  # resumed at the end: evaluate what we have.
         eval_and_keep_best(step)
     if not config.eval.split:
-        model_files.save_model(model, workdir / workdir_lib.MODEL_DIR, overwrite=True)
+        model_files.save_model(model, workdir / workdir_lib.MODEL_DIR, overwrite=True, preprocessing=model_preprocessing)
     report["step"] = step
     report["best"] = best
     report["skipped_steps"] = skipped_total()
@@ -439,9 +456,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     if config.eval.test_split and model_dir.is_dir():
         best_model = model_files.load_model(model_dir)
         nnx.update(best_model, sharding.replicate(nnx.state(best_model), mesh))
-        report["test"] = evaluate.evaluate_split(best_model, config.data, config.eval.test_split, mesh, train_cfg.loss)
-        writer.write_scalars(step, {f"test/{k}": v for k, v in report["test"].items()})
-        logging.info("test (%s) with the best model: %s", config.eval.test_split, report["test"])
+        report["test"] = run_eval(config.eval.test_split, best_model)
+        writer.write_scalars(step, {f"{config.eval.test_split}/{k}": v for k, v in report["test"].items()})
+        logging.info("%s with the best model: %s", config.eval.test_split, report["test"])
     evaluate.write_report(workdir / workdir_lib.REPORT_FILE, report)
     writer.close()
     return report

@@ -114,9 +114,10 @@ def get_init_config(kind: str) -> ml_collections.ConfigDict:
 
 def get_eval_config(test_split: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.split = "eval"  # split evaluated during training and by --mode=eval (config.data.<split>_datafile).
-    c.test_split = test_split  # evaluated once with the best model after training ("" none).
+    c.split = "validation"  # split evaluated during training and by --mode=eval (config.data.eval_datafile).
+    c.test_split = test_split  # "test": evaluated once with the best model after training ("" none).
     c.model_dir = ""  # --mode=eval: model directory to evaluate; "" = workdir/model, else latest checkpoint.
+    c.confusion_matrix = False  # after training: print and plot (workdir/confusion_<split>.png) the test split's confusion matrix; not in the original.
     return c
 
 

@@ -26,9 +26,9 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.num_classes = 10  # yes no up down left right on off stop go.
     c.num_mel_bins = 64  # half the bins: half the tokens, twice the speed on a CPU.
     c.audio_length = 96  # 1 s clips are 98 frames; 96 is a whole number of patches.
-    c.freqm, c.timem = 12, 24  # SpecAugment scaled to the short run.
+    c.freqm, c.timem = 8, 12  # light SpecAugment: in a few epochs stronger masks slow learning more than they help.
     c.mixup = 0.0  # no mixup: a few epochs are too short to profit from it.
-    c.noise = True  # the Speech Commands recipe.
+    c.noise = False  # no noise + roll: the clips already carry noise at 5-30 dB SNR and random onsets.
     c.mean, c.std = -5.0114145, 4.2837193  # scripts/get_norm_stats.py --dataset demo (seed 0).
     c.batch_size = 32  # small set, small batches.
     c.eval_batch_size = 80  # divides over 1, 2, 4, 8 or 16 devices.
@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = common.get_model_config(config.data, "tiny", "Bi-Bi")
     config.model.depth = 2  # on 2 CPU cores, more epochs beat more blocks in a few minutes.
+    config.model.strides = (16, 8)  # patches overlap in time: 4 x 11 tokens learn words faster than 4 x 6.
 
     config.optimizer = common.get_optimizer_config(2e-3, warmup=False)
     config.optimizer.decay_start_epoch = 8  # halve the lr every epoch from the 9th.
@@ -66,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.init = common.get_init_config("")
     config.eval = common.get_eval_config(test_split="test")
+    config.eval.confusion_matrix = True  # a single-label set: show which keywords are confused.
     config.mesh = common.get_mesh_config()
 
     if local:

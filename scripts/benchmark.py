@@ -23,16 +23,20 @@ record results in BENCHMARKS.md.
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
-import platform
-import tempfile
-import time
-from collections.abc import Callable
+from aum_jax import console
 
-import numpy as np
-from absl import app, flags
+console.quiet_native_logs()  # before JAX and TensorFlow load.
+
+import itertools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"], "sections to run: input, scan, model.")
 _INPUT_CLIPS = flags.DEFINE_integer("input_clips", 16, "distinct wav files on disk.")
@@ -332,4 +336,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_absl_flags)

@@ -10,20 +10,31 @@ imagenet_pretrain / aum_pretrain do):
   python scripts/convert_checkpoint.py --torch-checkpoint vim_s_midclstok.pth --output models/spc_init \
       --target-variant Bi-Bi --target-num-classes 35 --target-audio-length 128 --target-strides 16,16
 
-The output directory holds config.json and an orbax checkpoint under params/.
+The output directory holds config.json, an orbax checkpoint under params/ and
+preprocessing.json: the fbank settings, normalisation statistics, class names and loss
+that ``python -m aum_jax.predict --audio`` uses. ``--dataset audioset`` (audioset_20k,
+vggsound, voxceleb, speechcommands, epic_sounds) fills in the published statistics, label
+CSV and loss of that recipe; ``--mean/--std/--label-csv/--loss`` give them explicitly (and
+override the dataset's).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 
-from aum_jax import convert
+from aum_jax import console, convert, datasets
+from aum_jax import preprocessing as preprocessing_lib
 from aum_jax.model_files import save_model
-from aum_jax.models import count_params
+from aum_jax.models import AuMConfig, count_params
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("audioset", "audioset_20k", "vggsound", "voxceleb", "speechcommands", "epic_sounds")
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -47,6 +58,13 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--audio-length", type=int, help="frames the checkpoint was trained with (default: inferred from pos_embed)")
     parser.add_argument("--num-mel-bins", type=int, default=128, help="mel bins of the input (default: 128)")
     parser.add_argument("--cls-position", choices=["middle", "head", "end"], help="where a single cls token sits (default: middle)")
+    pre = parser.add_argument_group("preprocessing stored with the model (preprocessing.json)")
+    pre.add_argument("--dataset", choices=DATASETS, help="fill the published fbank statistics, label CSV and loss of this recipe")
+    pre.add_argument("--mean", type=float, help="fbank mean of the training set (overrides --dataset's)")
+    pre.add_argument("--std", type=float, help="fbank std of the training set (overrides --dataset's)")
+    pre.add_argument("--label-csv", help="index,mid,display_name CSV naming the classes (overrides --dataset's)")
+    pre.add_argument("--loss", choices=("BCE", "CE"), help="training loss: BCE gives sigmoid scores, CE softmax (default: --dataset's, else BCE)")
+    console.add_verbosity_flag(parser)
     init = parser.add_argument_group("init mode: build a new model from the checkpoint's backbone")
     init.add_argument("--target-variant", help="Fo-Fo, Fo-Bi or Bi-Bi (or none, v1, v2); switches init mode on")
     init.add_argument("--target-num-classes", type=int, help="classes of the new head")
@@ -58,6 +76,9 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     init.add_argument("--seed", type=int, default=0, help="seed of the fresh head")
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
+    console.configure(args.verbosity)
+    if (args.mean is None) != (args.std is None):
+        parser.error("--mean and --std go together")
     target_flags = (args.target_num_classes, args.target_audio_length, args.target_strides)
     if args.target_variant is None and any(v is not None for v in target_flags):
         parser.error("--target-* flags need --target-variant (init mode)")
@@ -86,18 +107,50 @@ def build(args: argparse.Namespace):
     return convert.init_from_source(state, target, layout, seed=args.seed)
 
 
+def _repo_path(path: str) -> str:
+    """A recipe's repository-relative path, found from any working directory."""
+    return path if Path(path).exists() or Path(path).is_absolute() else str(REPO_ROOT / path)
+
+
+def build_preprocessing(args: argparse.Namespace, model_config: AuMConfig) -> preprocessing_lib.Preprocessing:
+    """The model's preprocessing: the input shape of the model, statistics and names from the flags."""
+    prep = preprocessing_lib.Preprocessing(num_mel_bins=model_config.num_mel_bins, target_length=model_config.audio_length)
+    label_csv = args.label_csv
+    if args.dataset:
+        recipe = importlib.import_module(f"configs.{args.dataset}").get_config()
+        data = recipe.data
+        prep = prep.replace(
+            feature=data.feature, frame_shift_ms=float(data.frame_shift_ms), mean=float(data.mean),
+            std=float(data.std), skip_norm=bool(data.skip_norm), loss=recipe.train.loss, dataset=args.dataset,
+            epic_window_ms=float(data.epic_window_ms), epic_hop_ms=float(data.epic_hop_ms),
+        )
+        label_csv = label_csv or _repo_path(data.label_csv)
+    names = datasets.load_label_csv(label_csv)[1] if label_csv else None
+    if names is not None and len(names) != model_config.num_classes:
+        raise ValueError(f"{label_csv} names {len(names)} classes but the model has {model_config.num_classes}")
+    prep = prep.replace(mean=args.mean, std=args.std, loss=args.loss, class_names=names and tuple(names))
+    return prep if prep.loss else prep.replace(loss="BCE")
+
+
 def main(args: argparse.Namespace) -> int:
     if os.path.exists(args.output) and not args.overwrite:  # before any conversion work.
         print(f"error: {os.path.abspath(args.output)} already exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
     try:
         model = build(args)
+        prep = build_preprocessing(args, model.config)
     except (convert.CheckpointError, FileNotFoundError, ValueError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    path = save_model(model, args.output, overwrite=args.overwrite)
+    path = save_model(model, args.output, overwrite=args.overwrite, preprocessing=prep)
     cfg = model.config
+    if prep.skip_norm:
+        stats = "none (the features are used unnormalised)"
+    elif prep.has_statistics:
+        stats = f"mean {prep.mean:.7g}, std {prep.std:.7g}" + (f" ({prep.dataset})" if prep.dataset else "")
+    else:
+        stats = "NOT STORED: predict --audio will ask for --mean/--std (convert with --dataset or --mean/--std)"
     print(
         f"Wrote {path}\n"
         f"  variant     {cfg.aum_type} (bimamba_type={cfg.bimamba_type})\n"
@@ -106,7 +159,10 @@ def main(args: argparse.Namespace) -> int:
         f"  classes     {cfg.num_classes}\n"
         f"  input       {cfg.audio_length} frames x {cfg.num_mel_bins} mel bins\n"
         f"  patch grid  {cfg.patch_grid[0]} x {cfg.patch_grid[1]} (patch {cfg.patch_size}, strides {cfg.strides})\n"
-        f"  parameters  {count_params(model):,}"
+        f"  parameters  {count_params(model):,}\n"
+        f"  statistics  {stats}\n"
+        f"  class names {'from ' + (args.label_csv or prep.dataset) if prep.class_names else 'none (indices are printed)'}\n"
+        f"  scores      {prep.score} ({prep.loss} loss)"
     )
     return 0
 

@@ -11,6 +11,10 @@ a clip's weight is the sum over its labels. The weights go to
 
 from __future__ import annotations
 
+from aum_jax import console
+
+console.quiet_native_logs()  # before JAX and TensorFlow load.
+
 import numpy as np
 from absl import app, flags
 
@@ -42,4 +46,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_absl_flags)

@@ -10,11 +10,15 @@ off (the evaluation pipeline); padding rows of the last batch are left out.
 
 from __future__ import annotations
 
+from aum_jax import console
+
+console.quiet_native_logs()  # before JAX and TensorFlow load.
+
 import numpy as np
 import tqdm
 from absl import app, flags
 
-from aum_jax import input_pipeline
+from aum_jax import datasets, input_pipeline
 from configs.data import DATASETS, get_data_config
 
 _DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "data config name.", required=True)
@@ -31,7 +35,7 @@ def main(argv: list[str]) -> None:
     config.skip_norm = True
     config.eval_batch_size = _BATCH_SIZE.value
     if _DATAFILE.value:
-        config[f"{_SPLIT.value}_datafile"] = _DATAFILE.value
+        config[datasets.split_key(config, _SPLIT.value)] = _DATAFILE.value
     if _LABEL_CSV.value:
         config.label_csv = _LABEL_CSV.value
     if _NUM_WORKERS.value is not None:
@@ -51,4 +55,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_absl_flags)

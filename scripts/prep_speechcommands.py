@@ -12,6 +12,10 @@ speechcommands_class_labels_indices.csv``. Writes, under ``--out_dir``,
 
 from __future__ import annotations
 
+from aum_jax import console
+
+console.quiet_native_logs()  # before JAX and TensorFlow load.
+
 import os
 
 from absl import app, flags
@@ -59,4 +63,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_absl_flags)

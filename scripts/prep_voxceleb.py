@@ -10,6 +10,10 @@ training datafile. Speaker ``id1NNNN`` is label ``/m/voxclbNNNN`` of
 
 from __future__ import annotations
 
+from aum_jax import console
+
+console.quiet_native_logs()  # before JAX and TensorFlow load.
+
 import os
 
 from absl import app, flags
@@ -44,4 +48,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_absl_flags)

@@ -170,7 +170,8 @@ def test_predict_on_audio_files_reproduces_the_original_end_to_end(fobi, tmp_pat
     expected = np.load(folder / "logits.npy")  # the fixture batch holds the first clips
     wavs = [str(fixtures_dir / "audio" / f"sample{k}.wav") for k in range(len(expected))]
     logits = tmp_path / "logits.npy"
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--audio", *wavs, "--save-logits", str(logits), "--top-k", "2")
+    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--audio", *wavs,
+                     "--mean", str(audio.AUDIOSET_MEAN), "--std", str(audio.AUDIOSET_STD), "--save-logits", str(logits), "--top-k", "2")
     assert result.returncode == 0, result.stderr
     assert all(f"sample{k}.wav: " in result.stdout for k in range(len(expected)))
     # The fbank agrees within 1e-3, i.e. 1e-3 / (2 * 4.57) after normalisation; logits follow.
@@ -183,7 +184,12 @@ def test_audio_features_match_the_original_inputs(fobi, fixtures_dir):
     folder, state = fobi
     expected = np.load(folder / "input.npy")
     wavs = [str(fixtures_dir / "audio" / f"sample{k}.wav") for k in range(len(expected))]
-    features = predict.audio_features(wavs, convert.infer_config(state), audio.AUDIOSET_MEAN, audio.AUDIOSET_STD)
+    from aum_jax.preprocessing import Preprocessing
+
+    config = convert.infer_config(state)
+    prep = Preprocessing(num_mel_bins=config.num_mel_bins, target_length=config.audio_length,
+                         mean=audio.AUDIOSET_MEAN, std=audio.AUDIOSET_STD)
+    features = predict.audio_features(wavs, prep)
     np.testing.assert_allclose(features, expected, atol=1e-3 / (2 * audio.AUDIOSET_STD), rtol=0)
 
 
@@ -193,7 +199,8 @@ def test_predict_names_an_unreadable_audio_file(fobi, tmp_path):
     save_model(convert.convert(fobi[1]), tmp_path / "m")
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....WAVEfmt garbage")
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--audio", str(broken))
+    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--audio", str(broken),
+                     "--mean", "-4", "--std", "4")
     assert result.returncode == 1 and "broken.wav" in result.stderr
 
 

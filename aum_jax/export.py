@@ -1,0 +1,144 @@
+"""Serving export: a model's forward pass as a serialised ``jax.export`` artifact.
+
+  python -m aum_jax.export --checkpoint MODEL_DIR --output model.jaxexport [--batch N]
+
+The artifact maps normalised fbank features ``(B, T, F)`` float32 to logits ``(B, C)``
+float32, with the parameters inside. The batch dimension is symbolic unless ``--batch``
+fixes it. It is lowered for CPU and CUDA, so the same file serves on either; load it
+without aum-jax or Flax:
+
+  exported = jax.export.deserialize(open("model.jaxexport", "rb").read())
+  logits = exported.call(features)
+
+Beside it, ``model.preprocessing.json`` holds what turns audio into those features
+(fbank settings, normalisation statistics), the class names and the score (sigmoid or
+softmax) to apply to the logits; see :mod:`aum_jax.preprocessing`.
+"""
+
+from __future__ import annotations
+
+from aum_jax import console
+
+console.quiet_native_logs()  # before JAX and TensorFlow load.
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from aum_jax import model_files, preprocessing  # noqa: E402
+from aum_jax.models import AudioMamba  # noqa: E402
+
+PLATFORMS = ("cpu", "cuda")
+SIDECAR_SUFFIX = ".preprocessing.json"
+
+
+def export_model(model: AudioMamba, batch: int | None = None, platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
+    """Lowers ``model`` (eval mode, parameters as constants) for ``platforms``.
+
+    Args:
+      model: the model.
+      batch: a fixed batch size, or None for a symbolic batch dimension.
+      platforms: lowering platforms.
+
+    Returns:
+      The ``jax.export.Exported`` of ``features (B, T, F) float32 -> logits (B, C) float32``.
+    """
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    def forward(features: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, state)(features)
+
+    cfg = model.config
+    (dim,) = jax.export.symbolic_shape("batch") if batch is None else (batch,)
+    spec = jax.ShapeDtypeStruct((dim, cfg.audio_length, cfg.num_mel_bins), jnp.float32)
+    return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """``model.jaxexport`` -> ``model.preprocessing.json``."""
+    output = Path(output)
+    return output.with_name(output.stem + SIDECAR_SUFFIX) if output.suffix else output.with_name(output.name + SIDECAR_SUFFIX)
+
+
+def model_directory(path: str | os.PathLike) -> Path:
+    """A model directory, or a training workdir's ``model/``."""
+    path = Path(path)
+    if not (path / model_files.CONFIG_FILE).is_file() and (path / "model" / model_files.CONFIG_FILE).is_file():
+        return path / "model"
+    return path
+
+
+def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch: int | None = None,
+                 platforms: Sequence[str] = PLATFORMS) -> tuple[Path, Path]:
+    """Exports the model of ``model_dir`` to ``output`` and its preprocessing beside it.
+
+    Returns:
+      ``(artifact path, preprocessing JSON path)``.
+    """
+    model_dir = model_directory(model_dir)
+    model = model_files.load_model(model_dir)
+    cfg = model.config
+    if cfg.num_classes == 0:
+        raise ValueError(f"{model_dir}: the model has no classification head to export")
+    prep = preprocessing.for_model(model_dir, cfg.num_mel_bins, cfg.audio_length)
+    exported = export_model(model, batch, platforms)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(exported.serialize())
+    sidecar = sidecar_path(output)
+    description = {
+        "artifact": output.name,
+        "platforms": list(exported.platforms),
+        "input": {"shape": [batch or "batch", cfg.audio_length, cfg.num_mel_bins], "dtype": "float32",
+                  "meaning": "fbank features, normalised as 'preprocessing' says"},
+        "output": {"shape": [batch or "batch", cfg.num_classes], "dtype": "float32", "meaning": "logits",
+                   "score": prep.score},
+        "preprocessing": prep.to_dict(),
+        "model": cfg.to_dict(),
+    }
+    sidecar.write_text(json.dumps(description, indent=1))
+    return output, sidecar
+
+
+def parse_flags(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m aum_jax.export",
+        description="Writes a model's forward pass as a serialised jax.export artifact (CPU and CUDA).",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="model directory (or a training workdir with model/)")
+    parser.add_argument("--output", required=True, help="the artifact to write, e.g. model.jaxexport")
+    parser.add_argument("--batch", type=int, help="fixed batch size (default: a symbolic batch dimension)")
+    parser.add_argument("--platforms", default=",".join(PLATFORMS), help="comma-separated lowering platforms (default: cpu,cuda)")
+    console.add_verbosity_flag(parser)
+    args = parser.parse_args(argv[1:])
+    flags.FLAGS.mark_as_parsed()
+    console.configure(args.verbosity)
+    if args.batch is not None and args.batch <= 0:
+        parser.error("--batch must be positive")
+    return args
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        artifact, sidecar = write_export(args.checkpoint, args.output, args.batch, args.platforms.split(","))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"Wrote {artifact} ({artifact.stat().st_size / 1e6:.1f} MB, platforms {args.platforms}, "
+          f"batch {args.batch or 'symbolic'})\nWrote {sidecar}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

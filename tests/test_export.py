@@ -1,0 +1,73 @@
+"""Serving export: the jax.export artifact, read back in a fresh process, matches predict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aum_jax import convert, predict
+from aum_jax.model_files import load_model, save_model
+from aum_jax.preprocessing import Preprocessing
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs without aum-jax or Flax: only jax and numpy, as a serving process would.
+SERVE = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
+    features = np.load(sys.argv[2])
+    np.save(sys.argv[3], np.asarray(exported.call(features)))
+    np.save(sys.argv[4], np.asarray(exported.call(features[:3])))  # another batch size.
+    print(json.dumps({"platforms": list(exported.platforms), "in": str(exported.in_avals[0])}))
+""")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, fixtures_dir) -> Path:
+    state = convert.read_torch_checkpoint(fixtures_dir / "aum_torch" / "tiny_fobi" / "state_dict.pth")
+    out = tmp_path_factory.mktemp("export") / "m"
+    prep = Preprocessing(num_mel_bins=128, target_length=128, mean=-4.2677393, std=4.5689974, loss="BCE",
+                         class_names=tuple(f"c{i}" for i in range(10)))
+    save_model(convert.convert(state), out, preprocessing=prep)
+    return out
+
+
+def test_exported_model_matches_predict_in_a_fresh_process(model_dir, tmp_path):
+    artifact = tmp_path / "model.jaxexport"
+    result = subprocess.run([sys.executable, "-m", "aum_jax.export", "--checkpoint", str(model_dir), "--output", str(artifact)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    sidecar = json.loads((tmp_path / "model.preprocessing.json").read_text())
+    assert sidecar["preprocessing"]["mean"] == -4.2677393 and sidecar["preprocessing"]["class_names"][2] == "c2"
+    assert sidecar["output"]["score"] == "sigmoid" and sidecar["platforms"] == ["cpu", "cuda"]
+
+    features = np.random.default_rng(0).normal(size=(5, 128, 128)).astype(np.float32)
+    np.save(tmp_path / "x.npy", features)
+    served = subprocess.run([sys.executable, "-c", SERVE, str(artifact), str(tmp_path / "x.npy"),
+                             str(tmp_path / "y5.npy"), str(tmp_path / "y3.npy")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr
+    info = json.loads(served.stdout.strip().splitlines()[-1])
+    assert info["platforms"] == ["cpu", "cuda"] and info["in"] == "float32[batch,128,128]"  # symbolic batch.
+    expected, _ = predict.predict(load_model(model_dir), features)
+    np.testing.assert_allclose(np.load(tmp_path / "y5.npy"), expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.load(tmp_path / "y3.npy"), expected[:3], atol=1e-5, rtol=0)
+
+
+def test_fixed_batch_export(model_dir, tmp_path):
+    from aum_jax import export
+
+    artifact, _ = export.write_export(model_dir, tmp_path / "fixed.jaxexport", batch=2, platforms=("cpu",))
+    import jax
+
+    exported = jax.export.deserialize(bytearray(artifact.read_bytes()))
+    assert exported.in_avals[0].shape == (2, 128, 128) and exported.out_avals[0].shape == (2, 10)
+    with pytest.raises(FileNotFoundError, match="not an aum-jax model directory"):
+        export.write_export(tmp_path / "nowhere", tmp_path / "x.jaxexport")
