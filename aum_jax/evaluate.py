@@ -35,7 +35,7 @@ def _logits(model: AudioMamba, fbank: jax.Array) -> jax.Array:
 
 def evaluate(
     model: AudioMamba, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, loss: str,
-    desc: str = "eval",
+    desc: str = "eval", matmul_precision: str = "highest",
 ) -> dict[str, float]:
     """Runs ``model`` (in eval mode; it is left so) over ``batches`` of this process.
 
@@ -45,6 +45,7 @@ def evaluate(
       mesh: the data-parallel mesh.
       loss: "BCE" or "CE", for the reported loss.
       desc: the progress bar's label (the split's name).
+      matmul_precision: float32 matmul precision; "highest" computes as the original.
 
     Returns:
       ``{"mAP", "mAUC", "d_prime", "accuracy", "loss", "num_examples"}``.
@@ -54,7 +55,8 @@ def evaluate(
     show = jax.process_index() == 0
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False):
         arrays = sharding.global_batch(batch, mesh)
-        logits = _logits(model, arrays["fbank"])
+        with jax.default_matmul_precision(matmul_precision):
+            logits = _logits(model, arrays["fbank"])
         logits, labels, mask = multihost_utils.process_allgather(
             (logits, arrays["label"], arrays["mask"]), tiled=True
         )
@@ -73,12 +75,13 @@ def evaluate(
 
 
 def evaluate_split(
-    model: AudioMamba, data: ml_collections.ConfigDict, split: str, mesh: jax.sharding.Mesh, loss: str
+    model: AudioMamba, data: ml_collections.ConfigDict, split: str, mesh: jax.sharding.Mesh, loss: str,
+    matmul_precision: str = "highest",
 ) -> dict[str, float]:
     """:func:`evaluate` over one pass of ``split`` of the data config ``data``."""
     iterator = input_pipeline.make_eval_iterator(data, split)
     try:
-        return evaluate(model, iterator, mesh, loss, desc=split)
+        return evaluate(model, iterator, mesh, loss, desc=split, matmul_precision=matmul_precision)
     finally:
         iterator.close()
 

@@ -60,7 +60,8 @@ def export_model(model: AudioMamba, batch: int | None = None, platforms: Sequenc
     cfg = model.config
     (dim,) = jax.export.symbolic_shape("batch") if batch is None else (batch,)
     spec = jax.ShapeDtypeStruct((dim, cfg.audio_length, cfg.num_mel_bins), jnp.float32)
-    return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
+    with jax.default_matmul_precision("highest"):  # the original's float32, on every platform.
+        return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:

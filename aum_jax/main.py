@@ -106,7 +106,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     nnx.update(model, sharding.replicate(nnx.state(model), mesh))
     reports = {}
     for split in filter(None, (config.eval.split, config.eval.test_split)):
-        result = evaluate.evaluate_split(model, config.data, split, mesh, config.train.loss)
+        result = evaluate.evaluate_split(model, config.data, split, mesh, config.train.loss, config.eval.matmul_precision)
         logging.info("%s on %s: %s", source, split, result)
         reports[split] = {"model": source, "split": split, **result}
         evaluate.write_report(workdir / workdir_lib.eval_report_file(split), reports[split])

@@ -349,7 +349,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         writer.write_scalars(step, {"train/restored_from_step": restored_from})
 
     def run_eval(split: str, eval_model: AudioMamba) -> dict[str, float]:
-        result = evaluate.evaluate_split(eval_model, config.data, split, mesh, train_cfg.loss)
+        result = evaluate.evaluate_split(eval_model, config.data, split, mesh, train_cfg.loss, config.eval.matmul_precision)
         eval_model.train()
         return result
 
@@ -380,8 +380,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         with _StopRequest() as stop:
             while step < num_steps:
                 batch = sharding.global_batch(next(train_iter), mesh)
-                pending.append(train_step(model, optimizer, batch, train_cfg.loss,
-                                          train_cfg.max_loss, train_cfg.max_grad_norm))
+                with jax.default_matmul_precision(train_cfg.matmul_precision):
+                    pending.append(train_step(model, optimizer, batch, train_cfg.loss,
+                                              train_cfg.max_loss, train_cfg.max_grad_norm))
                 step += 1
                 bar.update()
                 report_progress(step)

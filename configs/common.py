@@ -92,6 +92,7 @@ def get_train_config(num_epochs: int, loss: str, metric: str) -> ml_collections.
     c.eval_every = -1  # steps between evaluations; -1: every epoch (the original), 0: only at the end.
     c.checkpoint_every = 1000  # steps between training checkpoints (and at the end, on SIGTERM, on errors).
     c.keep_checkpoints = 3  # training checkpoints kept in workdir/checkpoints.
+    c.matmul_precision = "highest"  # float32 matmuls: "highest" is the original's fp32; "tensorfloat32" (TF32 on GPU, ~1e-3 off, faster) or "bfloat16" trade accuracy for speed.
     c.max_nonfinite_steps = 10  # diverged after this many bad steps in a row (each is skipped); not in the original.
     c.max_loss = 1e4  # a step with a larger mean loss is bad (healthy runs stay below ~10).
     c.max_grad_norm = 1e6  # a step with a larger global gradient norm is bad (healthy: below ~1e2).
@@ -116,6 +117,7 @@ def get_eval_config(test_split: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.split = "validation"  # split evaluated during training and by --mode=eval (config.data.eval_datafile).
     c.test_split = test_split  # "test": evaluated once with the best model after training ("" none).
+    c.matmul_precision = "highest"  # float32 matmuls in evaluation: the original's fp32 (see train.matmul_precision).
     c.model_dir = ""  # --mode=eval: model directory to evaluate; "" = workdir/model, else latest checkpoint.
     c.confusion_matrix = False  # after training: print and plot (workdir/confusion_<split>.png) the test split's confusion matrix; not in the original.
     return c

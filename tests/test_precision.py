@@ -70,3 +70,34 @@ def test_bfloat16_model_trains_with_float32_params(impl, variant):
         if float(jnp.linalg.norm(b)) > 1e-6
     ]
     assert np.median(cosine) > 0.95
+
+
+def test_predict_computes_at_highest_precision_unless_told(monkeypatch):
+    """``predict`` traces its forward pass under ``highest`` by default, as the original computes."""
+    from aum_jax import predict
+
+    seen = []
+    forward = predict._forward
+
+    def spy(model, x):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return forward(model, x)
+
+    monkeypatch.setattr(predict, "_forward", spy)
+    model = AudioMamba(AuMConfig(**TINY), rngs=nnx.Rngs(0))
+    features = np.zeros((2, 64, 32), np.float32)
+    with jax.default_matmul_precision("bfloat16"):  # a caller's ambient setting does not leak in.
+        predict.predict(model, features)
+    predict.predict(model, features, matmul_precision="tensorfloat32")
+    assert seen == ["highest", "tensorfloat32"]
+
+
+def test_the_precision_reaches_the_compiled_matmuls():
+    model = AudioMamba(AuMConfig(**TINY), rngs=nnx.Rngs(0))
+    x = jnp.zeros((2, 64, 32))
+    texts = {}
+    for precision in ("highest", "tensorfloat32"):
+        with jax.default_matmul_precision(precision):
+            texts[precision] = jax.jit(lambda x: model(x)).lower(x).as_text()
+    assert "HIGHEST" in texts["highest"]
+    assert texts["tensorfloat32"].count("HIGHEST") < texts["highest"].count("HIGHEST")
