@@ -38,6 +38,8 @@ from aum_jax.models import AudioMamba  # noqa: E402
 
 PLATFORMS = ("cpu", "cuda")
 SIDECAR_SUFFIX = ".preprocessing.json"
+# One artifact serves CPU and CUDA: the pure-JAX scan lowers for both, the Triton kernels only for CUDA.
+PORTABLE_SCAN = "sequential"
 
 
 def export_model(model: AudioMamba, batch: int | None = None, platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
@@ -86,7 +88,7 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
       ``(artifact path, preprocessing JSON path)``.
     """
     model_dir = model_directory(model_dir)
-    model = model_files.load_model(model_dir)
+    model = model_files.load_model(model_dir, scan_impl=PORTABLE_SCAN)
     cfg = model.config
     if cfg.num_classes == 0:
         raise ValueError(f"{model_dir}: the model has no classification head to export")
