@@ -30,6 +30,7 @@ from absl import logging
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
+from aum_jax import console
 from aum_jax import workdir as workdir_lib
 
 MODEL, OPTIMIZER, ITER = "model", "optimizer", "iter"
@@ -182,7 +183,7 @@ def restore(
         for name, state in states.items():
             nnx.replace_by_pure_dict(state, restored[name])
             nnx.update(nodes[name], state)
-        logging.info("Restored the checkpoint of step %d from %s", step, manager.directory)
+        console.line(f"Restored the checkpoint of step {step} from {manager.directory}")
         return step
     if steps:
         logging.warning("No readable checkpoint left in %s: starting from scratch", manager.directory)
