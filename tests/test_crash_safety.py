@@ -137,13 +137,13 @@ def test_unreadable_checkpoints_fall_back_to_older_ones(toy, tmp_path: Path) -> 
     assert run_checkpoints.make_manager(tmp_path, 5).all_steps() == [2, 4, 6]  # 4 and 6 written anew.
     assert read_scalars(tmp_path, "train/restored_from_step") == {2: 2.0}
 
-    # With every step unreadable, the run starts from scratch.
+    # With every step unreadable, the run starts from scratch (to more steps: a finished run is not retrained).
     for step in (2, 4, 6):
         for data_file in (checkpoints / str(step)).rglob("d/*"):
             data_file.write_bytes(b"")
-    config.train.num_steps = 2
+    config.train.num_steps = 8
     report = train.train_and_evaluate(config, tmp_path)
-    assert report["restored_from_step"] is None and report["step"] == 2
+    assert report["restored_from_step"] is None and report["step"] == 8
 
 
 def test_a_checkpoint_of_another_model_is_an_error_not_corruption(toy, tmp_path: Path) -> None:
@@ -151,6 +151,7 @@ def test_a_checkpoint_of_another_model_is_an_error_not_corruption(toy, tmp_path:
     config.eval.split = ""
     train.train_and_evaluate(config, tmp_path)
     config.model.embed_dim = 48
+    config.train.num_steps = 4  # more steps: a finished run would not be trained again.
     with pytest.raises(run_checkpoints.CheckpointMismatchError, match=r"checkpoints/2/model does not fit.*\n.*shape"):
         train.train_and_evaluate(config, tmp_path)
     assert not (tmp_path / workdir_lib.CHECKPOINT_DIR / workdir_lib.CORRUPT_DIR).exists()
@@ -189,7 +190,8 @@ def test_bad_input_ends_with_one_line(tmp_path: Path) -> None:
     for wav in (tmp_path / "toy" / "train").glob("*.wav"):
         wav.unlink()
     overrides = [f"--config.data.{k}={paths[v]}" for k, v in
-                 (("train_datafile", "train"), ("eval_datafile", "eval"), ("label_csv", "label_csv"))]
+                 (("train_datafile", "train"), ("eval_datafile", "eval"), ("test_datafile", "eval"),
+                  ("label_csv", "label_csv"))]
     result = subprocess.run(
         [sys.executable, "-m", "aum_jax.main", "--config=configs/speechcommands.py:runlocal",
          f"--workdir={tmp_path / 'work'}", "--config.data.num_classes=2", *overrides],
