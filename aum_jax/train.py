@@ -294,6 +294,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # ---------------------------------------------------------------- checkpoint
     manager = train_state.make_manager(workdir, train_cfg.keep_checkpoints)
     step = train_state.restore_latest(manager, model, optimizer, train_iter)
+    if step:
+        console.line(f"Resuming from the checkpoint of step {step} ({manager.directory})")
     best = _read_json(workdir / BEST_FILE)
     model_preprocessing = preprocessing.for_training(config)  # stored beside the model.
     report: dict[str, Any] = {"best": best, "final": None, "test": None}

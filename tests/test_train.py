@@ -276,5 +276,5 @@ def test_sigterm_checkpoints_and_the_job_resumes(tmp_path: Path) -> None:
     resumed = subprocess.run(command[:-2] + [f"--config.train.num_steps={stopped + 2}"], env=env, cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Restored the checkpoint of step {stopped}" in resumed.stderr
+    assert f"Resuming from the checkpoint of step {stopped}" in resumed.stderr
     assert json.loads((workdir / "report.json").read_text())["step"] == stopped + 2
