@@ -50,7 +50,7 @@ def _matmul_dtypes(config: AuMConfig, x: jax.Array) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("impl, variant", [("sequential", "v1"), ("chunked", "v1"), ("pallas", "v2")])
+@pytest.mark.parametrize("impl, variant", [("sequential", "v1"), ("pallas", "v2")])
 def test_bfloat16_model_trains_with_float32_params(impl, variant):
     x = jax.random.normal(jax.random.key(0), (2, 64, 32))
     y = (jax.random.uniform(jax.random.key(1), (2, 5)) < 0.3).astype(jnp.float32)
