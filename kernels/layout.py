@@ -73,10 +73,6 @@ class BlockConfig:
     unroll: int  # time steps whose rows are loaded together, then computed in turn
     chunk: int  # steps between the boundary states the forward pass keeps for the backward
 
-    @property
-    def sub_blocks(self) -> int:
-        return self.chunk // self.unroll
-
 
 def _block_d(layout: ScanLayout) -> int:
     """As many channels as fill STATE_ELEMS_PER_WARP, fewer while the grid is too small for the GPU."""
