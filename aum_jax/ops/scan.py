@@ -9,7 +9,7 @@ Tensors are channels-last, the natural JAX layout: ``u``, ``delta`` and ``z`` ar
 (B, L, D), ``B`` and ``C`` are (B, L, N), ``A`` is (D, N). The original CUDA kernel
 takes (B, D, L); only the layout differs, the arguments and their meaning are the same.
 
-Four implementations compute the same function and are all differentiable:
+Five implementations compute the same function and are all differentiable:
 
 - ``"sequential"``: a ``lax.scan`` over time, the readable reference, with a hand-written
   backward ``lax.scan`` (a ``jax.custom_vjp``) that keeps every state, as JAX's own would.
@@ -17,18 +17,21 @@ Four implementations compute the same function and are all differentiable:
 - ``"chunked"``: a ``lax.scan`` over chunks of ``chunk_size`` steps with a parallel scan
   inside each chunk; the chunk body is rematerialised, so neither the forward nor the
   backward pass ever holds the whole (B, L, D, N) state tensor, only chunk-boundary states.
+- ``"cpu"``: the C++ kernels of ``kernels/cpu_scan.cc`` for XLA's CPU backend, through the
+  XLA FFI, compiled on first use: a 16-channel block's states stay in vector registers
+  while time advances, and the backward recomputes them per block.
 - ``"pallas"``: the Pallas/Triton GPU kernels of ``kernels/`` (Pallas interpret mode off
   the GPU): a fused forward kernel that keeps chunk-boundary states and a backward kernel
   that walks time in reverse, recomputing the states in between.
 
 ``impl="auto"`` picks ``"pallas"`` on GPU (the only implementation whose training memory
-matches the original's, and the fastest), ``"sequential"`` on CPU, where it is the fastest
-(see the ``scan`` section of ``scripts/benchmark.py``), and ``"chunked"`` elsewhere (TPU),
-whose memory is bounded like the kernel's.
+matches the original's, and the fastest), ``"cpu"`` on CPU, the fastest there (see the
+``scan`` section of ``scripts/benchmark.py``; ``"sequential"`` where no C++ compiler
+builds it), and ``"chunked"`` elsewhere (TPU), whose memory is bounded like the kernel's.
 
 ``bidirectional_scan`` sums a forward-in-time scan and a backward-in-time one, as AuM's
-Fo-Bi and Bi-Bi blocks do: the kernel runs both in one launch, reading time backwards for
-the second; the pure-JAX implementations flip its inputs and output instead.
+Fo-Bi and Bi-Bi blocks do: the kernels read time backwards for the second (the Pallas
+one runs both in one launch); the pure-JAX implementations flip its inputs and output.
 
 The state is always float32, whatever the input dtype; the output takes ``u``'s dtype.
 The readout ``<h_t, C_t>`` is computed at ``HIGHEST`` precision, as the original kernel's
@@ -44,23 +47,28 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from kernels import cpu_scan
 from kernels.selective_scan import bidirectional_selective_scan, selective_scan_fn
 
-ScanImpl = Literal["sequential", "associative", "chunked", "pallas", "auto"]
-SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked", "pallas")
+ScanImpl = Literal["sequential", "associative", "chunked", "cpu", "pallas", "auto"]
+SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked", "cpu", "pallas")
 DEFAULT_CHUNK_SIZE = 128
 
 
-AUTO_IMPLS: dict[str, str] = {"cpu": "sequential", "gpu": "pallas"}  # other backends: "chunked"
+AUTO_IMPLS: dict[str, str] = {"cpu": "cpu", "gpu": "pallas"}  # other backends: "chunked"
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def resolve_impl(impl: str) -> str:
     """Maps ``"auto"`` to the fastest implementation on the default backend."""
+    backend = jax.default_backend()
     if impl == "auto":
-        return AUTO_IMPLS.get(jax.default_backend(), "chunked")
+        impl = AUTO_IMPLS.get(backend, "chunked")
+        return "sequential" if impl == "cpu" and not cpu_scan.available() else impl
     if impl not in SCAN_IMPLS:
         raise ValueError(f"Unknown selective-scan impl {impl!r}; choose one of {SCAN_IMPLS} or 'auto'.")
+    if impl == "cpu" and backend != "cpu":
+        raise ValueError(f"scan_impl 'cpu' runs on the CPU backend only, not {backend!r}; use 'auto'.")
     return impl
 
 
@@ -208,9 +216,18 @@ def _scan_chunked(u, delta, A, B, C, h0, chunk_size: int):
 
 
 def scan_readout(
-    u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *, impl: str, chunk_size: int
+    u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *, impl: str, chunk_size: int,
+    reverse: bool = False,
 ) -> jax.Array:
-    """The recurrence alone on float32 inputs: u, delta (B, L, D), A (D, N), B, C (B, L, N) -> <h_t, C_t>."""
+    """The recurrence alone on float32 inputs: u, delta (B, L, D), A (D, N), B, C (B, L, N) -> <h_t, C_t>.
+
+    With ``reverse`` the state runs from t = L - 1 down to 0; the output stays in time order.
+    """
+    if impl == "cpu":
+        return cpu_scan.scan_readout(u, delta, A, B, C, reverse)
+    if reverse:
+        flip = lambda x: jnp.flip(x, axis=1)
+        return flip(scan_readout(flip(u), flip(delta), A, flip(B), flip(C), impl=impl, chunk_size=chunk_size))
     if impl == "sequential":
         return _scan_sequential(u, delta, A, B, C)
     h0 = jnp.zeros((u.shape[0], u.shape[2], A.shape[1]), jnp.float32)
@@ -257,8 +274,10 @@ def selective_scan(
     return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, impl=impl, chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("delta_softplus", "impl", "chunk_size"))
-def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, *, impl: str, chunk_size: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("delta_softplus", "impl", "chunk_size", "reverse"))
+def _selective_scan(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, *, impl: str, chunk_size: int, reverse: bool = False
+) -> jax.Array:
     out_dtype = u.dtype
     f32 = jnp.float32
     u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
@@ -266,7 +285,7 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, *
         delta = delta + delta_bias.astype(f32)
     if delta_softplus:
         delta = jax.nn.softplus(delta)
-    y = scan_readout(u, delta, A, B, C, impl=impl, chunk_size=chunk_size)
+    y = scan_readout(u, delta, A, B, C, impl=impl, chunk_size=chunk_size, reverse=reverse)
     if D is not None:
         y = y + u * D.astype(f32)
     if z is not None:
@@ -308,11 +327,10 @@ def bidirectional_scan(
     out = None
     for k, A in enumerate(As):
         pick = lambda seq: seq[0] if len(seq) == 1 else seq[k]
-        flip = (lambda x: x) if k == 0 else (lambda x: None if x is None else jnp.flip(x, axis=1))
-        y = selective_scan(
-            flip(pick(us)), flip(pick(deltas)), A, flip(pick(Bs)), flip(pick(Cs)),
-            pick(Ds) if Ds else None, flip(z), pick(delta_biases) if delta_biases else None,
-            delta_softplus, impl=impl, chunk_size=chunk_size,
+        y = _selective_scan(
+            pick(us), pick(deltas), A, pick(Bs), pick(Cs), pick(Ds) if Ds else None, z,
+            pick(delta_biases) if delta_biases else None, delta_softplus,
+            impl=impl, chunk_size=chunk_size, reverse=k == 1,
         )
-        out = flip(y) if out is None else out + flip(y)
+        out = y if out is None else out + y
     return out * scale if scale != 1.0 else out
