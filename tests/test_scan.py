@@ -1,7 +1,8 @@
 """The selective scans: every implementation against a float64 NumPy recurrence and against the
 others, on outputs and all eight gradients; the Pallas kernels in interpret mode on awkward
 shapes, both directions in one launch, bf16 inputs and their GPU block sizes; their CUDA
-lowering through Triton (``jax.export``, no GPU needed); and the training memory the model's
+lowering through Triton (``jax.export``, no GPU needed); the C++ CPU kernel's reverse
+direction, build cache and missing-compiler error; and the training memory the model's
 gradient keeps per layer (``compiled.memory_analysis()``)."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jax import export
 
 from aum_jax.models import AudioMamba, AuMConfig
 from aum_jax.ops import SCAN_IMPLS, bidirectional_scan, resolve_impl, selective_scan
+from kernels import cpu_scan
 from kernels.layout import BlockConfig, ScanLayout, backward_blocks, forward_blocks
 from kernels.selective_scan import bidirectional_selective_scan
 
@@ -129,9 +131,11 @@ def bidirectional_inputs(batch, length, dim, n, per_direction: bool, seed=2, dty
     return (group("u"), group("delta"), group("A", 2), group("B"), group("C"), group("D"), sets[0]["z"], group("delta_bias"))
 
 
+@pytest.mark.parametrize("kernel", ["cpu", "pallas"])
 @pytest.mark.parametrize("per_direction", [False, True], ids=["fobi_shared", "bibi_own"])
-@pytest.mark.parametrize("shape", [(2, 37, 12, 5), (1, 1, 7, 3), (1, 100, 20, 16)])  # odd L, L=1, L not 2^k
-def test_bidirectional_kernel_matches_the_flipped_reference(per_direction, shape):
+@pytest.mark.parametrize("shape", [(2, 37, 12, 5), (1, 1, 7, 3), (1, 100, 40, 16)])  # odd L, L=1, D = 2.5 blocks
+def test_bidirectional_kernel_matches_the_flipped_reference(kernel, per_direction, shape):
+    """The kernels read the second direction backwards in time; the reference flips it."""
     args = bidirectional_inputs(*shape, per_direction)
     weights = jnp.cos(jnp.arange(np.prod(shape[:3])).reshape(shape[:3]))
     scale = 0.5 if per_direction else 1.0
@@ -141,7 +145,7 @@ def test_bidirectional_kernel_matches_the_flipped_reference(per_direction, shape
         return jnp.sum(out * weights), out
 
     (_, want), want_grads = jax.value_and_grad(loss, argnums=tuple(range(1, 9)), has_aux=True)("sequential", *args)
-    (_, got), got_grads = jax.value_and_grad(loss, argnums=tuple(range(1, 9)), has_aux=True)("pallas", *args)
+    (_, got), got_grads = jax.value_and_grad(loss, argnums=tuple(range(1, 9)), has_aux=True)(kernel, *args)
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-4)
     for name, g, w in zip(NAMES, got_grads, want_grads):
         for i, (gi, wi) in enumerate(zip(jax.tree.leaves(g), jax.tree.leaves(w))):
@@ -286,7 +290,7 @@ def _temp_bytes_per_layer(impl: str, d_state: int) -> tuple[float, int]:
     return (temp[4] - temp[2]) / 2, 2 * (config.num_patches + 1) * config.d_inner * 4
 
 
-@pytest.mark.parametrize("impl", ["sequential", "chunked"])
+@pytest.mark.parametrize("impl", ["sequential", "chunked", "cpu"])
 def test_training_keeps_order_bld_per_layer_never_bldn(impl):
     """With N = 16, one (B, L, D, N) float32 residual per layer would alone be 16 (B, L, D)
     tensors; the blocks keep about 4.3 (the matmul outputs), as the original keeps 4 to 5.
@@ -294,3 +298,41 @@ def test_training_keeps_order_bld_per_layer_never_bldn(impl):
     associative scan goes through the same remat and was measured at 4.3 as well."""
     per_layer, bld = _temp_bytes_per_layer(impl, d_state=16)
     assert per_layer < 6 * bld, f"{impl}: {per_layer / bld:.1f} (B, L, D) tensors per layer"
+
+
+# ----------------------------------------------------------------------------------------
+# The CPU kernel: auto's pick on CPU, its build, and what happens without a compiler
+# ----------------------------------------------------------------------------------------
+
+
+def test_auto_trains_with_the_cpu_kernel_on_cpu():
+    """On the CPU backend the model's gradient calls the C++ forward and backward kernels and
+    runs no XLA loop over time: the only loop is the one over layers."""
+    assert jax.default_backend() == "cpu" and resolve_impl("auto") == "cpu"
+    config = AuMConfig(embed_dim=32, depth=3, num_classes=4, num_mel_bins=32, audio_length=64, bimamba_type="v1")
+    eqns = list(_eqns(_model_grad_jaxpr(config)))
+    targets = [e.params["target_name"] for e in eqns if e.primitive.name == "ffi_call"]
+    assert targets.count("aum_scan_cpu_fwd") >= 2 and targets.count("aum_scan_cpu_bwd") == 2  # two directions
+    loops = [e for e in eqns if e.primitive.name in ("scan", "while")]
+    assert loops and all(e.primitive.name == "scan" and e.params["length"] == config.depth for e in loops)
+
+
+def test_cpu_kernel_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    library = cpu_scan.build.__wrapped__()
+    assert library.parent == tmp_path / "aum_jax" and library.stat().st_size > 0
+    stamp = library.stat().st_mtime_ns
+    assert cpu_scan.build.__wrapped__() == library and library.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in library.parent.iterdir()] == [library.name]  # no partial files left
+
+
+def test_missing_compiler_is_a_clear_error_and_auto_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-c++")
+    with pytest.raises(cpu_scan.CpuKernelUnavailable, match=r"no C\+\+ compiler 'no-such-c\+\+'.*scan_impl='sequential'"):
+        cpu_scan.build.__wrapped__()
+    monkeypatch.setattr(cpu_scan, "available", lambda: False)
+    assert resolve_impl("auto") == "sequential"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(ValueError, match="CPU backend only"):
+        resolve_impl("cpu")

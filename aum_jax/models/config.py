@@ -57,7 +57,7 @@ class AuMConfig:
     transpose_token_sequence: bool = False  # order patches time-major (needs strides == patch_size)
     drop_rate: float = 0.0  # dropout after the position embedding
     drop_path_rate: float = 0.0  # stochastic depth: linear in depth, shifted by one block
-    scan_impl: str = "auto"  # selective scan: sequential, associative, chunked; auto picks by backend
+    scan_impl: str = "auto"  # selective scan: sequential, associative, chunked, cpu, pallas; auto picks by backend
     scan_chunk_size: int = 128  # steps per chunk for scan_impl="chunked"
     remat: str = "dots"  # what a block keeps for its backward pass: "dots" (matmul outputs), "none" (all), "full" (nothing)
     dtype: str = "float32"  # compute dtype of the projections; params and state stay float32
