@@ -265,29 +265,19 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<f
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AumScanForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // u
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // delta
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // A
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // B
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // C
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
-                                  .Attr<int32_t>("reverse"));
+using F32 = ffi::Buffer<ffi::F32>;
+
+// The thread pool and the inputs both kernels take: u, delta, A, B, C.
+auto BindScanInputs() { return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>(); }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AumScanForward, Forward, BindScanInputs().Ret<F32>().Attr<int32_t>("reverse"));  // -> y
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AumScanBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // u
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // delta
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // A
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // B
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // C
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // du
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // ddelta
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dA partials (B, D, N)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dB partials (G, B, L, N)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dC partials (G, B, L, N)
+                              BindScanInputs()
+                                  .Arg<F32>()  // dy
+                                  .Ret<F32>()  // du
+                                  .Ret<F32>()  // ddelta
+                                  .Ret<F32>()  // dA partials (B, D, N)
+                                  .Ret<F32>()  // dB partials (G, B, L, N)
+                                  .Ret<F32>()  // dC partials (G, B, L, N)
                                   .Attr<int32_t>("reverse"));
