@@ -3,11 +3,11 @@
   python -m aum_jax.main --config=configs/demo.py --workdir=/tmp/aum_demo
 
 Generates the dataset into the cache on first use (``$AUM_JAX_CACHE/demo`` or
-``~/.cache/aum_jax/demo``), trains a tiny (depth 2) Bi-Bi AuM for 12 epochs, keeps the best
+``~/.cache/aum_jax/demo``), trains a tiny (depth 2) Bi-Bi AuM for 16 epochs, keeps the best
 model on the validation voices, and prints its accuracy and confusion matrix on the held-out
 test voices (10 classes: chance is 10%); the matrix is also saved as
-``workdir/confusion_test.png``. Measured on a 2-core VM at load average ~8 (BENCHMARKS.md):
-79.5% held-out accuracy in 23.5 minutes, data generation included.
+``workdir/confusion_test.png``. Measured on the quiet 2-core VM (BENCHMARKS.md): 86.25%
+held-out accuracy in 7 min 37 s, data generation included.
 
 Variant ``runlocal`` (alias ``tiny``): a handful of steps on a tiny dataset, seconds.
 """
