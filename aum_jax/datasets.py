@@ -65,6 +65,7 @@ class AudioSource(Protocol):
     """What the input pipeline needs from a source."""
 
     num_classes: int
+    random_crops: bool  # load_audio's rng draws a random crop: a clip's audio differs between epochs.
 
     def __len__(self) -> int: ...
 
@@ -148,6 +149,8 @@ class DatafileSource(_RecordList):
     clip and the label.
     """
 
+    random_crops = False
+
     def __init__(self, datafile: str | os.PathLike, label_csv: str | os.PathLike):
         self.datafile = os.path.expanduser(os.fspath(datafile))
         index_of, self.class_names = load_label_csv(label_csv)
@@ -184,6 +187,8 @@ class TfdsSource:
     ``builder.download_and_prepare(file_format="array_record")``). Integer audio is
     scaled to [-1, 1) as torchaudio does (int16 / 32768).
     """
+
+    random_crops = False
 
     def __init__(
         self,
@@ -263,6 +268,8 @@ class EpicSoundsSource(_RecordList):
     uniformly random start for training and at the segment start for evaluation; a
     shorter segment is used whole.
     """
+
+    random_crops = True
 
     def __init__(
         self,

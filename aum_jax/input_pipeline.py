@@ -8,7 +8,9 @@ Per clip, grain maps in the order of the original ``AudiosetDataset.__getitem__`
    lambda ~ Beta(``mixup_beta``, ``mixup_beta``); the label is ``lambda * y1 +
    (1 - lambda) * y2``;
 3. fbank: Kaldi fbank (:mod:`aum_jax.audio`), or for EPIC-Sounds the original's
-   librosa log-mel; padded (zeros; EPIC: edge) or cut to ``audio_length`` frames;
+   librosa log-mel; padded (zeros; EPIC: edge) or cut to ``audio_length`` frames; with
+   ``cache_features`` (training, no mixup, no random crops) steps 1-3 run once per clip
+   and their fbank is kept in memory for the later epochs;
 4. training: SpecAugment masks, a frequency mask of width < ``freqm`` then a time
    mask of width < ``timem`` (torchaudio's, or EPIC-Sounds' two per axis);
 5. normalise, ``(x - mean) / (2 * std)`` (:func:`aum_jax.audio.normalize`), unless
@@ -110,6 +112,7 @@ class FeatureOptions:
     mean: float
     std: float
     skip_norm: bool
+    cache_features: bool
     train: bool
 
     @classmethod
@@ -119,6 +122,10 @@ class FeatureOptions:
             raise ValueError(f"unknown feature {config.feature!r}")
         if config.mask_style not in ("torchaudio", "epic"):
             raise ValueError(f"unknown mask_style {config.mask_style!r}")
+        cache_features = bool(config.cache_features) and train
+        if cache_features and config.mixup > 0:
+            raise ValueError(f"{config.name}: cache_features needs mixup 0 (mixup={config.mixup} mixes waveforms "
+                             "before the fbank, so a clip's features change every epoch)")
         return cls(
             num_classes=config.num_classes,
             num_mel_bins=config.num_mel_bins,
@@ -138,6 +145,7 @@ class FeatureOptions:
             mean=config.mean,
             std=config.std,
             skip_norm=config.skip_norm,
+            cache_features=cache_features,
             train=train,
         )
 
@@ -232,6 +240,32 @@ class _Features(_Stage):
         return {"key": element["key"], "fbank": np.array(spec, np.float32), "label": element["label"]}
 
 
+class _CachedFeatures:
+    """Source index -> :class:`_Decode` then :class:`_Features`, computed once per process.
+
+    For ``cache_features``: without mixup and random crops a clip's fbank is the same every
+    epoch, so each is kept (``audio_length * num_mel_bins`` float32 per clip) and handed out
+    as a fresh copy (the masks write into it). Failures are not kept: they are retried and
+    counted again. Worker processes start empty and fill their own copies.
+    """
+
+    def __init__(self, decode: _Decode, features: _Features):
+        self._decode, self._features = decode, features
+        self._kept: dict[int, Element] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_kept": {}}
+
+    def __call__(self, index: int) -> Element:
+        element = self._kept.get(index)
+        if element is None:
+            element = self._features(self._decode(index))
+            if "fbank" not in element:
+                return element
+            self._kept[index] = element
+        return {**element, "fbank": element["fbank"].copy()}
+
+
 class _Masks(_Stage):
     """SpecAugment: a frequency then a time mask (torchaudio's, or EPIC-Sounds' two per axis)."""
 
@@ -287,10 +321,16 @@ def _clips(ds: grain.MapDataset, source: datasets.AudioSource, options: FeatureO
     """
     decode_seed, mixup_seed, mask_seed, noise_seed = np.random.SeedSequence(seed).generate_state(4).tolist()
     decode = _Decode(source, options)
-    ds = ds.random_map(decode, seed=decode_seed) if options.train else ds.map(decode)
-    if options.mixup > 0:
-        ds = ds.random_map(_Mixup(options, source), seed=mixup_seed)
-    ds = ds.map(_Features(options))
+    if options.cache_features:
+        if source.random_crops:
+            raise ValueError("cache_features needs a source without random crops (this one crops each clip "
+                             "at random in training, so its features change every epoch)")
+        ds = ds.map(_CachedFeatures(decode, _Features(options)))
+    else:
+        ds = ds.random_map(decode, seed=decode_seed) if options.train else ds.map(decode)
+        if options.mixup > 0:
+            ds = ds.random_map(_Mixup(options, source), seed=mixup_seed)
+        ds = ds.map(_Features(options))
     if options.freqm or options.timem:
         ds = ds.random_map(_Masks(options), seed=mask_seed)
     if not options.skip_norm:

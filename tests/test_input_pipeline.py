@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from aum_jax import audio, augment
+from aum_jax import audio, augment, datasets
 from aum_jax import input_pipeline as ip
 from configs.data import get_data_config
 
@@ -309,3 +309,43 @@ def test_a_truncated_wav_is_counted_as_bad_input(tmp_path):
     _take(it, 2)
     assert it.skipped_by_kind == {"truncated": it.num_skipped} and it.num_skipped >= 1
     assert list(it.bad_inputs) == [str(path)]
+
+
+def test_cached_features_give_the_same_batches_and_decode_clips_once(tmp_path, monkeypatch):
+    c = _config(tmp_path, 10, bad={3: "corrupt"}, mixup=0.0, noise=False, max_bad_fraction=0.5)
+    c.batch_size = 3  # 3 epochs of 9 good clips: batches straddle the epochs.
+    plain = ip.make_train_iterator(c, process_index=0, process_count=1)
+    reference = _take(plain, 9)
+    plain.close()  # its prefetch thread reads no more.
+    loads = []
+    real_load = audio.load_waveform
+    monkeypatch.setattr(audio, "load_waveform", lambda path: loads.append(path) or real_load(path))
+    c.cache_features = True
+    it = ip.make_train_iterator(c, process_index=0, process_count=1)
+    for want, got in zip(reference, _take(it, 9), strict=True):  # the masks still differ per epoch.
+        np.testing.assert_array_equal(got["fbank"], want["fbank"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+    good = [p for p in loads if not p.endswith("clip3.wav")]
+    # Three epochs, the last two from the cache (grain may start the first clip twice, in two threads).
+    assert len(set(good)) == 9 and len(good) <= 10
+    assert loads.count(str(tmp_path / "clip3.wav")) >= 2 and it.num_skipped >= 2  # the bad one is retried, counted
+    c.num_workers = 1
+    it = ip.make_train_iterator(c, process_index=0, process_count=1)
+    for want, got in zip(reference, _take(it, 9), strict=True):
+        np.testing.assert_array_equal(got["fbank"], want["fbank"])
+    it.close()
+
+
+def test_cached_features_refuse_mixup_and_random_crops(tmp_path):
+    c = _config(tmp_path, 4, cache_features=True)
+    with pytest.raises(ValueError, match="cache_features needs mixup 0"):
+        ip.make_train_iterator(c, process_index=0, process_count=1)
+    c.mixup = 0.0
+    ip.make_eval_iterator(c, process_index=0, process_count=1)  # evaluation never caches.
+
+    class CroppingSource(datasets.DatafileSource):
+        random_crops = True
+
+    source = CroppingSource(c.train_datafile, c.label_csv)
+    with pytest.raises(ValueError, match="cache_features needs a source without random crops"):
+        ip.make_train_iterator(c, source=source, process_index=0, process_count=1)

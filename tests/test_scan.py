@@ -317,6 +317,25 @@ def test_auto_trains_with_the_cpu_kernel_on_cpu():
     assert loops and all(e.primitive.name == "scan" and e.params["length"] == config.depth for e in loops)
 
 
+def test_dots_scan_remat_keeps_the_readouts_and_skips_the_forward_rerun():
+    """``remat="dots_scan"`` saves the scans' readouts: the backward calls the CPU forward kernel
+    once per direction (not again to rebuild the readout) and the gradients do not change."""
+    base = dict(embed_dim=32, depth=2, num_classes=4, num_mel_bins=32, audio_length=64, bimamba_type="v2",
+                scan_impl="cpu")
+    counts, grads = {}, {}
+    for remat in ("dots", "dots_scan"):
+        config = AuMConfig(**base, remat=remat)
+        targets = [e.params["target_name"] for e in _eqns(_model_grad_jaxpr(config)) if e.primitive.name == "ffi_call"]
+        counts[remat] = targets.count("aum_scan_cpu_fwd")
+        model = AudioMamba(config, rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        x = jax.random.normal(jax.random.key(1), (2, config.audio_length, config.num_mel_bins))
+        grads[remat] = jax.grad(lambda p: nnx.merge(graphdef, p, rest)(x).sum())(params)
+    assert counts == {"dots": 4, "dots_scan": 2}
+    for a, b in zip(jax.tree.leaves(grads["dots"]), jax.tree.leaves(grads["dots_scan"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_cpu_kernel_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     library = cpu_scan.build.__wrapped__()

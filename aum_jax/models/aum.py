@@ -19,6 +19,7 @@ from flax import nnx
 
 from aum_jax.models.config import AuMConfig
 from aum_jax.models.mamba import Block, RMSNorm
+from aum_jax.ops import SCAN_READOUT
 
 
 def timm_trunc_normal(std: float = 0.02) -> nnx.Initializer:
@@ -188,6 +189,11 @@ class AudioMamba(nnx.Module):
 # as the original's fused mamba_inner_fn recomputes its conv and delta.
 _REMAT = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # One (B, L, D) float32 tensor more per scan: the backward of a pure-JAX or CPU scan then
+    # does not re-run its forward (the Pallas kernels' backward needs their forward's states).
+    "dots_scan": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(SCAN_READOUT)),
     "full": jax.checkpoint_policies.nothing_saveable,
 }
 

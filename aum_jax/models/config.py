@@ -17,7 +17,7 @@ AUM_TYPES: dict[str, str] = {"Fo-Fo": "none", "Fo-Bi": "v1", "Bi-Bi": "v2"}
 BIMAMBA_TYPES: tuple[str, ...] = tuple(AUM_TYPES.values())
 CLS_POSITIONS: tuple[str, ...] = ("middle", "head", "end", "double", "none")
 POOLS: tuple[str, ...] = ("mean", "last", "max")
-REMAT_POLICIES: tuple[str, ...] = ("dots", "none", "full")
+REMAT_POLICIES: tuple[str, ...] = ("dots", "dots_scan", "none", "full")
 
 BimambaType = Literal["none", "v1", "v2"]
 ClsPosition = Literal["middle", "head", "end", "double", "none"]
@@ -59,7 +59,7 @@ class AuMConfig:
     drop_path_rate: float = 0.0  # stochastic depth: linear in depth, shifted by one block
     scan_impl: str = "auto"  # selective scan: sequential, associative, chunked, cpu, pallas; auto picks by backend
     scan_chunk_size: int = 128  # steps per chunk for scan_impl="chunked"
-    remat: str = "dots"  # what a block keeps for its backward pass: "dots" (matmul outputs), "none" (all), "full" (nothing)
+    remat: str = "dots"  # what a block keeps for its backward: "dots" (matmul outputs), "dots_scan" (and the scans' readouts), "none" (all), "full" (nothing)
     dtype: str = "float32"  # compute dtype of the projections; params and state stay float32
 
     def __post_init__(self) -> None:

@@ -46,6 +46,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from kernels import cpu_scan
 from kernels.selective_scan import bidirectional_selective_scan, selective_scan_fn
@@ -53,6 +54,7 @@ from kernels.selective_scan import bidirectional_selective_scan, selective_scan_
 ScanImpl = Literal["sequential", "associative", "chunked", "cpu", "pallas", "auto"]
 SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked", "cpu", "pallas")
 DEFAULT_CHUNK_SIZE = 128
+SCAN_READOUT = "scan_readout"  # checkpoint name of a pure-JAX or CPU scan's readout, (B, L, D) float32
 
 
 AUTO_IMPLS: dict[str, str] = {"cpu": "cpu", "gpu": "pallas"}  # other backends: "chunked"
@@ -285,7 +287,8 @@ def _selective_scan(
         delta = delta + delta_bias.astype(f32)
     if delta_softplus:
         delta = jax.nn.softplus(delta)
-    y = scan_readout(u, delta, A, B, C, impl=impl, chunk_size=chunk_size, reverse=reverse)
+    y = checkpoint_name(scan_readout(u, delta, A, B, C, impl=impl, chunk_size=chunk_size, reverse=reverse),
+                        SCAN_READOUT)
     if D is not None:
         y = y + u * D.astype(f32)
     if z is not None:
