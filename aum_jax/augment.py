@@ -5,6 +5,7 @@ order of the original ``AudiosetDataset.__getitem__``: decode, mixup
 (:func:`mix_waveforms`), fbank, masks (:func:`torchaudio_mask` or, for EPIC-Sounds,
 :func:`epic_masks`), normalise (:func:`aum_jax.audio.normalize`), noise
 (:func:`add_noise`). Their knobs live in ``config.data`` (``configs/data.py``).
+:func:`frequency_warp` (after the fbank, before the masks) is this project's addition.
 """
 
 from __future__ import annotations
@@ -77,6 +78,38 @@ def epic_masks(
             spec[band] = spec.mean()
         else:
             spec[:, band] = spec.mean()
+
+
+def _mel(hz: np.ndarray | float) -> np.ndarray:
+    return 1127.0 * np.log1p(np.asarray(hz, np.float64) / 700.0)
+
+
+def frequency_warp(spec: np.ndarray, factor: float, sample_rate: float) -> np.ndarray:
+    """A vocal-tract-length warp of a Kaldi fbank: its frequency axis scaled by ``factor``.
+
+    Bin ``k`` of the result takes the fbank at the frequency of bin ``k``'s centre divided by
+    ``factor``, interpolated linearly between neighbouring bins (the edge bins repeat):
+    ``factor > 1`` moves the spectrum, formants included, up, as a shorter vocal tract
+    does (VTLP, Jaitly & Hinton 2013, applied to the log-mel bins).
+
+    Args:
+      spec: ``(frames, bins)`` from :func:`aum_jax.audio.kaldi_fbank` at ``sample_rate``.
+      factor: the frequency scale, e.g. in ``[0.9, 1.1]``.
+      sample_rate: the clip's rate in Hz (the filterbank spans 20 Hz to Nyquist).
+
+    Returns:
+      A new float32 ``(frames, bins)`` array.
+    """
+    bins = spec.shape[1]
+    high = audio.HIGH_FREQ if audio.HIGH_FREQ > 0 else audio.HIGH_FREQ + sample_rate / 2
+    mel_low, mel_high = _mel(audio.LOW_FREQ), _mel(high)
+    step = (mel_high - mel_low) / (bins + 1)
+    centres = 700.0 * np.expm1((mel_low + step * np.arange(1, bins + 1)) / 1127.0)
+    source = np.clip((_mel(centres / factor) - mel_low) / step - 1.0, 0.0, bins - 1)
+    below = np.minimum(np.floor(source).astype(np.int64), bins - 2) if bins > 1 else np.zeros(bins, np.int64)
+    weight = (source - below).astype(np.float32)
+    above = np.minimum(below + 1, bins - 1)
+    return (spec[:, below] * (1.0 - weight) + spec[:, above] * weight).astype(np.float32)
 
 
 def add_noise(spec: np.ndarray, rng: np.random.Generator, scale: float, max_shift: int) -> np.ndarray:

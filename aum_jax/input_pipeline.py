@@ -11,8 +11,10 @@ Per clip, grain maps in the order of the original ``AudiosetDataset.__getitem__`
    librosa log-mel; padded (zeros; EPIC: edge) or cut to ``audio_length`` frames; with
    ``cache_features`` (training, no mixup, no random crops) steps 1-3 run once per clip
    and their fbank is kept in memory for the later epochs;
-4. training: SpecAugment masks, a frequency mask of width < ``freqm`` then a time
-   mask of width < ``timem`` (torchaudio's, or EPIC-Sounds' two per axis);
+4. training: with ``freq_warp``, the frequency axis scaled by a factor in [1 - w, 1 + w]
+   (:func:`aum_jax.augment.frequency_warp`, not in the original); SpecAugment masks, a
+   frequency mask of width < ``freqm`` then a time mask of width < ``timem``
+   (torchaudio's, or EPIC-Sounds' two per axis);
 5. normalise, ``(x - mean) / (2 * std)`` (:func:`aum_jax.audio.normalize`), unless
    ``skip_norm``;
 6. training, if ``noise``: add ``U[0,1) * U[0,1) * noise_scale`` noise and roll in
@@ -101,6 +103,7 @@ class FeatureOptions:
     feature: str
     epic_window_ms: float
     epic_hop_ms: float
+    freq_warp: float
     freqm: int
     timem: int
     mask_style: str
@@ -122,6 +125,8 @@ class FeatureOptions:
             raise ValueError(f"unknown feature {config.feature!r}")
         if config.mask_style not in ("torchaudio", "epic"):
             raise ValueError(f"unknown mask_style {config.mask_style!r}")
+        if config.freq_warp and config.feature != "kaldi_fbank":
+            raise ValueError(f"{config.name}: freq_warp works on the Kaldi fbank, not on {config.feature!r}")
         cache_features = bool(config.cache_features) and train
         if cache_features and config.mixup > 0:
             raise ValueError(f"{config.name}: cache_features needs mixup 0 (mixup={config.mixup} mixes waveforms "
@@ -134,6 +139,7 @@ class FeatureOptions:
             feature=config.feature,
             epic_window_ms=config.epic_window_ms,
             epic_hop_ms=config.epic_hop_ms,
+            freq_warp=config.freq_warp if train else 0.0,
             freqm=config.freqm if train else 0,
             timem=config.timem if train else 0,
             mask_style=config.mask_style,
@@ -237,7 +243,8 @@ class _Features(_Stage):
                 spec = audio.pad_or_cut(spec, opt.audio_length)
         except ValueError as e:  # a clip shorter than one frame.
             return {"failure": (element["key"], "too_short", f"{element['key']}: {e}")}
-        return {"key": element["key"], "fbank": np.array(spec, np.float32), "label": element["label"]}
+        return {"key": element["key"], "fbank": np.array(spec, np.float32), "label": element["label"],
+                "sample_rate": element["sample_rate"]}
 
 
 class _CachedFeatures:
@@ -264,6 +271,14 @@ class _CachedFeatures:
                 return element
             self._kept[index] = element
         return {**element, "fbank": element["fbank"].copy()}
+
+
+class _Warp(_Stage):
+    """A frequency warp by a factor uniform in ``[1 - freq_warp, 1 + freq_warp]``."""
+
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        factor = rng.uniform(1.0 - self._opt.freq_warp, 1.0 + self._opt.freq_warp)
+        return {**element, "fbank": augment.frequency_warp(element["fbank"], factor, element["sample_rate"])}
 
 
 class _Masks(_Stage):
@@ -319,7 +334,7 @@ def _clips(ds: grain.MapDataset, source: datasets.AudioSource, options: FeatureO
     Each random stage draws from its own per-clip generator (seeded by ``seed``, the
     stage and the clip's position), so the result depends on the seed alone.
     """
-    decode_seed, mixup_seed, mask_seed, noise_seed = np.random.SeedSequence(seed).generate_state(4).tolist()
+    decode_seed, mixup_seed, mask_seed, noise_seed, warp_seed = np.random.SeedSequence(seed).generate_state(5).tolist()
     decode = _Decode(source, options)
     if options.cache_features:
         if source.random_crops:
@@ -331,6 +346,8 @@ def _clips(ds: grain.MapDataset, source: datasets.AudioSource, options: FeatureO
         if options.mixup > 0:
             ds = ds.random_map(_Mixup(options, source), seed=mixup_seed)
         ds = ds.map(_Features(options))
+    if options.freq_warp:
+        ds = ds.random_map(_Warp(options), seed=warp_seed)
     if options.freqm or options.timem:
         ds = ds.random_map(_Masks(options), seed=mask_seed)
     if not options.skip_norm:

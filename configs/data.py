@@ -48,6 +48,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.epic_hop_ms = 5.0  # EPIC log-mel hop (AUDIO_DATA.HOP_LENGTH).
     c.freqm = 0  # max frequency-mask width (exclusive); 0 = none.
     c.timem = 0  # max time-mask width (exclusive); 0 = none.
+    c.freq_warp = 0.0  # vocal-tract-length warp of the fbank's frequency axis by U[1 - w, 1 + w]; 0 = none (not in the original).
     c.mask_style = "torchaudio"  # "torchaudio" (one zero band) or "epic" (two mean bands).
     c.mixup = 0.0  # probability of waveform mixup per training clip.
     c.mixup_beta = 10.0  # mixup lambda ~ Beta(mixup_beta, mixup_beta) (the original: Beta(10, 10)).

@@ -9,7 +9,7 @@ Sections:
   on one layer input, as ratios to the kernel of the backend, side by side (the Pallas
   kernel only on a GPU, where it also runs both directions in one launch).
 * ``model``: train-step (Adam, BCE) and inference clips/s, and peak memory, of AuM at the
-  published recipes' shapes, per scan implementation, side by side; with the sgemm rate
+  published recipes' shapes, per scan implementation (and ``--model_remat`` policy), side by side; with the sgemm rate
   measured in the same run, the train step's matmul FLOPs give an MFU. With ``--original``
   (the JSON lines of ``../shared/gpu-anchor/torch_orig.py`` from the same machine) each
   figure is also given as a ratio to the original PyTorch AuM.
@@ -52,6 +52,9 @@ _MODEL_SHAPES = flags.DEFINE_list(
     "tiny_fobi_spc and base_fobi_spc_infer8 on CPU); see MODEL_SHAPES."
 )
 _MODEL_IMPLS = flags.DEFINE_list("model_impls", None, "scan impls of the model section (default: all that run here).")
+_MODEL_REMAT = flags.DEFINE_list(
+    "model_remat", ["dots"], "remat policies of the model section, side by side (dots, dots_scan, none, full)."
+)
 _MODEL_STEPS = flags.DEFINE_integer("model_steps", 5, "timed train steps and inference calls per figure.")
 _PRECISION = flags.DEFINE_enum(
     "matmul_precision", "highest", ["highest", "high", "default"],
@@ -230,7 +233,7 @@ def _originals() -> dict[tuple, dict]:
     return found
 
 
-def _model_figures(name: str, impl: str) -> dict[str, float]:
+def _model_figures(name: str, impl: str, remat: str) -> dict[str, float]:
     """Train-step ms, train and inference clips/s, and the peak memory XLA plans, of one preset."""
     import jax
     import jax.numpy as jnp
@@ -241,7 +244,8 @@ def _model_figures(name: str, impl: str) -> dict[str, float]:
 
     dim, variant, frames, classes, train_batch, infer_batch = MODEL_SHAPES[name]
     config = AuMConfig(
-        embed_dim=dim, bimamba_type=variant, audio_length=frames, num_classes=classes, scan_impl=impl, dtype=_DTYPE.value
+        embed_dim=dim, bimamba_type=variant, audio_length=frames, num_classes=classes, scan_impl=impl,
+        dtype=_DTYPE.value, remat=remat,
     )
     model = AudioMamba(config, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -299,11 +303,12 @@ def model_section() -> list[Row]:
         size = {192: "tiny", 384: "small", 768: "base"}[dim]
         original = originals.get((size, variant, frames, train_batch or infer_batch))
         results = {}
-        for impl in impls:
+        for impl, remat in itertools.product(impls, _MODEL_REMAT.value):
+            label = impl if len(_MODEL_REMAT.value) == 1 else f"{impl} remat={remat}"
             try:
-                results[impl] = _model_figures(name, impl)
+                results[label] = _model_figures(name, impl, remat)
             except Exception as error:  # noqa: BLE001 - an impl that runs out of memory is a result
-                rows.append((f"{name} {impl}: failed: {str(error).splitlines()[0][:60]}", float("nan"), ""))
+                rows.append((f"{name} {label}: failed: {str(error).splitlines()[0][:60]}", float("nan"), ""))
         for impl, figures in results.items():
             for what, value in figures.items():
                 rows.append((f"{name} {impl}: {what}", value, ""))

@@ -349,3 +349,32 @@ def test_cached_features_refuse_mixup_and_random_crops(tmp_path):
     source = CroppingSource(c.train_datafile, c.label_csv)
     with pytest.raises(ValueError, match="cache_features needs a source without random crops"):
         ip.make_train_iterator(c, source=source, process_index=0, process_count=1)
+
+
+def _tone_fbank(hz: float) -> np.ndarray:
+    t = np.arange(SR) / SR
+    return audio.fbank_from_waveform((0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)[None], SR, 64, 10.0)
+
+
+@pytest.mark.parametrize("hz, factor", [(1000.0, 1.1), (2500.0, 0.9), (400.0, 1.08)])
+def test_frequency_warp_moves_a_tone_to_the_warped_frequency(hz, factor):
+    warped = augment.frequency_warp(_tone_fbank(hz), factor, SR)
+    assert warped.dtype == np.float32 and warped.shape == _tone_fbank(hz).shape
+    assert warped[50].argmax() == _tone_fbank(hz * factor)[50].argmax() != _tone_fbank(hz)[50].argmax()
+    np.testing.assert_array_equal(augment.frequency_warp(_tone_fbank(hz), 1.0, SR), _tone_fbank(hz))
+
+
+def test_pipeline_frequency_warp_draws_a_factor_per_clip(tmp_path):
+    c = _config(tmp_path, 4, mixup=0.0, noise=False, freqm=0, timem=0, batch_size=4)
+    plain = next(ip.make_train_iterator(c, process_index=0, process_count=1))
+    c.freq_warp = 0.1
+    warped = next(ip.make_train_iterator(c, process_index=0, process_count=1))
+    np.testing.assert_array_equal(plain["label"], warped["label"])  # the same clips, warped.
+    changed = [not np.array_equal(a, b) for a, b in zip(plain["fbank"], warped["fbank"])]
+    assert all(changed)
+    evaluation = next(ip.make_eval_iterator(c, process_index=0, process_count=1))  # evaluation never warps.
+    c.freq_warp = 0.0
+    np.testing.assert_array_equal(evaluation["fbank"], next(ip.make_eval_iterator(c, process_index=0, process_count=1))["fbank"])
+    c.freq_warp, c.feature = 0.1, "epic_logmel"
+    with pytest.raises(ValueError, match="freq_warp works on the Kaldi fbank"):
+        ip.make_train_iterator(c, process_index=0, process_count=1)
