@@ -3,11 +3,11 @@
   python -m aum_jax.main --config=configs/demo.py --workdir=/tmp/aum_demo
 
 Generates the dataset into the cache on first use (``$AUM_JAX_CACHE/demo`` or
-``~/.cache/aum_jax/demo``), trains a tiny (depth 2) Bi-Bi AuM for 14 epochs, keeps the best
+``~/.cache/aum_jax/demo``), trains a tiny (depth 2) Bi-Bi AuM for 16 epochs, keeps the best
 model on the validation voices, and prints its accuracy and confusion matrix on the held-out
 test voices (10 classes: chance is 10%); the matrix is also saved as
-``workdir/confusion_test.png``. Measured on the quiet 2-core VM (BENCHMARKS.md): 89.5%
-held-out accuracy in 8 min 31 s, data generation included.
+``workdir/confusion_test.png``. Measured on the quiet 2-core VM (BENCHMARKS.md): 92.25%
+held-out accuracy (90.0% on validation) in 9 min 8 s, data generation included.
 
 Variant ``runlocal`` (alias ``tiny``): a handful of steps on a tiny dataset, seconds.
 """
