@@ -31,11 +31,12 @@ import dataclasses
 import functools
 import json
 import math
-import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -305,19 +306,34 @@ def _shards(jobs: list[_ClipJob]) -> Iterator[list[_ClipJob]]:
         yield jobs[start : start + _SHARD_SIZE]
 
 
+def _render_in_fresh_interpreter(shard: list[_ClipJob], root: str) -> list[dict[str, str]]:
+    """Runs :func:`_render_shard` in a new ``python -m aum_jax.demo_data`` process.
+
+    A fresh interpreter per shard keeps eSpeak NG's state, and so the bytes, the same. A
+    plain subprocess imports only this module, where a multiprocessing child would import
+    the caller's ``__main__`` first (the training CLI's loads TensorFlow and JAX: 8 s each).
+    """
+    request = json.dumps({"root": root, "jobs": [dataclasses.asdict(job) for job in shard]})
+    package_parent = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "aum_jax.demo_data"], input=request, capture_output=True,
+                          text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"rendering demo clips failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout)
+
+
 def _render_all(jobs: list[_ClipJob], root: Path, num_workers: int, show_progress: bool) -> list[dict[str, str]]:
-    """Renders every clip, one fresh process per shard, results in job order."""
+    """Renders every clip, one fresh interpreter per shard, ``num_workers`` at a time; results in job order."""
     from tqdm.auto import tqdm
 
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
     shards = list(_shards(jobs))
     rows: list[dict[str, str]] = []
     with (
-        ProcessPoolExecutor(min(num_workers, len(shards)), mp_context=context, max_tasks_per_child=1) as pool,
+        ThreadPoolExecutor(min(num_workers, len(shards))) as pool,
         tqdm(total=len(jobs), desc="demo dataset", unit="clip", disable=not show_progress) as bar,
     ):
-        futures = [pool.submit(_render_shard, shard, str(root)) for shard in shards]
+        futures = [pool.submit(_render_in_fresh_interpreter, shard, str(root)) for shard in shards]
         for future in futures:
             shard_rows = future.result()
             rows.extend(shard_rows)
@@ -454,3 +470,9 @@ def generate_demo_dataset(
     _write_outputs(root, words, rows)
     _write_json(root / "manifest.json", manifest)  # last: marks the cache complete
     return dataset
+
+
+if __name__ == "__main__":  # one shard for _render_in_fresh_interpreter: JSON jobs on stdin, rows on stdout.
+    _request = json.load(sys.stdin)
+    _jobs = [_ClipJob(**{**job, "voices": tuple(job["voices"])}) for job in _request["jobs"]]
+    json.dump(_render_shard(_jobs, _request["root"]), sys.stdout)
