@@ -7,7 +7,7 @@ Generates the dataset into the cache on first use (``$AUM_JAX_CACHE/demo`` or
 model on the validation voices, and prints its accuracy and confusion matrix on the held-out
 test voices (10 classes: chance is 10%); the matrix is also saved as
 ``workdir/confusion_test.png``. Measured on the quiet 2-core VM (BENCHMARKS.md): 92.25%
-held-out accuracy (90.0% on validation) in 9 min 8 s, data generation included.
+held-out accuracy (90.0% on validation) in 8 min 43 s, data generation included.
 
 Variant ``runlocal`` (alias ``tiny``): a handful of steps on a tiny dataset, seconds.
 """
