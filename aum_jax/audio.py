@@ -236,6 +236,17 @@ def _mel32(freq: np.ndarray) -> np.ndarray:
     return f32(1127.0) * np.log(arg.astype(np.float64)).astype(np.float32)
 
 
+def filterbank_range(sample_rate: float) -> tuple[float, float]:
+    """The Kaldi filterbank's lower and upper edges in Hz at ``sample_rate`` (20 Hz to Nyquist)."""
+    nyquist = 0.5 * sample_rate
+    high_freq = HIGH_FREQ if HIGH_FREQ > 0 else HIGH_FREQ + nyquist
+    if not (0.0 <= LOW_FREQ < nyquist and 0.0 < high_freq <= nyquist and LOW_FREQ < high_freq):
+        raise ValueError(
+            f"bad mel range: low {LOW_FREQ} Hz, high {high_freq} Hz, Nyquist {nyquist} Hz"
+        )
+    return LOW_FREQ, high_freq
+
+
 @functools.lru_cache(maxsize=64)
 def _mel_matrix(sample_rate: float, num_mel_bins: int, fft_size: int) -> np.ndarray:
     """Triangular HTK mel filterbank, shape (fft_size // 2 + 1, num_mel_bins), float64.
@@ -245,13 +256,8 @@ def _mel_matrix(sample_rate: float, num_mel_bins: int, fft_size: int) -> np.ndar
     read-only.
     """
     f32 = np.float32
-    nyquist = 0.5 * sample_rate
-    high_freq = HIGH_FREQ if HIGH_FREQ > 0 else HIGH_FREQ + nyquist
-    if not (0.0 <= LOW_FREQ < nyquist and 0.0 < high_freq <= nyquist and LOW_FREQ < high_freq):
-        raise ValueError(
-            f"bad mel range: low {LOW_FREQ} Hz, high {high_freq} Hz, Nyquist {nyquist} Hz"
-        )
-    mel_low = 1127.0 * math.log(1.0 + LOW_FREQ / 700.0)
+    low_freq, high_freq = filterbank_range(sample_rate)
+    mel_low = 1127.0 * math.log(1.0 + low_freq / 700.0)
     mel_high = 1127.0 * math.log(1.0 + high_freq / 700.0)
     delta = f32((mel_high - mel_low) / (num_mel_bins + 1))
     idx = np.arange(num_mel_bins, dtype=np.float32)[:, None]

@@ -100,16 +100,14 @@ def frequency_warp(spec: np.ndarray, factor: float, sample_rate: float) -> np.nd
     Returns:
       A new float32 ``(frames, bins)`` array.
     """
-    bins = spec.shape[1]
-    high = audio.HIGH_FREQ if audio.HIGH_FREQ > 0 else audio.HIGH_FREQ + sample_rate / 2
-    mel_low, mel_high = _mel(audio.LOW_FREQ), _mel(high)
+    bins = spec.shape[1]  # > 3, as kaldi_fbank makes them.
+    mel_low, mel_high = (_mel(hz) for hz in audio.filterbank_range(sample_rate))
     step = (mel_high - mel_low) / (bins + 1)
     centres = 700.0 * np.expm1((mel_low + step * np.arange(1, bins + 1)) / 1127.0)
     source = np.clip((_mel(centres / factor) - mel_low) / step - 1.0, 0.0, bins - 1)
-    below = np.minimum(np.floor(source).astype(np.int64), bins - 2) if bins > 1 else np.zeros(bins, np.int64)
+    below = np.minimum(np.floor(source).astype(np.int64), bins - 2)
     weight = (source - below).astype(np.float32)
-    above = np.minimum(below + 1, bins - 1)
-    return (spec[:, below] * (1.0 - weight) + spec[:, above] * weight).astype(np.float32)
+    return (spec[:, below] * (1.0 - weight) + spec[:, below + 1] * weight).astype(np.float32)
 
 
 def add_noise(spec: np.ndarray, rng: np.random.Generator, scale: float, max_shift: int) -> np.ndarray:
