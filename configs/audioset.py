@@ -6,7 +6,7 @@ Variants: base_scratch (default), small_imgnet; add ,runlocal for a tiny CPU che
 """
 
 from aum_jax.audio import AUDIOSET_MEAN, AUDIOSET_STD
-from configs import common, data
+from aum_jax.configs import common, data
 
 
 def get_data_config():

@@ -5,7 +5,7 @@
 Variants: base_scratch (default), small_imgnet; add ,runlocal for a tiny CPU check.
 """
 
-from configs import audioset, common
+from aum_jax.configs import audioset, common
 
 
 def get_data_config():

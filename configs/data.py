@@ -84,4 +84,4 @@ def get_data_config(name: str) -> ml_collections.ConfigDict:
     """The data recipe of ``name`` (one of :data:`DATASETS`): ``configs/<name>.py``."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    return importlib.import_module(f"configs.{name}").get_data_config()
+    return importlib.import_module(f"aum_jax.configs.{name}").get_data_config()

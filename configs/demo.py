@@ -14,7 +14,7 @@ Variant ``runlocal`` (alias ``tiny``): a handful of steps on a tiny dataset, sec
 
 import ml_collections
 
-from configs import common, data
+from aum_jax.configs import common, data
 
 
 def get_data_config() -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ Variants: base_scratch (default), small_imgnet, base_audioset; add ,runlocal for
 tiny CPU check.
 """
 
-from configs import common, data
+from aum_jax.configs import common, data
 
 
 def get_data_config():

@@ -7,7 +7,7 @@ the original does. Variants: base_scratch (default), small_imgnet, base_audioset
 ,runlocal for a tiny CPU check.
 """
 
-from configs import common, data
+from aum_jax.configs import common, data
 
 
 def get_data_config():

@@ -6,7 +6,7 @@ TFDS's v0.02 build has 12 labels (10 words, silence, unknown), not the original'
 Variants as configs/speechcommands.py.
 """
 
-from configs import speechcommands
+from aum_jax.configs import speechcommands
 
 
 def get_data_config():

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels import forward as fw
-from kernels import layout as lo
-from kernels.layout import BlockConfig, ScanLayout, Tile
+from . import forward as fw
+from . import layout as lo
+from .layout import BlockConfig, ScanLayout, Tile
 
 
 def _split_outputs(layout: ScanLayout, refs):

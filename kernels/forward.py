@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels import layout as lo
-from kernels.layout import BlockConfig, ScanLayout, Tile
+from . import layout as lo
+from .layout import BlockConfig, ScanLayout, Tile
 
 
 def split_inputs(layout: ScanLayout, refs):

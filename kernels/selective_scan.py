@@ -22,9 +22,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kernels.backward import backward
-from kernels.forward import forward
-from kernels.layout import BlockConfig, ScanLayout, backward_blocks, forward_blocks
+from .backward import backward
+from .forward import forward
+from .layout import BlockConfig, ScanLayout, backward_blocks, forward_blocks
 
 Tensors = Sequence[jax.Array]
 

@@ -91,7 +91,7 @@ def _write_clips(folder: str, count: int) -> tuple[str, str]:
 def input_section() -> list[Row]:
     """Clips per second of one in-process worker on the AudioSet recipe, noise on."""
     from aum_jax import input_pipeline
-    from configs.data import get_data_config
+    from aum_jax.configs.data import get_data_config
 
     with tempfile.TemporaryDirectory() as folder:
         config = get_data_config("audioset_20k")  # 1024 frames, freqm 48, timem 192, mixup 0.5.

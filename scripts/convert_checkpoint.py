@@ -117,7 +117,7 @@ def build_preprocessing(args: argparse.Namespace, model_config: AuMConfig) -> pr
     prep = preprocessing_lib.Preprocessing(num_mel_bins=model_config.num_mel_bins, target_length=model_config.audio_length)
     label_csv = args.label_csv
     if args.dataset:
-        recipe = importlib.import_module(f"configs.{args.dataset}").get_config()
+        recipe = importlib.import_module(f"aum_jax.configs.{args.dataset}").get_config()
         data = recipe.data
         prep = prep.replace(
             feature=data.feature, frame_shift_ms=float(data.frame_shift_ms), mean=float(data.mean),

@@ -19,7 +19,7 @@ import tqdm
 from absl import app, flags
 
 from aum_jax import datasets, input_pipeline
-from configs.data import DATASETS, get_data_config
+from aum_jax.configs.data import DATASETS, get_data_config
 
 _DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "data config name.", required=True)
 _SPLIT = flags.DEFINE_string("split", "train", "split to measure.")

@@ -14,7 +14,7 @@ from absl import flags
 
 from aum_jax import datasets
 from aum_jax import input_pipeline as ip
-from configs.data import DATASETS, get_data_config
+from aum_jax.configs.data import DATASETS, get_data_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

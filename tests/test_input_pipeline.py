@@ -11,7 +11,7 @@ import soundfile as sf
 
 from aum_jax import audio, augment, datasets
 from aum_jax import input_pipeline as ip
-from configs.data import get_data_config
+from aum_jax.configs.data import get_data_config
 
 SR = 16_000
 BINS = 32

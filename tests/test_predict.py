@@ -166,7 +166,7 @@ def test_python_api_windows_match_single_clips(model_dir, long_wav):
 def test_trained_model_directory_carries_the_demo_statistics(tmp_path):
     """train -> model/preprocessing.json -> predict --audio normalises with the training statistics."""
     from aum_jax import train
-    from configs.data import get_data_config
+    from aum_jax.configs.data import get_data_config
     from tests.test_train import toy_config, write_toy_dataset
 
     paths = write_toy_dataset(tmp_path / "data", clips_per_class=4)

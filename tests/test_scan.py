@@ -20,9 +20,9 @@ from jax import export
 
 from aum_jax.models import AudioMamba, AuMConfig
 from aum_jax.ops import SCAN_IMPLS, bidirectional_scan, resolve_impl, selective_scan
-from kernels import cpu_scan
-from kernels.layout import BlockConfig, ScanLayout, backward_blocks, forward_blocks
-from kernels.selective_scan import bidirectional_selective_scan
+from aum_jax.kernels import cpu_scan
+from aum_jax.kernels.layout import BlockConfig, ScanLayout, backward_blocks, forward_blocks
+from aum_jax.kernels.selective_scan import bidirectional_selective_scan
 
 SHAPES = [(2, 37, 12, 5), (1, 1, 7, 3), (3, 64, 24, 16), (2, 129, 6, 4)]  # (B, L, D, N): odd L, L=1, D not 2^k
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")

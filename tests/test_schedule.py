@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from aum_jax import evaluate, sharding, train
-from configs import audioset_20k, epic_sounds, speechcommands
-from configs.common import get_mesh_config
+from aum_jax.configs import audioset_20k, epic_sounds, speechcommands
+from aum_jax.configs.common import get_mesh_config
 
 
 def torch_lrs(lr: float, steps_per_epoch: int, epochs: int, milestones_from: int, every: int, gamma: float, warmup: bool):

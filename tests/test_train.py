@@ -25,7 +25,7 @@ from flax import nnx
 from aum_jax import datasets, input_pipeline, model_files, run_checkpoints, train
 from aum_jax import workdir as workdir_lib
 from aum_jax.models import AuMConfig, init_model
-from configs import speechcommands
+from aum_jax.configs import speechcommands
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16_000

@@ -48,8 +48,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from kernels import cpu_scan
-from kernels.selective_scan import bidirectional_selective_scan, selective_scan_fn
+from aum_jax.kernels import cpu_scan
+from aum_jax.kernels.selective_scan import bidirectional_selective_scan, selective_scan_fn
 
 ScanImpl = Literal["sequential", "associative", "chunked", "cpu", "pallas", "auto"]
 SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked", "cpu", "pallas")
