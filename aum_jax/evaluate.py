@@ -55,7 +55,7 @@ def evaluate(
     show = jax.process_index() == 0
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False):
         arrays = sharding.global_batch(batch, mesh)
-        with jax.default_matmul_precision(matmul_precision):
+        with jax.set_mesh(mesh), jax.default_matmul_precision(matmul_precision):
             logits = _logits(model, arrays["fbank"])
         logits, labels, mask = multihost_utils.process_allgather(
             (logits, arrays["label"], arrays["mask"]), tiled=True

@@ -380,7 +380,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         with _StopRequest() as stop:
             while step < num_steps:
                 batch = sharding.global_batch(next(train_iter), mesh)
-                with jax.default_matmul_precision(train_cfg.matmul_precision):
+                with jax.set_mesh(mesh), jax.default_matmul_precision(train_cfg.matmul_precision):
                     pending.append(train_step(model, optimizer, batch, train_cfg.loss,
                                               train_cfg.max_loss, train_cfg.max_grad_norm))
                 step += 1
