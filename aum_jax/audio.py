@@ -1,76 +1,35 @@
-"""Kaldi-compatible audio front end (NumPy only, no torch at run time).
-
-This module reproduces the log-mel filterbank features that the original AuM data
-loader feeds to the model, i.e. ``torchaudio.compliance.kaldi.fbank`` called with::
-
-    htk_compat=True, use_energy=False, window_type='hanning', dither=0.0,
-    sample_frequency=sr, num_mel_bins=..., frame_shift=...
-
-and every other option at its default (25 ms frames, pre-emphasis 0.97, per-frame DC
-removal, FFT size rounded up to a power of two, ``snip_edges=True``, mel filters from
-20 Hz up to Nyquist, power spectrum, natural log floored at float32 epsilon).
+"""Decoding audio files: whole, or a stretch at a time, and resampling.
 
 Public API:
 
-* :func:`kaldi_fbank` -- features of one waveform, shape ``(frames, num_mel_bins)``.
-* :func:`fbank_from_waveform` -- mean removal over the whole waveform, then fbank.
 * :func:`load_waveform` -- decode a file to ``(channels, samples)`` float32.
-* :func:`load_fbank` -- decode + mean removal + fbank (the original ``_wav2fbank``
-  before padding, cutting and normalisation).
-* :func:`remove_mean` -- subtract the float32 mean over all channels (as torch does).
-* :func:`pad_or_cut` -- zero-pad at the end or cut to a fixed number of frames.
-* :func:`normalize` -- the model's input normalisation with a training set's statistics
-  (:data:`AUDIOSET_MEAN`, :data:`AUDIOSET_STD` by default in ``aum_jax.predict``).
-* :func:`epic_log_mel` -- the EPIC-Sounds loader's librosa log-mel spectrogram.
+* :func:`open_audio` -- an :class:`AudioFile` that reads any stretch of a recording, so a
+  long one is never held whole (soundfile seeks; formats only librosa reads are decoded
+  once).
+* :func:`resample` -- to another rate with soxr's high-quality polyphase filter.
 * :class:`AudioLoadError` -- the single exception raised for unreadable files.
-
-Precision: every step before the FFT is done in float32 in exactly torch's order
-(including the order of its float32 row sums), so the framed, windowed signal is
-bit-identical to torchaudio's; the FFT, power spectrum and mel projection are done in
-float64. The remaining difference from torchaudio is the rounding noise of torch's own
-float32 FFT (about 1e-7 of the frame's whole spectrum), which only shows in mel bins far
-below the frame's loudest bin. Measured: at most 9.6e-4 absolute on the shared golden
-fixtures, at most 9.3e-4 in bins within 80 dB of their frame's peak on all test cases,
-and up to about 1.1e-3 in bins deeper than that.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 import warnings
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from absl import logging
 
 __all__ = [
+    "AudioFile",
     "AudioLoadError",
-    "fbank_from_waveform",
-    "kaldi_fbank",
-    "load_fbank",
-    "epic_log_mel",
+    "BAD_INPUT_KINDS",
     "load_waveform",
-    "normalize",
-    "pad_or_cut",
-    "remove_mean",
+    "open_audio",
+    "resample",
 ]
 
 PathLike = Union[str, os.PathLike]
 
-# Fixed Kaldi options used by the original AuM front end.
-FRAME_LENGTH_MS = 25.0
-PREEMPHASIS = 0.97
-LOW_FREQ = 20.0
-HIGH_FREQ = 0.0  # <= 0 means "offset from Nyquist", i.e. Nyquist itself.
-# torchaudio floors mel energies at the float32 machine epsilon before the log.
-_LOG_FLOOR = float(np.finfo(np.float32).eps)
-_MS = 0.001  # the same milliseconds-to-seconds factor torchaudio multiplies by.
-# Frames are processed in blocks of this many, to keep the working set in cache.
-_BLOCK_FRAMES = 256
-# AudioSet's fbank statistics (the original's --dataset_mean/--dataset_std default).
-AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 # Why a clip can fail to load; the input pipeline counts skipped clips by these.
 BAD_INPUT_KINDS = ("missing", "empty", "truncated", "unreadable", "non_finite", "too_short")
 
@@ -99,437 +58,10 @@ class AudioLoadError(OSError):
         return (type(self), (self.path, self.reason, self.kind))
 
 
-# --------------------------------------------------------------------------- #
-# Feature extraction
-# --------------------------------------------------------------------------- #
+def _open_soundfile(path: str) -> Any:
+    import soundfile
 
-
-def _window_sizes(sample_rate: float, frame_shift_ms: float) -> tuple[int, int, int]:
-    """Returns (window_size, window_shift, fft_size) in samples, as Kaldi rounds them."""
-    window_size = int(sample_rate * FRAME_LENGTH_MS * _MS)
-    window_shift = int(sample_rate * frame_shift_ms * _MS)
-    fft_size = 1 << max(0, (window_size - 1).bit_length())
-    return window_size, window_shift, fft_size
-
-
-def _check_params(sample_rate: float, num_mel_bins: int, frame_shift_ms: float) -> None:
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.number)):
-        raise ValueError(f"sample_rate must be a number, got {sample_rate!r}")
-    if not math.isfinite(float(sample_rate)) or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive finite number, got {sample_rate!r}")
-    if isinstance(num_mel_bins, bool) or int(num_mel_bins) != num_mel_bins or num_mel_bins <= 3:
-        raise ValueError(f"num_mel_bins must be an integer greater than 3, got {num_mel_bins!r}")
-    if not math.isfinite(float(frame_shift_ms)) or frame_shift_ms <= 0:
-        raise ValueError(f"frame_shift_ms must be a positive finite number, got {frame_shift_ms!r}")
-    nyquist = 0.5 * float(sample_rate)
-    if nyquist <= LOW_FREQ:
-        raise ValueError(
-            f"sample_rate {sample_rate!r} is too low: its Nyquist frequency {nyquist} Hz "
-            f"must exceed the {LOW_FREQ} Hz lower edge of the mel filterbank"
-        )
-    window_size, window_shift, _ = _window_sizes(sample_rate, frame_shift_ms)
-    if window_size < 2:
-        raise ValueError(
-            f"sample_rate {sample_rate!r} gives a {FRAME_LENGTH_MS} ms window of "
-            f"{window_size} samples; at least 2 are needed"
-        )
-    if window_shift < 1:
-        raise ValueError(
-            f"frame_shift_ms {frame_shift_ms!r} at sample_rate {sample_rate!r} gives a frame "
-            "shift of 0 samples"
-        )
-
-
-def _ceil_log2(n: int) -> int:
-    return 0 if n <= 1 else int(n - 1).bit_length()
-
-
-def _seq_sum(vals: np.ndarray) -> np.ndarray:
-    """Left-to-right float32 sum along axis 0 (starting from 0)."""
-    acc = np.zeros(vals.shape[1:], np.float32)
-    for v in vals:
-        acc += v
-    return acc
-
-
-def _blocked_seq_sum(vals: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """Splits axis 0 into full blocks of ``step`` and sums each block left to right.
-
-    Returns (block_sums (nblocks, ...), sum of the leftover items).
-    """
-    nb = vals.shape[0] // step
-    blocks = vals[: nb * step].reshape((nb, step) + vals.shape[1:])
-    sums = np.zeros((nb,) + vals.shape[1:], np.float32)
-    for j in range(step):
-        sums += blocks[:, j]
-    return sums, _seq_sum(vals[nb * step :])
-
-
-def _cascade_sum(vals: np.ndarray) -> np.ndarray:
-    """float32 sum along axis 0 in the order of ATen's multi-level cascade.
-
-    PyTorch's CPU sum kernel sums runs of ``2**p`` items (p >= 4) left to right, then
-    sums those partial results in runs of ``2**p`` again, over four levels; items that
-    do not fill a run are summed separately and the levels are added back at the end,
-    lowest first. Reproducing that order gives bit-identical float32 sums.
-    """
-    size = vals.shape[0]
-    power = max(4, _ceil_log2(size) // 4)
-    step = 1 << power
-    level1, total = _blocked_seq_sum(vals, step)  # total: the tail below one run.
-    level2, rest1 = _blocked_seq_sum(level1, step)
-    level3, rest2 = _blocked_seq_sum(level2, step)
-    rest3 = _seq_sum(level3)
-    total = total + rest1
-    total += rest2
-    total += rest3
-    return total
-
-
-def _torch_sum_f32(x: np.ndarray) -> np.ndarray:
-    """float32 sum over the last (contiguous) axis, bit-identical to ``torch.sum(x, -1)``.
-
-    PyTorch (CPU, any SIMD level seen: default/AVX2/AVX512) sums a contiguous row as
-    vectors of 8 floats, kept in 4 interleaved accumulators that go through the cascade
-    above; the leftover vectors, the other accumulators, the leftover scalars and the 8
-    lanes are then added in a fixed order. Matching that order matters here: torchaudio
-    removes each frame's mean in float32, and low-energy mel bins are sensitive to the
-    last bit of it.
-
-    Args:
-      x: float32 array (..., L).
-
-    Returns:
-      float32 array (...,).
-    """
-    lanes, ilp = 8, 4
-    x = np.asarray(x, np.float32)
-    lead = x.shape[:-1]
-    length = x.shape[-1]
-    x2 = x.reshape(-1, length)
-    n_vec = length // lanes
-    n_ilp = n_vec // ilp
-    vecs = x2[:, : n_vec * lanes].reshape(x2.shape[0], n_vec, lanes)
-    groups = vecs[:, : n_ilp * ilp].reshape(x2.shape[0], n_ilp, ilp, lanes)
-    part = _cascade_sum(np.moveaxis(groups, 1, 0))  # (rows, ilp, lanes)
-    acc = part[:, 0].copy()
-    for v in range(n_ilp * ilp, n_vec):
-        acc += vecs[:, v]
-    for k in range(1, ilp):
-        acc += part[:, k]
-    out = np.zeros(x2.shape[0], np.float32)
-    for k in range(n_vec * lanes, length):
-        out += x2[:, k]
-    for k in range(lanes):
-        out += acc[:, k]
-    return out.reshape(lead)
-
-
-def _torch_mean_f32(x: np.ndarray) -> np.ndarray:
-    """float32 mean over the last axis as torch computes it (sum, then divide)."""
-    return _torch_sum_f32(x) / np.float32(x.shape[-1])
-
-
-def _mel32(freq: np.ndarray) -> np.ndarray:
-    f32 = np.float32
-    arg = f32(1.0) + freq / f32(700.0)
-    return f32(1127.0) * np.log(arg.astype(np.float64)).astype(np.float32)
-
-
-def filterbank_range(sample_rate: float) -> tuple[float, float]:
-    """The Kaldi filterbank's lower and upper edges in Hz at ``sample_rate`` (20 Hz to Nyquist)."""
-    nyquist = 0.5 * sample_rate
-    high_freq = HIGH_FREQ if HIGH_FREQ > 0 else HIGH_FREQ + nyquist
-    if not (0.0 <= LOW_FREQ < nyquist and 0.0 < high_freq <= nyquist and LOW_FREQ < high_freq):
-        raise ValueError(
-            f"bad mel range: low {LOW_FREQ} Hz, high {high_freq} Hz, Nyquist {nyquist} Hz"
-        )
-    return LOW_FREQ, high_freq
-
-
-@functools.lru_cache(maxsize=64)
-def _mel_matrix(sample_rate: float, num_mel_bins: int, fft_size: int) -> np.ndarray:
-    """Triangular HTK mel filterbank, shape (fft_size // 2 + 1, num_mel_bins), float64.
-
-    Built in float32 the way torchaudio builds it (so filter edges round the same way),
-    then widened. The last FFT bin (Nyquist) gets zero weight, as in Kaldi. Cached and
-    read-only.
-    """
-    f32 = np.float32
-    low_freq, high_freq = filterbank_range(sample_rate)
-    mel_low = 1127.0 * math.log(1.0 + low_freq / 700.0)
-    mel_high = 1127.0 * math.log(1.0 + high_freq / 700.0)
-    delta = f32((mel_high - mel_low) / (num_mel_bins + 1))
-    idx = np.arange(num_mel_bins, dtype=np.float32)[:, None]
-    left = f32(mel_low) + idx * delta
-    center = f32(mel_low) + (idx + f32(1.0)) * delta
-    right = f32(mel_low) + (idx + f32(2.0)) * delta
-    num_fft_bins = fft_size // 2
-    fft_mel = _mel32(f32(sample_rate / fft_size) * np.arange(num_fft_bins, dtype=np.float32))
-    fft_mel = fft_mel[None, :]
-    up = (fft_mel - left) / (center - left)
-    down = (right - fft_mel) / (right - center)
-    banks = np.maximum(f32(0.0), np.minimum(up, down))  # (bins, num_fft_bins)
-    out = np.zeros((num_fft_bins + 1, num_mel_bins), dtype=np.float64)
-    out[:num_fft_bins] = banks.T
-    out.setflags(write=False)
-    logging.log_first_n(
-        logging.DEBUG,
-        "built mel matrix sr=%s bins=%d nfft=%d",
-        8,
-        sample_rate,
-        num_mel_bins,
-        fft_size,
-    )
-    return out
-
-
-@functools.lru_cache(maxsize=64)
-def _mel_sparse(
-    sample_rate: float, num_mel_bins: int, fft_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The mel matrix as (fft_bins, weights, segment_starts, mel_bins_used).
-
-    Each triangular filter touches few FFT bins, so the projection is a gather, a
-    multiply and a segmented sum: as fast as a single-threaded matmul and free of BLAS
-    threading (which is slow when data-loader workers already fill the cores). Filters
-    with no FFT bin (possible with many bins at low rates) are left out; they stay at
-    the log floor, as in torchaudio.
-    """
-    dense = _mel_matrix(sample_rate, num_mel_bins, fft_size)
-    cols, weights, starts, used = [], [], [], []
-    for m in range(num_mel_bins):
-        k = np.flatnonzero(dense[:, m])
-        if k.size:
-            used.append(m)
-            starts.append(sum(c.size for c in cols))
-            cols.append(k)
-            weights.append(dense[k, m])
-    out = (
-        np.concatenate(cols).astype(np.intp),
-        np.concatenate(weights),
-        np.asarray(starts, dtype=np.intp),
-        np.asarray(used, dtype=np.intp),
-    )
-    for a in out:
-        a.setflags(write=False)
-    return out
-
-
-@functools.lru_cache(maxsize=32)
-def _hann_window(window_size: int) -> np.ndarray:
-    """Symmetric Hann window as torch.hann_window(periodic=False) builds it, float32."""
-    f32 = np.float32
-    arg = np.arange(window_size, dtype=np.float32) * f32(2.0 * math.pi / (window_size - 1))
-    w = np.cos(arg.astype(np.float64)).astype(np.float32) * f32(-0.5) + f32(0.5)
-    w.setflags(write=False)
-    return w
-
-
-def _first_channel(waveform: np.ndarray) -> np.ndarray:
-    wav = np.asarray(waveform)
-    if wav.ndim == 2:
-        if wav.shape[0] < 1:
-            raise ValueError(f"waveform has no channels, shape {wav.shape}")
-        wav = wav[0]
-    elif wav.ndim != 1:
-        raise ValueError(
-            f"waveform must have shape (samples,) or (channels, samples), got shape {wav.shape}"
-        )
-    if not (np.issubdtype(wav.dtype, np.floating) or np.issubdtype(wav.dtype, np.integer)):
-        raise ValueError(f"waveform must be a real numeric array, got dtype {wav.dtype}")
-    return wav
-
-
-def kaldi_fbank(
-    waveform: np.ndarray,
-    sample_rate: float,
-    num_mel_bins: int = 128,
-    frame_shift_ms: float = 10.0,
-) -> np.ndarray:
-    """Kaldi log-mel filterbank, equal to the torchaudio call in the module docstring.
-
-    Args:
-      waveform: ``(samples,)`` or ``(channels, samples)`` of float samples (in [-1, 1]
-        for decoded PCM); only the FIRST channel is used (as Kaldi does). It is taken
-        as float32, like torchaudio's float32 waveform; no mean removal over the clip
-        is done here (see :func:`fbank_from_waveform`).
-      sample_rate: sampling rate in Hz.
-      num_mel_bins: number of mel filters (> 3).
-      frame_shift_ms: hop between frames in milliseconds (frames are 25 ms long).
-
-    Returns:
-      float32 array of shape ``(frames, num_mel_bins)`` with
-      ``frames = 1 + (samples - window) // shift``.
-
-    Raises:
-      ValueError: bad sample rate / bin count / frame shift, a bad waveform shape,
-        non-finite samples, or a clip shorter than one 25 ms frame.
-    """
-    _check_params(sample_rate, num_mel_bins, frame_shift_ms)
-    num_mel_bins = int(num_mel_bins)
-    x = _first_channel(waveform)
-    window_size, window_shift, fft_size = _window_sizes(sample_rate, frame_shift_ms)
-    n = x.shape[0]
-    if n < window_size:
-        raise ValueError(
-            f"clip of {n} samples is too short for one {FRAME_LENGTH_MS:g} ms frame "
-            f"({window_size} samples at {sample_rate} Hz)"
-        )
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError("waveform contains non-finite samples (NaN or Inf)")
-
-    frames_n = 1 + (n - window_size) // window_shift
-    strided = np.lib.stride_tricks.as_strided(
-        x,
-        shape=(frames_n, window_size),
-        strides=(window_shift * x.strides[0], x.strides[0]),
-        writeable=False,
-    )
-    mel = _mel_sparse(float(sample_rate), num_mel_bins, fft_size)
-    window = _hann_window(window_size)
-    out = np.empty((frames_n, num_mel_bins), dtype=np.float32)
-    # Blocks of frames keep the working set in cache (about 3x faster than whole-clip
-    # arrays for a 10 s clip).
-    for start in range(0, frames_n, _BLOCK_FRAMES):
-        stop = min(start + _BLOCK_FRAMES, frames_n)
-        out[start:stop] = _fbank_block(strided[start:stop], window, mel, fft_size, num_mel_bins)
-    return out
-
-
-def _fbank_block(
-    strided: np.ndarray,
-    window: np.ndarray,
-    mel: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    fft_size: int,
-    num_mel_bins: int,
-) -> np.ndarray:
-    """Log-mel energies of a (frames, window_size) float32 block, float64 result."""
-    # Up to the FFT every step is float32, in torch's order (see _torch_sum_f32).
-    # Per-frame DC removal.
-    frames = strided - _torch_mean_f32(strided)[:, None]
-    # Pre-emphasis with the first sample replicated: y[0] = x[0] - k*x[0].
-    # Done on the flattened (contiguous) frames, then column 0 is fixed up: this is
-    # much faster than working on the strided 2-D slices.
-    coeff = np.float32(PREEMPHASIS)
-    emph = np.empty_like(frames)
-    flat_in, flat_out = frames.reshape(-1), emph.reshape(-1)
-    np.multiply(flat_in[:-1], coeff, out=flat_out[1:])
-    np.subtract(flat_in[1:], flat_out[1:], out=flat_out[1:])
-    emph[:, 0] = frames[:, 0] - coeff * frames[:, 0]
-    emph *= window
-    # FFT, power and mel projection in float64 (torch's float32 FFT adds its own
-    # rounding noise, which no other FFT reproduces; float64 keeps ours out of it).
-    spec = np.fft.rfft(emph.astype(np.float64), n=fft_size, axis=1)
-    power = spec.real * spec.real
-    power += spec.imag * spec.imag
-    cols, weights, starts, used = mel
-    terms = power[:, cols]
-    terms *= weights
-    energies = np.zeros((power.shape[0], num_mel_bins), dtype=np.float64)
-    energies[:, used] = np.add.reduceat(terms, starts, axis=1)
-    np.maximum(energies, _LOG_FLOOR, out=energies)
-    np.log(energies, out=energies)
-    return energies
-
-
-def fbank_from_waveform(
-    waveform: np.ndarray,
-    sample_rate: float,
-    num_mel_bins: int = 128,
-    frame_shift_ms: float = 10.0,
-) -> np.ndarray:
-    """Subtracts the mean over the WHOLE waveform (all channels), then :func:`kaldi_fbank`.
-
-    This is the original ``_wav2fbank`` step. For mixup, do as the original: remove
-    each clip's mean (:func:`remove_mean`), pad/cut the second clip to the first one's length, mix
-    ``lam * a + (1 - lam) * b`` in float32, and pass the mix here (its mean is removed
-    again). The mean is torch's float32 mean (same summation order).
-
-    Args:
-      waveform: ``(samples,)`` or ``(channels, samples)``.
-      sample_rate: sampling rate in Hz.
-      num_mel_bins: number of mel filters.
-      frame_shift_ms: frame hop in milliseconds.
-
-    Returns:
-      float32 ``(frames, num_mel_bins)``.
-    """
-    wav = np.asarray(waveform, dtype=np.float32)
-    first = _first_channel(wav)
-    if wav.size == 0:
-        raise ValueError("waveform is empty")
-    # torch's float32 mean over every element (channels are contiguous rows).
-    mean = _torch_mean_f32(np.ascontiguousarray(wav).reshape(1, -1))[0]
-    if not np.isfinite(mean):
-        raise ValueError("waveform contains non-finite samples (NaN or Inf)")
-    return kaldi_fbank(first - mean, sample_rate, num_mel_bins, frame_shift_ms)
-
-
-def remove_mean(waveform: np.ndarray) -> np.ndarray:
-    """``waveform - waveform.mean()`` in float32, the mean taken over every element.
-
-    Bit-identical to the torch expression on a float32 tensor (same summation order).
-
-    Args:
-      waveform: ``(samples,)`` or ``(channels, samples)``.
-
-    Returns:
-      float32 array of the same shape.
-    """
-    wav = np.asarray(waveform, dtype=np.float32)
-    if wav.size == 0:
-        raise ValueError("waveform is empty")
-    mean = _torch_mean_f32(np.ascontiguousarray(wav).reshape(1, -1))[0]
-    return wav - mean
-
-
-def normalize(fbank: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """The original's input normalisation ``(fbank - mean) / (2 * std)``, float32.
-
-    Args:
-      fbank: ``(..., frames, bins)``.
-      mean, std: the training set's fbank statistics (e.g. :data:`AUDIOSET_MEAN`,
-        :data:`AUDIOSET_STD`; ``scripts/get_norm_stats.py`` computes them).
-    """
-    return ((np.asarray(fbank, np.float32) - np.float32(mean)) / np.float32(2.0 * std)).astype(np.float32)
-
-
-def pad_or_cut(fbank: np.ndarray, target_length: int) -> np.ndarray:
-    """Zero-pads at the end, or cuts, the time axis to ``target_length`` frames.
-
-    Args:
-      fbank: ``(frames, bins)``.
-      target_length: the wanted number of frames (> 0).
-
-    Returns:
-      ``(target_length, bins)``, same dtype as ``fbank``.
-    """
-    fbank = np.asarray(fbank)
-    if fbank.ndim != 2:
-        raise ValueError(f"fbank must have shape (frames, bins), got shape {fbank.shape}")
-    target_length = int(target_length)
-    if target_length <= 0:
-        raise ValueError(f"target_length must be positive, got {target_length}")
-    frames = fbank.shape[0]
-    if frames >= target_length:
-        return fbank[:target_length]
-    out = np.zeros((target_length, fbank.shape[1]), dtype=fbank.dtype)
-    out[:frames] = fbank
-    return out
-
-
-# --------------------------------------------------------------------------- #
-# Decoding
-# --------------------------------------------------------------------------- #
-
-
-def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
-    import soundfile as sf
-
-    data, sr = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
-    return np.ascontiguousarray(data.T), int(sr)
+    return soundfile.SoundFile(path)
 
 
 def _read_librosa(path: str) -> tuple[np.ndarray, int]:
@@ -542,6 +74,7 @@ def _read_librosa(path: str) -> tuple[np.ndarray, int]:
     if data.ndim == 1:
         data = data[None, :]
     return np.ascontiguousarray(data), int(sr)
+
 
 
 def _check_wav_length(path: str, size: int) -> None:
@@ -572,123 +105,126 @@ def _check_wav_length(path: str, size: int) -> None:
             f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
 
 
-def load_waveform(path: PathLike) -> tuple[np.ndarray, int]:
-    """Decodes an audio file.
 
-    WAV/FLAC/OGG/... are read with soundfile; a file soundfile cannot read is tried with
-    ``librosa.load(path, sr=None, mono=False)``. Integer PCM is scaled to [-1, 1) as
-    torchaudio does (e.g. int16 / 32768).
+def _check_file(path: str) -> None:
+    """Raises :class:`AudioLoadError` for a missing, empty or truncated file."""
+    if not os.path.exists(path):
+        raise AudioLoadError(path, "file does not exist", "missing")
+    if os.path.isdir(path):
+        raise AudioLoadError(path, "is a directory", "missing")
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise AudioLoadError(path, f"cannot stat file ({e})") from e
+    if size == 0:
+        raise AudioLoadError(path, "file is empty (0 bytes)", "empty")
+    _check_wav_length(path, size)
 
-    Args:
-      path: file path.
 
-    Returns:
-      ``(waveform, sample_rate)`` with waveform float32 of shape ``(channels, samples)``.
+class AudioFile:
+    """An open recording: ``sample_rate``, ``num_channels``, ``num_samples`` and :meth:`read`.
+
+    A context manager; built by :func:`open_audio`.
+    """
+
+    def __init__(self, path: str, handle: Any = None, decoded: tuple[np.ndarray, int] | None = None):
+        self.path = path
+        self._handle = handle  # a soundfile.SoundFile, or None for a decoded file.
+        self._decoded = decoded[0] if decoded else None
+        if handle is not None:
+            self.sample_rate, self.num_channels, self.num_samples = int(handle.samplerate), handle.channels, handle.frames
+        else:
+            self.sample_rate = int(decoded[1])
+            self.num_channels, self.num_samples = self._decoded.shape
+        if self.num_channels == 0 or self.num_samples <= 0:
+            raise AudioLoadError(path, f"contains no samples ({self.num_channels} channels, {self.num_samples} samples)",
+                                 "empty")
+        if self.sample_rate <= 0:
+            raise AudioLoadError(path, f"bad sample rate {self.sample_rate}")
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Samples ``[start, stop)`` (default: to the end) as ``(channels, samples)`` float32.
+
+        Integer PCM is scaled to [-1, 1) as torchaudio does (e.g. int16 / 32768).
+
+        Raises:
+          AudioLoadError: the stretch holds NaN or Inf.
+        """
+        stop = self.num_samples if stop is None else min(stop, self.num_samples)
+        if self._handle is None:
+            data = self._decoded[:, start:stop]
+        else:
+            try:
+                self._handle.seek(start)
+                data = np.ascontiguousarray(self._handle.read(stop - start, dtype="float32", always_2d=True).T)
+            except Exception as e:  # noqa: BLE001 - any decoder failure names the file.
+                raise AudioLoadError(self.path, f"cannot decode samples {start} to {stop} ({e})") from e
+        if not np.isfinite(data).all():
+            raise AudioLoadError(self.path, "contains non-finite samples (NaN or Inf)", "non_finite")
+        return data
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def __enter__(self) -> AudioFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_audio(path: PathLike) -> AudioFile:
+    """Opens an audio file for reading.
+
+    WAV/FLAC/OGG/... are opened with soundfile and read a stretch at a time; a file
+    soundfile cannot read is decoded whole with ``librosa.load(path, sr=None, mono=False)``.
 
     Raises:
       AudioLoadError: missing, empty, truncated (a WAV whose header promises more
-        samples than it holds), corrupt or unreadable file, no samples, or non-finite
-        samples.
+        samples than it holds), corrupt or unreadable file, or no samples.
     """
     p = os.fspath(path)
-    if not os.path.exists(p):
-        raise AudioLoadError(p, "file does not exist", "missing")
-    if os.path.isdir(p):
-        raise AudioLoadError(p, "is a directory", "missing")
+    _check_file(p)
     try:
-        size = os.path.getsize(p)
-    except OSError as e:
-        raise AudioLoadError(p, f"cannot stat file ({e})") from e
-    if size == 0:
-        raise AudioLoadError(p, "file is empty (0 bytes)", "empty")
-    _check_wav_length(p, size)
-    try:
-        data, sr = _read_soundfile(p)
+        return AudioFile(p, handle=_open_soundfile(p))
+    except AudioLoadError:
+        raise
     except Exception as sf_err:  # noqa: BLE001 - any decoder failure is reported below.
-        logging.log_every_n(
-            logging.INFO, "soundfile cannot read %s (%s); trying librosa", 100, p, sf_err
-        )
+        logging.log_every_n(logging.INFO, "soundfile cannot read %s (%s); trying librosa", 100, p, sf_err)
         try:
-            data, sr = _read_librosa(p)
+            decoded = _read_librosa(p)
         except Exception as lr_err:  # noqa: BLE001
             lr_msg = f"{type(lr_err).__name__}: {lr_err}" if str(lr_err) else type(lr_err).__name__
             raise AudioLoadError(
                 p, f"not a readable audio file (soundfile: {sf_err}; librosa: {lr_msg})"
             ) from lr_err
-    if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioLoadError(p, f"contains no samples (shape {data.shape})", "empty")
-    if sr <= 0:
-        raise AudioLoadError(p, f"bad sample rate {sr}")
-    if not np.isfinite(data).all():
-        raise AudioLoadError(p, "contains non-finite samples (NaN or Inf)", "non_finite")
-    return data, sr
+    return AudioFile(p, decoded=decoded)
 
 
-def load_fbank(
-    path: PathLike, num_mel_bins: int = 128, frame_shift_ms: float = 10.0
-) -> np.ndarray:
-    """Decodes a file and computes its fbank as the original ``_wav2fbank`` does.
-
-    Mean over the whole waveform (all channels) is removed, the first channel is used,
-    and the file's own sample rate is kept. No padding, cutting or normalisation.
-
-    Args:
-      path: audio file.
-      num_mel_bins: number of mel filters.
-      frame_shift_ms: frame hop in milliseconds.
+def load_waveform(path: PathLike) -> tuple[np.ndarray, int]:
+    """Decodes a whole audio file (see :func:`open_audio`).
 
     Returns:
-      float32 ``(frames, num_mel_bins)``.
+      ``(waveform, sample_rate)`` with waveform float32 of shape ``(channels, samples)``.
 
     Raises:
-      AudioLoadError: the file cannot be decoded.
-      ValueError: the clip is shorter than one 25 ms frame.
+      AudioLoadError: missing, empty, truncated, corrupt or unreadable file, no samples,
+        or non-finite samples.
     """
-    waveform, sr = load_waveform(path)
-    return fbank_from_waveform(waveform, sr, num_mel_bins, frame_shift_ms)
+    with open_audio(path) as f:
+        return f.read(), f.sample_rate
 
 
-def epic_log_mel(
-    samples: np.ndarray,
-    sample_rate: int,
-    num_mel_bins: int,
-    window_ms: float,
-    hop_ms: float,
-) -> np.ndarray:
-    """EPIC-Sounds log-mel spectrogram, as the original EPIC loader computes it.
+def resample(waveform: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """``(channels, samples)`` at ``sample_rate`` -> ``(channels, samples')`` float32 at ``target_rate``.
 
-    librosa STFT (n_fft 2048, Hann window of ``window_ms``, hop ``hop_ms``, centred
-    with zero padding), magnitude, HTK mel filters without normalisation,
-    ``log(mel + 1e-6)``.
-
-    Args:
-      samples: ``(samples,)`` float32.
-      sample_rate: in Hz (24 kHz for EPIC-Sounds).
-      num_mel_bins: mel bands.
-      window_ms: window length in milliseconds.
-      hop_ms: hop in milliseconds.
-
-    Returns:
-      ``(frames, num_mel_bins)`` float32, ``frames = 1 + samples // hop``.
+    soxr's high-quality ("HQ") polyphase filter; the same array when the rates agree.
     """
-    import librosa  # slow import; only EPIC-Sounds needs it.
+    if int(sample_rate) == int(target_rate):
+        return waveform
+    import soxr  # librosa's resampler; only needed off the model's rate.
 
-    spec = librosa.stft(
-        samples,
-        n_fft=2048,
-        window="hann",
-        hop_length=int(round(hop_ms * sample_rate / 1e3)),
-        win_length=int(round(window_ms * sample_rate / 1e3)),
-        pad_mode="constant",
-    )
-    mel_basis = _librosa_mel(sample_rate, num_mel_bins)
-    return np.log(mel_basis @ np.abs(spec) + 1e-6).T.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def _librosa_mel(sample_rate: int, num_mel_bins: int) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(
-        sr=sample_rate, n_fft=2048, n_mels=num_mel_bins, htk=True, norm=None
-    )
+    out = soxr.resample(np.ascontiguousarray(np.asarray(waveform, np.float32).T), int(sample_rate), int(target_rate),
+                        quality="HQ")
+    return np.ascontiguousarray(out.T, dtype=np.float32)

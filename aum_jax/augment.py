@@ -3,7 +3,7 @@
 The input pipeline (:mod:`aum_jax.input_pipeline`) applies them as grain maps in the
 order of the original ``AudiosetDataset.__getitem__``: decode, mixup
 (:func:`mix_waveforms`), fbank, masks (:func:`torchaudio_mask` or, for EPIC-Sounds,
-:func:`epic_masks`), normalise (:func:`aum_jax.audio.normalize`), noise
+:func:`epic_masks`), normalise (:meth:`aum_jax.preprocessing.Preprocessing.normalize`), noise
 (:func:`add_noise`). Their knobs live in ``config.data`` (``configs/data.py``).
 :func:`frequency_warp` (after the fbank, before the masks) is this project's addition.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aum_jax import audio
+from aum_jax import kaldi
 
 
 def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float) -> np.ndarray:
@@ -27,12 +27,12 @@ def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float) -> np.ndarr
       ``(channels, n1)`` float32: ``lam * (first - mean) + (1 - lam) * (second - mean)``
       minus its own mean.
     """
-    first = audio.remove_mean(first)
-    second = audio.remove_mean(second)
+    first = kaldi.remove_mean(first)
+    second = kaldi.remove_mean(second)
     n = first.shape[1]
     fitted = np.zeros((second.shape[0], n), dtype=np.float32)
     fitted[:, : min(n, second.shape[1])] = second[:, :n]
-    return audio.remove_mean(np.float32(lam) * first + np.float32(1.0 - lam) * fitted)
+    return kaldi.remove_mean(np.float32(lam) * first + np.float32(1.0 - lam) * fitted)
 
 
 def torchaudio_mask(
@@ -93,7 +93,7 @@ def frequency_warp(spec: np.ndarray, factor: float, sample_rate: float) -> np.nd
     does (VTLP, Jaitly & Hinton 2013, applied to the log-mel bins).
 
     Args:
-      spec: ``(frames, bins)`` from :func:`aum_jax.audio.kaldi_fbank` at ``sample_rate``.
+      spec: ``(frames, bins)`` from :func:`aum_jax.kaldi.kaldi_fbank` at ``sample_rate``.
       factor: the frequency scale, e.g. in ``[0.9, 1.1]``.
       sample_rate: the clip's rate in Hz (the filterbank spans 20 Hz to Nyquist).
 
@@ -101,7 +101,7 @@ def frequency_warp(spec: np.ndarray, factor: float, sample_rate: float) -> np.nd
       A new float32 ``(frames, bins)`` array.
     """
     bins = spec.shape[1]  # > 3, as kaldi_fbank makes them.
-    mel_low, mel_high = (_mel(hz) for hz in audio.filterbank_range(sample_rate))
+    mel_low, mel_high = (_mel(hz) for hz in kaldi.filterbank_range(sample_rate))
     step = (mel_high - mel_low) / (bins + 1)
     centres = 700.0 * np.expm1((mel_low + step * np.arange(1, bins + 1)) / 1127.0)
     source = np.clip((_mel(centres / factor) - mel_low) / step - 1.0, 0.0, bins - 1)

@@ -121,12 +121,18 @@ def load_sample_weights(weight_csv: str | os.PathLike, num_records: int) -> np.n
     return weights
 
 
-def write_datafile(path: str | os.PathLike, entries: list[tuple[str, list[str]]]) -> None:
-    """Writes an AST/AuM datafile: ``entries`` are ``(wav path, [label mids])``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def write_datafile(path: str | os.PathLike, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Writes an AST/AuM datafile: ``entries`` are ``(wav path, [label mids])``.
+
+    Written beside and renamed into place, so a reader never sees half a file.
+    """
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     data = [{"wav": wav, "labels": ",".join(mids)} for wav, mids in entries]
-    with open(path, "w", encoding="utf-8") as f:
+    staging = f"{path}.{os.getpid()}.tmp"
+    with open(staging, "w", encoding="utf-8") as f:
         json.dump({"data": data}, f, indent=1)
+    os.replace(staging, path)
 
 
 class _RecordList:
@@ -335,7 +341,6 @@ class EpicSoundsSource(_RecordList):
         return clip[None, :], self.sample_rate
 
 
-SPLIT_ALIASES = {"validation": "eval"}  # split name -> the prefix of its config keys.
 # How each dataset's files are made: the step of data/README.md.
 PREP_STEPS = {
     "audioset": "python scripts/prep_audioset.py --segments_csv <*_segments.csv> --audio_dir <clips> "
@@ -358,12 +363,12 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def split_key(config: ml_collections.ConfigDict, split: str) -> str:
-    """The data-config key naming ``split`` (``validation`` reads the ``eval_*`` keys)."""
-    prefix = SPLIT_ALIASES.get(split, split)
+    """The data-config key naming ``split``: ``<split>_datafile``, ``tfds_<split>_split`` or
+    ``epic_<split>_annotations``."""
     key = {
-        "datafile": f"{prefix}_datafile",
-        "tfds": f"tfds_{prefix}_split",
-        "epic_sounds": f"epic_{prefix}_annotations",
+        "datafile": f"{split}_datafile",
+        "tfds": f"tfds_{split}_split",
+        "epic_sounds": f"epic_{split}_annotations",
     }.get(config.source)
     if key is None:
         raise ValueError(f"unknown data source {config.source!r}")
@@ -405,7 +410,7 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> AudioSource:
     Args:
       config: a data config (``configs/data.py``); ``config.source`` picks the kind and
         ``<split>_datafile`` / ``tfds_<split>_split`` / ``epic_<split>_annotations``
-        names the split (``validation`` reads the ``eval_*`` keys).
+        names the split.
       split: the split name.
 
     Raises:
@@ -427,7 +432,7 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> AudioSource:
             config[key],
             config.epic_hdf5,
             num_classes=config.num_classes,
-            sample_rate=config.epic_sample_rate,
+            sample_rate=config.sample_rate,
             clip_secs=config.epic_clip_secs,
         )
     if source.num_classes != config.num_classes:

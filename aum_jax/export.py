@@ -92,7 +92,7 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
     cfg = model.config
     if cfg.num_classes == 0:
         raise ValueError(f"{model_dir}: the model has no classification head to export")
-    prep = preprocessing.for_model(model_dir, cfg.num_mel_bins, cfg.audio_length)
+    prep = (preprocessing.load(model_dir) or preprocessing.Preprocessing(num_mel_bins=cfg.num_mel_bins, target_length=cfg.audio_length))
     exported = export_model(model, batch, platforms)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

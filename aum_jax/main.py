@@ -38,7 +38,7 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from aum_jax import (  # noqa: E402
-    confusion, datasets, demo_data, evaluate, input_pipeline, model_files, preprocessing, run_checkpoints, sharding,
+    batching, confusion, datasets, demo_data, evaluate, model_files, preprocessing, run_checkpoints, sharding,
     train,
 )
 from aum_jax import workdir as workdir_lib  # noqa: E402
@@ -71,7 +71,7 @@ def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
     )
     with config.unlocked():
         config.data.train_datafile = str(dataset.train_json)
-        config.data.eval_datafile = str(dataset.valid_json or dataset.eval_json)
+        config.data.validation_datafile = str(dataset.valid_json or dataset.eval_json)
         config.data.test_datafile = str(dataset.eval_json)
         config.data.label_csv = str(dataset.label_csv)
 
@@ -173,7 +173,7 @@ CLEAN_EXITS = (
     workdir_lib.WorkdirInUseError,
     train.DivergedWorkdirError,
     train.NonFiniteLossError,
-    input_pipeline.BadInputError,
+    batching.BadInputError,
     run_checkpoints.CheckpointMismatchError,
 )
 

@@ -375,7 +375,7 @@ def main(args: argparse.Namespace) -> int:
     overrides = {"scan_impl": args.scan_impl} if args.scan_impl else {}
     try:
         model = load_model(args.checkpoint, **overrides)
-        prep = preprocessing.for_model(args.checkpoint, model.config.num_mel_bins, model.config.audio_length)
+        prep = (preprocessing.load(args.checkpoint) or preprocessing.Preprocessing(num_mel_bins=model.config.num_mel_bins, target_length=model.config.audio_length))
         names = tuple(load_label_csv(args.label_csv)[1]) if args.label_csv else None
         if names is not None and len(names) != model.config.num_classes:
             raise ValueError(f"{args.label_csv} names {len(names)} classes but the model has {model.config.num_classes}")

@@ -1,17 +1,23 @@
-"""What a model expects of its input and means by its output, stored beside its weights.
+"""The one definition of a model's input, and what its output means, stored beside its weights.
 
-A model directory holds ``preprocessing.json`` next to ``config.json``: the feature
-settings (fbank kind, mel bins, frame shift, target length), the normalisation
-statistics, the class names and the training loss (which says whether a score is a
-sigmoid, for multi-label models, or a softmax, for single-label ones). Training writes
-it from the data config, the converter from ``--dataset`` or explicit statistics, and
-``aum_jax.predict`` and ``aum_jax.export`` read it, so a model is used with the
-statistics it was trained with.
+:class:`Preprocessing` turns a waveform into the model's input: resampled to the model's
+rate, fbank (:mod:`aum_jax.kaldi`, or EPIC-Sounds' librosa log-mel), padded or cut to
+``target_length`` frames, then normalised with the training set's statistics. The training
+pipeline's stages (:mod:`aum_jax.clip_stages`) call its :meth:`~Preprocessing.resample`,
+:meth:`~Preprocessing.spectrogram` and :meth:`~Preprocessing.normalize`, with the
+augmentations in between; :mod:`aum_jax.predict` calls :meth:`~Preprocessing.features`.
+
+A model directory holds ``preprocessing.json`` next to ``config.json``: these settings,
+the class names and the training loss (which says whether a score is a sigmoid, for
+multi-label models, or a softmax, for single-label ones). Training writes it from the
+data config, the converter from ``--dataset`` or explicit statistics, and
+``aum_jax.predict`` and ``aum_jax.export`` read it, so a model is used as it was trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -20,14 +26,90 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from aum_jax import audio, datasets
+from aum_jax import audio, datasets, kaldi
 
 PREPROCESSING_FILE = "preprocessing.json"
 SCORES = {"BCE": "sigmoid", "CE": "softmax"}  # training loss -> score of a prediction.
+LOGITS = "logits"  # the "score" of a model whose training loss is unknown: raw logits.
+# The rate each feature's recipes prepare their audio at (older preprocessing.json files lack it).
+RECIPE_SAMPLE_RATES = {"kaldi_fbank": 16_000, "epic_logmel": 24_000}
+# AudioSet's fbank statistics (the original's --dataset_mean/--dataset_std default).
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 
 
 class MissingStatisticsError(ValueError):
     """A model has no normalisation statistics and none were given."""
+
+
+def normalize(fbank: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """The original's input normalisation ``(fbank - mean) / (2 * std)``, float32.
+
+    Args:
+      fbank: ``(..., frames, bins)``.
+      mean, std: the training set's fbank statistics (e.g. :data:`AUDIOSET_MEAN`,
+        :data:`AUDIOSET_STD`; ``scripts/get_norm_stats.py`` computes them).
+    """
+    return ((np.asarray(fbank, np.float32) - np.float32(mean)) / np.float32(2.0 * std)).astype(np.float32)
+
+
+def pad_or_cut(fbank: np.ndarray, target_length: int, mode: str = "constant") -> np.ndarray:
+    """Pads at the end (zeros, or ``mode="edge"``: the last frame repeated), or cuts, to ``target_length`` frames.
+
+    Args:
+      fbank: ``(frames, bins)``.
+      target_length: the wanted number of frames (> 0).
+      mode: ``np.pad``'s mode: "constant" (the original's zeros) or "edge" (EPIC-Sounds).
+
+    Returns:
+      ``(target_length, bins)``, same dtype as ``fbank``.
+    """
+    fbank = np.asarray(fbank)
+    if fbank.ndim != 2:
+        raise ValueError(f"fbank must have shape (frames, bins), got shape {fbank.shape}")
+    target_length = int(target_length)
+    if target_length <= 0:
+        raise ValueError(f"target_length must be positive, got {target_length}")
+    missing = target_length - fbank.shape[0]
+    return np.pad(fbank, ((0, missing), (0, 0)), mode=mode) if missing > 0 else fbank[:target_length]
+
+
+def epic_log_mel(samples: np.ndarray, sample_rate: int, num_mel_bins: int, window_ms: float,
+                 hop_ms: float) -> np.ndarray:
+    """EPIC-Sounds log-mel spectrogram, as the original EPIC loader computes it.
+
+    librosa STFT (n_fft 2048, Hann window of ``window_ms``, hop ``hop_ms``, centred
+    with zero padding), magnitude, HTK mel filters without normalisation,
+    ``log(mel + 1e-6)``.
+
+    Args:
+      samples: ``(samples,)`` float32.
+      sample_rate: in Hz (24 kHz for EPIC-Sounds).
+      num_mel_bins: mel bands.
+      window_ms: window length in milliseconds.
+      hop_ms: hop in milliseconds.
+
+    Returns:
+      ``(frames, num_mel_bins)`` float32, ``frames = 1 + samples // hop``.
+    """
+    import librosa  # slow import; only EPIC-Sounds needs it.
+
+    spec = librosa.stft(
+        samples,
+        n_fft=2048,
+        window="hann",
+        hop_length=int(round(hop_ms * sample_rate / 1e3)),
+        win_length=int(round(window_ms * sample_rate / 1e3)),
+        pad_mode="constant",
+    )
+    mel_basis = _librosa_mel(sample_rate, num_mel_bins)
+    return np.log(mel_basis @ np.abs(spec) + 1e-6).T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _librosa_mel(sample_rate: int, num_mel_bins: int) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=2048, n_mels=num_mel_bins, htk=True, norm=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +118,11 @@ class Preprocessing:
 
     Attributes:
       feature: "kaldi_fbank" (the original's AudiosetDataset) or "epic_logmel".
+      sample_rate: the rate (Hz) the model's training audio was prepared at; audio at
+        another rate is resampled to it first.
       num_mel_bins: mel filters.
       frame_shift_ms: fbank hop in milliseconds (kaldi_fbank).
-      target_length: frames after zero-padding or cutting.
+      target_length: frames after padding (zeros; EPIC: edge) or cutting.
       mean, std: fbank statistics of the training set: ``x -> (x - mean) / (2 std)``;
         None when unknown.
       skip_norm: features are used unnormalised (EPIC-Sounds).
@@ -49,6 +133,7 @@ class Preprocessing:
     """
 
     feature: str = "kaldi_fbank"
+    sample_rate: int = RECIPE_SAMPLE_RATES["kaldi_fbank"]
     num_mel_bins: int = 128
     frame_shift_ms: float = 10.0
     target_length: int = 1024
@@ -61,10 +146,18 @@ class Preprocessing:
     epic_window_ms: float = 10.0
     epic_hop_ms: float = 5.0
 
+    def __post_init__(self) -> None:
+        if self.feature not in RECIPE_SAMPLE_RATES:
+            raise ValueError(f"unknown feature {self.feature!r}; use one of {', '.join(RECIPE_SAMPLE_RATES)}")
+        if int(self.sample_rate) <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if self.loss not in ("", *SCORES):
+            raise ValueError(f"unknown loss {self.loss!r}; use one of {', '.join(SCORES)}")
+
     @property
     def score(self) -> str:
-        """"sigmoid" or "softmax", from the training loss (sigmoid when it is unknown)."""
-        return SCORES.get(self.loss, "sigmoid")
+        """"sigmoid" or "softmax", from the training loss; "logits" when it is unknown."""
+        return SCORES.get(self.loss, LOGITS)
 
     @property
     def has_statistics(self) -> bool:
@@ -78,11 +171,12 @@ class Preprocessing:
 
     @classmethod
     def from_data_config(
-        cls, data: ml_collections.ConfigDict, loss: str, class_names: list[str] | tuple[str, ...] = ()
+        cls, data: ml_collections.ConfigDict, loss: str = "", class_names: list[str] | tuple[str, ...] = ()
     ) -> Preprocessing:
-        """The preprocessing of a training config's ``config.data``."""
+        """The preprocessing of a data config (``config.data``; ``configs/data.py``)."""
         return cls(
             feature=data.feature,
+            sample_rate=int(data.sample_rate),
             num_mel_bins=int(data.num_mel_bins),
             frame_shift_ms=float(data.frame_shift_ms),
             target_length=int(data.audio_length),
@@ -121,6 +215,7 @@ class Preprocessing:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in known}  # "score" is derived.
         values["class_names"] = tuple(values.get("class_names") or ())
+        values.setdefault("sample_rate", RECIPE_SAMPLE_RATES.get(values.get("feature", "kaldi_fbank"), 0))
         return cls(**values)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -128,29 +223,44 @@ class Preprocessing:
 
     # ------------------------------------------------------------------ features
 
-    def features(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Waveform ``(channels, samples)`` -> normalised features ``(target_length, num_mel_bins)``.
+    def resample(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Waveform ``(channels, samples)`` at ``sample_rate`` -> the same at the model's rate."""
+        return audio.resample(waveform, sample_rate, self.sample_rate)
 
-        The same steps as the evaluation input pipeline: fbank (whole-clip mean removed),
-        pad or cut, then ``(x - mean) / (2 std)`` unless ``skip_norm``.
+    def spectrogram(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Waveform ``(channels, samples)`` -> unnormalised features ``(target_length, num_mel_bins)`` float32.
+
+        Resampled to the model's rate; fbank (whole-clip mean removed, first channel), or
+        the EPIC log-mel; padded or cut. A fresh array (augmentations write into it).
+
+        Raises:
+          ValueError: a clip shorter than one fbank frame.
         """
+        waveform = self.resample(waveform, sample_rate)
         if self.feature == "epic_logmel":
-            spec = audio.epic_log_mel(waveform[0], sample_rate, self.num_mel_bins, self.epic_window_ms, self.epic_hop_ms)
-            frames = spec.shape[0]
-            if frames < self.target_length:
-                spec = np.pad(spec, ((0, self.target_length - frames), (0, 0)), mode="edge")
-            spec = spec[: self.target_length]
-        elif self.feature == "kaldi_fbank":
-            spec = audio.pad_or_cut(
-                audio.fbank_from_waveform(waveform, sample_rate, self.num_mel_bins, self.frame_shift_ms),
-                self.target_length,
-            )
-        else:
-            raise ValueError(f"unknown feature {self.feature!r}")
-        if not self.skip_norm:
-            self.require_statistics("this model")
-            spec = audio.normalize(spec, self.mean, self.std)
-        return np.asarray(spec, np.float32)
+            spec = epic_log_mel(waveform[0], self.sample_rate, self.num_mel_bins, self.epic_window_ms,
+                                self.epic_hop_ms)
+            return np.array(pad_or_cut(spec, self.target_length, "edge"), np.float32)
+        spec = kaldi.fbank_from_waveform(waveform, self.sample_rate, self.num_mel_bins, self.frame_shift_ms)
+        return np.array(pad_or_cut(spec, self.target_length), np.float32)
+
+    def normalize(self, spec: np.ndarray) -> np.ndarray:
+        """``(x - mean) / (2 std)`` unless ``skip_norm``.
+
+        Raises:
+          MissingStatisticsError: the statistics are unknown.
+        """
+        if self.skip_norm:
+            return spec
+        self.require_statistics("this model")
+        return normalize(spec, self.mean, self.std)
+
+    def features(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Waveform ``(channels, samples)`` -> the model's input ``(target_length, num_mel_bins)`` float32.
+
+        The evaluation pipeline's steps: :meth:`spectrogram`, then :meth:`normalize`.
+        """
+        return self.normalize(self.spectrogram(waveform, sample_rate))
 
 
 def save(preprocessing: Preprocessing, directory: str | os.PathLike) -> None:
@@ -167,14 +277,6 @@ def load(directory: str | os.PathLike) -> Preprocessing | None:
         return Preprocessing.from_dict(json.loads(path.read_text()))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a valid preprocessing file ({e})") from e
-
-
-def for_model(directory: str | os.PathLike, num_mel_bins: int, target_length: int) -> Preprocessing:
-    """The stored preprocessing of a model, or (older model directories) one without statistics."""
-    stored = load(directory)
-    if stored is not None:
-        return stored
-    return Preprocessing(num_mel_bins=num_mel_bins, target_length=target_length)
 
 
 def for_training(config: ml_collections.ConfigDict) -> Preprocessing:

@@ -5,7 +5,7 @@
 Variants: base_scratch (default), small_imgnet; add ,runlocal for a tiny CPU check.
 """
 
-from aum_jax.audio import AUDIOSET_MEAN, AUDIOSET_STD
+from aum_jax.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD
 from aum_jax.configs import common, data
 
 
@@ -14,7 +14,7 @@ def get_data_config():
     c = data.defaults()
     c.name = "audioset"
     c.train_datafile = "data/audioset/datafiles/unbalanced.json"  # full 2M set.
-    c.eval_datafile = "data/audioset/datafiles/eval.json"  # AudioSet eval segments.
+    c.validation_datafile = "data/audioset/datafiles/eval.json"  # AudioSet eval segments.
     c.label_csv = "data/audioset/class_labels_indices.csv"  # 527 AudioSet classes.
     c.num_classes = 527  # AudioSet ontology classes.
     c.balanced_sampling = True  # --bal bal.

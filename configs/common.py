@@ -115,7 +115,7 @@ def get_init_config(kind: str) -> ml_collections.ConfigDict:
 
 def get_eval_config(test_split: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.split = "validation"  # split evaluated during training and by --mode=eval (config.data.eval_datafile).
+    c.split = "validation"  # split evaluated during training and by --mode=eval (config.data.validation_datafile).
     c.test_split = test_split  # "test": evaluated once with the best model after training ("" none).
     c.matmul_precision = "highest"  # float32 matmuls in evaluation: the original's fp32 (see train.matmul_precision).
     c.model_dir = ""  # --mode=eval: model directory to evaluate; "" = workdir/model, else latest checkpoint.

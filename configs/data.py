@@ -14,7 +14,7 @@ import importlib
 
 import ml_collections
 
-from aum_jax.audio import AUDIOSET_MEAN, AUDIOSET_STD
+from aum_jax.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD
 
 DATASETS = (
     "audioset",
@@ -34,12 +34,14 @@ def defaults() -> ml_collections.ConfigDict:
     c.name = ""
     c.source = "datafile"  # "datafile" (JSON + label CSV), "tfds" or "epic_sounds".
     c.train_datafile = ""  # JSON datafile of the training split.
-    c.eval_datafile = ""  # JSON datafile evaluated during training (--data-val).
+    c.validation_datafile = ""  # JSON datafile of the validation split, evaluated during training (--data-val).
+    c.eval_datafile = c.get_ref("validation_datafile")  # the old spelling of validation_datafile.
     c.test_datafile = ""  # JSON datafile of the test split ("" none).
     c.label_csv = ""  # index,mid,display_name.
     c.balanced_sampling = False  # --bal bal: weighted sampling with replacement.
     c.weight_csv = ""  # per-clip weights (scripts/gen_weight_file.py) for balanced sampling.
     c.num_classes = 0  # number of classes (the model's num_classes).
+    c.sample_rate = 16000  # Hz the clips are prepared at (the recipes' 16 kHz); clips at another rate are resampled to it (not in the original).
     c.num_mel_bins = 128  # --melbins.
     c.frame_shift_ms = 10.0  # --fshift (ms).
     c.audio_length = 1024  # --audio_length: frames after pad/cut (the model's audio_length).
@@ -70,12 +72,14 @@ def defaults() -> ml_collections.ConfigDict:
     c.tfds_name = ""  # TFDS dataset name (source "tfds").
     c.tfds_data_dir = ""  # TFDS data_dir; "" = the TFDS default.
     c.tfds_train_split = "train"  # TFDS training split.
-    c.tfds_eval_split = "validation"  # TFDS evaluation split.
+    c.tfds_validation_split = "validation"  # TFDS validation split.
+    c.tfds_eval_split = c.get_ref("tfds_validation_split")  # the old spelling of tfds_validation_split.
     c.tfds_test_split = ""  # TFDS split of eval.test_split "test" ("" none).
     c.epic_hdf5 = ""  # EPIC-KITCHENS-100_audio.hdf5 (one dataset per video).
     c.epic_train_annotations = ""  # EPIC_Sounds_train.csv.
-    c.epic_eval_annotations = ""  # EPIC_Sounds_validation.csv.
-    c.epic_sample_rate = 24000  # EPIC audio sampling rate (Hz).
+    c.epic_validation_annotations = ""  # EPIC_Sounds_validation.csv.
+    c.epic_eval_annotations = c.get_ref("epic_validation_annotations")  # the old spelling of epic_validation_annotations.
+    c.epic_sample_rate = c.get_ref("sample_rate")  # the old spelling of sample_rate (EPIC: the HDF5 audio's 24 kHz).
     c.epic_clip_secs = 10.0  # EPIC crop length: audio_length / 100 seconds.
     return c
 

@@ -22,7 +22,7 @@ def get_data_config() -> ml_collections.ConfigDict:
     c = data.defaults()
     c.name = "demo"
     c.train_datafile = "~/.cache/aum_jax/demo/train.json"  # from demo_data (config.demo.generate sets it).
-    c.eval_datafile = "~/.cache/aum_jax/demo/valid.json"  # validation voices.
+    c.validation_datafile = "~/.cache/aum_jax/demo/valid.json"  # validation voices.
     c.test_datafile = "~/.cache/aum_jax/demo/eval.json"  # held-out voices.
     c.label_csv = "data/demo/class_labels_indices.csv"  # the 10 keywords.
     c.num_classes = 10  # yes no up down left right on off stop go.

@@ -21,9 +21,10 @@ def get_data_config():
     c.source = "epic_sounds"  # HDF5 audio + annotation CSV.
     c.epic_hdf5 = "data/epic_sounds/EPIC-KITCHENS-100_audio.hdf5"  # per-video audio.
     c.epic_train_annotations = "data/epic_sounds/EPIC_Sounds_train.csv"  # train list.
-    c.epic_eval_annotations = "data/epic_sounds/EPIC_Sounds_validation.csv"  # val list.
+    c.epic_validation_annotations = "data/epic_sounds/EPIC_Sounds_validation.csv"  # val list.
     c.label_csv = "data/epic_sounds/class_labels_indices.csv"  # 44 classes (names).
     c.num_classes = 44  # EPIC-Sounds classes.
+    c.sample_rate = 24000  # the HDF5 audio's rate (Hz): sample positions and features.
     c.feature = "epic_logmel"  # librosa log-mel at 24 kHz, 10 ms window, 5 ms hop.
     c.mask_style = "epic"  # two mean-filled masks per axis.
     c.freqm, c.timem = 48, 192  # F_MASK, T_MASK = timem * audio_length / 1024.

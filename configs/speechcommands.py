@@ -15,7 +15,7 @@ def get_data_config():
     c = data.defaults()
     c.name = "speechcommands"
     c.train_datafile = "data/speechcommands/datafiles/speechcommand_train_data.json"  # train split.
-    c.eval_datafile = "data/speechcommands/datafiles/speechcommand_valid_data.json"  # validation.
+    c.validation_datafile = "data/speechcommands/datafiles/speechcommand_valid_data.json"  # validation.
     c.test_datafile = "data/speechcommands/datafiles/speechcommand_eval_data.json"  # test split.
     c.label_csv = "data/speechcommands/speechcommands_class_labels_indices.csv"  # 35 words.
     c.num_classes = 35  # Speech Commands V2, 35 words.

@@ -16,7 +16,7 @@ def get_data_config():
     c.source = "tfds"  # tfds.data_source("speech_commands") (ArrayRecord).
     c.tfds_name = "speech_commands"  # TFDS v0.02 build: 10 words + silence + unknown.
     c.tfds_test_split = "test"  # TFDS test split.
-    c.train_datafile = c.eval_datafile = c.test_datafile = c.label_csv = ""  # TFDS has them.
+    c.train_datafile = c.validation_datafile = c.test_datafile = c.label_csv = ""  # TFDS has them.
     c.num_classes = 12  # the TFDS label set, not the original's 35.
     return c
 

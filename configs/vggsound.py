@@ -14,7 +14,7 @@ def get_data_config():
     c = data.defaults()
     c.name = "vggsound"
     c.train_datafile = "data/vggsound/datafiles/vgg_train.json"  # VGGSound train.
-    c.eval_datafile = "data/vggsound/datafiles/vgg_test.json"  # VGGSound test.
+    c.validation_datafile = "data/vggsound/datafiles/vgg_test.json"  # VGGSound test.
     c.label_csv = "data/vggsound/class_labels_indices.csv"  # 309 classes.
     c.num_classes = 309  # VGGSound classes.
     c.freqm, c.timem, c.mixup = 48, 192, 0.0  # exps/vggsound/aum-*.sh (bal=full: none).

@@ -14,7 +14,7 @@ def get_data_config():
     c = data.defaults()
     c.name = "voxceleb"
     c.train_datafile = "data/voxceleb/datafiles/train_data.json"  # VoxCeleb1 identification train.
-    c.eval_datafile = "data/voxceleb/datafiles/test_data.json"  # VoxCeleb1 identification test.
+    c.validation_datafile = "data/voxceleb/datafiles/test_data.json"  # VoxCeleb1 identification test.
     c.label_csv = "data/voxceleb/class_labels_indices.csv"  # 1251 speakers.
     c.num_classes = 1251  # VoxCeleb1 speakers.
     c.freqm, c.timem, c.mixup = 48, 192, 0.0  # exps/voxceleb/aum-*.sh.

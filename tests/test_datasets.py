@@ -98,10 +98,10 @@ def test_tfds_pipeline_scales_int16_and_labels():
     c.num_workers, c.eval_batch_size = 0, 4
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=as_data_source):
-        source = datasets.make_source(c, "eval")
+        source = datasets.make_source(c, "validation")
         wave, _ = source.load_audio(0, None)
         np.testing.assert_allclose(np.abs(wave).max(), 0.5, atol=1e-3)  # int16 / 32768.
-        batch = next(ip.make_eval_iterator(c, source=source, process_index=0, process_count=1))
+        batch = next(ip.make_eval_iterator(c, "validation", source=source, process_index=0, process_count=1))
     assert batch["fbank"].shape == (4, 128, 128)
     assert batch["mask"].tolist() == [True, True, True, False]
     assert batch["label"][:3].argmax(axis=1).tolist() == [3, 7, 11]
@@ -168,11 +168,11 @@ def test_epic_sounds_pipeline(tmp_path):
     sr, _ = _epic_files(tmp_path)
     c = get_data_config("epic_sounds")
     c.epic_hdf5 = str(tmp_path / "audio.hdf5")
-    c.epic_train_annotations = c.epic_eval_annotations = str(tmp_path / "ann.csv")
-    c.epic_sample_rate, c.epic_clip_secs = sr, 1.0
+    c.epic_train_annotations = c.epic_validation_annotations = str(tmp_path / "ann.csv")
+    c.sample_rate, c.epic_clip_secs = sr, 1.0
     c.audio_length, c.timem = 256, 40
     c.batch_size, c.eval_batch_size, c.num_workers = 2, 4, 0
-    ev = next(ip.make_eval_iterator(c, process_index=0, process_count=1))
+    ev = next(ip.make_eval_iterator(c, "validation", process_index=0, process_count=1))
     assert ev["fbank"].shape == (4, 256, 128)
     assert ev["label"][:3].argmax(axis=1).tolist() == [5, 2, 43]
     # 0.5 s at a 5 ms hop is 101 frames, edge-padded (not zero-padded) to 256.

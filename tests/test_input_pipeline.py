@@ -1,16 +1,19 @@
-"""Tests of the grain input pipeline (aum_jax/input_pipeline.py) on tiny synthetic wavs."""
+"""Tests of the grain input pipeline (input_pipeline, sampling, clip_stages, batching) on tiny synthetic wavs."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from aum_jax import audio, augment, datasets
+from aum_jax import audio, augment, datasets, kaldi, sampling
 from aum_jax import input_pipeline as ip
+from aum_jax.batching import BadInputError, BatchIterator
+from aum_jax.preprocessing import pad_or_cut
 from aum_jax.configs.data import get_data_config
 
 SR = 16_000
@@ -50,7 +53,7 @@ def _write_set(folder, num_clips: int, seconds: float = 0.3, bad: dict[int, str]
 def _config(folder, num_clips: int, **overrides):
     datafile, label_csv = _write_set(folder, num_clips, bad=overrides.pop("bad", None))
     c = get_data_config("speechcommands")
-    c.train_datafile = c.eval_datafile = datafile
+    c.train_datafile = c.validation_datafile = datafile
     c.label_csv = label_csv
     c.num_classes = num_clips
     c.num_mel_bins, c.audio_length = BINS, FRAMES
@@ -67,6 +70,19 @@ def _take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
+def _one_epoch(c, process_index: int = 0, process_count: int = 1) -> BatchIterator:
+    """The training batches of one pass over this process's shard (a partial last batch is dropped)."""
+    source = datasets.make_source(c, "train")
+    clips = ip.train_examples(c, source, process_index, process_count)
+    clips = clips[: len(sampling.shard(len(source), process_index, process_count))]
+    return BatchIterator(clips, c, c.batch_size, train=True, limit=math.floor(c.max_bad_fraction * len(source)),
+                         num_records=len(source))
+
+
+def _validation(c, **kwargs) -> BatchIterator:
+    return ip.make_eval_iterator(c, "validation", process_index=0, process_count=1, **kwargs)
+
+
 def test_train_and_eval_shapes_and_tail(tmp_path):
     c = _config(tmp_path, 10)
     batch = next(ip.make_train_iterator(c, process_index=0, process_count=1))
@@ -74,7 +90,7 @@ def test_train_and_eval_shapes_and_tail(tmp_path):
     assert batch["fbank"].shape == (4, FRAMES, BINS) and batch["fbank"].dtype == np.float32
     assert batch["label"].shape == (4, 10) and batch["label"].dtype == np.float32
 
-    batches = list(ip.make_eval_iterator(c, process_index=0, process_count=1))
+    batches = list(_validation(c))
     assert len(batches) == 3  # 10 clips in batches of 4: the tail is padded, not dropped.
     mask = np.concatenate([b["mask"] for b in batches])
     assert mask.dtype == bool and mask.tolist() == [True] * 10 + [False] * 2
@@ -85,11 +101,11 @@ def test_train_and_eval_shapes_and_tail(tmp_path):
 
 def test_eval_equals_fbank_pad_and_normalisation(tmp_path):
     c = _config(tmp_path, 3)
-    batch = next(ip.make_eval_iterator(c, process_index=0, process_count=1))
+    batch = next(_validation(c))
     wav, sr = audio.load_waveform(tmp_path / "clip1.wav")
-    fbank = audio.fbank_from_waveform(wav, sr, BINS, 10.0)
+    fbank = kaldi.fbank_from_waveform(wav, sr, BINS, 10.0)
     assert fbank.shape[0] == 28
-    expected = (audio.pad_or_cut(fbank, FRAMES) - c.mean) / (2 * c.std)
+    expected = (pad_or_cut(fbank, FRAMES) - c.mean) / (2 * c.std)
     np.testing.assert_allclose(batch["fbank"][1], expected, rtol=1e-5, atol=1e-5)
     # Padded frames are normalised zeros, as the original pads before normalising.
     np.testing.assert_allclose(batch["fbank"][1][28:], -c.mean / (2 * c.std), rtol=1e-6)
@@ -159,7 +175,7 @@ def test_mix_waveforms_pads_cuts_and_centres():
 
 def test_weighted_sampling_frequencies():
     weights = np.array([1.0, 2.0, 3.0, 4.0, 0.0])
-    draw = ip._WeightedDraw(weights, seed=5, process_index=0, process_count=1)
+    draw = sampling.WeightedDraw(weights, seed=5, process_index=0, process_count=1)
     epochs = 2000
     drawn = np.array([draw(i, None) for i in range(epochs * 5)])
     counts = np.array([(drawn == k).sum() for k in range(5)])
@@ -168,10 +184,10 @@ def test_weighted_sampling_frequencies():
     chi2 = (((counts - expected) ** 2)[:4] / expected[:4]).sum()
     assert chi2 < 16.3  # 3 degrees of freedom, p = 0.001.
     # Deterministic, and a different draw each epoch.
-    again = ip._WeightedDraw(weights, seed=5, process_index=0, process_count=1)
+    again = sampling.WeightedDraw(weights, seed=5, process_index=0, process_count=1)
     assert [again(i, None) for i in range(50)] == drawn[:50].tolist()
     # Each epoch draws anew: over 50 equally weighted clips, two epochs agree with chance 50!/50**50.
-    many = ip._WeightedDraw(np.ones(50), seed=5, process_index=0, process_count=1)
+    many = sampling.WeightedDraw(np.ones(50), seed=5, process_index=0, process_count=1)
     epoch0, epoch1 = ([many(e * 50 + i, None) for i in range(50)] for e in range(2))
     assert epoch0 != epoch1
 
@@ -180,8 +196,8 @@ def test_weighted_sampling_is_global_across_processes():
     # Process shards interleave one global weighted sequence, as one sampler over all clips:
     # all weight on clips that process 0 would never own under index sharding still reaches it.
     weights = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
-    shards = [ip._WeightedDraw(weights, seed=2, process_index=i, process_count=2) for i in range(2)]
-    single = ip._WeightedDraw(weights, seed=2, process_index=0, process_count=1)
+    shards = [sampling.WeightedDraw(weights, seed=2, process_index=i, process_count=2) for i in range(2)]
+    single = sampling.WeightedDraw(weights, seed=2, process_index=0, process_count=1)
     merged = [shards[pos % 2](pos // 2, None) for pos in range(7)]
     assert merged == [single(pos, None) for pos in range(7)]
     assert set(shards[0](i, None) for i in range(40)) <= {1, 3, 5}
@@ -199,11 +215,11 @@ def test_sharding_is_disjoint_and_complete(tmp_path):
     c = _config(tmp_path, 11, mixup=0.0, batch_size=1)
     eval_seen, train_seen, eval_batches = [], [], set()
     for p in range(3):
-        batches = list(ip.make_eval_iterator(c, process_index=p, process_count=3))
+        batches = list(ip.make_eval_iterator(c, "validation", process_index=p, process_count=3))
         eval_batches.add(len(batches))
         for b in batches:
             eval_seen.extend(b["label"][b["mask"]].argmax(axis=1).tolist())
-        train = ip.make_train_iterator(c, process_index=p, process_count=3, num_epochs=1)
+        train = _one_epoch(c, p, 3)
         train_seen.append({int(b["label"].argmax()) for b in train})
     assert eval_batches == {1}  # every process runs the same number of eval steps.
     assert sorted(eval_seen) == list(range(11))
@@ -235,7 +251,7 @@ def test_seed_changes_order_and_augmentation(tmp_path):
 def test_bad_files_are_skipped_counted_and_limited(tmp_path):
     bad = {1: "missing", 3: "empty", 5: "corrupt"}
     c = _config(tmp_path, 8, bad=bad, mixup=0.0, max_bad_fraction=0.5)
-    it = ip.make_train_iterator(c, process_index=0, process_count=1, num_epochs=1)
+    it = _one_epoch(c)
     seen = {int(i) for b in it for i in b["label"].argmax(axis=1)}
     assert seen <= {0, 2, 4, 6, 7} and len(seen) == 4  # 5 good clips, one partial batch dropped.
     assert sorted(os.path.basename(k) for k in it.bad_inputs) == ["clip1.wav", "clip3.wav",
@@ -243,12 +259,12 @@ def test_bad_files_are_skipped_counted_and_limited(tmp_path):
     assert it.num_skipped == 3
 
     c.max_bad_fraction = 0.25  # at most 2 of 8.
-    with pytest.raises(ip.BadInputError, match="clip1.wav") as err:
-        list(ip.make_train_iterator(c, process_index=0, process_count=1, num_epochs=2))
+    with pytest.raises(BadInputError, match="clip1.wav") as err:
+        _take(ip.make_train_iterator(c, process_index=0, process_count=1), 4)  # the third bad clip raises.
     assert "clip3.wav" in str(err.value) and "clip5.wav" in str(err.value)
 
     c.max_bad_fraction = 0.5
-    batches = list(ip.make_eval_iterator(c, process_index=0, process_count=1))
+    batches = list(_validation(c))
     mask = np.concatenate([b["mask"] for b in batches])
     assert mask.tolist() == [True, False, True, False, True, False, True, True]
 
@@ -266,7 +282,7 @@ def test_workers_and_worker_errors_surface(tmp_path):
     bad_dir.mkdir()
     c = _config(bad_dir, 4, num_workers=1, bad={0: "corrupt", 1: "corrupt", 2: "corrupt",
                                                  3: "corrupt"})
-    with pytest.raises(ip.BadInputError, match=r"bad/clip\d\.wav"):
+    with pytest.raises(BadInputError, match=r"bad/clip\d\.wav"):
         next(ip.make_train_iterator(c, process_index=0, process_count=1))
 
 
@@ -341,7 +357,7 @@ def test_cached_features_refuse_mixup_and_random_crops(tmp_path):
     with pytest.raises(ValueError, match="cache_features needs mixup 0"):
         ip.make_train_iterator(c, process_index=0, process_count=1)
     c.mixup = 0.0
-    ip.make_eval_iterator(c, process_index=0, process_count=1)  # evaluation never caches.
+    _validation(c)  # evaluation never caches.
 
     class CroppingSource(datasets.DatafileSource):
         random_crops = True
@@ -353,7 +369,7 @@ def test_cached_features_refuse_mixup_and_random_crops(tmp_path):
 
 def _tone_fbank(hz: float) -> np.ndarray:
     t = np.arange(SR) / SR
-    return audio.fbank_from_waveform((0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)[None], SR, 64, 10.0)
+    return kaldi.fbank_from_waveform((0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)[None], SR, 64, 10.0)
 
 
 @pytest.mark.parametrize("hz, factor", [(1000.0, 1.1), (2500.0, 0.9), (400.0, 1.08)])
@@ -372,9 +388,9 @@ def test_pipeline_frequency_warp_draws_a_factor_per_clip(tmp_path):
     np.testing.assert_array_equal(plain["label"], warped["label"])  # the same clips, warped.
     changed = [not np.array_equal(a, b) for a, b in zip(plain["fbank"], warped["fbank"])]
     assert all(changed)
-    evaluation = next(ip.make_eval_iterator(c, process_index=0, process_count=1))  # evaluation never warps.
+    evaluation = next(_validation(c))  # evaluation never warps.
     c.freq_warp = 0.0
-    np.testing.assert_array_equal(evaluation["fbank"], next(ip.make_eval_iterator(c, process_index=0, process_count=1))["fbank"])
+    np.testing.assert_array_equal(evaluation["fbank"], next(_validation(c))["fbank"])
     c.freq_warp, c.feature = 0.1, "epic_logmel"
     with pytest.raises(ValueError, match="freq_warp works on the Kaldi fbank"):
         ip.make_train_iterator(c, process_index=0, process_count=1)

@@ -60,7 +60,7 @@ def toy_config(paths: dict[str, str], **train_overrides) -> ml_collections.Confi
     """The Speech Commands recipe shrunk to the toy set: 32x32 inputs, a 32-wide 1-block AuM."""
     config = speechcommands.get_config("runlocal")
     data = config.data
-    data.train_datafile, data.eval_datafile, data.label_csv = paths["train"], paths["eval"], paths["label_csv"]
+    data.train_datafile, data.validation_datafile, data.label_csv = paths["train"], paths["eval"], paths["label_csv"]
     data.num_classes, data.num_mel_bins, data.audio_length = 2, 32, 32
     data.freqm = data.timem = 0
     data.mixup, data.noise = 0.0, False
