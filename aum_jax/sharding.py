@@ -9,6 +9,9 @@ global array.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -67,6 +70,41 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree.map(put, tree)
+
+
+def mesh_context(tree: Any) -> contextlib.AbstractContextManager:
+    """``jax.set_mesh`` of the mesh that ``tree``'s arrays are split over, or a null context.
+
+    Entered around a jitted call, it lets the kernels inside it (``aum_jax.kernels.partition``)
+    run on each device's batch rows: a ``NamedSharding`` of the mesh is the only trace of it
+    that the call's inputs carry.
+    """
+    for leaf in jax.tree.leaves(tree):
+        spec = getattr(leaf, "sharding", None)
+        if isinstance(spec, NamedSharding) and spec.mesh.size > 1 and not spec.is_fully_replicated:
+            return jax.set_mesh(spec.mesh)
+    return contextlib.nullcontext()
+
+
+class OnDataMesh:
+    """A jitted function that is called, traced and lowered under :func:`mesh_context` of its
+    argument ``arg`` (the batch): its kernels then run per device on a data-parallel mesh."""
+
+    def __init__(self, jitted: Callable, arg: int):
+        functools.update_wrapper(self, jitted)
+        self.jitted, self.arg = jitted, arg
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with mesh_context(args[self.arg]):
+            return self.jitted(*args, **kwargs)
+
+    def trace(self, *args: Any, **kwargs: Any) -> Any:
+        with mesh_context(args[self.arg]):
+            return self.jitted.trace(*args, **kwargs)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        with mesh_context(args[self.arg]):
+            return self.jitted.lower(*args, **kwargs)
 
 
 def constrain(node: Any, sharding: jax.sharding.Sharding) -> Any:

@@ -141,7 +141,7 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
     def chunk_back(c, size: int, carry):
         first = c * blocks.chunk
         n_sub, rest = divmod(size, blocks.unroll)
-        boundary = refs["states"].at[jnp.int32(k), tile.b, jnp.int32(c), pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)]
+        boundary = refs["states"].at[tile.b, jnp.int32(k), jnp.int32(c), pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)]
         h = lo.load(boundary, tile.dn_mask)
         if n_sub:
             h = jax.lax.fori_loop(0, n_sub, lambda i, h: park(first, i, h, blocks.unroll), h)

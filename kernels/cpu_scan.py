@@ -10,7 +10,7 @@ keyed by the source, the flags, the headers and the CPU.
 
 ``scan_readout(u, delta, A, B, C, reverse)`` is the recurrence alone, float32, with its
 gradient (a second kernel that recomputes each block's states and walks time in reverse).
-``available()`` says whether the kernel builds here; ``build()`` raises
+``unavailable_reason()`` says why the kernel does not build here (None when it does); ``build()`` raises
 ``CpuKernelUnavailable`` with the compiler's message when it does not.
 """
 
@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+
+from . import partition
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_scan.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-w")
@@ -98,14 +100,13 @@ def _register() -> None:
 
 
 @functools.cache
-def available() -> bool:
-    """Whether the kernel builds and loads here; says why once when it does not."""
+def unavailable_reason() -> str | None:
+    """None when the kernel builds and loads here, else why not (the compiler's message)."""
     try:
         _register()
     except (CpuKernelUnavailable, OSError) as error:
-        logging.warning("The CPU selective-scan kernel is unavailable, falling back to XLA's: %s", error)
-        return False
-    return True
+        return str(error)
+    return None
 
 
 def _groups(batch: int, dim: int) -> int:
@@ -114,30 +115,19 @@ def _groups(batch: int, dim: int) -> int:
     return int(min(blocks, max(1, -(-2 * (os.cpu_count() or 1) // batch))))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def scan_readout(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, reverse: bool) -> jax.Array:
-    """<h_t, C_t> of the recurrence from a zero state, float32.
-
-    Args:
-      u, delta: (B, L, D), delta after its bias and softplus.
-      A: (D, N).
-      B, C: (B, L, N).
-      reverse: scan from t = L - 1 down to 0 (the output stays in time order).
-
-    Returns:
-      (B, L, D).
-    """
+def _forward(reverse: bool, rows, A: jax.Array, save: bool):
+    """One shard: rows (u, delta, B, C) -> the readout (B, L, D); nothing saved beyond the inputs."""
+    del save
     _register()
+    u, delta, B, C = rows
     call = jax.ffi.ffi_call("aum_scan_cpu_fwd", jax.ShapeDtypeStruct(u.shape, jnp.float32), vmap_method="sequential")
-    return call(u, delta, A, B, C, reverse=np.int32(reverse))
+    return call(u, delta, A, B, C, reverse=np.int32(reverse)), ()
 
 
-def _forward(u, delta, A, B, C, reverse):
-    return scan_readout(u, delta, A, B, C, reverse), (u, delta, A, B, C)
-
-
-def _backward(reverse, residuals, dy):
-    u, delta, A, B, C = residuals
+def _backward(reverse: bool, rows, A: jax.Array, saved, dy: jax.Array):
+    """One shard: -> ((du, ddelta, dB, dC), dA summed over the shard's batch)."""
+    del saved
+    u, delta, B, C = rows
     batch, length, dim = u.shape
     groups = _groups(batch, dim)
     shapes = [
@@ -149,7 +139,23 @@ def _backward(reverse, residuals, dy):
     ]
     call = jax.ffi.ffi_call("aum_scan_cpu_bwd", shapes, vmap_method="sequential")
     du, ddelta, dA, dB, dC = call(u, delta, A, B, C, dy.astype(jnp.float32), reverse=np.int32(reverse))
-    return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0)
+    return (du, ddelta, dB.sum(0), dC.sum(0)), dA.sum(0)
 
 
-scan_readout.defvjp(_forward, _backward)
+_scan = partition.differentiable(partition.Kernel("aum_scan_cpu", _forward, _backward))
+
+
+def scan_readout(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, reverse: bool) -> jax.Array:
+    """<h_t, C_t> of the recurrence from a zero state, float32; each device of the current
+    mesh scans its own batch rows (``kernels.partition``).
+
+    Args:
+      u, delta: (B, L, D), delta after its bias and softplus.
+      A: (D, N).
+      B, C: (B, L, N).
+      reverse: scan from t = L - 1 down to 0 (the output stays in time order).
+
+    Returns:
+      (B, L, D).
+    """
+    return _scan(bool(reverse), (u, delta, B, C), A)

@@ -7,7 +7,7 @@ Per step, with the delta bias, softplus, D skip and silu gate fused in:
     out += scale * (<h, C_t> + D * u_t) * silu(z_t)         (block_d,)
 
 Direction 0 stores ``out``; direction 1, walking time backward, adds to it. At the start of
-every chunk of ``chunk`` logical steps the state is written to ``states`` (K, B, n_chunks,
+every chunk of ``chunk`` logical steps the state is written to ``states`` (B, K, n_chunks,
 D, N), the only residual the backward pass needs besides the inputs.
 """
 
@@ -96,7 +96,7 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, inputs, out_ref, states_
 
     def chunk(c, h, size: int):
         if states_ref is not None:
-            view = states_ref.at[jnp.int32(k), tile.b, jnp.int32(c), pl.ds(tile.d0, tile.block_d), pl.ds(0, layout.n_state)]
+            view = states_ref.at[tile.b, jnp.int32(k), jnp.int32(c), pl.ds(tile.d0, tile.block_d), pl.ds(0, layout.n_state)]
             lo.store(view, h, tile.dn_mask)
         return lo.walk(c * blocks.chunk, size, blocks.unroll, h, load_rows, compute)
 
@@ -131,7 +131,7 @@ def forward(
     shape = (layout.batch, layout.length, layout.dim)
     out_shape = [jax.ShapeDtypeStruct(shape, out_dtype)]
     if save_states:
-        states = (layout.n_dirs, layout.batch, num_chunks(layout, blocks), layout.dim, layout.n_state)
+        states = (layout.batch, layout.n_dirs, num_chunks(layout, blocks), layout.dim, layout.n_state)
         out_shape.append(jax.ShapeDtypeStruct(states, jnp.float32))
     outs = pl.pallas_call(
         functools.partial(_kernel, layout=layout, blocks=blocks, save_states=save_states, interpret=interpret),

@@ -11,6 +11,7 @@ whatever the input dtype; the output takes ``u``'s dtype and each gradient its i
 
 Pallas compiles the kernels through Triton on a CUDA GPU and runs them in interpret mode
 elsewhere (``interpret=None`` picks by backend), which is how the CPU tests check them.
+Under a data-parallel mesh each device runs them on its own batch rows (``kernels.partition``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import partition
 from .backward import backward
 from .forward import forward
 from .layout import BlockConfig, ScanLayout, backward_blocks, forward_blocks
@@ -86,8 +88,9 @@ def bidirectional_selective_scan(
     """
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
-    args = tuple(map(tuple, (us, deltas, As, Bs, Cs, Ds))) + (z, tuple(delta_biases))
-    return _scan(_Static(bool(delta_softplus), float(scale), bool(interpret), blocks), args)
+    rows = (tuple(us), tuple(deltas), tuple(Bs), tuple(Cs), z)
+    params = (tuple(As), tuple(Ds), tuple(delta_biases))
+    return _scan(_Static(bool(delta_softplus), float(scale), bool(interpret), blocks), rows, params)
 
 
 class _Static(NamedTuple):
@@ -106,8 +109,9 @@ class _Static(NamedTuple):
         return fwd, bwd
 
 
-def _layout(static, args) -> ScanLayout:
-    us, _, As, Bs, _, Ds, z, biases = args
+def _layout(static: _Static, rows, params) -> ScanLayout:
+    us, _, _, _, z = rows
+    As, Ds, biases = params
     batch, length, dim = us[0].shape
     return ScanLayout(
         batch=batch, length=length, dim=dim, d_state=As[0].shape[1], n_dirs=len(As), n_u=len(us),
@@ -115,17 +119,20 @@ def _layout(static, args) -> ScanLayout:
     )
 
 
-def _flat(args) -> list[jax.Array]:
-    us, deltas, As, Bs, Cs, Ds, z, biases = args
+def _flat(rows, params) -> list[jax.Array]:
+    """The kernels' inputs in ``forward.split_inputs`` order."""
+    us, deltas, Bs, Cs, z = rows
+    As, Ds, biases = params
     return [*us, *deltas, *As, *Bs, *Cs, *Ds, *([] if z is None else [z]), *biases]
 
 
-def _check(layout: ScanLayout, args) -> None:
-    us, deltas, As, Bs, Cs, Ds, z, biases = args
-    rows, states = (layout.batch, layout.length, layout.dim), (layout.batch, layout.length, layout.d_state)
-    expected = [("us", us, rows), ("deltas", deltas, rows), ("Bs", Bs, states), ("Cs", Cs, states),
+def _check(layout: ScanLayout, rows, params) -> None:
+    us, deltas, Bs, Cs, z = rows
+    As, Ds, biases = params
+    seq, states = (layout.batch, layout.length, layout.dim), (layout.batch, layout.length, layout.d_state)
+    expected = [("us", us, seq), ("deltas", deltas, seq), ("Bs", Bs, states), ("Cs", Cs, states),
                 ("As", As, (layout.dim, layout.d_state)), ("Ds", Ds, (layout.dim,)), ("delta_biases", biases, (layout.dim,))]
-    for name, tensors, shape in expected + ([("z", [z], rows)] if z is not None else []):
+    for name, tensors, shape in expected + ([("z", [z], seq)] if z is not None else []):
         for x in tensors:
             if x.shape != shape:
                 raise ValueError(f"selective scan: {name} has shape {x.shape}, expected {shape}")
@@ -133,35 +140,29 @@ def _check(layout: ScanLayout, args) -> None:
         raise ValueError("selective scan: us, deltas, Bs and Cs must be given for the same directions")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan(static, args) -> jax.Array:
-    layout = _layout(static, args)
-    _check(layout, args)
+def _forward(static: _Static, rows, params, save: bool):
+    """One shard: -> (out (B, L, D), (boundary states (B, K, n_chunks, D, N'),) or ())."""
+    layout = _layout(static, rows, params)
+    _check(layout, rows, params)
     fwd, _ = static.pick(layout)
-    out, _ = forward(layout, fwd, _flat(args), out_dtype=args[0][0].dtype, save_states=False, interpret=static.interpret)
-    return out
+    out, states = forward(layout, fwd, _flat(rows, params), out_dtype=rows[0][0].dtype, save_states=save,
+                          interpret=static.interpret)
+    return out, ((states,) if save else ())
 
 
-def _scan_fwd(static, args):
-    layout = _layout(static, args)
-    _check(layout, args)
-    fwd, _ = static.pick(layout)
-    out, states = forward(layout, fwd, _flat(args), out_dtype=args[0][0].dtype, save_states=True, interpret=static.interpret)
-    return out, (args, states)
-
-
-def _scan_bwd(static, residuals, dout):
-    args, states = residuals
-    layout = _layout(static, args)
+def _backward(static: _Static, rows, params, saved, dout):
+    """One shard: -> (gradients of rows, of params summed over the shard's batch), in their dtypes."""
+    layout = _layout(static, rows, params)
     _, bwd = static.pick(layout)
-    du, ddelta, dB, dC, dA, dD, dbias, dz = backward(layout, bwd, _flat(args), states, dout, interpret=static.interpret)
-    us, deltas, As, Bs, Cs, Ds, z, biases = args
+    (states,) = saved
+    du, ddelta, dB, dC, dA, dD, dbias, dz = backward(layout, bwd, _flat(rows, params), states, dout,
+                                                      interpret=static.interpret)
+    us, deltas, Bs, Cs, z = rows
+    As, Ds, biases = params
     cast = lambda grads, like: tuple(g.astype(x.dtype) for g, x in zip(grads, like))
-    return ((
-        cast(du, us), cast(ddelta, deltas), cast(dA, As), cast(dB, Bs), cast(dC, Cs),
-        cast(() if dD is None else dD, Ds), None if z is None else dz.astype(z.dtype),
-        cast(() if dbias is None else dbias, biases),
-    ),)
+    drows = (cast(du, us), cast(ddelta, deltas), cast(dB, Bs), cast(dC, Cs), None if z is None else dz.astype(z.dtype))
+    dparams = (cast(dA, As), cast(() if dD is None else dD, Ds), cast(() if dbias is None else dbias, biases))
+    return drows, dparams
 
 
-_scan.defvjp(_scan_fwd, _scan_bwd)
+_scan = partition.differentiable(partition.Kernel("aum_selective_scan", _forward, _backward))

@@ -24,10 +24,22 @@ Five implementations compute the same function and are all differentiable:
   the GPU): a fused forward kernel that keeps chunk-boundary states and a backward kernel
   that walks time in reverse, recomputing the states in between.
 
-``impl="auto"`` picks ``"pallas"`` on GPU (the only implementation whose training memory
-matches the original's, and the fastest), ``"cpu"`` on CPU, the fastest there (see the
-``scan`` section of ``scripts/benchmark.py``; ``"sequential"`` where no C++ compiler
-builds it), and ``"chunked"`` elsewhere (TPU), whose memory is bounded like the kernel's.
+Each is registered once in ``IMPLEMENTATIONS`` (name, function, the platforms where it
+runs, whether remat can keep its readout); ``SCAN_IMPLS``, ``impl="auto"`` and the tests
+read from it. There is also ``"portable"``, for artifacts lowered for several platforms
+(the serving export): the Pallas kernels in the CUDA lowering, the sequential scan in
+every other (``lax.platform_dependent``).
+
+``impl="auto"`` picks, on the device the computation runs on: ``"pallas"`` on a CUDA GPU
+of compute capability 8.0 or more (Pallas' Triton backend needs Ampere; its training
+memory matches the original's and it is the fastest), else ``"chunked"``, whose training
+memory is bounded like the kernel's; ``"cpu"`` on CPU, the fastest there (the ``scan``
+section of ``scripts/benchmark.py``), else ``"sequential"`` where no C++ compiler builds
+it; ``"chunked"`` elsewhere (TPU). A fallback says why once, naming the device.
+
+The two kernels (``"cpu"``, ``"pallas"``) are custom calls that XLA cannot partition:
+under a data-parallel mesh (``jax.set_mesh``) each device runs them on its own batch
+rows (``aum_jax.kernels.partition``).
 
 ``bidirectional_scan`` sums a forward-in-time scan and a backward-in-time one, as AuM's
 Fo-Bi and Bi-Bi blocks do: the kernels read time backwards for the second (the Pallas
@@ -40,38 +52,22 @@ float32 arithmetic, whatever the default matmul precision.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from jax.ad_checkpoint import checkpoint_name
 
 from aum_jax.kernels import cpu_scan
-from aum_jax.kernels.selective_scan import bidirectional_selective_scan, selective_scan_fn
+from aum_jax.kernels.selective_scan import bidirectional_selective_scan
 
-ScanImpl = Literal["sequential", "associative", "chunked", "cpu", "pallas", "auto"]
-SCAN_IMPLS: tuple[str, ...] = ("sequential", "associative", "chunked", "cpu", "pallas")
 DEFAULT_CHUNK_SIZE = 128
 SCAN_READOUT = "scan_readout"  # checkpoint name of a pure-JAX or CPU scan's readout, (B, L, D) float32
-
-
-AUTO_IMPLS: dict[str, str] = {"cpu": "cpu", "gpu": "pallas"}  # other backends: "chunked"
 HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def resolve_impl(impl: str) -> str:
-    """Maps ``"auto"`` to the fastest implementation on the default backend."""
-    backend = jax.default_backend()
-    if impl == "auto":
-        impl = AUTO_IMPLS.get(backend, "chunked")
-        return "sequential" if impl == "cpu" and not cpu_scan.available() else impl
-    if impl not in SCAN_IMPLS:
-        raise ValueError(f"Unknown selective-scan impl {impl!r}; choose one of {SCAN_IMPLS} or 'auto'.")
-    if impl == "cpu" and backend != "cpu":
-        raise ValueError(f"scan_impl 'cpu' runs on the CPU backend only, not {backend!r}; use 'auto'.")
-    return impl
+MIN_TRITON_CAPABILITY = (8, 0)  # Pallas' Triton backend supports Ampere and newer
 
 
 def _discretize(
@@ -217,10 +213,10 @@ def _scan_chunked(u, delta, A, B, C, h0, chunk_size: int):
     return y[:, :length]
 
 
-def scan_readout(
-    u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *, impl: str, chunk_size: int,
-    reverse: bool = False,
-) -> jax.Array:
+Tensors = Sequence[jax.Array]
+
+
+def _readout(impl: str, u, delta, A, B, C, *, chunk_size: int, reverse: bool) -> jax.Array:
     """The recurrence alone on float32 inputs: u, delta (B, L, D), A (D, N), B, C (B, L, N) -> <h_t, C_t>.
 
     With ``reverse`` the state runs from t = L - 1 down to 0; the output stays in time order.
@@ -229,13 +225,146 @@ def scan_readout(
         return cpu_scan.scan_readout(u, delta, A, B, C, reverse)
     if reverse:
         flip = lambda x: jnp.flip(x, axis=1)
-        return flip(scan_readout(flip(u), flip(delta), A, flip(B), flip(C), impl=impl, chunk_size=chunk_size))
+        return flip(_readout(impl, flip(u), flip(delta), A, flip(B), flip(C), chunk_size=chunk_size, reverse=False))
     if impl == "sequential":
         return _scan_sequential(u, delta, A, B, C)
     h0 = jnp.zeros((u.shape[0], u.shape[2], A.shape[1]), jnp.float32)
     if impl == "associative":
         return _scan_associative(u, delta, A, B, C, h0)
     return _scan_chunked(u, delta, A, B, C, h0, chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("delta_softplus", "impl", "chunk_size", "reverse"))
+def _one_direction(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, *, impl: str, chunk_size: int, reverse: bool
+) -> jax.Array:
+    """One scan around a readout implementation: bias, softplus, D skip and gate in XLA."""
+    out_dtype = u.dtype
+    f32 = jnp.float32
+    u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.astype(f32)
+    if delta_softplus:
+        delta = jax.nn.softplus(delta)
+    y = checkpoint_name(_readout(impl, u, delta, A, B, C, chunk_size=chunk_size, reverse=reverse), SCAN_READOUT)
+    if D is not None:
+        y = y + u * D.astype(f32)
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(f32))
+    return y.astype(out_dtype)
+
+
+def _via_readout(impl: str) -> Callable[..., jax.Array]:
+    """The bidirectional scan of a readout implementation: one ``_one_direction`` per direction."""
+
+    def run(us, deltas, As, Bs, Cs, Ds, z, delta_biases, *, delta_softplus: bool, scale: float, chunk_size: int):
+        out = None
+        for k, A in enumerate(As):
+            pick = lambda seq: seq[0] if len(seq) == 1 else seq[k]
+            y = _one_direction(
+                pick(us), pick(deltas), A, pick(Bs), pick(Cs), pick(Ds) if Ds else None, z,
+                pick(delta_biases) if delta_biases else None, delta_softplus,
+                impl=impl, chunk_size=chunk_size, reverse=k == 1,
+            )
+            out = y if out is None else out + y
+        return out * scale if scale != 1.0 else out
+
+    return run
+
+
+def _pallas(*args, delta_softplus: bool, scale: float, chunk_size: int, interpret: bool | None = None) -> jax.Array:
+    del chunk_size
+    return bidirectional_selective_scan(*args, delta_softplus=delta_softplus, scale=scale, interpret=interpret)
+
+
+def _portable(*args, **kwargs) -> jax.Array:
+    """The Pallas kernels in a CUDA lowering, the sequential scan in any other."""
+    return jax.lax.platform_dependent(
+        *args, cuda=functools.partial(_pallas, **kwargs, interpret=False),
+        default=functools.partial(_via_readout("sequential"), **kwargs),
+    )
+
+
+def _cpu_unavailable(device: jax.Device) -> str | None:
+    del device
+    reason = cpu_scan.unavailable_reason()
+    return None if reason is None else f"its C++ kernel does not build here: {reason}"
+
+
+def _pallas_unavailable(device: jax.Device) -> str | None:
+    capability = getattr(device, "compute_capability", None)
+    if capability is None:
+        return "it is not a CUDA device, and Pallas' Triton backend runs on CUDA only"
+    major, minor = (int(x) for x in str(capability).split(".")[:2])
+    if (major, minor) < MIN_TRITON_CAPABILITY:
+        return (f"its compute capability {capability} is below "
+                f"{'.'.join(map(str, MIN_TRITON_CAPABILITY))}, the least Pallas' Triton backend supports")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One selective-scan implementation.
+
+    ``run(us, deltas, As, Bs, Cs, Ds, z, delta_biases, *, delta_softplus, scale, chunk_size)``
+    is the bidirectional scan of :func:`bidirectional_scan`.
+    """
+
+    name: str
+    run: Callable[..., jax.Array]
+    platforms: tuple[str, ...] = ()  # JAX platforms where it runs; () on every one
+    keeps_readout: bool = False  # its readout is the named SCAN_READOUT, which remat "dots_scan" can keep
+    auto_on: tuple[str, ...] = ()  # platforms where "auto" may pick it ("*": any), first registered first
+    unavailable: Callable[[jax.Device], str | None] = lambda device: None  # why it cannot run on a device
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    impl.name: impl for impl in (
+        Implementation("cpu", _via_readout("cpu"), platforms=("cpu",), keeps_readout=True, auto_on=("cpu",),
+                       unavailable=_cpu_unavailable),
+        Implementation("pallas", _pallas, auto_on=("gpu",), unavailable=_pallas_unavailable),
+        Implementation("sequential", _via_readout("sequential"), keeps_readout=True, auto_on=("cpu",)),
+        Implementation("chunked", _via_readout("chunked"), keeps_readout=True, auto_on=("*",)),
+        Implementation("associative", _via_readout("associative"), keeps_readout=True),
+        Implementation("portable", _portable),
+    )
+}
+SCAN_IMPLS: tuple[str, ...] = tuple(IMPLEMENTATIONS)  # every name a config may give, besides "auto"
+
+
+@functools.cache
+def _warn_fallback(device: str, impl: str, reason: str, pick: str) -> None:
+    logging.warning("selective scan on %s: scan_impl 'auto' picks %r, not %r, because %s.", device, pick, impl, reason)
+
+
+def _auto(device: jax.Device) -> str:
+    """The first registered implementation that ``auto`` may pick on ``device``'s platform and
+    that runs there; warns once per device about each one passed over."""
+    passed = []
+    for impl in IMPLEMENTATIONS.values():
+        if device.platform in impl.auto_on or "*" in impl.auto_on:
+            reason = impl.unavailable(device)
+            if reason is None:
+                for name, why in passed:
+                    _warn_fallback(f"{device.device_kind} ({device.platform})", name, why, impl.name)
+                return impl.name
+            passed.append((impl.name, reason))
+    raise AssertionError("'chunked' runs everywhere")
+
+
+def resolve_impl(impl: str, device: jax.Device | None = None) -> str:
+    """Maps ``"auto"`` to the implementation for ``device`` (default: the first device of the
+    default backend); checks that any other name is registered and runs there."""
+    device = device if device is not None else jax.devices()[0]
+    if impl == "auto":
+        return _auto(device)
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"Unknown selective-scan impl {impl!r}; choose one of {SCAN_IMPLS} or 'auto'.")
+    platforms = IMPLEMENTATIONS[impl].platforms
+    if platforms and device.platform not in platforms:
+        raise ValueError(f"scan_impl {impl!r} runs on the {'/'.join(platforms)} backend only, "
+                         f"not {device.platform!r}; use 'auto'.")
+    return impl
 
 
 def selective_scan(
@@ -249,10 +378,10 @@ def selective_scan(
     delta_bias: jax.Array | None = None,
     delta_softplus: bool = False,
     *,
-    impl: ScanImpl = "auto",
+    impl: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> jax.Array:
-    """Runs the selective scan.
+    """Runs the selective scan forward in time.
 
     Args:
       u: (B, L, D) input.
@@ -264,39 +393,15 @@ def selective_scan(
       z: (B, L, D) gate, multiplied in as ``silu(z)``, or None.
       delta_bias: (D,) added to ``delta`` before the softplus, or None.
       delta_softplus: apply softplus to ``delta`` (after adding ``delta_bias``).
-      impl: one of ``SCAN_IMPLS``, or ``"auto"`` to pick by backend.
+      impl: one of ``SCAN_IMPLS``, or ``"auto"`` to pick by device.
       chunk_size: steps per chunk for ``impl="chunked"``.
 
     Returns:
       (B, L, D) output in ``u``'s dtype.
     """
-    impl = resolve_impl(impl)  # outside jit: "auto" is not a cache key
-    if impl == "pallas":
-        return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, impl=impl, chunk_size=chunk_size)
-
-
-@functools.partial(jax.jit, static_argnames=("delta_softplus", "impl", "chunk_size", "reverse"))
-def _selective_scan(
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, *, impl: str, chunk_size: int, reverse: bool = False
-) -> jax.Array:
-    out_dtype = u.dtype
-    f32 = jnp.float32
-    u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.astype(f32)
-    if delta_softplus:
-        delta = jax.nn.softplus(delta)
-    y = checkpoint_name(scan_readout(u, delta, A, B, C, impl=impl, chunk_size=chunk_size, reverse=reverse),
-                        SCAN_READOUT)
-    if D is not None:
-        y = y + u * D.astype(f32)
-    if z is not None:
-        y = y * jax.nn.silu(z.astype(f32))
-    return y.astype(out_dtype)
-
-
-Tensors = Sequence[jax.Array]
+    optional = lambda x: () if x is None else (x,)
+    return bidirectional_scan((u,), (delta,), (A,), (B,), (C,), optional(D), z, optional(delta_bias),
+                              delta_softplus=delta_softplus, impl=impl, chunk_size=chunk_size)
 
 
 def bidirectional_scan(
@@ -311,29 +416,18 @@ def bidirectional_scan(
     *,
     delta_softplus: bool,
     scale: float = 1.0,
-    impl: ScanImpl = "auto",
+    impl: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> jax.Array:
     """``scale * (scan_0 + scan_1)``: scan 0 runs forward in time, scan 1 backward.
 
-    ``As`` holds a (D, N) matrix per direction. ``us``, ``deltas`` (B, L, D), ``Bs``,
-    ``Cs`` (B, L, N), ``Ds`` and ``delta_biases`` (D,) hold one tensor shared by both
-    directions or one per direction (``Ds`` and ``delta_biases`` may be empty); all are
-    in time order, and scan 1's output at t is the one it produced on reaching t. ``z``
-    (B, L, D), shared, gates both. Returns (B, L, D) in ``us[0]``'s dtype.
+    ``As`` holds a (D, N) matrix per direction (one: a single forward scan). ``us``,
+    ``deltas`` (B, L, D), ``Bs``, ``Cs`` (B, L, N), ``Ds`` and ``delta_biases`` (D,) hold
+    one tensor shared by both directions or one per direction (``Ds`` and
+    ``delta_biases`` may be empty); all are in time order, and scan 1's output at t is the
+    one it produced on reaching t. ``z`` (B, L, D), shared, gates both. Returns (B, L, D)
+    in ``us[0]``'s dtype.
     """
-    impl = resolve_impl(impl)
-    if impl == "pallas":
-        return bidirectional_selective_scan(
-            us, deltas, As, Bs, Cs, Ds, z, delta_biases, delta_softplus=delta_softplus, scale=scale
-        )
-    out = None
-    for k, A in enumerate(As):
-        pick = lambda seq: seq[0] if len(seq) == 1 else seq[k]
-        y = _selective_scan(
-            pick(us), pick(deltas), A, pick(Bs), pick(Cs), pick(Ds) if Ds else None, z,
-            pick(delta_biases) if delta_biases else None, delta_softplus,
-            impl=impl, chunk_size=chunk_size, reverse=k == 1,
-        )
-        out = y if out is None else out + y
-    return out * scale if scale != 1.0 else out
+    run = IMPLEMENTATIONS[resolve_impl(impl)].run  # outside jit: "auto" is not a cache key
+    return run(tuple(us), tuple(deltas), tuple(As), tuple(Bs), tuple(Cs), tuple(Ds), z, tuple(delta_biases),
+               delta_softplus=delta_softplus, scale=scale, chunk_size=chunk_size)
