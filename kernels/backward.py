@@ -68,9 +68,15 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
         return decay * h + (dt * rows["u"])[:, None] * rows["B"][None, :], decay, dt
 
     def load_rows(s):
+        """The rows that recompute the state at logical step ``s``: u, delta, B."""
         t = lo.time_index(layout, k, s)
-        rows = fw.load_step(layout, inputs, tile, k, t)
-        rows["dout"] = lo.channel_row(refs["dout"], tile, t)
+        return t, fw.load_step(layout, inputs, tile, k, t, readout=False)
+
+    def load_back_rows(t):
+        """The rows the walk back needs besides those: C, z, dout and what direction 0 stored."""
+        rows = {"C": lo.state_row(inputs[4][j], tile, t, n_state), "dout": lo.channel_row(refs["dout"], tile, t)}
+        if z_ref is not None:
+            rows["z"] = lo.channel_row(z_ref, tile, t)
         if accumulate:
             rows["du"] = lo.channel_row(du_ref, tile, t)
             rows["ddelta"] = lo.channel_row(ddelta_ref, tile, t)
@@ -78,7 +84,7 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
             rows["dC"] = lo.load(state_row_view(dC_ref, t), tile.n_mask)
         if k > 0 and z_ref is not None:
             rows["dz"] = lo.channel_row(refs["dz"], tile, t)
-        return t, rows
+        return rows
 
     def step_back(t, rows, h, h_prev, decay, dt, carry):
         dh_next, dA, dD, dbias = carry
@@ -127,16 +133,16 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
             states.append(h)
             decays.append(decay)
             dts.append(dt)
-        for i in reversed(range(size)):
+        for i in reversed(range(size)):  # the other rows are loaded as the walk reaches their step
             t, rows = loaded[i]
+            rows = {**rows, **load_back_rows(t)}
             carry = step_back(t, rows, states[i], states[i - 1] if i else h_start, decays[i], dts[i], carry)
         return carry
 
     def park(first, i, h, size: int):
         """Stores sub-block ``i``'s start state, then advances ``h`` over its ``size`` steps."""
         lo.store(scratch_view(jnp.int32(i)), h, None)
-        load = lambda s: fw.load_step(layout, inputs, tile, k, lo.time_index(layout, k, s), readout=False)
-        return lo.walk(first + i * blocks.unroll, size, size, h, load, lambda s, rows, h: advance(h, rows)[0])
+        return lo.walk(first + i * blocks.unroll, size, size, h, load_rows, lambda s, loaded, h: advance(h, loaded[1])[0])
 
     def chunk_back(c, size: int, carry):
         first = c * blocks.chunk

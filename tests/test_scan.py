@@ -19,13 +19,25 @@ from flax import nnx
 from jax import export
 
 from aum_jax.models import AudioMamba, AuMConfig
-from aum_jax.ops import SCAN_IMPLS, bidirectional_scan, resolve_impl, selective_scan
+from aum_jax.ops import IMPLEMENTATIONS, bidirectional_scan, resolve_impl, selective_scan
+from aum_jax.ops import scan as scan_lib
 from aum_jax.kernels import cpu_scan
 from aum_jax.kernels.layout import BlockConfig, ScanLayout, backward_blocks, forward_blocks
 from aum_jax.kernels.selective_scan import bidirectional_selective_scan
 
 SHAPES = [(2, 37, 12, 5), (1, 1, 7, 3), (3, 64, 24, 16), (2, 129, 6, 4)]  # (B, L, D, N): odd L, L=1, D not 2^k
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+# Every registered implementation that runs on this machine's backend.
+SCAN_IMPLS = [name for name, impl in IMPLEMENTATIONS.items() if not impl.platforms or jax.default_backend() in impl.platforms]
+
+
+class FakeDevice:
+    """What ``resolve_impl`` reads of a device, for GPUs this machine does not have."""
+
+    def __init__(self, platform: str, kind: str, compute_capability: str | None = None):
+        self.platform, self.device_kind = platform, kind
+        if compute_capability is not None:
+            self.compute_capability = compute_capability
 
 
 def make_inputs(batch, length, dim, n, seed=0, dtype=jnp.float32):
@@ -165,10 +177,12 @@ def test_reverse_direction_reads_time_backwards_without_flipping():
     np.testing.assert_allclose(both, forward + backward, atol=2e-5, rtol=2e-5)
 
 
-def test_gpu_block_sizes_agree_in_interpret_mode():
-    """The unrolled groups and chunks of the GPU configuration (not the interpret default)."""
+@pytest.mark.parametrize("fwd_unroll, bwd_unroll", [(4, 2), (16, 8)], ids=["gpu_table", "deep_unroll"])
+def test_gpu_block_sizes_agree_in_interpret_mode(fwd_unroll, bwd_unroll):
+    """The unrolled groups and chunks of GPU configurations (not the interpret default)."""
     args = bidirectional_inputs(1, 40, 20, 16, per_direction=True, seed=4)
-    blocks = (BlockConfig(block_d=8, num_warps=1, unroll=16, chunk=32), BlockConfig(block_d=8, num_warps=1, unroll=8, chunk=32))
+    blocks = (BlockConfig(block_d=8, num_warps=1, unroll=fwd_unroll, chunk=32),
+              BlockConfig(block_d=8, num_warps=1, unroll=bwd_unroll, chunk=32))
     w = jnp.sin(jnp.arange(40 * 20).reshape(1, 40, 20))
 
     def loss(fn, *args):
@@ -203,7 +217,8 @@ def test_block_sizes_follow_the_shape():
     base = ScanLayout(12, 513, 1536, 16, 2, 1, 1, 1, True, True, 1.0)
     tiny_batch = ScanLayout(1, 65, 384, 16, 2, 1, 1, 1, True, True, 1.0)
     big_state = ScanLayout(12, 513, 1536, 64, 2, 1, 1, 1, True, True, 1.0)
-    assert forward_blocks(base).block_d == 16 and forward_blocks(base).num_warps == 1
+    assert forward_blocks(base).block_d == 16 and forward_blocks(base).num_warps == 2
+    assert backward_blocks(base).num_warps == 4  # 2 state elements a thread: no spills (kernel_report.py)
     assert forward_blocks(tiny_batch).block_d < 16  # more, smaller tiles to fill the GPU
     assert forward_blocks(big_state).block_d * 64 <= 4 * 256
     for layout in (base, tiny_batch, big_state):
@@ -263,9 +278,9 @@ def _model_grad_jaxpr(config: AuMConfig):
 
 
 def test_auto_trains_with_the_kernels_on_gpu(monkeypatch):
-    """On a GPU backend the model's gradient runs the forward and backward kernels and no XLA
-    loop over time: the only loop is the one over layers."""
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    """On an Ampere-or-newer GPU the model's gradient runs the forward and backward kernels and
+    no XLA loop over time: the only loop is the one over layers."""
+    monkeypatch.setattr(scan_lib, "default_device", lambda: FakeDevice("gpu", "NVIDIA H100 80GB HBM3", "9.0"))
     assert resolve_impl("auto") == "pallas"
     config = AuMConfig(embed_dim=32, depth=3, num_classes=4, num_mel_bins=32, audio_length=64, bimamba_type="v2")
     eqns = list(_eqns(_model_grad_jaxpr(config)))
@@ -345,13 +360,38 @@ def test_cpu_kernel_build_is_cached_per_source_and_machine(tmp_path, monkeypatch
     assert [p.name for p in library.parent.iterdir()] == [library.name]  # no partial files left
 
 
-def test_missing_compiler_is_a_clear_error_and_auto_falls_back(tmp_path, monkeypatch):
+def test_missing_compiler_is_a_clear_error_and_auto_falls_back(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-c++")
     with pytest.raises(cpu_scan.CpuKernelUnavailable, match=r"no C\+\+ compiler 'no-such-c\+\+'.*scan_impl='sequential'"):
         cpu_scan.build.__wrapped__()
-    monkeypatch.setattr(cpu_scan, "available", lambda: False)
-    assert resolve_impl("auto") == "sequential"
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    with pytest.raises(ValueError, match="CPU backend only"):
-        resolve_impl("cpu")
+    monkeypatch.setattr(cpu_scan, "unavailable_reason", lambda: "no C++ compiler 'no-such-c++' on PATH")
+    with caplog.at_level("WARNING"):
+        assert resolve_impl("auto", FakeDevice("cpu", "AMD EPYC (no compiler)")) == "sequential"
+    assert "AMD EPYC (no compiler)" in caplog.text and "no-such-c++" in caplog.text
+    with pytest.raises(ValueError, match="cpu backend only"):
+        resolve_impl("cpu", FakeDevice("gpu", "NVIDIA H100", "9.0"))
+
+
+@pytest.mark.parametrize("capability, want", [("9.0", "pallas"), ("8.0", "pallas"), ("8.6", "pallas"), ("10.0", "pallas"),
+                                              ("7.5", "chunked"), ("7.0", "chunked"), (None, "chunked")])
+def test_auto_picks_the_pallas_kernels_only_on_ampere_or_newer(capability, want, caplog):
+    """Pallas' Triton backend needs compute capability 8.0: a T4 (7.5), a V100 (7.0) or a GPU
+    that is not CUDA get the chunked scan (O(B L D) training memory), with one warning that
+    names the device and the reason."""
+    kind = f"test GPU cc {capability}"
+    with caplog.at_level("WARNING"):
+        assert resolve_impl("auto", FakeDevice("gpu", kind, capability)) == want
+        assert resolve_impl("auto", FakeDevice("gpu", kind, capability)) == want
+    warnings = [r.getMessage() for r in caplog.records if kind in r.getMessage()]
+    if want == "pallas":
+        assert not warnings
+    else:
+        assert len(warnings) == 1 and "'pallas'" in warnings[0]
+        assert ("below 8.0" if capability else "not a CUDA device") in warnings[0]
+
+
+def test_the_registry_is_the_one_list_of_implementations():
+    assert SCAN_IMPLS == [n for n in IMPLEMENTATIONS if n != "cpu" or jax.default_backend() == "cpu"]
+    assert {n for n, i in IMPLEMENTATIONS.items() if i.keeps_readout} == {"cpu", "sequential", "chunked", "associative"}
+    assert resolve_impl("auto", FakeDevice("tpu", "TPU v5e")) == "chunked"

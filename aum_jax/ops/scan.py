@@ -352,10 +352,15 @@ def _auto(device: jax.Device) -> str:
     raise AssertionError("'chunked' runs everywhere")
 
 
+def default_device() -> jax.Device:
+    """The device a computation runs on by default: the first of the default backend."""
+    return jax.devices()[0]
+
+
 def resolve_impl(impl: str, device: jax.Device | None = None) -> str:
     """Maps ``"auto"`` to the implementation for ``device`` (default: the first device of the
     default backend); checks that any other name is registered and runs there."""
-    device = device if device is not None else jax.devices()[0]
+    device = device if device is not None else default_device()
     if impl == "auto":
         return _auto(device)
     if impl not in IMPLEMENTATIONS:
