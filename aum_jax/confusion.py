@@ -1,7 +1,9 @@
 """Confusion matrix of a single-label classifier over a split: computed, printed, plotted.
 
 Rows are true classes, columns predicted classes (argmax of the logits); each row of
-the printed table and of the PNG adds up to the clips of that class.
+the printed table and of the PNG adds up to the clips of that class. The matrix comes
+from the outputs of the evaluation pass (:func:`aum_jax.evaluate.forward_pass`) that also
+gives the split's metrics, so the two always agree.
 """
 
 from __future__ import annotations
@@ -11,42 +13,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-import ml_collections
 import numpy as np
-from flax import nnx
-from jax.experimental import multihost_utils
-from tqdm import tqdm
 
-from aum_jax import input_pipeline, sharding
-from aum_jax.models import AudioMamba
+from aum_jax.evaluate import Outputs
 
 
-@nnx.jit
-def _logits(model: AudioMamba, fbank: jax.Array) -> jax.Array:
-    return model(fbank)
-
-
-def confusion_matrix(
-    model: AudioMamba, data: ml_collections.ConfigDict, split: str, mesh: jax.sharding.Mesh
-) -> np.ndarray:
-    """Counts ``(C, C)`` int64 of (true class, argmax prediction) over ``split``.
+def confusion_matrix(outputs: Outputs) -> np.ndarray:
+    """Counts ``(C, C)`` int64 of (true class, argmax prediction) over a pass with labels.
 
     The true class of a clip is the argmax of its label vector (single-label data).
     """
-    model.eval()
-    counts = np.zeros((data.num_classes, data.num_classes), np.int64)
-    iterator = input_pipeline.make_eval_iterator(data, split)
-    try:
-        for batch in tqdm(iterator, desc=f"{split} confusion", unit="batch", leave=False,
-                          disable=jax.process_index() != 0):
-            arrays = sharding.global_batch(batch, mesh)
-            logits, labels, mask = multihost_utils.process_allgather(
-                (_logits(model, arrays["fbank"]), arrays["label"], arrays["mask"]), tiled=True)
-            keep = np.asarray(mask, bool)
-            np.add.at(counts, (np.asarray(labels)[keep].argmax(-1), np.asarray(logits)[keep].argmax(-1)), 1)
-    finally:
-        iterator.close()
+    num_classes = outputs.logits.shape[1]
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (outputs.labels.argmax(-1), outputs.logits.argmax(-1)), 1)
     return counts
 
 

@@ -14,6 +14,7 @@ needs TensorFlow (through clu's writers) imports it with its stderr silenced.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import os
 import sys
@@ -84,20 +85,75 @@ def expand_bare_verbose(argv: list[str]) -> list[str]:
     return out
 
 
+def _config_key_error(error: Exception, argv: Sequence[str]) -> str:
+    """One line for an unknown ``--config.<key>``: the flag and ml_collections' suggestion."""
+    text = str(error.args[0] if error.args else error)
+    while text[:1] in ("'", '"'):  # KeyError messages come quoted, once per re-raise.
+        try:
+            text = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            break
+    key, _, suggestion = text.partition("\n")
+    key = key.strip("'\"")
+    flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and key in a), f"--config ... {key}")
+    suggestion = suggestion.strip()
+    return f"error: {flag}: no such config key" + (f"; {suggestion[:1].lower()}{suggestion[1:]}" if suggestion else "")
+
+
 def parse_absl_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing for a tool's ``app.run``: quiet by default, a bare ``-v``, ``--help`` exits 0."""
-    from absl import app, flags, logging
+    """absl flag parsing for a tool's ``app.run``: quiet by default, a bare ``-v``, ``--help`` exits 0.
+
+    A bad flag value or an unknown ``--config.<key>`` ends the process with one ``error:`` line
+    (and the suggestion of a close key), exit status 1.
+    """
+    from absl import flags, logging
 
     argv = expand_bare_verbose(argv)
     try:
-        rest = app.parse_flags_with_usage(argv)
+        rest = flags.FLAGS(argv)
     except SystemExit:
         if any(a in ("-h", "--help", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
             sys.exit(0)
         raise
+    except flags.Error as e:
+        sys.exit(f"error: {str(e).splitlines()[0]}")
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config lacks.
+        sys.exit(_config_key_error(e, argv))
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(QUIET)
+        _quiet_library_errors()
     return rest
+
+
+class _LibraryErrorFilter:
+    """Drops the ERROR logs (with their tracebacks) that orbax's threads write about a failure the
+    tool reports itself in one line; ``-v`` shows them."""
+
+    def filter(self, record: Any) -> bool:
+        return not (record.levelno >= 40 and "/orbax/" in record.pathname)
+
+
+def _quiet_library_errors() -> None:
+    from absl import logging
+
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _LibraryErrorFilter) for f in handler.filters):
+        handler.addFilter(_LibraryErrorFilter())
+
+
+def argument_parser(prog: str, description: str, epilog: str | None) -> argparse.ArgumentParser:
+    """The parser of an argparse tool, its module docstring as the epilog, with ``-v``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbosity_flag(parser)
+    return parser
+
+
+def add_model_dir_flag(parser: argparse.ArgumentParser) -> None:
+    """``--model-dir`` (old name ``--checkpoint``): a model directory or a training workdir."""
+    parser.add_argument("--model-dir", "--checkpoint", dest="model_dir", required=True,
+                        help="model directory (config.json + params/ + preprocessing.json), or a training workdir "
+                        "(its model/); --checkpoint is the old name")
 
 
 def add_verbosity_flag(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +169,8 @@ def configure(verbosity: int) -> None:
     from absl import logging
 
     logging.set_verbosity(verbosity)
+    if verbosity < 0:
+        _quiet_library_errors()
 
 
 def is_verbose() -> bool:

@@ -1,13 +1,17 @@
-"""Evaluating a model over a split: masked batches, gathered across processes.
+"""The one evaluation pass: a model over batches, logits gathered across processes, and their metrics.
 
-Every process runs the same number of evaluation batches (the input pipeline pads its
-shard); the logits, labels and masks of each global batch are gathered to every
-process, the padding rows dropped, and the metrics of :mod:`aum_jax.metrics` computed
-on the whole split, as the original's ``validate_acc`` does.
+:func:`forward_pass` runs a model over masked batches of this process under the
+configured matmul precision; the logits (and labels, and pooled features if asked) of
+each global batch are gathered to every process and the padding rows dropped. Every
+job that runs a model over data uses it: evaluation during training and
+``--mode=eval`` (:func:`split_metrics`, as the original's ``validate_acc``), the
+confusion matrix (:func:`aum_jax.confusion.confusion_matrix` of the same outputs) and
+``aum_jax.predict``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable
@@ -27,43 +31,70 @@ from aum_jax import input_pipeline, losses, metrics, sharding
 from aum_jax.models import AudioMamba
 
 
-@nnx.jit
-def _logits(model: AudioMamba, fbank: jax.Array) -> jax.Array:
-    """Fbank (B, T, F) -> logits (B, C)."""
-    return model(fbank)
+@dataclasses.dataclass
+class Outputs:
+    """What a pass over a split gives, padding rows left out.
+
+    Attributes:
+      logits: ``(N, C)`` float32.
+      labels: ``(N, C)`` float32, or None when the batches had none.
+      features: ``(N, D)`` pooled features, or None when not asked for.
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray | None = None
+    features: np.ndarray | None = None
 
 
-def evaluate(
-    model: AudioMamba, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, loss: str,
-    desc: str = "eval", matmul_precision: str = "highest",
-) -> dict[str, float]:
+@nnx.jit(static_argnames="with_features")
+def _forward(model: AudioMamba, fbank: jax.Array, with_features: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    """Fbank (B, T, F) -> (logits (B, C), pooled features (B, D) or None)."""
+    if not with_features:
+        return model(fbank), None
+    features = model(fbank, return_features=True)
+    return model.head(features), features
+
+
+def forward_pass(
+    model: AudioMamba, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
+    matmul_precision: str = "highest", *, desc: str = "eval", with_features: bool = False,
+) -> Outputs:
     """Runs ``model`` (in eval mode; it is left so) over ``batches`` of this process.
 
     Args:
       model: the model, its parameters replicated over ``mesh``.
-      batches: this process's ``{"fbank": (B, T, F), "label": (B, C), "mask": (B,)}``.
-      mesh: the data-parallel mesh.
-      loss: "BCE" or "CE", for the reported loss.
+      batches: this process's ``{"fbank": (B, T, F), "mask": (B,)}``, with ``"label": (B, C)``
+        for metrics; rows whose mask is False (padding, failed clips) are dropped.
+      mesh: the data-parallel mesh (every process runs the same number of batches).
+      matmul_precision: float32 matmul precision; "highest" computes as the original, on a
+        GPU "tensorfloat32" is faster and about 1e-3 off.
       desc: the progress bar's label (the split's name).
-      matmul_precision: float32 matmul precision; "highest" computes as the original.
+      with_features: also gather the pooled features (a model with a head and pooled
+        features).
 
     Returns:
-      ``{"mAP", "mAUC", "d_prime", "accuracy", "loss", "num_examples"}``.
+      The gathered :class:`Outputs` of every process's rows, in order.
     """
     model.eval()
-    all_logits, all_labels = [], []
-    show = jax.process_index() == 0
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False):
+    gathered: dict[str, list[np.ndarray]] = {"logits": [], "labels": [], "features": []}
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=jax.process_index() != 0, leave=False):
         arrays = sharding.global_batch(batch, mesh)
         with jax.set_mesh(mesh), jax.default_matmul_precision(matmul_precision):
-            logits = _logits(model, arrays["fbank"])
-        logits, labels, mask = multihost_utils.process_allgather(
-            (logits, arrays["label"], arrays["mask"]), tiled=True
-        )
+            logits, features = _forward(model, arrays["fbank"], with_features=with_features)
+        rows = {"logits": logits, "labels": arrays.get("label"), "features": features}
+        rows = {k: v for k, v in rows.items() if v is not None}
+        rows, mask = multihost_utils.process_allgather((rows, arrays["mask"]), tiled=True)
         keep = np.asarray(mask, bool)
-        all_logits.append(np.asarray(logits)[keep])
-        all_labels.append(np.asarray(labels)[keep])
-    logits, labels = np.concatenate(all_logits), np.concatenate(all_labels)
+        for name, value in rows.items():
+            gathered[name].append(np.asarray(value)[keep])
+    if not gathered["logits"]:  # nothing to run: no rows.
+        return Outputs(logits=np.zeros((0, model.config.num_classes), np.float32))
+    return Outputs(**{k: np.concatenate(v) if v else None for k, v in gathered.items()})
+
+
+def split_metrics(outputs: Outputs, loss: str) -> dict[str, float]:
+    """``{"mAP", "mAUC", "d_prime", "accuracy", "loss", "num_examples"}`` of a pass with labels."""
+    logits, labels = outputs.logits, outputs.labels
     bad = int(np.sum(~np.isfinite(logits)))
     if bad:
         logging.warning("%d non-finite logits in evaluation were replaced by numbers", bad)
@@ -77,13 +108,14 @@ def evaluate(
 def evaluate_split(
     model: AudioMamba, data: ml_collections.ConfigDict, split: str, mesh: jax.sharding.Mesh, loss: str,
     matmul_precision: str = "highest",
-) -> dict[str, float]:
-    """:func:`evaluate` over one pass of ``split`` of the data config ``data``."""
+) -> tuple[dict[str, float], Outputs]:
+    """One pass over ``split`` of the data config ``data``: its metrics and its outputs."""
     iterator = input_pipeline.make_eval_iterator(data, split)
     try:
-        return evaluate(model, iterator, mesh, loss, desc=split, matmul_precision=matmul_precision)
+        outputs = forward_pass(model, iterator, mesh, matmul_precision, desc=split)
     finally:
         iterator.close()
+    return split_metrics(outputs, loss), outputs
 
 
 def to_json(report: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Serving export: a model's forward pass as a serialised ``jax.export`` artifact.
 
-  python -m aum_jax.export --checkpoint MODEL_DIR --output model.jaxexport [--batch N]
+  python -m aum_jax.export --model-dir MODEL_DIR --output model.jaxexport [--batch N]
 
 The artifact maps normalised fbank features ``(B, T, F)`` float32 to logits ``(B, C)``
 float32, with the parameters inside. The batch dimension is symbolic unless ``--batch``
@@ -12,7 +12,10 @@ without aum-jax or Flax:
 
 Beside it, ``model.preprocessing.json`` holds what turns audio into those features
 (fbank settings, normalisation statistics), the class names and the score (sigmoid or
-softmax) to apply to the logits; see :mod:`aum_jax.preprocessing`.
+softmax) to apply to the logits; see :mod:`aum_jax.preprocessing`. A model without
+``preprocessing.json``, or whose statistics or training loss are unknown, is refused: its
+artifact could not be used as it was trained. ``--checkpoint`` is the old name of
+``--model-dir``.
 """
 
 from __future__ import annotations
@@ -72,14 +75,6 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     return output.with_name(output.stem + SIDECAR_SUFFIX) if output.suffix else output.with_name(output.name + SIDECAR_SUFFIX)
 
 
-def model_directory(path: str | os.PathLike) -> Path:
-    """A model directory, or a training workdir's ``model/``."""
-    path = Path(path)
-    if not (path / model_files.CONFIG_FILE).is_file() and (path / "model" / model_files.CONFIG_FILE).is_file():
-        return path / "model"
-    return path
-
-
 def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch: int | None = None,
                  platforms: Sequence[str] = PLATFORMS) -> tuple[Path, Path]:
     """Exports the model of ``model_dir`` to ``output`` and its preprocessing beside it.
@@ -87,12 +82,17 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
     Returns:
       ``(artifact path, preprocessing JSON path)``.
     """
-    model_dir = model_directory(model_dir)
+    model_dir = model_files.model_directory(model_dir)
     model = model_files.load_model(model_dir, scan_impl=PORTABLE_SCAN)
     cfg = model.config
     if cfg.num_classes == 0:
         raise ValueError(f"{model_dir}: the model has no classification head to export")
-    prep = (preprocessing.load(model_dir) or preprocessing.Preprocessing(num_mel_bins=cfg.num_mel_bins, target_length=cfg.audio_length))
+    prep = preprocessing.load(model_dir)
+    if prep is None or not prep.has_statistics or not prep.loss:
+        missing = (f"no {preprocessing.PREPROCESSING_FILE}" if prep is None else
+                   "no normalisation statistics" if not prep.has_statistics else "no training loss")
+        raise ValueError(f"{model_dir} has {missing}, so the artifact's input and scores would be unknown; store them "
+                         "with python scripts/convert_checkpoint.py ... --dataset NAME (or --mean/--std/--loss)")
     exported = export_model(model, batch, platforms)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -113,17 +113,12 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
 
 
 def parse_flags(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m aum_jax.export",
-        description="Writes a model's forward pass as a serialised jax.export artifact (CPU and CUDA).",
-        epilog=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--checkpoint", required=True, help="model directory (or a training workdir with model/)")
+    parser = console.argument_parser("python -m aum_jax.export", "Writes a model's forward pass as a serialised "
+                                     "jax.export artifact (CPU and CUDA).", __doc__)
+    console.add_model_dir_flag(parser)
     parser.add_argument("--output", required=True, help="the artifact to write, e.g. model.jaxexport")
     parser.add_argument("--batch", type=int, help="fixed batch size (default: a symbolic batch dimension)")
     parser.add_argument("--platforms", default=",".join(PLATFORMS), help="comma-separated lowering platforms (default: cpu,cuda)")
-    console.add_verbosity_flag(parser)
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
     console.configure(args.verbosity)
@@ -134,9 +129,9 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        artifact, sidecar = write_export(args.checkpoint, args.output, args.batch, args.platforms.split(","))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        artifact, sidecar = write_export(args.model_dir, args.output, args.batch, args.platforms.split(","))
+    except (OSError, ValueError) as e:  # ModelDirectoryError among them.
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     print(f"Wrote {artifact} ({artifact.stat().st_size / 1e6:.1f} MB, platforms {args.platforms}, "
           f"batch {args.batch or 'symbolic'})\nWrote {sidecar}")

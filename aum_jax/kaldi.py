@@ -388,12 +388,8 @@ def _fbank_block(
     return energies
 
 
-def fbank_from_waveform(
-    waveform: np.ndarray,
-    sample_rate: float,
-    num_mel_bins: int = 128,
-    frame_shift_ms: float = 10.0,
-) -> np.ndarray:
+def fbank_from_waveform(waveform: np.ndarray, sample_rate: float, num_mel_bins: int = 128,
+                        frame_shift_ms: float = 10.0) -> np.ndarray:
     """Subtracts the mean over the WHOLE waveform (all channels), then :func:`kaldi_fbank`.
 
     This is the original ``_wav2fbank`` step. For mixup, do as the original: remove

@@ -38,8 +38,8 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from aum_jax import (  # noqa: E402
-    batching, confusion, datasets, demo_data, evaluate, model_files, preprocessing, run_checkpoints, sharding,
-    train,
+    batching, config_checks, confusion, datasets, demo_data, divergence, evaluate, model_files, preprocessing,
+    run_checkpoints, sharding, train,
 )
 from aum_jax import workdir as workdir_lib  # noqa: E402
 from aum_jax.models import AudioMamba, AuMConfig, init_model  # noqa: E402
@@ -91,7 +91,11 @@ def _latest_checkpoint_model(config: ml_collections.ConfigDict, workdir: Path) -
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """Evaluates a model directory or the newest checkpoint; writes ``workdir/eval_<split>.json``."""
+    """Evaluates a model directory or the newest checkpoint; writes ``workdir/eval_<split>.json``.
+
+    With ``config.eval.confusion_matrix``, each split's confusion matrix, from the same pass,
+    goes to ``workdir/confusion_<split>.json`` and ``.png``.
+    """
     if config.eval.model_dir and not (Path(config.eval.model_dir) / model_files.CONFIG_FILE).is_file():
         raise app.UsageError(f"config.eval.model_dir={config.eval.model_dir} is not an aum-jax model directory")
     model_dir = Path(config.eval.model_dir or workdir / workdir_lib.MODEL_DIR)
@@ -102,14 +106,18 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         if model is None:
             raise app.UsageError(f"no model in {model_dir} and no checkpoint in {workdir}")
     mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     nnx.update(model, sharding.replicate(nnx.state(model), mesh))
+    names = list(preprocessing.for_training(config).class_names)
     reports = {}
     for split in filter(None, (config.eval.split, config.eval.test_split)):
-        result = evaluate.evaluate_split(model, config.data, split, mesh, config.train.loss, config.eval.matmul_precision)
+        result, outputs = evaluate.evaluate_split(model, config.data, split, mesh, config.train.loss,
+                                                  config.eval.matmul_precision)
         logging.info("%s on %s: %s", source, split, result)
         reports[split] = {"model": source, "split": split, **result}
         evaluate.write_report(workdir / workdir_lib.eval_report_file(split), reports[split])
+        if config.eval.confusion_matrix and jax.process_index() == 0:
+            counts = confusion.confusion_matrix(outputs)
+            confusion.save(counts, names or [str(i) for i in range(len(counts))], workdir, split)
     return reports
 
 
@@ -143,45 +151,39 @@ def print_results(report: dict[str, Any], workdir: Path, config: ml_collections.
     print(console.results_table(rows))
 
 
-def show_confusion(config: ml_collections.ConfigDict, workdir: Path, recompute: bool) -> None:
-    """Prints the best model's confusion matrix on the test split (else validation) and saves its PNG.
-
-    A stored matrix is reused unless ``recompute``.
-    """
+def show_confusion(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Prints the confusion matrix that training (or ``--mode=eval``) stored for the test split (else validation)."""
     split = config.eval.test_split or config.eval.split
-    model_dir = workdir / workdir_lib.MODEL_DIR
-    stored = None if recompute else confusion.load(workdir, split)
+    stored = confusion.load(workdir, split)
+    if jax.process_index() != 0:
+        return
     if stored is None:
-        model = model_files.load_model(model_dir)
-        mesh = sharding.make_mesh(config.mesh)
-        nnx.update(model, sharding.replicate(nnx.state(model), mesh))
-        counts = confusion.confusion_matrix(model, config.data, split, mesh)
-        prep = preprocessing.load(model_dir)
-        names = list(prep.class_names) if prep and prep.class_names else [str(i) for i in range(len(counts))]
-        if jax.process_index() == 0:
-            confusion.save(counts, names, workdir, split)
-    else:
-        counts, names = stored
-    if jax.process_index() == 0:
-        print(f"\nConfusion matrix of the best model on {split} (rows: true, columns: predicted; "
-              f"{workdir / f'confusion_{split}.png'}):")
-        print(confusion.format_table(counts, names))
+        print(f"\nNo confusion matrix of {split} is stored in {workdir}; --mode=eval computes it.")
+        return
+    counts, names = stored
+    print(f"\nConfusion matrix of the best model on {split} (rows: true, columns: predicted; "
+          f"{workdir / f'confusion_{split}.png'}):")
+    print(confusion.format_table(counts, names))
 
 
 # Errors that end a run with one line on stderr and exit status 1 instead of a traceback.
 CLEAN_EXITS = (
-    workdir_lib.WorkdirInUseError,
-    train.DivergedWorkdirError,
-    train.NonFiniteLossError,
+    config_checks.ConfigError,
+    datasets.DataNotFoundError,
+    workdir_lib.WorkdirError,
+    divergence.DivergedWorkdirError,
+    divergence.NonFiniteLossError,
     batching.BadInputError,
     run_checkpoints.CheckpointMismatchError,
+    run_checkpoints.CheckpointWriteError,
+    model_files.ModelDirectoryError,
 )
 
 
 def _exit_with_one_line(error: Exception) -> None:
-    """Logs the whole message, then ends the process with its first line."""
+    """Ends the process with the first line of the message (the whole message is an INFO log: ``-v``)."""
     message = str(error)
-    logging.error("%s: %s", type(error).__name__, message)
+    logging.info("%s: %s", type(error).__name__, message)
     sys.exit(f"error: {message.splitlines()[0]}")
 
 
@@ -200,16 +202,14 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize()
     logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.devices())
-    if config.get("demo") and config.demo.generate:
-        prepare_demo_data(config)
     workdir = Path(_WORKDIR.value)
-    try:
-        datasets.check_files(config.data, splits_to_check(config, _MODE.value))
-    except datasets.DataNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     is_main = jax.process_index() == 0
     try:
+        config_checks.check_workdir(workdir)
+        config_checks.check(config, _MODE.value)  # before anything is written.
+        if config.get("demo") and config.demo.generate:
+            prepare_demo_data(config)
+        datasets.check_files(config.data, splits_to_check(config, _MODE.value))
         if _MODE.value == "eval":
             reports = run_eval(config, workdir)
             if is_main:
@@ -226,8 +226,8 @@ def main(argv: list[str]) -> None:
             print(f"{workdir} is already trained to step {report['step']}; its stored results follow "
                   "(--mode=eval evaluates again, a larger --config.train.num_steps trains on).")
         print_results(report, workdir, config)
-    if config.eval.confusion_matrix and (workdir / workdir_lib.MODEL_DIR).is_dir():
-        show_confusion(config, workdir, recompute=not report.get(train.ALREADY_TRAINED))
+    if config.eval.confusion_matrix:
+        show_confusion(config, workdir)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ step is tried; with none left the run starts from scratch and says so. A readabl
 checkpoint that does not fit the model (another config) is an error naming the keys.
 
 Array checkpoints are written asynchronously; iterator state is captured when the
-save is called.
+save is called. A checkpoint that cannot be written (a full disk) is
+:class:`CheckpointWriteError`, naming the folder and the last intact checkpoint; the
+earlier ones stay, and a restart resumes from the last of them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from absl import logging
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
-from aum_jax import console
+from aum_jax import console, model_files
 from aum_jax import workdir as workdir_lib
 
 MODEL, OPTIMIZER, ITER = "model", "optimizer", "iter"
@@ -38,6 +40,18 @@ MODEL, OPTIMIZER, ITER = "model", "optimizer", "iter"
 
 class CheckpointMismatchError(ValueError):
     """A readable checkpoint holds arrays that do not fit the model or optimizer."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a file size limit, a lost mount)."""
+
+
+def _write_error(manager: ocp.CheckpointManager, error: Exception) -> CheckpointWriteError:
+    latest = manager.latest_step()
+    kept = (f"the last intact checkpoint is step {latest} ({step_path(manager, latest)})" if latest is not None
+            else "no checkpoint was written before")
+    return CheckpointWriteError(f"cannot write a checkpoint in {manager.directory}: "
+                                f"{model_files.write_error_reason(error)}; {kept}, and a restart resumes from it")
 
 
 def make_manager(workdir: str | os.PathLike, keep: int) -> ocp.CheckpointManager:
@@ -68,21 +82,42 @@ def save(
     *,
     force: bool = False,
 ) -> bool:
-    """Saves the state after ``step`` training steps; returns whether a save started."""
+    """Saves the state after ``step`` training steps; returns whether a save started.
+
+    Raises:
+      CheckpointWriteError: this checkpoint, or the one still being written, cannot be written.
+    """
     if manager.latest_step() == step:
         return False
-    saved = manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            MODEL: ocp.args.StandardSave(_pure(model)),
-            OPTIMIZER: ocp.args.StandardSave(_pure(optimizer)),
-            ITER: grain.checkpoint.CheckpointSave(iterator),
-        }),
-        force=force,
-    )
+    try:  # the save of an earlier step, written meanwhile, may fail here.
+        saved = manager.save(
+            step,
+            args=ocp.args.Composite(**{
+                MODEL: ocp.args.StandardSave(_pure(model)),
+                OPTIMIZER: ocp.args.StandardSave(_pure(optimizer)),
+                ITER: grain.checkpoint.CheckpointSave(iterator),
+            }),
+            force=force,
+        )
+    except Exception as e:  # noqa: BLE001 - orbax reports a failed write as ValueError, OSError, ...
+        raise _write_error(manager, e) from e
     if saved:
         logging.info("Saving checkpoint of step %d to %s", step, manager.directory)
     return saved
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+    """Waits for the checkpoint being written, then closes the manager.
+
+    Raises:
+      CheckpointWriteError: that checkpoint could not be written.
+    """
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        raise _write_error(manager, e) from e
+    finally:
+        manager.close()
 
 
 def step_path(manager: ocp.CheckpointManager, step: int) -> Path:

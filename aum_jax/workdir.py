@@ -12,9 +12,11 @@
       eval_<split>.json  written by ``--mode=eval``
 
 A second trainer on a locked workdir stops at once with :class:`WorkdirInUseError`,
-naming the holder. A lock whose holder is gone is taken over with a warning: on the
+naming the holder; a workdir that cannot be written (a file, a read-only folder) stops it
+with :class:`WorkdirNotWritableError`. A lock whose holder is gone is taken over with a warning: on the
 same host when its PID no longer runs (or now belongs to a newer process), on another
-host when its heartbeat is older than ``stale_after_s``, and always when it was
+host when its heartbeat is older than ``stale_after_s``
+(``config.train.lock_stale_after_s``), and always when it was
 written by an earlier incarnation of the same SLURM job (a requeue keeps
 ``SLURM_JOB_ID`` and raises ``SLURM_RESTART_COUNT``). With several processes only
 process 0 takes the lock: one lock per run.
@@ -32,7 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 LOCK_FILE = "lock.json"
 CONFIG_FILE = "config.json"
@@ -49,8 +54,16 @@ def eval_report_file(split: str) -> str:
     return f"eval_{split}.json"
 
 
-class WorkdirInUseError(RuntimeError):
+class WorkdirError(RuntimeError):
+    """A workdir that this run cannot use."""
+
+
+class WorkdirInUseError(WorkdirError):
     """Another live trainer holds the workdir's lock."""
+
+
+class WorkdirNotWritableError(WorkdirError):
+    """The workdir is a file, or a folder this process cannot write to."""
 
 
 def _process_start_ticks(pid: int) -> int | None:
@@ -111,7 +124,7 @@ def why_stale(holder: dict[str, Any], heartbeat_age_s: float, stale_after_s: flo
             return f"PID {pid} now belongs to another process"
         return None
     if heartbeat_age_s > stale_after_s:
-        return f"its heartbeat is {heartbeat_age_s:.0f} s old (workdir_lock.stale_after_s={stale_after_s:g})"
+        return f"its heartbeat is {heartbeat_age_s:.0f} s old (train.lock_stale_after_s={stale_after_s:g})"
     return None
 
 
@@ -155,8 +168,30 @@ class WorkdirLock:
         return _parse_holder(text), age
 
     def acquire(self) -> None:
-        """Takes the lock, or takes over a stale one; raises WorkdirInUseError otherwise."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Takes the lock, or takes over a stale one.
+
+        Raises:
+          WorkdirInUseError: a live trainer holds it.
+          WorkdirNotWritableError: the workdir is a file or cannot be written.
+        """
+        workdir = self.path.parent
+        if workdir.exists() and not workdir.is_dir():
+            raise WorkdirNotWritableError(f"workdir {workdir} is a file, not a folder; pass another --workdir")
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            self._take()
+        except WorkdirError:
+            raise
+        except OSError as e:
+            raise WorkdirNotWritableError(f"cannot write to workdir {workdir} ({e.strerror or e}); a finished "
+                                          "workdir prints its results read-only, an unfinished one needs write "
+                                          "access") from e
+        self._thread = threading.Thread(target=self._beat, name="workdir-lock-heartbeat", daemon=True)
+        self._thread.start()
+        logging.info("Locked %s", workdir)
+
+    def _take(self) -> None:
+        """Creates the lock file, taking over a stale one; raises WorkdirInUseError for a live one."""
         while not self._write_exclusive():
             found = self._read()
             if found is None:
@@ -183,9 +218,6 @@ class WorkdirLock:
                 continue
             aside.unlink()
             logging.warning("Taking over the lock of %s from %s: %s", self.path.parent, describe_holder(holder), reason)
-        self._thread = threading.Thread(target=self._beat, name="workdir-lock-heartbeat", daemon=True)
-        self._thread.start()
-        logging.info("Locked %s", self.path.parent)
 
     def _beat(self) -> None:
         while not self._stop.wait(self._heartbeat_s):
@@ -208,3 +240,25 @@ class WorkdirLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def lock_for_run(workdir: Path, heartbeat_s: float, stale_after_s: float) -> WorkdirLock | None:
+    """Process 0 takes the run's lock (returned; None elsewhere); every process raises if it cannot be had.
+
+    Raises:
+      WorkdirError: the lock is held by a live trainer, or the workdir cannot be written.
+    """
+    lock, error = None, None
+    if jax.process_index() == 0:
+        lock = WorkdirLock(workdir, heartbeat_s, stale_after_s)
+        try:
+            lock.acquire()
+        except WorkdirError as e:
+            lock, error = None, e
+    if jax.process_count() > 1:
+        failed = bool(multihost_utils.broadcast_one_to_all(np.array(error is not None)))
+        if failed and error is None:
+            raise WorkdirInUseError(f"workdir {workdir} cannot be locked (see the log of process 0)")
+    if error is not None:
+        raise error
+    return lock

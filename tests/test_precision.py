@@ -74,16 +74,16 @@ def test_bfloat16_model_trains_with_float32_params(impl, variant):
 
 def test_predict_computes_at_highest_precision_unless_told(monkeypatch):
     """``predict`` traces its forward pass under ``highest`` by default, as the original computes."""
-    from aum_jax import predict
+    from aum_jax import evaluate, predict
 
     seen = []
-    forward = predict._forward
+    forward = evaluate._forward
 
-    def spy(model, x):
+    def spy(model, x, **kwargs):
         seen.append(jax.config.jax_default_matmul_precision)
-        return forward(model, x)
+        return forward(model, x, **kwargs)
 
-    monkeypatch.setattr(predict, "_forward", spy)
+    monkeypatch.setattr(evaluate, "_forward", spy)
     model = AudioMamba(AuMConfig(**TINY), rngs=nnx.Rngs(0))
     features = np.zeros((2, 64, 32), np.float32)
     with jax.default_matmul_precision("bfloat16"):  # a caller's ambient setting does not leak in.

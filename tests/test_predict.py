@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from aum_jax import audio, convert, predict, preprocessing
+from aum_jax import audio, convert, kaldi, predict, preprocessing
+from aum_jax.predict import plot
 from aum_jax.model_files import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,23 +84,23 @@ def test_predict_uses_the_models_statistics_and_names(model_dir, fixtures_dir):
     wav = str(fixtures_dir / "audio" / "sample0.wav")
     model = load_model(model_dir)
     waveform, sr = audio.load_waveform(wav)
-    fbank = audio.pad_or_cut(audio.fbank_from_waveform(waveform, sr, 128), 128)
+    fbank = preprocessing.pad_or_cut(kaldi.fbank_from_waveform(waveform, sr, 128), 128)
     expected, _ = predict.predict(model, ((fbank - -5.0114145) / (2 * 4.2837193))[None])
     probs = predict.scores(expected, "softmax")[0]
     best = int(np.argmax(probs))
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(model_dir), "--audio", wav, "--top-k", "1")
+    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(model_dir), "--audio", wav, "--top-k", "1")  # old name.
     assert result.returncode == 0, result.stderr
     names = preprocessing.load(model_dir).class_names
     assert f"sample0.wav: {names[best]} {probs[best]:.3f}  (softmax)" in result.stdout
     # --mean/--std override the stored statistics.
-    other = run_cli("-m", "aum_jax.predict", "--checkpoint", str(model_dir), "--audio", wav, "--top-k", "1",
+    other = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", wav, "--top-k", "1",
                     "--mean", "0", "--std", "1")
     assert other.returncode == 0 and other.stdout != result.stdout
 
 
 def test_predict_without_statistics_says_how_to_supply_them(tmp_path, fixture_checkpoint, fixtures_dir):
     save_model(convert.convert(convert.read_torch_checkpoint(fixture_checkpoint)), tmp_path / "bare")
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "bare"), "--audio",
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(tmp_path / "bare"), "--audio",
                      str(fixtures_dir / "audio" / "sample0.wav"))
     assert result.returncode == 1
     assert "no normalisation statistics" in result.stderr and "--mean and --std" in result.stderr
@@ -111,10 +112,10 @@ def test_predict_names_nan_rows_and_refuses_zero_rows(model_dir, tmp_path):
     features[1, 3, 4] = np.nan
     features[4, 0, 0] = np.inf
     np.save(tmp_path / "bad.npy", features)
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(model_dir), "--features", str(tmp_path / "bad.npy"))
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--features", str(tmp_path / "bad.npy"))
     assert result.returncode == 1 and "NaN or Inf values in row(s) 1, 4" in result.stderr
     np.save(tmp_path / "empty.npy", np.zeros((0, 128, 128), np.float32))
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(model_dir), "--features", str(tmp_path / "empty.npy"))
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--features", str(tmp_path / "empty.npy"))
     assert result.returncode == 1 and "zero rows" in result.stderr
 
 
@@ -128,7 +129,7 @@ def test_window_bounds_cover_the_recording():
 
 def test_long_recording_timeline_json_and_plot(model_dir, long_wav, tmp_path):
     out_json, out_png = tmp_path / "timeline.json", tmp_path / "timeline.png"
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(model_dir), "--audio", str(long_wav),
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(long_wav),
                      "--window-seconds", "1.28", "--hop-seconds", "1", "--top-k", "3",
                      "--json", str(out_json), "--plot", str(out_png))
     assert result.returncode == 0, result.stderr
@@ -181,10 +182,10 @@ def test_trained_model_directory_carries_the_demo_statistics(tmp_path):
 
     wav = str(tmp_path / "data" / "eval" / "high0.wav")
     waveform, sr = audio.load_waveform(wav)
-    fbank = audio.pad_or_cut(audio.fbank_from_waveform(waveform, sr, 32), 32)
+    fbank = preprocessing.pad_or_cut(kaldi.fbank_from_waveform(waveform, sr, 32), 32)
     logits, _ = predict.predict(load_model(model_dir), ((fbank - demo.mean) / (2 * demo.std))[None])
     probs = predict.scores(logits, "softmax")[0]
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(model_dir), "--audio", wav, "--top-k", "2")
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", wav, "--top-k", "2")
     assert result.returncode == 0, result.stderr
     expected = ", ".join(f"{('low', 'high')[j]} {probs[j]:.3f}" for j in np.argsort(-probs))
     assert f"high0.wav: {expected}  (softmax)" in result.stdout

@@ -1,0 +1,341 @@
+"""Inference with a converted or trained AudioMamba: clips, long recordings, feature arrays.
+
+The command line is ``python -m aum_jax.predict`` (:mod:`aum_jax.predict.__main__`); the
+timeline heat map is :mod:`aum_jax.predict.plot`. In Python::
+
+  from aum_jax import predict, preprocessing
+  from aum_jax.model_files import load_model
+
+  model, prep = load_model("MODEL_DIR"), preprocessing.load("MODEL_DIR")
+  clips = predict.classify_clips(model, prep, ["a.wav", "b.flac"])
+  clips.timelines[0].top(3)                         # [(label, score), ...]
+  timeline = predict.classify_recording(model, prep, "long.wav", window_seconds=1, hop_seconds=0.5)
+
+Every file is resampled to the model's rate (``prep.sample_rate``) and becomes the model's
+input exactly as in training (:meth:`aum_jax.preprocessing.Preprocessing.features`). Files
+are read a batch of windows at a time, so memory does not grow with a recording's length.
+The model runs through the evaluation pass (:func:`aum_jax.evaluate.forward_pass`). Scores
+are sigmoids for a model trained with BCE (multi-label), softmaxes for one trained with CE
+(single-label), and the raw logits when the training loss is unknown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from scipy import special
+
+from aum_jax import audio, evaluate, preprocessing, sharding
+from aum_jax.models import AudioMamba
+
+MATMUL_PRECISIONS = ("highest", "high", "tensorfloat32", "bfloat16", "default")  # jax.default_matmul_precision
+MIN_WINDOW_SECONDS = 0.025  # one fbank frame: a shorter tail window is dropped.
+CHANNELS = ("first", "mean")  # first: channel 0, as the original; mean: the channels' average.
+
+
+class NonFiniteOutputError(ValueError):
+    """The model gave NaN or Inf logits."""
+
+
+def check_features(features: np.ndarray, expected: tuple[int, int], source: str = "features") -> None:
+    """Raises ValueError for a wrong shape, zero rows, or rows holding NaN or Inf (named)."""
+    if features.ndim != 3 or features.shape[1:] != expected:
+        raise ValueError(f"{source} must be (batch, {expected[0]}, {expected[1]}) for this model, got {features.shape}.")
+    if len(features) == 0:
+        raise ValueError(f"{source} has zero rows: nothing to predict.")
+    bad = np.flatnonzero(~np.isfinite(features).reshape(len(features), -1).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{source} has NaN or Inf values in row(s) {_shown(bad)}.")
+
+
+def _shown(items: Sequence[Any], limit: int = 20) -> str:
+    return ", ".join(map(str, items[:limit])) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def _batches(rows: Iterable[np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Feature rows ``(T, F)`` -> ``{"fbank": (batch_size, T, F), "mask": (batch_size,)}``, the last zero-padded.
+
+    Fixed-size batches: one compiled program serves any number of rows.
+    """
+    chunk: list[np.ndarray] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == batch_size:
+            yield {"fbank": np.stack(chunk), "mask": np.ones(batch_size, bool)}
+            chunk = []
+    if chunk:
+        fbank = np.stack(chunk)
+        padding = batch_size - len(chunk)
+        yield {"fbank": np.pad(fbank, ((0, padding), (0, 0), (0, 0))),
+               "mask": np.arange(batch_size) < len(chunk)}
+
+
+def run_model(model: AudioMamba, rows: Iterable[np.ndarray], batch_size: int = 32,
+              matmul_precision: str = "highest", with_features: bool = False) -> evaluate.Outputs:
+    """Feature rows ``(T, F)`` (any iterable, read lazily) -> logits (and pooled features) on one device.
+
+    Runs the evaluation pass (:func:`aum_jax.evaluate.forward_pass`) in fixed-size batches.
+    float32 matmuls run at ``matmul_precision``: "highest" computes as the original; on a GPU
+    "tensorfloat32" is faster and about 1e-3 off.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    cfg = model.config
+    if with_features and (cfg.num_classes == 0 or (cfg.cls_position == "none" and cfg.pool == "max")):
+        raise ValueError("pooled features need a model with a head and pooled features.")
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data_axis": "data", "num_devices": 1}))
+    return evaluate.forward_pass(model, _batches(rows, batch_size), mesh, matmul_precision, desc="predict",
+                                 with_features=with_features)
+
+
+def predict(
+    model: AudioMamba, features: np.ndarray, batch_size: int = 32, matmul_precision: str = "highest"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fbank features (B, T, F) -> (logits (B, classes), pooled features (B, D)).
+
+    Raises:
+      ValueError: a wrong shape, zero rows, or rows with NaN or Inf (named).
+    """
+    features = np.asarray(features)
+    check_features(features, (model.config.audio_length, model.config.num_mel_bins))
+    outputs = run_model(model, features.astype(np.float32), batch_size, matmul_precision, with_features=True)
+    return outputs.logits, outputs.features
+
+
+def scores(logits: np.ndarray, kind: str) -> np.ndarray:
+    """Logits (B, C) -> scores (B, C): "sigmoid" (multi-label), "softmax" (single-label) or "logits" (as they are)."""
+    if kind == "sigmoid":
+        return special.expit(logits)
+    if kind == "softmax":
+        return special.softmax(logits, axis=-1)
+    if kind == preprocessing.LOGITS:
+        return np.asarray(logits)
+    raise ValueError(f"unknown score {kind!r}; use 'sigmoid', 'softmax' or 'logits'")
+
+
+def top_k(values: np.ndarray, names: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """Per row of ``values`` (N, C), the ``k`` highest ``(name, value)``, best first."""
+    best = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    return [[(names[j], float(values[i, j])) for j in row] for i, row in enumerate(best)]
+
+
+def class_names(prep: preprocessing.Preprocessing, num_classes: int) -> list[str]:
+    """The model's class names, or the indices as text when it has none."""
+    return list(prep.class_names) or [str(i) for i in range(num_classes)]
+
+
+def require_finite(logits: np.ndarray, inputs: Sequence[str]) -> None:
+    """Raises :class:`NonFiniteOutputError` naming the inputs (one per row) whose logits are NaN or Inf."""
+    bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+    if len(bad):
+        raise NonFiniteOutputError(
+            f"the model gave NaN or Inf logits for {_shown([inputs[i] for i in bad])}: its parameters "
+            "may be damaged, or the input is far outside what it was trained on")
+
+
+# ---------------------------------------------------------------------------- timelines
+
+
+@dataclasses.dataclass
+class Timeline:
+    """Scores of one recording, window by window.
+
+    Attributes:
+      file: the audio file.
+      duration: its length in seconds.
+      starts, ends: ``(W,)`` window bounds in seconds.
+      scores: ``(W, C)`` sigmoid or softmax scores, or logits.
+      score: "sigmoid", "softmax" or "logits".
+      class_names: ``C`` names (indices as text when the model has none).
+      sample_rate: the file's rate in Hz (resampled to the model's when they differ).
+    """
+
+    file: str
+    duration: float
+    starts: np.ndarray
+    ends: np.ndarray
+    scores: np.ndarray
+    score: str
+    class_names: list[str]
+    sample_rate: int
+
+    def top(self, k: int) -> list[list[tuple[str, float]]]:
+        """Per window, the ``k`` best ``(label, score)``."""
+        return top_k(self.scores, self.class_names, k)
+
+    def to_dict(self, k: int) -> dict[str, Any]:
+        """``{"file", "duration_seconds", "sample_rate", "score", "windows": [{"start", "end", "top": [...]}]}``."""
+        return {
+            "file": self.file,
+            "duration_seconds": round(self.duration, 4),
+            "sample_rate": self.sample_rate,
+            "score": self.score,
+            "windows": [
+                {"start": round(float(s), 4), "end": round(float(e), 4),
+                 "top": [{"label": name, "score": value} for name, value in top]}
+                for s, e, top in zip(self.starts, self.ends, self.top(k))
+            ],
+        }
+
+
+@dataclasses.dataclass
+class ClipPredictions:
+    """What :func:`classify_clips` gives.
+
+    Attributes:
+      timelines: one single-window :class:`Timeline` per file scored, in input order.
+      logits: ``(N, C)`` of the files scored.
+      features: ``(N, D)`` pooled features, or None when not asked for.
+      skipped: ``{file: reason}`` of the files that could not be read (too short, unreadable).
+    """
+
+    timelines: list[Timeline]
+    logits: np.ndarray
+    features: np.ndarray | None
+    skipped: dict[str, str]
+
+
+def _mono(waveform: np.ndarray, channel: str) -> np.ndarray:
+    """``(channels, samples)`` as the model takes it: as it is ("first": the fbank reads channel 0), or averaged."""
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; use one of {', '.join(CHANNELS)}")
+    return waveform.mean(axis=0, keepdims=True) if channel == "mean" else waveform
+
+
+class _ClipReader:
+    """Iterates over the features of readable files, one by one, recording what it saw."""
+
+    def __init__(self, paths: Sequence[str], prep: preprocessing.Preprocessing, channel: str):
+        self._paths, self._prep, self._channel = paths, prep, channel
+        self.read: list[tuple[str, float, int]] = []  # (file, duration, sample rate) of each row.
+        self.skipped: dict[str, str] = {}
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for path in self._paths:
+            try:
+                with audio.open_audio(path) as f:
+                    waveform, sample_rate = _mono(f.read(), self._channel), f.sample_rate
+                features = self._prep.features(waveform, sample_rate)
+            except preprocessing.MissingStatisticsError:
+                raise
+            except (ValueError, audio.AudioLoadError) as e:
+                self.skipped[path] = str(e) if path in str(e) else f"{path}: {e}"
+                continue
+            self.read.append((path, waveform.shape[1] / sample_rate, sample_rate))
+            yield features
+
+
+def classify_clips(
+    model: AudioMamba, prep: preprocessing.Preprocessing, paths: Sequence[str], batch_size: int = 32,
+    matmul_precision: str = "highest", *, channel: str = "first", with_features: bool = False,
+) -> ClipPredictions:
+    """One window per file (its first ``target_length`` frames), as the original evaluates a clip.
+
+    A file that cannot be read, or is shorter than one fbank frame, is skipped and named in
+    ``skipped``; when no file is left the call raises.
+
+    Raises:
+      ValueError: no file could be read (the reasons are named).
+      MissingStatisticsError: ``prep`` has no normalisation statistics.
+      NonFiniteOutputError: the model gave NaN or Inf logits (the files are named).
+    """
+    reader = _ClipReader(paths, prep, channel)
+    outputs = run_model(model, reader, batch_size, matmul_precision, with_features)
+    if not reader.read:
+        raise ValueError("no file could be read: " + "; ".join(reader.skipped.values()))
+    require_finite(outputs.logits, [path for path, _, _ in reader.read])
+    values = scores(outputs.logits, prep.score)
+    names = class_names(prep, outputs.logits.shape[1])
+    timelines = [
+        Timeline(path, duration, np.array([0.0]), np.array([min(duration, prep.window_seconds)]), values[i : i + 1],
+                 prep.score, names, sample_rate)
+        for i, (path, duration, sample_rate) in enumerate(reader.read)
+    ]
+    return ClipPredictions(timelines, outputs.logits, outputs.features, reader.skipped)
+
+
+def window_bounds(num_samples: int, sample_rate: int, window_seconds: float, hop_seconds: float) -> list[tuple[int, int]]:
+    """``(start, end)`` sample indices of the windows covering a recording.
+
+    Windows start every ``hop_seconds`` until one reaches the end; a last window shorter
+    than one fbank frame is dropped (unless it is the only one).
+    """
+    if window_seconds <= 0 or hop_seconds <= 0:
+        raise ValueError(f"window and hop must be positive, got {window_seconds} and {hop_seconds} s")
+    window = max(1, round(window_seconds * sample_rate))
+    hop = max(1, round(hop_seconds * sample_rate))
+    count = 1 + max(0, math.ceil((num_samples - window) / hop))
+    bounds = [(i * hop, min(i * hop + window, num_samples)) for i in range(count)]
+    min_len = MIN_WINDOW_SECONDS * sample_rate
+    while len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_len:
+        bounds.pop()
+    return bounds
+
+
+def classify_recording(
+    model: AudioMamba,
+    prep: preprocessing.Preprocessing,
+    path: str,
+    window_seconds: float | None = None,
+    hop_seconds: float | None = None,
+    batch_size: int = 32,
+    matmul_precision: str = "highest",
+    *,
+    channel: str = "first",
+) -> Timeline:
+    """Slides the model's window over a whole recording and scores every window.
+
+    Each window is treated as a clip of its own (read from the file, resampled, mean
+    removed, fbank, padded to the model's frame count, normalised with ``prep``'s
+    statistics). Windows are read and featurised a batch at a time: memory stays that of
+    one batch, however long the recording.
+
+    Args:
+      model: the model.
+      prep: its preprocessing (rate, statistics, names, score kind).
+      path: an audio file.
+      window_seconds: window length; default the model's input length.
+      hop_seconds: window start spacing; default the window length.
+      batch_size: windows per forward pass.
+      matmul_precision: float32 matmul precision (see :func:`run_model`).
+      channel: "first" (as the original) or "mean" of a multi-channel file.
+
+    Returns:
+      The :class:`Timeline` of the recording.
+
+    Raises:
+      ValueError: a window longer than the model's input, or a recording shorter than one
+        fbank frame (the file is named).
+      AudioLoadError: the file cannot be read.
+      NonFiniteOutputError: the model gave NaN or Inf logits (the windows are named).
+    """
+    model_window = prep.window_seconds
+    window_seconds = window_seconds or model_window
+    if window_seconds > model_window + 1e-6:
+        raise ValueError(f"--window-seconds {window_seconds} is longer than the model's input of {model_window:g} s")
+    hop_seconds = hop_seconds or window_seconds
+    with audio.open_audio(path) as f:
+        sample_rate = f.sample_rate
+        bounds = window_bounds(f.num_samples, sample_rate, window_seconds, hop_seconds)
+
+        def windows() -> Iterator[np.ndarray]:
+            for start, end in bounds:
+                try:
+                    yield prep.features(_mono(f.read(start, end), channel), sample_rate)
+                except preprocessing.MissingStatisticsError:
+                    raise
+                except ValueError as e:  # a recording shorter than one frame.
+                    raise ValueError(f"{path}: {e}") from e
+
+        logits = run_model(model, windows(), batch_size, matmul_precision).logits
+        duration = f.num_samples / sample_rate
+    starts = np.array([s for s, _ in bounds], np.float64) / sample_rate
+    ends = np.array([e for _, e in bounds], np.float64) / sample_rate
+    require_finite(logits, [f"{path} at {s:.2f}-{e:.2f} s" for s, e in zip(starts, ends)])
+    return Timeline(path, duration, starts, ends, scores(logits, prep.score), prep.score,
+                    class_names(prep, logits.shape[1]), sample_rate)
