@@ -82,10 +82,11 @@ class BlockConfig:
 
 
 def _block_d(layout: ScanLayout) -> int:
-    """As many channels as fill STATE_ELEMS_PER_PROGRAM, fewer while the grid is too small for the GPU."""
+    """As many channels as fill STATE_ELEMS_PER_PROGRAM, fewer while the grid is too small for the GPU
+    (a symbolic batch, as a serving export has, counts as large)."""
     block = max(1, STATE_ELEMS_PER_PROGRAM // layout.n_state)
     block = min(block, next_pow2(layout.dim))
-    while block > 4 and layout.batch * pl.cdiv(layout.dim, block) < 4 * GPU_SMS:
+    while isinstance(layout.batch, int) and block > 4 and layout.batch * pl.cdiv(layout.dim, block) < 4 * GPU_SMS:
         block //= 2
     return block
 

@@ -26,9 +26,10 @@ Five implementations compute the same function and are all differentiable:
 
 Each is registered once in ``IMPLEMENTATIONS`` (name, function, the platforms where it
 runs, whether remat can keep its readout); ``SCAN_IMPLS``, ``impl="auto"`` and the tests
-read from it. There is also ``"portable"``, for artifacts lowered for several platforms
-(the serving export): the Pallas kernels in the CUDA lowering, the sequential scan in
-every other (``lax.platform_dependent``).
+read from it. There is also ``"portable"``, for inference artifacts lowered for several
+platforms (the serving export): the Pallas kernels in the CUDA lowering (for a fixed
+batch: Triton takes no symbolic grid; the chunked scan otherwise), the sequential scan in
+every other (one primitive with a lowering rule per platform).
 
 ``impl="auto"`` picks, on the device the computation runs on: ``"pallas"`` on a CUDA GPU
 of compute capability 8.0 or more (Pallas' Triton backend needs Ampere; its training
@@ -57,8 +58,10 @@ import functools
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from absl import logging
+from jax.interpreters import mlir
 from jax.ad_checkpoint import checkpoint_name
 
 from aum_jax.kernels import cpu_scan
@@ -277,12 +280,33 @@ def _pallas(*args, delta_softplus: bool, scale: float, chunk_size: int, interpre
     return bidirectional_selective_scan(*args, delta_softplus=delta_softplus, scale=scale, interpret=interpret)
 
 
-def _portable(*args, **kwargs) -> jax.Array:
-    """The Pallas kernels in a CUDA lowering, the sequential scan in any other."""
-    return jax.lax.platform_dependent(
-        *args, cuda=functools.partial(_pallas, **kwargs, interpret=False),
-        default=functools.partial(_via_readout("sequential"), **kwargs),
-    )
+def _unflattened(run: Callable[..., jax.Array], *flat: jax.Array, tree, **kwargs) -> jax.Array:
+    return run(*jax.tree.unflatten(tree, flat), **kwargs)
+
+
+def _cuda_inference(*args, **kwargs) -> jax.Array:
+    """The Pallas kernels; with a symbolic batch (Triton takes no dynamic grid) the chunked scan."""
+    if isinstance(args[0][0].shape[0], int):
+        return _pallas(*args, **kwargs, interpret=False)
+    return _via_readout("chunked")(*args, **kwargs)
+
+
+# One primitive with a lowering per platform: lax.platform_dependent would lower the Pallas branch
+# for CPU as well, which Pallas refuses; a per-platform lowering rule lowers it for CUDA only.
+_portable_p = jax.extend.core.Primitive("aum_portable_scan")
+_portable_p.def_abstract_eval(lambda *flat, tree, **kwargs: jax.core.ShapedArray(flat[0].shape, flat[0].dtype))
+_portable_p.def_impl(functools.partial(_unflattened, _via_readout("sequential")))
+mlir.register_lowering(_portable_p, mlir.lower_fun(
+    functools.partial(_unflattened, _cuda_inference), multiple_results=False), platform="cuda")
+mlir.register_lowering(_portable_p, mlir.lower_fun(
+    functools.partial(_unflattened, _via_readout("sequential")), multiple_results=False))
+
+
+def _portable(*args, delta_softplus: bool, scale: float, chunk_size: int) -> jax.Array:
+    """The Pallas kernels in a CUDA lowering (the chunked scan there for a symbolic batch), the
+    sequential scan in any other; inference only."""
+    flat, tree = jax.tree.flatten(args)
+    return _portable_p.bind(*flat, tree=tree, delta_softplus=delta_softplus, scale=scale, chunk_size=chunk_size)
 
 
 def _cpu_unavailable(device: jax.Device) -> str | None:
@@ -314,6 +338,7 @@ class Implementation:
     run: Callable[..., jax.Array]
     platforms: tuple[str, ...] = ()  # JAX platforms where it runs; () on every one
     keeps_readout: bool = False  # its readout is the named SCAN_READOUT, which remat "dots_scan" can keep
+    differentiable: bool = True  # it trains (has a gradient)
     auto_on: tuple[str, ...] = ()  # platforms where "auto" may pick it ("*": any), first registered first
     unavailable: Callable[[jax.Device], str | None] = lambda device: None  # why it cannot run on a device
 
@@ -326,7 +351,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         Implementation("sequential", _via_readout("sequential"), keeps_readout=True, auto_on=("cpu",)),
         Implementation("chunked", _via_readout("chunked"), keeps_readout=True, auto_on=("*",)),
         Implementation("associative", _via_readout("associative"), keeps_readout=True),
-        Implementation("portable", _portable),
+        Implementation("portable", _portable, differentiable=False),
     )
 }
 SCAN_IMPLS: tuple[str, ...] = tuple(IMPLEMENTATIONS)  # every name a config may give, besides "auto"
