@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+if TYPE_CHECKING:  # the step and its checks run where ml_collections is not installed
+    import ml_collections
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
