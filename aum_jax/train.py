@@ -46,8 +46,8 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from aum_jax import (
-    audio, batching, confusion, console, convert, datasets, divergence, evaluate, input_pipeline, model_files,
-    preprocessing, run_checkpoints, sharding,
+    audio, batching, confusion, console, datasets, divergence, evaluate, input_pipeline, model_files, preprocessing,
+    pretrained, run_checkpoints, sharding,
 )
 from aum_jax import workdir as workdir_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
@@ -286,8 +286,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
     if restored_from:
         writer.write_scalars(step, {"train/restored_from_step": restored_from})
     elif config.init.checkpoint:  # a new run starts from a pretrained source.
-        pretrained = convert.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed)
-        nnx.update(model, sharding.replicate(nnx.state(pretrained, nnx.Param), mesh))
+        source = pretrained.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed)
+        nnx.update(model, sharding.replicate(nnx.state(source, nnx.Param), mesh))
     model.train()
     results = _Results(config, workdir, mesh, writer)
     watch = divergence.Watch(config, workdir, manager)

@@ -13,9 +13,9 @@ imagenet_pretrain / aum_pretrain do):
 The output directory holds config.json, an orbax checkpoint under params/ and
 preprocessing.json: the fbank settings, normalisation statistics, class names and loss
 that ``python -m aum_jax.predict --audio`` uses. ``--dataset audioset`` (audioset_20k,
-vggsound, voxceleb, speechcommands, epic_sounds) fills in the published statistics, label
-CSV and loss of that recipe; ``--mean/--std/--label-csv/--loss`` give them explicitly (and
-override the dataset's).
+vggsound, voxceleb, speechcommands, epic_sounds) fills in the published recipe's feature
+settings, sample rate, statistics, label CSV and loss; ``--mean/--std/--label-csv/--loss/
+--sample-rate`` give them explicitly (and override the dataset's).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from aum_jax import console, convert, datasets
+from aum_jax import console, convert, datasets, pretrained
 from aum_jax import preprocessing as preprocessing_lib
 from aum_jax.model_files import save_model
 from aum_jax.models import AuMConfig, count_params
@@ -64,6 +64,8 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     pre.add_argument("--std", type=float, help="fbank std of the training set (overrides --dataset's)")
     pre.add_argument("--label-csv", help="index,mid,display_name CSV naming the classes (overrides --dataset's)")
     pre.add_argument("--loss", choices=("BCE", "CE"), help="training loss: BCE gives sigmoid scores, CE softmax (default: --dataset's, else BCE)")
+    pre.add_argument("--sample-rate", type=int, help="Hz the model's training audio was prepared at; predict resamples "
+                     "every file to it (default: --dataset's, else 16000)")
     console.add_verbosity_flag(parser)
     init = parser.add_argument_group("init mode: build a new model from the checkpoint's backbone")
     init.add_argument("--target-variant", help="Fo-Fo, Fo-Bi or Bi-Bi (or none, v1, v2); switches init mode on")
@@ -97,14 +99,14 @@ def build(args: argparse.Namespace):
     target = convert.infer_config(
         state, strides=args.target_strides, audio_length=args.target_audio_length,
         num_mel_bins=args.num_mel_bins, cls_position=args.cls_position,
-    ).replace(bimamba_type=convert.target_variant(args.target_variant), num_classes=args.target_num_classes)
-    layout = convert.SourceLayout(
-        kind=args.source_kind or convert.detect_source_kind(state),
+    ).replace(bimamba_type=pretrained.target_variant(args.target_variant), num_classes=args.target_num_classes)
+    layout = pretrained.SourceLayout(
+        kind=args.source_kind or pretrained.detect_source_kind(state),
         cls_position=args.source_cls_position,
         strides=args.strides,
         num_mel_bins=args.num_mel_bins,
     )
-    return convert.init_from_source(state, target, layout, seed=args.seed)
+    return pretrained.init_from_source(state, target, layout, seed=args.seed)
 
 
 def _repo_path(path: str) -> str:
@@ -113,22 +115,19 @@ def _repo_path(path: str) -> str:
 
 
 def build_preprocessing(args: argparse.Namespace, model_config: AuMConfig) -> preprocessing_lib.Preprocessing:
-    """The model's preprocessing: the input shape of the model, statistics and names from the flags."""
-    prep = preprocessing_lib.Preprocessing(num_mel_bins=model_config.num_mel_bins, target_length=model_config.audio_length)
+    """The model's preprocessing: the recipe's (``--dataset``), the model's input shape, the flags' overrides."""
+    prep = preprocessing_lib.Preprocessing()
     label_csv = args.label_csv
     if args.dataset:
         recipe = importlib.import_module(f"aum_jax.configs.{args.dataset}").get_config()
-        data = recipe.data
-        prep = prep.replace(
-            feature=data.feature, frame_shift_ms=float(data.frame_shift_ms), mean=float(data.mean),
-            std=float(data.std), skip_norm=bool(data.skip_norm), loss=recipe.train.loss, dataset=args.dataset,
-            epic_window_ms=float(data.epic_window_ms), epic_hop_ms=float(data.epic_hop_ms),
-        )
-        label_csv = label_csv or _repo_path(data.label_csv)
+        prep = preprocessing_lib.Preprocessing.from_data_config(recipe.data, recipe.train.loss)
+        label_csv = label_csv or _repo_path(recipe.data.label_csv)
     names = datasets.load_label_csv(label_csv)[1] if label_csv else None
     if names is not None and len(names) != model_config.num_classes:
         raise ValueError(f"{label_csv} names {len(names)} classes but the model has {model_config.num_classes}")
-    prep = prep.replace(mean=args.mean, std=args.std, loss=args.loss, class_names=names and tuple(names))
+    prep = prep.replace(num_mel_bins=model_config.num_mel_bins, target_length=model_config.audio_length,
+                        mean=args.mean, std=args.std, loss=args.loss, sample_rate=args.sample_rate,
+                        class_names=names and tuple(names))
     return prep if prep.loss else prep.replace(loss="BCE")
 
 
@@ -140,8 +139,8 @@ def main(args: argparse.Namespace) -> int:
         model = build(args)
         prep = build_preprocessing(args, model.config)
     except (convert.CheckpointError, FileNotFoundError, ValueError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+        logging.info("%s", e)  # the whole message, with -v.
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     path = save_model(model, args.output, overwrite=args.overwrite, preprocessing=prep)
     cfg = model.config
@@ -157,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
         f"  size        {cfg.size_name} (embed_dim={cfg.embed_dim})\n"
         f"  depth       {cfg.depth}\n"
         f"  classes     {cfg.num_classes}\n"
-        f"  input       {cfg.audio_length} frames x {cfg.num_mel_bins} mel bins\n"
+        f"  input       {cfg.audio_length} frames x {cfg.num_mel_bins} mel bins, audio at {prep.sample_rate} Hz\n"
         f"  patch grid  {cfg.patch_grid[0]} x {cfg.patch_grid[1]} (patch {cfg.patch_size}, strides {cfg.strides})\n"
         f"  parameters  {count_params(model):,}\n"
         f"  statistics  {stats}\n"

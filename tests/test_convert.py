@@ -14,7 +14,7 @@ import pytest
 import torch
 from flax import nnx
 
-from aum_jax import audio, convert
+from aum_jax import audio, convert, pretrained
 from aum_jax.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD
 from aum_jax.model_files import load_model, save_model
 
@@ -207,13 +207,13 @@ def test_init_mode_across_variants_keeps_the_backbone(fixtures_dir, fobi):
     """As the original's non-strict load: Bi-Bi ViM -> Fo-Bi drops the _b branch; Fo-Bi -> Bi-Bi adds a fresh one."""
     vim = convert.read_torch_checkpoint(fixtures_dir / "vim_imagenet_init" / "vim_small_midcls.pth")
     target = convert.infer_config(vim, audio_length=128).replace(num_classes=35, bimamba_type="v1")
-    model = convert.init_from_source(vim, target, convert.SourceLayout(kind="vim"))
+    model = pretrained.init_from_source(vim, target, pretrained.SourceLayout(kind="vim"))
     np.testing.assert_array_equal(model.layers.mixer.A_b_log[...][1], vim["layers.1.mixer.A_b_log"])
     assert not hasattr(model.layers.mixer, "conv1d_b")
 
     _, state = fobi
     target = convert.infer_config(state).replace(bimamba_type="v2", num_classes=7)
-    model = convert.init_from_source(state, target, convert.SourceLayout(kind="aum"))
+    model = pretrained.init_from_source(state, target, pretrained.SourceLayout(kind="aum"))
     np.testing.assert_array_equal(model.layers.mixer.x_proj.kernel[...][2], state["layers.2.mixer.x_proj.weight"].T)
     np.testing.assert_array_equal(model.layers.mixer.dt_proj_b.bias[...], 0.0)  # fresh, as initialised
 
@@ -222,10 +222,10 @@ def test_init_mode_still_rejects_other_mismatches(fobi):
     _, state = fobi
     deeper = convert.infer_config(state).replace(depth=5)
     with pytest.raises(convert.CheckpointError, match="missing key layers.4.mixer.in_proj.weight"):
-        convert.init_from_source(state, deeper, convert.SourceLayout(kind="aum"))
+        pretrained.init_from_source(state, deeper, pretrained.SourceLayout(kind="aum"))
     headless = {k: v for k, v in state.items() if k != "patch_embed.proj.weight"}
     with pytest.raises(convert.CheckpointError, match="no 'patch_embed.proj.weight'"):
-        convert.init_from_source(headless, convert.infer_config(state), convert.SourceLayout(kind="aum"))
+        pretrained.init_from_source(headless, convert.infer_config(state), pretrained.SourceLayout(kind="aum"))
 
 
 def test_reads_checkpoints_that_carry_their_training_arguments(tmp_path, fobi):
@@ -251,8 +251,8 @@ def test_a_model_directory_and_its_pth_initialise_the_same_model(fobi, tmp_path)
     init = ml_collections.ConfigDict({"kind": "aum", "vim_cls_position": "middle",
                                       "source_strides": source.config.strides,
                                       "source_num_mel_bins": source.config.num_mel_bins})
-    from_dir = convert.init_from_pretrained(tmp_path / "source", target, init, seed=1)
-    from_pth = convert.init_from_pretrained(folder / "state_dict.pth", target, init, seed=1)
+    from_dir = pretrained.init_from_pretrained(tmp_path / "source", target, init, seed=1)
+    from_pth = pretrained.init_from_pretrained(folder / "state_dict.pth", target, init, seed=1)
     params = [nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in (from_dir, from_pth)]
     jax.tree.map(np.testing.assert_array_equal, *params)
     assert params[0]["pos_embed"].shape[1] == target.num_patches + target.num_cls_tokens

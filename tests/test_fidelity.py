@@ -10,7 +10,7 @@ import pytest
 import torch
 from flax import nnx
 
-from aum_jax import convert
+from aum_jax import convert, pretrained
 from aum_jax.ops import SCAN_IMPLS
 
 TOL = 1e-4
@@ -50,8 +50,8 @@ def test_vim_imagenet_init_matches_the_original(fixtures_dir, impl):
     state = convert.read_torch_checkpoint(folder / meta["source"])
     target = convert.infer_config(
         state, audio_length=meta["audio_length"], strides=tuple(meta["strides"]), num_mel_bins=meta["melbins"]
-    ).replace(bimamba_type=convert.target_variant(meta["aum_type"]), num_classes=meta["n_class"], scan_impl=impl)
-    model = convert.init_from_source(state, target, convert.SourceLayout(kind=convert.detect_source_kind(state)))
+    ).replace(bimamba_type=pretrained.target_variant(meta["aum_type"]), num_classes=meta["n_class"], scan_impl=impl)
+    model = pretrained.init_from_source(state, target, pretrained.SourceLayout(kind=pretrained.detect_source_kind(state)))
     params = nnx.state(model, nnx.Param)
     np.testing.assert_allclose(params["pos_embed"][...], np.load(folder / "pos_embed_after_init.npy"), atol=TOL, rtol=0)
     kernel = np.asarray(params["patch_embed"]["proj"]["kernel"][...]).transpose(3, 2, 0, 1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aum_jax import convert
+from aum_jax import convert, pretrained
 from aum_jax.models import init_model
 from aum_jax.models import AuMConfig
 from tests import torch_reference
@@ -74,7 +74,7 @@ def test_matches_torch_reference(case):
 def test_grid_resampling_matches_torch_antialiased_bilinear(old, new):
     grid = torch.randn(1, 6, *old, generator=torch.Generator().manual_seed(0))
     expected = F.interpolate(grid, size=new, mode="bilinear", antialias=True) if old != new else grid
-    got = convert.resample_grid(grid[0].permute(1, 2, 0).numpy(), new)
+    got = pretrained.resample_grid(grid[0].permute(1, 2, 0).numpy(), new)
     np.testing.assert_allclose(np.asarray(got), expected[0].permute(1, 2, 0).numpy(), atol=1e-5)
 
 
@@ -83,8 +83,8 @@ def test_aum_source_init_resamples_grid_and_handles_head(classes, keeps_head):
     source_cfg = AuMConfig(**{**TINY, "num_mel_bins": 128, "audio_length": 64})  # grid 8 x 4
     sd = random_state_dict(source_cfg, seed=3)
     target = source_cfg.replace(audio_length=100, strides=(10, 10), num_classes=classes)  # grid 12 x 9
-    model = convert.init_from_source(
-        {k: v.numpy() for k, v in sd.items()}, target, convert.SourceLayout(kind="aum"), seed=0
+    model = pretrained.init_from_source(
+        {k: v.numpy() for k, v in sd.items()}, target, pretrained.SourceLayout(kind="aum"), seed=0
     )
     pos = sd["pos_embed.pos_embed"]
     grid = pos[:, 1:].reshape(1, 8, 4, -1).permute(0, 3, 1, 2)
@@ -116,7 +116,7 @@ def torch_pi_resize(kernel: torch.Tensor, new: tuple[int, int]) -> torch.Tensor:
 @pytest.mark.parametrize("new", [(8, 8), (24, 24), (16, 10)])
 def test_patch_kernel_pi_resize_matches_the_original_recipe(new):
     kernel = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    got = convert.resample_patch_kernel(kernel.numpy(), new)
+    got = pretrained.resample_patch_kernel(kernel.numpy(), new)
     np.testing.assert_allclose(got, torch_pi_resize(kernel, new).numpy(), atol=1e-4)
 
 
@@ -124,7 +124,7 @@ def test_aum_source_init_to_another_patch_size():
     source_cfg = AuMConfig(**{**TINY, "num_mel_bins": 128, "audio_length": 64})
     sd = random_state_dict(source_cfg, seed=4)
     target = source_cfg.replace(patch_size=(8, 8), strides=(8, 8), audio_length=64)
-    model = convert.init_from_source({k: v.numpy() for k, v in sd.items()}, target, convert.SourceLayout(kind="aum"))
+    model = pretrained.init_from_source({k: v.numpy() for k, v in sd.items()}, target, pretrained.SourceLayout(kind="aum"))
     kernel = np.asarray(model.patch_embed.proj.kernel[...]).transpose(3, 2, 0, 1)
     np.testing.assert_allclose(kernel, torch_pi_resize(sd["patch_embed.proj.weight"], (8, 8)).numpy(), atol=1e-4)
     assert model.pos_embed.shape == (1, 1 + 16 * 8, 48)
