@@ -7,7 +7,7 @@ placed at a random offset inside a 1 s clip and mixed with coloured noise at
 a random SNR. The result is written as PCM-16 wav files plus standard
 AST/AuM datafiles::
 
-    <cache_dir>/
+    <cache_dir>/<seed>-<manifest hash>/
       manifest.json                 # version, seed, sizes, voices per split
       class_labels_indices.csv      # index,mid,display_name
       train.json valid.json eval.json   # {"data": [{"wav": rel_path, "labels": mid}]}
@@ -21,14 +21,17 @@ seen in training.
 eSpeak NG keeps internal state (e.g. pitch flutter phase) across
 utterances in one process, so byte-exact determinism is obtained by
 rendering fixed shards of clips, each in a fresh worker process.
+
+Datasets of different recipes (seed, sizes, words) live side by side in the cache, each in
+a folder named for its manifest; a dataset is rendered into a private folder and renamed
+into place complete, so no run deletes or rewrites the clips another run reads.
 """
 
 from __future__ import annotations
 
 import csv
-import ctypes
 import dataclasses
-import functools
+import hashlib
 import json
 import math
 import os
@@ -41,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 from absl import logging
+
+from aum_jax import datasets, espeak
 
 SAMPLE_RATE = 16_000
 CLIP_SAMPLES = SAMPLE_RATE  # exactly 1 s
@@ -80,18 +85,6 @@ PEAK_DBFS = (-18.0, -3.0)
 _SHARD_SIZE = 256  # clips rendered per fresh worker process
 _TRIM_FRACTION = 0.01  # leading/trailing samples below 1 % of peak are silence
 
-# eSpeak NG C API constants (speak_lib.h).
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_DONT_EXIT = 0x8000
-_CHARS_UTF8 = 1
-_POS_CHARACTER = 1
-_PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
-_EE_OK = 0
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-)
-
-
 @dataclasses.dataclass(frozen=True)
 class DemoDataset:
     """Paths of a generated demo dataset (AST/AuM datafile layout)."""
@@ -118,76 +111,6 @@ class _ClipJob:
     @property
     def rel_path(self) -> str:
         return f"audio/{self.split}/{self.word}/{self.clip_index:05d}.wav"
-
-
-class _Espeak:
-    """Minimal ctypes binding of libespeak-ng in synchronous mode."""
-
-    def __init__(self) -> None:
-        import espeakng_loader
-
-        lib_path = espeakng_loader.get_library_path()
-        try:
-            self._lib = ctypes.CDLL(lib_path)
-        except OSError as err:
-            raise RuntimeError(f"cannot load libespeak-ng from {lib_path}: {err}") from err
-        self._declare_signatures()
-        data_path = espeakng_loader.get_data_path()
-        rate = self._lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT
-        )
-        if rate <= 0:
-            raise RuntimeError(
-                f"espeak_Initialize failed (library {lib_path}, data {data_path})"
-            )
-        self.sample_rate = int(rate)
-        self._chunks: list[np.ndarray] = []
-        # eSpeak NG seeds its noise generator from time(); the speech-player
-        # backend (klatt 6 variants) uses libc rand(). Both are reseeded per call.
-        self._libc = ctypes.CDLL(None)
-        self._callback = _SYNTH_CALLBACK(self._collect)  # keep a reference alive
-        self._lib.espeak_SetSynthCallback(self._callback)
-
-    def _declare_signatures(self) -> None:
-        lib = self._lib
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-        ]
-
-    def _collect(self, wav: ctypes._Pointer[ctypes.c_short], num_samples: int, _events: int | None) -> int:
-        if num_samples > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, (num_samples,)).copy())
-        return 0  # 0 = continue synthesis
-
-    def _check(self, status: int, what: str) -> None:
-        if status != _EE_OK:
-            raise RuntimeError(f"eSpeak NG {what} failed with status {status}")
-
-    def synthesize(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int, seed: int) -> np.ndarray:
-        """Returns int16 samples at ``self.sample_rate``."""
-        self._check(self._lib.espeak_ng_SetRandSeed(seed), "SetRandSeed")
-        self._libc.srand(seed)
-        self._check(self._lib.espeak_SetVoiceByName(voice.encode()), f"SetVoiceByName({voice!r})")
-        for param, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range)):
-            self._check(self._lib.espeak_SetParameter(param, value, 0), f"SetParameter({param})")
-        data = text.encode() + b"\0"
-        self._chunks = []
-        self._check(
-            self._lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None),
-            f"Synth({text!r})",
-        )
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-
-
-@functools.cache
-def _engine() -> _Espeak:
-    return _Espeak()
 
 
 def default_cache_dir() -> Path:
@@ -224,7 +147,7 @@ def synthesize(
     """
     from scipy.signal import resample_poly
 
-    engine = _engine()
+    engine = espeak.engine()
     raw = engine.synthesize(text, voice, rate, pitch, pitch_range, seed).astype(np.float32) / 32768.0
     gcd = math.gcd(SAMPLE_RATE, engine.sample_rate)
     audio = resample_poly(raw, SAMPLE_RATE // gcd, engine.sample_rate // gcd).astype(np.float32)
@@ -348,12 +271,6 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]])
         writer.writerows(rows)
 
 
-def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _mid(word: str) -> str:
     return f"/demo/{word}"
 
@@ -366,9 +283,9 @@ def _write_outputs(root: Path, words: Sequence[str], rows: list[dict[str, str]])
     )
     _write_csv(root / "clips.csv", list(rows[0]), [list(r.values()) for r in rows])
     for split in SPLITS:
-        data = [{"wav": r["wav"], "labels": _mid(r["word"])} for r in rows if r["split"] == split]
-        if data:
-            _write_json(root / f"{split}.json", {"data": data})
+        entries = [(r["wav"], [_mid(r["word"])]) for r in rows if r["split"] == split]
+        if entries:
+            datasets.write_datafile(root / f"{split}.json", entries)
 
 
 def _manifest(seed: int, words: Sequence[str], clips: dict[str, int]) -> dict[str, object]:
@@ -390,15 +307,28 @@ def _manifest(seed: int, words: Sequence[str], clips: dict[str, int]) -> dict[st
     }
 
 
+def _folder_name(manifest: dict[str, object]) -> str:
+    """``<seed>-<first 12 hex digits of the manifest's SHA-256>``: one folder per recipe."""
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{manifest['seed']}-{digest}"
+
+
 def _is_cached(root: Path, manifest: dict[str, object]) -> bool:
-    manifest_path, clips_path = root / "manifest.json", root / "clips.csv"
-    if not (manifest_path.is_file() and clips_path.is_file()):
-        return False
+    path = root / "manifest.json"
     # Round-trip through JSON so tuples compare equal to the stored lists.
-    if json.loads(manifest_path.read_text(encoding="utf-8")) != json.loads(json.dumps(manifest)):
-        return False
-    with clips_path.open(newline="", encoding="utf-8") as f:
-        return all((root / row["wav"]).is_file() for row in csv.DictReader(f))
+    return path.is_file() and json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(manifest))
+
+
+def _remove_abandoned(cache_dir: Path, name: str) -> None:
+    """Deletes the private folders of renders of ``name`` whose process is gone."""
+    for partial in cache_dir.glob(f".{name}.partial.*"):
+        pid = int(partial.name.rsplit(".", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:  # alive, another user's.
+            pass
 
 
 def _dataset(root: Path, num_classes: int, has_valid: bool) -> DemoDataset:
@@ -434,41 +364,47 @@ def generate_demo_dataset(
     """Generates (or reuses) the synthetic keyword-spotting dataset in ``cache_dir``.
 
     Args:
-      cache_dir: output folder; it is reused when its ``manifest.json``
-        matches the requested arguments and all clips exist.
+      cache_dir: the folder of the cache; the dataset lands in its own subfolder, named for
+        its manifest, and is reused when it is there.
       seed: random seed; the same seed gives byte-identical files.
       clips_per_word: train clips per keyword.
       valid_clips_per_word: validation clips per keyword (0: no valid split).
       eval_clips_per_word: eval clips per keyword (held-out voices).
       words: keywords, one class each.
       num_workers: worker processes (default: CPU count); never affects bytes.
-      force: regenerate even if the cache is valid.
+      force: regenerate even if the dataset is cached (the old copy is replaced in one rename).
       show_progress: show a tqdm progress bar.
 
     Returns:
       The paths of the dataset.
     """
-    root = Path(cache_dir).expanduser().resolve()
+    cache = Path(cache_dir).expanduser().resolve()
     clips = {"train": clips_per_word, "valid": valid_clips_per_word, "eval": eval_clips_per_word}
     _validate(words, clips)
     manifest = _manifest(seed, words, clips)
+    name = _folder_name(manifest)
+    root = cache / name
     dataset = _dataset(root, len(words), valid_clips_per_word > 0)
     if not force and _is_cached(root, manifest):
         logging.info("Reusing demo dataset in %s", root)
         return dataset
     logging.info("Generating demo dataset in %s (%s clips per word)", root, clips)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "manifest.json").unlink(missing_ok=True)
-    for stale in ("audio", "train.json", "valid.json", "eval.json", "clips.csv"):
-        path = root / stale
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    jobs = _plan(seed, words, clips)
-    rows = _render_all(jobs, root, num_workers or os.cpu_count() or 1, show_progress)
-    _write_outputs(root, words, rows)
-    _write_json(root / "manifest.json", manifest)  # last: marks the cache complete
+    cache.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(cache, name)
+    staging = cache / f".{name}.partial.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    rows = _render_all(_plan(seed, words, clips), staging, num_workers or os.cpu_count() or 1, show_progress)
+    _write_outputs(staging, words, rows)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    if force and root.exists():  # moved aside in one rename: readers of the old copy keep their open files.
+        aside = cache / f".{name}.replaced.{os.getpid()}"
+        root.rename(aside)
+        shutil.rmtree(aside)
+    try:
+        staging.rename(root)  # complete, in one step.
+    except OSError:  # another process put the same dataset in place first: use it.
+        shutil.rmtree(staging)
     return dataset
 
 

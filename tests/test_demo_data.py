@@ -11,7 +11,7 @@ import pytest
 import soundfile
 from scipy.signal import stft
 
-from aum_jax import demo_data
+from aum_jax import demo_data, espeak
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(clips_per_word=3, valid_clips_per_word=1, eval_clips_per_word=2, show_progress=False)
@@ -116,17 +116,19 @@ def test_different_words_sound_different(voice: str) -> None:
     assert cross_word < same_word
 
 
-def test_cache_is_reused_and_invalidated(tmp_path: Path) -> None:
+def test_cache_is_reused_and_other_recipes_live_beside_it(tmp_path: Path) -> None:
     kwargs = dict(clips_per_word=1, valid_clips_per_word=0, eval_clips_per_word=1, words=("yes", "no"))
     first = demo_data.generate_demo_dataset(tmp_path, show_progress=False, **kwargs)
-    assert first.valid_json is None and first.num_classes == 2
+    assert first.valid_json is None and first.num_classes == 2 and first.root.parent == tmp_path
     wav = first.root / _datafile_entries(first.train_json)[0]["wav"]
-    stamp = wav.stat().st_mtime_ns
+    stamp, before = wav.stat().st_mtime_ns, _tree_bytes(first.root)
     assert demo_data.generate_demo_dataset(tmp_path, show_progress=False, **kwargs) == first
     assert wav.stat().st_mtime_ns == stamp
-    demo_data.generate_demo_dataset(tmp_path, seed=3, show_progress=False, **kwargs)
-    assert wav.stat().st_mtime_ns != stamp
-    assert json.loads((tmp_path / "manifest.json").read_text())["seed"] == 3
+    # Another recipe (seed) gets its own folder; the first dataset is untouched and still complete.
+    other = demo_data.generate_demo_dataset(tmp_path, seed=3, show_progress=False, **kwargs)
+    assert other.root != first.root and json.loads((other.root / "manifest.json").read_text())["seed"] == 3
+    assert _tree_bytes(first.root) == before and wav.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.root.name, other.root.name])  # no leftovers.
 
 
 def test_invalid_arguments_raise(tmp_path: Path) -> None:
@@ -148,4 +150,4 @@ def test_missing_library_error_names_path(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(espeakng_loader, "get_library_path", lambda: "/nonexistent/libespeak-ng.so")
     with pytest.raises(RuntimeError, match="/nonexistent/libespeak-ng.so"):
-        demo_data._Espeak()
+        espeak.Espeak()
