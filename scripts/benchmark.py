@@ -8,17 +8,25 @@ Sections:
 * ``scan``: forward, and forward + backward (all eight gradients), time of each scan implementation
   on one layer input, as ratios to the kernel of the backend, side by side (the Pallas
   kernel only on a GPU, where it also runs both directions in one launch).
-* ``model``: train-step (Adam, BCE) and inference clips/s, and peak memory, of AuM at the
-  published recipes' shapes, per scan implementation (and ``--model_remat`` policy), side by side; with the sgemm rate
-  measured in the same run, the train step's matmul FLOPs give an MFU. With ``--original``
-  (the JSON lines of ``../shared/gpu-anchor/torch_orig.py`` from the same machine) each
-  figure is also given as a ratio to the original PyTorch AuM.
+* ``model``: ``aum_jax.update.train_step`` (the recipes' optimizer chain, BCE) and inference
+  clips/s, and the memory XLA plans, of AuM at the published recipes' shapes, per scan
+  implementation, ``--model_remat`` policy and ``--model_mode`` (highest, tensorfloat32,
+  bfloat16), side by side; with the sgemm rate measured in the same run, the train step's
+  matmul FLOPs give an MFU. With ``--original`` (the JSON lines of
+  ``../shared/gpu-anchor/torch_orig.py`` from the same machine) each figure is also given as
+  a ratio to the original PyTorch AuM (bfloat16 against its fp16 AMP).
+* ``scaling``: the train step on 1, 2 and 4 simulated CPU devices (one process each) at a
+  fixed per-device batch, with the scan kernels partitioned (each device scans its own
+  rows, as training runs) and replicated (every device scans the whole batch, as XLA
+  does with a custom call it cannot split): the work ratio, step time at n devices over
+  step time at 1. The devices share the same cores, so the ideal ratio is n.
 
 Each section returns rows of ``(name, value, unit)`` that are printed as a table;
 record results in BENCHMARKS.md.
 
   python scripts/benchmark.py --sections input
   python scripts/benchmark.py --sections scan,model      # on a GPU: the recipe shapes
+  python scripts/benchmark.py --sections scaling
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -38,7 +48,9 @@ from collections.abc import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-_SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"], "sections to run: input, scan, model.")
+from aum_jax.speed import time_ms  # noqa: E402
+
+_SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"], "sections to run: input, scan, model, scaling.")
 _INPUT_CLIPS = flags.DEFINE_integer("input_clips", 16, "distinct wav files on disk.")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 20, "timed batches of 12 clips.")
 _INPUT_THREADS = flags.DEFINE_integer("input_threads", 1, "reading threads of the worker.")
@@ -48,21 +60,23 @@ _SCAN_SHAPES = flags.DEFINE_multi_string(
 )
 _SCAN_REPEATS = flags.DEFINE_integer("scan_repeats", 5, "timed calls per scan implementation.")
 _MODEL_SHAPES = flags.DEFINE_list(
-    "model_shapes", None, "presets of the model section (default: the three recipe shapes on GPU, "
-    "tiny_fobi_spc and base_fobi_spc_infer8 on CPU); see MODEL_SHAPES."
+    "model_shapes", None, "recipes of the model section (default: the three recipe shapes on GPU, "
+    "tiny_fobi_spc and base_fobi_spc_infer8 on CPU); see aum_jax.speed.RECIPES."
 )
 _MODEL_IMPLS = flags.DEFINE_list("model_impls", None, "scan impls of the model section (default: all that run here).")
 _MODEL_REMAT = flags.DEFINE_list(
     "model_remat", ["dots"], "remat policies of the model section, side by side (dots, dots_scan, none, full)."
 )
 _MODEL_STEPS = flags.DEFINE_integer("model_steps", 5, "timed train steps and inference calls per figure.")
-_PRECISION = flags.DEFINE_enum(
-    "matmul_precision", "highest", ["highest", "high", "default"],
-    "float32 matmul precision of the model section: highest is the original's fp32; on GPU, "
-    "default is TF32 (the original with allow_tf32).",
+_MODES = flags.DEFINE_list(
+    "model_mode", ["highest"], "precision modes of the model section, side by side: highest (the original's "
+    "float32), tensorfloat32 (the original with allow_tf32), bfloat16 (model.dtype; vs the original's fp16 AMP).",
 )
-_DTYPE = flags.DEFINE_enum("model_dtype", "float32", ["float32", "bfloat16"], "compute dtype of the model section.")
 _ORIGINAL = flags.DEFINE_string("original", None, "torch.jsonl of gpu-anchor's torch_orig.py, for ratios.")
+_SCALING_RECIPE = flags.DEFINE_string("scaling_recipe", "tiny_fobi_spc", "recipe of the scaling section.")
+_SCALING_BATCH = flags.DEFINE_integer("scaling_batch", 8, "per-device batch of the scaling section.")
+_SCALING_DEVICES = flags.DEFINE_list("scaling_devices", ["1", "2", "4"], "simulated device counts of the scaling section.")
+_SCALING_CHILD = flags.DEFINE_integer("scaling_child", 0, "internal: time the scaling step on this many devices.")
 
 Row = tuple[str, float, str]
 
@@ -116,19 +130,6 @@ def input_section() -> list[Row]:
     ]
 
 
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of ``repeats`` calls, after one warm-up call."""
-    import jax
-
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
 def _runnable_impls() -> list[str]:
     import jax
 
@@ -172,10 +173,10 @@ def scan_section() -> list[Row]:
             )
             forward = jax.jit(one)
             grad = jax.jit(jax.grad(lambda *args, one=one: one(*args).sum(), argnums=every))
-            fwd[impl] = (_time(lambda: forward(*args), _SCAN_REPEATS.value), _time(lambda: grad(*args), _SCAN_REPEATS.value))
+            fwd[impl] = (time_ms(lambda: forward(*args), _SCAN_REPEATS.value), time_ms(lambda: grad(*args), _SCAN_REPEATS.value))
             if on_gpu:
                 pair_grad = jax.jit(jax.grad(lambda *args, pair=pair: pair(*args).sum(), argnums=every))
-                both[impl] = _time(lambda: pair_grad(*args), _SCAN_REPEATS.value)
+                both[impl] = time_ms(lambda: pair_grad(*args), _SCAN_REPEATS.value)
         for impl in impls:
             rows.append((f"scan {impl}: fwd ms ({shape})", fwd[impl][0], "ms"))
             rows.append((f"scan {impl}: fwd+bwd ms ({shape})", fwd[impl][1], "ms"))
@@ -188,149 +189,139 @@ def scan_section() -> list[Row]:
     return rows
 
 
-# name: (embed_dim, bimamba_type, frames, classes, train batch or 0, inference batch)
-MODEL_SHAPES: dict[str, tuple[int, str, int, int, int, int]] = {
-    "base_fobi_audioset": (768, "v1", 1024, 527, 12, 12),  # the AudioSet / VGGSound recipes
-    "base_fobi_spc": (768, "v1", 128, 35, 48, 48),  # Speech Commands V2
-    "small_bibi_audioset": (384, "v2", 1024, 527, 12, 12),
-    "tiny_fobi_spc": (192, "v1", 128, 35, 32, 32),  # the CPU training figure
-    "base_fobi_spc_infer8": (768, "v1", 128, 35, 0, 8),  # the CPU inference figure
-}
-
-
-def _matmul_flops_per_clip(config) -> float:
-    """Forward matmul FLOPs of one clip: patch embedding, the blocks' projections, the head."""
-    length, d, di = config.num_patches + config.num_cls_tokens, config.embed_dim, config.d_inner
-    rank, n = config.resolved_dt_rank, config.d_state
-    branches = 2 if config.bimamba_type == "v2" else 1
-    per_block = 2 * length * (d * 2 * di + branches * (di * (rank + 2 * n) + rank * di) + di * d)
-    patch = 2 * config.num_patches * config.patch_size[0] * config.patch_size[1] * d
-    return config.depth * per_block + patch + 2 * d * config.num_classes
-
-
-def _sgemm_gflops() -> float:
-    """float32 matmul rate at the section's precision, 2048^3."""
+def _sgemm_gflops(mode: str) -> float:
+    """float32 matmul rate at the mode's precision, 2048^3."""
     import jax
-    import jax.numpy as jnp
+
+    from aum_jax import speed
 
     x = jax.random.normal(jax.random.key(0), (2048, 2048))
-    with jax.default_matmul_precision(_PRECISION.value):
+    with jax.default_matmul_precision(speed.PRECISIONS[mode][0]):
         mm = jax.jit(lambda x: x @ x)
-        ms = _time(lambda: mm(x), 10)
+        ms = time_ms(lambda: mm(x), 10)
     return 2 * 2048**3 / ms / 1e6
 
 
-def _originals() -> dict[tuple, dict]:
+ORIGINAL_MODES = {"highest": (False, False), "tensorfloat32": (True, False), "bfloat16": (False, True)}  # (tf32, amp)
+
+
+def _originals(mode: str) -> dict[tuple, dict]:
+    """gpu-anchor's figures of the original in the matching mode, by (size, variant, frames, batch)."""
     if not _ORIGINAL.value:
         return {}
-    tf32, amp = _PRECISION.value != "highest", _DTYPE.value != "float32"
     found = {}
     with open(_ORIGINAL.value) as f:
         for line in f:
             rec = json.loads(line)
-            if rec.get("part") == "torch" and "step_ms" in rec and (rec["tf32"], rec["amp"]) == (tf32 and not amp, amp):
+            if rec.get("part") == "torch" and "step_ms" in rec and (rec["tf32"], rec["amp"]) == ORIGINAL_MODES[mode]:
                 found[(rec["size"], rec["variant"], rec["frames"], rec["batch"])] = rec
     return found
 
 
-def _model_figures(name: str, impl: str, remat: str) -> dict[str, float]:
-    """Train-step ms, train and inference clips/s, and the peak memory XLA plans, of one preset."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from aum_jax.models import AudioMamba, AuMConfig
-
-    dim, variant, frames, classes, train_batch, infer_batch = MODEL_SHAPES[name]
-    config = AuMConfig(
-        embed_dim=dim, bimamba_type=variant, audio_length=frames, num_classes=classes, scan_impl=impl,
-        dtype=_DTYPE.value, remat=remat,
-    )
-    model = AudioMamba(config, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    key = jax.random.key(1)
-    figures: dict[str, float] = {}
-    with jax.default_matmul_precision(_PRECISION.value):
-        x = jax.random.normal(key, (infer_batch, frames, 128))
-        infer = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest)(x))
-        figures["infer clips/s"] = infer_batch / _time(lambda: infer(params, x), _MODEL_STEPS.value) * 1000
-        if train_batch:
-            optimizer = optax.adam(1e-5, b1=0.95, b2=0.999)
-            x = jax.random.normal(key, (train_batch, frames, 128))
-            y = (jax.random.uniform(key, (train_batch, classes)) < 0.05).astype(jnp.float32)
-
-            def step(p, opt_state, x, y):
-                loss_fn = lambda p: optax.sigmoid_binary_cross_entropy(nnx.merge(graphdef, p, rest)(x), y).mean()
-                loss, grads = jax.value_and_grad(loss_fn)(p)
-                updates, opt_state = optimizer.update(grads, opt_state, p)
-                return optax.apply_updates(p, updates), opt_state, loss
-
-            state = [params, optimizer.init(params)]
-            compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*state, x, y).compile()
-            memory = compiled.memory_analysis()
-            if memory is not None:
-                figures["train peak GB"] = (
-                    memory.argument_size_in_bytes + memory.output_size_in_bytes
-                    - memory.alias_size_in_bytes + memory.temp_size_in_bytes
-                ) / 1e9
-
-            def train_step():
-                state[0], state[1], loss = compiled(*state, x, y)
-                return loss
-
-            ms = _time(train_step, _MODEL_STEPS.value)
-            figures["train step ms"] = ms
-            figures["train clips/s"] = train_batch / ms * 1000
-            figures["train matmul GFLOP/s"] = 3 * train_batch * _matmul_flops_per_clip(config) / ms / 1e6
-    return figures
-
-
 def model_section() -> list[Row]:
-    """The recipe shapes per scan implementation, side by side; MFU against this run's sgemm."""
+    """The recipe shapes per scan implementation, remat policy and mode, side by side; MFU against this run's sgemm."""
     import jax
+
+    from aum_jax import speed
 
     on_gpu = jax.default_backend() == "gpu"
-    names = _MODEL_SHAPES.value or (
-        ["base_fobi_audioset", "base_fobi_spc", "small_bibi_audioset"] if on_gpu else ["tiny_fobi_spc", "base_fobi_spc_infer8"]
-    )
+    names = _MODEL_SHAPES.value or (list(speed.GPU_RECIPES) if on_gpu else ["tiny_fobi_spc", "base_fobi_spc_infer8"])
     impls = _MODEL_IMPLS.value or _runnable_impls()
-    sgemm = _sgemm_gflops()
-    rows: list[Row] = [(f"sgemm GFLOP/s (2048^3, {_PRECISION.value})", sgemm, "GFLOP/s")]
-    originals = _originals()
-    for name in names:
-        dim, variant, frames, _, train_batch, infer_batch = MODEL_SHAPES[name]
-        size = {192: "tiny", 384: "small", 768: "base"}[dim]
-        original = originals.get((size, variant, frames, train_batch or infer_batch))
-        results = {}
-        for impl, remat in itertools.product(impls, _MODEL_REMAT.value):
-            label = impl if len(_MODEL_REMAT.value) == 1 else f"{impl} remat={remat}"
-            try:
-                results[label] = _model_figures(name, impl, remat)
-            except Exception as error:  # noqa: BLE001 - an impl that runs out of memory is a result
-                rows.append((f"{name} {label}: failed: {str(error).splitlines()[0][:60]}", float("nan"), ""))
-        for impl, figures in results.items():
-            for what, value in figures.items():
-                rows.append((f"{name} {impl}: {what}", value, ""))
-            if "train matmul GFLOP/s" in figures:
-                rows.append((f"{name} {impl}: train MFU vs sgemm", 100 * figures["train matmul GFLOP/s"] / sgemm, "%"))
-            if original is not None:
-                for ours, theirs in (("train clips/s", "train_clips_s"), ("infer clips/s", "infer_clips_s")):
-                    if ours in figures:
-                        rows.append((f"{name} {impl}: {ours} vs original", figures[ours] / original[theirs], "x"))
-                if "train peak GB" in figures:
-                    rows.append((f"{name} {impl}: peak memory vs original", figures["train peak GB"] / original["mem_gb"], "x"))
-        for a, b in itertools.combinations(results, 2):
-            key = "train clips/s" if "train clips/s" in results[a] else "infer clips/s"
-            rows.append((f"{name}: {key} {a} vs {b}", results[a][key] / results[b][key], "x"))
+    rows: list[Row] = []
+    for mode in _MODES.value:
+        sgemm = _sgemm_gflops(mode)
+        rows.append((f"sgemm GFLOP/s (2048^3, {mode})", sgemm, "GFLOP/s"))
+        originals = _originals(mode)
+        for name in names:
+            recipe = speed.RECIPES[name]
+            original = originals.get((recipe.size, recipe.bimamba_type, recipe.frames, recipe.train_batch or recipe.infer_batch))
+            results = {}
+            for impl, remat in itertools.product(impls, _MODEL_REMAT.value):
+                label = " ".join([impl] + ([f"remat={remat}"] if len(_MODEL_REMAT.value) > 1 else [])
+                                 + ([mode] if len(_MODES.value) > 1 else []))
+                try:
+                    results[label] = speed.measure(recipe, scan_impl=impl, remat=remat, mode=mode,
+                                                   repeats=_MODEL_STEPS.value)
+                except Exception as error:  # noqa: BLE001 - an impl that runs out of memory is a result
+                    rows.append((f"{name} {label}: failed: {str(error).splitlines()[0][:60]}", float("nan"), ""))
+            for label, figures in results.items():
+                for what, value in figures.items():
+                    rows.append((f"{name} {label}: {what}", value, ""))
+                if "train_matmul_gflops" in figures:
+                    rows.append((f"{name} {label}: train MFU vs sgemm", 100 * figures["train_matmul_gflops"] / sgemm, "%"))
+                if original is not None:
+                    for ours, theirs in (("train_clips_s", "train_clips_s"), ("infer_clips_s", "infer_clips_s")):
+                        if ours in figures:
+                            rows.append((f"{name} {label}: {ours} vs original", figures[ours] / original[theirs], "x"))
+                    memory = figures.get("peak_gb", figures.get("train_planned_gb"))
+                    if memory is not None:
+                        rows.append((f"{name} {label}: memory vs original", memory / original["mem_gb"], "x"))
+            for a, b in itertools.combinations(results, 2):
+                key = "train_clips_s" if "train_clips_s" in results[a] else "infer_clips_s"
+                rows.append((f"{name}: {key} {a} vs {b}", results[a][key] / results[b][key], "x"))
     return rows
 
 
-SECTIONS: dict[str, Callable[[], list[Row]]] = {"input": input_section, "scan": scan_section, "model": model_section}
+def _scaling_child(devices: int) -> None:
+    """One process with ``devices`` simulated devices: prints the step ms, partitioned and replicated."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    from flax import nnx
+
+    from aum_jax import sharding, speed, update
+    from aum_jax.models import init_model
+
+    recipe = speed.RECIPES[_SCALING_RECIPE.value]
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data_axis": "data", "num_devices": devices}))
+    config = recipe.model_config()
+    batch_size = _SCALING_BATCH.value * devices
+    key = jax.random.key(0)
+    batch = {"fbank": jax.random.normal(key, (batch_size, recipe.frames, config.num_mel_bins)),
+             "label": (jax.random.uniform(key, (batch_size, recipe.num_classes)) < 0.05).astype(jnp.float32)}
+    batch = sharding.global_batch(jax.device_get(batch), mesh)
+    result = {}
+    steps = {"partitioned": update.train_step, "replicated": update.train_step.jitted}  # .jitted: no mesh context
+    for name, step in steps.items():
+        model = init_model(config, 0, sharding.replicated(mesh))
+        opt = nnx.Optimizer(model, speed.optimizer(recipe), wrt=nnx.Param)
+        nnx.update(opt, sharding.replicate(nnx.state(opt), mesh))
+        result[name] = speed.time_ms(lambda: step(model, opt, batch, "BCE")["loss"], _MODEL_STEPS.value, warmup=2)
+    print("SCALING " + json.dumps(result), flush=True)
+
+
+def scaling_section() -> list[Row]:
+    """Work ratio of the train step at 1, 2 and 4 simulated devices, partitioned and replicated scan."""
+    times = {}
+    for devices in map(int, _SCALING_DEVICES.value):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        done = subprocess.run(
+            [sys.executable, __file__, f"--scaling_child={devices}", f"--scaling_recipe={_SCALING_RECIPE.value}",
+             f"--scaling_batch={_SCALING_BATCH.value}", f"--model_steps={_MODEL_STEPS.value}"],
+            env=env, capture_output=True, text=True)
+        line = next((l for l in done.stdout.splitlines() if l.startswith("SCALING ")), None)
+        if done.returncode or line is None:
+            raise RuntimeError(f"the {devices}-device scaling run failed:\n{done.stderr[-2000:]}")
+        times[devices] = json.loads(line[8:])
+    rows: list[Row] = []
+    first = min(times)
+    for devices, result in times.items():
+        for name, ms in result.items():
+            rows.append((f"scaling {name}: step ms, {devices} devices x {_SCALING_BATCH.value} clips", ms, "ms"))
+            rows.append((f"scaling {name}: work ratio at {devices} devices (ideal {devices / first:g})",
+                         ms / times[first][name], "x"))
+    return rows
+
+
+SECTIONS: dict[str, Callable[[], list[Row]]] = {
+    "input": input_section, "scan": scan_section, "model": model_section, "scaling": scaling_section,
+}
 
 
 def main(argv: list[str]) -> None:
     del argv
+    if _SCALING_CHILD.value:
+        return _scaling_child(_SCALING_CHILD.value)
     unknown = set(_SECTIONS.value) - set(SECTIONS)
     if unknown:
         raise app.UsageError(f"unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
