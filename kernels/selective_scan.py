@@ -53,11 +53,14 @@ def selective_scan_fn(
     Returns:
       (B, L, D) in ``u``'s dtype.
     """
+    return bidirectional_selective_scan(*one_direction(u, delta, A, B, C, D, z, delta_bias),
+                                        delta_softplus=delta_softplus, interpret=interpret)
+
+
+def one_direction(u, delta, A, B, C, D, z, delta_bias) -> tuple:
+    """One scan's arguments as :func:`bidirectional_selective_scan`'s, with one direction."""
     optional = lambda x: () if x is None else (x,)
-    return bidirectional_selective_scan(
-        (u,), (delta,), (A,), (B,), (C,), optional(D), z, optional(delta_bias),
-        delta_softplus=delta_softplus, interpret=interpret,
-    )
+    return (u,), (delta,), (A,), (B,), (C,), optional(D), z, optional(delta_bias)
 
 
 def bidirectional_selective_scan(

@@ -65,7 +65,7 @@ from jax.interpreters import mlir
 from jax.ad_checkpoint import checkpoint_name
 
 from aum_jax.kernels import cpu_scan
-from aum_jax.kernels.selective_scan import bidirectional_selective_scan
+from aum_jax.kernels.selective_scan import bidirectional_selective_scan, one_direction
 
 DEFAULT_CHUNK_SIZE = 128
 SCAN_READOUT = "scan_readout"  # checkpoint name of a pure-JAX or CPU scan's readout, (B, L, D) float32
@@ -398,18 +398,9 @@ def resolve_impl(impl: str, device: jax.Device | None = None) -> str:
 
 
 def selective_scan(
-    u: jax.Array,
-    delta: jax.Array,
-    A: jax.Array,
-    B: jax.Array,
-    C: jax.Array,
-    D: jax.Array | None = None,
-    z: jax.Array | None = None,
-    delta_bias: jax.Array | None = None,
-    delta_softplus: bool = False,
-    *,
-    impl: str = "auto",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, D: jax.Array | None = None,
+    z: jax.Array | None = None, delta_bias: jax.Array | None = None, delta_softplus: bool = False, *,
+    impl: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> jax.Array:
     """Runs the selective scan forward in time.
 
@@ -429,24 +420,13 @@ def selective_scan(
     Returns:
       (B, L, D) output in ``u``'s dtype.
     """
-    optional = lambda x: () if x is None else (x,)
-    return bidirectional_scan((u,), (delta,), (A,), (B,), (C,), optional(D), z, optional(delta_bias),
-                              delta_softplus=delta_softplus, impl=impl, chunk_size=chunk_size)
+    return bidirectional_scan(*one_direction(u, delta, A, B, C, D, z, delta_bias), delta_softplus=delta_softplus,
+                              impl=impl, chunk_size=chunk_size)
 
 
 def bidirectional_scan(
-    us: Tensors,
-    deltas: Tensors,
-    As: Tensors,
-    Bs: Tensors,
-    Cs: Tensors,
-    Ds: Tensors,
-    z: jax.Array | None,
-    delta_biases: Tensors,
-    *,
-    delta_softplus: bool,
-    scale: float = 1.0,
-    impl: str = "auto",
+    us: Tensors, deltas: Tensors, As: Tensors, Bs: Tensors, Cs: Tensors, Ds: Tensors, z: jax.Array | None,
+    delta_biases: Tensors, *, delta_softplus: bool, scale: float = 1.0, impl: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> jax.Array:
     """``scale * (scan_0 + scan_1)``: scan 0 runs forward in time, scan 1 backward.
