@@ -126,11 +126,25 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
 
 
 class _LibraryErrorFilter:
-    """Drops the ERROR logs (with their tracebacks) that orbax's threads write about a failure the
-    tool reports itself in one line; ``-v`` shows them."""
+    """Drops the ERROR logs (with their tracebacks) that orbax's threads, and asyncio about orbax's
+    futures, write about a failed checkpoint write: the tool reports it in one line; ``-v`` shows them."""
 
     def filter(self, record: Any) -> bool:
-        return not (record.levelno >= 40 and "/orbax/" in record.pathname)
+        from_orbax = "/orbax/" in record.pathname
+        unretrieved = record.name == "asyncio" and "exception was never retrieved" in record.getMessage()
+        return not (record.levelno >= 40 and (from_orbax or unretrieved))
+
+
+def _unraisable(unraisable: Any) -> None:
+    """Quiet ``sys.unraisablehook``: tensorstore's writes that finish after orbax closed its event loop
+    on a failed checkpoint write (reported by the tool) are logged at INFO; the rest as usual."""
+    from absl import logging
+
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        logging.info("a checkpoint write finished after its event loop closed: %s", error)
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _quiet_library_errors() -> None:
@@ -139,6 +153,7 @@ def _quiet_library_errors() -> None:
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _LibraryErrorFilter) for f in handler.filters):
         handler.addFilter(_LibraryErrorFilter())
+    sys.unraisablehook = _unraisable
 
 
 def argument_parser(prog: str, description: str, epilog: str | None) -> argparse.ArgumentParser:

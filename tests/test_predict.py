@@ -189,3 +189,28 @@ def test_trained_model_directory_carries_the_demo_statistics(tmp_path):
     assert result.returncode == 0, result.stderr
     expected = ", ".join(f"{('low', 'high')[j]} {probs[j]:.3f}" for j in np.argsort(-probs))
     assert f"high0.wav: {expected}  (softmax)" in result.stdout
+
+
+@pytest.mark.parametrize("rate", [16_000, 44_100])
+def test_training_pipeline_and_predict_make_identical_features(tmp_path, rate):
+    """One feature definition: a clip through the training pipeline (augmentations off) and through
+    predict gives the same input, bit for bit, at the model's rate and at another one."""
+    from aum_jax import datasets, input_pipeline
+    from aum_jax.configs.data import get_data_config
+
+    t = np.arange(int(0.7 * rate)) / rate
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, (0.3 * np.sin(2 * np.pi * 440 * t) * np.linspace(0.2, 1, t.size)).astype(np.float32), rate)
+    (tmp_path / "labels.csv").write_text("index,mid,display_name\n0,/m/a,a\n")
+    datasets.write_datafile(tmp_path / "train.json", [("clip.wav", ["/m/a"])])
+    c = get_data_config("speechcommands")  # 16 kHz, 128 bins, Kaldi fbank, its statistics.
+    c.train_datafile, c.label_csv, c.num_classes = str(tmp_path / "train.json"), str(tmp_path / "labels.csv"), 1
+    c.audio_length, c.batch_size, c.num_workers = 96, 1, 0
+    c.freqm = c.timem = 0
+    c.mixup, c.noise, c.freq_warp = 0.0, False, 0.0
+    batch = next(input_pipeline.make_train_iterator(c, process_index=0, process_count=1))
+    prep = preprocessing.Preprocessing.from_data_config(c)  # what training stores beside the model.
+    features, duration, file_rate = predict.file_features(str(wav), prep)
+    assert file_rate == rate and duration == pytest.approx(0.7, abs=1e-4)
+    assert features.shape == (96, 128) and np.isfinite(features).all()
+    np.testing.assert_array_equal(batch["fbank"][0], features)

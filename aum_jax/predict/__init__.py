@@ -207,6 +207,21 @@ def _mono(waveform: np.ndarray, channel: str) -> np.ndarray:
     return waveform.mean(axis=0, keepdims=True) if channel == "mean" else waveform
 
 
+def file_features(path: str, prep: preprocessing.Preprocessing, channel: str = "first") -> tuple[np.ndarray, float, int]:
+    """An audio file as one model input, as the training pipeline makes it (:meth:`Preprocessing.features`).
+
+    Returns:
+      ``(features (target_length, num_mel_bins) float32, duration in seconds, the file's sample rate)``.
+
+    Raises:
+      AudioLoadError: the file cannot be read.
+      ValueError: it is shorter than one fbank frame.
+    """
+    with audio.open_audio(path) as f:
+        waveform, sample_rate = _mono(f.read(), channel), f.sample_rate
+    return prep.features(waveform, sample_rate), waveform.shape[1] / sample_rate, sample_rate
+
+
 class _ClipReader:
     """Iterates over the features of readable files, one by one, recording what it saw."""
 
@@ -218,15 +233,13 @@ class _ClipReader:
     def __iter__(self) -> Iterator[np.ndarray]:
         for path in self._paths:
             try:
-                with audio.open_audio(path) as f:
-                    waveform, sample_rate = _mono(f.read(), self._channel), f.sample_rate
-                features = self._prep.features(waveform, sample_rate)
+                features, duration, sample_rate = file_features(path, self._prep, self._channel)
             except preprocessing.MissingStatisticsError:
                 raise
             except (ValueError, audio.AudioLoadError) as e:
                 self.skipped[path] = str(e) if path in str(e) else f"{path}: {e}"
                 continue
-            self.read.append((path, waveform.shape[1] / sample_rate, sample_rate))
+            self.read.append((path, duration, sample_rate))
             yield features
 
 
