@@ -13,7 +13,10 @@ results are printed. ``--mode=eval`` evaluates ``config.eval.model_dir``, else
 ``workdir/eval_<split>.json``.
 
 The console shows progress bars, a line every ``config.train.log_every`` steps and the
-results; ``-v`` (``--verbosity=0``) adds the INFO logs of every library.
+results; ``-v`` (``--verbosity=0``) adds the INFO logs of every library. A user mistake (an
+unknown or invalid config key, a workdir that cannot be written, missing data, a full disk)
+ends with one ``error:`` line and exit status 1; config values are checked before anything
+is written.
 
 On a cluster, start one process per host with ``--distributed`` (Cloud TPU, SLURM,
 Open MPI are detected) or with explicit ``--coordinator_address``, ``--num_processes``
@@ -114,10 +117,13 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
                                                   config.eval.matmul_precision)
         logging.info("%s on %s: %s", source, split, result)
         reports[split] = {"model": source, "split": split, **result}
-        evaluate.write_report(workdir / workdir_lib.eval_report_file(split), reports[split])
-        if config.eval.confusion_matrix and jax.process_index() == 0:
-            counts = confusion.confusion_matrix(outputs)
-            confusion.save(counts, names or [str(i) for i in range(len(counts))], workdir, split)
+        try:
+            evaluate.write_report(workdir / workdir_lib.eval_report_file(split), reports[split])
+            if config.eval.confusion_matrix and jax.process_index() == 0:
+                counts = confusion.confusion_matrix(outputs)
+                confusion.save(counts, names or [str(i) for i in range(len(counts))], workdir, split)
+        except OSError as e:
+            raise workdir_lib.WorkdirNotWritableError(f"cannot write the {split} report in {workdir}: {e}") from e
     return reports
 
 
