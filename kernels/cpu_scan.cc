@@ -8,12 +8,15 @@
 // Tensors are row-major and channels-last: u, delta, y (B, L, D); B, C (B, L, N); A (D, N).
 // The delta bias, softplus, D skip and gate are elementwise and stay in XLA.
 //
-// A work item holds one batch row and a group of 16-channel blocks. Sixteen channels are
-// one vector (GCC vector extensions: AVX-512 where the CPU has it, split otherwise), and
-// the N states of a block stay in registers while time advances, so the (B, L, D, N)
-// state tensor is never written to memory. The backward pass recomputes a block's states
-// into a scratch of L * N vectors (66 KB at L = 65, N = 16), then walks time in reverse.
-// Work items are shared with the threads of XLA's intra-op pool.
+// A block is kLanes channels, one vector (GCC vector extensions). A pass walks time over a
+// block with K of its states in registers, so the (B, L, D, N) state tensor is never written
+// to memory; K is what the target's register file holds (the target section below), and a
+// block's passes add their readouts up. A pass computes the decays exp(delta_t A) of kTile
+// steps (a polynomial 2^x) before it walks them, so that the exponential's constants and the
+// walk's states do not share the registers. The backward pass recomputes a pass's states and
+// decays into a scratch of (L + 1) x 2K vectors, then walks time in reverse; dB and dC are
+// summed over a work item's blocks in vector accumulators and reduced across lanes once per
+// pass. Work items are shared with the threads of XLA's intra-op pool.
 
 #include <algorithm>
 #include <atomic>
@@ -22,6 +25,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -30,31 +34,89 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kLanes = 16;  // channels per vector
-constexpr int kMaxState = 64;  // the largest N supported (Mamba uses 16)
+// ---- The target: the one place that knows the instruction set. ----
+// kLanes float32 channels per vector. A forward pass walks kForwardStates states of a block
+// with the step's temporaries in registers; a backward pass holds an adjoint and a dA
+// accumulator per state (2 * kBackwardStates) and about 10 temporaries; scripts/
+// kernel_asm_report.py counts what spills. Below the sizes, the target's own instructions
+// for Max, Min and Exp2.
+#if defined(__AVX512F__)
+#include <immintrin.h>
+constexpr char kIsa[] = "avx512";  // 32 zmm registers
+constexpr int kLanes = 16, kForwardStates = 16, kBackwardStates = 8;
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+constexpr char kIsa[] = "avx2";  // 16 ymm registers
+constexpr int kLanes = 8, kForwardStates = 8, kBackwardStates = 4;
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+constexpr char kIsa[] = "neon";  // 32 q registers; B and C rows are loaded into them too
+constexpr int kLanes = 4, kForwardStates = 16, kBackwardStates = 4;
+#else
+constexpr char kIsa[] = "generic";  // e.g. x86-64's SSE2: 16 xmm registers
+constexpr int kLanes = 4, kForwardStates = 8, kBackwardStates = 4;
+#endif
 
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 inline vf Splat(float x) { return vf{} + x; }
 
-// The first `n` lanes from `p`, zeros in the rest.
-// (A fixed-size copy is one vector load; only the last block of a row takes the other.)
-inline vf Load(const float* p, int n) {
-  vf v = {};
-  if (n == kLanes)
-    std::memcpy(&v, p, sizeof(v));
-  else
-    std::memcpy(&v, p, n * sizeof(float));
+// 2^r for |r| <= 1/2 to 1.6e-7 relative: a degree-5 minimax polynomial.
+inline vf Exp2Fraction(vf r) {
+  vf p = Splat(1.326472731e-03f);
+  p = p * r + 9.671512991e-03f;
+  p = p * r + 5.550733581e-02f;
+  p = p * r + 2.402224243e-01f;
+  p = p * r + 6.931470037e-01f;
+  return p * r + 1.0f;
+}
+
+#if defined(__AVX512F__)
+// 2^x = 2^k 2^r, k = round(x): scalef multiplies by 2^k, going to 0 and infinity as exp does.
+inline vf Exp2(vf x) {
+  const vf k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_ps(Exp2Fraction(x - k), k);
+}
+#else
+#if defined(__AVX2__) && defined(__FMA__)
+inline vf Max(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf Min(vf a, vf b) { return _mm256_min_ps(a, b); }
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+inline vf Max(vf a, vf b) { return vmaxq_f32(a, b); }
+inline vf Min(vf a, vf b) { return vminq_f32(a, b); }
+#else
+inline vf Max(vf a, vf b) { return a > b ? a : b; }
+inline vf Min(vf a, vf b) { return a < b ? a : b; }
+#endif
+
+// 2^x = 2^k 2^r, k = round(x), with 2^k built in the exponent bits. x is clamped to
+// [-126, 126], so 2^x of a very negative x is 1e-38 rather than 0.
+inline vf Exp2(vf x) {
+  x = Min(Max(x, Splat(-126.0f)), Splat(126.0f));
+  // Adding 1.5 * 2^23 rounds x to an integer; the + 127 leaves k + 127, the exponent field
+  // of 2^k, in the low mantissa bits, which the shift below moves into place.
+  const vf shifter = Splat(12582912.0f + 127.0f);
+  const vf t = x + shifter;
+  vi bits;
+  std::memcpy(&bits, &t, sizeof(bits));
+  bits <<= 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return Exp2Fraction(x - (t - shifter)) * scale;
+}
+#endif
+// ---- End of the target. ----
+
+constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.693147180559945309f;
+
+inline vf Load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-inline void Store(float* p, vf v, int n) {
-  if (n == kLanes)
-    std::memcpy(p, &v, sizeof(v));
-  else
-    std::memcpy(p, &v, n * sizeof(float));
-}
+inline void Store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 
 inline float Sum(vf v) {
   float s = 0.0f;
@@ -62,44 +124,80 @@ inline float Sum(vf v) {
   return s;
 }
 
-// exp(x) to about 1 ulp: x = k ln2 + r with |r| <= ln2 / 2, a degree-7 polynomial for
-// exp(r) (Cephes' expf coefficients), and 2^k built in the exponent bits. Arguments are
-// clamped to [-87.3, 88.3], so exp of a very negative x is 1e-38 rather than 0.
-inline vf Exp(vf x) {
-  x = x < Splat(-87.3f) ? Splat(-87.3f) : x;
-  x = x > Splat(88.3f) ? Splat(88.3f) : x;
-  const vf round = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  vf k = (x * 1.44269504088896341f + round) - round;
-  vf r = x - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  vf p = Splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  vi bits = (__builtin_convertvector(k, vi) + 127) << 23;
-  vf scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
 struct Shape {
   int64_t batch, length, dim, state;
   int64_t blocks() const { return (dim + kLanes - 1) / kLanes; }
 };
 
-struct Inputs {
-  const float *u, *delta, *A, *B, *C;
+struct Tensors {
+  const float *u, *delta, *B, *C, *dy;
+  float *y, *du, *ddelta, *dA, *dB, *dC;  // dA: (B, N, blocks * kLanes) per batch row; dB, dC: (G, B, L, N) per group
+  const vf* A2;  // A * log2(e) as (blocks, N) vectors of kLanes channels (TransposeA)
 };
 
-// A[d0 : d0 + width, n] as one vector per n.
-inline void LoadA(const Shape& s, const float* A, int64_t d0, int width, vf* At) {
-  for (int n = 0; n < s.state; ++n) {
-    At[n] = vf{};
-    for (int i = 0; i < width; ++i) At[n][i] = A[(d0 + i) * s.state + n];
+// A (D, N) * log2(e) as (blocks, N) vectors of kLanes channels, zeros past D: the passes
+// exponentiate in base 2 and read a block's A as whole vectors.
+std::vector<vf> TransposeA(const Shape& s, const float* A) {
+  std::vector<vf> A2(s.blocks() * s.state, vf{});
+  float* lanes = reinterpret_cast<float*>(A2.data());  // (blocks, N, kLanes)
+  for (int64_t d = 0; d < s.dim; ++d)
+    for (int64_t n = 0; n < s.state; ++n) lanes[(d / kLanes * s.state + n) * kLanes + d % kLanes] = A[d * s.state + n] * kLog2e;
+  return A2;
+}
+
+// One block of channels of one batch row over time, as the passes read and write it: element
+// (t, lane) of u, delta, dy, y, du and ddelta at [t * stride + lane], of B and C at [t * N + n].
+// A short last block of a row (width < kLanes) is a padded copy (stride kLanes, zeros past
+// width), so that every load and store in the passes is a whole vector.
+struct Block {
+  const float *u, *delta, *dy, *B, *C;
+  float *y, *du, *ddelta;
+  const vf* A2;  // N vectors
+  float* dA;     // (N, kLanes) at a row stride of blocks * kLanes
+  int64_t stride;
+  int width;
+  std::vector<float> padded;  // a short block's u, delta, dy, y, du, ddelta: (L, kLanes) each
+
+  Block(const Shape& s, const Tensors& x, int64_t b, int64_t index) {
+    const int64_t d0 = index * kLanes, at = b * s.length * s.dim + d0, L = s.length;
+    width = static_cast<int>(std::min<int64_t>(kLanes, s.dim - d0));
+    B = x.B + b * L * s.state;
+    C = x.C + b * L * s.state;
+    A2 = x.A2 + index * s.state;
+    dA = x.dA ? x.dA + b * s.state * s.blocks() * kLanes + d0 : nullptr;
+    auto offset = [at](auto* p) { return p ? p + at : nullptr; };
+    u = offset(x.u), delta = offset(x.delta), dy = offset(x.dy), y = offset(x.y), du = offset(x.du),
+    ddelta = offset(x.ddelta), stride = s.dim;
+    if (width == kLanes) return;
+    padded.assign(6 * L * kLanes, 0.0f);
+    const float* from[] = {u, delta, dy};
+    for (int i = 0; i < 3; ++i)
+      if (from[i])
+        for (int64_t t = 0; t < L; ++t) std::copy_n(from[i] + t * stride, width, &padded[(i * L + t) * kLanes]);
+    u = &padded[0], delta = &padded[L * kLanes], dy = &padded[2 * L * kLanes];
+    y = &padded[3 * L * kLanes], du = &padded[4 * L * kLanes], ddelta = &padded[5 * L * kLanes];
+    stride = kLanes;
   }
+
+  // Copies a short block's outputs back: y (forward) or du and ddelta (backward).
+  void Finish(const Shape& s, const Tensors& x, int64_t b, int64_t index) const {
+    if (width == kLanes) return;
+    const int64_t at = b * s.length * s.dim + index * kLanes;
+    const std::pair<const float*, float*> outputs[] = {{y, x.y}, {du, x.du}, {ddelta, x.ddelta}};
+    for (auto [from, to] : outputs)
+      if (to)
+        for (int64_t t = 0; t < s.length; ++t) std::copy_n(from + t * kLanes, width, to + at + t * s.dim);
+  }
+};
+
+// Calls pass(std::integral_constant<int, K>{}, s0) over the states [s0, n): groups of kMax,
+// then of halves for the rest, so that every pass has a compile-time K and keeps its states
+// in registers.
+template <int kMax, typename F>
+void ForEachPass(int64_t n, const F& pass, int s0 = 0) {
+  for (; n - s0 >= kMax; s0 += kMax) pass(std::integral_constant<int, kMax>{}, s0);
+  if constexpr (kMax > 1)
+    if (s0 < n) ForEachPass<kMax / 2>(n, pass, s0);
 }
 
 // Runs `fn(item)` for items 0 .. count - 1 on the caller and the pool's threads. Threads
@@ -123,90 +221,138 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, const F& fn) {
   while (progress->done.load() < count) std::this_thread::yield();
 }
 
-// The forward pass over one block; with `states`, also stores h after each step (in
-// processing order) as L * N vectors.
-template <int kState>
-void ForwardBlock(const Shape& s, const Inputs& in, int64_t b, int64_t d0, bool reverse, float* y, vf* states) {
-  const int N = kState ? kState : s.state;
-  const int width = static_cast<int>(std::min<int64_t>(kLanes, s.dim - d0));
-  vf At[kMaxState], h[kMaxState];
-  LoadA(s, in.A, d0, width, At);
-  for (int n = 0; n < N; ++n) h[n] = vf{};
-  for (int64_t step = 0; step < s.length; ++step) {
-    const int64_t row = b * s.length + (reverse ? s.length - 1 - step : step);
-    const vf dt = Load(in.delta + row * s.dim + d0, width);
-    const vf dtu = dt * Load(in.u + row * s.dim + d0, width);
-    const float* Bt = in.B + row * N;
-    const float* Ct = in.C + row * N;
-    vf out = {};
-    for (int n = 0; n < N; ++n) {
-      h[n] = Exp(dt * At[n]) * h[n] + dtu * Bt[n];
-      out += h[n] * Ct[n];
-    }
-    if (states != nullptr) std::copy(h, h + N, states + step * N);
-    if (y != nullptr) Store(y + row * s.dim + d0, out, width);
+constexpr int kTile = 16;  // steps whose decays a forward pass computes before it walks them
+
+// The step-th time in processing order.
+inline int64_t Time(const Shape& s, int64_t step, bool reverse) { return reverse ? s.length - 1 - step : step; }
+
+// Decays, Walk and BackwardPass hold the loops over time. They are not inlined: each gets the
+// whole register file, and its own function in scripts/kernel_asm_report.py's counts.
+
+// exp(delta_t A) of the states [s0, s0 + K) of a block at the steps [start, end): K vectors
+// per step, `stride` vectors apart.
+template <int K>
+__attribute__((noinline)) void Decays(const Shape& s, const Block& block, int s0, bool reverse, int64_t start,
+                                      int64_t end, vf* decay, int64_t stride) {
+  for (int k = 0; k < K; ++k) {
+    const vf a = block.A2[s0 + k];
+    for (int64_t step = start; step < end; ++step)
+      decay[(step - start) * stride + k] = Exp2(Load(block.delta + Time(s, step, reverse) * block.stride) * a);
   }
 }
 
-struct Grads {
-  float *du, *ddelta, *dA, *dB, *dC;  // dA: (B, D, N) per batch row; dB, dC: (G, B, L, N) per group
-};
+// Walks the states [s0, s0 + K) of a block over the steps [start, end) from h_{start - 1} in
+// `state` (K vectors, left holding h_{end - 1}), with the decays of Decays: adds their share
+// of <h_t, C_t> to y (stores it, when `first`); with kSave, stores h_t K vectors before each
+// step's decays instead.
+template <int K, bool kSave>
+__attribute__((noinline)) void Walk(const Shape& s, const Block& block, int s0, bool reverse, bool first,
+                                    int64_t start, int64_t end, vf* decay, int64_t stride, vf* state) {
+  vf h[K];
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) h[k] = state[k];
+  for (int64_t step = start; step < end; ++step) {
+    const int64_t t = Time(s, step, reverse), at = t * block.stride;
+    const vf dtu = Load(block.delta + at) * Load(block.u + at);
+    const float* Bt = block.B + t * s.state + s0;
+    const float* Ct = block.C + t * s.state + s0;
+    vf* a = decay + (step - start) * stride;
+    vf out = {};
+#pragma GCC unroll 16  // whole, or the states would live in memory
+    for (int k = 0; k < K; ++k) {
+      h[k] = a[k] * h[k] + dtu * Bt[k];
+      if constexpr (kSave)
+        a[k - K] = h[k];
+      else
+        out += h[k] * Ct[k];
+    }
+    if constexpr (!kSave) Store(block.y + at, first ? out : out + Load(block.y + at));
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) state[k] = h[k];
+}
 
-// The backward pass over the blocks [first, last) of batch row b; dB and dC are summed over
-// the group's channels in vector accumulators and reduced across lanes once at the end.
-template <int kState>
-void BackwardGroup(const Shape& s, const Inputs& in, const float* dy, const Grads& out, int64_t b, int64_t group,
-                   int64_t first, int64_t last, bool reverse) {
-  const int N = kState ? kState : s.state;
+// The states [s0, s0 + K) of a block over time (backwards with `reverse`), kTile steps at a
+// time. Adds their share of <h_t, C_t> to y (stores it, when `first`); with kSave, keeps
+// h_t and exp(delta_t A) of every step in `saved` instead: 2K vectors per step in processing
+// order, after a first step whose h is zero (h_{-1}). `scratch`: (kTile + 1) * K vectors.
+template <int K, bool kSave>
+void ForwardPass(const Shape& s, const Block& block, int s0, bool reverse, bool first, vf* saved, vf* scratch) {
+  vf* state = scratch;
+  std::fill(state, state + K, vf{});
+  if constexpr (kSave) std::fill(saved, saved + K, vf{});
+  for (int64_t start = 0; start < s.length; start += kTile) {
+    const int64_t end = std::min(s.length, start + kTile), stride = kSave ? 2 * K : K;
+    vf* decay = kSave ? saved + 2 * K * (start + 1) + K : scratch + K;
+    Decays<K>(s, block, s0, reverse, start, end, decay, stride);
+    Walk<K, kSave>(s, block, s0, reverse, first, start, end, decay, stride, state);
+  }
+}
+
+// The reverse walk over the states [s0, s0 + K) of a block, from what ForwardPass<K, true>
+// saved (h_{t-1}, then h_t and exp(delta_t A) of each step t): adds their share of dLoss/du and dLoss/ddelta to du and ddelta (stores it, when
+// `first`), stores their dA, and adds the block's dB and dC terms to the vector accumulators
+// `acc` (K vectors of dB, then K of dC, per step).
+template <int K>
+__attribute__((noinline)) void BackwardPass(const Shape& s, const Block& block, int s0, bool reverse, bool first, const vf* saved, vf* acc) {
+  const vf* A2 = block.A2 + s0;
+  vf g[K], dA[K];
+  for (int k = 0; k < K; ++k) g[k] = dA[k] = vf{};
+  for (int64_t step = s.length - 1; step >= 0; --step) {
+    const int64_t t = Time(s, step, reverse), at = t * block.stride;
+    const vf dt = Load(block.delta + at), u = Load(block.u + at), dyt = Load(block.dy + at), dtu = dt * u;
+    const float* Bt = block.B + t * s.state + s0;
+    const float* Ct = block.C + t * s.state + s0;
+    const vf* h = saved + 2 * K * (step + 1);
+    const vf *decay = h + K, *h_prev = h - 2 * K;
+    vf* dB = acc + 2 * K * step;
+    vf* dC = dB + K;
+    vf ddtu = {}, ddt = {};
+#pragma GCC unroll 16  // whole, or the adjoints would live in memory
+    for (int k = 0; k < K; ++k) {
+      const vf gn = g[k] + dyt * Ct[k];  // dLoss/dh_t
+      dC[k] += h[k] * dyt;
+      dB[k] += gn * dtu;
+      ddtu += gn * Bt[k];
+      const vf w = gn * (decay[k] * h_prev[k]);  // dLoss/d(delta_t A)
+      ddt += w * A2[k];
+      dA[k] += w * dt;
+      g[k] = decay[k] * gn;
+    }
+    const vf du = ddtu * dt, ddelta = ddt * kLn2 + ddtu * u;  // A2 carries a factor log2(e)
+    Store(block.du + at, first ? du : du + Load(block.du + at));
+    Store(block.ddelta + at, first ? ddelta : ddelta + Load(block.ddelta + at));
+  }
+  for (int k = 0; k < K; ++k) Store(block.dA + (s0 + k) * s.blocks() * kLanes, dA[k]);
+}
+
+// The backward pass over the blocks [first, last) of batch row b, one pass of states at a
+// time; dB and dC are reduced across lanes into the group's rows at the end of each pass.
+void BackwardGroup(const Shape& s, const Tensors& x, int64_t b, int64_t group, int64_t first, int64_t last,
+                   bool reverse) {
   const int64_t L = s.length;
-  std::vector<vf> states(L * N), dB_acc(L * N, vf{}), dC_acc(L * N, vf{});
-  vf At[kMaxState], g[kMaxState], dA[kMaxState];
-  for (int64_t block = first; block < last; ++block) {
-    const int64_t d0 = block * kLanes;
-    const int width = static_cast<int>(std::min<int64_t>(kLanes, s.dim - d0));
-    ForwardBlock<kState>(s, in, b, d0, reverse, nullptr, states.data());
-    LoadA(s, in.A, d0, width, At);
-    for (int n = 0; n < N; ++n) g[n] = dA[n] = vf{};
-    for (int64_t step = L - 1; step >= 0; --step) {
+  std::vector<Block> blocks;
+  blocks.reserve(last - first);  // a short block's pointers point into its own `padded`
+  for (int64_t index = first; index < last; ++index) blocks.emplace_back(s, x, b, index);
+  std::vector<vf> saved(2 * kBackwardStates * (L + 1)), acc(2 * kBackwardStates * L), scratch((kTile + 1) * kBackwardStates);
+  ForEachPass<kBackwardStates>(s.state, [&](auto states, int s0) {
+    constexpr int K = decltype(states)::value;
+    std::fill(acc.begin(), acc.begin() + 2 * K * L, vf{});
+    for (const Block& block : blocks) {
+      ForwardPass<K, true>(s, block, s0, reverse, false, saved.data(), scratch.data());
+      BackwardPass<K>(s, block, s0, reverse, s0 == 0, saved.data(), acc.data());
+    }
+    for (int64_t step = 0; step < L; ++step) {
       const int64_t row = b * L + (reverse ? L - 1 - step : step);
-      const int64_t at = row * s.dim + d0;
-      const vf dt = Load(in.delta + at, width), u = Load(in.u + at, width), dyt = Load(dy + at, width);
-      const vf dtu = dt * u;
-      const float* Bt = in.B + row * N;
-      const float* Ct = in.C + row * N;
-      const vf* h = states.data() + step * N;
-      const vf* h_prev = step > 0 ? h - N : nullptr;
-      vf* dB = dB_acc.data() + step * N;
-      vf* dC = dC_acc.data() + step * N;
-      vf ddtu = {}, ddt = {};
-      for (int n = 0; n < N; ++n) {
-        const vf gn = g[n] + dyt * Ct[n];  // dLoss/dh_t
-        dC[n] += h[n] * dyt;
-        dB[n] += gn * dtu;
-        ddtu += gn * Bt[n];
-        const vf decay = Exp(dt * At[n]);
-        if (h_prev != nullptr) {
-          const vf w = decay * gn * h_prev[n];  // dLoss/d(delta_t A) through the decay
-          ddt += w * At[n];
-          dA[n] += w * dt;
-        }
-        g[n] = decay * gn;
+      float* dB = x.dB + (group * s.batch * L + row) * s.state + s0;
+      float* dC = x.dC + (group * s.batch * L + row) * s.state + s0;
+      for (int k = 0; k < K; ++k) {
+        dB[k] = Sum(acc[2 * K * step + k]);
+        dC[k] = Sum(acc[2 * K * step + K + k]);
       }
-      Store(out.du + at, ddtu * dt, width);
-      Store(out.ddelta + at, ddt + ddtu * u, width);
     }
-    for (int n = 0; n < N; ++n)
-      for (int i = 0; i < width; ++i) out.dA[(b * s.dim + d0 + i) * N + n] = dA[n][i];
-  }
-  for (int64_t step = 0; step < L; ++step) {
-    const int64_t row = b * L + (reverse ? L - 1 - step : step);
-    float* dB = out.dB + (group * s.batch * L + row) * N;
-    float* dC = out.dC + (group * s.batch * L + row) * N;
-    for (int n = 0; n < N; ++n) {
-      dB[n] = Sum(dB_acc[step * N + n]);
-      dC[n] = Sum(dC_acc[step * N + n]);
-    }
-  }
+  });
+  for (int64_t index = first; index < last; ++index) blocks[index - first].Finish(s, x, b, index);
 }
 
 ffi::ErrorOr<Shape> CheckShapes(ffi::Buffer<ffi::F32>& u, ffi::Buffer<ffi::F32>& delta, ffi::Buffer<ffi::F32>& A,
@@ -219,8 +365,7 @@ ffi::ErrorOr<Shape> CheckShapes(ffi::Buffer<ffi::F32>& u, ffi::Buffer<ffi::F32>&
   if (!same(delta.dimensions(), {s.batch, s.length, s.dim}) || da[0] != s.dim ||
       !same(db, {s.batch, s.length, s.state}) || !same(dc, {s.batch, s.length, s.state}))
     return ffi::Unexpected(ffi::Error::InvalidArgument("selective scan: inconsistent shapes of u, delta, A, B, C"));
-  if (s.state < 1 || s.state > kMaxState)
-    return ffi::Unexpected(ffi::Error::InvalidArgument("selective scan: N must be in [1, " + std::to_string(kMaxState) + "]"));
+  if (s.state < 1) return ffi::Unexpected(ffi::Error::InvalidArgument("selective scan: N must be at least 1"));
   return s;
 }
 
@@ -229,14 +374,17 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<ff
   auto shape = CheckShapes(u, delta, A, B, C);
   if (shape.has_error()) return shape.error();
   const Shape s = shape.value();
-  const Inputs in{u.typed_data(), delta.typed_data(), A.typed_data(), B.typed_data(), C.typed_data()};
-  float* out = y->typed_data();
+  const std::vector<vf> A2 = TransposeA(s, A.typed_data());
+  const Tensors x{u.typed_data(), delta.typed_data(), B.typed_data(), C.typed_data(), nullptr, y->typed_data(),
+                  nullptr, nullptr, nullptr, nullptr, nullptr, A2.data()};
   ParallelFor(pool, s.batch * s.blocks(), [&](int64_t item) {
-    const int64_t b = item / s.blocks(), d0 = (item % s.blocks()) * kLanes;
-    if (s.state == 16)
-      ForwardBlock<16>(s, in, b, d0, reverse, out, nullptr);
-    else
-      ForwardBlock<0>(s, in, b, d0, reverse, out, nullptr);
+    const int64_t b = item / s.blocks(), index = item % s.blocks();
+    const Block block(s, x, b, index);
+    std::vector<vf> scratch((kTile + 1) * kForwardStates);
+    ForEachPass<kForwardStates>(s.state, [&](auto states, int s0) {
+      ForwardPass<decltype(states)::value, false>(s, block, s0, reverse, s0 == 0, nullptr, scratch.data());
+    });
+    block.Finish(s, x, b, index);
   });
   return ffi::Error::Success();
 }
@@ -249,21 +397,25 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<f
   if (shape.has_error()) return shape.error();
   const Shape s = shape.value();
   const int64_t groups = dB->dimensions()[0];  // channel groups per batch row, chosen by the caller
-  const Inputs in{u.typed_data(), delta.typed_data(), A.typed_data(), B.typed_data(), C.typed_data()};
-  const Grads out{du->typed_data(), ddelta->typed_data(), dA->typed_data(), dB->typed_data(), dC->typed_data()};
+  const std::vector<vf> A2 = TransposeA(s, A.typed_data());
+  const Tensors x{u.typed_data(),  delta.typed_data(), B.typed_data(),  C.typed_data(), dy.typed_data(),
+                  nullptr,         du->typed_data(),   ddelta->typed_data(), dA->typed_data(), dB->typed_data(),
+                  dC->typed_data(), A2.data()};
   const int64_t per_group = (s.blocks() + groups - 1) / groups;
   ParallelFor(pool, s.batch * groups, [&](int64_t item) {
     const int64_t b = item / groups, group = item % groups;
     const int64_t first = std::min(group * per_group, s.blocks()), last = std::min(first + per_group, s.blocks());
-    if (s.state == 16)
-      BackwardGroup<16>(s, in, dy.typed_data(), out, b, group, first, last, reverse);
-    else
-      BackwardGroup<0>(s, in, dy.typed_data(), out, b, group, first, last, reverse);
+    BackwardGroup(s, x, b, group, first, last, reverse);
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
+
+// What the library was built for, read by cpu_scan.py: the instruction set and the float32
+// channels per vector (the backward's channel groups are counted in blocks of them).
+extern "C" const char* AumScanIsa() { return kIsa; }
+extern "C" int AumScanLanes() { return kLanes; }
 
 using F32 = ffi::Buffer<ffi::F32>;
 
@@ -277,7 +429,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AumScanBackward, Backward,
                                   .Arg<F32>()  // dy
                                   .Ret<F32>()  // du
                                   .Ret<F32>()  // ddelta
-                                  .Ret<F32>()  // dA partials (B, D, N)
+                                  .Ret<F32>()  // dA partials (B, N, blocks * kLanes)
                                   .Ret<F32>()  // dB partials (G, B, L, N)
                                   .Ret<F32>()  // dC partials (G, B, L, N)
                                   .Attr<int32_t>("reverse"));
