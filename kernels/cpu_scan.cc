@@ -14,9 +14,9 @@
 // block's passes add their readouts up. A pass computes the decays exp(delta_t A) of kTile
 // steps (a polynomial 2^x) before it walks them, so that the exponential's constants and the
 // walk's states do not share the registers. The backward pass recomputes a pass's states and
-// decays into a scratch of (L + 1) x 2K vectors, then walks time in reverse; dB and dC are
-// summed over a work item's blocks in vector accumulators and reduced across lanes once per
-// pass. Work items are shared with the threads of XLA's intra-op pool.
+// decays into a scratch of (L + 1) x 2K vectors, then walks time in reverse, summing each
+// step's dB and dC terms across lanes in registers; a block's passes run one after the other
+// while its rows are in cache. Work items are shared with the threads of XLA's intra-op pool.
 
 #include <algorithm>
 #include <atomic>
@@ -37,9 +37,8 @@ namespace {
 // ---- The target: the one place that knows the instruction set. ----
 // kLanes float32 channels per vector. A forward pass walks kForwardStates states of a block
 // with the step's temporaries in registers; a backward pass holds an adjoint and a dA
-// accumulator per state (2 * kBackwardStates) and about 10 temporaries; scripts/
-// kernel_asm_report.py counts what spills. Below the sizes, the target's own instructions
-// for Max, Min and Exp2.
+// accumulator per state (2 * kBackwardStates), the pending lane sums of dB and dC and about
+// 8 temporaries. scripts/kernel_asm_report.py counts what spills.
 #if defined(__AVX512F__)
 #include <immintrin.h>
 constexpr char kIsa[] = "avx512";  // 32 zmm registers
@@ -53,8 +52,8 @@ constexpr int kLanes = 8, kForwardStates = 8, kBackwardStates = 4;
 constexpr char kIsa[] = "neon";  // 32 q registers; B and C rows are loaded into them too
 constexpr int kLanes = 4, kForwardStates = 16, kBackwardStates = 4;
 #else
-constexpr char kIsa[] = "generic";  // e.g. x86-64's SSE2: 16 xmm registers
-constexpr int kLanes = 4, kForwardStates = 8, kBackwardStates = 4;
+constexpr char kIsa[] = "generic";  // e.g. x86-64's SSE2: 16 xmm registers, no FMA
+constexpr int kLanes = 4, kForwardStates = 8, kBackwardStates = 2;
 #endif
 
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
@@ -72,30 +71,10 @@ inline vf Exp2Fraction(vf r) {
   return p * r + 1.0f;
 }
 
-#if defined(__AVX512F__)
-// 2^x = 2^k 2^r, k = round(x): scalef multiplies by 2^k, going to 0 and infinity as exp does.
-inline vf Exp2(vf x) {
-  const vf k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm512_scalef_ps(Exp2Fraction(x - k), k);
-}
-#else
-#if defined(__AVX2__) && defined(__FMA__)
-inline vf Max(vf a, vf b) { return _mm256_max_ps(a, b); }
-inline vf Min(vf a, vf b) { return _mm256_min_ps(a, b); }
-#elif defined(__ARM_NEON) && defined(__aarch64__)
-inline vf Max(vf a, vf b) { return vmaxq_f32(a, b); }
-inline vf Min(vf a, vf b) { return vminq_f32(a, b); }
-#else
-inline vf Max(vf a, vf b) { return a > b ? a : b; }
-inline vf Min(vf a, vf b) { return a < b ? a : b; }
-#endif
-
-// 2^x = 2^k 2^r, k = round(x), with 2^k built in the exponent bits. x is clamped to
-// [-126, 126], so 2^x of a very negative x is 1e-38 rather than 0.
-inline vf Exp2(vf x) {
-  x = Min(Max(x, Splat(-126.0f)), Splat(126.0f));
+// 2^x for x in [-126, 126]: 2^k 2^r with k = round(x), 2^k built in the exponent bits.
+inline vf Exp2InRange(vf x) {
   // Adding 1.5 * 2^23 rounds x to an integer; the + 127 leaves k + 127, the exponent field
-  // of 2^k, in the low mantissa bits, which the shift below moves into place.
+  // of 2^k, in the low mantissa bits, which the shift moves into place.
   const vf shifter = Splat(12582912.0f + 127.0f);
   const vf t = x + shifter;
   vi bits;
@@ -105,6 +84,38 @@ inline vf Exp2(vf x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return Exp2Fraction(x - (t - shifter)) * scale;
 }
+
+// The sums of adjacent lanes of a, then of b, in lane order.
+inline vf AdjacentSums(vf a, vf b) {
+  vi even, odd;
+  for (int i = 0; i < kLanes; ++i) even[i] = 2 * i, odd[i] = 2 * i + 1;
+  return __builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd);
+}
+
+// Exp2(x): 2^x; where x is clamped to [-126, 126], 2^x of a very negative x is 1e-38, not 0.
+// Pair(a, b, rank): two vectors of 2^rank lane sums each become one of 2^(rank + 1), the
+// sums of adjacent lanes of a, then of b (the order LaneSums keeps).
+#if defined(__AVX512F__)
+inline vf Exp2(vf x) {  // scalef multiplies by 2^k, going to 0 and infinity as exp does
+  const vf k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_ps(Exp2Fraction(x - k), k);
+}
+inline vf Pair(vf a, vf b, int) { return AdjacentSums(a, b); }
+#elif defined(__AVX2__) && defined(__FMA__)
+inline vf Exp2(vf x) { return Exp2InRange(_mm256_min_ps(_mm256_max_ps(x, Splat(-126.0f)), Splat(126.0f))); }
+inline vf Pair(vf a, vf b, int rank) {  // within each 128-bit half (vhaddps), then across them
+  if (rank < 2) return _mm256_hadd_ps(a, b);
+  return _mm256_permute2f128_ps(a, b, 0x20) + _mm256_permute2f128_ps(a, b, 0x31);
+}
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+inline vf Exp2(vf x) { return Exp2InRange(vminq_f32(vmaxq_f32(x, Splat(-126.0f)), Splat(126.0f))); }
+inline vf Pair(vf a, vf b, int) { return vpaddq_f32(a, b); }
+#else
+inline vf Exp2(vf x) {
+  x = x < Splat(-126.0f) ? Splat(-126.0f) : x;
+  return Exp2InRange(x > Splat(126.0f) ? Splat(126.0f) : x);
+}
+inline vf Pair(vf a, vf b, int) { return AdjacentSums(a, b); }
 #endif
 // ---- End of the target. ----
 
@@ -118,11 +129,38 @@ inline vf Load(const float* p) {
 
 inline void Store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 
-inline float Sum(vf v) {
-  float s = 0.0f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
-}
+// Adds the lane sums of the vectors it is given, in order, to out[0], out[1], ... without
+// leaving the registers: like a binary counter, it pairs vectors of equal rank (Pair), and
+// every kLanes of them become one vector of their kLanes sums, added to `out`. Finish()
+// pads a last, incomplete group with zeros, so `out` needs room for whole vectors. In a
+// fully unrolled loop the counter is a constant and the pending vectors are registers.
+class LaneSums {
+ public:
+  explicit LaneSums(float* out) : out_(out) {}
+
+  void Add(vf x) {
+    int rank = 0;
+    for (; rank < kRanks && (count_ >> rank) & 1; ++rank) x = Pair(pending_[rank], x, rank);
+    ++count_;
+    if (rank < kRanks) {
+      pending_[rank] = x;
+    } else {
+      Store(out_, Load(out_) + x);
+      out_ += kLanes;
+    }
+  }
+
+  void Finish() {
+#pragma GCC unroll 16
+    for (int pad = (kLanes - count_ % kLanes) % kLanes; pad > 0; --pad) Add(vf{});
+  }
+
+ private:
+  static constexpr int kRanks = __builtin_ctz(kLanes);
+  vf pending_[kRanks];
+  float* out_;
+  int count_ = 0;
+};
 
 struct Shape {
   int64_t batch, length, dim, state;
@@ -290,69 +328,65 @@ void ForwardPass(const Shape& s, const Block& block, int s0, bool reverse, bool 
 }
 
 // The reverse walk over the states [s0, s0 + K) of a block, from what ForwardPass<K, true>
-// saved (h_{t-1}, then h_t and exp(delta_t A) of each step t): adds their share of dLoss/du and dLoss/ddelta to du and ddelta (stores it, when
-// `first`), stores their dA, and adds the block's dB and dC terms to the vector accumulators
-// `acc` (K vectors of dB, then K of dC, per step).
+// saved (h_{t-1}, then h_t and exp(delta_t A) of each step t): adds their share of
+// dLoss/du and dLoss/ddelta to du and ddelta (stores it, when `first`), stores their dA, and
+// adds the block's dB and dC to dBC ((L, N, 2) in time order, and kLanes floats to spare).
 template <int K>
-__attribute__((noinline)) void BackwardPass(const Shape& s, const Block& block, int s0, bool reverse, bool first, const vf* saved, vf* acc) {
+__attribute__((noinline)) void BackwardPass(const Shape& s, const Block& block, int s0, bool reverse, bool first,
+                                            const vf* saved, float* dBC) {
   const vf* A2 = block.A2 + s0;
   vf g[K], dA[K];
+#pragma GCC unroll 16
   for (int k = 0; k < K; ++k) g[k] = dA[k] = vf{};
   for (int64_t step = s.length - 1; step >= 0; --step) {
     const int64_t t = Time(s, step, reverse), at = t * block.stride;
-    const vf dt = Load(block.delta + at), u = Load(block.u + at), dyt = Load(block.dy + at), dtu = dt * u;
+    const vf dt = Load(block.delta + at), dyt = Load(block.dy + at), dtu = dt * Load(block.u + at);
     const float* Bt = block.B + t * s.state + s0;
     const float* Ct = block.C + t * s.state + s0;
     const vf* h = saved + 2 * K * (step + 1);
     const vf *decay = h + K, *h_prev = h - 2 * K;
-    vf* dB = acc + 2 * K * step;
-    vf* dC = dB + K;
+    LaneSums sums(dBC + (t * s.state + s0) * 2);
     vf ddtu = {}, ddt = {};
 #pragma GCC unroll 16  // whole, or the adjoints would live in memory
     for (int k = 0; k < K; ++k) {
       const vf gn = g[k] + dyt * Ct[k];  // dLoss/dh_t
-      dC[k] += h[k] * dyt;
-      dB[k] += gn * dtu;
+      sums.Add(gn * dtu);  // dB
+      sums.Add(h[k] * dyt);  // dC
       ddtu += gn * Bt[k];
       const vf w = gn * (decay[k] * h_prev[k]);  // dLoss/d(delta_t A)
       ddt += w * A2[k];
       dA[k] += w * dt;
       g[k] = decay[k] * gn;
     }
-    const vf du = ddtu * dt, ddelta = ddt * kLn2 + ddtu * u;  // A2 carries a factor log2(e)
+    sums.Finish();
+    // u again rather than a register held through the states; A2 carries a factor log2(e).
+    const vf du = ddtu * dt, ddelta = ddt * kLn2 + ddtu * Load(block.u + at);
     Store(block.du + at, first ? du : du + Load(block.du + at));
     Store(block.ddelta + at, first ? ddelta : ddelta + Load(block.ddelta + at));
   }
+#pragma GCC unroll 16
   for (int k = 0; k < K; ++k) Store(block.dA + (s0 + k) * s.blocks() * kLanes, dA[k]);
 }
 
-// The backward pass over the blocks [first, last) of batch row b, one pass of states at a
-// time; dB and dC are reduced across lanes into the group's rows at the end of each pass.
+// The backward pass over the blocks [first, last) of batch row b: a block's passes one after
+// the other, while its rows are in cache; dB and dC are summed over the group in (L, N, 2).
 void BackwardGroup(const Shape& s, const Tensors& x, int64_t b, int64_t group, int64_t first, int64_t last,
                    bool reverse) {
-  const int64_t L = s.length;
-  std::vector<Block> blocks;
-  blocks.reserve(last - first);  // a short block's pointers point into its own `padded`
-  for (int64_t index = first; index < last; ++index) blocks.emplace_back(s, x, b, index);
-  std::vector<vf> saved(2 * kBackwardStates * (L + 1)), acc(2 * kBackwardStates * L), scratch((kTile + 1) * kBackwardStates);
-  ForEachPass<kBackwardStates>(s.state, [&](auto states, int s0) {
-    constexpr int K = decltype(states)::value;
-    std::fill(acc.begin(), acc.begin() + 2 * K * L, vf{});
-    for (const Block& block : blocks) {
+  const int64_t L = s.length, N = s.state;
+  std::vector<vf> saved(2 * kBackwardStates * (L + 1)), scratch((kTile + 1) * kBackwardStates);
+  std::vector<float> dBC(2 * L * N + kLanes);
+  for (int64_t index = first; index < last; ++index) {
+    const Block block(s, x, b, index);
+    ForEachPass<kBackwardStates>(N, [&](auto states, int s0) {
+      constexpr int K = decltype(states)::value;
       ForwardPass<K, true>(s, block, s0, reverse, false, saved.data(), scratch.data());
-      BackwardPass<K>(s, block, s0, reverse, s0 == 0, saved.data(), acc.data());
-    }
-    for (int64_t step = 0; step < L; ++step) {
-      const int64_t row = b * L + (reverse ? L - 1 - step : step);
-      float* dB = x.dB + (group * s.batch * L + row) * s.state + s0;
-      float* dC = x.dC + (group * s.batch * L + row) * s.state + s0;
-      for (int k = 0; k < K; ++k) {
-        dB[k] = Sum(acc[2 * K * step + k]);
-        dC[k] = Sum(acc[2 * K * step + K + k]);
-      }
-    }
-  });
-  for (int64_t index = first; index < last; ++index) blocks[index - first].Finish(s, x, b, index);
+      BackwardPass<K>(s, block, s0, reverse, s0 == 0, saved.data(), dBC.data());
+    });
+    block.Finish(s, x, b, index);
+  }
+  float* dB = x.dB + (group * s.batch + b) * L * N;
+  float* dC = x.dC + (group * s.batch + b) * L * N;
+  for (int64_t i = 0; i < L * N; ++i) dB[i] = dBC[2 * i], dC[i] = dBC[2 * i + 1];
 }
 
 ffi::ErrorOr<Shape> CheckShapes(ffi::Buffer<ffi::F32>& u, ffi::Buffer<ffi::F32>& delta, ffi::Buffer<ffi::F32>& A,
