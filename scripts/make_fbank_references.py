@@ -1,6 +1,6 @@
 """Makes the torchaudio reference fbanks in tests/fixtures/fbank/ (run once, by hand).
 
-The tests in tests/test_audio.py compare ``aum_jax.audio`` with these arrays and never
+The tests in tests/test_audio.py compare ``aum_jax.kaldi`` (the fbank) with these arrays and never
 need torch. This script is the recipe they were made with; it is not run by the tests.
 
 How it was run (2026-11-24, x86_64, CPU only):
