@@ -7,12 +7,14 @@ Sections:
   SpecAugment, normalisation and noise, in clips per second.
 * ``scan``: forward, and forward + backward (all eight gradients), time of each scan implementation
   on one layer input, as ratios to the kernel of the backend, side by side (the Pallas
-  kernel only on a GPU, where it also runs both directions in one launch).
+  kernel only on a GPU, where it also runs both directions in one launch). On a CPU the C++
+  kernel is timed once per ``--cpu_variants`` target (``native``, ``x86-64-v3`` for AVX2:
+  one library each, in one process), and ``--scan_rounds`` alternates the implementations.
 * ``model``: ``aum_jax.update.train_step`` (the recipes' optimizer chain, BCE) and inference
   clips/s, and the memory XLA plans, of AuM at the published recipes' shapes, per scan
-  implementation, ``--model_remat`` policy and ``--model_mode`` (highest, tensorfloat32,
-  bfloat16), side by side; with the sgemm rate measured in the same run, the train step's
-  matmul FLOPs give an MFU. With ``--original`` (the JSON lines of
+  implementation (the C++ kernel per ``--cpu_variants`` target), ``--model_remat`` policy and
+  ``--model_mode`` (highest, tensorfloat32, bfloat16), side by side; with the sgemm rate
+  measured in the same run, the train step's matmul FLOPs give an MFU. With ``--original`` (the JSON lines of
   ``../shared/gpu-anchor/torch_orig.py`` from the same machine) each figure is also given as
   a ratio to the original PyTorch AuM (bfloat16 against its fp16 AMP).
 * ``scaling``: the train step on 1, 2 and 4 simulated CPU devices (one process each) at a
@@ -26,6 +28,7 @@ record results in BENCHMARKS.md.
 
   python scripts/benchmark.py --sections input
   python scripts/benchmark.py --sections scan,model      # on a GPU: the recipe shapes
+  python scripts/benchmark.py --sections scan,model --cpu_variants native,x86-64-v3 --scan_rounds 3
   python scripts/benchmark.py --sections scaling
 """
 
@@ -35,6 +38,8 @@ from aum_jax import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
+import contextlib  # noqa: E402
+import functools  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -59,6 +64,11 @@ _SCAN_SHAPES = flags.DEFINE_multi_string(
     "12,513,1536,16, the base AudioSet layer, and 48,65,768,16 on GPU)."
 )
 _SCAN_REPEATS = flags.DEFINE_integer("scan_repeats", 5, "timed calls per scan implementation.")
+_SCAN_ROUNDS = flags.DEFINE_integer(
+    "scan_rounds", 1, "rounds over the scan implementations, each timing every one in turn; the median round is given.")
+_CPU_VARIANTS = flags.DEFINE_list(
+    "cpu_variants", None, "targets (-march values) of the C++ CPU kernel, side by side in the scan and model sections "
+    "(default: $AUM_JAX_CPU_MARCH, else native).")
 _MODEL_SHAPES = flags.DEFINE_list(
     "model_shapes", None, "recipes of the model section (default: the three recipe shapes on GPU, "
     "tiny_fobi_spc and base_fobi_spc_infer8 on CPU); see aum_jax.speed.RECIPES."
@@ -133,12 +143,51 @@ def input_section() -> list[Row]:
 def _runnable_impls() -> list[str]:
     import jax
 
-    from aum_jax.ops import SCAN_IMPLS
+    from aum_jax.ops import IMPLEMENTATIONS
 
     # Pallas runs in interpret mode off the GPU, which says nothing about its speed; the
-    # C++ kernel runs on the CPU backend only.
+    # C++ kernel runs on the CPU backend only; the sections time gradients ('portable' has none).
     kernel = "pallas" if jax.default_backend() == "gpu" else "cpu"
-    return [i for i in SCAN_IMPLS if i not in ("pallas", "cpu") or i == kernel]
+    return [name for name, impl in IMPLEMENTATIONS.items()
+            if impl.differentiable and (name not in ("pallas", "cpu") or name == kernel)]
+
+
+@functools.cache
+def _cpu_variants() -> list[str]:
+    """The --cpu_variants targets of the C++ kernel that build and run here (the others are named, not timed)."""
+    from aum_jax.kernels import cpu_scan
+
+    found = []
+    for march in _CPU_VARIANTS.value or [cpu_scan.selected_march()]:
+        reason = cpu_scan.unavailable_reason(march)
+        if reason is None:
+            found.append(march)
+        else:
+            print(f"# cpu kernel {march}: not timed: {reason.splitlines()[0]}")
+    return found
+
+
+def _labelled(impls: list[str]) -> list[tuple[str, str, str | None]]:
+    """(label, impl, CPU kernel target) per timed implementation: "cpu" once per --cpu_variants target."""
+    from aum_jax.kernels import cpu_scan
+
+    labelled = []
+    for impl in impls:
+        if impl != "cpu":
+            labelled.append((impl, impl, None))
+            continue
+        variants = _cpu_variants()
+        for march in variants:
+            label = f"cpu {march} ({cpu_scan.variant(march).isa})" if len(variants) > 1 or _CPU_VARIANTS.value else "cpu"
+            labelled.append((label, impl, march))
+    return labelled
+
+
+def _kernel_target(march: str | None):
+    """The block in which scan_impl="cpu" runs the kernel built for ``march`` (nothing for None)."""
+    from aum_jax.kernels import cpu_scan
+
+    return cpu_scan.use(march) if march else contextlib.nullcontext()
 
 
 def scan_section() -> list[Row]:
@@ -153,7 +202,7 @@ def scan_section() -> list[Row]:
 
     on_gpu = jax.default_backend() == "gpu"
     shapes = _SCAN_SHAPES.value or (["12,513,1536,16", "48,65,768,16"] if on_gpu else ["4,513,384,16"])
-    impls = _runnable_impls()
+    impls = _labelled(_runnable_impls())
     rows: list[Row] = []
     for spec in shapes:
         batch, length, dim, n = (int(v) for v in spec.split(","))
@@ -163,29 +212,37 @@ def scan_section() -> list[Row]:
         a = -jnp.broadcast_to(jnp.arange(1.0, n + 1), (dim, n))
         d, bias = jnp.ones((dim,)), jnp.zeros((dim,))
         shape = f"B={batch} L={length} D={dim} N={n}"
-        fwd, both = {}, {}
+        rounds: dict[str, list[tuple[float, ...]]] = {label: [] for label, _, _ in impls}
         args = (u, delta, a, b, c, d, z, bias)
         every = tuple(range(len(args)))  # training needs all eight gradients
-        for impl in impls:
-            one = lambda *args, impl=impl: selective_scan(*args, True, impl=impl)
-            pair = lambda u, delta, a, b, c, d, z, bias, impl=impl: bidirectional_scan(
-                (u,), (delta,), (a, a), (b,), (c,), (d,), z, (bias,), delta_softplus=True, impl=impl
-            )
-            forward = jax.jit(one)
-            grad = jax.jit(jax.grad(lambda *args, one=one: one(*args).sum(), argnums=every))
-            fwd[impl] = (time_ms(lambda: forward(*args), _SCAN_REPEATS.value), time_ms(lambda: grad(*args), _SCAN_REPEATS.value))
+        for _ in range(_SCAN_ROUNDS.value):  # each round times every implementation in turn
+            for label, impl, march in impls:
+                one = lambda *args, impl=impl: selective_scan(*args, True, impl=impl)
+                pair = lambda u, delta, a, b, c, d, z, bias, impl=impl: bidirectional_scan(
+                    (u,), (delta,), (a, a), (b,), (c,), (d,), z, (bias,), delta_softplus=True, impl=impl
+                )
+                with _kernel_target(march):
+                    forward = jax.jit(one)
+                    grad = jax.jit(jax.grad(lambda *args, one=one: one(*args).sum(), argnums=every))
+                    times = (time_ms(lambda: forward(*args), _SCAN_REPEATS.value),
+                             time_ms(lambda: grad(*args), _SCAN_REPEATS.value))
+                    if on_gpu:
+                        pair_grad = jax.jit(jax.grad(lambda *args, pair=pair: pair(*args).sum(), argnums=every))
+                        times += (time_ms(lambda: pair_grad(*args), _SCAN_REPEATS.value),)
+                rounds[label].append(times)
+        # The median round of each, by its fwd+bwd time.
+        timed = {label: sorted(r, key=lambda t: t[1])[len(r) // 2] for label, r in rounds.items()}
+        for label, times in timed.items():
+            rows.append((f"scan {label}: fwd ms ({shape})", times[0], "ms"))
+            rows.append((f"scan {label}: fwd+bwd ms ({shape})", times[1], "ms"))
             if on_gpu:
-                pair_grad = jax.jit(jax.grad(lambda *args, pair=pair: pair(*args).sum(), argnums=every))
-                both[impl] = time_ms(lambda: pair_grad(*args), _SCAN_REPEATS.value)
-        for impl in impls:
-            rows.append((f"scan {impl}: fwd ms ({shape})", fwd[impl][0], "ms"))
-            rows.append((f"scan {impl}: fwd+bwd ms ({shape})", fwd[impl][1], "ms"))
-            if impl in both:
-                rows.append((f"scan {impl}: both directions fwd+bwd ms ({shape})", both[impl], "ms"))
-        reference = "pallas" if on_gpu else "cpu"
-        for impl in impls:
-            if impl != reference:
-                rows.append((f"scan fwd+bwd: {reference} vs {impl} ({shape})", fwd[impl][1] / fwd[reference][1], "x"))
+                rows.append((f"scan {label}: both directions fwd+bwd ms ({shape})", times[2], "ms"))
+        references = [label for label, impl, _ in impls if impl == ("pallas" if on_gpu else "cpu")]
+        for reference in references:
+            for label, impl, _ in impls:
+                if impl not in ("pallas", "cpu"):
+                    for what, i in (("fwd", 0), ("fwd+bwd", 1)):
+                        rows.append((f"scan {what}: {reference} vs {label} ({shape})", timed[label][i] / timed[reference][i], "x"))
     return rows
 
 
@@ -226,7 +283,7 @@ def model_section() -> list[Row]:
 
     on_gpu = jax.default_backend() == "gpu"
     names = _MODEL_SHAPES.value or (list(speed.GPU_RECIPES) if on_gpu else ["tiny_fobi_spc", "base_fobi_spc_infer8"])
-    impls = _MODEL_IMPLS.value or _runnable_impls()
+    impls = _labelled(_MODEL_IMPLS.value or _runnable_impls())
     rows: list[Row] = []
     for mode in _MODES.value:
         sgemm = _sgemm_gflops(mode)
@@ -236,12 +293,13 @@ def model_section() -> list[Row]:
             recipe = speed.RECIPES[name]
             original = originals.get((recipe.size, recipe.bimamba_type, recipe.frames, recipe.train_batch or recipe.infer_batch))
             results = {}
-            for impl, remat in itertools.product(impls, _MODEL_REMAT.value):
-                label = " ".join([impl] + ([f"remat={remat}"] if len(_MODEL_REMAT.value) > 1 else [])
+            for (name_of_impl, impl, march), remat in itertools.product(impls, _MODEL_REMAT.value):
+                label = " ".join([name_of_impl] + ([f"remat={remat}"] if len(_MODEL_REMAT.value) > 1 else [])
                                  + ([mode] if len(_MODES.value) > 1 else []))
                 try:
-                    results[label] = speed.measure(recipe, scan_impl=impl, remat=remat, mode=mode,
-                                                   repeats=_MODEL_STEPS.value)
+                    with _kernel_target(march):
+                        results[label] = speed.measure(recipe, scan_impl=impl, remat=remat, mode=mode,
+                                                       repeats=_MODEL_STEPS.value)
                 except Exception as error:  # noqa: BLE001 - an impl that runs out of memory is a result
                     rows.append((f"{name} {label}: failed: {str(error).splitlines()[0][:60]}", float("nan"), ""))
             for label, figures in results.items():
@@ -313,6 +371,15 @@ def scaling_section() -> list[Row]:
     return rows
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 SECTIONS: dict[str, Callable[[], list[Row]]] = {
     "input": input_section, "scan": scan_section, "model": model_section, "scaling": scaling_section,
 }
@@ -330,6 +397,12 @@ def main(argv: list[str]) -> None:
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if jax.default_backend() == "cpu":
+        from aum_jax.kernels import cpu_scan
+
+        print(f"# {_cpu_model()}; cpu scan kernel: " + ", ".join(
+            f"{march} -> {cpu_scan.variant(march).isa}, {cpu_scan.variant(march).lanes} float32 lanes"
+            for march in _cpu_variants()))
     for section in _SECTIONS.value:
         for name, value, unit in SECTIONS[section]():
             print(f"{name:60s} {value:10.2f} {unit}", flush=True)
