@@ -7,7 +7,6 @@ shape and architecture: warps per program, registers per thread, spill bytes, sh
 memory and the theoretical occupancy (65,536 registers, 64 warps and 32 programs per SM;
 228 KB of shared memory on sm_90, 164 KB on sm_80).
 
-    pip install -e ".[kernel-report]"                       # the triton wheel, once
     python scripts/kernel_report.py                          # the three recipe shapes, sm_80 and sm_90
     python scripts/kernel_report.py --shapes "12 513 1536 16 fobi" --archs 90 --json report.jsonl
 
@@ -16,7 +15,10 @@ backward, as Fo-Bi trains), ``bibi`` (two directions with their own inputs, as B
 ``infer`` (Fo-Bi's forward alone). ``--fwd-blocks``/``--bwd-blocks`` override the block table
 of ``aum_jax.kernels.layout`` (``block_d,num_warps,unroll,chunk``) to compare variants.
 
-The compiler runs in a child process (Triton's MLIR must not meet jaxlib's in one process).
+The compiler runs in a child process (Triton's LLVM must not meet jaxlib's in one process):
+the Python of ``--triton-python``, else this one if it has the ``triton`` wheel (the
+``kernel-report`` extra), else a virtual environment with ``triton==TRITON_VERSION`` that
+the script makes once under ``~/.cache/aum_jax`` (pip, about 200 MB).
 The figures are a proxy: on a GPU, XLA compiles the kernels with its own Triton, and only a
 timing (``scripts/gpu_check.py``) is the speed. Exits 1 when a kernel spills or does not
 compile.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -38,6 +41,24 @@ RECIPE_SHAPES = ("12 513 1536 16 fobi", "48 65 768 16 fobi", "12 513 768 16 bibi
 MODES = ("fobi", "bibi", "infer")
 SM_REGISTERS, SM_WARPS, SM_PROGRAMS = 65536, 64, 32
 SM_SHARED_KB = {80: 164, 86: 100, 89: 100, 90: 228}
+TRITON_VERSION = "3.9.0"  # the kernel-report extra's
+
+
+def triton_venv() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "aum_jax" / f"triton-{TRITON_VERSION}"
+
+
+def find_triton_python(make: bool) -> str | None:
+    """This Python if it imports triton, else the cached venv's (made when ``make``), else None."""
+    if importlib.util.find_spec("triton") is not None:
+        return sys.executable
+    python = triton_venv() / "bin" / "python"
+    if not python.exists() and make:
+        print(f"making {triton_venv()} with triton=={TRITON_VERSION} (once)", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(triton_venv())], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"triton=={TRITON_VERSION}"], check=True)
+    return str(python) if python.exists() else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write one JSON line per kernel, shape and arch to this file")
     parser.add_argument("--fwd-blocks", help="forward blocks 'block_d,num_warps,unroll,chunk' (default: the table)")
     parser.add_argument("--bwd-blocks", help="backward blocks 'block_d,num_warps,unroll,chunk' (default: the table)")
-    parser.add_argument("--triton-python", default=sys.executable, help="a Python with the triton wheel")
+    parser.add_argument("--triton-python", help="a Python with the triton wheel (default: see above)")
     parser.add_argument("--compile-worker", nargs=4, metavar=("TTIR", "ARCH", "WARPS", "STAGES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.compile_worker:
@@ -198,11 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     if (fwd is None) != (bwd is None):
         print("error: give both --fwd-blocks and --bwd-blocks, or neither", file=sys.stderr)
         return 1
+    try:
+        args.triton_python = args.triton_python or find_triton_python(make=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        print(f"error: could not make {triton_venv()} with triton=={TRITON_VERSION}: {error}", file=sys.stderr)
+        return 1
     probe = subprocess.run([args.triton_python, "-c", "import triton; print(triton.__version__)"],
                            capture_output=True, text=True)
     if probe.returncode:
-        print(f"error: {args.triton_python} cannot import triton; pip install -e '.[kernel-report]' "
-              "or pass --triton-python", file=sys.stderr)
+        print(f"error: {args.triton_python} cannot import triton; pass a --triton-python that can", file=sys.stderr)
         return 1
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     header = f"{'shape':<22} {'kernel':<6} {'arch':>5} {'warps':>5} {'regs':>5} {'spill st/ld':>12} {'smem':>6} {'occupancy':>9}"
