@@ -36,24 +36,25 @@ namespace {
 
 // ---- The target: the one place that knows the instruction set. ----
 // kLanes float32 channels per vector. A forward pass walks kForwardStates states of a block
-// with the step's temporaries in registers; a backward pass holds an adjoint and a dA
-// accumulator per state (2 * kBackwardStates), the pending lane sums of dB and dC and about
-// 8 temporaries. scripts/kernel_asm_report.py counts what spills.
+// with kReadouts partial sums of their readout and the step's temporaries in registers; a
+// backward pass holds an adjoint and a dA accumulator per state (2 * kBackwardStates), the
+// pending lane sums of dB and dC and about 8 temporaries. scripts/kernel_asm_report.py
+// counts what spills.
 #if defined(__AVX512F__)
 #include <immintrin.h>
 constexpr char kIsa[] = "avx512";  // 32 zmm registers
-constexpr int kLanes = 16, kForwardStates = 16, kBackwardStates = 8;
+constexpr int kLanes = 16, kForwardStates = 16, kBackwardStates = 8, kReadouts = 4;
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 constexpr char kIsa[] = "avx2";  // 16 ymm registers
-constexpr int kLanes = 8, kForwardStates = 8, kBackwardStates = 4;
+constexpr int kLanes = 8, kForwardStates = 8, kBackwardStates = 4, kReadouts = 4;
 #elif defined(__ARM_NEON) && defined(__aarch64__)
 #include <arm_neon.h>
 constexpr char kIsa[] = "neon";  // 32 q registers; B and C rows are loaded into them too
-constexpr int kLanes = 4, kForwardStates = 16, kBackwardStates = 4;
+constexpr int kLanes = 4, kForwardStates = 16, kBackwardStates = 4, kReadouts = 2;
 #else
 constexpr char kIsa[] = "generic";  // e.g. x86-64's SSE2: 16 xmm registers, no FMA
-constexpr int kLanes = 4, kForwardStates = 8, kBackwardStates = 2;
+constexpr int kLanes = 4, kForwardStates = 8, kBackwardStates = 2, kReadouts = 4;
 #endif
 
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
@@ -295,16 +296,20 @@ __attribute__((noinline)) void Walk(const Shape& s, const Block& block, int s0, 
     const float* Bt = block.B + t * s.state + s0;
     const float* Ct = block.C + t * s.state + s0;
     vf* a = decay + (step - start) * stride;
-    vf out = {};
+    vf out[kReadouts] = {};  // partial readouts: one chain of K dependent adds would set the pace
 #pragma GCC unroll 16  // whole, or the states would live in memory
     for (int k = 0; k < K; ++k) {
       h[k] = a[k] * h[k] + dtu * Bt[k];
       if constexpr (kSave)
         a[k - K] = h[k];
       else
-        out += h[k] * Ct[k];
+        out[k % kReadouts] += h[k] * Ct[k];
     }
-    if constexpr (!kSave) Store(block.y + at, first ? out : out + Load(block.y + at));
+    if constexpr (!kSave) {
+      vf y = out[0];
+      for (int i = 1; i < kReadouts; ++i) y += out[i];
+      Store(block.y + at, first ? y : y + Load(block.y + at));
+    }
   }
 #pragma GCC unroll 16
   for (int k = 0; k < K; ++k) state[k] = h[k];
