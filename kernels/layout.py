@@ -96,11 +96,10 @@ def _num_warps(block_d: int, layout: ScanLayout, elems_per_thread: int) -> int:
 
 
 INTERPRET_UNROLL = 2  # interpret mode compiles the unrolled kernel with XLA: keep it small
-INTERPRET_CHUNK = 8  # and short chunks, so that tests cross many chunk boundaries
 
 
 def _interpret_blocks(layout: ScanLayout) -> BlockConfig:
-    return BlockConfig(block_d=_block_d(layout), num_warps=1, unroll=INTERPRET_UNROLL, chunk=INTERPRET_CHUNK)
+    return BlockConfig(block_d=_block_d(layout), num_warps=1, unroll=INTERPRET_UNROLL, chunk=CHUNK)
 
 
 def forward_blocks(layout: ScanLayout, interpret: bool = False) -> BlockConfig:

@@ -178,12 +178,14 @@ def test_reverse_direction_reads_time_backwards_without_flipping():
     np.testing.assert_allclose(both, forward + backward, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("fwd_unroll, bwd_unroll", [(4, 2), (16, 8)], ids=["gpu_table", "deep_unroll"])
-def test_gpu_block_sizes_agree_in_interpret_mode(fwd_unroll, bwd_unroll):
-    """The unrolled groups and chunks of GPU configurations (not the interpret default)."""
+@pytest.mark.parametrize("fwd_unroll, bwd_unroll, chunk", [(4, 2, 32), (16, 8, 32), (2, 2, 6)],
+                         ids=["gpu_table", "deep_unroll", "many_chunks"])
+def test_gpu_block_sizes_agree_in_interpret_mode(fwd_unroll, bwd_unroll, chunk):
+    """The unrolled groups and chunks of GPU configurations (not the interpret default), and
+    short chunks whose boundaries (and a partial last one) the state crosses many times."""
     args = bidirectional_inputs(1, 40, 20, 16, per_direction=True, seed=4)
-    blocks = (BlockConfig(block_d=8, num_warps=1, unroll=fwd_unroll, chunk=32),
-              BlockConfig(block_d=8, num_warps=1, unroll=bwd_unroll, chunk=32))
+    blocks = (BlockConfig(block_d=8, num_warps=1, unroll=fwd_unroll, chunk=chunk),
+              BlockConfig(block_d=8, num_warps=1, unroll=bwd_unroll, chunk=chunk))
     w = jnp.sin(jnp.arange(40 * 20).reshape(1, 40, 20))
 
     def loss(fn, *args):
