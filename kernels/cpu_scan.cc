@@ -20,12 +20,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -36,25 +37,25 @@ namespace {
 
 // ---- The target: the one place that knows the instruction set. ----
 // kLanes float32 channels per vector. A forward pass walks kForwardStates states of a block
-// with kReadouts partial sums of their readout and the step's temporaries in registers; a
+// with 4 partial sums of their readout and the step's temporaries in registers; a
 // backward pass holds an adjoint and a dA accumulator per state (2 * kBackwardStates), the
 // pending lane sums of dB and dC and about 8 temporaries. scripts/kernel_asm_report.py
 // counts what spills.
 #if defined(__AVX512F__)
 #include <immintrin.h>
 constexpr char kIsa[] = "avx512";  // 32 zmm registers
-constexpr int kLanes = 16, kForwardStates = 16, kBackwardStates = 8, kReadouts = 4;
+constexpr int kLanes = 16, kForwardStates = 16, kBackwardStates = 8;
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 constexpr char kIsa[] = "avx2";  // 16 ymm registers
-constexpr int kLanes = 8, kForwardStates = 8, kBackwardStates = 4, kReadouts = 4;
+constexpr int kLanes = 8, kForwardStates = 8, kBackwardStates = 4;
 #elif defined(__ARM_NEON) && defined(__aarch64__)
 #include <arm_neon.h>
 constexpr char kIsa[] = "neon";  // 32 q registers; B and C rows are loaded into them too
-constexpr int kLanes = 4, kForwardStates = 16, kBackwardStates = 4, kReadouts = 2;
+constexpr int kLanes = 4, kForwardStates = 16, kBackwardStates = 4;
 #else
 constexpr char kIsa[] = "generic";  // e.g. x86-64's SSE2: 16 xmm registers, no FMA
-constexpr int kLanes = 4, kForwardStates = 8, kBackwardStates = 2, kReadouts = 4;
+constexpr int kLanes = 4, kForwardStates = 8, kBackwardStates = 2;
 #endif
 
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
@@ -86,12 +87,17 @@ inline vf Exp2InRange(vf x) {
   return Exp2Fraction(x - (t - shifter)) * scale;
 }
 
-// The sums of adjacent lanes of a, then of b, in lane order.
-inline vf AdjacentSums(vf a, vf b) {
-  vi even, odd;
-  for (int i = 0; i < kLanes; ++i) even[i] = 2 * i, odd[i] = 2 * i + 1;
-  return __builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd);
+// The sums of adjacent lanes of a, then of b, in lane order (GCC's or Clang's shuffles).
+template <std::size_t... I>
+inline vf AdjacentSums(vf a, vf b, std::index_sequence<I...>) {
+#if defined(__clang__)
+  return __builtin_shufflevector(a, b, (2 * I)...) + __builtin_shufflevector(a, b, (2 * I + 1)...);
+#else
+  return __builtin_shuffle(a, b, vi{(2 * I)...}) + __builtin_shuffle(a, b, vi{(2 * I + 1)...});
+#endif
 }
+
+inline vf AdjacentSums(vf a, vf b) { return AdjacentSums(a, b, std::make_index_sequence<kLanes>{}); }
 
 // Exp2(x): 2^x; where x is clamped to [-126, 126], 2^x of a very negative x is 1e-38, not 0.
 // Pair(a, b, rank): two vectors of 2^rank lane sums each become one of 2^(rank + 1), the
@@ -130,37 +136,49 @@ inline vf Load(const float* p) {
 
 inline void Store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 
-// Adds the lane sums of the vectors it is given, in order, to out[0], out[1], ... without
-// leaving the registers: like a binary counter, it pairs vectors of equal rank (Pair), and
-// every kLanes of them become one vector of their kLanes sums, added to `out`. Finish()
-// pads a last, incomplete group with zeros, so `out` needs room for whole vectors. In a
-// fully unrolled loop the counter is a constant and the pending vectors are registers.
+// Calls f(std::integral_constant<int, k>{}) for k = 0 .. K - 1, unrolled by the compiler: with
+// constant indices, arrays of vectors (a pass's states) are registers.
+template <typename F, int... k>
+inline void Unrolled(const F& f, std::integer_sequence<int, k...>) {
+  (f(std::integral_constant<int, k>{}), ...);
+}
+
+template <int K, typename F>
+inline void Unrolled(const F& f) {
+  Unrolled(f, std::make_integer_sequence<int, K>{});
+}
+
+// Adds the lane sums of the vectors Add<0>, Add<1>, ... are given to out[0], out[1], ...
+// without leaving the registers: like a binary counter, the i-th vector is paired (Pair)
+// with the pending ones of the ranks of i's trailing one bits, and every kLanes vectors
+// become one of their kLanes sums, added to `out`. Finish<n>() after n vectors pads the last
+// group with zeros, so `out` needs room for whole vectors.
 class LaneSums {
  public:
   explicit LaneSums(float* out) : out_(out) {}
 
+  template <int i, int rank = 0>
   void Add(vf x) {
-    int rank = 0;
-    for (; rank < kRanks && (count_ >> rank) & 1; ++rank) x = Pair(pending_[rank], x, rank);
-    ++count_;
-    if (rank < kRanks) {
+    if constexpr (rank == kRanks)
+      Store(out_ + i / kLanes * kLanes, Load(out_ + i / kLanes * kLanes) + x);
+    else if constexpr ((i >> rank) & 1)
+      Add<i, rank + 1>(Pair(pending_[rank], x, rank));
+    else
       pending_[rank] = x;
-    } else {
-      Store(out_, Load(out_) + x);
-      out_ += kLanes;
-    }
   }
 
+  template <int n>
   void Finish() {
-#pragma GCC unroll 16
-    for (int pad = (kLanes - count_ % kLanes) % kLanes; pad > 0; --pad) Add(vf{});
+    if constexpr (n % kLanes) {
+      Add<n>(vf{});
+      Finish<n + 1>();
+    }
   }
 
  private:
   static constexpr int kRanks = __builtin_ctz(kLanes);
   vf pending_[kRanks];
   float* out_;
-  int count_ = 0;
 };
 
 struct Shape {
@@ -261,6 +279,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, const F& fn) {
 }
 
 constexpr int kTile = 16;  // steps whose decays a forward pass computes before it walks them
+constexpr int kReadouts = 4;  // partial readouts: one chain of K dependent adds would set the pace
 
 // The step-th time in processing order.
 inline int64_t Time(const Shape& s, int64_t step, bool reverse) { return reverse ? s.length - 1 - step : step; }
@@ -288,31 +307,28 @@ template <int K, bool kSave>
 __attribute__((noinline)) void Walk(const Shape& s, const Block& block, int s0, bool reverse, bool first,
                                     int64_t start, int64_t end, vf* decay, int64_t stride, vf* state) {
   vf h[K];
-#pragma GCC unroll 16
-  for (int k = 0; k < K; ++k) h[k] = state[k];
+  Unrolled<K>([&](auto k) { h[k] = state[k]; });
   for (int64_t step = start; step < end; ++step) {
     const int64_t t = Time(s, step, reverse), at = t * block.stride;
     const vf dtu = Load(block.delta + at) * Load(block.u + at);
     const float* Bt = block.B + t * s.state + s0;
     const float* Ct = block.C + t * s.state + s0;
     vf* a = decay + (step - start) * stride;
-    vf out[kReadouts] = {};  // partial readouts: one chain of K dependent adds would set the pace
-#pragma GCC unroll 16  // whole, or the states would live in memory
-    for (int k = 0; k < K; ++k) {
+    vf out[kReadouts] = {};
+    Unrolled<K>([&](auto k) {
       h[k] = a[k] * h[k] + dtu * Bt[k];
       if constexpr (kSave)
         a[k - K] = h[k];
       else
         out[k % kReadouts] += h[k] * Ct[k];
-    }
+    });
     if constexpr (!kSave) {
       vf y = out[0];
       for (int i = 1; i < kReadouts; ++i) y += out[i];
       Store(block.y + at, first ? y : y + Load(block.y + at));
     }
   }
-#pragma GCC unroll 16
-  for (int k = 0; k < K; ++k) state[k] = h[k];
+  Unrolled<K>([&](auto k) { state[k] = h[k]; });
 }
 
 // The states [s0, s0 + K) of a block over time (backwards with `reverse`), kTile steps at a
@@ -341,8 +357,7 @@ __attribute__((noinline)) void BackwardPass(const Shape& s, const Block& block, 
                                             const vf* saved, float* dBC) {
   const vf* A2 = block.A2 + s0;
   vf g[K], dA[K];
-#pragma GCC unroll 16
-  for (int k = 0; k < K; ++k) g[k] = dA[k] = vf{};
+  Unrolled<K>([&](auto k) { g[k] = dA[k] = vf{}; });
   for (int64_t step = s.length - 1; step >= 0; --step) {
     const int64_t t = Time(s, step, reverse), at = t * block.stride;
     const vf dt = Load(block.delta + at), dyt = Load(block.dy + at), dtu = dt * Load(block.u + at);
@@ -352,25 +367,23 @@ __attribute__((noinline)) void BackwardPass(const Shape& s, const Block& block, 
     const vf *decay = h + K, *h_prev = h - 2 * K;
     LaneSums sums(dBC + (t * s.state + s0) * 2);
     vf ddtu = {}, ddt = {};
-#pragma GCC unroll 16  // whole, or the adjoints would live in memory
-    for (int k = 0; k < K; ++k) {
+    Unrolled<K>([&](auto k) {
       const vf gn = g[k] + dyt * Ct[k];  // dLoss/dh_t
-      sums.Add(gn * dtu);  // dB
-      sums.Add(h[k] * dyt);  // dC
+      sums.Add<2 * decltype(k)::value>(gn * dtu);  // dB
+      sums.Add<2 * decltype(k)::value + 1>(h[k] * dyt);  // dC
       ddtu += gn * Bt[k];
       const vf w = gn * (decay[k] * h_prev[k]);  // dLoss/d(delta_t A)
       ddt += w * A2[k];
       dA[k] += w * dt;
       g[k] = decay[k] * gn;
-    }
-    sums.Finish();
+    });
+    sums.Finish<2 * K>();
     // u again rather than a register held through the states; A2 carries a factor log2(e).
     const vf du = ddtu * dt, ddelta = ddt * kLn2 + ddtu * Load(block.u + at);
     Store(block.du + at, first ? du : du + Load(block.du + at));
     Store(block.ddelta + at, first ? ddelta : ddelta + Load(block.ddelta + at));
   }
-#pragma GCC unroll 16
-  for (int k = 0; k < K; ++k) Store(block.dA + (s0 + k) * s.blocks() * kLanes, dA[k]);
+  Unrolled<K>([&](auto k) { Store(block.dA + (s0 + k) * s.blocks() * kLanes, dA[k]); });
 }
 
 // The backward pass over the blocks [first, last) of batch row b: a block's passes one after

@@ -14,9 +14,9 @@ Sections:
   clips/s, and the memory XLA plans, of AuM at the published recipes' shapes, per scan
   implementation (the C++ kernel per ``--cpu_variants`` target), ``--model_remat`` policy and
   ``--model_mode`` (highest, tensorfloat32, bfloat16), side by side; with the sgemm rate
-  measured in the same run, the train step's matmul FLOPs give an MFU. With ``--original`` (the JSON lines of
-  ``../shared/gpu-anchor/torch_orig.py`` from the same machine) each figure is also given as
-  a ratio to the original PyTorch AuM (bfloat16 against its fp16 AMP).
+  measured in the same run, the train step's matmul FLOPs give an MFU. With ``--original``
+  (the JSON lines of ``../shared/gpu-anchor/torch_orig.py`` from the same machine) each figure
+  is also given as a ratio to the original PyTorch AuM (bfloat16 against its fp16 AMP).
 * ``scaling``: the train step on 1, 2 and 4 simulated CPU devices (one process each) at a
   fixed per-device batch, with the scan kernels partitioned (each device scans its own
   rows, as training runs) and replicated (every device scans the whole batch, as XLA

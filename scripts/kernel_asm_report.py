@@ -81,12 +81,11 @@ def is_stack_vector(instruction: str, stack: re.Pattern) -> tuple[bool, bool]:
 def functions(assembly: str) -> dict[str, list[str]]:
     """Function name -> its instruction and label lines (comments and directives dropped)."""
     names = set(re.findall(r"^\s*\.type\s+([^,\s]+),\s*[@%]function", assembly, re.M))
+    x86 = "%rsp" in assembly  # '#' starts a comment on x86 and an immediate on ARM, where '//' does
     found: dict[str, list[str]] = {}
     current = None
     for raw in assembly.splitlines():
-        line = raw.split("//")[0].strip()  # '#' starts a comment line on x86 and an immediate on ARM
-        if line.startswith("#"):
-            continue
+        line = raw.split("#" if x86 else "//")[0].strip()
         if line.endswith(":") and line[:-1] in names:
             current = line[:-1]
             found[current] = []

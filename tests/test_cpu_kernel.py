@@ -97,9 +97,10 @@ def test_extreme_decays_underflow_like_exp(march):
     np.testing.assert_allclose(got, sequential(u, delta, A, B, C, False), atol=2e-5, rtol=2e-4)
 
 
-def test_variants_report_their_instruction_set_and_load_side_by_side():
+def test_variants_report_their_instruction_set_and_load_side_by_side(monkeypatch):
     """Each build says what it was built for; two builds in one process call their own FFI targets,
     and ``use()`` switches what ``scan_impl="cpu"`` runs, retracing functions traced before."""
+    monkeypatch.delenv(cpu_scan.MARCH_ENV, raising=False)
     native = loaded("native")
     flags = cpu_scan._cpu_flags()
     if X86:
