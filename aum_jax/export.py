@@ -41,8 +41,12 @@ from aum_jax.models import AudioMamba  # noqa: E402
 
 PLATFORMS = ("cpu", "cuda")
 SIDECAR_SUFFIX = ".preprocessing.json"
-# One artifact serves CPU and CUDA: the pure-JAX scan lowers for both, the Triton kernels only for CUDA.
-PORTABLE_SCAN = "sequential"
+# One artifact serves CPU and CUDA: the Pallas/Triton kernels in its CUDA lowering, the
+# sequential scan in its CPU lowering (the C++ kernel is compiled on the serving machine's first use).
+PORTABLE_SCAN = "portable"
+# The Triton kernels' custom call: no compatibility guarantee across jaxlib versions, so an
+# artifact with it must be served by the jaxlib that wrote it (the sidecar records the version).
+TRITON_CALL = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
 
 
 def export_model(model: AudioMamba, batch: int | None = None, platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
@@ -66,7 +70,7 @@ def export_model(model: AudioMamba, batch: int | None = None, platforms: Sequenc
     (dim,) = jax.export.symbolic_shape("batch") if batch is None else (batch,)
     spec = jax.ShapeDtypeStruct((dim, cfg.audio_length, cfg.num_mel_bins), jnp.float32)
     with jax.default_matmul_precision("highest"):  # the original's float32, on every platform.
-        return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
+        return jax.export.export(jax.jit(forward), platforms=tuple(platforms), disabled_checks=[TRITON_CALL])(spec)
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -101,6 +105,7 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
     description = {
         "artifact": output.name,
         "platforms": list(exported.platforms),
+        "jaxlib": jax.lib.__version__,  # a CUDA lowering with the Triton kernels needs this jaxlib to serve it
         "input": {"shape": [batch or "batch", cfg.audio_length, cfg.num_mel_bins], "dtype": "float32",
                   "meaning": "fbank features, normalised as 'preprocessing' says"},
         "output": {"shape": [batch or "batch", cfg.num_classes], "dtype": "float32", "meaning": "logits",
