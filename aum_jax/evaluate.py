@@ -39,25 +39,53 @@ class Outputs:
       logits: ``(N, C)`` float32.
       labels: ``(N, C)`` float32, or None when the batches had none.
       features: ``(N, D)`` pooled features, or None when not asked for.
+      layers: ``(N, K, D)`` the pooled residual stream after the asked blocks, or None.
+      tokens: ``(N, F', T', D)`` the final patch tokens on their grid, or None.
     """
 
     logits: np.ndarray
     labels: np.ndarray | None = None
     features: np.ndarray | None = None
+    layers: np.ndarray | None = None
+    tokens: np.ndarray | None = None
 
 
-@nnx.jit(static_argnames="with_features")
-def _forward(model: AudioMamba, fbank: jax.Array, with_features: bool = False) -> tuple[jax.Array, jax.Array | None]:
-    """Fbank (B, T, F) -> (logits (B, C), pooled features (B, D) or None)."""
+@dataclasses.dataclass(frozen=True)
+class Embed:
+    """What an embedding pass gathers besides the pooled features.
+
+    Attributes:
+      layers: block indices (0-based) whose pooled residual stream to keep.
+      tokens: keep the final patch tokens on their grid.
+    """
+
+    layers: tuple[int, ...] = ()
+    tokens: bool = False
+
+
+@nnx.jit(static_argnames=("with_features", "embed"))
+def _forward(model: AudioMamba, fbank: jax.Array, with_features: bool = False,
+             embed: Embed | None = None) -> dict[str, jax.Array]:
+    """Fbank (B, T, F) -> ``{"logits": (B, C)}``, with ``"features": (B, D)`` if asked; with
+    ``embed`` also ``"layers": (B, K, D)`` and ``"tokens": (B, F', T', D)`` as asked."""
+    if embed is not None:
+        out = model.embed(fbank)
+        rows = {"logits": out["logits"], "features": out["pooled"]}
+        if embed.layers:
+            rows["layers"] = jnp.swapaxes(out["layers"][np.array(embed.layers)], 0, 1)
+        if embed.tokens:
+            rows["tokens"] = out["tokens"]
+        return rows
     if not with_features:
-        return model(fbank), None
+        return {"logits": model(fbank)}
     features = model(fbank, return_features=True)
-    return model.head(features), features
+    return {"logits": model.head(features), "features": features}
 
 
 def forward_pass(
     model: AudioMamba, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
     matmul_precision: str = "highest", *, desc: str = "eval", with_features: bool = False,
+    embed: Embed | None = None,
 ) -> Outputs:
     """Runs ``model`` (in eval mode; it is left so) over ``batches`` of this process.
 
@@ -71,25 +99,26 @@ def forward_pass(
       desc: the progress bar's label (the split's name).
       with_features: also gather the pooled features (a model with a head and pooled
         features).
+      embed: gather the pooled features and what :class:`Embed` asks for (any model).
 
     Returns:
       The gathered :class:`Outputs` of every process's rows, in order.
     """
     model.eval()
-    gathered: dict[str, list[np.ndarray]] = {"logits": [], "labels": [], "features": []}
+    gathered: dict[str, list[np.ndarray]] = {}
     for batch in tqdm(batches, desc=desc, unit="batch", disable=jax.process_index() != 0, leave=False):
         arrays = sharding.global_batch(batch, mesh)
         with jax.set_mesh(mesh), jax.default_matmul_precision(matmul_precision):
-            logits, features = _forward(model, arrays["fbank"], with_features=with_features)
-        rows = {"logits": logits, "labels": arrays.get("label"), "features": features}
-        rows = {k: v for k, v in rows.items() if v is not None}
+            rows = _forward(model, arrays["fbank"], with_features=with_features, embed=embed)
+        if "label" in arrays:
+            rows["labels"] = arrays["label"]
         rows, mask = multihost_utils.process_allgather((rows, arrays["mask"]), tiled=True)
         keep = np.asarray(mask, bool)
         for name, value in rows.items():
-            gathered[name].append(np.asarray(value)[keep])
-    if not gathered["logits"]:  # nothing to run: no rows.
+            gathered.setdefault(name, []).append(np.asarray(value)[keep])
+    if not gathered:  # nothing to run: no rows.
         return Outputs(logits=np.zeros((0, model.config.num_classes), np.float32))
-    return Outputs(**{k: np.concatenate(v) if v else None for k, v in gathered.items()})
+    return Outputs(**{k: np.concatenate(v) for k, v in gathered.items()})
 
 
 def split_metrics(outputs: Outputs, loss: str) -> dict[str, float]:

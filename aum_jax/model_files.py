@@ -117,10 +117,10 @@ def write_error_reason(error: Exception) -> str:
 
 
 def model_directory(path: str | os.PathLike) -> Path:
-    """A model directory, or a training workdir's ``model/``."""
+    """A model directory, or a training workdir's ``model/`` (a workdir has a ``config.json`` too, but no ``params/``)."""
     path = Path(path)
     inside = path / workdir_lib.MODEL_DIR
-    if not (path / CONFIG_FILE).is_file() and (inside / CONFIG_FILE).is_file():
+    if not (path / PARAMS_DIR).is_dir() and (inside / CONFIG_FILE).is_file():
         return inside
     return path
 

@@ -133,8 +133,12 @@ class AudioMamba(nnx.Module):
             tokens = patches
         return self.pos_drop(tokens)
 
-    def encode(self, tokens: jax.Array) -> jax.Array:
-        """Runs the Mamba blocks and the final norm: (B, L, D) -> (B, L, D) float32."""
+    def encode(self, tokens: jax.Array, *, pool_layers: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Runs the Mamba blocks and the final norm: (B, L, D) -> (B, L, D) float32.
+
+        With ``pool_layers`` also returns ``(depth, B, D)``: after each block, the residual
+        stream (what the next block normalises, before any norm) pooled by :meth:`pool`.
+        """
         cfg = self.config
         rates = np.concatenate([drop_path_rates(cfg), [cfg.drop_path_rate]]).astype(np.float32)
         masks = self.drop_path.masks(rates, tokens.shape[0])
@@ -142,28 +146,75 @@ class AudioMamba(nnx.Module):
 
         def body(carry, xs):
             layer_state, keep_mask = xs
-            return nnx.merge(graphdef, layer_state)(*carry, keep_mask), None
+            hidden, residual = nnx.merge(graphdef, layer_state)(*carry, keep_mask)
+            return (hidden, residual), (self.pool(residual + hidden.astype(residual.dtype)) if pool_layers else None)
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=False)
 
         hidden = tokens.astype(cfg.dtype)  # the blocks' output dtype, so the scan carry keeps its type
         residual = jnp.zeros(tokens.shape, jnp.float32 if cfg.residual_in_fp32 else hidden.dtype)
-        (hidden, residual), _ = jax.lax.scan(body, (hidden, residual), (stacked, masks[:-1]))
+        (hidden, residual), layers = jax.lax.scan(body, (hidden, residual), (stacked, masks[:-1]))
         residual = residual + hidden * masks[-1].astype(hidden.dtype)
-        return self.norm_f(residual)
+        return (self.norm_f(residual), layers) if pool_layers else self.norm_f(residual)
+
+    def pool(self, hidden: jax.Array) -> jax.Array:
+        """Tokens (B, L, D) -> (B, D): the cls token (the mean of two), else the config's pool.
+
+        A model pooling by "max" takes its max over the head's outputs; its embedding is the
+        mean of the tokens.
+        """
+        positions = self.cls_positions()
+        if positions:
+            return jnp.mean(jnp.stack([hidden[:, p] for p in positions]), axis=0)
+        return hidden[:, -1] if self.config.pool == "last" else hidden.mean(axis=1)
+
+    def patch_tokens(self, hidden: jax.Array) -> jax.Array:
+        """Tokens (B, L, D) -> the patch tokens on the (frequency, time) grid (B, F', T', D), cls left out."""
+        cfg = self.config
+        keep = np.setdiff1d(np.arange(hidden.shape[1]), self.cls_positions())
+        f_grid, t_grid = cfg.patch_grid
+        patches = hidden[:, keep]
+        if cfg.transpose_token_sequence:  # time-major: (B, T', F', D).
+            return jnp.swapaxes(patches.reshape(hidden.shape[0], t_grid, f_grid, -1), 1, 2)
+        return patches.reshape(hidden.shape[0], f_grid, t_grid, -1)
 
     def features(self, x: jax.Array) -> jax.Array:
         """Fbank (B, T, F) -> pooled features (B, D), or token features (B, L, D) for pool "max"."""
         hidden = self.encode(self.tokens(x))
-        positions = self.cls_positions()
-        if positions:
-            return jnp.mean(jnp.stack([hidden[:, p] for p in positions]), axis=0)
-        if self.config.pool == "mean":
-            return hidden.mean(axis=1)
-        if self.config.pool == "last":
-            return hidden[:, -1]
-        return hidden
+        if self.config.cls_position == "none" and self.config.pool == "max":
+            return hidden
+        return self.pool(hidden)
+
+    def classify(self, features: jax.Array) -> jax.Array:
+        """:meth:`features` -> logits (B, classes): the head (the features themselves without one)."""
+        cfg = self.config
+        logits = self.head(features) if cfg.num_classes > 0 else features
+        if cfg.cls_position == "none" and cfg.pool == "max":
+            logits = logits.max(axis=1)
+        return logits
+
+    def embed(self, x: jax.Array) -> dict[str, jax.Array]:
+        """Fbank features (B, T, F), normalised -> every output of one pass.
+
+        Returns:
+          ``{"logits": (B, classes), "pooled": (B, D)`` the final tokens pooled (the head's
+          input), ``"layers": (depth, B, D)`` each block's residual stream pooled (see
+          :meth:`encode`), ``"tokens": (B, F', T', D)`` the final patch tokens on their grid``}``.
+        """
+        self._check_input(x)
+        hidden, layers = self.encode(self.tokens(x), pool_layers=True)
+        max_pool = self.config.cls_position == "none" and self.config.pool == "max"
+        pooled = self.pool(hidden)
+        return {"logits": self.classify(hidden if max_pool else pooled), "pooled": pooled, "layers": layers,
+                "tokens": self.patch_tokens(hidden)}
+
+    def _check_input(self, x: jax.Array) -> None:
+        cfg = self.config
+        if x.ndim != 3 or x.shape[1:] != (cfg.audio_length, cfg.num_mel_bins):
+            raise ValueError(
+                f"AudioMamba expects (batch, {cfg.audio_length}, {cfg.num_mel_bins}) features, got {x.shape}."
+            )
 
     def __call__(self, x: jax.Array, *, return_features: bool = False) -> jax.Array:
         """Fbank features (B, T, F), normalised -> logits (B, classes), or features (B, D).
@@ -171,18 +222,9 @@ class AudioMamba(nnx.Module):
         Without a head (``num_classes=0``) the features are the output, as the original's
         ``nn.Identity`` head gives.
         """
-        cfg = self.config
-        if x.ndim != 3 or x.shape[1:] != (cfg.audio_length, cfg.num_mel_bins):
-            raise ValueError(
-                f"AudioMamba expects (batch, {cfg.audio_length}, {cfg.num_mel_bins}) features, got {x.shape}."
-            )
-        feats = self.features(x)
-        if return_features:
-            return feats
-        logits = self.head(feats) if cfg.num_classes > 0 else feats
-        if cfg.cls_position == "none" and cfg.pool == "max":
-            logits = logits.max(axis=1)
-        return logits
+        self._check_input(x)
+        features = self.features(x)
+        return features if return_features else self.classify(features)
 
 
 # What a block keeps for its backward pass; the rest (conv, gates, the scan) is recomputed,

@@ -76,12 +76,15 @@ def _batches(rows: Iterable[np.ndarray], batch_size: int) -> Iterator[dict[str, 
 
 
 def run_model(model: AudioMamba, rows: Iterable[np.ndarray], batch_size: int = 32,
-              matmul_precision: str = "highest", with_features: bool = False) -> evaluate.Outputs:
+              matmul_precision: str = "highest", with_features: bool = False,
+              embed: evaluate.Embed | None = None) -> evaluate.Outputs:
     """Feature rows ``(T, F)`` (any iterable, read lazily) -> logits (and pooled features) on one device.
 
-    Runs the evaluation pass (:func:`aum_jax.evaluate.forward_pass`) in fixed-size batches.
-    float32 matmuls run at ``matmul_precision``: "highest" computes as the original; on a GPU
-    "tensorfloat32" is faster and about 1e-3 off.
+    Runs the evaluation pass (:func:`aum_jax.evaluate.forward_pass`) in fixed-size batches,
+    so one compiled program serves any number of rows. float32 matmuls run at
+    ``matmul_precision``: "highest" computes as the original; on a GPU "tensorfloat32" is
+    faster and about 1e-3 off. ``embed`` also gathers the pooled features, and the blocks'
+    pooled states and the patch tokens it asks for (:class:`aum_jax.evaluate.Embed`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch size must be positive, got {batch_size}")
@@ -90,7 +93,7 @@ def run_model(model: AudioMamba, rows: Iterable[np.ndarray], batch_size: int = 3
         raise ValueError("pooled features need a model with a head and pooled features.")
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data_axis": "data", "num_devices": 1}))
     return evaluate.forward_pass(model, _batches(rows, batch_size), mesh, matmul_precision, desc="predict",
-                                 with_features=with_features)
+                                 with_features=with_features, embed=embed)
 
 
 def predict(
@@ -290,6 +293,64 @@ def window_bounds(num_samples: int, sample_rate: int, window_seconds: float, hop
     return bounds
 
 
+class RecordingWindows:
+    """The windows of one recording as model inputs, read from the file a window at a time.
+
+    Each window is treated as a clip of its own (read, resampled, mean removed, fbank,
+    padded to the model's frame count, normalised with ``prep``'s statistics). A context
+    manager: the file stays open until it exits.
+
+    Attributes:
+      starts, ends: ``(W,)`` window bounds in seconds.
+      duration: the recording's length in seconds.
+      sample_rate: the file's rate in Hz.
+
+    Raises:
+      ValueError: a window longer than the model's input, or a non-positive window or hop.
+      AudioLoadError: the file cannot be read.
+    """
+
+    def __init__(self, prep: preprocessing.Preprocessing, path: str, window_seconds: float | None = None,
+                 hop_seconds: float | None = None, channel: str = "first"):
+        model_window = prep.window_seconds
+        window_seconds = window_seconds or model_window
+        if window_seconds > model_window + 1e-6:
+            raise ValueError(f"--window-seconds {window_seconds} is longer than the model's input of "
+                             f"{model_window:g} s")
+        self._prep, self._path, self._channel = prep, path, channel
+        self._file = audio.open_audio(path)
+        self.sample_rate = self._file.sample_rate
+        self.duration = self._file.num_samples / self.sample_rate
+        try:
+            self._bounds = window_bounds(self._file.num_samples, self.sample_rate, window_seconds,
+                                         hop_seconds or window_seconds)
+        except ValueError:
+            self._file.close()
+            raise
+        self.starts = np.array([s for s, _ in self._bounds], np.float64) / self.sample_rate
+        self.ends = np.array([e for _, e in self._bounds], np.float64) / self.sample_rate
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Each window's features ``(target_length, num_mel_bins)``; a recording shorter than one frame raises."""
+        for start, end in self._bounds:
+            try:
+                yield self._prep.features(_mono(self._file.read(start, end), self._channel), self.sample_rate)
+            except preprocessing.MissingStatisticsError:
+                raise
+            except ValueError as e:  # a recording shorter than one frame.
+                raise ValueError(f"{self._path}: {e}") from e
+
+    def names(self) -> list[str]:
+        """``"FILE at S-E s"`` of each window, for messages."""
+        return [f"{self._path} at {s:.2f}-{e:.2f} s" for s, e in zip(self.starts, self.ends)]
+
+    def __enter__(self) -> RecordingWindows:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._file.close()
+
+
 def classify_recording(
     model: AudioMamba,
     prep: preprocessing.Preprocessing,
@@ -303,10 +364,8 @@ def classify_recording(
 ) -> Timeline:
     """Slides the model's window over a whole recording and scores every window.
 
-    Each window is treated as a clip of its own (read from the file, resampled, mean
-    removed, fbank, padded to the model's frame count, normalised with ``prep``'s
-    statistics). Windows are read and featurised a batch at a time: memory stays that of
-    one batch, however long the recording.
+    Windows are read and featurised a batch at a time (:class:`RecordingWindows`): memory
+    stays that of one batch, however long the recording.
 
     Args:
       model: the model.
@@ -327,28 +386,8 @@ def classify_recording(
       AudioLoadError: the file cannot be read.
       NonFiniteOutputError: the model gave NaN or Inf logits (the windows are named).
     """
-    model_window = prep.window_seconds
-    window_seconds = window_seconds or model_window
-    if window_seconds > model_window + 1e-6:
-        raise ValueError(f"--window-seconds {window_seconds} is longer than the model's input of {model_window:g} s")
-    hop_seconds = hop_seconds or window_seconds
-    with audio.open_audio(path) as f:
-        sample_rate = f.sample_rate
-        bounds = window_bounds(f.num_samples, sample_rate, window_seconds, hop_seconds)
-
-        def windows() -> Iterator[np.ndarray]:
-            for start, end in bounds:
-                try:
-                    yield prep.features(_mono(f.read(start, end), channel), sample_rate)
-                except preprocessing.MissingStatisticsError:
-                    raise
-                except ValueError as e:  # a recording shorter than one frame.
-                    raise ValueError(f"{path}: {e}") from e
-
-        logits = run_model(model, windows(), batch_size, matmul_precision).logits
-        duration = f.num_samples / sample_rate
-    starts = np.array([s for s, _ in bounds], np.float64) / sample_rate
-    ends = np.array([e for _, e in bounds], np.float64) / sample_rate
-    require_finite(logits, [f"{path} at {s:.2f}-{e:.2f} s" for s, e in zip(starts, ends)])
-    return Timeline(path, duration, starts, ends, scores(logits, prep.score), prep.score,
-                    class_names(prep, logits.shape[1]), sample_rate)
+    with RecordingWindows(prep, path, window_seconds, hop_seconds, channel) as windows:
+        logits = run_model(model, windows, batch_size, matmul_precision).logits
+    require_finite(logits, windows.names())
+    return Timeline(path, windows.duration, windows.starts, windows.ends, scores(logits, prep.score), prep.score,
+                    class_names(prep, logits.shape[1]), windows.sample_rate)

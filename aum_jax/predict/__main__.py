@@ -17,6 +17,13 @@ window; save it as JSON and as a heat map:
   python -m aum_jax.predict --model-dir MODEL_DIR --audio long.wav \\
       --window-seconds 1 --hop-seconds 0.5 --json timeline.json --plot timeline.png
 
+Embeddings for downstream work: per file (per window with --window-seconds), the pooled
+embedding (the vector the head reads), with --layers the pooled hidden state after the chosen
+blocks, with --tokens the final tokens on the (frequency, time) patch grid, in one .npz:
+
+  python -m aum_jax.predict --model-dir MODEL_DIR --audio a.wav long.flac \\
+      --embeddings out.npz [--layers all|0,5,11] [--tokens] [--window-seconds 1]
+
 On features:
 
   python -m aum_jax.predict --model-dir MODEL_DIR --features X.npy --save-logits Y.npy \\
@@ -48,7 +55,7 @@ from absl import app, flags, logging  # noqa: E402
 from aum_jax import audio, model_files, predict, preprocessing  # noqa: E402
 from aum_jax.datasets import load_label_csv  # noqa: E402
 from aum_jax.ops import SCAN_IMPLS  # noqa: E402
-from aum_jax.predict import plot  # noqa: E402
+from aum_jax.predict import embeddings, plot  # noqa: E402
 
 
 def parse_flags(argv: list[str]) -> argparse.Namespace:
@@ -77,6 +84,12 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hop-seconds", type=float, help="--audio: spacing of the windows (default: the window length)")
     parser.add_argument("--json", help="--audio: write the per-file, per-window top-k scores to this JSON file")
     parser.add_argument("--plot", help="--audio: draw a heat map of the top classes over time to this PNG")
+    parser.add_argument("--embeddings", help="--audio: write the embeddings per file (per window with "
+                        "--window-seconds) to this .npz instead of printing scores")
+    parser.add_argument("--layers", help="--embeddings: also the pooled hidden state after these blocks: 'all' or "
+                        "0-based indices such as 0,5,11")
+    parser.add_argument("--tokens", action="store_true", help="--embeddings: also the final tokens on the "
+                        "(frequency, time) patch grid, for a frame-level head")
     parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
@@ -89,6 +102,11 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
         parser.error("--window-seconds, --hop-seconds, --json and --plot work with --audio")
     if (args.window_seconds or args.hop_seconds) and (args.save_logits or args.save_features):
         parser.error("--save-logits and --save-features take whole clips; use --json for windows")
+    if (args.layers or args.tokens) and not args.embeddings:
+        parser.error("--layers and --tokens go with --embeddings")
+    if args.embeddings and (args.features or args.json or args.plot or args.save_logits or args.save_features):
+        parser.error("--embeddings takes --audio and writes its own rows; --json, --plot, --save-logits and "
+                     "--save-features work without it")
     return args
 
 
@@ -182,6 +200,22 @@ def _run_features(args: argparse.Namespace, model, prep) -> int:
     return 0
 
 
+def _run_embeddings(args: argparse.Namespace, model, prep) -> int:
+    layers = embeddings.parse_layers(args.layers, model.config.depth)
+    rows = embeddings.embed_files(model, prep, args.audio, window_seconds=args.window_seconds,
+                                  hop_seconds=args.hop_seconds, layers=layers, tokens=args.tokens,
+                                  batch_size=args.batch_size, matmul_precision=args.matmul_precision,
+                                  channel=args.channel)
+    for reason in rows.skipped.values():
+        print(f"warning: skipped {reason}", file=sys.stderr)
+    rows.save(args.embeddings)
+    shapes = ", ".join(f"{name} {tuple(array.shape)}" for name, array in
+                       (("embedding", rows.embedding), ("layers", rows.layers), ("tokens", rows.tokens))
+                       if array is not None)
+    print(f"Wrote {args.embeddings}: {len(rows.files)} rows of {len(set(rows.files))} files; {shapes}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     if args.features and not os.path.isfile(args.features):
         print(f"error: features file {args.features} does not exist", file=sys.stderr)
@@ -192,6 +226,8 @@ def main(args: argparse.Namespace) -> int:
         model = model_files.load_model(model_dir, **overrides)
         cfg = model.config
         prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)
+        if args.embeddings:
+            return _run_embeddings(args, model, prep)
         return _run_audio(args, model, prep) if args.audio else _run_features(args, model, prep)
     except (OSError, ValueError) as e:  # AudioLoadError and ModelDirectoryError among them.
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -1,0 +1,183 @@
+"""Embeddings of audio files for downstream work: pooled vectors, hidden states, patch tokens.
+
+One row per file (its first window, as :func:`aum_jax.predict.classify_clips` scores it), or
+one per window of each file (``window_seconds``), each from one pass of the model:
+
+- ``embedding`` ``(N, D)``: the final tokens after the last norm, pooled as the model pools
+  (the cls token for AuM's models): the vector its head reads.
+- ``layers`` ``(N, K, D)``: for each asked block, the residual stream after it (what the
+  next block reads, before its norm), pooled the same way.
+- ``tokens`` ``(N, F', T', D)``: the final tokens on the (frequency, time) patch grid, cls
+  left out, for a frame-level head; ``token_times`` ``(T',)`` are the time patches' centres
+  in seconds from the window's start.
+
+In Python::
+
+  from aum_jax.predict import embeddings
+  rows = embeddings.embed_files(model, prep, ["a.wav", "long.flac"], window_seconds=1.0, layers=(0, 1),
+                                tokens=True)
+  rows.embedding, rows.layers, rows.tokens, rows.files, rows.starts
+  rows.save("out.npz")
+
+Rows are run in fixed-size batches through the evaluation pass, so the model is compiled
+once per batch shape and set of outputs, whatever the number of files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from aum_jax import audio, evaluate, kaldi, preprocessing
+from aum_jax.models import AudioMamba
+from aum_jax.predict import RecordingWindows, _ClipReader, _shown, check_features, require_finite, run_model
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """Embeddings of files or windows, one row each (see the module docstring).
+
+    Attributes:
+      files: ``(N,)`` the file of each row.
+      starts, ends: ``(N,)`` the row's window in seconds within its file.
+      embedding: ``(N, D)`` float32.
+      logits: ``(N, C)`` the head's outputs of the same pass.
+      layer_indices: ``(K,)`` the blocks (0-based) of ``layers``.
+      layers: ``(N, K, D)``, or None when no block was asked for.
+      tokens: ``(N, F', T', D)``, or None when not asked for.
+      token_times: ``(T',)`` centres of the time patches in seconds from a window's start.
+      skipped: ``{file: reason}`` of the files that could not be read.
+    """
+
+    files: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    embedding: np.ndarray
+    logits: np.ndarray
+    layer_indices: np.ndarray
+    layers: np.ndarray | None
+    tokens: np.ndarray | None
+    token_times: np.ndarray
+    skipped: dict[str, str]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes every array (the ones not asked for left out) to the ``.npz`` file ``path``, as named."""
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "skipped"}
+        with open(path, "wb") as f:  # np.savez would append ".npz" to another name.
+            np.savez(f, **{k: v for k, v in arrays.items() if v is not None})
+
+
+def parse_layers(spec: str | None, depth: int) -> tuple[int, ...]:
+    """``"all"`` or ``"i,j,k"`` (0-based block indices) -> a tuple of indices; None or "" -> ().
+
+    Raises:
+      ValueError: an index that is not a whole number in ``[0, depth)``.
+    """
+    if not spec:
+        return ()
+    if spec.strip() == "all":
+        return tuple(range(depth))
+    try:
+        layers = tuple(int(part) for part in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--layers {spec!r}: use 'all' or block indices such as 0,5,11") from None
+    outside = [i for i in layers if not 0 <= i < depth]
+    if outside:
+        raise ValueError(f"--layers {spec!r}: the model has blocks 0..{depth - 1}, not {_shown(outside)}")
+    return layers
+
+
+def _frame_step_ms(prep: preprocessing.Preprocessing) -> float:
+    return prep.epic_hop_ms if prep.feature == "epic_logmel" else prep.frame_shift_ms
+
+
+def time_patch_centres(model: AudioMamba, prep: preprocessing.Preprocessing) -> np.ndarray:
+    """``(T',)`` the centre of each time patch of a model input, in seconds from its first sample.
+
+    A patch spans frames ``t * stride`` to ``t * stride + patch - 1``; a Kaldi frame ``k``
+    covers ``[k * shift, k * shift + 25 ms)``, an EPIC-Sounds frame is centred on ``k * hop``.
+    """
+    cfg = model.config
+    (_, patch), (_, stride) = cfg.patch_size, cfg.strides
+    centre_frames = np.arange(cfg.patch_grid[1]) * stride + (patch - 1) / 2
+    frame_centre_ms = 0.0 if prep.feature == "epic_logmel" else kaldi.FRAME_LENGTH_MS / 2
+    return (centre_frames * _frame_step_ms(prep) + frame_centre_ms) / 1000.0
+
+
+def time_patch_span(model: AudioMamba, prep: preprocessing.Preprocessing) -> float:
+    """Seconds from a window's first time patch to the first one of a window that continues its grid:
+    ``T' * stride`` frames (the whole input when the patches do not overlap)."""
+    cfg = model.config
+    return cfg.patch_grid[1] * cfg.strides[1] * _frame_step_ms(prep) / 1000.0
+
+
+def embed_features(model: AudioMamba, features: np.ndarray, *, layers: Sequence[int] = (), tokens: bool = False,
+                   batch_size: int = 32, matmul_precision: str = "highest") -> evaluate.Outputs:
+    """Model inputs ``(B, T, F)`` -> :class:`aum_jax.evaluate.Outputs` with ``features`` ``(B, D)``,
+    ``layers`` ``(B, K, D)`` and ``tokens`` ``(B, F', T', D)`` as asked.
+
+    Raises:
+      ValueError: a wrong shape, zero rows, or rows with NaN or Inf (named).
+    """
+    features = np.asarray(features, np.float32)
+    check_features(features, (model.config.audio_length, model.config.num_mel_bins))
+    return run_model(model, features, batch_size, matmul_precision, embed=evaluate.Embed(tuple(layers), tokens))
+
+
+def _rows(model: AudioMamba, prep: preprocessing.Preprocessing, outputs: evaluate.Outputs, files: list[str],
+          starts: list[float], ends: list[float], layers: tuple[int, ...], skipped: dict[str, str]) -> Embeddings:
+    require_finite(outputs.features, [f"{f} at {s:.2f}-{e:.2f} s" for f, s, e in zip(files, starts, ends)])
+    return Embeddings(np.array(files), np.array(starts, np.float64), np.array(ends, np.float64), outputs.features,
+                      outputs.logits, np.array(layers, np.int64), outputs.layers, outputs.tokens,
+                      time_patch_centres(model, prep), skipped)
+
+
+def embed_files(
+    model: AudioMamba, prep: preprocessing.Preprocessing, paths: Sequence[str], *,
+    window_seconds: float | None = None, hop_seconds: float | None = None, layers: Sequence[int] = (),
+    tokens: bool = False, batch_size: int = 32, matmul_precision: str = "highest", channel: str = "first",
+) -> Embeddings:
+    """The embeddings of audio files: one row per file, or per window with ``window_seconds``/``hop_seconds``.
+
+    A file that cannot be read (or is shorter than one fbank frame) is skipped and named in
+    ``skipped``; when no file is left the call raises.
+
+    Raises:
+      ValueError: no file could be read (the reasons are named), a window longer than the
+        model's input.
+      MissingStatisticsError: ``prep`` has no normalisation statistics.
+      NonFiniteOutputError: NaN or Inf embeddings (the rows are named).
+    """
+    layers = tuple(layers)
+    embed = evaluate.Embed(layers, tokens)
+    if not (window_seconds or hop_seconds):
+        reader = _ClipReader(paths, prep, channel)
+        outputs = run_model(model, reader, batch_size, matmul_precision, embed=embed)
+        if not reader.read:
+            raise ValueError("no file could be read: " + "; ".join(reader.skipped.values()))
+        files = [path for path, _, _ in reader.read]
+        ends = [min(duration, prep.window_seconds) for _, duration, _ in reader.read]
+        return _rows(model, prep, outputs, files, [0.0] * len(files), ends, layers, reader.skipped)
+    parts, files, starts, ends, skipped = [], [], [], [], {}
+    for path in paths:
+        try:
+            with RecordingWindows(prep, path, window_seconds, hop_seconds, channel) as windows:
+                parts.append(run_model(model, windows, batch_size, matmul_precision, embed=embed))
+        except preprocessing.MissingStatisticsError:
+            raise
+        except (ValueError, audio.AudioLoadError) as e:
+            if "longer than the model's input" in str(e):
+                raise
+            skipped[path] = str(e) if path in str(e) else f"{path}: {e}"
+            continue
+        files += [path] * len(windows.starts)
+        starts += list(windows.starts)
+        ends += list(windows.ends)
+    if not parts:
+        raise ValueError("no file could be read: " + "; ".join(skipped.values()))
+    joined = {f.name: [getattr(p, f.name) for p in parts] for f in dataclasses.fields(evaluate.Outputs)}
+    outputs = evaluate.Outputs(**{k: None if v[0] is None else np.concatenate(v) for k, v in joined.items()})
+    return _rows(model, prep, outputs, files, starts, ends, layers, skipped)
