@@ -15,6 +15,7 @@ Sources:
   (ArrayRecord), e.g. ``speech_commands``.
 * :class:`EpicSoundsSource` -- EPIC-Sounds segments cut from the per-video audio
   arrays of one HDF5 file, as listed in an annotation CSV.
+* :class:`aum_jax.folder_source.FolderSource` -- a folder of clips, one class per folder.
 
 :func:`make_source` builds the source named by a data config (``configs/data.py``).
 """
@@ -22,16 +23,16 @@ Sources:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import ml_collections
 import numpy as np
 
-from aum_jax import audio
+from aum_jax import audio, folder_source
+from aum_jax.records import AudioSource, ClipRecord, RecordList
 
 __all__ = [
     "AudioSource",
@@ -45,42 +46,6 @@ __all__ = [
     "timestamp_to_seconds",
     "write_datafile",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipRecord:
-    """One clip of a source.
-
-    Attributes:
-      key: what names the clip in messages: a file path, ``name/split/index`` for TFDS,
-        ``video_id/annotation_id`` for EPIC-Sounds.
-      labels: class indices of the clip (one or more; repeats allowed).
-    """
-
-    key: str
-    labels: tuple[int, ...]
-
-
-class AudioSource(Protocol):
-    """What the input pipeline needs from a source."""
-
-    num_classes: int
-    random_crops: bool  # load_audio's rng draws a random crop: a clip's audio differs between epochs.
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> ClipRecord: ...
-
-    def load_audio(
-        self, index: int, rng: np.random.Generator | None
-    ) -> tuple[np.ndarray, int]:
-        """Decodes clip ``index``: ``((channels, samples) float32, sample_rate)``.
-
-        ``rng`` drives random temporal crops (EPIC-Sounds training); ``None`` asks for
-        the deterministic evaluation crop. Raises :class:`aum_jax.audio.AudioLoadError`
-        naming the clip when it cannot be read.
-        """
-        ...
 
 
 def load_label_csv(label_csv: str | os.PathLike) -> tuple[dict[str, int], list[str]]:
@@ -135,19 +100,7 @@ def write_datafile(path: str | os.PathLike, entries: Sequence[tuple[str, Sequenc
     os.replace(staging, path)
 
 
-class _RecordList:
-    """Random access to a list of :class:`ClipRecord` built by the subclass in ``_records``."""
-
-    _records: list[ClipRecord]
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> ClipRecord:
-        return self._records[index]
-
-
-class DatafileSource(_RecordList):
+class DatafileSource(RecordList):
     """The AST/AuM JSON datafile with its label CSV.
 
     Relative ``wav`` paths resolve against the JSON file's folder. Every label id is
@@ -263,7 +216,7 @@ def timestamp_to_seconds(timestamp: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + int(whole) + float(millis or 0) / 1000
 
 
-class EpicSoundsSource(_RecordList):
+class EpicSoundsSource(RecordList):
     """EPIC-Sounds: labelled segments of the per-video audio in one HDF5 file.
 
     The HDF5 file holds one 1-D dataset per ``video_id`` (24 kHz samples). The
@@ -363,12 +316,13 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def split_key(config: ml_collections.ConfigDict, split: str) -> str:
-    """The data-config key naming ``split``: ``<split>_datafile``, ``tfds_<split>_split`` or
-    ``epic_<split>_annotations``."""
+    """The data-config key naming ``split``: ``<split>_datafile``, ``tfds_<split>_split``,
+    ``epic_<split>_annotations`` or (every split) ``folder``."""
     key = {
         "datafile": f"{split}_datafile",
         "tfds": f"tfds_{split}_split",
         "epic_sounds": f"epic_{split}_annotations",
+        "folder": "folder",
     }.get(config.source)
     if key is None:
         raise ValueError(f"unknown data source {config.source!r}")
@@ -385,7 +339,7 @@ def check_files(config: ml_collections.ConfigDict, splits: Sequence[str]) -> Non
     for split in splits:
         key = split_key(config, split)
         if config.source != "tfds" and config.get(key):
-            what = "annotation list" if config.source == "epic_sounds" else "datafile"
+            what = {"epic_sounds": "annotation list", "folder": "clip folder"}.get(config.source, "datafile")
             needed.append((key, config[key], f"{split} {what}"))
     if config.source == "datafile" and config.get("label_csv"):
         needed.append(("label_csv", config.label_csv, "label list"))
@@ -423,6 +377,9 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> AudioSource:
         raise ValueError(f"{config.name}: no {split!r} split (config.{key} is unset)")
     if kind == "datafile":
         source: AudioSource = DatafileSource(config[key], config.label_csv)
+    elif kind == "folder":
+        layout = folder_source.scan(config.folder, config.folder_fractions, config.folder_extensions)
+        source = folder_source.FolderSource(layout, split)
     elif kind == "tfds":
         source = TfdsSource(
             config.tfds_name, config[key], config.tfds_data_dir or None

@@ -3,6 +3,7 @@
   python -m aum_jax.main --config=configs/demo.py --workdir=/tmp/aum_demo
   python -m aum_jax.main --config=configs/audioset.py:small_imgnet --workdir=DIR --config.train.num_steps=1000
   python -m aum_jax.main --config=configs/demo.py --workdir=/tmp/aum_demo --mode=eval
+  python -m aum_jax.main --config=configs/folder.py --config.data.folder=PATH --workdir=DIR   # your own clips
 
 Every setting lives in the config file (print it with ``--config=... --mode=print``);
 ``--config.<path>=<value>`` overrides any of them. Training resumes by itself from the
@@ -41,8 +42,8 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from aum_jax import (  # noqa: E402
-    batching, config_checks, confusion, datasets, demo_data, divergence, evaluate, model_files, preprocessing,
-    run_checkpoints, sharding, train,
+    batching, config_checks, confusion, datasets, demo_data, divergence, evaluate, folder_setup, folder_source,
+    model_files, preprocessing, run_checkpoints, sharding, train,
 )
 from aum_jax import workdir as workdir_lib  # noqa: E402
 from aum_jax.models import AudioMamba, AuMConfig, init_model  # noqa: E402
@@ -183,6 +184,7 @@ CLEAN_EXITS = (
     run_checkpoints.CheckpointMismatchError,
     run_checkpoints.CheckpointWriteError,
     model_files.ModelDirectoryError,
+    folder_source.FolderError,
 )
 
 
@@ -212,9 +214,12 @@ def main(argv: list[str]) -> None:
     is_main = jax.process_index() == 0
     try:
         config_checks.check_workdir(workdir)
+        folder = folder_setup.configure(config, workdir) if config.data.source == "folder" else None
         config_checks.check(config, _MODE.value)  # before anything is written.
         if config.get("demo") and config.demo.generate:
             prepare_demo_data(config)
+        if folder is not None:
+            folder_setup.prepare(config, workdir, folder)
         datasets.check_files(config.data, splits_to_check(config, _MODE.value))
         if _MODE.value == "eval":
             reports = run_eval(config, workdir)

@@ -32,7 +32,7 @@ def defaults() -> ml_collections.ConfigDict:
     """Every knob of the input pipeline, at the original run.py default."""
     c = ml_collections.ConfigDict()
     c.name = ""
-    c.source = "datafile"  # "datafile" (JSON + label CSV), "tfds" or "epic_sounds".
+    c.source = "datafile"  # "datafile" (JSON + label CSV), "tfds", "epic_sounds" or "folder" (configs/folder.py).
     c.train_datafile = ""  # JSON datafile of the training split.
     c.validation_datafile = ""  # JSON datafile of the validation split, evaluated during training (--data-val).
     c.eval_datafile = c.get_ref("validation_datafile")  # the old spelling of validation_datafile.
@@ -81,6 +81,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.epic_eval_annotations = c.get_ref("epic_validation_annotations")  # the old spelling of epic_validation_annotations.
     c.epic_sample_rate = c.get_ref("sample_rate")  # the old spelling of sample_rate (EPIC: the HDF5 audio's 24 kHz).
     c.epic_clip_secs = 10.0  # EPIC crop length: audio_length / 100 seconds.
+    c.folder = ""  # source "folder": ROOT/<class>/<clip>, or ROOT/{train,validation,test}/<class>/<clip> (not in the original).
+    c.folder_fractions = (0.8, 0.1, 0.1)  # train, validation, test shares of a folder without split folders, by a hash of each path.
+    c.folder_extensions = ("wav", "flac", "ogg", "mp3", "opus", "m4a", "aiff", "aif")  # what counts as a clip in a folder (any case).
+    c.folder_max_audio_length = 1024  # audio_length 0 with a folder: the longest training clip's frames, at most this (10.24 s).
+    c.stats_batch_size = 1000  # clips per batch of the fbank statistics of a folder's training split (get_norm_stats.py's).
     return c
 
 
