@@ -348,7 +348,9 @@ def test_auto_trains_with_the_cpu_kernel_on_cpu():
     config = AuMConfig(embed_dim=32, depth=3, num_classes=4, num_mel_bins=32, audio_length=64, bimamba_type="v1")
     eqns = list(_eqns(_model_grad_jaxpr(config)))
     targets = [e.params["target_name"] for e in eqns if e.primitive.name == "ffi_call"]
-    assert targets.count("aum_scan_cpu_fwd") >= 2 and targets.count("aum_scan_cpu_bwd") == 2  # two directions
+    kind = lambda name: name.split("_")[3]  # aum_scan_cpu_fwd[_<march>]: any build of AUM_JAX_CPU_MARCH
+    kinds = [kind(t) for t in targets if t.startswith("aum_scan_cpu_")]
+    assert kinds.count("fwd") >= 2 and kinds.count("bwd") == 2  # two directions
     loops = [e for e in eqns if e.primitive.name in ("scan", "while")]
     assert loops and all(e.primitive.name == "scan" and e.params["length"] == config.depth for e in loops)
 
@@ -362,7 +364,7 @@ def test_dots_scan_remat_keeps_the_readouts_and_skips_the_forward_rerun():
     for remat in ("dots", "dots_scan"):
         config = AuMConfig(**base, remat=remat)
         targets = [e.params["target_name"] for e in _eqns(_model_grad_jaxpr(config)) if e.primitive.name == "ffi_call"]
-        counts[remat] = targets.count("aum_scan_cpu_fwd")
+        counts[remat] = sum(t.startswith("aum_scan_cpu_fwd") for t in targets)
         model = AudioMamba(config, rngs=nnx.Rngs(0))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         x = jax.random.normal(jax.random.key(1), (2, config.audio_length, config.num_mel_bins))
