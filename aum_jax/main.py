@@ -42,7 +42,7 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from aum_jax import (  # noqa: E402
-    batching, config_checks, confusion, datasets, demo_data, divergence, evaluate, folder_setup, folder_source,
+    batching, config_checks, confusion, convert, datasets, demo_data, divergence, evaluate, folder_setup, folder_source,
     model_files, preprocessing, run_checkpoints, sharding, train,
 )
 from aum_jax import workdir as workdir_lib  # noqa: E402
@@ -185,6 +185,7 @@ CLEAN_EXITS = (
     run_checkpoints.CheckpointWriteError,
     model_files.ModelDirectoryError,
     folder_source.FolderError,
+    convert.CheckpointError,
 )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from aum_jax import model_files
+from aum_jax import model_files, preprocessing
 from aum_jax.convert import (
     HEAD_KEYS, PATCH_KEY, POS_EMBED_KEY, SEARCH_NUM_MEL_BINS, VIM_POS_EMBED_KEY, CheckpointError, StateDict,
     expected_torch_shapes, infer_audio_length, load_torch_params, natural_key, read_torch_checkpoint, require_key,
@@ -84,6 +84,7 @@ class SourceLayout:
     cls_position: str = "middle"  # ViM: where the cls entries sit inside pos_embed
     strides: tuple[int, int] | None = None  # AuM: the source's strides (default: its patch size)
     num_mel_bins: int = SEARCH_NUM_MEL_BINS  # AuM: the source's mel bins
+    audio_length: int | None = None  # AuM: the source's frames (default: inferred from its pos_embed)
 
 
 def detect_source_kind(state: StateDict) -> str:
@@ -112,7 +113,8 @@ def _aum_pos_embed(state: StateDict, target: AuMConfig, layout: SourceLayout) ->
     pos = state.pop(POS_EMBED_KEY)
     patch = tuple(state[PATCH_KEY].shape[-2:])
     strides = layout.strides or patch
-    frames = infer_audio_length(pos.shape[1] - target.num_cls_tokens, patch, strides, layout.num_mel_bins)
+    frames = layout.audio_length or infer_audio_length(pos.shape[1] - target.num_cls_tokens, patch, strides,
+                                                       layout.num_mel_bins)
     source = AuMConfig(num_mel_bins=layout.num_mel_bins, audio_length=frames, patch_size=patch, strides=strides)
     return pos, source.patch_grid
 
@@ -166,7 +168,24 @@ def init_from_source(
     return model
 
 
-def init_from_pretrained(path: str | os.PathLike, target: AuMConfig, init: Any, *, seed: int = 0) -> AudioMamba:
+def match_head(state: StateDict, source_names: Sequence[str], target_names: Sequence[str]) -> None:
+    """Puts the source head's rows in the order of the target's classes when both name the same
+    classes; drops the head (a fresh one is initialised) when they name others."""
+    if not source_names or not target_names or list(source_names) == list(target_names) or "head.weight" not in state:
+        return
+    if sorted(source_names) == sorted(target_names) and len(set(source_names)) == len(source_names):
+        order = [list(source_names).index(name) for name in target_names]
+        for key in HEAD_KEYS:
+            state[key] = state[key][order]
+        logging.info("The source's head is kept, its classes put in the target's order.")
+        return
+    for key in HEAD_KEYS:
+        state.pop(key, None)
+    logging.info("The source's classes are not the target's: a fresh head is initialised.")
+
+
+def init_from_pretrained(path: str | os.PathLike, target: AuMConfig, init: Any, *, seed: int = 0,
+                         class_names: Sequence[str] = ()) -> AudioMamba:
     """A new ``target`` model from a pretrained source: a ``.pth`` (ViM or AuM) or an
     aum-jax model directory, through :func:`init_from_source` either way.
 
@@ -176,13 +195,18 @@ def init_from_pretrained(path: str | os.PathLike, target: AuMConfig, init: Any, 
       init: ``config.init`` (``kind``, ``vim_cls_position``, ``source_strides``,
         ``source_num_mel_bins``), used for a ``.pth`` whose shapes cannot tell.
       seed: initialisation of the parameters the source does not provide.
+      class_names: the target's classes; a model directory naming its own keeps its head
+        only for the same classes (:func:`match_head`).
     """
     path = os.path.expanduser(os.fspath(path))
     logging.info("Initialising from %s", path)
     if os.path.isdir(path):
         source = model_files.load_model(path)
         state = torch_state_dict(source)
-        layout = SourceLayout(kind="aum", strides=source.config.strides, num_mel_bins=source.config.num_mel_bins)
+        source_prep = preprocessing.load(path)
+        match_head(state, source_prep.class_names if source_prep else (), class_names)
+        layout = SourceLayout(kind="aum", strides=source.config.strides, num_mel_bins=source.config.num_mel_bins,
+                              audio_length=source.config.audio_length)
     else:
         state = read_torch_checkpoint(path)
         layout = SourceLayout(

@@ -286,7 +286,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
     if restored_from:
         writer.write_scalars(step, {"train/restored_from_step": restored_from})
     elif config.init.checkpoint:  # a new run starts from a pretrained source.
-        source = pretrained.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed)
+        source = pretrained.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed,
+                                                 class_names=preprocessing.for_training(config).class_names)
         nnx.update(model, sharding.replicate(nnx.state(source, nnx.Param), mesh))
     model.train()
     results = _Results(config, workdir, mesh, writer)

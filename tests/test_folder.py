@@ -16,9 +16,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from aum_jax import demo_data, export, folder_setup, folder_source, hear, input_pipeline, norm_stats, predict, preprocessing
+from aum_jax import (
+    convert, demo_data, export, folder_setup, folder_source, hear, input_pipeline, norm_stats, predict, preprocessing,
+    pretrained,
+)
 from aum_jax.configs import folder as folder_config
-from aum_jax.model_files import load_model
+from aum_jax.model_files import load_model, save_model
+from aum_jax.models import AuMConfig, init_model
+from aum_jax.preprocessing import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16_000
@@ -86,6 +91,49 @@ def test_missing_folder_and_bad_fractions(tmp_path):
         folder_source.scan(tmp_path / "nope", FRACTIONS, EXTENSIONS)
     with pytest.raises(folder_source.FolderError, match="add up to 1"):
         folder_source.scan(tmp_path, (0.8, 0.3, 0.1), EXTENSIONS)
+
+
+def test_fine_tuning_takes_the_model_and_features_of_a_converted_model(tmp_path, fixtures_dir):
+    source = convert.convert(convert.read_torch_checkpoint(fixtures_dir / "aum_torch/tiny_fobi/state_dict.pth"))
+    prep = Preprocessing(num_mel_bins=128, target_length=128, mean=-4.27, std=4.57, loss="BCE",
+                         class_names=tuple(f"c{i}" for i in range(10)))
+    save_model(source, tmp_path / "converted", preprocessing=prep)
+    touch(tmp_path / "clips", *(f"{c}/{i}.wav" for c in ("a", "b") for i in range(20)))
+    config = folder_config.get_config()
+    config.data.folder, config.init.checkpoint = str(tmp_path / "clips"), str(tmp_path / "converted")
+    folder_setup.configure(config, tmp_path / "work")
+    model_config = AuMConfig.from_dict(config.model.to_dict())
+    assert model_config == source.config.replace(num_classes=2, scan_impl=model_config.scan_impl,
+                                                 remat=model_config.remat)  # a 4-block Fo-Bi on 128 x 128.
+    model = pretrained.init_from_pretrained(config.init.checkpoint, model_config, config.init)
+    np.testing.assert_array_equal(model.layers.mixer.in_proj.kernel[...], source.layers.mixer.in_proj.kernel[...])
+    assert model.head.kernel.shape == (192, 2)  # a fresh head for the folder's two classes.
+    # With as many classes, the head is kept for the same names, its rows in the target's order.
+    names = [f"c{i}" for i in range(10)]
+    same = pretrained.init_from_pretrained(config.init.checkpoint, source.config, config.init, class_names=names[::-1])
+    np.testing.assert_array_equal(same.head.kernel[...], source.head.kernel[...][:, ::-1])
+
+
+def test_a_source_head_is_kept_only_for_the_same_classes():
+    head = {"head.weight": np.arange(6.0).reshape(3, 2), "head.bias": np.arange(3.0)}
+    state = dict(head)
+    pretrained.match_head(state, ["a", "b", "c"], ["a", "b", "c"])
+    assert state == head
+    pretrained.match_head(state, ["a", "b", "c"], ["c", "a", "b"])
+    np.testing.assert_array_equal(state["head.bias"], [2.0, 0.0, 1.0])
+    np.testing.assert_array_equal(state["head.weight"], head["head.weight"][[2, 0, 1]])
+    pretrained.match_head(state, ["a", "b", "c"], ["a", "b", "d"])
+    assert "head.weight" not in state and "head.bias" not in state  # a fresh head is made.
+
+
+def test_fine_tuning_a_model_whose_input_length_is_no_power_of_two(tmp_path):
+    """The demo's 96-frame, stride-8 model: the source's length comes from its config, not a search."""
+    config = AuMConfig(num_mel_bins=64, audio_length=96, strides=(8, 8), embed_dim=32, depth=1, num_classes=3,
+                       bimamba_type="v2")
+    source = init_model(config, seed=1)
+    save_model(source, tmp_path / "m")
+    model = pretrained.init_from_pretrained(tmp_path / "m", config, folder_config.get_config().init)
+    np.testing.assert_array_equal(model.pos_embed[...], source.pos_embed[...])
 
 
 def tones(root: Path, per_class: int) -> None:

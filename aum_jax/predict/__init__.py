@@ -1,7 +1,8 @@
 """Inference with a converted or trained AudioMamba: clips, long recordings, feature arrays.
 
 The command line is ``python -m aum_jax.predict`` (:mod:`aum_jax.predict.__main__`); the
-timeline heat map is :mod:`aum_jax.predict.plot`. In Python::
+timeline heat map is :mod:`aum_jax.predict.plot`; embeddings for downstream work (pooled, per
+block, per patch) are :mod:`aum_jax.predict.embeddings`. In Python::
 
   from aum_jax import predict, preprocessing
   from aum_jax.model_files import load_model
