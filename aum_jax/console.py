@@ -18,6 +18,7 @@ import ast
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -137,12 +138,15 @@ class _LibraryErrorFilter:
 
 def _unraisable(unraisable: Any) -> None:
     """Quiet ``sys.unraisablehook``: tensorstore's writes that finish after orbax closed its event loop
-    on a failed checkpoint write (reported by the tool) are logged at INFO; the rest as usual."""
+    on a failed checkpoint write, and orbax's reads of other arrays abandoned when one array of a
+    damaged checkpoint failed (both reported by the tool), are logged at INFO; the rest as usual."""
     from absl import logging
 
     error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-        logging.info("a checkpoint write finished after its event loop closed: %s", error)
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed") or any(
+            "/orbax/" in frame.filename for frame in frames):
+        logging.info("an orbax read or write ended after the tool reported its failure: %s", error)
         return
     sys.__unraisablehook__(unraisable)
 
