@@ -63,6 +63,8 @@ def test_verbosity_brings_the_library_logs_back(tmp_path, fixtures_dir):
 
 
 def test_demo_run_is_quiet_prints_results_and_is_not_trained_twice(tmp_path):
+    """The README's first command (runlocal): a quiet console, the results table and confusion
+    matrix; run again, it prints the stored results; ``--mode=eval`` reproduces them."""
     workdir = tmp_path / "work"
     command = ("-m", "aum_jax.main", "--config=configs/demo.py:runlocal", f"--workdir={workdir}")
     first = run(*command, cache=tmp_path / "cache")
@@ -73,6 +75,7 @@ def test_demo_run_is_quiet_prints_results_and_is_not_trained_twice(tmp_path):
     assert re.search(r"^validation\s+4\s+[0-9.]+", first.stdout, re.M) and re.search(r"^test\s+4\s", first.stdout, re.M)
     report = json.loads((workdir / "report.json").read_text())
     assert set(report["test"]) >= {"accuracy", "mAP"}
+    assert report["step"] == 4 and report["test"]["num_examples"] == 20
     # The demo prints the test confusion matrix and saves it as a PNG.
     assert "Confusion matrix of the best model on test" in first.stdout
     assert re.search(r"^yes(\s+\d+){10}\s+[0-9.]+%$", first.stdout, re.M), first.stdout
@@ -90,6 +93,10 @@ def test_demo_run_is_quiet_prints_results_and_is_not_trained_twice(tmp_path):
     assert json.loads((workdir / "report.json").read_text()) == report
     assert "Confusion matrix of the best model on test" in second.stdout  # the stored one.
     assert "confusion" not in second.stderr
+
+    evaluated = run(*command, "--mode=eval", cache=tmp_path / "cache")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((workdir / "eval_test.json").read_text())["accuracy"] == report["test"]["accuracy"]
 
 
 def test_missing_datafile_names_path_dataset_and_step_and_leaves_nothing(tmp_path):

@@ -46,7 +46,7 @@ STEP_SCRIPT = textwrap.dedent("""
         hlo = train.train_step.lower(model, optimizer, arrays, "CE").compile().as_text()
         calls = []
         for line in hlo.splitlines():
-            target = re.search(r'custom_call_target="(aum_[a-z_]+)"', line)
+            target = re.search(r'custom_call_target="(aum_scan_cpu_(?:fwd|bwd)|aum_[a-z_]+)', line)  # any build
             if target:
                 shapes = re.findall(r"f32\\[([0-9,]+)\\]", line.split("custom-call(")[0])
                 calls.append([target.group(1), [[int(d) for d in s.split(",")] for s in shapes]])
@@ -55,7 +55,9 @@ STEP_SCRIPT = textwrap.dedent("""
         metrics = [train.train_step(model, optimizer, arrays, "CE")]
         updates = [(x - b).ravel().tolist() for x, b in zip(params(), before)]
         metrics.append(train.train_step(model, optimizer, arrays, "CE"))
+        leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         out.append({"devices": devices, "variant": variant, "impl": impl, "calls": calls,
+                    "param_devices": min(len(x.sharding.device_set) for x in leaves),
                     "all_gathers": len(re.findall(r"= \\S+ all-gather(?:-start)?\\(", hlo)),
                     "losses": [float(m["loss"]) for m in metrics], "grad_norms": [float(m["grad_norm"]) for m in metrics],
                     "updates": updates})
@@ -98,6 +100,7 @@ def test_train_step_scans_each_devices_rows_and_matches_one_device(variant):
             batch_dims = [s[0] for s in shapes[:3]] + [s[1] for s in shapes[3:]]
             assert set(batch_dims) == {per_device}, (run["devices"], name, shapes)
         assert run["all_gathers"] == 0, run["devices"]
+        assert run["param_devices"] == run["devices"]  # the parameters stay replicated over the mesh.
         _assert_same_step(run, one)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aum_jax import convert, predict
-from aum_jax.model_files import load_model, save_model
-from aum_jax.preprocessing import Preprocessing
+from aum_jax import predict
+from aum_jax.model_files import load_model
+from tests.model_fixtures import NAMES, save_tiny_fobi
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,13 +30,9 @@ SERVE = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, fixtures_dir) -> Path:
-    state = convert.read_torch_checkpoint(fixtures_dir / "aum_torch" / "tiny_fobi" / "state_dict.pth")
-    out = tmp_path_factory.mktemp("export") / "m"
-    prep = Preprocessing(num_mel_bins=128, target_length=128, mean=-4.2677393, std=4.5689974, loss="BCE",
-                         class_names=tuple(f"c{i}" for i in range(10)))
-    save_model(convert.convert(state), out, preprocessing=prep)
-    return out
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_fobi(tmp_path_factory.mktemp("export") / "m", mean=-4.2677393, std=4.5689974, loss="BCE",
+                          class_names=NAMES)
 
 
 def test_exported_model_matches_predict_in_a_fresh_process(model_dir, tmp_path):

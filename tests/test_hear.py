@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from aum_jax import convert, hear
-from aum_jax.model_files import save_model
+from aum_jax import hear
 from aum_jax.models import AudioMamba, AuMConfig, init_model
 from aum_jax.predict import embeddings
 from aum_jax.preprocessing import Preprocessing
+from tests.model_fixtures import NAMES, save_tiny_fobi
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16_000
@@ -27,14 +27,10 @@ GRID = (8, 8)  # its patch grid (frequency, time); the cls token sits at index 3
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, fixtures_dir) -> Path:
+def model_dir(tmp_path_factory) -> Path:
     """The tiny Fo-Bi fixture (4 blocks, 192 wide) converted with statistics, names and a CE loss."""
-    state = convert.read_torch_checkpoint(fixtures_dir / "aum_torch" / "tiny_fobi" / "state_dict.pth")
-    out = tmp_path_factory.mktemp("hear") / "m"
-    prep = Preprocessing(num_mel_bins=128, target_length=128, mean=-5.0114145, std=4.2837193, loss="CE",
-                         class_names=tuple(f"c{i}" for i in range(10)))
-    save_model(convert.convert(state), out, preprocessing=prep)
-    return out
+    return save_tiny_fobi(tmp_path_factory.mktemp("hear") / "m", mean=-5.0114145, std=4.2837193, loss="CE",
+                          class_names=NAMES)
 
 
 @pytest.fixture(scope="module")

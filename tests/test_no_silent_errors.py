@@ -24,9 +24,9 @@ from scipy.signal import resample_poly
 
 from aum_jax import convert, kaldi, predict, preprocessing
 from aum_jax.model_files import save_model
+from tests.model_fixtures import TINY_FOBI, save_tiny_fobi
 from tests.test_train import REPO_ROOT, write_toy_dataset
 
-FIXTURE = REPO_ROOT / "tests" / "fixtures" / "aum_torch" / "tiny_fobi" / "state_dict.pth"
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "audio" / "sample0.wav"  # 10 s at 16 kHz.
 PREP = preprocessing.Preprocessing(num_mel_bins=128, target_length=128, mean=-5.0114145, std=4.2837193, loss="CE")
 # Measures the peak resident memory of the one command it runs (RUSAGE_CHILDREN of a fresh parent).
@@ -59,9 +59,7 @@ def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """The tiny Fo-Bi fixture with statistics and a CE loss (softmax scores)."""
-    out = tmp_path_factory.mktemp("model") / "m"
-    save_model(convert.convert(convert.read_torch_checkpoint(FIXTURE)), out, preprocessing=PREP)
-    return out
+    return save_tiny_fobi(tmp_path_factory.mktemp("model") / "m", mean=PREP.mean, std=PREP.std, loss=PREP.loss)
 
 
 def _write_at(path: Path, rate: int) -> Path:
@@ -183,7 +181,7 @@ def test_a_truncated_array_file_and_a_mismatched_config_name_the_files(model_dir
 
 
 def test_an_int64_tensor_is_refused_by_the_converter(tmp_path):
-    state = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    state = torch.load(TINY_FOBI, map_location="cpu", weights_only=True)
     state["head.weight"] = (state["head.weight"] * 100).to(torch.int64)
     torch.save(state, tmp_path / "int.pth")
     result = run("scripts/convert_checkpoint.py", "--torch-checkpoint", str(tmp_path / "int.pth"),
@@ -204,7 +202,7 @@ def test_the_refusal_of_a_code_running_pickle_is_one_line(tmp_path):
 
 def test_a_model_without_preprocessing_json_is_not_scored_as_if_it_had_one(tmp_path):
     bare = tmp_path / "bare"
-    save_model(convert.convert(convert.read_torch_checkpoint(FIXTURE)), bare)
+    save_model(convert.convert(convert.read_torch_checkpoint(TINY_FOBI)), bare)
     np.save(tmp_path / "x.npy", np.zeros((2, 128, 128), np.float32))
     result = run("-m", "aum_jax.predict", "--model-dir", str(bare), "--features", str(tmp_path / "x.npy"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -318,8 +316,9 @@ def test_a_full_disk_names_the_folder_and_the_last_intact_checkpoint(toy_overrid
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
+    no_other_writes = {"PYTHONDONTWRITEBYTECODE": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"}  # checkpoints only.
     result = main_cli(workdir, toy_overrides, *common, "--config.train.num_steps=4", preexec_fn=limit_file_size,
-                      env={"PYTHONDONTWRITEBYTECODE": "1"})
+                      env=no_other_writes)
     line = assert_one_error_line(result, f"cannot write a checkpoint in {workdir / 'checkpoints'}",
                                  f"the last intact checkpoint is step 2 ({workdir / 'checkpoints' / '2'})")
     assert "file too large" in line

@@ -13,7 +13,6 @@ import pytest
 import soundfile
 
 from aum_jax import audio, convert, kaldi, predict, preprocessing
-from aum_jax.predict import plot
 from aum_jax.model_files import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
