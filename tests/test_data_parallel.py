@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def _pallas_call_batches(jaxpr) -> list[int]:
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "pallas_call":
             batches.append(eqn.invars[0].aval.shape[0])
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             batches.extend(_pallas_call_batches(sub))
     return batches
 
