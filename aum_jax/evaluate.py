@@ -79,7 +79,7 @@ def _forward(model: AudioMamba, fbank: jax.Array, with_features: bool = False,
     if not with_features:
         return {"logits": model(fbank)}
     features = model(fbank, return_features=True)
-    return {"logits": model.head(features), "features": features}
+    return {"logits": model.classify(features), "features": features}
 
 
 def forward_pass(

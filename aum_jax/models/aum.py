@@ -182,7 +182,7 @@ class AudioMamba(nnx.Module):
     def features(self, x: jax.Array) -> jax.Array:
         """Fbank (B, T, F) -> pooled features (B, D), or token features (B, L, D) for pool "max"."""
         hidden = self.encode(self.tokens(x))
-        if self.config.cls_position == "none" and self.config.pool == "max":
+        if self.config.max_pooled:
             return hidden
         return self.pool(hidden)
 
@@ -190,7 +190,7 @@ class AudioMamba(nnx.Module):
         """:meth:`features` -> logits (B, classes): the head (the features themselves without one)."""
         cfg = self.config
         logits = self.head(features) if cfg.num_classes > 0 else features
-        if cfg.cls_position == "none" and cfg.pool == "max":
+        if cfg.max_pooled:
             logits = logits.max(axis=1)
         return logits
 
@@ -204,10 +204,9 @@ class AudioMamba(nnx.Module):
         """
         self._check_input(x)
         hidden, layers = self.encode(self.tokens(x), pool_layers=True)
-        max_pool = self.config.cls_position == "none" and self.config.pool == "max"
         pooled = self.pool(hidden)
-        return {"logits": self.classify(hidden if max_pool else pooled), "pooled": pooled, "layers": layers,
-                "tokens": self.patch_tokens(hidden)}
+        logits = self.classify(hidden if self.config.max_pooled else pooled)
+        return {"logits": logits, "pooled": pooled, "layers": layers, "tokens": self.patch_tokens(hidden)}
 
     def _check_input(self, x: jax.Array) -> None:
         cfg = self.config

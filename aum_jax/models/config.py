@@ -120,6 +120,11 @@ class AuMConfig:
         return {"none": 0, "double": 2}.get(self.cls_position, 1)
 
     @property
+    def max_pooled(self) -> bool:
+        """The head scores every token and the logits are max-pooled over them (no pooled features)."""
+        return self.cls_position == "none" and self.pool == "max"
+
+    @property
     def aum_type(self) -> str:
         return {v: k for k, v in AUM_TYPES.items()}[self.bimamba_type]
 

@@ -90,7 +90,7 @@ def run_model(model: AudioMamba, rows: Iterable[np.ndarray], batch_size: int = 3
     if batch_size <= 0:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     cfg = model.config
-    if with_features and (cfg.num_classes == 0 or (cfg.cls_position == "none" and cfg.pool == "max")):
+    if with_features and (cfg.num_classes == 0 or cfg.max_pooled):
         raise ValueError("pooled features need a model with a head and pooled features.")
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data_axis": "data", "num_devices": 1}))
     return evaluate.forward_pass(model, _batches(rows, batch_size), mesh, matmul_precision, desc="predict",
@@ -294,6 +294,24 @@ def window_bounds(num_samples: int, sample_rate: int, window_seconds: float, hop
     return bounds
 
 
+def check_window(prep: preprocessing.Preprocessing, window_seconds: float | None) -> float:
+    """The window in seconds: ``window_seconds``, else the model's input length.
+
+    Raises:
+      ValueError: a window longer than the model's input.
+    """
+    model_window = prep.window_seconds
+    window_seconds = window_seconds or model_window
+    if window_seconds > model_window + 1e-6:
+        raise ValueError(f"--window-seconds {window_seconds} is longer than the model's input of {model_window:g} s")
+    return window_seconds
+
+
+def window_name(path: str, start: float, end: float) -> str:
+    """``"FILE at S-E s"``: a window in messages."""
+    return f"{path} at {start:.2f}-{end:.2f} s"
+
+
 class RecordingWindows:
     """The windows of one recording as model inputs, read from the file a window at a time.
 
@@ -313,11 +331,7 @@ class RecordingWindows:
 
     def __init__(self, prep: preprocessing.Preprocessing, path: str, window_seconds: float | None = None,
                  hop_seconds: float | None = None, channel: str = "first"):
-        model_window = prep.window_seconds
-        window_seconds = window_seconds or model_window
-        if window_seconds > model_window + 1e-6:
-            raise ValueError(f"--window-seconds {window_seconds} is longer than the model's input of "
-                             f"{model_window:g} s")
+        window_seconds = check_window(prep, window_seconds)
         self._prep, self._path, self._channel = prep, path, channel
         self._file = audio.open_audio(path)
         self.sample_rate = self._file.sample_rate
@@ -343,7 +357,7 @@ class RecordingWindows:
 
     def names(self) -> list[str]:
         """``"FILE at S-E s"`` of each window, for messages."""
-        return [f"{self._path} at {s:.2f}-{e:.2f} s" for s, e in zip(self.starts, self.ends)]
+        return [window_name(self._path, s, e) for s, e in zip(self.starts, self.ends)]
 
     def __enter__(self) -> RecordingWindows:
         return self

@@ -144,6 +144,7 @@ def _save(path: str | None, array: np.ndarray | None, what: str) -> None:
 
 
 def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timeline], dict[str, str]]:
+    predict.check_window(prep, args.window_seconds)  # the same for every file: an error, not a skipped file.
     timelines, skipped = [], {}
     for path in args.audio:
         try:
@@ -152,7 +153,7 @@ def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timel
         except preprocessing.MissingStatisticsError:
             raise
         except (ValueError, audio.AudioLoadError) as e:
-            if len(args.audio) == 1 or "longer than the model's input" in str(e):
+            if len(args.audio) == 1:
                 raise
             skipped[path] = str(e)
     return timelines, skipped

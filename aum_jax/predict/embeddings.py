@@ -33,7 +33,9 @@ import numpy as np
 
 from aum_jax import audio, evaluate, kaldi, preprocessing
 from aum_jax.models import AudioMamba
-from aum_jax.predict import RecordingWindows, _ClipReader, _shown, check_features, require_finite, run_model
+from aum_jax.predict import (
+    RecordingWindows, _ClipReader, _shown, check_features, check_window, require_finite, run_model, window_name,
+)
 
 
 @dataclasses.dataclass
@@ -129,7 +131,7 @@ def embed_features(model: AudioMamba, features: np.ndarray, *, layers: Sequence[
 
 def _rows(model: AudioMamba, prep: preprocessing.Preprocessing, outputs: evaluate.Outputs, files: list[str],
           starts: list[float], ends: list[float], layers: tuple[int, ...], skipped: dict[str, str]) -> Embeddings:
-    require_finite(outputs.features, [f"{f} at {s:.2f}-{e:.2f} s" for f, s, e in zip(files, starts, ends)])
+    require_finite(outputs.features, [window_name(f, s, e) for f, s, e in zip(files, starts, ends)])
     return Embeddings(np.array(files), np.array(starts, np.float64), np.array(ends, np.float64), outputs.features,
                       outputs.logits, np.array(layers, np.int64), outputs.layers, outputs.tokens,
                       time_patch_centres(model, prep), skipped)
@@ -161,6 +163,7 @@ def embed_files(
         files = [path for path, _, _ in reader.read]
         ends = [min(duration, prep.window_seconds) for _, duration, _ in reader.read]
         return _rows(model, prep, outputs, files, [0.0] * len(files), ends, layers, reader.skipped)
+    check_window(prep, window_seconds)  # the same for every file: an error, not a skipped file.
     parts, files, starts, ends, skipped = [], [], [], [], {}
     for path in paths:
         try:
@@ -169,8 +172,6 @@ def embed_files(
         except preprocessing.MissingStatisticsError:
             raise
         except (ValueError, audio.AudioLoadError) as e:
-            if "longer than the model's input" in str(e):
-                raise
             skipped[path] = str(e) if path in str(e) else f"{path}: {e}"
             continue
         files += [path] * len(windows.starts)
