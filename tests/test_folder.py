@@ -17,13 +17,13 @@ import pytest
 import soundfile
 
 from aum_jax import (
-    convert, demo_data, export, folder_setup, folder_source, hear, input_pipeline, norm_stats, predict, preprocessing,
+    demo_data, export, folder_setup, folder_source, hear, input_pipeline, norm_stats, predict, preprocessing,
     pretrained,
 )
 from aum_jax.configs import folder as folder_config
 from aum_jax.model_files import load_model, save_model
 from aum_jax.models import AuMConfig, init_model
-from aum_jax.preprocessing import Preprocessing
+from tests.model_fixtures import NAMES, save_tiny_fobi
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16_000
@@ -93,11 +93,8 @@ def test_missing_folder_and_bad_fractions(tmp_path):
         folder_source.scan(tmp_path, (0.8, 0.3, 0.1), EXTENSIONS)
 
 
-def test_fine_tuning_takes_the_model_and_features_of_a_converted_model(tmp_path, fixtures_dir):
-    source = convert.convert(convert.read_torch_checkpoint(fixtures_dir / "aum_torch/tiny_fobi/state_dict.pth"))
-    prep = Preprocessing(num_mel_bins=128, target_length=128, mean=-4.27, std=4.57, loss="BCE",
-                         class_names=tuple(f"c{i}" for i in range(10)))
-    save_model(source, tmp_path / "converted", preprocessing=prep)
+def test_fine_tuning_takes_the_model_and_features_of_a_converted_model(tmp_path):
+    source = load_model(save_tiny_fobi(tmp_path / "converted", mean=-4.27, std=4.57, loss="BCE", class_names=NAMES))
     touch(tmp_path / "clips", *(f"{c}/{i}.wav" for c in ("a", "b") for i in range(20)))
     config = folder_config.get_config()
     config.data.folder, config.init.checkpoint = str(tmp_path / "clips"), str(tmp_path / "converted")
@@ -109,8 +106,7 @@ def test_fine_tuning_takes_the_model_and_features_of_a_converted_model(tmp_path,
     np.testing.assert_array_equal(model.layers.mixer.in_proj.kernel[...], source.layers.mixer.in_proj.kernel[...])
     assert model.head.kernel.shape == (192, 2)  # a fresh head for the folder's two classes.
     # With as many classes, the head is kept for the same names, its rows in the target's order.
-    names = [f"c{i}" for i in range(10)]
-    same = pretrained.init_from_pretrained(config.init.checkpoint, source.config, config.init, class_names=names[::-1])
+    same = pretrained.init_from_pretrained(config.init.checkpoint, source.config, config.init, class_names=NAMES[::-1])
     np.testing.assert_array_equal(same.head.kernel[...], source.head.kernel[...][:, ::-1])
 
 
