@@ -12,6 +12,16 @@ training clips; every clip has the one class of its folder (multi-label data is 
 scope). Files without an audio extension are left out; a file with one that cannot be
 decoded is a bad clip of the input pipeline (counted, and fatal past
 ``config.data.max_bad_fraction``).
+
+Links are followed, each real folder once: a link to a folder already scanned (``loop ->
+..``, the root, a class folder, a folder reached through another link) is not entered again,
+with a warning. Each real file is one clip, whatever the links that reach it: a file that lies
+in a class folder (of any split) has that folder's class and split and its path there, so a
+link into another class's (or split's) folder adds no clip and moves none; a file outside
+every class folder (a link to other storage) has the class of the first class folder, in
+sorted order, that reaches it. Links that reach a clip listed elsewhere are named in one
+warning. A link to nothing (dangling) is left out with a warning naming it; a class folder
+that is the same folder as the root, a split folder or another class folder is an error.
 """
 
 from __future__ import annotations
@@ -79,19 +89,111 @@ class FolderLayout:
             "split folders)" if self.split_folders else "split by path hash)")
 
 
-def _class_clips(folder: Path, extensions: frozenset[str]) -> dict[str, list[Path]]:
-    """``{class name: its audio files}`` of the class folders in ``folder``; a class without clips raises."""
-    classes: dict[str, list[Path]] = {}
+@dataclasses.dataclass(frozen=True)
+class _ClassFolder:
+    """A class folder as listed under the root: its split ("" without split folders), class and paths."""
+
+    split: str
+    name: str
+    path: Path  # as listed, e.g. ROOT/train/cat.
+    real: str  # its real path (links resolved).
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """The real folder (or file) ``path`` names, links followed: ``(st_dev, st_ino)``."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _warn_dangling(path: Path) -> None:
+    logging.warning("%s is a link to %s, which does not exist: left out", path, os.readlink(path))
+
+
+def _class_folders(folder: Path, split: str, scanned: dict[tuple[int, int], Path]) -> list[_ClassFolder]:
+    """The class folders in ``folder`` (sorted), each added to ``scanned``; one already there raises."""
+    found = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith("."):
             continue
-        files = [Path(dirpath) / name for dirpath, _, names in os.walk(entry, followlinks=True) for name in names
-                 if not name.startswith(".") and name.rsplit(".", 1)[-1].lower() in extensions]
-        if not files:
-            raise FolderError(f"{entry} has no audio clips ({', '.join('.' + e for e in sorted(extensions))}): "
+        if entry.is_symlink() and not entry.exists():
+            _warn_dangling(entry)
+            continue
+        if not entry.is_dir():
+            continue
+        identity = _identity(entry)
+        if identity in scanned:
+            raise FolderError(f"{entry} is the same folder as {scanned[identity]} (a link): give each class a "
+                              "folder of its own")
+        scanned[identity] = entry
+        found.append(_ClassFolder(split, entry.name, entry, os.path.realpath(entry)))
+    return found
+
+
+def _walk(folder: _ClassFolder, extensions: frozenset[str], scanned: dict[tuple[int, int], Path]) -> list[Path]:
+    """The audio files under ``folder``, links followed into folders not in ``scanned`` (which it extends)."""
+    files = []
+    for dirpath, dirnames, names in os.walk(folder.path, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+            path = Path(dirpath) / name
+            identity = _identity(path)
+            if identity in scanned:
+                if path.is_symlink():
+                    logging.warning("%s is a link to %s, which is scanned already: not followed again (each "
+                                    "clip is listed once)", path, scanned[identity])
+                continue
+            scanned[identity] = path
+            kept.append(name)
+        dirnames[:] = kept
+        for name in sorted(names):
+            path = Path(dirpath) / name
+            if name.startswith(".") or name.rsplit(".", 1)[-1].lower() not in extensions:
+                continue
+            if not path.exists():
+                _warn_dangling(path)
+                continue
+            files.append(path)
+    return files
+
+
+def _list_clips(bases: dict[str, Path], root: Path,
+                extensions: frozenset[str]) -> dict[str, dict[str, list[Path]]]:
+    """``{split: {class name: its clips}}`` of the class folders in ``bases`` (split -> folder), each
+    real file once (see the module docstring); a class folder without clips raises."""
+    scanned = {_identity(root): root}
+    scanned.update({_identity(base): base for base in bases.values()})
+    folders = [f for split, base in bases.items() for f in _class_folders(base, split, scanned)]
+    by_real = {f.real: f for f in folders}
+    reached: dict[str, list[tuple[int, Path]]] = {}  # real file -> (folder index, path) of each way to it.
+    for index, folder in enumerate(folders):
+        for path in _walk(folder, extensions, scanned):
+            reached.setdefault(os.path.realpath(path), []).append((index, path))
+    clips: dict[str, dict[str, list[Path]]] = {split: {} for split in bases}
+    for folder in folders:
+        clips[folder.split][folder.name] = []
+    aliases = []
+    for real, ways in reached.items():
+        home, parent = None, os.path.dirname(real)
+        while home is None and parent != os.path.dirname(parent):
+            home, parent = by_real.get(parent), os.path.dirname(parent)
+        if home is not None:  # in a class folder: its class and split, at its path there.
+            clip = home.path / os.path.relpath(real, home.real)
+        else:  # elsewhere: the first class folder that reaches it.
+            first, clip = min(ways)
+            home = folders[first]
+        clips[home.split][home.name].append(clip)
+        aliases += [(path, clip) for _, path in ways if path != clip]
+    if aliases:
+        aliases.sort()
+        shown = ", ".join(f"{path} is {clip}" for path, clip in aliases[:5])
+        logging.warning("%d link(s) reach clips listed at their real place, each counted once there: %s%s",
+                        len(aliases), shown, f" (and {len(aliases) - 5} more)" if len(aliases) > 5 else "")
+    for folder in folders:
+        if not clips[folder.split][folder.name]:
+            raise FolderError(f"{folder.path} has no audio clips ({', '.join('.' + e for e in sorted(extensions))}): "
                               "add clips or remove the folder")
-        classes[entry.name] = sorted(files)
-    return classes
+        clips[folder.split][folder.name].sort()
+    return clips
 
 
 def scan(root: str | os.PathLike, fractions: Sequence[float], extensions: Sequence[str]) -> FolderLayout:
@@ -99,9 +201,10 @@ def scan(root: str | os.PathLike, fractions: Sequence[float], extensions: Sequen
 
     Raises:
       FileNotFoundError: ``root`` does not exist.
-      FolderError: no class folders, a class folder without clips, fewer than two classes,
-        a class of validation/ or test/ that train/ lacks, bad fractions, or a split
-        without clips (train, validation).
+      FolderError: no class folders, a class folder without clips, a class folder that is
+        the same folder as another (a link), fewer than two classes, a class of validation/
+        or test/ that train/ lacks, bad fractions, or a split without clips (train,
+        validation).
     """
     root = Path(root).expanduser().absolute()
     fractions = check_fractions(fractions)
@@ -112,8 +215,8 @@ def scan(root: str | os.PathLike, fractions: Sequence[float], extensions: Sequen
     if not split_folders and any((root / s).is_dir() for s in SPLITS[1:]):
         raise FolderError(f"{root} has {' and '.join(s + '/' for s in SPLITS[1:] if (root / s).is_dir())} but no "
                           "train/: with a split level, train/ holds the training clips")
-    by_split = {s: _class_clips(root / s, extensions) for s in SPLITS if (root / s).is_dir()} if split_folders \
-        else {"": _class_clips(root, extensions)}
+    bases = {s: root / s for s in SPLITS if (root / s).is_dir()} if split_folders else {"": root}
+    by_split = _list_clips(bases, root, extensions)
     names = tuple(sorted(by_split["train" if split_folders else ""]))
     where = root / "train" if split_folders else root
     if not names:

@@ -72,6 +72,47 @@ def test_split_folders_are_used_as_laid_out(tmp_path):
     assert 0 < len(layout.clips["validation"]) < 40 and layout.clips["test"] == [(str(tmp_path / "test/a/t.wav"), 0)]
 
 
+def test_links_add_no_clip_and_move_none(tmp_path, caplog):
+    """A loop, a dangling link, links to a sibling class folder, into another class's subfolder and to a
+    clip of another class: the layout is the one without them; a folder outside reached twice counts once."""
+    root = tmp_path / "clips"
+    touch(root, *(f"{c}/clip{i:03d}.wav" for c in ("cat", "dog", "yes") for i in range(40)), "dog/sub/deep.wav")
+    without = folder_source.scan(root, FRACTIONS, EXTENSIONS)
+    os.symlink("..", root / "yes" / "loop")
+    os.symlink("missing.wav", root / "yes" / "gone.wav")
+    os.symlink("../dog", root / "cat" / "sibling")
+    os.symlink("../dog/sub", root / "cat" / "into_dog")  # cat is scanned first: deep.wav stays a dog clip.
+    os.symlink("../dog/clip000.wav", root / "yes" / "alias.wav")
+    with caplog.at_level("WARNING"):
+        assert folder_source.scan(root, FRACTIONS, EXTENSIONS) == without
+    assert len(splits(without)) == 121
+    assert caplog.text.count(f"{root / 'yes' / 'gone.wav'} is a link to missing.wav, which does not exist") == 1
+    assert f"{root / 'yes' / 'loop'} is a link to {root}, which is scanned already" in caplog.text
+    assert f"{root / 'cat' / 'sibling'} is a link to {root / 'dog'}, which is scanned already" in caplog.text
+    assert f"{root / 'yes' / 'alias.wav'} is {root / 'dog' / 'clip000.wav'}" in caplog.text
+    assert f"{root / 'cat' / 'into_dog' / 'deep.wav'} is {root / 'dog' / 'sub' / 'deep.wav'}" in caplog.text
+
+    # A folder outside the root, linked from two classes: its clip is one, of the first class.
+    touch(tmp_path, "elsewhere/e.wav")
+    os.symlink(tmp_path / "elsewhere", root / "dog" / "ext")
+    os.symlink(tmp_path / "elsewhere", root / "yes" / "ext")
+    labels = {path: label for clips in folder_source.scan(root, FRACTIONS, EXTENSIONS).clips.values()
+              for path, label in clips}
+    assert len(labels) == 122 and labels[str(root / "dog" / "ext" / "e.wav")] == 1
+    # A class folder that is another one is refused.
+    os.symlink("cat", root / "kitten")
+    with pytest.raises(folder_source.FolderError, match="kitten is the same folder as .*cat .a link.: give each"):
+        folder_source.scan(root, FRACTIONS, EXTENSIONS)
+
+
+def test_a_link_between_split_folders_moves_no_clip(tmp_path):
+    touch(tmp_path, *(f"{s}/{c}/{i}.wav" for s in ("train", "validation") for c in ("a", "b") for i in range(5)))
+    without = folder_source.scan(tmp_path, FRACTIONS, EXTENSIONS)
+    os.symlink("../../validation/a", tmp_path / "train" / "a" / "leak")  # validation clips stay out of train.
+    os.symlink("../..", tmp_path / "validation" / "b" / "loop")
+    assert folder_source.scan(tmp_path, FRACTIONS, EXTENSIONS) == without
+
+
 @pytest.mark.parametrize("files, message", [
     ([], "has no class folders: lay the clips out as"),
     (["cat/a.wav", "dog/readme.txt"], "dog has no audio clips (.flac, .wav): add clips or remove the folder"),
