@@ -6,11 +6,12 @@ line ends with one ``error:`` line instead of a traceback from deep inside the r
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import ml_collections
 
-from aum_jax import sharding
+from aum_jax import evaluate, sharding
 from aum_jax.clip_stages import FeatureOptions
 from aum_jax.models import AuMConfig
 
@@ -22,9 +23,10 @@ class ConfigError(ValueError):
 def check(config: ml_collections.ConfigDict, mode: str) -> None:
     """Raises :class:`ConfigError` for the first value of ``config`` that ``mode`` ("train", "eval") cannot use.
 
-    Checked: positive batch sizes and step counts, the model's settings (``AuMConfig``), the
-    data's feature and augmentation settings, and that the devices of the mesh divide the
-    batches.
+    Checked: positive batch sizes and step counts, the metric that picks the best model (one
+    that evaluation reports), the share of bad clips allowed, the model's settings
+    (``AuMConfig``), the data's feature and augmentation settings, and that the devices of the
+    mesh divide the batches.
     """
     data, train = config.data, config.train
     positive = {"data.batch_size": data.batch_size, "data.eval_batch_size": data.eval_batch_size,
@@ -34,6 +36,10 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config.{key}={value}: must be positive")
+    if mode == "train":
+        _check_metric(train.metric)
+    if not 0.0 <= data.max_bad_fraction <= 1.0:
+        raise ConfigError(f"config.data.max_bad_fraction={data.max_bad_fraction}: must be in [0, 1]")
     try:
         AuMConfig.from_dict(config.model.to_dict())
     except (TypeError, ValueError) as e:
@@ -49,6 +55,15 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
         sharding.check_batch_size(data.eval_batch_size, mesh, "data.eval_batch_size")
     except ValueError as e:
         raise ConfigError(f"config.{e}") from e
+
+
+def _check_metric(metric: str) -> None:
+    """Raises :class:`ConfigError` unless ``metric`` is one of :data:`aum_jax.evaluate.METRIC_DIRECTIONS`."""
+    if metric in evaluate.METRIC_DIRECTIONS:
+        return
+    close = difflib.get_close_matches(str(metric), evaluate.METRIC_DIRECTIONS, n=1)
+    raise ConfigError(f"config.train.metric={metric!r} is no metric evaluation reports; choose from "
+                      f"{', '.join(evaluate.METRIC_DIRECTIONS)}" + (f' (did you mean "{close[0]}"?)' if close else ""))
 
 
 def check_workdir(workdir: Path) -> None:

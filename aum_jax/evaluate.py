@@ -121,6 +121,24 @@ def forward_pass(
     return Outputs(**{k: np.concatenate(v) for k, v in gathered.items()})
 
 
+# Each metric of split_metrics (num_examples is a count) and whether a better model has a larger
+# ("max") or smaller ("min") value; config.train.metric names one of them.
+METRIC_DIRECTIONS = {"mAP": "max", "mAUC": "max", "d_prime": "max", "accuracy": "max", "loss": "min"}
+
+
+def is_better(metric: str, new: float | None, best: float | None) -> bool:
+    """Whether ``new`` beats ``best`` by ``metric`` (:data:`METRIC_DIRECTIONS`).
+
+    A missing or NaN value (an undefined metric, stored as null) is beaten by any number and
+    beats none.
+    """
+    if new is None or np.isnan(new):
+        return False
+    if best is None or np.isnan(best):
+        return True
+    return new < best if METRIC_DIRECTIONS[metric] == "min" else new > best
+
+
 def split_metrics(outputs: Outputs, loss: str) -> dict[str, float]:
     """``{"mAP", "mAUC", "d_prime", "accuracy", "loss", "num_examples"}`` of a pass with labels."""
     logits, labels = outputs.logits, outputs.labels

@@ -201,12 +201,13 @@ class _Results:
             confusion.save(counts, names, self._workdir, split)
 
     def validate(self, step: int, model: AudioMamba) -> None:
-        """Evaluates ``config.eval.split``; a better model than the best so far replaces it."""
+        """Evaluates ``config.eval.split``; a better model by ``config.train.metric`` (higher, or lower for
+        the loss: :data:`aum_jax.evaluate.METRIC_DIRECTIONS`) than the best so far replaces it."""
         split, metric = self._config.eval.split, self._config.train.metric
         result, outputs = self._evaluate(model, split, step)
         console.line(f"step {step} {split}: {console.format_metrics(result)}")
         self.final, self.last_step = {"step": step, **result}, step
-        if self.best is None or result[metric] > self.best[metric]:
+        if self.best is None or evaluate.is_better(metric, result[metric], self.best[metric]):
             self.best = {"step": step, **result}
             self.save_model(model)
             if jax.process_index() == 0:

@@ -86,7 +86,7 @@ def get_train_config(num_epochs: int, loss: str, metric: str) -> ml_collections.
     c.num_steps = -1  # > 0: stop after this many steps instead of num_epochs.
     c.steps_per_epoch = -1  # -1: training clips // global batch.
     c.loss = loss  # --loss: "BCE" (sigmoid, multi-label and mixup) or "CE" (softmax, argmax label).
-    c.metric = metric  # --metrics: "mAP" or "accuracy"; picks the best model.
+    c.metric = metric  # --metrics: picks the best model; "mAP", "mAUC", "d_prime", "accuracy" (higher is better) or "loss" (lower is better).
     c.seed = 0  # model initialisation seed (the data seed is config.data.seed).
     c.log_every = 100  # --n-print-steps: steps between logged training scalars.
     c.eval_every = -1  # steps between evaluations; -1: every epoch (the original), 0: only at the end.
@@ -107,6 +107,7 @@ def get_init_config(kind: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.checkpoint = PRETRAINED.get(kind, "")  # a .pth (ViM or AuM) or an aum-jax model directory.
     c.kind = kind  # "vim", "aum", or "" to detect from the .pth keys.
+    c.verify = True  # an aum-jax model directory must have checksums.json (False: load it unchecked, with a warning).
     c.vim_cls_position = "middle"  # --imagenet_load_middle_cls_token: ViM cls entry layout.
     c.source_strides = (16, 16)  # --aum_pretrain_fstride/tstride of an AuM source.
     c.source_num_mel_bins = 128  # mel bins the AuM source was trained with.

@@ -76,3 +76,21 @@ def test_loss_matches_the_original_torch_losses(loss: str) -> None:
     else:
         want = torch.nn.CrossEntropyLoss()(torch.tensor(logits), torch.tensor(labels.argmax(1)))
     assert float(losses.loss_value(logits, labels, loss)) == pytest.approx(float(want), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["BCE", "CE"])
+def test_every_reported_metric_has_a_direction(loss: str) -> None:
+    from aum_jax import evaluate
+
+    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    result = evaluate.split_metrics(evaluate.Outputs(logits=labels * 2 - 1, labels=labels), loss)
+    assert set(result) - {"num_examples"} == set(evaluate.METRIC_DIRECTIONS)
+
+
+def test_a_lower_loss_and_a_higher_accuracy_are_better() -> None:
+    from aum_jax.evaluate import is_better
+
+    assert is_better("loss", 0.4, 0.7) and not is_better("loss", 0.7, 0.4) and not is_better("loss", 0.4, 0.4)
+    assert is_better("accuracy", 0.9, 0.5) and not is_better("accuracy", 0.5, 0.9)
+    assert is_better("mAP", 0.1, None) and is_better("d_prime", 1.0, float("nan"))  # undefined: any value beats it.
+    assert not is_better("mAP", float("nan"), 0.1) and not is_better("loss", None, 0.7)

@@ -21,7 +21,7 @@ import soundfile
 from absl import app
 from flax import nnx
 
-from aum_jax import datasets, model_files, run_checkpoints, train
+from aum_jax import config_checks, datasets, model_files, run_checkpoints, train
 from aum_jax import workdir as workdir_lib
 from aum_jax.models import AuMConfig, init_model
 from aum_jax.configs import speechcommands
@@ -104,6 +104,39 @@ def test_training_reduces_the_loss_and_writes_tensorboard(toy, tmp_path: Path) -
     assert report["final"]["num_examples"] == 12
     assert (tmp_path / "model" / "config.json").is_file()
     assert json.loads((tmp_path / "report.json").read_text())["step"] == 12
+
+
+def test_the_best_model_by_loss_is_the_one_with_the_lowest_validation_loss(toy, tmp_path: Path) -> None:
+    report = train.train_and_evaluate(toy_config(toy, metric="loss", eval_every=2), tmp_path)
+    losses = read_scalars(tmp_path, "validation/loss")
+    assert sorted(losses) == [2, 4, 6]
+    best = json.loads((tmp_path / workdir_lib.BEST_FILE).read_text())
+    assert best["step"] == report["best"]["step"] == min(losses, key=losses.get)
+    assert best["loss"] == pytest.approx(min(losses.values()))
+
+
+def test_a_metric_evaluation_does_not_report_is_a_config_error() -> None:
+    config = speechcommands.get_config("runlocal")
+    config.train.metric = "accurcy"
+    with pytest.raises(config_checks.ConfigError, match="config.train.metric='accurcy' is no metric evaluation "
+                       'reports; choose from mAP, mAUC, d_prime, accuracy, loss .did you mean "accuracy"'):
+        config_checks.check(config, "train")
+    config.train.metric = "loss"
+    config_checks.check(config, "train")
+    config.data.max_bad_fraction = 2.0
+    with pytest.raises(config_checks.ConfigError, match=r"config.data.max_bad_fraction=2.0: must be in \[0, 1\]"):
+        config_checks.check(config, "train")
+
+
+def test_an_unknown_metric_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    result = subprocess.run([sys.executable, "-m", "aum_jax.main", "--config=configs/speechcommands.py:runlocal",
+                             f"--workdir={workdir}", "--config.train.metric=accurcy"], env=_subprocess_env(),
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [result.stderr.strip().splitlines()[-1]] and "config.train.metric='accurcy'" in errors[0]
+    assert not workdir.exists()
 
 
 def test_eval_mode_reads_a_training_checkpoint_without_the_training_data(toy, tmp_path: Path) -> None:
