@@ -175,6 +175,13 @@ def add_model_dir_flag(parser: argparse.ArgumentParser) -> None:
                         "(its model/); --checkpoint is the old name")
 
 
+def add_no_verify_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-verify``: load a model directory that has no ``checksums.json``."""
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load a model directory without checksums.json (its parameters are then not checked "
+                        "for damage)")
+
+
 def add_verbosity_flag(parser: argparse.ArgumentParser) -> None:
     """``-v [N]`` / ``--verbosity N`` for an argparse tool."""
     parser.add_argument(

@@ -36,10 +36,11 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from aum_jax import model_files, preprocessing  # noqa: E402
+from aum_jax import atomic_files, model_files, preprocessing  # noqa: E402
 from aum_jax.models import AudioMamba  # noqa: E402
 
-PLATFORMS = ("cpu", "cuda")
+PLATFORMS = ("cpu", "cuda")  # the default: one artifact for CPU and CUDA servers.
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's built-in lowering platforms (its docstring).
 SIDECAR_SUFFIX = ".preprocessing.json"
 # One artifact serves CPU and CUDA: the Pallas/Triton kernels in its CUDA lowering, the
 # sequential scan in its CPU lowering (the C++ kernel is compiled on the serving machine's first use).
@@ -79,15 +80,38 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     return output.with_name(output.stem + SIDECAR_SUFFIX) if output.suffix else output.with_name(output.name + SIDECAR_SUFFIX)
 
 
+def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+    """The lowering platforms, each one JAX knows, without repeats.
+
+    Raises:
+      ValueError: an empty list, or a platform JAX does not know (named).
+    """
+    platforms = tuple(p.strip().lower() for p in platforms)
+    unknown = [p for p in platforms if p not in KNOWN_PLATFORMS]
+    if not platforms or unknown:
+        raise ValueError(f"--platforms {','.join(platforms)}: "
+                         + (f"unknown platform(s) {', '.join(unknown)}" if unknown else "no platform given")
+                         + f"; JAX lowers for {', '.join(KNOWN_PLATFORMS)}")
+    return tuple(dict.fromkeys(platforms))
+
+
 def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch: int | None = None,
-                 platforms: Sequence[str] = PLATFORMS) -> tuple[Path, Path]:
+                 platforms: Sequence[str] = PLATFORMS, *, verify: bool = True) -> tuple[Path, Path]:
     """Exports the model of ``model_dir`` to ``output`` and its preprocessing beside it.
+
+    Both files are replaced atomically: on any failure (a full disk) neither changes.
 
     Returns:
       ``(artifact path, preprocessing JSON path)``.
+
+    Raises:
+      ValueError: an unknown platform, a model without a head or without statistics or loss.
+      ModelDirectoryError: a missing or damaged model directory.
+      OSError: the output cannot be written.
     """
+    platforms = check_platforms(platforms)
     model_dir = model_files.model_directory(model_dir)
-    model = model_files.load_model(model_dir, scan_impl=PORTABLE_SCAN)
+    model = model_files.load_model(model_dir, verify=verify, scan_impl=PORTABLE_SCAN)
     cfg = model.config
     if cfg.num_classes == 0:
         raise ValueError(f"{model_dir}: the model has no classification head to export")
@@ -99,8 +123,6 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
                          "with python scripts/convert_checkpoint.py ... --dataset NAME (or --mean/--std/--loss)")
     exported = export_model(model, batch, platforms)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(exported.serialize())
     sidecar = sidecar_path(output)
     description = {
         "artifact": output.name,
@@ -113,7 +135,11 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
         "preprocessing": prep.to_dict(),
         "model": cfg.to_dict(),
     }
-    sidecar.write_text(json.dumps(description, indent=1))
+    try:
+        atomic_files.write_bytes(output, exported.serialize())
+        atomic_files.write_text(sidecar, json.dumps(description, indent=1))
+    except OSError as e:
+        raise OSError(f"cannot write {output}: {model_files.write_error_reason(e)}; nothing was written") from e
     return output, sidecar
 
 
@@ -123,7 +149,9 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     console.add_model_dir_flag(parser)
     parser.add_argument("--output", required=True, help="the artifact to write, e.g. model.jaxexport")
     parser.add_argument("--batch", type=int, help="fixed batch size (default: a symbolic batch dimension)")
-    parser.add_argument("--platforms", default=",".join(PLATFORMS), help="comma-separated lowering platforms (default: cpu,cuda)")
+    parser.add_argument("--platforms", default=",".join(PLATFORMS),
+                        help=f"comma-separated lowering platforms among {', '.join(KNOWN_PLATFORMS)} (default: cpu,cuda)")
+    console.add_no_verify_flag(parser)
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
     console.configure(args.verbosity)
@@ -134,7 +162,8 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        artifact, sidecar = write_export(args.model_dir, args.output, args.batch, args.platforms.split(","))
+        artifact, sidecar = write_export(args.model_dir, args.output, args.batch, args.platforms.split(","),
+                                         verify=not args.no_verify)
     except (OSError, ValueError) as e:  # ModelDirectoryError among them.
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,14 @@ from aum_jax import audio, datasets, kaldi
 PREPROCESSING_FILE = "preprocessing.json"
 SCORES = {"BCE": "sigmoid", "CE": "softmax"}  # training loss -> score of a prediction.
 LOGITS = "logits"  # the "score" of a model whose training loss is unknown: raw logits.
-# The rate each feature's recipes prepare their audio at (older preprocessing.json files lack it).
+# The rate each feature's recipes prepare their audio at.
 RECIPE_SAMPLE_RATES = {"kaldi_fbank": 16_000, "epic_logmel": 24_000}
 # AudioSet's fbank statistics (the original's --dataset_mean/--dataset_std default).
 AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
+
+
+class LabelNamesError(ValueError):
+    """A label CSV whose names do not match the configured class count."""
 
 
 class MissingStatisticsError(ValueError):
@@ -112,6 +117,16 @@ def _librosa_mel(sample_rate: int, num_mel_bins: int) -> np.ndarray:
     return librosa.filters.mel(sr=sample_rate, n_fft=2048, n_mels=num_mel_bins, htk=True, norm=None)
 
 
+_NUMBER = ((int, float), "a number")
+_FIELD_TYPES = {  # field -> (accepted types, in words); bool is accepted only where named.
+    "feature": ((str,), "a string"), "sample_rate": ((int,), "a whole number"),
+    "num_mel_bins": ((int,), "a whole number"), "frame_shift_ms": _NUMBER, "target_length": ((int,), "a whole number"),
+    "mean": ((int, float, type(None)), "a number or null"), "std": ((int, float, type(None)), "a number or null"),
+    "skip_norm": ((bool,), "true or false"), "loss": ((str,), "a string"), "class_names": ((tuple,), "a list of strings"),
+    "dataset": ((str,), "a string"), "epic_window_ms": _NUMBER, "epic_hop_ms": _NUMBER,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """Audio -> normalised features ``(target_length, num_mel_bins)``, and what logits mean.
@@ -147,12 +162,24 @@ class Preprocessing:
     epic_hop_ms: float = 5.0
 
     def __post_init__(self) -> None:
+        for name, (kinds, wanted) in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or isinstance(value, bool) is not (bool in kinds):
+                raise ValueError(f"field {name} must be {wanted}, got {value!r}")
+        if not all(isinstance(name, str) for name in self.class_names):
+            raise ValueError(f"field class_names must be a list of strings, got {list(self.class_names)!r}")
         if self.feature not in RECIPE_SAMPLE_RATES:
-            raise ValueError(f"unknown feature {self.feature!r}; use one of {', '.join(RECIPE_SAMPLE_RATES)}")
-        if int(self.sample_rate) <= 0:
-            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+            raise ValueError(f"field feature is {self.feature!r}; use one of {', '.join(RECIPE_SAMPLE_RATES)}")
         if self.loss not in ("", *SCORES):
-            raise ValueError(f"unknown loss {self.loss!r}; use one of {', '.join(SCORES)}")
+            raise ValueError(f"field loss is {self.loss!r}; use one of {', '.join(SCORES)} (or \"\": unknown)")
+        for name in ("sample_rate", "num_mel_bins", "frame_shift_ms", "target_length", "epic_window_ms", "epic_hop_ms"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"field {name} must be positive, got {value!r}")
+        if self.mean is not None and not math.isfinite(self.mean):
+            raise ValueError(f"field mean must be a finite number, got {self.mean!r}")
+        if self.std is not None and not (math.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"field std must be a finite number above 0, got {self.std!r}")
 
     @property
     def score(self) -> str:
@@ -212,10 +239,21 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
+        """The inverse of :meth:`to_dict`: every field present and checked (``score``, derived, is ignored).
+
+        Raises:
+          ValueError: an unknown or missing field, or a field of the wrong type or range (named).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}  # "score" is derived.
-        values["class_names"] = tuple(values.get("class_names") or ())
-        values.setdefault("sample_rate", RECIPE_SAMPLE_RATES.get(values.get("feature", "kaldi_fbank"), 0))
+        unknown, missing = sorted(set(values) - known - {"score"}), sorted(known - set(values))
+        if unknown or missing:
+            raise ValueError("; ".join(filter(None, (unknown and f"unknown field(s) {', '.join(unknown)}",
+                                                    missing and f"missing field(s) {', '.join(missing)}"))))
+        values = {k: v for k, v in values.items() if k in known}
+        names = values.get("class_names", [])
+        if not isinstance(names, list):
+            raise ValueError(f"field class_names must be a list of strings, got {names!r}")
+        values["class_names"] = tuple(names)
         return cls(**values)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -274,14 +312,28 @@ def load(directory: str | os.PathLike) -> Preprocessing | None:
     if not path.is_file():
         return None
     try:
-        return Preprocessing.from_dict(json.loads(path.read_text()))
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable JSON file: {e}") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(values).__name__}")
+    try:
+        return Preprocessing.from_dict(values)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: not a valid preprocessing file ({e})") from e
+        raise ValueError(f"{path}: {e}") from e
 
 
 def for_training(config: ml_collections.ConfigDict) -> Preprocessing:
-    """The preprocessing of a training config: its data settings, loss and label names."""
+    """The preprocessing of a training config: its data settings, loss and label names.
+
+    Raises:
+      LabelNamesError: ``config.data.label_csv`` names another number of classes than
+        ``config.data.num_classes``.
+    """
     names: list[str] = []
     if config.data.get("label_csv"):
         names = datasets.load_label_csv(os.path.expanduser(config.data.label_csv))[1]
+        if len(names) != config.data.num_classes:
+            raise LabelNamesError(f"config.data.label_csv={config.data.label_csv} names {len(names)} classes, but "
+                                  f"config.data.num_classes is {config.data.num_classes}")
     return Preprocessing.from_data_config(config.data, config.train.loss, names)

@@ -184,6 +184,30 @@ def match_head(state: StateDict, source_names: Sequence[str], target_names: Sequ
     logging.info("The source's classes are not the target's: a fresh head is initialised.")
 
 
+def check_source(init: Any) -> None:
+    """Checks ``config.init``'s source before a run builds anything: it exists, and a model
+    directory's files are valid (:func:`aum_jax.model_files.open_model_dir`, verified unless
+    ``init.verify`` is False).
+
+    Raises:
+      CheckpointError: no file or folder at ``init.checkpoint``, or a model directory
+        that cannot serve (the file and field named).
+    """
+    if not init.checkpoint:
+        return
+    path = os.path.expanduser(os.fspath(init.checkpoint))
+    where = f"config.init.checkpoint={init.checkpoint}"
+    if not os.path.exists(path):
+        raise CheckpointError(f"{where}: no such file or folder (a .pth of ViM or AuM, or an aum-jax model directory)")
+    if os.path.isdir(path):
+        try:
+            model_files.open_model_dir(path, verify=init.verify)
+        except model_files.ModelDirectoryError as e:
+            raise CheckpointError(f"{where}: {e}") from e
+    elif not os.access(path, os.R_OK):
+        raise CheckpointError(f"{where}: the file cannot be read")
+
+
 def init_from_pretrained(path: str | os.PathLike, target: AuMConfig, init: Any, *, seed: int = 0,
                          class_names: Sequence[str] = ()) -> AudioMamba:
     """A new ``target`` model from a pretrained source: a ``.pth`` (ViM or AuM) or an
@@ -192,8 +216,8 @@ def init_from_pretrained(path: str | os.PathLike, target: AuMConfig, init: Any, 
     Args:
       path: the source.
       target: the new model's config.
-      init: ``config.init`` (``kind``, ``vim_cls_position``, ``source_strides``,
-        ``source_num_mel_bins``), used for a ``.pth`` whose shapes cannot tell.
+      init: ``config.init``: ``verify`` for a model directory; ``kind``, ``vim_cls_position``,
+        ``source_strides``, ``source_num_mel_bins`` for a ``.pth`` whose shapes cannot tell.
       seed: initialisation of the parameters the source does not provide.
       class_names: the target's classes; a model directory naming its own keeps its head
         only for the same classes (:func:`match_head`).
@@ -201,9 +225,9 @@ def init_from_pretrained(path: str | os.PathLike, target: AuMConfig, init: Any, 
     path = os.path.expanduser(os.fspath(path))
     logging.info("Initialising from %s", path)
     if os.path.isdir(path):
-        source = model_files.load_model(path)
+        source = model_files.load_model(path, verify=init.verify)
         state = torch_state_dict(source)
-        source_prep = preprocessing.load(path)
+        source_prep = preprocessing.load(model_files.model_directory(path))
         match_head(state, source_prep.class_names if source_prep else (), class_names)
         layout = SourceLayout(kind="aum", strides=source.config.strides, num_mel_bins=source.config.num_mel_bins,
                               audio_length=source.config.audio_length)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from aum_jax import predict
-from aum_jax.model_files import load_model
+from aum_jax.model_files import ModelDirectoryError, load_model
 from tests.model_fixtures import NAMES, save_tiny_fobi
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,5 +65,37 @@ def test_fixed_batch_export(model_dir, tmp_path):
 
     exported = jax.export.deserialize(bytearray(artifact.read_bytes()))
     assert exported.in_avals[0].shape == (2, 128, 128) and exported.out_avals[0].shape == (2, 10)
-    with pytest.raises(FileNotFoundError, match="not an aum-jax model directory"):
+    with pytest.raises(ModelDirectoryError, match="nowhere does not exist"):
         export.write_export(tmp_path / "nowhere", tmp_path / "x.jaxexport")
+
+
+def test_an_unknown_platform_is_one_line_and_writes_nothing(model_dir, tmp_path):
+    from tests.test_no_silent_errors import assert_one_error_line, run
+
+    result = run("-m", "aum_jax.export", "--model-dir", str(model_dir), "--output", str(tmp_path / "m.jaxexport"),
+                 "--platforms", "cpu,tpuu")
+    assert_one_error_line(result, "unknown platform(s) tpuu", "cpu, cuda, rocm, tpu")
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_onto_a_full_disk_keeps_the_old_artifact(model_dir, tmp_path):
+    """Writes past a file size limit fail with EFBIG, as on a full disk with ENOSPC: the error is one line,
+    the artifact at the output path and its sidecar are the old ones, and no staging file is left."""
+    import resource
+    import signal
+
+    from tests.test_no_silent_errors import assert_one_error_line, run
+
+    output, sidecar = tmp_path / "m.jaxexport", tmp_path / "m.preprocessing.json"
+    output.write_bytes(b"the old artifact")
+    sidecar.write_text("{}")
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # the tiny model's artifact is 2.5 MB.
+
+    result = run("-m", "aum_jax.export", "--model-dir", str(model_dir), "--output", str(output), "--platforms", "cpu",
+                 preexec_fn=limit_file_size, env={"PYTHONDONTWRITEBYTECODE": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"})
+    assert_one_error_line(result, f"cannot write {output}", "file too large", "nothing was written")
+    assert output.read_bytes() == b"the old artifact" and sidecar.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jaxexport", "m.preprocessing.json"]

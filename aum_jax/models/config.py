@@ -23,6 +23,27 @@ BimambaType = Literal["none", "v1", "v2"]
 ClsPosition = Literal["middle", "head", "end", "double", "none"]
 
 
+def _check_type(name: str, value: Any, default: Any) -> None:
+    """Raises TypeError unless ``value`` has the type of the field's ``default`` (a pair for the tuples;
+    an int or None for ``dt_rank``; a finite number for a float)."""
+    if isinstance(default, bool):
+        ok, wanted = isinstance(value, bool), "true or false"
+    elif isinstance(default, int) or default is None:
+        ok, wanted = (isinstance(value, int) and not isinstance(value, bool)) or (default is None and value is None), \
+            "a whole number" + (" or null" if default is None else "")
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        wanted = "a finite number"
+    elif isinstance(default, str):
+        ok, wanted = isinstance(value, str), "a string"
+    else:  # the (frequency, time) pairs.
+        ok = isinstance(value, (tuple, list)) and len(value) == len(default) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value)
+        wanted = f"a list of {len(default)} whole numbers"
+    if not ok:
+        raise TypeError(f"{name} must be {wanted}, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AuMConfig:
     """Everything that fixes an AudioMamba's parameters and forward pass.
@@ -63,6 +84,8 @@ class AuMConfig:
     dtype: str = "float32"  # compute dtype of the projections; params and state stay float32
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name), field.default)
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
         object.__setattr__(self, "strides", tuple(self.strides))
         if self.bimamba_type not in BIMAMBA_TYPES:
