@@ -170,8 +170,10 @@ def restore(
     model: nnx.Module,
     optimizer: nnx.Optimizer | None,
     iterator: grain.DatasetIterator | None,
+    *,
+    only_step: int | None = None,
 ) -> int:
-    """Loads the newest readable checkpoint into the given objects in place.
+    """Loads the newest readable checkpoint (or that of ``only_step``, if readable) into the given objects in place.
 
     The restored arrays take the shardings the current ones have. With ``optimizer``
     or ``iterator`` None that item is not read (evaluation needs the model alone, and
@@ -184,7 +186,7 @@ def restore(
       CheckpointMismatchError: a readable checkpoint does not fit ``model`` or
         ``optimizer``.
     """
-    steps = sorted(manager.all_steps(), reverse=True)
+    steps = sorted((s for s in manager.all_steps() if only_step in (None, s)), reverse=True)
     initial_input = iterator.get_state() if iterator is not None else None
     nodes = {MODEL: model, OPTIMIZER: optimizer}
     states = {name: nnx.state(node) for name, node in nodes.items() if node is not None}
@@ -220,6 +222,6 @@ def restore(
             nnx.update(nodes[name], state)
         console.line(f"Restored the checkpoint of step {step} from {manager.directory}")
         return step
-    if steps:
+    if steps and only_step is None:
         logging.warning("No readable checkpoint left in %s: starting from scratch", manager.directory)
     return 0

@@ -7,6 +7,8 @@ update, checkpoint, train loop, eval.
 - The workdir is locked for the run (:mod:`aum_jax.workdir`); a second trainer stops.
 - A workdir whose ``report.json`` reached the configured steps is not trained again (nor
   locked, so a read-only one works): its report is returned, marked ``already_trained``.
+  If its ``model/`` is gone, it is rebuilt from the checkpoint of the step it held (the
+  best one), with a warning; with that checkpoint gone too, :class:`MissingModelError`.
 - The model and optimizer come from, in this order: the newest readable checkpoint
   in ``workdir/checkpoints`` (same parameters, optimizer state and next batch), else
   the pretrained source ``config.init.checkpoint``, else a fresh initialisation.
@@ -46,14 +48,18 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from aum_jax import (
-    audio, batching, confusion, console, datasets, divergence, evaluate, input_pipeline, model_files, preprocessing,
-    pretrained, run_checkpoints, sharding,
+    atomic_files, audio, batching, confusion, console, datasets, divergence, evaluate, input_pipeline, model_files,
+    preprocessing, pretrained, run_checkpoints, sharding,
 )
 from aum_jax import workdir as workdir_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
 from aum_jax.update import learning_rate_schedule, make_optimizer, train_step  # noqa: F401 (train.train_step)
 
 ALREADY_TRAINED = "already_trained"  # key of a returned report: the workdir was finished before.
+
+
+class MissingModelError(workdir_lib.WorkdirError):
+    """A finished workdir whose ``model/`` is gone, with no checkpoint of its step to rebuild it from."""
 
 
 class TrainingInterrupted(Exception):
@@ -228,6 +234,38 @@ class _Results:
         return result
 
 
+def _restore_finished_model(config: ml_collections.ConfigDict, workdir: Path, report: dict[str, Any]) -> None:
+    """Gives a finished ``workdir`` its ``model/`` back if it is gone: the backup a kill inside
+    :func:`aum_jax.atomic_files.replace_dir` left, else the model of the checkpoint of the step it held.
+
+    Raises:
+      MissingModelError: no checkpoint of that step can be read.
+      WorkdirNotWritableError: the backup cannot be put back.
+    """
+    model_dir = workdir / workdir_lib.MODEL_DIR
+    try:
+        atomic_files.recover_dir(model_dir)
+    except OSError as e:
+        raise workdir_lib.WorkdirNotWritableError(f"cannot put back the model directory {model_dir}: {e}") from e
+    if model_dir.is_dir():
+        return
+    kind, step = ("best", report["best"]["step"]) if report.get("best") else ("final", report["step"])
+    restored = 0
+    if (workdir / workdir_lib.CHECKPOINT_DIR / str(step)).is_dir():
+        manager = run_checkpoints.make_manager(workdir, config.train.keep_checkpoints)
+        model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
+        try:
+            restored = run_checkpoints.restore(manager, model, None, None, only_step=step)  # the model item alone.
+        finally:
+            manager.close()
+    if not restored:
+        raise MissingModelError(f"{workdir / workdir_lib.REPORT_FILE} says training finished, but {model_dir}/ is "
+                                f"missing and no checkpoint of its {kind} step {step} remains; train again in a "
+                                "new --workdir")
+    model_files.save_model(model, model_dir, preprocessing=preprocessing.for_training(config))
+    logging.warning("%s was missing: restored it from the checkpoint of its %s step %d", model_dir, kind, step)
+
+
 # ----------------------------------------------------------------------------------------
 # The job
 # ----------------------------------------------------------------------------------------
@@ -242,13 +280,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       ``"restored_from_step"``, ``"skipped_steps"``, ``"skipped_clips"`` (by reason).
 
     Raises:
-      WorkdirError, DivergedWorkdirError, NonFiniteLossError, TrainingInterrupted,
-      BadInputError, CheckpointWriteError.
+      WorkdirError (MissingModelError among them), DivergedWorkdirError, NonFiniteLossError,
+      TrainingInterrupted, BadInputError, CheckpointWriteError.
     """
     workdir = Path(workdir).absolute()
     run = plan(config)
     finished = _read_json(workdir / workdir_lib.REPORT_FILE)
     if finished is not None and finished.get("step", -1) >= run.num_steps:  # nothing to do: keep the results.
+        _restore_finished_model(config, workdir, finished)
         return {**finished, ALREADY_TRAINED: True}
     lock = workdir_lib.lock_for_run(workdir, config.train.lock_heartbeat_s, config.train.lock_stale_after_s)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import soundfile
 from absl import app
 from flax import nnx
 
-from aum_jax import config_checks, datasets, model_files, run_checkpoints, train
+from aum_jax import config_checks, datasets, model_files, preprocessing, run_checkpoints, train
 from aum_jax import workdir as workdir_lib
 from aum_jax.models import AuMConfig, init_model
 from aum_jax.configs import speechcommands
@@ -172,6 +173,36 @@ def test_resume_gives_the_same_params_and_data_order(toy, tmp_path: Path) -> Non
     np.testing.assert_array_equal([resumed_losses[s] for s in range(1, 7)],
                                   [straight_losses[s] for s in range(1, 7)])  # same batches, same order.
     jax.tree.map(np.testing.assert_array_equal, final_params(resumed), final_params(straight))
+
+
+def test_a_finished_workdir_without_its_model_rebuilds_it_or_says_why_it_cannot(toy, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    config = toy_config(toy, num_steps=4, eval_every=2, checkpoint_every=2)
+    report = train.train_and_evaluate(config, workdir)
+    best, want = report["best"]["step"], final_params(workdir)
+    shutil.rmtree(workdir / workdir_lib.MODEL_DIR)  # deleted by hand.
+    again = train.train_and_evaluate(config, workdir)
+    assert again[train.ALREADY_TRAINED] and again["step"] == 4 and again["best"]["step"] == best
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), want)  # the best step's model, as trained.
+    assert preprocessing.load(workdir / workdir_lib.MODEL_DIR) == preprocessing.for_training(config)
+    (workdir / workdir_lib.MODEL_DIR).rename(workdir / ".model.previous")  # a kill inside replace_dir's fallback.
+    train.train_and_evaluate(config, workdir)
+    assert (workdir / workdir_lib.MODEL_DIR).is_dir() and not (workdir / ".model.previous").exists()
+
+    # Neither the model nor the checkpoint of its step: one line, exit status 1.
+    shutil.rmtree(workdir / workdir_lib.MODEL_DIR)
+    shutil.rmtree(workdir / workdir_lib.CHECKPOINT_DIR / str(best))
+    result = subprocess.run(
+        [sys.executable, "-m", "aum_jax.main", "--config=configs/speechcommands.py:runlocal", f"--workdir={workdir}",
+         f"--config.data.train_datafile={toy['train']}", f"--config.data.validation_datafile={toy['eval']}",
+         f"--config.data.label_csv={toy['label_csv']}", "--config.data.num_classes=2", "--config.eval.test_split=",
+         "--config.train.num_steps=4"], env=_subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {workdir / 'report.json'} says training finished, but {workdir / 'model'}/ is missing and no "
+        f"checkpoint of its best step {best} remains; train again in a new --workdir")
+    assert not (workdir / workdir_lib.MODEL_DIR).exists()
 
 
 def _tiny_model_and_optimizer() -> tuple[nnx.Module, nnx.Optimizer]:
