@@ -133,6 +133,9 @@ def model_directory(path: str | os.PathLike) -> Path:
         ``model/`` (a workdir has a ``config.json`` too, but no ``params/``).
     """
     path = Path(path).expanduser()
+    for candidate in (path, path / workdir_lib.MODEL_DIR):
+        if atomic_files.recover_dir(candidate):  # a kill inside a replacement left the old model aside.
+            logging.warning("Restored %s, which a replacement interrupted by a kill had left aside", candidate)
     if not path.exists():
         raise ModelDirectoryError(f"{path} does not exist: give an aum-jax model directory or a training workdir")
     if not path.is_dir() or (path / PARAMS_DIR).is_dir():
