@@ -22,14 +22,20 @@ from aum_jax.clip_stages import Element, Failure
 
 
 class BadInputError(RuntimeError):
-    """More clips failed to load than ``max_bad_fraction`` allows."""
+    """More clips failed to load than ``config.data.max_bad_fraction`` allows.
+
+    The first line of the message names the first bad clip and why it failed (the line the
+    command line prints); the next lines list up to 20 of them.
+    """
 
     def __init__(self, bad: dict[str, str], limit: int, num_records: int):
-        shown = "\n  ".join(f"{msg}" for msg in list(bad.values())[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        messages = list(bad.values())
+        others = f"; and {len(messages) - 1} more (run with -v for all)" if len(messages) > 1 else ""
+        shown = "\n  ".join(messages[:20])
+        more = f"\n  ... and {len(messages) - 20} more" if len(messages) > 20 else ""
         super().__init__(
-            f"{len(bad)} of {num_records} clips could not be loaded (at most {limit} "
-            f"allowed by max_bad_fraction):\n  {shown}{more}"
+            f"{len(bad)} of {num_records} clips could not be loaded (at most {limit} allowed by "
+            f"config.data.max_bad_fraction): {messages[0]}{others}\n  {shown}{more}"
         )
         self.bad = dict(bad)
         self._args = (dict(bad), limit, num_records)

@@ -276,3 +276,17 @@ def test_an_empty_folder_is_one_line_and_writes_nothing(tmp_path):
         f"error: {tmp_path / 'clips'} has no class folders: lay the clips out as {tmp_path / 'clips'}/<class name>/"
         "<clip>.wav (one folder per class)"]
     assert not (tmp_path / "work").exists()
+
+
+def test_an_empty_clip_past_max_bad_fraction_is_named_on_the_error_line(tmp_path):
+    tones(tmp_path / "clips" / "train", 4)
+    tones(tmp_path / "clips" / "validation", 1)
+    empty = tmp_path / "clips" / "train" / "low" / "empty.wav"
+    empty.touch()
+    result = run("-m", "aum_jax.main", "--config=configs/folder.py:runlocal",
+                 f"--config.data.folder={tmp_path / 'clips'}", "--config.data.max_bad_fraction=0",
+                 f"--workdir={tmp_path / 'work'}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 1 of 9 clips could not be loaded (at most 0 allowed by config.data.max_bad_fraction): "
+        f"cannot load audio file '{empty}': file is empty (0 bytes)")
