@@ -14,7 +14,8 @@ import pytest
 
 from aum_jax import atomic_files, model_files
 from tests.model_fixtures import NAMES, save_tiny_fobi
-from tests.test_no_silent_errors import SAMPLE, assert_one_error_line, run
+from tests.test_no_silent_errors import SAMPLE, assert_one_error_line, main_cli, run
+from tests.test_no_silent_errors import toy_overrides  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,38 @@ def test_staged_file_leaves_the_old_file_on_failure(tmp_path):
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["kept.json"]
     atomic_files.write_text(path, "new")
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["kept.json"]
+
+
+def test_a_truncated_array_gives_tensorstores_reason(model_dir, tmp_path):
+    truncated = shutil.copytree(model_dir, tmp_path / "m")
+    largest = max((p for p in (truncated / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    with pytest.raises(model_files.ModelDirectoryError) as error:
+        model_files.load_model(truncated)
+    message = str(error.value)
+    assert message.startswith(f"{truncated / 'params'} is damaged") and "\n" not in message
+    assert "bound method" not in message and "Requested byte range" in message
+
+
+# ---------------------------------------------------------------------------- fine-tuning sources
+
+@pytest.mark.parametrize("source, fragment", [
+    ("nowhere", "config.init.checkpoint={}: no such file or folder"),
+    ("no_config", "config.init.checkpoint={}: {}/config.json not found"),
+])
+def test_a_fine_tuning_source_that_cannot_serve_is_one_line_before_anything_runs(
+        model_dir, toy_overrides, tmp_path, source, fragment):
+    path = tmp_path / source
+    if source == "no_config":
+        _edited(model_dir, path, "config.json", None)
+    workdir = tmp_path / "work"
+    result = main_cli(workdir, toy_overrides, f"--config.init.checkpoint={path}")
+    assert_one_error_line(result, fragment.format(path, path))
+    assert not workdir.exists()
+
+
+def test_label_names_that_do_not_fit_the_class_count_are_one_line(toy_overrides, tmp_path):
+    workdir = tmp_path / "work"
+    result = main_cli(workdir, toy_overrides, "--config.data.num_classes=3")
+    assert_one_error_line(result, "names 2 classes, but config.data.num_classes is 3")
+    assert not workdir.exists()
