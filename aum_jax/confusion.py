@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aum_jax import atomic_files
 from aum_jax.evaluate import Outputs
 
 
@@ -68,17 +69,19 @@ def plot(counts: np.ndarray, names: Sequence[str], path: str | os.PathLike, titl
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="fraction of the true class", fraction=0.046, pad=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
 def save(counts: np.ndarray, names: Sequence[str], workdir: str | os.PathLike, split: str) -> tuple[Path, Path]:
-    """Writes ``confusion_<split>.json`` and ``confusion_<split>.png`` in ``workdir``."""
+    """Writes ``confusion_<split>.json`` and ``confusion_<split>.png`` in ``workdir``, each atomically."""
     workdir = Path(workdir)
     json_path, png_path = workdir / f"confusion_{split}.json", workdir / f"confusion_{split}.png"
-    json_path.write_text(json.dumps({"split": split, "classes": list(names), "counts": counts.tolist()}, indent=1))
+    atomic_files.write_text(json_path, json.dumps({"split": split, "classes": list(names), "counts": counts.tolist()},
+                                                  indent=1))
     accuracy = np.trace(counts) / max(counts.sum(), 1)
-    plot(counts, names, png_path, f"{split}: accuracy {accuracy:.1%} on {counts.sum()} clips")
+    with atomic_files.staged_file(png_path) as staging:
+        plot(counts, names, staging, f"{split}: accuracy {accuracy:.1%} on {counts.sum()} clips")
     return json_path, png_path
 
 

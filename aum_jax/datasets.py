@@ -31,7 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from aum_jax import audio, folder_source
+from aum_jax import atomic_files, audio, folder_source
 from aum_jax.records import AudioSource, ClipRecord, RecordList
 
 __all__ = [
@@ -89,15 +89,10 @@ def load_sample_weights(weight_csv: str | os.PathLike, num_records: int) -> np.n
 def write_datafile(path: str | os.PathLike, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
     """Writes an AST/AuM datafile: ``entries`` are ``(wav path, [label mids])``.
 
-    Written beside and renamed into place, so a reader never sees half a file.
+    Replaced atomically (:func:`aum_jax.atomic_files.write_text`), so a reader never sees half a file.
     """
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     data = [{"wav": wav, "labels": ",".join(mids)} for wav, mids in entries]
-    staging = f"{path}.{os.getpid()}.tmp"
-    with open(staging, "w", encoding="utf-8") as f:
-        json.dump({"data": data}, f, indent=1)
-    os.replace(staging, path)
+    atomic_files.write_text(path, json.dumps({"data": data}, indent=1))
 
 
 class DatafileSource(RecordList):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from scipy import special
 from tqdm import tqdm
 
-from aum_jax import input_pipeline, losses, metrics, sharding
+from aum_jax import atomic_files, input_pipeline, losses, metrics, sharding
 from aum_jax.models import AudioMamba
 
 
@@ -85,7 +85,7 @@ def _forward(model: AudioMamba, fbank: jax.Array, with_features: bool = False,
 def forward_pass(
     model: AudioMamba, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
     matmul_precision: str = "highest", *, desc: str = "eval", with_features: bool = False,
-    embed: Embed | None = None,
+    embed: Embed | None = None, reduce: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> Outputs:
     """Runs ``model`` (in eval mode; it is left so) over ``batches`` of this process.
 
@@ -100,6 +100,9 @@ def forward_pass(
       with_features: also gather the pooled features (a model with a head and pooled
         features).
       embed: gather the pooled features and what :class:`Embed` asks for (any model).
+      reduce: called on each batch's rows (``{name: (rows, ...)}``, padding dropped) as they
+        arrive; what it returns is kept instead, so a caller can shrink or consume outputs
+        (e.g. average tokens) without the pass holding every batch's.
 
     Returns:
       The gathered :class:`Outputs` of every process's rows, in order.
@@ -114,8 +117,9 @@ def forward_pass(
             rows["labels"] = arrays["label"]
         rows, mask = multihost_utils.process_allgather((rows, arrays["mask"]), tiled=True)
         keep = np.asarray(mask, bool)
-        for name, value in rows.items():
-            gathered.setdefault(name, []).append(np.asarray(value)[keep])
+        rows = {name: np.asarray(value)[keep] for name, value in rows.items()}
+        for name, value in (reduce(rows) if reduce else rows).items():
+            gathered.setdefault(name, []).append(value)
     if not gathered:  # nothing to run: no rows.
         return Outputs(logits=np.zeros((0, model.config.num_classes), np.float32))
     return Outputs(**{k: np.concatenate(v) for k, v in gathered.items()})
@@ -179,10 +183,8 @@ def to_json(report: dict[str, Any]) -> str:
 
 
 def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
-    """Writes ``report`` as indented JSON (on process 0 only)."""
+    """Replaces ``path`` with ``report`` as indented JSON, atomically (on process 0 only)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(to_json(report))
+    atomic_files.write_text(path, to_json(report))
     logging.info("Wrote the evaluation report %s", path)

@@ -28,7 +28,9 @@ import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from aum_jax import audio, config_checks, datasets, folder_source, kaldi, model_files, norm_stats, preprocessing
+from aum_jax import (
+    atomic_files, audio, config_checks, datasets, folder_source, kaldi, model_files, norm_stats, preprocessing,
+)
 from aum_jax import workdir as workdir_lib
 
 LABELS_FILE = "labels.csv"
@@ -129,13 +131,9 @@ def _longest_clip_frames(config: ml_collections.ConfigDict, layout: folder_sourc
 
 
 def _write(path: Path, text: str) -> None:
-    """Writes ``text`` beside ``path`` and renames it into place (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
+    """Replaces ``path`` with ``text`` atomically (:func:`aum_jax.atomic_files.write_text`; process 0 only)."""
+    if jax.process_index() == 0:
+        atomic_files.write_text(path, text)
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: Path, layout: folder_source.FolderLayout) -> None:

@@ -217,7 +217,7 @@ class _Results:
             self.best = {"step": step, **result}
             self.save_model(model)
             if jax.process_index() == 0:
-                (self._workdir / workdir_lib.BEST_FILE).write_text(evaluate.to_json(self.best))
+                atomic_files.write_text(self._workdir / workdir_lib.BEST_FILE, evaluate.to_json(self.best))
             if not self._config.eval.test_split:
                 self._save_confusion(outputs, split)
 
@@ -293,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     try:
         divergence.check_resume(config, workdir)
         if jax.process_index() == 0:
-            (workdir / workdir_lib.CONFIG_FILE).write_text(config.to_json_best_effort(indent=1))
+            atomic_files.write_text(workdir / workdir_lib.CONFIG_FILE, config.to_json_best_effort(indent=1))
         return _train_and_evaluate(config, workdir, run)
     finally:
         if lock is not None:

@@ -62,6 +62,14 @@ def test_datafile_resolves_paths_and_multi_labels(tmp_path):
     assert source[1] == datasets.ClipRecord("/abs/y.wav", (1,))
 
 
+def test_a_written_datafile_replaces_the_old_one_whole(tmp_path):
+    path = tmp_path / "new" / "data.json"
+    datasets.write_datafile(path, [("a.wav", ["/m/a"])])
+    datasets.write_datafile(path, [("b.wav", ["/m/a", "/m/b"])])
+    assert json.loads(path.read_text()) == {"data": [{"wav": "b.wav", "labels": "/m/a,/m/b"}]}
+    assert [p.name for p in path.parent.iterdir()] == ["data.json"]  # no staging file is left.
+
+
 def test_datafile_unknown_label_names_file_and_label(tmp_path):
     _labels_csv(tmp_path / "labels.csv", ["/m/a"])
     data = {"data": [{"wav": "a.wav", "labels": "/m/a"}, {"wav": "b.wav", "labels": "/m/zzz"}]}
