@@ -7,6 +7,8 @@ Public API:
   long one is never held whole (soundfile seeks; formats only librosa reads are decoded
   once).
 * :func:`resample` -- to another rate with soxr's high-quality polyphase filter.
+* :func:`as_float_samples` -- a waveform array of any kind (NumPy, JAX, torch; integer PCM
+  or floats) as float32 samples, the one entry for audio given as an array.
 * :class:`AudioLoadError` -- the single exception raised for unreadable files.
 """
 
@@ -23,6 +25,7 @@ __all__ = [
     "AudioFile",
     "AudioLoadError",
     "BAD_INPUT_KINDS",
+    "as_float_samples",
     "load_waveform",
     "open_audio",
     "resample",
@@ -32,6 +35,12 @@ PathLike = Union[str, os.PathLike]
 
 # Why a clip can fail to load; the input pipeline counts skipped clips by these.
 BAD_INPUT_KINDS = ("missing", "empty", "truncated", "unreadable", "non_finite", "too_short")
+# Integer PCM as WAV decoders read it: (the value of silence, full scale) -> (x - silence) / full scale.
+_PCM_SCALES = {"int8": (0, 2**7), "uint8": (2**7, 2**7), "int16": (0, 2**15), "int32": (0, 2**31)}
+_FLOAT_SAMPLES = ("float16", "float32", "float64")
+_SAMPLE_TYPES = "float samples in [-1, 1] or integer PCM (int8, uint8, int16, int32)"
+# Past this much audio, a file only librosa reads (so decoded whole) is named in a warning.
+_WHOLE_DECODE_WARNING_SECONDS = 600.0
 
 
 class AudioLoadError(OSError):
@@ -178,7 +187,8 @@ def open_audio(path: PathLike) -> AudioFile:
     """Opens an audio file for reading.
 
     WAV/FLAC/OGG/... are opened with soundfile and read a stretch at a time; a file
-    soundfile cannot read is decoded whole with ``librosa.load(path, sr=None, mono=False)``.
+    soundfile cannot read is decoded whole with ``librosa.load(path, sr=None, mono=False)``
+    (a warning names one of more than 10 minutes: it is held in memory whole).
 
     Raises:
       AudioLoadError: missing, empty, truncated (a WAV whose header promises more
@@ -199,6 +209,11 @@ def open_audio(path: PathLike) -> AudioFile:
             raise AudioLoadError(
                 p, f"not a readable audio file (soundfile: {sf_err}; librosa: {lr_msg})"
             ) from lr_err
+    seconds = decoded[0].shape[1] / decoded[1]
+    if seconds > _WHOLE_DECODE_WARNING_SECONDS:
+        logging.warning("%s: only librosa reads this format, so its %.1f minutes of audio are decoded whole and held "
+                        "in memory (%.0f MB); a WAV or FLAC copy is read a stretch at a time", p, seconds / 60,
+                        decoded[0].nbytes / 2**20)
     return AudioFile(p, decoded=decoded)
 
 
@@ -216,15 +231,55 @@ def load_waveform(path: PathLike) -> tuple[np.ndarray, int]:
         return f.read(), f.sample_rate
 
 
+def as_float_samples(samples: Any, where: str) -> np.ndarray:
+    """Audio samples given as an array -> float32 samples of the same shape.
+
+    ``samples`` is a NumPy or JAX array, a torch tensor on any device, or anything
+    ``np.asarray`` takes. Integer PCM is scaled to [-1, 1] by its type, as WAV decoders
+    read it: int8 / 128, uint8 (x - 128) / 128 (8-bit WAV is unsigned), int16 / 32768,
+    int32 / 2**31. float16, float32 and float64 samples are taken as they are (a float32
+    NumPy array is not copied).
+
+    Raises:
+      ValueError (naming ``where``): samples of another type (bool, int64, complex,
+        strings, objects are no audio samples), or NaN or Inf samples.
+    """
+    if hasattr(samples, "detach"):  # a torch tensor, on any device.
+        samples = samples.detach().cpu()
+        try:
+            samples = samples.numpy()
+        except TypeError as e:  # a type NumPy lacks, such as bfloat16.
+            raise ValueError(f"{where} holds {samples.dtype} values, not audio samples; give {_SAMPLE_TYPES}") from e
+    array = np.asarray(samples)
+    kind = array.dtype.name
+    if kind in _PCM_SCALES:
+        silence, full_scale = _PCM_SCALES[kind]
+        floats = array.astype(np.float32)
+        if silence:
+            floats -= np.float32(silence)
+        floats *= np.float32(1.0 / full_scale)  # a power of two: exact.
+        return floats
+    if kind not in _FLOAT_SAMPLES:
+        raise ValueError(f"{where} holds {array.dtype} values, not audio samples; give {_SAMPLE_TYPES}")
+    floats = np.asarray(array, np.float32)
+    # The float64 sum is NaN or Inf exactly when a sample is (float32 samples cannot overflow it),
+    # and needs no mask the size of the array.
+    if not np.isfinite(np.sum(floats, dtype=np.float64)):
+        raise ValueError(f"{where} holds NaN or Inf samples")
+    return floats
+
+
 def resample(waveform: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
     """``(channels, samples)`` at ``sample_rate`` -> ``(channels, samples')`` float32 at ``target_rate``.
 
-    soxr's high-quality ("HQ") polyphase filter; the same array when the rates agree.
+    Float samples or integer PCM (:func:`as_float_samples`); soxr's high-quality ("HQ")
+    polyphase filter, or the samples as they are when the rates agree (a float32 array is
+    returned itself).
     """
+    waveform = as_float_samples(waveform, "waveform")
     if int(sample_rate) == int(target_rate):
         return waveform
     import soxr  # librosa's resampler; only needed off the model's rate.
 
-    out = soxr.resample(np.ascontiguousarray(np.asarray(waveform, np.float32).T), int(sample_rate), int(target_rate),
-                        quality="HQ")
+    out = soxr.resample(np.ascontiguousarray(waveform.T), int(sample_rate), int(target_rate), quality="HQ")
     return np.ascontiguousarray(out.T, dtype=np.float32)

@@ -39,6 +39,8 @@ import math
 import numpy as np
 from absl import logging
 
+from aum_jax import audio
+
 __all__ = [
     "fbank_from_waveform",
     "filterbank_range",
@@ -281,7 +283,8 @@ def _hann_window(window_size: int) -> np.ndarray:
 
 
 def _first_channel(waveform: np.ndarray) -> np.ndarray:
-    wav = np.asarray(waveform)
+    """Channel 0 of ``(samples,)`` or ``(channels, samples)`` float32 samples (:func:`aum_jax.audio.as_float_samples`)."""
+    wav = audio.as_float_samples(waveform, "waveform")
     if wav.ndim == 2:
         if wav.shape[0] < 1:
             raise ValueError(f"waveform has no channels, shape {wav.shape}")
@@ -290,8 +293,6 @@ def _first_channel(waveform: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"waveform must have shape (samples,) or (channels, samples), got shape {wav.shape}"
         )
-    if not (np.issubdtype(wav.dtype, np.floating) or np.issubdtype(wav.dtype, np.integer)):
-        raise ValueError(f"waveform must be a real numeric array, got dtype {wav.dtype}")
     return wav
 
 
@@ -305,9 +306,10 @@ def kaldi_fbank(
 
     Args:
       waveform: ``(samples,)`` or ``(channels, samples)`` of float samples (in [-1, 1]
-        for decoded PCM); only the FIRST channel is used (as Kaldi does). It is taken
-        as float32, like torchaudio's float32 waveform; no mean removal over the clip
-        is done here (see :func:`fbank_from_waveform`).
+        for decoded PCM), or integer PCM, scaled by its type
+        (:func:`aum_jax.audio.as_float_samples`); only the FIRST channel is used (as Kaldi
+        does). It is taken as float32, like torchaudio's float32 waveform; no mean removal
+        over the clip is done here (see :func:`fbank_from_waveform`).
       sample_rate: sampling rate in Hz.
       num_mel_bins: number of mel filters (> 3).
       frame_shift_ms: hop between frames in milliseconds (frames are 25 ms long).
@@ -317,8 +319,8 @@ def kaldi_fbank(
       ``frames = 1 + (samples - window) // shift``.
 
     Raises:
-      ValueError: bad sample rate / bin count / frame shift, a bad waveform shape,
-        non-finite samples, or a clip shorter than one 25 ms frame.
+      ValueError: bad sample rate / bin count / frame shift, a bad waveform shape or type,
+        NaN or Inf samples, or a clip shorter than one 25 ms frame.
     """
     _check_params(sample_rate, num_mel_bins, frame_shift_ms)
     num_mel_bins = int(num_mel_bins)
@@ -330,9 +332,7 @@ def kaldi_fbank(
             f"clip of {n} samples is too short for one {FRAME_LENGTH_MS:g} ms frame "
             f"({window_size} samples at {sample_rate} Hz)"
         )
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError("waveform contains non-finite samples (NaN or Inf)")
+    x = np.ascontiguousarray(x)
 
     frames_n = 1 + (n - window_size) // window_shift
     strided = np.lib.stride_tricks.as_strided(
@@ -398,7 +398,8 @@ def fbank_from_waveform(waveform: np.ndarray, sample_rate: float, num_mel_bins: 
     again). The mean is torch's float32 mean (same summation order).
 
     Args:
-      waveform: ``(samples,)`` or ``(channels, samples)``.
+      waveform: ``(samples,)`` or ``(channels, samples)``, float samples or integer PCM
+        (:func:`aum_jax.audio.as_float_samples`).
       sample_rate: sampling rate in Hz.
       num_mel_bins: number of mel filters.
       frame_shift_ms: frame hop in milliseconds.
@@ -406,14 +407,12 @@ def fbank_from_waveform(waveform: np.ndarray, sample_rate: float, num_mel_bins: 
     Returns:
       float32 ``(frames, num_mel_bins)``.
     """
-    wav = np.asarray(waveform, dtype=np.float32)
+    wav = audio.as_float_samples(waveform, "waveform")
     first = _first_channel(wav)
     if wav.size == 0:
         raise ValueError("waveform is empty")
     # torch's float32 mean over every element (channels are contiguous rows).
     mean = _torch_mean_f32(np.ascontiguousarray(wav).reshape(1, -1))[0]
-    if not np.isfinite(mean):
-        raise ValueError("waveform contains non-finite samples (NaN or Inf)")
     return kaldi_fbank(first - mean, sample_rate, num_mel_bins, frame_shift_ms)
 
 
@@ -423,12 +422,13 @@ def remove_mean(waveform: np.ndarray) -> np.ndarray:
     Bit-identical to the torch expression on a float32 tensor (same summation order).
 
     Args:
-      waveform: ``(samples,)`` or ``(channels, samples)``.
+      waveform: ``(samples,)`` or ``(channels, samples)``, float samples or integer PCM
+        (:func:`aum_jax.audio.as_float_samples`).
 
     Returns:
       float32 array of the same shape.
     """
-    wav = np.asarray(waveform, dtype=np.float32)
+    wav = audio.as_float_samples(waveform, "waveform")
     if wav.size == 0:
         raise ValueError("waveform is empty")
     mean = _torch_mean_f32(np.ascontiguousarray(wav).reshape(1, -1))[0]

@@ -194,11 +194,58 @@ def test_load_waveform_pcm16_scaling(tmp_path):
     np.testing.assert_array_equal(wav[0], ints[:, 0] / np.float32(32768))
 
 
-def test_librosa_fallback(tmp_path, monkeypatch):
-    def refuse(path):
-        raise RuntimeError("pretend soundfile cannot read this")
+@pytest.mark.parametrize("dtype, values, expected", [
+    ("int8", [-128, 0, 64, 127], [-1.0, 0.0, 0.5, 127 / 128]),
+    ("uint8", [0, 128, 192, 255], [-1.0, 0.0, 0.5, 127 / 128]),  # 8-bit WAV is unsigned, silence at 128.
+    ("int16", [-32768, 0, 16384, 32767], [-1.0, 0.0, 0.5, 32767 / 32768]),
+    ("int32", [-2**31, 0, 2**30, 2**31 - 1], [-1.0, 0.0, 0.5, 1.0]),  # float32 rounds the last to 1.
+    ("float16", [-1.0, 0.0, 0.5, 2.0], [-1.0, 0.0, 0.5, 2.0]),  # floats as they are.
+    ("float64", [-1.0, 0.0, 0.5, 2.0], [-1.0, 0.0, 0.5, 2.0]),
+])
+def test_as_float_samples_scales_integer_pcm_by_its_type(dtype, values, expected):
+    samples = audio.as_float_samples(np.array([values], dtype), "x")
+    assert samples.dtype == np.float32 and samples.shape == (1, 4)
+    np.testing.assert_array_equal(samples[0], np.array(expected, np.float32))
 
-    monkeypatch.setattr(audio, "_open_soundfile", refuse)
+
+def test_as_float_samples_refuses_what_is_no_audio():
+    floats = np.zeros((2, 8), np.float32)
+    assert audio.as_float_samples(floats, "x") is floats  # not copied.
+    for values in (np.ones(4, bool), np.ones(4, np.complex64), np.ones(4, np.int64), np.ones(4, np.uint16),
+                   np.array(["a", "b"]), np.array([None, 1.0], object)):
+        with pytest.raises(ValueError, match=f"the clip holds {values.dtype} values, not audio samples"):
+            audio.as_float_samples(values, "the clip")
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="the clip holds NaN or Inf samples"):
+            audio.as_float_samples(np.array([0.0, bad, 0.5], np.float16), "the clip")
+
+
+def test_fbank_of_integer_pcm_is_that_of_its_float_samples():
+    wav, sr = audio.load_waveform(AUDIO / "sample1.wav")  # 16-bit PCM.
+    pcm = np.round(wav * 32768).astype(np.int16)
+    np.testing.assert_array_equal(kaldi.fbank_from_waveform(pcm, sr), kaldi.fbank_from_waveform(wav, sr))
+    np.testing.assert_array_equal(audio.resample(pcm, sr, 8000), audio.resample(wav, sr, 8000))
+
+
+def _refuse(path):
+    raise RuntimeError("pretend soundfile cannot read this")
+
+
+def test_a_long_file_only_librosa_reads_is_named_in_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(audio, "_open_soundfile", _refuse)
+    with caplog.at_level("WARNING"):
+        audio.open_audio(AUDIO / "sample2.wav").close()  # 10 s.
+    assert "decoded whole" not in caplog.text
+    monkeypatch.setattr(audio, "_WHOLE_DECODE_WARNING_SECONDS", 5.0)
+    with caplog.at_level("WARNING"):
+        audio.open_audio(AUDIO / "sample2.wav").close()
+    assert "sample2.wav: only librosa reads this format, so its 0.2 minutes of audio are decoded whole" in caplog.text
+
+
+def test_librosa_fallback(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio, "_open_soundfile", _refuse)
+
+
     wav, sr = audio.load_waveform(AUDIO / "sample2.wav")
     ref, ref_sr = sf.read(str(AUDIO / "sample2.wav"), dtype="float32", always_2d=True)
     assert sr == ref_sr and wav.shape == ref.T.shape
@@ -260,10 +307,10 @@ def test_too_short_clip():
 def test_non_finite_samples():
     x = np.zeros(1600, np.float32)
     x[5] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="NaN or Inf"):
         kaldi.kaldi_fbank(x, 16000)
     x[5] = np.inf
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="NaN or Inf"):
         kaldi.fbank_from_waveform(x, 16000)
 
 
