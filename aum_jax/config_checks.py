@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
-from aum_jax import evaluate, sharding
+from aum_jax import convert, evaluate, pretrained, sharding
 from aum_jax.clip_stages import FeatureOptions
 from aum_jax.models import AuMConfig
 
@@ -24,7 +24,8 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     """Raises :class:`ConfigError` for the first value of ``config`` that ``mode`` ("train", "eval") cannot use.
 
     Checked: positive batch sizes and step counts, the metric that picks the best model (one
-    that evaluation reports), the share of bad clips allowed, the model's settings
+    that evaluation reports), the fine-tuning source (it exists; a model directory's files are
+    valid), the share of bad clips allowed, the model's settings
     (``AuMConfig``), the data's feature and augmentation settings, and that the devices of the
     mesh divide the batches.
     """
@@ -38,6 +39,10 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
             raise ConfigError(f"config.{key}={value}: must be positive")
     if mode == "train":
         _check_metric(train.metric)
+        try:
+            pretrained.check_source(config.init)
+        except convert.CheckpointError as e:
+            raise ConfigError(str(e)) from e
     if not 0.0 <= data.max_bad_fraction <= 1.0:
         raise ConfigError(f"config.data.max_bad_fraction={data.max_bad_fraction}: must be in [0, 1]")
     try:

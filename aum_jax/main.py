@@ -43,7 +43,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from aum_jax import (  # noqa: E402
     batching, config_checks, confusion, convert, datasets, demo_data, divergence, evaluate, folder_setup, folder_source,
-    model_files, preprocessing, pretrained, run_checkpoints, sharding, train,
+    model_files, preprocessing, run_checkpoints, sharding, train,
 )
 from aum_jax import workdir as workdir_lib  # noqa: E402
 from aum_jax.models import AudioMamba, AuMConfig, init_model  # noqa: E402
@@ -218,8 +218,6 @@ def main(argv: list[str]) -> None:
         config_checks.check_workdir(workdir)
         folder = folder_setup.configure(config, workdir) if config.data.source == "folder" else None
         config_checks.check(config, _MODE.value)  # before anything is written.
-        if _MODE.value == "train":
-            pretrained.check_source(config.init)
         if config.get("demo") and config.demo.generate:
             prepare_demo_data(config)
         if folder is not None:
