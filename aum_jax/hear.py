@@ -6,34 +6,41 @@
   scene = hear.get_scene_embeddings(audio, model)       # (n_sounds, model.scene_embedding_size)
   emb, ms = hear.get_timestamp_embeddings(audio, model)  # (n_sounds, n_timestamps, D), (n_sounds, n_timestamps)
 
-``audio`` is float32 ``(n_sounds, n_samples)`` at ``model.sample_rate`` (a NumPy or JAX array,
-or a torch tensor); the results are NumPy float32 arrays. Each sound is cut into windows of
-the model's input length; each window becomes the model's input as in
-training (:meth:`aum_jax.preprocessing.Preprocessing.features`: the fbank and the statistics
-of the model's ``preprocessing.json``), and the windows of all sounds run through the model
-in fixed-size batches (one compiled program per batch size).
+``audio`` is ``(n_sounds, n_samples)`` at ``model.sample_rate``: a NumPy or JAX array or a
+torch tensor on any device, of float samples in [-1, 1] or integer PCM, scaled by its type
+(:func:`aum_jax.audio.as_float_samples`: int16 / 32768, ...); the results are NumPy float32
+arrays. Each sound is cut into windows of the model's input length; each window becomes the
+model's input as in training (:meth:`aum_jax.preprocessing.Preprocessing.features`: the
+fbank and the statistics of the model's ``preprocessing.json``), and the windows of all
+sounds run through the model in fixed-size batches (one compiled program per batch size).
+NaN or Inf embeddings (damaged parameters, or audio far outside what the model was trained
+on) raise :class:`aum_jax.predict.NonFiniteOutputError` naming the sounds.
 
 - Scene embedding: the final cls token after the last norm, the vector the model's head
   reads (the original's ``return_features``; the mean of the tokens for a model without
   one), averaged over windows that follow one another, each weighted by the length of
-  audio it holds.
+  audio it holds (:func:`aum_jax.predict.embeddings.pool_windows`, as ``predict
+  --embeddings --pool`` pools a file).
 - Timestamp embedding: the final patch tokens on their (frequency, time) grid, averaged
   over frequency: one vector per time patch, stamped at the centre of the patch in ms.
   The windows start every ``T' * stride`` frames (the input's length unless the patches
   overlap), so the time patches of successive windows continue one evenly spaced grid.
-  Patches whose centre falls past the end of the sound are left out.
+  Patches whose centre falls past the end of the sound are left out. Each batch of windows
+  is averaged and written into the result as it comes out of the model, so the call holds
+  the result and one batch, however long the sounds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from aum_jax import evaluate, model_files, predict, preprocessing
+from aum_jax.audio import as_float_samples
 from aum_jax.models import AudioMamba
 from aum_jax.predict import embeddings
 
@@ -68,18 +75,22 @@ class HearModel:
         return self.model.config.embed_dim
 
 
-def load_model(model_file_path: str | os.PathLike, *, batch_size: int = 32,
-               matmul_precision: str = "highest") -> HearModel:
+def load_model(model_file_path: str | os.PathLike, *, batch_size: int = 32, matmul_precision: str = "highest",
+               verify: bool = True) -> HearModel:
     """The model of an aum-jax model directory (or a training workdir's ``model/``).
 
+    ``verify=False`` loads a directory without ``checksums.json`` (its parameters are then
+    not checked for damage).
+
     Raises:
-      FileNotFoundError, ModelDirectoryError: not a model directory, or a damaged one.
+      ModelDirectoryError: not a model directory, a damaged one, or one without
+        ``checksums.json`` while ``verify``.
       ValueError: the model has no ``preprocessing.json`` or no normalisation statistics.
     """
     if not os.fspath(model_file_path):
         raise ValueError("load_model needs an aum-jax model directory (aum-jax ships no default weights)")
     directory = model_files.model_directory(model_file_path)
-    model = model_files.load_model(directory)
+    model = model_files.load_model(directory, verify=verify)
     prep = preprocessing.load(directory)
     if prep is None:
         raise ValueError(f"{directory} has no {preprocessing.PREPROCESSING_FILE}: its input features are unknown "
@@ -89,52 +100,84 @@ def load_model(model_file_path: str | os.PathLike, *, batch_size: int = 32,
 
 
 def _sounds(audio: Any) -> np.ndarray:
-    """``(n_sounds, n_samples)`` float32 from a NumPy, JAX or torch array; anything else raises ValueError."""
-    if hasattr(audio, "detach"):  # a torch tensor, on any device.
-        audio = audio.detach().cpu().numpy()
-    audio = np.asarray(audio, np.float32)
+    """``(n_sounds, n_samples)`` float32 samples from any array :func:`aum_jax.audio.as_float_samples` takes.
+
+    Raises:
+      ValueError: another shape, values that are no audio samples (bool, complex, ...), or
+        NaN or Inf samples.
+    """
+    audio = as_float_samples(audio, "audio")
     if audio.ndim != 2 or 0 in audio.shape:
         raise ValueError(f"audio must be (n_sounds, n_samples) with both > 0, got shape {audio.shape}")
-    if not np.isfinite(audio).all():
-        raise ValueError("audio holds NaN or Inf samples")
     return audio
 
 
-def _run(audio: np.ndarray, model: HearModel, embed: evaluate.Embed,
-         hop_seconds: float) -> tuple[evaluate.Outputs, np.ndarray]:
-    """Every window of every sound through the model: its outputs (sound-major) and the ``(W, 2)`` sample bounds."""
+def _names(audio: np.ndarray) -> list[str]:
+    """``"sound i"`` of each sound, for messages."""
+    return [f"sound {i}" for i in range(len(audio))]
+
+
+def _run(audio: np.ndarray, model: HearModel, bounds: np.ndarray, embed: evaluate.Embed,
+         reduce: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> evaluate.Outputs:
+    """Every window (``bounds``: ``(W, 2)`` samples) of every sound through the model; outputs sound-major."""
     rate = model.sample_rate
-    bounds = np.array(predict.window_bounds(audio.shape[1], rate, model.prep.window_seconds, hop_seconds))
 
     def rows() -> Iterator[np.ndarray]:
         for sound in audio:
             for start, end in bounds:
                 yield model.prep.features(sound[None, start:end], rate)
 
-    outputs = predict.run_model(model.model, rows(), model.batch_size, model.matmul_precision, embed=embed)
-    return outputs, bounds
+    return predict.run_model(model.model, rows(), model.batch_size, model.matmul_precision, embed=embed,
+                             reduce=reduce)
+
+
+def _bounds(audio: np.ndarray, model: HearModel, hop_seconds: float) -> np.ndarray:
+    """``(W, 2)`` sample bounds of the windows of the model's input length every ``hop_seconds``."""
+    return np.array(predict.window_bounds(audio.shape[1], model.sample_rate, model.prep.window_seconds, hop_seconds))
 
 
 def get_scene_embeddings(audio: Any, model: HearModel) -> np.ndarray:
-    """``(n_sounds, n_samples)`` at ``model.sample_rate`` -> ``(n_sounds, scene_embedding_size)`` float32."""
+    """``(n_sounds, n_samples)`` at ``model.sample_rate`` -> ``(n_sounds, scene_embedding_size)`` float32.
+
+    Raises:
+      ValueError: audio of another shape or type, or with NaN or Inf samples.
+      NonFiniteOutputError: NaN or Inf embeddings (the sounds named).
+    """
     audio = _sounds(audio)
-    outputs, bounds = _run(audio, model, evaluate.Embed(), model.prep.window_seconds)
-    pooled = outputs.features.reshape(len(audio), len(bounds), -1)
-    weights = (bounds[:, 1] - bounds[:, 0]).astype(np.float64)
-    return np.einsum("nwd,w->nd", pooled, weights / weights.sum()).astype(np.float32)
+    bounds = _bounds(audio, model, model.prep.window_seconds)
+    per_window = _run(audio, model, bounds, evaluate.Embed()).features.reshape(len(audio), len(bounds), -1)
+    scene = np.stack([embeddings.pool_windows(rows, bounds) for rows in per_window])
+    predict.require_finite(scene, _names(audio), "embeddings")
+    return scene
 
 
 def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[np.ndarray, np.ndarray]:
     """``(n_sounds, n_samples)`` -> embeddings ``(n_sounds, n_timestamps, timestamp_embedding_size)``
-    float32 and their timestamps ``(n_sounds, n_timestamps)`` in ms (the centres of the time patches)."""
+    float32 and their timestamps ``(n_sounds, n_timestamps)`` in ms (the centres of the time patches).
+
+    Raises:
+      ValueError: audio of another shape or type, or with NaN or Inf samples.
+      NonFiniteOutputError: NaN or Inf embeddings (the sounds named).
+    """
     audio = _sounds(audio)
-    hop = embeddings.time_patch_span(model.model, model.prep)  # the windows' time patches tile one grid.
-    outputs, bounds = _run(audio, model, evaluate.Embed(tokens=True), hop)
-    per_time = outputs.tokens.mean(axis=1)  # (N * W, T', D): averaged over the frequency patches.
-    per_time = per_time.reshape(len(audio), len(bounds), *per_time.shape[1:])
-    starts_ms, ends_ms = (bounds.T * 1000.0 / model.sample_rate)
+    bounds = _bounds(audio, model, embeddings.time_patch_span(model.model, model.prep))  # one grid of patches.
+    starts_ms, ends_ms = bounds.T * 1000.0 / model.sample_rate
     centres_ms = starts_ms[:, None] + embeddings.time_patch_centres(model.model, model.prep)[None] * 1000.0
     keep = centres_ms < ends_ms[:, None]  # (W, T'): patches centred on audio.
     keep.flat[0] = True  # a sound shorter than half a patch keeps its first.
-    timestamps = np.broadcast_to(centres_ms[keep], (len(audio), int(keep.sum())))
-    return per_time[:, keep].astype(np.float32), timestamps.astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])  # where each window's patches go.
+    result = np.empty((len(audio), offsets[-1], model.timestamp_embedding_size), np.float32)
+    done = 0  # windows written so far, sound-major.
+
+    def write_per_time(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch's tokens ``(B, F', T', D)``, averaged over frequency, into ``result``; nothing else is kept."""
+        nonlocal done
+        for per_time in rows["tokens"].mean(axis=1):  # (T', D)
+            sound, window = divmod(done, len(bounds))
+            result[sound, offsets[window] : offsets[window + 1]] = per_time[keep[window]]
+            done += 1
+        return {}
+
+    _run(audio, model, bounds, evaluate.Embed(tokens=True), write_per_time)
+    predict.require_finite(result.reshape(len(audio), -1), _names(audio), "embeddings")
+    return result, np.repeat(centres_ms[keep][None].astype(np.float32), len(audio), axis=0)

@@ -283,7 +283,7 @@ def _hann_window(window_size: int) -> np.ndarray:
 
 
 def _first_channel(waveform: np.ndarray) -> np.ndarray:
-    """Channel 0 of ``(samples,)`` or ``(channels, samples)`` float32 samples (:func:`aum_jax.audio.as_float_samples`)."""
+    """Channel 0 of ``(samples,)`` or ``(channels, samples)``, as float32 samples (:func:`audio.as_float_samples`)."""
     wav = audio.as_float_samples(waveform, "waveform")
     if wav.ndim == 2:
         if wav.shape[0] < 1:

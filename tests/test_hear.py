@@ -9,12 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
+import torch
+from flax import nnx
 
-from aum_jax import hear
+from aum_jax import hear, predict
+from aum_jax.model_files import ModelDirectoryError
 from aum_jax.models import AudioMamba, AuMConfig, init_model
 from aum_jax.predict import embeddings
 from aum_jax.preprocessing import Preprocessing
@@ -123,8 +127,39 @@ def test_hear_refuses_bad_audio(hear_model, tmp_path):
         hear.get_scene_embeddings(np.zeros(16000, np.float32), hear_model)
     with pytest.raises(ValueError, match="NaN or Inf"):
         hear.get_scene_embeddings(np.full((1, 16000), np.nan, np.float32), hear_model)
-    with pytest.raises(FileNotFoundError, match="not an aum-jax model directory"):
-        hear.load_model(tmp_path)
+    for values, dtype in ((np.ones((1, 16000), bool), "bool"), (np.ones((1, 16000), np.complex64), "complex64"),
+                          (np.ones((1, 16000), np.int64), "int64"), (torch.ones(1, 16000, dtype=torch.bfloat16),
+                                                                     "torch.bfloat16")):
+        with pytest.raises(ValueError, match=f"audio holds {dtype} values, not audio samples"):
+            hear.get_timestamp_embeddings(values, hear_model)
+    with pytest.raises(ModelDirectoryError, match="does not exist"):
+        hear.load_model(tmp_path / "nothing")
+
+
+def test_integer_pcm_embeds_as_the_float_clip(hear_model):
+    """int16 PCM, as a NumPy or JAX array or a torch tensor, is scaled by its type (/ 32768) as a WAV
+    decoder reads it, not taken as floats of +-32767."""
+    audio = sounds(2, 3.0, seed=8)
+    pcm = np.round(audio * 32767).astype(np.int16)
+    reference = hear.get_scene_embeddings(audio, hear_model)
+    for given in (pcm, jnp.asarray(pcm), torch.from_numpy(pcm)):
+        scene = hear.get_scene_embeddings(given, hear_model)
+        cosine = np.sum(scene * reference, axis=1) / np.linalg.norm(scene, axis=1) / np.linalg.norm(reference, axis=1)
+        assert cosine.min() > 0.9999, cosine
+    np.testing.assert_array_equal(hear.get_timestamp_embeddings(pcm, hear_model)[0],
+                                  hear.get_timestamp_embeddings(pcm / np.float32(32768), hear_model)[0])
+
+
+def test_nan_embeddings_are_refused_naming_the_sounds(hear_model):
+    """A model whose parameters went NaN in memory: an error naming the sounds, not NaN embeddings."""
+    graph, params, rest = nnx.split(hear_model.model, nnx.Param, ...)
+    nan = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params)  # new arrays: the model is left as it is.
+    broken = dataclasses.replace(hear_model, model=nnx.merge(graph, nan, rest))
+    audio = sounds(2, 2.0, seed=9)
+    for embed in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(predict.NonFiniteOutputError, match="NaN or Inf embeddings for sound 0, sound 1"):
+            embed(audio, broken)
+    assert np.isfinite(hear.get_scene_embeddings(audio, hear_model)).all()  # the model itself is untouched.
 
 
 def test_tokens_on_the_grid_and_the_blocks_pooled_states(hear_model):
@@ -167,16 +202,17 @@ def test_parse_layers():
         embeddings.parse_layers("last", 4)
 
 
-def test_predict_writes_embeddings_per_window(model_dir, hear_model, tmp_path):
+def test_predict_embeds_every_window_of_each_whole_file(model_dir, hear_model, tmp_path):
     clip, long = tmp_path / "clip.wav", tmp_path / "long.wav"
     soundfile.write(clip, sounds(1, 0.7, seed=5)[0], RATE)
     soundfile.write(long, sounds(1, 3.0, seed=6)[0], RATE)
     out = tmp_path / "emb.npz"
     result = subprocess.run([sys.executable, "-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio",
-                             str(clip), str(long), "--embeddings", str(out), "--window-seconds", "1.28",
-                             "--layers", "all", "--tokens"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                             str(clip), str(long), "--embeddings", str(out), "--layers", "all", "--tokens"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 rows of 2 files" in result.stdout  # 1 window of the clip, 3 of the long file (1.28 + 1.28 + 0.44 s).
+    # Windows of the model's input, 1.28 s: 1 of the clip, 3 of the long file (1.28 + 1.28 + 0.44 s).
+    assert "4 rows of 2 files (one per window)" in result.stdout
     saved = np.load(out)
     assert list(saved["files"]) == [str(clip)] + [str(long)] * 3
     np.testing.assert_allclose(saved["starts"], [0, 0, 1.28, 2.56])
@@ -187,6 +223,7 @@ def test_predict_writes_embeddings_per_window(model_dir, hear_model, tmp_path):
     rows = embeddings.embed_files(hear_model.model, hear_model.prep, [str(clip), str(long)], window_seconds=1.28,
                                   layers=range(4), tokens=True)
     np.testing.assert_allclose(saved["embedding"], rows.embedding, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "emb.npz", "long.wav"]  # no staging file left.
     # A block the model does not have is one line, and nothing is written.
     bad = subprocess.run([sys.executable, "-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(clip),
                           "--embeddings", str(tmp_path / "bad.npz"), "--layers", "4"], cwd=ROOT,
@@ -194,3 +231,29 @@ def test_predict_writes_embeddings_per_window(model_dir, hear_model, tmp_path):
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         "error: --layers '4': the model has blocks 0..3, not 4"]
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_pooled_file_embeddings_are_hears_scene_embeddings(model_dir, hear_model, tmp_path):
+    """--pool: one row per file, its windows weighted by the audio each holds, as HEAR pools a sound."""
+    paths = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    for path, seconds, seed in zip(paths, (0.7, 4.0), (10, 11)):
+        soundfile.write(path, sounds(1, seconds, seed=seed)[0], RATE)
+    out = tmp_path / "pooled.npz"
+    result = subprocess.run([sys.executable, "-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio",
+                             *map(str, paths), "--embeddings", str(out), "--pool", "--layers", "3"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 rows of 2 files (one per file, its windows pooled)" in result.stdout
+    saved = np.load(out)
+    np.testing.assert_allclose(saved["starts"], [0, 0])
+    np.testing.assert_allclose(saved["ends"], [0.7, 4.0])
+    for row, path in zip(saved["embedding"], paths):
+        waveform, _ = soundfile.read(path, dtype="float32")  # as written: 16-bit PCM.
+        np.testing.assert_allclose(row, hear.get_scene_embeddings(waveform[None], hear_model)[0], atol=1e-5)
+    # The blocks' pooled states are pooled over the windows as the embedding is.
+    rows = embeddings.embed_files(hear_model.model, hear_model.prep, [str(paths[1])], layers=(3,))
+    np.testing.assert_allclose(saved["layers"][1, 0], embeddings.pool_windows(rows.layers[:, 0],
+                                                                              np.stack([rows.starts, rows.ends], 1)),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="tokens are each window's patch grid and are not pooled"):
+        embeddings.embed_files(hear_model.model, hear_model.prep, [str(paths[0])], pool=True, tokens=True)

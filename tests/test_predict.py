@@ -4,6 +4,7 @@ overrides, clear errors, and long recordings as windowed timelines (JSON, heat m
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import soundfile
 
 from aum_jax import audio, convert, kaldi, predict, preprocessing
-from aum_jax.model_files import load_model, save_model
+from aum_jax.model_files import ModelDirectoryError, load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_LABELS = ROOT / "data" / "demo" / "class_labels_indices.csv"  # 10 names, as the fixture's classes.
@@ -213,3 +214,64 @@ def test_training_pipeline_and_predict_make_identical_features(tmp_path, rate):
     assert file_rate == rate and duration == pytest.approx(0.7, abs=1e-4)
     assert features.shape == (96, 128) and np.isfinite(features).all()
     np.testing.assert_array_equal(batch["fbank"][0], features)
+
+
+def test_a_long_files_first_input_is_read_from_its_start_alone(model_dir, long_wav, tmp_path, monkeypatch):
+    """Without a window a file is scored on its first input, as the original evaluates a clip. Only
+    that much (and 1 s for the resampler's filter) is read; the mean removed is that stretch's, not
+    the whole file's, which the fbank's per-frame mean removal cancels: float32 rounding apart, the
+    features are the whole file's."""
+    prep = preprocessing.load(model_dir)
+    t = np.arange(80 * 44_100) / 44_100
+    off_rate = tmp_path / "dc44k.wav"  # resampled; a pure tone, with a DC offset and a slow drift.
+    soundfile.write(off_rate, (0.3 * np.sin(2 * np.pi * 700 * t) + 0.05 + 0.02 * np.sin(2 * np.pi * 0.1 * t)
+                               ).astype(np.float32), 44_100, subtype="FLOAT")
+    whole_read = audio.AudioFile.read
+    for path, rate in ((long_wav, SAMPLE_RATE), (off_rate, 44_100)):
+        waveform, _ = audio.load_waveform(path)
+        reads = []
+        monkeypatch.setattr(audio.AudioFile, "read", lambda self, start=0, stop=None: reads.append((start, stop)) or
+                            whole_read(self, start, stop))
+        features, duration, file_rate = predict.file_features(str(path), prep)
+        monkeypatch.undo()
+        assert reads == [(0, round(2.28 * rate))]
+        assert (duration, file_rate) == (waveform.shape[1] / rate, rate)
+        difference = np.abs(features - prep.features(waveform, rate))
+        assert difference.max() < 2e-4 and np.median(difference) < 1e-6, difference.max()  # deep bins differ most.
+
+
+def test_clip_outputs_note_what_was_left_unscored_and_replace_their_files(model_dir, long_wav, tmp_path):
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, (0.3 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32),
+                    SAMPLE_RATE)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scores.json").write_text("an older run")
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(long_wav), str(clip),
+                     "--save-logits", str(out / "logits"), "--save-features", str(out / "features.npy"),
+                     "--json", str(out / "scores.json"), "--plot", str(out / "scores.png"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {long_wav}: only its first 1.28 s of 50.00 s were scored; --window-seconds scores it all"]
+    assert sorted(p.name for p in out.iterdir()) == ["features.npy", "logits", "scores.json", "scores.png"]
+    assert np.load(out / "logits").shape == (2, 10) and np.load(out / "features.npy").shape == (2, 192)
+    assert [f["file"] for f in json.loads((out / "scores.json").read_text())["files"]] == [str(long_wav), str(clip)]
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_model_directory_without_checksums_needs_no_verify(model_dir, tmp_path, fixtures_dir):
+    from aum_jax import hear
+
+    unchecked = tmp_path / "unchecked"
+    shutil.copytree(model_dir, unchecked)
+    (unchecked / "checksums.json").unlink()
+    wav = str(fixtures_dir / "audio" / "sample0.wav")
+    refused = run_cli("-m", "aum_jax.predict", "--model-dir", str(unchecked), "--audio", wav)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
+        f"error: {unchecked} has no checksums.json")
+    loaded = run_cli("-m", "aum_jax.predict", "--model-dir", str(unchecked), "--audio", wav, "--no-verify")
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert "sample0.wav: " in loaded.stdout and "without checking its parameters" in loaded.stderr
+    with pytest.raises(ModelDirectoryError, match="has no checksums.json"):
+        hear.load_model(unchecked)
+    assert hear.load_model(unchecked, verify=False).scene_embedding_size == 192

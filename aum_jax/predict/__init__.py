@@ -13,18 +13,20 @@ block, per patch) are :mod:`aum_jax.predict.embeddings`. In Python::
   timeline = predict.classify_recording(model, prep, "long.wav", window_seconds=1, hop_seconds=0.5)
 
 Every file is resampled to the model's rate (``prep.sample_rate``) and becomes the model's
-input exactly as in training (:meth:`aum_jax.preprocessing.Preprocessing.features`). Files
-are read a batch of windows at a time, so memory does not grow with a recording's length.
-The model runs through the evaluation pass (:func:`aum_jax.evaluate.forward_pass`). Scores
-are sigmoids for a model trained with BCE (multi-label), softmaxes for one trained with CE
-(single-label), and the raw logits when the training loss is unknown.
+input exactly as in training (:meth:`aum_jax.preprocessing.Preprocessing.features`).
+:func:`classify_clips` scores each file's first input, as the original evaluates a clip
+(and reads only that much of the file); :func:`classify_recording` scores every window of a
+recording, read a window at a time. Either way memory does not grow with a recording's
+length. The model runs through the evaluation pass (:func:`aum_jax.evaluate.forward_pass`).
+Scores are sigmoids for a model trained with BCE (multi-label), softmaxes for one trained
+with CE (single-label), and the raw logits when the training loss is unknown.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -36,11 +38,15 @@ from aum_jax.models import AudioMamba
 
 MATMUL_PRECISIONS = ("highest", "high", "tensorfloat32", "bfloat16", "default")  # jax.default_matmul_precision
 MIN_WINDOW_SECONDS = 0.025  # one fbank frame: a shorter tail window is dropped.
+# Audio read past a long file's first input: its last fbank frames (25 ms, or an EPIC STFT's
+# 43 ms) and the resampler's filter see the samples they see in the whole file (soxr then
+# gives the same samples, bit for bit).
+FIRST_INPUT_MARGIN_SECONDS = 1.0
 CHANNELS = ("first", "mean")  # first: channel 0, as the original; mean: the channels' average.
 
 
 class NonFiniteOutputError(ValueError):
-    """The model gave NaN or Inf logits."""
+    """The model gave NaN or Inf logits or embeddings."""
 
 
 def check_features(features: np.ndarray, expected: tuple[int, int], source: str = "features") -> None:
@@ -78,7 +84,8 @@ def _batches(rows: Iterable[np.ndarray], batch_size: int) -> Iterator[dict[str, 
 
 def run_model(model: AudioMamba, rows: Iterable[np.ndarray], batch_size: int = 32,
               matmul_precision: str = "highest", with_features: bool = False,
-              embed: evaluate.Embed | None = None) -> evaluate.Outputs:
+              embed: evaluate.Embed | None = None,
+              reduce: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> evaluate.Outputs:
     """Feature rows ``(T, F)`` (any iterable, read lazily) -> logits (and pooled features) on one device.
 
     Runs the evaluation pass (:func:`aum_jax.evaluate.forward_pass`) in fixed-size batches,
@@ -86,6 +93,8 @@ def run_model(model: AudioMamba, rows: Iterable[np.ndarray], batch_size: int = 3
     ``matmul_precision``: "highest" computes as the original; on a GPU "tensorfloat32" is
     faster and about 1e-3 off. ``embed`` also gathers the pooled features, and the blocks'
     pooled states and the patch tokens it asks for (:class:`aum_jax.evaluate.Embed`).
+    ``reduce`` is called on each batch's outputs (``{"logits": (B, C), ...}``) as they come
+    and returns what is kept of them (see :func:`aum_jax.evaluate.forward_pass`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch size must be positive, got {batch_size}")
@@ -94,7 +103,7 @@ def run_model(model: AudioMamba, rows: Iterable[np.ndarray], batch_size: int = 3
         raise ValueError("pooled features need a model with a head and pooled features.")
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data_axis": "data", "num_devices": 1}))
     return evaluate.forward_pass(model, _batches(rows, batch_size), mesh, matmul_precision, desc="predict",
-                                 with_features=with_features, embed=embed)
+                                 with_features=with_features, embed=embed, reduce=reduce)
 
 
 def predict(
@@ -133,12 +142,17 @@ def class_names(prep: preprocessing.Preprocessing, num_classes: int) -> list[str
     return list(prep.class_names) or [str(i) for i in range(num_classes)]
 
 
-def require_finite(logits: np.ndarray, inputs: Sequence[str]) -> None:
-    """Raises :class:`NonFiniteOutputError` naming the inputs (one per row) whose logits are NaN or Inf."""
-    bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+def require_finite(outputs: np.ndarray, inputs: Sequence[str], what: str = "logits") -> None:
+    """Raises :class:`NonFiniteOutputError` naming the inputs (one per row of ``outputs`` ``(N, K)``
+    float32) whose ``what`` ("logits", "embeddings") hold NaN or Inf.
+
+    A row's float64 sum is NaN or Inf exactly when one of its float32 values is, and needs no
+    mask the size of ``outputs``.
+    """
+    bad = np.flatnonzero(~np.isfinite(np.sum(outputs, axis=1, dtype=np.float64)))
     if len(bad):
         raise NonFiniteOutputError(
-            f"the model gave NaN or Inf logits for {_shown([inputs[i] for i in bad])}: its parameters "
+            f"the model gave NaN or Inf {what} for {_shown([inputs[i] for i in bad])}: its parameters "
             "may be damaged, or the input is far outside what it was trained on")
 
 
@@ -212,18 +226,27 @@ def _mono(waveform: np.ndarray, channel: str) -> np.ndarray:
 
 
 def file_features(path: str, prep: preprocessing.Preprocessing, channel: str = "first") -> tuple[np.ndarray, float, int]:
-    """An audio file as one model input, as the training pipeline makes it (:meth:`Preprocessing.features`).
+    """An audio file's first model input (its first ``target_length`` frames), as the training pipeline
+    makes a clip's (:meth:`Preprocessing.features` of the whole file).
+
+    Only the file's first ``prep.window_seconds`` + :data:`FIRST_INPUT_MARGIN_SECONDS` are
+    read, so a long recording costs what a clip does. A file of at most that length gives
+    the training pipeline's input bit for bit. A longer one has the mean of that stretch
+    removed where the pipeline removes the whole file's: the fbank removes each frame's own
+    mean after it, which cancels any constant, so the two differ by float32 rounding only
+    (up to about 1e-4 in the bins far below a frame's peak, within this fbank's tolerance to
+    torchaudio's).
 
     Returns:
-      ``(features (target_length, num_mel_bins) float32, duration in seconds, the file's sample rate)``.
+      ``(features (target_length, num_mel_bins) float32, the file's duration in seconds, its sample rate)``.
 
     Raises:
       AudioLoadError: the file cannot be read.
       ValueError: it is shorter than one fbank frame.
     """
     with audio.open_audio(path) as f:
-        waveform, sample_rate = _mono(f.read(), channel), f.sample_rate
-    return prep.features(waveform, sample_rate), waveform.shape[1] / sample_rate, sample_rate
+        head = f.read(0, round((prep.window_seconds + FIRST_INPUT_MARGIN_SECONDS) * f.sample_rate))
+        return prep.features(_mono(head, channel), f.sample_rate), f.num_samples / f.sample_rate, f.sample_rate
 
 
 class _ClipReader:
@@ -253,8 +276,10 @@ def classify_clips(
 ) -> ClipPredictions:
     """One window per file (its first ``target_length`` frames), as the original evaluates a clip.
 
-    A file that cannot be read, or is shorter than one fbank frame, is skipped and named in
-    ``skipped``; when no file is left the call raises.
+    A file longer than the model's input is scored on its first ``prep.window_seconds``
+    only (its timeline's ``ends[0]`` is less than its ``duration``); :func:`classify_recording`
+    scores all of it. A file that cannot be read, or is shorter than one fbank frame, is
+    skipped and named in ``skipped``; when no file is left the call raises.
 
     Raises:
       ValueError: no file could be read (the reasons are named).

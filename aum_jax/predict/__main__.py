@@ -9,6 +9,8 @@ the model's frame count and normalised with the statistics stored in
 MODEL_DIR/preprocessing.json (written by training and by the converter); --mean/--std,
 --label-csv and --loss override them. A file that cannot be read, or is shorter than one
 25 ms frame, is skipped with a warning (unless --save-logits/--save-features need every row).
+A file longer than the model's input is scored on its first input, as the original evaluates
+a clip (only that much is read), with a note on stderr naming it; --window-seconds scores it all.
 
 Long recordings: slide the model's window over the whole file, a batch of windows at a time
 (memory does not grow with the recording), and print a timeline of the top classes per
@@ -17,12 +19,15 @@ window; save it as JSON and as a heat map:
   python -m aum_jax.predict --model-dir MODEL_DIR --audio long.wav \\
       --window-seconds 1 --hop-seconds 0.5 --json timeline.json --plot timeline.png
 
-Embeddings for downstream work: per file (per window with --window-seconds), the pooled
+Embeddings for downstream work: per window of each whole file (windows of the model's input
+length one after another, or --window-seconds/--hop-seconds; read a window at a time), the pooled
 embedding (the vector the head reads), with --layers the pooled hidden state after the chosen
-blocks, with --tokens the final tokens on the (frequency, time) patch grid, in one .npz:
+blocks, with --tokens the final tokens on the (frequency, time) patch grid, in one .npz; with
+--pool one row per file, the mean of its windows weighted by the audio each holds (as HEAR's
+scene embedding):
 
   python -m aum_jax.predict --model-dir MODEL_DIR --audio a.wav long.flac \\
-      --embeddings out.npz [--layers all|0,5,11] [--tokens] [--window-seconds 1]
+      --embeddings out.npz [--layers all|0,5,11] [--tokens | --pool] [--window-seconds 1]
 
 On features:
 
@@ -35,7 +40,9 @@ X holds normalised fbank features, float32 (B, T, F), with T and F as the model 
 Scores are sigmoids for a model trained with BCE (multi-label) and softmaxes for one
 trained with CE (single-label); a model without preprocessing.json has no known loss, so
 its raw logits are printed unless --loss is given. --checkpoint is the old name of
---model-dir.
+--model-dir. A model directory without checksums.json is refused unless --no-verify.
+Every file written (--json, --plot, --save-logits, --save-features, --embeddings) replaces
+its destination atomically: a kill or a full disk leaves the old file, or none.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from aum_jax import audio, model_files, predict, preprocessing  # noqa: E402
+from aum_jax import atomic_files, audio, model_files, predict, preprocessing  # noqa: E402
 from aum_jax.datasets import load_label_csv  # noqa: E402
 from aum_jax.ops import SCAN_IMPLS  # noqa: E402
 from aum_jax.predict import embeddings, plot  # noqa: E402
@@ -62,6 +69,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser = console.argument_parser("python -m aum_jax.predict", "Runs an aum-jax model on audio files or fbank "
                                      "features.", __doc__)
     console.add_model_dir_flag(parser)
+    console.add_no_verify_flag(parser)
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--features", help=".npy of normalised fbank features, float32 (B, T, F)")
     inputs.add_argument("--audio", nargs="+", help="audio files to classify")
@@ -80,12 +88,15 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
                         help="--audio: of a multi-channel file, the first channel (default, as the original) or their mean")
     parser.add_argument("--top-k", type=int, default=5, help="classes printed per example or window (default: 5)")
     parser.add_argument("--window-seconds", type=float, help="--audio: slide a window of this length over each whole file "
-                        "(default: the model's input length, once --hop-seconds is given)")
+                        "(default: the model's input length, once --hop-seconds is given; --embeddings always "
+                        "slides one)")
     parser.add_argument("--hop-seconds", type=float, help="--audio: spacing of the windows (default: the window length)")
     parser.add_argument("--json", help="--audio: write the per-file, per-window top-k scores to this JSON file")
     parser.add_argument("--plot", help="--audio: draw a heat map of the top classes over time to this PNG")
-    parser.add_argument("--embeddings", help="--audio: write the embeddings per file (per window with "
-                        "--window-seconds) to this .npz instead of printing scores")
+    parser.add_argument("--embeddings", help="--audio: write the embeddings of every window of each file (one row "
+                        "per file with --pool) to this .npz instead of printing scores")
+    parser.add_argument("--pool", action="store_true", help="--embeddings: one row per file, the mean of its windows "
+                        "weighted by the audio each holds (as HEAR's scene embedding)")
     parser.add_argument("--layers", help="--embeddings: also the pooled hidden state after these blocks: 'all' or "
                         "0-based indices such as 0,5,11")
     parser.add_argument("--tokens", action="store_true", help="--embeddings: also the final tokens on the "
@@ -102,8 +113,10 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
         parser.error("--window-seconds, --hop-seconds, --json and --plot work with --audio")
     if (args.window_seconds or args.hop_seconds) and (args.save_logits or args.save_features):
         parser.error("--save-logits and --save-features take whole clips; use --json for windows")
-    if (args.layers or args.tokens) and not args.embeddings:
-        parser.error("--layers and --tokens go with --embeddings")
+    if (args.layers or args.tokens or args.pool) and not args.embeddings:
+        parser.error("--layers, --tokens and --pool go with --embeddings")
+    if args.pool and args.tokens:
+        parser.error("--tokens are each window's patch grid and are not pooled; leave out --pool or --tokens")
     if args.embeddings and (args.features or args.json or args.plot or args.save_logits or args.save_features):
         parser.error("--embeddings takes --audio and writes its own rows; --json, --plot, --save-logits and "
                      "--save-features work without it")
@@ -139,7 +152,8 @@ def _print_timeline(tl: predict.Timeline, k: int, windowed: bool, model_rate: in
 
 def _save(path: str | None, array: np.ndarray | None, what: str) -> None:
     if path and array is not None:
-        np.save(path, array)
+        with atomic_files.staged_file(path) as staging, open(staging, "wb") as f:  # a name: np.save appends ".npy".
+            np.save(f, array)
         logging.info("Wrote %s %s to %s", what, array.shape, path)
 
 
@@ -173,14 +187,18 @@ def _run_audio(args: argparse.Namespace, model, prep) -> int:
                              + "; ".join(skipped.values()))
         _save(args.save_logits, clips.logits, "logits")
         _save(args.save_features, clips.features, "features")
+        for tl in timelines:
+            if tl.ends[0] < tl.duration:
+                print(f"note: {tl.file}: only its first {tl.ends[0]:g} s of {tl.duration:.2f} s were scored; "
+                      "--window-seconds scores it all", file=sys.stderr)
     for reason in skipped.values():
         print(f"warning: skipped {reason}", file=sys.stderr)
     for tl in timelines:
         _print_timeline(tl, args.top_k, windowed, prep.sample_rate)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": os.path.abspath(args.model_dir), "score": prep.score, "sample_rate": prep.sample_rate,
-                       "files": [tl.to_dict(args.top_k) for tl in timelines], "skipped": skipped}, f, indent=1)
+        atomic_files.write_text(args.json, json.dumps(
+            {"model": os.path.abspath(args.model_dir), "score": prep.score, "sample_rate": prep.sample_rate,
+             "files": [tl.to_dict(args.top_k) for tl in timelines], "skipped": skipped}, indent=1))
         print(f"Wrote {args.json}")
     if args.plot and timelines:
         plot.plot_timelines(timelines, args.plot)
@@ -204,7 +222,7 @@ def _run_features(args: argparse.Namespace, model, prep) -> int:
 def _run_embeddings(args: argparse.Namespace, model, prep) -> int:
     layers = embeddings.parse_layers(args.layers, model.config.depth)
     rows = embeddings.embed_files(model, prep, args.audio, window_seconds=args.window_seconds,
-                                  hop_seconds=args.hop_seconds, layers=layers, tokens=args.tokens,
+                                  hop_seconds=args.hop_seconds, pool=args.pool, layers=layers, tokens=args.tokens,
                                   batch_size=args.batch_size, matmul_precision=args.matmul_precision,
                                   channel=args.channel)
     for reason in rows.skipped.values():
@@ -213,7 +231,8 @@ def _run_embeddings(args: argparse.Namespace, model, prep) -> int:
     shapes = ", ".join(f"{name} {tuple(array.shape)}" for name, array in
                        (("embedding", rows.embedding), ("layers", rows.layers), ("tokens", rows.tokens))
                        if array is not None)
-    print(f"Wrote {args.embeddings}: {len(rows.files)} rows of {len(set(rows.files))} files; {shapes}")
+    rows_are = "one per file, its windows pooled" if args.pool else "one per window"
+    print(f"Wrote {args.embeddings}: {len(rows.files)} rows of {len(set(rows.files))} files ({rows_are}); {shapes}")
     return 0
 
 
@@ -224,7 +243,7 @@ def main(args: argparse.Namespace) -> int:
     overrides = {"scan_impl": args.scan_impl} if args.scan_impl else {}
     try:
         model_dir = model_files.model_directory(args.model_dir)
-        model = model_files.load_model(model_dir, **overrides)
+        model = model_files.load_model(model_dir, verify=not args.no_verify, **overrides)
         cfg = model.config
         prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)
         if args.embeddings:

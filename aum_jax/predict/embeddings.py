@@ -1,7 +1,10 @@
 """Embeddings of audio files for downstream work: pooled vectors, hidden states, patch tokens.
 
-One row per file (its first window, as :func:`aum_jax.predict.classify_clips` scores it), or
-one per window of each file (``window_seconds``), each from one pass of the model:
+Each whole file is cut into windows of the model's input length (or ``window_seconds``),
+starting every window (or ``hop_seconds``), each read and treated as a clip of its own
+(:class:`aum_jax.predict.RecordingWindows`): one row per window, each from one pass of the
+model, or with ``pool`` one row per file, the mean of its windows weighted by the audio each
+holds (as HEAR's scene embedding, :func:`aum_jax.hear.get_scene_embeddings`, pools a sound):
 
 - ``embedding`` ``(N, D)``: the final tokens after the last norm, pooled as the model pools
   (the cls token for AuM's models): the vector its head reads.
@@ -14,13 +17,14 @@ one per window of each file (``window_seconds``), each from one pass of the mode
 In Python::
 
   from aum_jax.predict import embeddings
-  rows = embeddings.embed_files(model, prep, ["a.wav", "long.flac"], window_seconds=1.0, layers=(0, 1),
-                                tokens=True)
+  rows = embeddings.embed_files(model, prep, ["a.wav", "long.flac"], layers=(0, 1), tokens=True)
   rows.embedding, rows.layers, rows.tokens, rows.files, rows.starts
   rows.save("out.npz")
+  files = embeddings.embed_files(model, prep, ["a.wav", "long.flac"], pool=True)  # one row per file
 
 Rows are run in fixed-size batches through the evaluation pass, so the model is compiled
-once per batch shape and set of outputs, whatever the number of files.
+once per batch shape and set of outputs, whatever the number of files; a file is read a
+window at a time.
 """
 
 from __future__ import annotations
@@ -31,11 +35,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aum_jax import audio, evaluate, kaldi, preprocessing
+from aum_jax import atomic_files, audio, evaluate, kaldi, preprocessing
 from aum_jax.models import AudioMamba
-from aum_jax.predict import (
-    RecordingWindows, _ClipReader, _shown, check_features, check_window, require_finite, run_model, window_name,
-)
+from aum_jax.predict import RecordingWindows, _shown, check_features, check_window, require_finite, run_model
 
 
 @dataclasses.dataclass
@@ -44,9 +46,10 @@ class Embeddings:
 
     Attributes:
       files: ``(N,)`` the file of each row.
-      starts, ends: ``(N,)`` the row's window in seconds within its file.
+      starts, ends: ``(N,)`` the row's window in seconds within its file (a pooled row: 0 and
+        the file's duration).
       embedding: ``(N, D)`` float32.
-      logits: ``(N, C)`` the head's outputs of the same pass.
+      logits: ``(N, C)`` the head's outputs of the same pass (a pooled row: pooled the same way).
       layer_indices: ``(K,)`` the blocks (0-based) of ``layers``.
       layers: ``(N, K, D)``, or None when no block was asked for.
       tokens: ``(N, F', T', D)``, or None when not asked for.
@@ -66,9 +69,13 @@ class Embeddings:
     skipped: dict[str, str]
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes every array (the ones not asked for left out) to the ``.npz`` file ``path``, as named."""
+        """Writes every array (the ones not asked for left out) to the ``.npz`` file ``path``, as named.
+
+        Atomically (:func:`aum_jax.atomic_files.staged_file`): a kill or a full disk leaves
+        the old file, or none.
+        """
         arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "skipped"}
-        with open(path, "wb") as f:  # np.savez would append ".npz" to another name.
+        with atomic_files.staged_file(path) as staging, open(staging, "wb") as f:  # a name: savez appends ".npz".
             np.savez(f, **{k: v for k, v in arrays.items() if v is not None})
 
 
@@ -129,56 +136,67 @@ def embed_features(model: AudioMamba, features: np.ndarray, *, layers: Sequence[
     return run_model(model, features, batch_size, matmul_precision, embed=evaluate.Embed(tuple(layers), tokens))
 
 
-def _rows(model: AudioMamba, prep: preprocessing.Preprocessing, outputs: evaluate.Outputs, files: list[str],
-          starts: list[float], ends: list[float], layers: tuple[int, ...], skipped: dict[str, str]) -> Embeddings:
-    require_finite(outputs.features, [window_name(f, s, e) for f, s, e in zip(files, starts, ends)])
-    return Embeddings(np.array(files), np.array(starts, np.float64), np.array(ends, np.float64), outputs.features,
-                      outputs.logits, np.array(layers, np.int64), outputs.layers, outputs.tokens,
-                      time_patch_centres(model, prep), skipped)
+def pool_windows(rows: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The rows ``(W, ...)`` of one recording's windows -> ``(...)`` float32: their mean weighted by
+    the audio each window holds (``bounds`` ``(W, 2)``: each window's start and end, in samples or seconds)."""
+    bounds = np.asarray(bounds, np.float64)
+    weights = bounds[:, 1] - bounds[:, 0]
+    return np.tensordot(weights / weights.sum(), rows, axes=1).astype(np.float32)
 
 
 def embed_files(
     model: AudioMamba, prep: preprocessing.Preprocessing, paths: Sequence[str], *,
-    window_seconds: float | None = None, hop_seconds: float | None = None, layers: Sequence[int] = (),
-    tokens: bool = False, batch_size: int = 32, matmul_precision: str = "highest", channel: str = "first",
+    window_seconds: float | None = None, hop_seconds: float | None = None, pool: bool = False,
+    layers: Sequence[int] = (), tokens: bool = False, batch_size: int = 32, matmul_precision: str = "highest",
+    channel: str = "first",
 ) -> Embeddings:
-    """The embeddings of audio files: one row per file, or per window with ``window_seconds``/``hop_seconds``.
+    """The embeddings of every window of each whole file, or with ``pool`` one row per file.
 
-    A file that cannot be read (or is shorter than one fbank frame) is skipped and named in
-    ``skipped``; when no file is left the call raises.
+    Windows of ``window_seconds`` (default: the model's input length) start every
+    ``hop_seconds`` (default: the window's length). With ``pool`` a file's row is the mean
+    of its windows' rows (embedding, layers, logits) weighted by the audio each holds
+    (:func:`pool_windows`). A file that cannot be read (or is shorter than one fbank frame)
+    is skipped and named in ``skipped``; when no file is left the call raises.
 
     Raises:
       ValueError: no file could be read (the reasons are named), a window longer than the
-        model's input.
+        model's input, or ``pool`` with ``tokens`` (each window's patch grid).
       MissingStatisticsError: ``prep`` has no normalisation statistics.
-      NonFiniteOutputError: NaN or Inf embeddings (the rows are named).
+      NonFiniteOutputError: NaN or Inf embeddings (the windows are named).
     """
+    if pool and tokens:
+        raise ValueError("tokens are each window's patch grid and are not pooled; ask for them without pooling")
     layers = tuple(layers)
     embed = evaluate.Embed(layers, tokens)
-    if not (window_seconds or hop_seconds):
-        reader = _ClipReader(paths, prep, channel)
-        outputs = run_model(model, reader, batch_size, matmul_precision, embed=embed)
-        if not reader.read:
-            raise ValueError("no file could be read: " + "; ".join(reader.skipped.values()))
-        files = [path for path, _, _ in reader.read]
-        ends = [min(duration, prep.window_seconds) for _, duration, _ in reader.read]
-        return _rows(model, prep, outputs, files, [0.0] * len(files), ends, layers, reader.skipped)
     check_window(prep, window_seconds)  # the same for every file: an error, not a skipped file.
     parts, files, starts, ends, skipped = [], [], [], [], {}
     for path in paths:
         try:
             with RecordingWindows(prep, path, window_seconds, hop_seconds, channel) as windows:
-                parts.append(run_model(model, windows, batch_size, matmul_precision, embed=embed))
+                outputs = run_model(model, windows, batch_size, matmul_precision, embed=embed)
         except preprocessing.MissingStatisticsError:
             raise
         except (ValueError, audio.AudioLoadError) as e:
             skipped[path] = str(e) if path in str(e) else f"{path}: {e}"
             continue
-        files += [path] * len(windows.starts)
-        starts += list(windows.starts)
-        ends += list(windows.ends)
+        require_finite(outputs.features, windows.names(), "embeddings")
+        if pool:
+            bounds = np.stack([windows.starts, windows.ends], axis=1)
+            outputs = evaluate.Outputs(**{f.name: None if getattr(outputs, f.name) is None else
+                                          pool_windows(getattr(outputs, f.name), bounds)[None]
+                                          for f in dataclasses.fields(evaluate.Outputs)})
+            files.append(path)
+            starts.append(0.0)
+            ends.append(windows.duration)
+        else:
+            files += [path] * len(windows.starts)
+            starts += list(windows.starts)
+            ends += list(windows.ends)
+        parts.append(outputs)
     if not parts:
         raise ValueError("no file could be read: " + "; ".join(skipped.values()))
     joined = {f.name: [getattr(p, f.name) for p in parts] for f in dataclasses.fields(evaluate.Outputs)}
     outputs = evaluate.Outputs(**{k: None if v[0] is None else np.concatenate(v) for k, v in joined.items()})
-    return _rows(model, prep, outputs, files, starts, ends, layers, skipped)
+    return Embeddings(np.array(files), np.array(starts, np.float64), np.array(ends, np.float64), outputs.features,
+                      outputs.logits, np.array(layers, np.int64), outputs.layers, outputs.tokens,
+                      time_patch_centres(model, prep), skipped)

@@ -7,12 +7,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aum_jax import preprocessing
+from aum_jax import atomic_files, preprocessing
 from aum_jax.predict import Timeline
 
 
 def plot_timelines(timelines: Sequence[Timeline], path: str | os.PathLike, num_classes: int = 10) -> None:
     """Saves a PNG with a heat map per recording: its ``num_classes`` best classes over time.
+
+    The image replaces ``path`` atomically (:func:`aum_jax.atomic_files.staged_file`); its
+    format is that of the suffix (PNG without one).
 
     Classes are ranked by their highest score in the recording; colour is the score (0 to 1
     for sigmoid and softmax scores, the logits' own range otherwise).
@@ -38,5 +41,8 @@ def plot_timelines(timelines: Sequence[Timeline], path: str | os.PathLike, num_c
         ax.set_title(f"{os.path.basename(tl.file)}: top {len(order)} classes, {len(tl.starts)} windows")
         fig.colorbar(mesh, ax=ax, label=f"{tl.score} score", pad=0.01)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # the staging file's name has no image suffix: the format is the destination's.
+        with atomic_files.staged_file(path) as staging:
+            fig.savefig(staging, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
+    finally:
+        plt.close(fig)
