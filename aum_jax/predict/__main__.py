@@ -164,7 +164,7 @@ def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timel
         try:
             timelines.append(predict.classify_recording(model, prep, path, args.window_seconds, args.hop_seconds,
                                                         args.batch_size, args.matmul_precision, channel=args.channel))
-        except preprocessing.MissingStatisticsError:
+        except (preprocessing.MissingStatisticsError, predict.NonFiniteOutputError):  # the model's fault: no file is skipped.
             raise
         except (ValueError, audio.AudioLoadError) as e:
             if len(args.audio) == 1:
