@@ -248,7 +248,7 @@ def test_a_model_directory_and_its_pth_initialise_the_same_model(fobi, tmp_path)
         np.testing.assert_array_equal(round_trip[key], value, err_msg=key)
     save_model(source, tmp_path / "source")
     target = source.config.replace(audio_length=source.config.audio_length // 2, num_classes=3)
-    init = ml_collections.ConfigDict({"kind": "aum", "vim_cls_position": "middle",
+    init = ml_collections.ConfigDict({"kind": "aum", "vim_cls_position": "middle", "verify": True,
                                       "source_strides": source.config.strides,
                                       "source_num_mel_bins": source.config.num_mel_bins})
     from_dir = pretrained.init_from_pretrained(tmp_path / "source", target, init, seed=1)
