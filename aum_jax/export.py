@@ -12,7 +12,7 @@ without aum-jax or Flax:
 
 Beside it, ``model.preprocessing.json`` holds what turns audio into those features
 (fbank settings, normalisation statistics), the class names and the score (sigmoid or
-softmax) to apply to the logits; see :mod:`aum_jax.preprocessing`. A model without
+softmax) to apply to the logits; see :mod:`aum_jax.data.features.preprocessing`. A model without
 ``preprocessing.json``, or whose statistics or training loss are unknown, is refused: its
 artifact could not be used as it was trained. ``--checkpoint`` is the old name of
 ``--model-dir``.
@@ -20,7 +20,7 @@ artifact could not be used as it was trained. ``--checkpoint`` is the old name o
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
@@ -36,7 +36,9 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from aum_jax import atomic_files, model_files, preprocessing  # noqa: E402
+from aum_jax.checkpoints import model_files  # noqa: E402
+from aum_jax.core import storage  # noqa: E402
+from aum_jax.data.features import preprocessing  # noqa: E402
 from aum_jax.models import AudioMamba  # noqa: E402
 
 PLATFORMS = ("cpu", "cuda")  # the default: one artifact for CPU and CUDA servers.
@@ -136,8 +138,8 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
         "model": cfg.to_dict(),
     }
     try:
-        atomic_files.write_bytes(output, exported.serialize())
-        atomic_files.write_text(sidecar, json.dumps(description, indent=1))
+        storage.write_bytes(output, exported.serialize())
+        storage.write_text(sidecar, json.dumps(description, indent=1))
     except OSError as e:
         raise OSError(f"cannot write {output}: {model_files.write_error_reason(e)}; nothing was written") from e
     return output, sidecar

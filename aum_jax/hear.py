@@ -8,18 +8,18 @@
 
 ``audio`` is ``(n_sounds, n_samples)`` at ``model.sample_rate``: a NumPy or JAX array or a
 torch tensor on any device, of float samples in [-1, 1] or integer PCM, scaled by its type
-(:func:`aum_jax.audio.as_float_samples`: int16 / 32768, ...); the results are NumPy float32
+(:func:`aum_jax.data.features.audio.as_float_samples`: int16 / 32768, ...); the results are NumPy float32
 arrays. Each sound is cut into windows of the model's input length; each window becomes the
-model's input as in training (:meth:`aum_jax.preprocessing.Preprocessing.features`: the
+model's input as in training (:meth:`aum_jax.data.features.preprocessing.Preprocessing.features`: the
 fbank and the statistics of the model's ``preprocessing.json``), and the windows of all
 sounds run through the model in fixed-size batches (one compiled program per batch size).
 NaN or Inf embeddings (damaged parameters, or audio far outside what the model was trained
-on) raise :class:`aum_jax.predict.NonFiniteOutputError` naming the sounds.
+on) raise :class:`aum_jax.inference.predict.NonFiniteOutputError` naming the sounds.
 
 - Scene embedding: the final cls token after the last norm, the vector the model's head
   reads (the original's ``return_features``; the mean of the tokens for a model without
   one), averaged over windows that follow one another, each weighted by the length of
-  audio it holds (:func:`aum_jax.predict.embeddings.pool_windows`, as ``predict
+  audio it holds (:func:`aum_jax.inference.embeddings.pool_windows`, as ``predict
   --embeddings --pool`` pools a file).
 - Timestamp embedding: the final patch tokens on their (frequency, time) grid, averaged
   over frequency: one vector per time patch, stamped at the centre of the patch in ms.
@@ -39,10 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from aum_jax import evaluate, model_files, predict, preprocessing
-from aum_jax.audio import as_float_samples
+from aum_jax.checkpoints import model_files
+from aum_jax.data.features import preprocessing
+from aum_jax.data.features.audio import as_float_samples
+from aum_jax.evaluation import evaluate
+from aum_jax.inference import embeddings, predict
 from aum_jax.models import AudioMamba
-from aum_jax.predict import embeddings
 
 
 @dataclasses.dataclass
@@ -100,7 +102,7 @@ def load_model(model_file_path: str | os.PathLike, *, batch_size: int = 32, matm
 
 
 def _sounds(audio: Any) -> np.ndarray:
-    """``(n_sounds, n_samples)`` float32 samples from any array :func:`aum_jax.audio.as_float_samples` takes.
+    """``(n_sounds, n_samples)`` float32 samples from any array :func:`aum_jax.data.features.audio.as_float_samples` takes.
 
     Raises:
       ValueError: another shape, values that are no audio samples (bool, complex, ...), or

@@ -26,7 +26,7 @@ and ``--process_id``.
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs(preload_tensorflow=True)  # before JAX and TensorFlow (clu) load.
 
@@ -41,12 +41,16 @@ from absl import app, flags, logging  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from aum_jax import (  # noqa: E402
-    batching, config_checks, confusion, convert, datasets, demo_data, divergence, evaluate, folder_setup, folder_source,
-    model_files, preprocessing, run_checkpoints, sharding, train,
-)
-from aum_jax import workdir as workdir_lib  # noqa: E402
+from aum_jax.checkpoints import convert, model_files  # noqa: E402
+from aum_jax.core import sharding  # noqa: E402
+from aum_jax.data.demo import demo_data  # noqa: E402
+from aum_jax.data.features import preprocessing  # noqa: E402
+from aum_jax.data.pipeline import batching  # noqa: E402
+from aum_jax.data.sources import datasets, folder_setup, folder_source  # noqa: E402
+from aum_jax.evaluation import confusion, evaluate  # noqa: E402
 from aum_jax.models import AudioMamba, AuMConfig, init_model  # noqa: E402
+from aum_jax.training import config_checks, divergence, run_checkpoints, train  # noqa: E402
+from aum_jax.training import workdir as workdir_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/demo.py",

@@ -5,8 +5,9 @@
 Variants: base_scratch (default), small_imgnet; add ,runlocal for a tiny CPU check.
 """
 
-from aum_jax.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD
 from aum_jax.configs import common, data
+
+from aum_jax.data.features.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD
 
 
 def get_data_config():

@@ -1,6 +1,6 @@
 """The data settings every dataset recipe starts from, and the recipes by name.
 
-:func:`defaults` holds every knob of :mod:`aum_jax.input_pipeline` at the original
+:func:`defaults` holds every knob of :mod:`aum_jax.data.pipeline.input_pipeline` at the original
 ``run.py`` default. Each ``configs/<dataset>.py`` writes its recipe (exps/*/*.sh) as one
 flat block in its ``get_data_config()``, changing only what differs; adding a datafile
 dataset means adding such a file and its label CSV (and its name to :data:`DATASETS`).
@@ -14,7 +14,7 @@ import importlib
 
 import ml_collections
 
-from aum_jax.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD
+from aum_jax.data.features.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD
 
 DATASETS = (
     "audioset",

@@ -15,7 +15,6 @@ Variant ``runlocal`` (alias ``tiny``): a handful of steps on a tiny dataset, sec
 """
 
 import ml_collections
-
 from aum_jax.configs import common, data
 
 

@@ -7,7 +7,7 @@
 PATH holds PATH/<class name>/<clip>.wav (flac, ogg, mp3, ...), or the same under PATH/train/,
 PATH/validation/ and PATH/test/; without those, each clip's split comes from a hash of its
 path (config.data.folder_fractions), so adding clips never moves the others
-(:mod:`aum_jax.folder_source`). Single-label only: a clip has the class of its folder. On
+(:mod:`aum_jax.data.sources.folder_source`). Single-label only: a clip has the class of its folder. On
 first use the class names (WORKDIR/labels.csv), the input length (audio_length 0: the longest
 training clip) and the fbank statistics of the training split are fixed in
 WORKDIR/folder_data.json; the best model lands in WORKDIR/model with them, ready for
@@ -22,7 +22,6 @@ Variant ``runlocal`` (alias ``tiny``): a handful of steps on short inputs, secon
 """
 
 import ml_collections
-
 from aum_jax.configs import common, demo
 
 
@@ -34,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     data = config.data
     data.name = "folder"
-    data.source = "folder"  # aum_jax.folder_source.
+    data.source = "folder"  # aum_jax.data.sources.folder_source.
     data.train_datafile = data.validation_datafile = data.test_datafile = ""  # the folder holds the splits.
     data.label_csv = ""  # written from the class folders: WORKDIR/labels.csv.
     data.num_classes = 0  # the number of class folders (set on first use).

@@ -10,7 +10,7 @@ Sections:
   kernel only on a GPU, where it also runs both directions in one launch). On a CPU the C++
   kernel is timed once per ``--cpu_variants`` target (``native``, ``x86-64-v3`` for AVX2:
   one library each, in one process), and ``--scan_rounds`` alternates the implementations.
-* ``model``: ``aum_jax.update.train_step`` (the recipes' optimizer chain, BCE) and inference
+* ``model``: ``aum_jax.training.update.train_step`` (the recipes' optimizer chain, BCE) and inference
   clips/s, and the memory XLA plans, of AuM at the published recipes' shapes, per scan
   implementation (the C++ kernel per ``--cpu_variants`` target), ``--model_remat`` policy and
   ``--model_mode`` (highest, tensorfloat32, bfloat16), side by side; with the sgemm rate
@@ -34,7 +34,7 @@ record results in BENCHMARKS.md.
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
@@ -53,7 +53,7 @@ from collections.abc import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from aum_jax.speed import time_ms  # noqa: E402
+from aum_jax.training.speed import time_ms  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"], "sections to run: input, scan, model, scaling.")
 _INPUT_CLIPS = flags.DEFINE_integer("input_clips", 16, "distinct wav files on disk.")
@@ -71,7 +71,7 @@ _CPU_VARIANTS = flags.DEFINE_list(
     "(default: $AUM_JAX_CPU_MARCH, else native).")
 _MODEL_SHAPES = flags.DEFINE_list(
     "model_shapes", None, "recipes of the model section (default: the three recipe shapes on GPU, "
-    "tiny_fobi_spc and base_fobi_spc_infer8 on CPU); see aum_jax.speed.RECIPES."
+    "tiny_fobi_spc and base_fobi_spc_infer8 on CPU); see aum_jax.training.speed.RECIPES."
 )
 _MODEL_IMPLS = flags.DEFINE_list("model_impls", None, "scan impls of the model section (default: all that run here).")
 _MODEL_REMAT = flags.DEFINE_list(
@@ -114,8 +114,9 @@ def _write_clips(folder: str, count: int) -> tuple[str, str]:
 
 def input_section() -> list[Row]:
     """Clips per second of one in-process worker on the AudioSet recipe, noise on."""
-    from aum_jax import input_pipeline
     from aum_jax.configs.data import get_data_config
+
+    from aum_jax.data.pipeline import input_pipeline
 
     with tempfile.TemporaryDirectory() as folder:
         config = get_data_config("audioset_20k")  # 1024 frames, freqm 48, timem 192, mixup 0.5.
@@ -155,7 +156,7 @@ def _runnable_impls() -> list[str]:
 @functools.cache
 def _cpu_variants() -> list[str]:
     """The --cpu_variants targets of the C++ kernel that build and run here (the others are named, not timed)."""
-    from aum_jax.kernels import cpu_scan
+    from aum_jax.kernels.cpu import cpu_scan
 
     found = []
     for march in _CPU_VARIANTS.value or [cpu_scan.selected_march()]:
@@ -169,7 +170,7 @@ def _cpu_variants() -> list[str]:
 
 def _labelled(impls: list[str]) -> list[tuple[str, str, str | None]]:
     """(label, impl, CPU kernel target) per timed implementation: "cpu" once per --cpu_variants target."""
-    from aum_jax.kernels import cpu_scan
+    from aum_jax.kernels.cpu import cpu_scan
 
     labelled = []
     for impl in impls:
@@ -185,7 +186,7 @@ def _labelled(impls: list[str]) -> list[tuple[str, str, str | None]]:
 
 def _kernel_target(march: str | None):
     """The block in which scan_impl="cpu" runs the kernel built for ``march`` (nothing for None)."""
-    from aum_jax.kernels import cpu_scan
+    from aum_jax.kernels.cpu import cpu_scan
 
     return cpu_scan.use(march) if march else contextlib.nullcontext()
 
@@ -250,7 +251,7 @@ def _sgemm_gflops(mode: str) -> float:
     """float32 matmul rate at the mode's precision, 2048^3."""
     import jax
 
-    from aum_jax import speed
+    from aum_jax.training import speed
 
     x = jax.random.normal(jax.random.key(0), (2048, 2048))
     with jax.default_matmul_precision(speed.PRECISIONS[mode][0]):
@@ -279,7 +280,7 @@ def model_section() -> list[Row]:
     """The recipe shapes per scan implementation, remat policy and mode, side by side; MFU against this run's sgemm."""
     import jax
 
-    from aum_jax import speed
+    from aum_jax.training import speed
 
     on_gpu = jax.default_backend() == "gpu"
     names = _MODEL_SHAPES.value or (list(speed.GPU_RECIPES) if on_gpu else ["tiny_fobi_spc", "base_fobi_spc_infer8"])
@@ -327,8 +328,9 @@ def _scaling_child(devices: int) -> None:
     import ml_collections
     from flax import nnx
 
-    from aum_jax import sharding, speed, update
+    from aum_jax.core import sharding
     from aum_jax.models import init_model
+    from aum_jax.training import speed, update
 
     recipe = speed.RECIPES[_SCALING_RECIPE.value]
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data_axis": "data", "num_devices": devices}))
@@ -398,7 +400,7 @@ def main(argv: list[str]) -> None:
           f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if jax.default_backend() == "cpu":
-        from aum_jax.kernels import cpu_scan
+        from aum_jax.kernels.cpu import cpu_scan
 
         print(f"# {_cpu_model()}; cpu scan kernel: " + ", ".join(
             f"{march} -> {cpu_scan.variant(march).isa}, {cpu_scan.variant(march).lanes} float32 lanes"

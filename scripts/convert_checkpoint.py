@@ -28,9 +28,11 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from aum_jax import console, convert, datasets, pretrained
-from aum_jax import preprocessing as preprocessing_lib
-from aum_jax.model_files import save_model
+from aum_jax.checkpoints import convert, pretrained
+from aum_jax.checkpoints.model_files import save_model
+from aum_jax.cli import console
+from aum_jax.data.features import preprocessing as preprocessing_lib
+from aum_jax.data.sources import datasets
 from aum_jax.models import AuMConfig, count_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

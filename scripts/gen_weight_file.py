@@ -11,14 +11,14 @@ a clip's weight is the sum over its labels. The weights go to
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import numpy as np
 from absl import app, flags
 
-from aum_jax import datasets
+from aum_jax.data.sources import datasets
 
 _DATAFILE = flags.DEFINE_string("datafile", None, "JSON datafile.", required=True)
 _LABEL_CSV = flags.DEFINE_string(

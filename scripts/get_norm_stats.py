@@ -1,20 +1,21 @@
 """Computes a dataset's fbank mean and std for ``config.mean`` / ``config.std``.
 
-As the original ``get_norm_stats.py``, in batches of 1000 clips (:mod:`aum_jax.norm_stats`).
+As the original ``get_norm_stats.py``, in batches of 1000 clips (:mod:`aum_jax.data.features.norm_stats`).
 
   python scripts/get_norm_stats.py --dataset audioset_20k --split train
 """
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
 from absl import app, flags
-
-from aum_jax import datasets, norm_stats
 from aum_jax.configs.data import DATASETS, get_data_config
+
+from aum_jax.data.features import norm_stats
+from aum_jax.data.sources import datasets
 
 _DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "data config name.", required=True)
 _SPLIT = flags.DEFINE_string("split", "train", "split to measure.")

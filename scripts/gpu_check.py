@@ -10,7 +10,7 @@ recipes' train step and inference, on one CUDA GPU.
    both (Fo-Bi's shared inputs, Bi-Bi's own);
 2. scan: forward, and forward + backward, milliseconds of the kernels per direction, and
    of XLA's chunked scan beside them;
-3. recipes: ``aum_jax.update.train_step`` (the recipes' optimizer chain) and inference of
+3. recipes: ``aum_jax.training.update.train_step`` (the recipes' optimizer chain) and inference of
    base Fo-Bi 1024x128 batch 12, base Fo-Bi 128x128 batch 48 and small Bi-Bi 1024x128 batch
    12, at ``highest``, ``tensorfloat32`` and ``bfloat16`` (``model.dtype``), with the device's
    peak memory. Each recipe runs in its own process, its modes from the smallest footprint
@@ -106,7 +106,7 @@ def scan_timings(shapes: dict, repeats: int, original_scan: dict) -> list[dict]:
     directions), and XLA's chunked scan."""
     import jax
 
-    from aum_jax.speed import time_ms
+    from aum_jax.training.speed import time_ms
 
     records = []
     for name, (batch, length, dim, n, mode) in shapes.items():
@@ -132,7 +132,7 @@ def recipe_child(name: str, repeats: int) -> None:
     """In its own process: one recipe in every mode, printed as JSON lines."""
     import jax
 
-    from aum_jax import speed
+    from aum_jax.training import speed
 
     recipe = speed.RECIPES[name]
     for mode in MODES:

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 
-from aum_jax.kernels import cpu_scan
+from aum_jax.kernels.cpu import cpu_scan
 
 # Registers that point into the stack frame: the stack pointer, and any that a function only
 # ever sets from it (a frame pointer, or the address of an array of vectors on the stack).

@@ -13,7 +13,7 @@ memory and the theoretical occupancy (65,536 registers, 64 warps and 32 programs
 A shape is ``B L D N MODE``: MODE ``fobi`` (two directions sharing their inputs, forward and
 backward, as Fo-Bi trains), ``bibi`` (two directions with their own inputs, as Bi-Bi trains) or
 ``infer`` (Fo-Bi's forward alone). ``--fwd-blocks``/``--bwd-blocks`` override the block table
-of ``aum_jax.kernels.layout`` (``block_d,num_warps,unroll,chunk``) to compare variants.
+of ``aum_jax.kernels.pallas.layout`` (``block_d,num_warps,unroll,chunk``) to compare variants.
 
 The compiler runs in a child process (Triton's LLVM must not meet jaxlib's in one process):
 the Python of ``--triton-python``, else this one if it has the ``triton`` wheel (the
@@ -93,12 +93,11 @@ def triton_kernels(shape: Shape, blocks=None) -> list[dict]:
     """Lowers the kernels at ``shape`` for CUDA; returns [{name, num_warps, num_stages, ttir}]."""
     import jax
     import jax.numpy as jnp
+    from aum_jax.kernels.pallas.selective_scan import bidirectional_selective_scan
     from jax import export
     from jax._src.interpreters import mlir as jax_mlir
     from jax._src.lib import triton as jax_triton
     from jax._src.lib.mlir import ir
-
-    from aum_jax.kernels.selective_scan import bidirectional_selective_scan
 
     S, f32 = jax.ShapeDtypeStruct, jnp.float32
     rows, states = S((shape.batch, shape.length, shape.dim), f32), S((shape.batch, shape.length, shape.d_state), f32)
@@ -189,7 +188,7 @@ def compile_kernel(ttir: str, arch: int, warps: int, stages: int, python: str, w
 def parse_blocks(text: str | None):
     if not text:
         return None
-    from aum_jax.kernels.layout import BlockConfig
+    from aum_jax.kernels.pallas.layout import BlockConfig
 
     return BlockConfig(*map(int, text.split(",")))
 

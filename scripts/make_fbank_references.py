@@ -1,6 +1,6 @@
 """Makes the torchaudio reference fbanks in tests/fixtures/fbank/ (run once, by hand).
 
-The tests in tests/test_audio.py compare ``aum_jax.kaldi`` (the fbank) with these arrays and never
+The tests in tests/test_audio.py compare ``aum_jax.data.features.kaldi`` (the fbank) with these arrays and never
 need torch. This script is the recipe they were made with; it is not run by the tests.
 
 How it was run (2026-11-24, x86_64, CPU only):
@@ -175,7 +175,7 @@ def main() -> None:
     add_raw("raw_dc_sr16000_bins128", (synth(16000, 0.4, 9) * 0.5 + 0.25).astype(np.float32),
             16000, 128, 10.0, note="kaldi_fbank on a raw array with a DC offset, no mean removal")
 
-    # float32 row sums exactly as torch orders them (checks aum_jax.audio's emulation
+    # float32 row sums exactly as torch orders them (checks aum_jax.data.features.audio's emulation
     # of that order); the rows are overlapping frames of sample0.wav, as Kaldi frames.
     data, _ = sf.read(str(AUDIO / "sample0.wav"), dtype="float32", always_2d=True)
     # Scaled and offset in float32 so that the sums actually round.

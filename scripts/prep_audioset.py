@@ -12,7 +12,7 @@ datafiles. Rows whose audio is missing are left out and counted. For the full
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
@@ -21,7 +21,7 @@ import os
 
 from absl import app, flags
 
-from aum_jax import datasets
+from aum_jax.data.sources import datasets
 
 _SEGMENTS = flags.DEFINE_string("segments_csv", None, "AudioSet segments CSV.", required=True)
 _AUDIO_DIR = flags.DEFINE_string("audio_dir", None, "folder of the clips.", required=True)

@@ -12,7 +12,7 @@ video's audio, reports them, and writes the kept rows to ``--out``.
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
@@ -22,7 +22,7 @@ import os
 import h5py
 from absl import app, flags
 
-from aum_jax import datasets
+from aum_jax.data.sources import datasets
 
 _ANNOTATIONS = flags.DEFINE_string("annotations", None, "annotation CSV.", required=True)
 _HDF5 = flags.DEFINE_string("hdf5", None, "EPIC-KITCHENS-100 audio HDF5.", required=True)

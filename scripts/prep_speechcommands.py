@@ -12,7 +12,7 @@ speechcommands_class_labels_indices.csv``. Writes, under ``--out_dir``,
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
@@ -20,7 +20,7 @@ import os
 
 from absl import app, flags
 
-from aum_jax import datasets
+from aum_jax.data.sources import datasets
 
 _ROOT = flags.DEFINE_string("root", None, "extracted speech_commands_v0.02.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", "data/speechcommands/datafiles", "output folder.")

@@ -11,7 +11,7 @@ and counted.
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
@@ -20,7 +20,7 @@ import os
 
 from absl import app, flags
 
-from aum_jax import datasets
+from aum_jax.data.sources import datasets
 
 _CSV = flags.DEFINE_string("csv", None, "vggsound.csv.", required=True)
 _AUDIO_DIR = flags.DEFINE_string("audio_dir", None, "folder of the wav files.", required=True)

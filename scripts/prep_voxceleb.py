@@ -10,7 +10,7 @@ training datafile. Speaker ``id1NNNN`` is label ``/m/voxclbNNNN`` of
 
 from __future__ import annotations
 
-from aum_jax import console
+from aum_jax.cli import console
 
 console.quiet_native_logs()  # before JAX and TensorFlow load.
 
@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from aum_jax import datasets
+from aum_jax.data.sources import datasets
 
 _SPLIT = flags.DEFINE_string("iden_split", None, "iden_split.txt.", required=True)
 _WAV_DIR = flags.DEFINE_string("wav_dir", None, "VoxCeleb1 wav root.", required=True)

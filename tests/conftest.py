@@ -1,4 +1,4 @@
-"""Shared test helpers: fixture paths and small, fast defaults."""
+"""Shared fixtures and session settings: the absl flags grain needs, one XLA compilation cache."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 from absl import flags
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 # grain's worker processes read absl flags; outside absl.app.run they need parsing.
 flags.FLAGS.mark_as_parsed()
@@ -32,4 +30,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
+    from tests.helpers import FIXTURES  # after the cache settings above: helpers imports JAX.
+
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def toy_overrides(tmp_path_factory) -> list[str]:
+    """Command-line overrides that train the Speech Commands runlocal recipe on the toy set in seconds."""
+    from tests.helpers import write_toy_dataset
+
+    paths = write_toy_dataset(tmp_path_factory.mktemp("toy"), clips_per_class=4)
+    return [f"--config.data.train_datafile={paths['train']}", f"--config.data.validation_datafile={paths['eval']}",
+            f"--config.data.test_datafile={paths['eval']}", f"--config.data.label_csv={paths['label_csv']}",
+            "--config.data.num_classes=2", "--config.model.depth=1", "--config.model.embed_dim=32",
+            "--config.data.num_mel_bins=32", "--config.data.audio_length=32", "--config.train.num_steps=2"]

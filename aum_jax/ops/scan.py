@@ -61,11 +61,11 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 from absl import logging
-from jax.interpreters import mlir
 from jax.ad_checkpoint import checkpoint_name
+from jax.interpreters import mlir
 
-from aum_jax.kernels import cpu_scan
-from aum_jax.kernels.selective_scan import bidirectional_selective_scan, one_direction
+from aum_jax.kernels.cpu import cpu_scan
+from aum_jax.kernels.pallas.selective_scan import bidirectional_selective_scan, one_direction
 
 DEFAULT_CHUNK_SIZE = 128
 SCAN_READOUT = "scan_readout"  # checkpoint name of a pure-JAX or CPU scan's readout, (B, L, D) float32

@@ -1,0 +1,1 @@
+"""Model directories, the PyTorch import, pretrained sources."""

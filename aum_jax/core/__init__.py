@@ -1,0 +1,1 @@
+"""What every layer uses: files replaced atomically, JSON, the device mesh, the console."""

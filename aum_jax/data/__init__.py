@@ -1,0 +1,1 @@
+"""Audio in, batches out: sources, features, the grain pipeline, the demo dataset."""

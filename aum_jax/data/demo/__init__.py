@@ -1,0 +1,1 @@
+"""The embedded demo dataset: spoken keywords synthesised with eSpeak NG."""

@@ -1,0 +1,1 @@
+"""Decoding, resampling, the Kaldi fbank and the one feature definition."""

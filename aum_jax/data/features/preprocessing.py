@@ -1,0 +1,340 @@
+"""The one definition of a model's input, and what its output means, stored beside its weights.
+
+:class:`Preprocessing` turns a waveform into the model's input: resampled to the model's
+rate, fbank (:mod:`aum_jax.data.features.kaldi`, or EPIC-Sounds' librosa log-mel), padded or cut to
+``target_length`` frames, then normalised with the training set's statistics. The training
+pipeline's stages (:mod:`aum_jax.data.pipeline.clip_stages`) call its :meth:`~Preprocessing.resample`,
+:meth:`~Preprocessing.spectrogram` and :meth:`~Preprocessing.normalize`, with the
+augmentations in between; :mod:`aum_jax.predict` calls :meth:`~Preprocessing.features`.
+
+A model directory holds ``preprocessing.json`` next to ``config.json``: these settings,
+the class names and the training loss (which says whether a score is a sigmoid, for
+multi-label models, or a softmax, for single-label ones). Training writes it from the
+data config, the converter from ``--dataset`` or explicit statistics, and
+``aum_jax.predict`` and ``aum_jax.export`` read it, so a model is used as it was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from aum_jax.data.features import audio, kaldi
+from aum_jax.data.sources import datasets
+
+PREPROCESSING_FILE = "preprocessing.json"
+SCORES = {"BCE": "sigmoid", "CE": "softmax"}  # training loss -> score of a prediction.
+LOGITS = "logits"  # the "score" of a model whose training loss is unknown: raw logits.
+# The rate each feature's recipes prepare their audio at.
+RECIPE_SAMPLE_RATES = {"kaldi_fbank": 16_000, "epic_logmel": 24_000}
+# AudioSet's fbank statistics (the original's --dataset_mean/--dataset_std default).
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
+
+
+class LabelNamesError(ValueError):
+    """A label CSV whose names do not match the configured class count."""
+
+
+class MissingStatisticsError(ValueError):
+    """A model has no normalisation statistics and none were given."""
+
+
+def normalize(fbank: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """The original's input normalisation ``(fbank - mean) / (2 * std)``, float32.
+
+    Args:
+      fbank: ``(..., frames, bins)``.
+      mean, std: the training set's fbank statistics (e.g. :data:`AUDIOSET_MEAN`,
+        :data:`AUDIOSET_STD`; ``scripts/get_norm_stats.py`` computes them).
+    """
+    return ((np.asarray(fbank, np.float32) - np.float32(mean)) / np.float32(2.0 * std)).astype(np.float32)
+
+
+def pad_or_cut(fbank: np.ndarray, target_length: int, mode: str = "constant") -> np.ndarray:
+    """Pads at the end (zeros, or ``mode="edge"``: the last frame repeated), or cuts, to ``target_length`` frames.
+
+    Args:
+      fbank: ``(frames, bins)``.
+      target_length: the wanted number of frames (> 0).
+      mode: ``np.pad``'s mode: "constant" (the original's zeros) or "edge" (EPIC-Sounds).
+
+    Returns:
+      ``(target_length, bins)``, same dtype as ``fbank``.
+    """
+    fbank = np.asarray(fbank)
+    if fbank.ndim != 2:
+        raise ValueError(f"fbank must have shape (frames, bins), got shape {fbank.shape}")
+    target_length = int(target_length)
+    if target_length <= 0:
+        raise ValueError(f"target_length must be positive, got {target_length}")
+    missing = target_length - fbank.shape[0]
+    return np.pad(fbank, ((0, missing), (0, 0)), mode=mode) if missing > 0 else fbank[:target_length]
+
+
+def epic_log_mel(samples: np.ndarray, sample_rate: int, num_mel_bins: int, window_ms: float,
+                 hop_ms: float) -> np.ndarray:
+    """EPIC-Sounds log-mel spectrogram, as the original EPIC loader computes it.
+
+    librosa STFT (n_fft 2048, Hann window of ``window_ms``, hop ``hop_ms``, centred
+    with zero padding), magnitude, HTK mel filters without normalisation,
+    ``log(mel + 1e-6)``.
+
+    Args:
+      samples: ``(samples,)`` float32.
+      sample_rate: in Hz (24 kHz for EPIC-Sounds).
+      num_mel_bins: mel bands.
+      window_ms: window length in milliseconds.
+      hop_ms: hop in milliseconds.
+
+    Returns:
+      ``(frames, num_mel_bins)`` float32, ``frames = 1 + samples // hop``.
+    """
+    import librosa  # slow import; only EPIC-Sounds needs it.
+
+    spec = librosa.stft(
+        samples,
+        n_fft=2048,
+        window="hann",
+        hop_length=int(round(hop_ms * sample_rate / 1e3)),
+        win_length=int(round(window_ms * sample_rate / 1e3)),
+        pad_mode="constant",
+    )
+    mel_basis = _librosa_mel(sample_rate, num_mel_bins)
+    return np.log(mel_basis @ np.abs(spec) + 1e-6).T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _librosa_mel(sample_rate: int, num_mel_bins: int) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=2048, n_mels=num_mel_bins, htk=True, norm=None)
+
+
+_NUMBER = ((int, float), "a number")
+_FIELD_TYPES = {  # field -> (accepted types, in words); bool is accepted only where named.
+    "feature": ((str,), "a string"), "sample_rate": ((int,), "a whole number"),
+    "num_mel_bins": ((int,), "a whole number"), "frame_shift_ms": _NUMBER, "target_length": ((int,), "a whole number"),
+    "mean": ((int, float, type(None)), "a number or null"), "std": ((int, float, type(None)), "a number or null"),
+    "skip_norm": ((bool,), "true or false"), "loss": ((str,), "a string"), "class_names": ((tuple,), "a list of strings"),
+    "dataset": ((str,), "a string"), "epic_window_ms": _NUMBER, "epic_hop_ms": _NUMBER,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """Audio -> normalised features ``(target_length, num_mel_bins)``, and what logits mean.
+
+    Attributes:
+      feature: "kaldi_fbank" (the original's AudiosetDataset) or "epic_logmel".
+      sample_rate: the rate (Hz) the model's training audio was prepared at; audio at
+        another rate is resampled to it first.
+      num_mel_bins: mel filters.
+      frame_shift_ms: fbank hop in milliseconds (kaldi_fbank).
+      target_length: frames after padding (zeros; EPIC: edge) or cutting.
+      mean, std: fbank statistics of the training set: ``x -> (x - mean) / (2 std)``;
+        None when unknown.
+      skip_norm: features are used unnormalised (EPIC-Sounds).
+      loss: training loss, "BCE" (sigmoid scores) or "CE" (softmax scores); "" unknown.
+      class_names: display names in class-index order; empty when unknown.
+      dataset: the dataset the statistics come from, for messages.
+      epic_window_ms, epic_hop_ms: window and hop of the epic_logmel feature.
+    """
+
+    feature: str = "kaldi_fbank"
+    sample_rate: int = RECIPE_SAMPLE_RATES["kaldi_fbank"]
+    num_mel_bins: int = 128
+    frame_shift_ms: float = 10.0
+    target_length: int = 1024
+    mean: float | None = None
+    std: float | None = None
+    skip_norm: bool = False
+    loss: str = ""
+    class_names: tuple[str, ...] = ()
+    dataset: str = ""
+    epic_window_ms: float = 10.0
+    epic_hop_ms: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name, (kinds, wanted) in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or isinstance(value, bool) is not (bool in kinds):
+                raise ValueError(f"field {name} must be {wanted}, got {value!r}")
+        if not all(isinstance(name, str) for name in self.class_names):
+            raise ValueError(f"field class_names must be a list of strings, got {list(self.class_names)!r}")
+        if self.feature not in RECIPE_SAMPLE_RATES:
+            raise ValueError(f"field feature is {self.feature!r}; use one of {', '.join(RECIPE_SAMPLE_RATES)}")
+        if self.loss not in ("", *SCORES):
+            raise ValueError(f"field loss is {self.loss!r}; use one of {', '.join(SCORES)} (or \"\": unknown)")
+        for name in ("sample_rate", "num_mel_bins", "frame_shift_ms", "target_length", "epic_window_ms", "epic_hop_ms"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"field {name} must be positive, got {value!r}")
+        if self.mean is not None and not math.isfinite(self.mean):
+            raise ValueError(f"field mean must be a finite number, got {self.mean!r}")
+        if self.std is not None and not (math.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"field std must be a finite number above 0, got {self.std!r}")
+
+    @property
+    def score(self) -> str:
+        """"sigmoid" or "softmax", from the training loss; "logits" when it is unknown."""
+        return SCORES.get(self.loss, LOGITS)
+
+    @property
+    def has_statistics(self) -> bool:
+        return self.skip_norm or (self.mean is not None and self.std is not None)
+
+    @property
+    def window_seconds(self) -> float:
+        """Seconds of audio one model input covers."""
+        hop = self.epic_hop_ms if self.feature == "epic_logmel" else self.frame_shift_ms
+        return self.target_length * hop / 1000.0
+
+    @classmethod
+    def from_data_config(
+        cls, data: ml_collections.ConfigDict, loss: str = "", class_names: list[str] | tuple[str, ...] = ()
+    ) -> Preprocessing:
+        """The preprocessing of a data config (``config.data``; ``configs/data.py``)."""
+        return cls(
+            feature=data.feature,
+            sample_rate=int(data.sample_rate),
+            num_mel_bins=int(data.num_mel_bins),
+            frame_shift_ms=float(data.frame_shift_ms),
+            target_length=int(data.audio_length),
+            mean=float(data.mean),
+            std=float(data.std),
+            skip_norm=bool(data.skip_norm),
+            loss=loss,
+            class_names=tuple(class_names),
+            dataset=data.name,
+            epic_window_ms=float(data.epic_window_ms),
+            epic_hop_ms=float(data.epic_hop_ms),
+        )
+
+    def replace(self, **changes: Any) -> Preprocessing:
+        """A copy with ``changes``; None values are ignored (no override)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def require_statistics(self, where: str) -> None:
+        """Raises :class:`MissingStatisticsError` saying how to supply missing statistics."""
+        if not self.has_statistics:
+            raise MissingStatisticsError(
+                f"{where} has no normalisation statistics (mean and std of the training set's fbank). "
+                "Pass --mean and --std (AudioSet's are -4.2677393 and 4.5689974), or store them in the "
+                "model: python scripts/convert_checkpoint.py ... --dataset NAME (or --mean/--std), "
+                "or compute them with scripts/get_norm_stats.py."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["class_names"] = list(self.class_names)
+        values["score"] = self.score
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
+        """The inverse of :meth:`to_dict`: every field present and checked (``score``, derived, is ignored).
+
+        Raises:
+          ValueError: an unknown or missing field, or a field of the wrong type or range (named).
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(values) - known - {"score"}), sorted(known - set(values))
+        if unknown or missing:
+            raise ValueError("; ".join(filter(None, (unknown and f"unknown field(s) {', '.join(unknown)}",
+                                                    missing and f"missing field(s) {', '.join(missing)}"))))
+        values = {k: v for k, v in values.items() if k in known}
+        names = values.get("class_names", [])
+        if not isinstance(names, list):
+            raise ValueError(f"field class_names must be a list of strings, got {names!r}")
+        values["class_names"] = tuple(names)
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    # ------------------------------------------------------------------ features
+
+    def resample(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Waveform ``(channels, samples)`` at ``sample_rate`` -> the same at the model's rate."""
+        return audio.resample(waveform, sample_rate, self.sample_rate)
+
+    def spectrogram(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Waveform ``(channels, samples)`` -> unnormalised features ``(target_length, num_mel_bins)`` float32.
+
+        Resampled to the model's rate; fbank (whole-clip mean removed, first channel), or
+        the EPIC log-mel; padded or cut. A fresh array (augmentations write into it).
+
+        Raises:
+          ValueError: a clip shorter than one fbank frame.
+        """
+        waveform = self.resample(waveform, sample_rate)
+        if self.feature == "epic_logmel":
+            spec = epic_log_mel(waveform[0], self.sample_rate, self.num_mel_bins, self.epic_window_ms,
+                                self.epic_hop_ms)
+            return np.array(pad_or_cut(spec, self.target_length, "edge"), np.float32)
+        spec = kaldi.fbank_from_waveform(waveform, self.sample_rate, self.num_mel_bins, self.frame_shift_ms)
+        return np.array(pad_or_cut(spec, self.target_length), np.float32)
+
+    def normalize(self, spec: np.ndarray) -> np.ndarray:
+        """``(x - mean) / (2 std)`` unless ``skip_norm``.
+
+        Raises:
+          MissingStatisticsError: the statistics are unknown.
+        """
+        if self.skip_norm:
+            return spec
+        self.require_statistics("this model")
+        return normalize(spec, self.mean, self.std)
+
+    def features(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Waveform ``(channels, samples)`` -> the model's input ``(target_length, num_mel_bins)`` float32.
+
+        The evaluation pipeline's steps: :meth:`spectrogram`, then :meth:`normalize`.
+        """
+        return self.normalize(self.spectrogram(waveform, sample_rate))
+
+
+def save(preprocessing: Preprocessing, directory: str | os.PathLike) -> None:
+    """Writes ``directory/preprocessing.json``."""
+    preprocessing.save(Path(directory) / PREPROCESSING_FILE)
+
+
+def load(directory: str | os.PathLike) -> Preprocessing | None:
+    """The preprocessing stored in a model directory, or None for a model without one."""
+    path = Path(directory) / PREPROCESSING_FILE
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable JSON file: {e}") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(values).__name__}")
+    try:
+        return Preprocessing.from_dict(values)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def for_training(config: ml_collections.ConfigDict) -> Preprocessing:
+    """The preprocessing of a training config: its data settings, loss and label names.
+
+    Raises:
+      LabelNamesError: ``config.data.label_csv`` names another number of classes than
+        ``config.data.num_classes``.
+    """
+    names: list[str] = []
+    if config.data.get("label_csv"):
+        names = datasets.load_label_csv(os.path.expanduser(config.data.label_csv))[1]
+        if len(names) != config.data.num_classes:
+            raise LabelNamesError(f"config.data.label_csv={config.data.label_csv} names {len(names)} classes, but "
+                                  f"config.data.num_classes is {config.data.num_classes}")
+    return Preprocessing.from_data_config(config.data, config.train.loss, names)

@@ -1,0 +1,1 @@
+"""Sampling, per-clip stages and augmentations, batching: grain datasets."""

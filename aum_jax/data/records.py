@@ -1,0 +1,61 @@
+"""What every audio source gives the input pipeline: clip records and random access to them.
+
+A source (:mod:`aum_jax.data.sources.datasets`, :mod:`aum_jax.data.sources.folder_source`) is a grain-compatible
+random-access data source (``len`` and ``__getitem__``) of :class:`ClipRecord` s, with
+:meth:`AudioSource.load_audio` decoding a clip apart from its record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipRecord:
+    """One clip of a source.
+
+    Attributes:
+      key: what names the clip in messages: a file path, ``name/split/index`` for TFDS,
+        ``video_id/annotation_id`` for EPIC-Sounds.
+      labels: class indices of the clip (one or more; repeats allowed).
+    """
+
+    key: str
+    labels: tuple[int, ...]
+
+
+class AudioSource(Protocol):
+    """What the input pipeline needs from a source."""
+
+    num_classes: int
+    random_crops: bool  # load_audio's rng draws a random crop: a clip's audio differs between epochs.
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> ClipRecord: ...
+
+    def load_audio(
+        self, index: int, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, int]:
+        """Decodes clip ``index``: ``((channels, samples) float32, sample_rate)``.
+
+        ``rng`` drives random temporal crops (EPIC-Sounds training); ``None`` asks for
+        the deterministic evaluation crop. Raises :class:`aum_jax.data.features.audio.AudioLoadError`
+        naming the clip when it cannot be read.
+        """
+        ...
+
+
+class RecordList:
+    """Random access to a list of :class:`ClipRecord` built by the subclass in ``_records``."""
+
+    _records: list[ClipRecord]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> ClipRecord:
+        return self._records[index]

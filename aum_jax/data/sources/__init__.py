@@ -1,0 +1,1 @@
+"""One module per kind of data source, and the registry that builds them."""

@@ -1,0 +1,170 @@
+"""A run on a folder of clips (``config.data.source == "folder"``): what is fixed on first use.
+
+:func:`configure` runs before the config is checked and writes nothing: it scans the folder
+(:func:`aum_jax.data.sources.folder_source.scan`) and sets the class count, drops the test split when the
+folder has no test clips, takes the model and its input features from an aum-jax model
+directory in ``config.init.checkpoint`` (``config.init.adopt_model_dir``) and picks the input
+length (``config.data.audio_length`` 0: the longest training clip). :func:`prepare` runs after
+the checks: on first use it computes the fbank statistics of the training split
+(:mod:`aum_jax.data.features.norm_stats`) and writes them, with the classes and the input length, to
+``WORKDIR/folder_data.json``, and the class names to ``WORKDIR/labels.csv``; the config's data
+then points at both, so the model directory written by training carries them. A later run in
+the same workdir reuses the record (a resumed run normalises as it began) and refuses a
+folder whose classes have changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from tqdm import tqdm
+
+from aum_jax.checkpoints import model_files
+from aum_jax.core import storage
+from aum_jax.data.features import audio, kaldi, norm_stats, preprocessing
+from aum_jax.data.sources import datasets, folder_source
+from aum_jax.training import config_checks
+from aum_jax.training import workdir as workdir_lib
+
+LABELS_FILE = "labels.csv"
+RECORD_FILE = "folder_data.json"
+# The AuMConfig fields an adopted model directory sets (the rest: classes, input shape, dropout, implementation).
+ADOPTED_MODEL_FIELDS = ("embed_dim", "depth", "bimamba_type", "d_state", "d_conv", "expand", "dt_rank", "conv_bias",
+                        "proj_bias", "norm_epsilon", "residual_in_fp32", "if_devide_out", "cls_position", "pool",
+                        "transpose_token_sequence", "patch_size", "strides")
+ADOPTED_FEATURES = ("feature", "sample_rate", "num_mel_bins", "frame_shift_ms", "epic_window_ms", "epic_hop_ms")
+
+
+def _read_record(workdir: Path) -> dict[str, Any] | None:
+    path = workdir / RECORD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def configure(config: ml_collections.ConfigDict, workdir: Path) -> folder_source.FolderLayout:
+    """Scans ``config.data.folder`` and sets what follows from it in ``config`` (see the module docstring).
+
+    Raises:
+      ConfigError: no folder given, or an ``init.checkpoint`` model directory that cannot be read.
+      DataNotFoundError: the folder does not exist.
+      FolderError: a folder that cannot serve (see :func:`aum_jax.data.sources.folder_source.scan`), or
+        one whose classes differ from those the workdir was trained on.
+    """
+    data = config.data
+    if not data.folder:
+        raise config_checks.ConfigError("config.data.folder is empty: pass --config.data.folder=PATH, a folder of "
+                                        "PATH/<class name>/<clip>.wav")
+    try:
+        layout = folder_source.scan(data.folder, data.folder_fractions, data.folder_extensions)
+    except FileNotFoundError as e:
+        raise datasets.DataNotFoundError(f"{e} (config.data.folder)") from e
+    record = _read_record(workdir)
+    if record is not None and record["classes"] != list(layout.class_names):
+        raise folder_source.FolderError(
+            f"{layout.root} has the classes {', '.join(layout.class_names)}, but {workdir} was trained on "
+            f"{', '.join(record['classes'])}: use another --workdir")
+    data.num_classes = len(layout.class_names)
+    data.label_csv = str(workdir / LABELS_FILE)
+    if not layout.clips["test"] and config.eval.test_split:
+        logging.warning("%s has no test clips: only the validation split is evaluated", layout.root)
+        config.eval.test_split = ""
+    if config.init.checkpoint and config.init.get("adopt_model_dir"):
+        _adopt(config, config.init.checkpoint)
+    if data.audio_length <= 0:
+        data.audio_length = record["audio_length"] if record else _longest_clip_frames(config, layout)
+    if record is not None:
+        data.mean, data.std = record["mean"], record["std"]
+    return layout
+
+
+def _adopt(config: ml_collections.ConfigDict, checkpoint: str) -> None:
+    """With ``checkpoint`` an aum-jax model directory (or training workdir): its model and input features."""
+    directory = model_files.model_directory(os.path.expanduser(checkpoint))
+    if not (directory / model_files.CONFIG_FILE).is_file():
+        return  # a .pth source: config.model says what to build.
+    try:
+        source = model_files.load_config(directory)
+        prep = preprocessing.load(directory)
+    except ValueError as e:
+        raise config_checks.ConfigError(f"config.init.checkpoint={checkpoint}: {e}") from e
+    for name in ADOPTED_MODEL_FIELDS:
+        config.model[name] = getattr(source, name)
+    if prep is not None:
+        for name in ADOPTED_FEATURES:
+            config.data[name] = getattr(prep, name)
+    else:
+        config.data.num_mel_bins = source.num_mel_bins
+    if config.data.audio_length <= 0:
+        config.data.audio_length = source.audio_length
+    config.init.checkpoint = str(directory)
+    logging.info("Fine-tuning %s: a %s %s of depth %d on %d mel bins", directory, source.size_name, source.aum_type,
+                 source.depth, config.data.num_mel_bins)
+
+
+def _longest_clip_frames(config: ml_collections.ConfigDict, layout: folder_source.FolderLayout) -> int:
+    """Frames of the longest readable training clip, at least one patch and at most
+    ``data.folder_max_audio_length``, in whole time strides of the patch grid."""
+    data = config.data
+    longest = 0.0
+    for path, _ in tqdm(layout.clips["train"], desc="clip lengths", unit="clip", leave=False):
+        try:
+            with audio.open_audio(path) as f:
+                longest = max(longest, f.num_samples / f.sample_rate)
+        except audio.AudioLoadError:
+            continue  # a bad clip: the input pipeline counts it.
+    if data.feature == "epic_logmel":
+        frames = 1 + int(longest * 1000 / data.epic_hop_ms)
+    else:
+        frames = 1 + int((longest * 1000 - kaldi.FRAME_LENGTH_MS) // data.frame_shift_ms)
+    patch, stride = config.model.patch_size[1], config.model.strides[1]
+    frames = patch + math.ceil(max(0, min(frames, data.folder_max_audio_length) - patch) / stride) * stride
+    if frames > max(patch, data.folder_max_audio_length):
+        frames -= stride
+    logging.info("audio_length %d frames: the longest training clip is %.2f s", frames, longest)
+    return frames
+
+
+def _write(path: Path, text: str) -> None:
+    """Replaces ``path`` with ``text`` atomically (:func:`aum_jax.core.storage.write_text`; process 0 only)."""
+    if jax.process_index() == 0:
+        storage.write_text(path, text)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: Path, layout: folder_source.FolderLayout) -> None:
+    """On first use, the training split's statistics and the record; the label CSV; ``config.data`` set to them.
+
+    Raises:
+      BadInputError: too many training clips cannot be read.
+      WorkdirNotWritableError: the workdir cannot be written.
+    """
+    data = config.data
+    record = _read_record(workdir)
+    if record is None:
+        train = folder_source.FolderSource(layout, "train")
+        stats = norm_stats.fbank_statistics(data, "train", data.stats_batch_size, source=train)
+        record = {"folder": str(layout.root), "classes": list(layout.class_names),
+                  "clips": {split: len(clips) for split, clips in layout.clips.items()},
+                  "split_folders": layout.split_folders, "audio_length": data.audio_length,
+                  "sample_rate": data.sample_rate, "num_mel_bins": data.num_mel_bins, "mean": stats.mean,
+                  "std": stats.std, "unreadable_train_clips": sorted(stats.bad_inputs)}
+        logging.info("Fbank statistics of the %d training clips: mean %.6f, std %.6f", len(train), stats.mean, stats.std)
+    labels = io.StringIO()
+    csv.writer(labels, lineterminator="\n").writerows(
+        [("index", "mid", "display_name"), *((i, name, name) for i, name in enumerate(layout.class_names))])
+    labels = labels.getvalue()
+    try:
+        if not (workdir / RECORD_FILE).is_file():
+            _write(workdir / RECORD_FILE, json.dumps(record, indent=1))
+        if not (workdir / LABELS_FILE).is_file() or (workdir / LABELS_FILE).read_text(encoding="utf-8") != labels:
+            _write(workdir / LABELS_FILE, labels)
+    except OSError as e:
+        raise workdir_lib.WorkdirNotWritableError(f"cannot write the folder's record in {workdir}: {e}") from e
+    data.mean, data.std = record["mean"], record["std"]

@@ -1,0 +1,1 @@
+"""The evaluation pass, metrics, confusion matrices and reports."""

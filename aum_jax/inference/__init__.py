@@ -1,0 +1,1 @@
+"""Predictions, embeddings, export and plots from a model directory."""

@@ -1,0 +1,264 @@
+"""Runs a converted or trained AudioMamba on audio files or fbank features.
+
+On audio files (any format soundfile or librosa reads, any sample rate), printing the top classes:
+
+  python -m aum_jax.predict --model-dir MODEL_DIR --audio a.wav b.flac [--top-k 5]
+
+Each file is resampled to the model's rate, becomes a Kaldi fbank, is zero-padded or cut to
+the model's frame count and normalised with the statistics stored in
+MODEL_DIR/preprocessing.json (written by training and by the converter); --mean/--std,
+--label-csv and --loss override them. A file that cannot be read, or is shorter than one
+25 ms frame, is skipped with a warning (unless --save-logits/--save-features need every row).
+A file longer than the model's input is scored on its first input, as the original evaluates
+a clip (only that much is read), with a note on stderr naming it; --window-seconds scores it all.
+
+Long recordings: slide the model's window over the whole file, a batch of windows at a time
+(memory does not grow with the recording), and print a timeline of the top classes per
+window; save it as JSON and as a heat map:
+
+  python -m aum_jax.predict --model-dir MODEL_DIR --audio long.wav \\
+      --window-seconds 1 --hop-seconds 0.5 --json timeline.json --plot timeline.png
+
+Embeddings for downstream work: per window of each whole file (windows of the model's input
+length one after another, or --window-seconds/--hop-seconds; read a window at a time), the pooled
+embedding (the vector the head reads), with --layers the pooled hidden state after the chosen
+blocks, with --tokens the final tokens on the (frequency, time) patch grid, in one .npz; with
+--pool one row per file, the mean of its windows weighted by the audio each holds (as HEAR's
+scene embedding):
+
+  python -m aum_jax.predict --model-dir MODEL_DIR --audio a.wav long.flac \\
+      --embeddings out.npz [--layers all|0,5,11] [--tokens | --pool] [--window-seconds 1]
+
+On features:
+
+  python -m aum_jax.predict --model-dir MODEL_DIR --features X.npy --save-logits Y.npy \\
+      [--save-features Z.npy] [--batch-size 32] [--scan-impl auto]
+
+X holds normalised fbank features, float32 (B, T, F), with T and F as the model expects
+(see MODEL_DIR/config.json).
+
+Scores are sigmoids for a model trained with BCE (multi-label) and softmaxes for one
+trained with CE (single-label); a model without preprocessing.json has no known loss, so
+its raw logits are printed unless --loss is given. --checkpoint is the old name of
+--model-dir. A model directory without checksums.json is refused unless --no-verify.
+Every file written (--json, --plot, --save-logits, --save-features, --embeddings) replaces
+its destination atomically: a kill or a full disk leaves the old file, or none.
+"""
+
+from __future__ import annotations
+
+from aum_jax.cli import console
+
+console.quiet_native_logs()  # before TensorFlow loads.
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from aum_jax.checkpoints import model_files  # noqa: E402
+from aum_jax.core import storage  # noqa: E402
+from aum_jax.data.features import audio, preprocessing  # noqa: E402
+from aum_jax.data.sources.datasets import load_label_csv  # noqa: E402
+from aum_jax.inference import (  # noqa: E402
+    embeddings,
+    plot,
+    predict,  # noqa: E402
+)
+from aum_jax.ops import SCAN_IMPLS  # noqa: E402
+
+
+def parse_flags(argv: list[str]) -> argparse.Namespace:
+    parser = console.argument_parser("python -m aum_jax.predict", "Runs an aum-jax model on audio files or fbank "
+                                     "features.", __doc__)
+    console.add_model_dir_flag(parser)
+    console.add_no_verify_flag(parser)
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--features", help=".npy of normalised fbank features, float32 (B, T, F)")
+    inputs.add_argument("--audio", nargs="+", help="audio files to classify")
+    parser.add_argument("--save-logits", help=".npy to write the logits (B, classes) to")
+    parser.add_argument("--save-features", help=".npy to write the pooled features (B, D) to")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples (windows) per forward pass (default: 32)")
+    parser.add_argument("--matmul-precision", default="highest", choices=predict.MATMUL_PRECISIONS,
+                        help="float32 matmuls: highest (default) computes as the original; on a GPU "
+                        "tensorfloat32 is faster and about 1e-3 off")
+    parser.add_argument("--mean", type=float, help="fbank mean of the training set (default: the model's)")
+    parser.add_argument("--std", type=float, help="fbank std of the training set (default: the model's)")
+    parser.add_argument("--label-csv", help="index,mid,display_name CSV naming the classes (default: the model's names)")
+    parser.add_argument("--loss", choices=tuple(preprocessing.SCORES), help="the model's training loss: BCE scores with "
+                        "sigmoids, CE with softmaxes (default: the model's; raw logits when unknown)")
+    parser.add_argument("--channel", choices=predict.CHANNELS, default="first",
+                        help="--audio: of a multi-channel file, the first channel (default, as the original) or their mean")
+    parser.add_argument("--top-k", type=int, default=5, help="classes printed per example or window (default: 5)")
+    parser.add_argument("--window-seconds", type=float, help="--audio: slide a window of this length over each whole file "
+                        "(default: the model's input length, once --hop-seconds is given; --embeddings always "
+                        "slides one)")
+    parser.add_argument("--hop-seconds", type=float, help="--audio: spacing of the windows (default: the window length)")
+    parser.add_argument("--json", help="--audio: write the per-file, per-window top-k scores to this JSON file")
+    parser.add_argument("--plot", help="--audio: draw a heat map of the top classes over time to this PNG")
+    parser.add_argument("--embeddings", help="--audio: write the embeddings of every window of each file (one row "
+                        "per file with --pool) to this .npz instead of printing scores")
+    parser.add_argument("--pool", action="store_true", help="--embeddings: one row per file, the mean of its windows "
+                        "weighted by the audio each holds (as HEAR's scene embedding)")
+    parser.add_argument("--layers", help="--embeddings: also the pooled hidden state after these blocks: 'all' or "
+                        "0-based indices such as 0,5,11")
+    parser.add_argument("--tokens", action="store_true", help="--embeddings: also the final tokens on the "
+                        "(frequency, time) patch grid, for a frame-level head")
+    parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")
+    args = parser.parse_args(argv[1:])
+    flags.FLAGS.mark_as_parsed()
+    console.configure(args.verbosity)
+    if (args.mean is None) != (args.std is None):
+        parser.error("--mean and --std go together")
+    if args.batch_size <= 0 or args.top_k <= 0:
+        parser.error("--batch-size and --top-k must be positive")
+    if args.features and (args.window_seconds or args.hop_seconds or args.json or args.plot):
+        parser.error("--window-seconds, --hop-seconds, --json and --plot work with --audio")
+    if (args.window_seconds or args.hop_seconds) and (args.save_logits or args.save_features):
+        parser.error("--save-logits and --save-features take whole clips; use --json for windows")
+    if (args.layers or args.tokens or args.pool) and not args.embeddings:
+        parser.error("--layers, --tokens and --pool go with --embeddings")
+    if args.pool and args.tokens:
+        parser.error("--tokens are each window's patch grid and are not pooled; leave out --pool or --tokens")
+    if args.embeddings and (args.features or args.json or args.plot or args.save_logits or args.save_features):
+        parser.error("--embeddings takes --audio and writes its own rows; --json, --plot, --save-logits and "
+                     "--save-features work without it")
+    return args
+
+
+def _preprocessing(args: argparse.Namespace, model_dir: str, num_classes: int, num_mel_bins: int,
+                   audio_length: int) -> preprocessing.Preprocessing:
+    """The model's stored preprocessing with the flags' overrides; a model without one is said so."""
+    prep = preprocessing.load(model_dir)
+    if prep is None:
+        print(f"note: {model_dir} has no {preprocessing.PREPROCESSING_FILE}: "
+              + ("scores by --loss" if args.loss else "printing raw logits (--loss BCE or CE gives scores)")
+              + (f"; audio becomes a Kaldi fbank at {preprocessing.RECIPE_SAMPLE_RATES['kaldi_fbank']} Hz"
+                 if args.audio else ""), file=sys.stderr)
+        prep = preprocessing.Preprocessing(num_mel_bins=num_mel_bins, target_length=audio_length)
+    names = tuple(load_label_csv(args.label_csv)[1]) if args.label_csv else None
+    if names is not None and len(names) != num_classes:
+        raise ValueError(f"{args.label_csv} names {len(names)} classes but the model has {num_classes}")
+    return prep.replace(mean=args.mean, std=args.std, class_names=names, loss=args.loss)
+
+
+def _print_timeline(tl: predict.Timeline, k: int, windowed: bool, model_rate: int) -> None:
+    rate = f"; {tl.sample_rate} Hz resampled to {model_rate} Hz" if tl.sample_rate != model_rate else ""
+    if not windowed:
+        print(f"{tl.file}: " + ", ".join(f"{n} {s:.3f}" for n, s in tl.top(k)[0]) + f"  ({tl.score}{rate})")
+        return
+    print(f"{tl.file}: {tl.duration:.2f} s, {len(tl.starts)} windows, {tl.score} scores{rate}")
+    width = len(f"{tl.ends.max():.2f}")
+    for start, end, top in zip(tl.starts, tl.ends, tl.top(k)):
+        print(f"  {start:>{width}.2f}-{end:>{width}.2f} s  " + ", ".join(f"{n} {s:.3f}" for n, s in top))
+
+
+def _save(path: str | None, array: np.ndarray | None, what: str) -> None:
+    if path and array is not None:
+        with storage.staged_file(path) as staging, open(staging, "wb") as f:  # a name: np.save appends ".npy".
+            np.save(f, array)
+        logging.info("Wrote %s %s to %s", what, array.shape, path)
+
+
+def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timeline], dict[str, str]]:
+    predict.check_window(prep, args.window_seconds)  # the same for every file: an error, not a skipped file.
+    timelines, skipped = [], {}
+    for path in args.audio:
+        try:
+            timelines.append(predict.classify_recording(model, prep, path, args.window_seconds, args.hop_seconds,
+                                                        args.batch_size, args.matmul_precision, channel=args.channel))
+        except (preprocessing.MissingStatisticsError, predict.NonFiniteOutputError):  # the model's fault: no file is skipped.
+            raise
+        except (ValueError, audio.AudioLoadError) as e:
+            if len(args.audio) == 1:
+                raise
+            skipped[path] = str(e)
+    return timelines, skipped
+
+
+def _run_audio(args: argparse.Namespace, model, prep) -> int:
+    windowed = bool(args.window_seconds or args.hop_seconds)
+    if windowed:
+        timelines, skipped = _windowed(args, model, prep)
+    else:
+        clips = predict.classify_clips(model, prep, args.audio, args.batch_size, args.matmul_precision,
+                                       channel=args.channel, with_features=bool(args.save_features))
+        timelines, skipped = clips.timelines, clips.skipped
+        if skipped and (args.save_logits or args.save_features):
+            raise ValueError(f"{len(skipped)} of {len(args.audio)} files could not be read, and the rows of "
+                             f"--save-logits/--save-features follow --audio; nothing was saved: "
+                             + "; ".join(skipped.values()))
+        _save(args.save_logits, clips.logits, "logits")
+        _save(args.save_features, clips.features, "features")
+        for tl in timelines:
+            if tl.ends[0] < tl.duration:
+                print(f"note: {tl.file}: only its first {tl.ends[0]:g} s of {tl.duration:.2f} s were scored; "
+                      "--window-seconds scores it all", file=sys.stderr)
+    for reason in skipped.values():
+        print(f"warning: skipped {reason}", file=sys.stderr)
+    for tl in timelines:
+        _print_timeline(tl, args.top_k, windowed, prep.sample_rate)
+    if args.json:
+        storage.write_text(args.json, json.dumps(
+            {"model": os.path.abspath(args.model_dir), "score": prep.score, "sample_rate": prep.sample_rate,
+             "files": [tl.to_dict(args.top_k) for tl in timelines], "skipped": skipped}, indent=1))
+        print(f"Wrote {args.json}")
+    if args.plot and timelines:
+        plot.plot_timelines(timelines, args.plot)
+        print(f"Wrote {args.plot}")
+    return 0 if timelines else 1
+
+
+def _run_features(args: argparse.Namespace, model, prep) -> int:
+    features = np.load(args.features)
+    logits, pooled = predict.predict(model, features, args.batch_size, args.matmul_precision)
+    sources = [f"{args.features}[{i}]" for i in range(len(logits))]
+    predict.require_finite(logits, sources)
+    _save(args.save_logits, logits, "logits")
+    _save(args.save_features, pooled, "features")
+    names = predict.class_names(prep, logits.shape[1])
+    for source, best in zip(sources, predict.top_k(predict.scores(logits, prep.score), names, args.top_k)):
+        print(f"{source}: " + ", ".join(f"{name} {score:.3f}" for name, score in best) + f"  ({prep.score})")
+    return 0
+
+
+def _run_embeddings(args: argparse.Namespace, model, prep) -> int:
+    layers = embeddings.parse_layers(args.layers, model.config.depth)
+    rows = embeddings.embed_files(model, prep, args.audio, window_seconds=args.window_seconds,
+                                  hop_seconds=args.hop_seconds, pool=args.pool, layers=layers, tokens=args.tokens,
+                                  batch_size=args.batch_size, matmul_precision=args.matmul_precision,
+                                  channel=args.channel)
+    for reason in rows.skipped.values():
+        print(f"warning: skipped {reason}", file=sys.stderr)
+    rows.save(args.embeddings)
+    shapes = ", ".join(f"{name} {tuple(array.shape)}" for name, array in
+                       (("embedding", rows.embedding), ("layers", rows.layers), ("tokens", rows.tokens))
+                       if array is not None)
+    rows_are = "one per file, its windows pooled" if args.pool else "one per window"
+    print(f"Wrote {args.embeddings}: {len(rows.files)} rows of {len(set(rows.files))} files ({rows_are}); {shapes}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.features and not os.path.isfile(args.features):
+        print(f"error: features file {args.features} does not exist", file=sys.stderr)
+        return 1
+    overrides = {"scan_impl": args.scan_impl} if args.scan_impl else {}
+    try:
+        model_dir = model_files.model_directory(args.model_dir)
+        model = model_files.load_model(model_dir, verify=not args.no_verify, **overrides)
+        cfg = model.config
+        prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)
+        if args.embeddings:
+            return _run_embeddings(args, model, prep)
+        return _run_audio(args, model, prep) if args.audio else _run_features(args, model, prep)
+    except (OSError, ValueError) as e:  # AudioLoadError and ModelDirectoryError among them.
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

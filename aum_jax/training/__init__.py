@@ -1,0 +1,1 @@
+"""The training loop, its jitted step, objectives, divergence, checkpoints and workdir."""

@@ -1,0 +1,399 @@
+"""Training and evaluation of AudioMamba: the original ``traintest.train``, data-parallel.
+
+``train_and_evaluate(config, workdir)`` plans the run (mesh, data, step counts) before it
+writes anything, then runs one loop, in the sections of its banners: input, model,
+update, checkpoint, train loop, eval.
+
+- The workdir is locked for the run (:mod:`aum_jax.training.workdir`); a second trainer stops.
+- A workdir whose ``report.json`` reached the configured steps is not trained again (nor
+  locked, so a read-only one works): its report is returned, marked ``already_trained``.
+  If its ``model/`` is gone, it is rebuilt from the checkpoint of the step it held (the
+  best one), with a warning; with that checkpoint gone too, :class:`MissingModelError`.
+- The model and optimizer come from, in this order: the newest readable checkpoint
+  in ``workdir/checkpoints`` (same parameters, optimizer state and next batch), else
+  the pretrained source ``config.init.checkpoint``, else a fresh initialisation.
+- A bad step (non-finite, or out of ``config.train.max_loss``/``max_grad_norm``) is
+  skipped inside the jitted step; too many in a row stop the run
+  (:mod:`aum_jax.training.divergence`).
+- SIGTERM or Ctrl-C checkpoint, then raise :class:`TrainingInterrupted`.
+- The loss goes to the host only at log, checkpoint and evaluation steps.
+- The test split is evaluated once, with the best model; its confusion matrix comes from
+  the same pass.
+
+Outputs in ``workdir`` are listed in :mod:`aum_jax.training.workdir`; the best model lands in
+``model/`` with its ``preprocessing.json``. ``report.json`` holds the metrics and the
+run's accounting: skipped steps, skipped clips by reason and the step training was
+restored from; TensorBoard gets the same counts, under ``train/*``, ``validation/*`` and
+``test/*``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from aum_jax.checkpoints import model_files, pretrained
+from aum_jax.cli import console
+from aum_jax.core import sharding, storage
+from aum_jax.data.features import audio, preprocessing
+from aum_jax.data.pipeline import batching, input_pipeline
+from aum_jax.data.sources import datasets
+from aum_jax.evaluation import confusion, evaluate
+from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
+from aum_jax.training import divergence, run_checkpoints
+from aum_jax.training import workdir as workdir_lib
+from aum_jax.training.update import learning_rate_schedule, make_optimizer, train_step  # noqa: F401 (train.train_step)
+
+ALREADY_TRAINED = "already_trained"  # key of a returned report: the workdir was finished before.
+
+
+class MissingModelError(workdir_lib.WorkdirError):
+    """A finished workdir whose ``model/`` is gone, with no checkpoint of its step to rebuild it from."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or Ctrl-C stopped training; a checkpoint of ``step`` was saved."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training interrupted after step {step}; checkpoint saved")
+        self.step = step
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers of the loop
+# ----------------------------------------------------------------------------------------
+
+
+class _StopRequest:
+    """Turns SIGTERM and the first Ctrl-C into a flag checked between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        logging.warning("Received %s; stopping after the current step", signal.Signals(signum).name)
+        self.requested = True
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once.
+            signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def any_process(self, step: int, interval: int) -> bool:
+        """Whether any process was asked to stop (the same answer on every process).
+
+        With several processes the flags are gathered only every ``interval`` steps, to keep
+        a collective out of every step.
+        """
+        if jax.process_count() == 1:
+            return self.requested
+        if not _every(step, interval):
+            return False
+        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+
+
+def _every(step: int, interval: int) -> bool:
+    return interval > 0 and step % interval == 0
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _input_counts(train_iter: batching.BatchIterator) -> dict[str, int]:
+    """Skipped clips by kind, summed over processes."""
+    counts = np.array([train_iter.skipped_by_kind.get(k, 0) for k in audio.BAD_INPUT_KINDS], np.int64)
+    if jax.process_count() > 1:
+        counts = multihost_utils.process_allgather(counts).sum(axis=0)
+    return {k: int(n) for k, n in zip(audio.BAD_INPUT_KINDS, counts) if n}
+
+
+def _log_window(writer: metric_writers.MetricWriter, step: int, num_steps: int, watch: divergence.Watch,
+                optimizer: nnx.Optimizer, schedule: optax.Schedule, train_iter: batching.BatchIterator) -> None:
+    """Writes the scalars of the steps since the last log, and a console line."""
+    means, skipped = watch.take_window()
+    skipped_total = int(optimizer.opt_state.total_notfinite[...])
+    applied = int(optimizer.step[...]) - skipped_total  # skipped steps do not advance the schedule.
+    scalars = {"train/lr": float(schedule(max(applied - 1, 0))), "train/skipped_steps": skipped,
+               "train/skipped_steps_total": skipped_total, "input/skipped_clips": train_iter.num_skipped}
+    scalars.update({f"input/skipped_clips_{k}": n for k, n in _input_counts(train_iter).items()})
+    scalars.update({f"train/{k}": v for k, v in means.items()})
+    writer.write_scalars(step, scalars)
+    console.line(f"step {step}/{num_steps}  loss {scalars.get('train/loss', float('nan')):.4f}  "
+                 f"lr {scalars['train/lr']:.2e}" + (f"  skipped {skipped}" if skipped else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run will do, worked out before anything is written."""
+
+    mesh: jax.sharding.Mesh
+    source: datasets.AudioSource  # the training clips.
+    steps_per_epoch: int
+    num_steps: int
+    eval_every: int
+
+
+def plan(config: ml_collections.ConfigDict) -> Plan:
+    """The mesh, the training source and the step counts of ``config``.
+
+    Raises:
+      ValueError: batch sizes the mesh does not divide, an unknown split, a bad source.
+    """
+    train_cfg = config.train
+    mesh = sharding.make_mesh(config.mesh)
+    global_batch_size = sharding.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
+    sharding.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+    logging.info("Mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
+    source = datasets.make_source(config.data, "train")
+    steps_per_epoch = train_cfg.steps_per_epoch
+    if steps_per_epoch <= 0:
+        steps_per_epoch = max(1, len(source) // global_batch_size)
+    num_steps = train_cfg.num_steps if train_cfg.num_steps > 0 else train_cfg.num_epochs * steps_per_epoch
+    eval_every = steps_per_epoch if train_cfg.eval_every < 0 else train_cfg.eval_every
+    logging.info("%d training clips, global batch %d: %d steps per epoch, %d steps",
+                 len(source), global_batch_size, steps_per_epoch, num_steps)
+    return Plan(mesh, source, steps_per_epoch, num_steps, eval_every)
+
+
+class _Results:
+    """Evaluations during and after training: the best model (``model/``, ``best.json``), the
+    final and test metrics, and the confusion matrix of the split the demo prints."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh,
+                 writer: metric_writers.MetricWriter):
+        self._config, self._workdir, self._mesh, self._writer = config, workdir, mesh, writer
+        self._preprocessing = preprocessing.for_training(config)  # stored beside the model.
+        self.best = _read_json(workdir / workdir_lib.BEST_FILE)
+        self.final: dict[str, Any] | None = None
+        self.last_step: int | None = None
+
+    def _evaluate(self, model: AudioMamba, split: str, step: int) -> tuple[dict[str, float], evaluate.Outputs]:
+        cfg = self._config
+        result, outputs = evaluate.evaluate_split(model, cfg.data, split, self._mesh, cfg.train.loss,
+                                                  cfg.eval.matmul_precision)
+        model.train()
+        self._writer.write_scalars(step, {f"{split}/{k}": v for k, v in result.items()})
+        return result, outputs
+
+    def save_model(self, model: AudioMamba) -> None:
+        model_files.save_model(model, self._workdir / workdir_lib.MODEL_DIR, overwrite=True,
+                               preprocessing=self._preprocessing)
+
+    def _save_confusion(self, outputs: evaluate.Outputs, split: str) -> None:
+        if self._config.eval.confusion_matrix and jax.process_index() == 0:
+            counts = confusion.confusion_matrix(outputs)
+            names = list(self._preprocessing.class_names) or [str(i) for i in range(len(counts))]
+            confusion.save(counts, names, self._workdir, split)
+
+    def validate(self, step: int, model: AudioMamba) -> None:
+        """Evaluates ``config.eval.split``; a better model by ``config.train.metric`` (higher, or lower for
+        the loss: :data:`aum_jax.evaluation.evaluate.METRIC_DIRECTIONS`) than the best so far replaces it."""
+        split, metric = self._config.eval.split, self._config.train.metric
+        result, outputs = self._evaluate(model, split, step)
+        console.line(f"step {step} {split}: {console.format_metrics(result)}")
+        self.final, self.last_step = {"step": step, **result}, step
+        if self.best is None or evaluate.is_better(metric, result[metric], self.best[metric]):
+            self.best = {"step": step, **result}
+            self.save_model(model)
+            if jax.process_index() == 0:
+                storage.write_text(self._workdir / workdir_lib.BEST_FILE, evaluate.to_json(self.best))
+            if not self._config.eval.test_split:
+                self._save_confusion(outputs, split)
+
+    def test(self, step: int) -> dict[str, float] | None:
+        """Evaluates ``config.eval.test_split`` once, with the best model."""
+        split, model_dir = self._config.eval.test_split, self._workdir / workdir_lib.MODEL_DIR
+        if not split or not model_dir.is_dir():
+            return None
+        model = model_files.load_model(model_dir)
+        nnx.update(model, sharding.replicate(nnx.state(model), self._mesh))
+        result, outputs = self._evaluate(model, split, step)
+        logging.info("%s with the best model: %s", split, result)
+        self._save_confusion(outputs, split)
+        return result
+
+
+def _restore_finished_model(config: ml_collections.ConfigDict, workdir: Path, report: dict[str, Any]) -> None:
+    """Gives a finished ``workdir`` its ``model/`` back if it is gone: the backup a kill inside
+    :func:`aum_jax.core.storage.replace_dir` left, else the model of the checkpoint of the step it held.
+
+    Raises:
+      MissingModelError: no checkpoint of that step can be read.
+      WorkdirNotWritableError: the backup cannot be put back.
+    """
+    model_dir = workdir / workdir_lib.MODEL_DIR
+    try:
+        storage.recover_dir(model_dir)
+    except OSError as e:
+        raise workdir_lib.WorkdirNotWritableError(f"cannot put back the model directory {model_dir}: {e}") from e
+    if model_dir.is_dir():
+        return
+    kind, step = ("best", report["best"]["step"]) if report.get("best") else ("final", report["step"])
+    restored = 0
+    if (workdir / workdir_lib.CHECKPOINT_DIR / str(step)).is_dir():
+        manager = run_checkpoints.make_manager(workdir, config.train.keep_checkpoints)
+        model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
+        try:
+            restored = run_checkpoints.restore(manager, model, None, None, only_step=step)  # the model item alone.
+        finally:
+            manager.close()
+    if not restored:
+        raise MissingModelError(f"{workdir / workdir_lib.REPORT_FILE} says training finished, but {model_dir}/ is "
+                                f"missing and no checkpoint of its {kind} step {step} remains; train again in a "
+                                "new --workdir")
+    model_files.save_model(model, model_dir, preprocessing=preprocessing.for_training(config))
+    logging.warning("%s was missing: restored it from the checkpoint of its %s step %d", model_dir, kind, step)
+
+
+# ----------------------------------------------------------------------------------------
+# The job
+# ----------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and evaluates.
+
+    Returns:
+      The report also written to ``workdir/report.json``: ``{"step", "best", "final",
+      "test"}`` with the metrics of :func:`aum_jax.evaluation.evaluate.split_metrics`, and
+      ``"restored_from_step"``, ``"skipped_steps"``, ``"skipped_clips"`` (by reason).
+
+    Raises:
+      WorkdirError (MissingModelError among them), DivergedWorkdirError, NonFiniteLossError,
+      TrainingInterrupted, BadInputError, CheckpointWriteError.
+    """
+    workdir = Path(workdir).absolute()
+    run = plan(config)
+    finished = _read_json(workdir / workdir_lib.REPORT_FILE)
+    if finished is not None and finished.get("step", -1) >= run.num_steps:  # nothing to do: keep the results.
+        _restore_finished_model(config, workdir, finished)
+        return {**finished, ALREADY_TRAINED: True}
+    lock = workdir_lib.lock_for_run(workdir, config.train.lock_heartbeat_s, config.train.lock_stale_after_s)
+    try:
+        divergence.check_resume(config, workdir)
+        if jax.process_index() == 0:
+            storage.write_text(workdir / workdir_lib.CONFIG_FILE, config.to_json_best_effort(indent=1))
+        return _train_and_evaluate(config, workdir, run)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: Plan) -> dict[str, Any]:
+    """The run itself, in the locked ``workdir``: see :func:`train_and_evaluate`."""
+    train_cfg, mesh, is_main = config.train, run.mesh, jax.process_index() == 0
+
+    # ---------------------------------------------------------------- input
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+    train_iter = input_pipeline.make_train_iterator(config.data, source=run.source)
+
+    # ---------------------------------------------------------------- model
+    model_config = AuMConfig.from_dict(config.model.to_dict())
+    replicated = sharding.replicated(mesh)
+    model = init_model(model_config, train_cfg.seed, replicated)  # built on the mesh, under jit.
+    logging.info("AuM %s %s: %.3f M parameters", model_config.size_name, model_config.aum_type,
+                 count_params(model) / 1e6)
+
+    # ---------------------------------------------------------------- update
+    schedule = learning_rate_schedule(config.optimizer, run.steps_per_epoch)
+    tx = make_optimizer(config.optimizer, schedule)
+    optimizer = nnx.jit(lambda m: sharding.constrain(nnx.Optimizer(m, tx, wrt=nnx.Param), replicated))(model)
+
+    # ---------------------------------------------------------------- checkpoint
+    manager = run_checkpoints.make_manager(workdir, train_cfg.keep_checkpoints)
+    step = restored_from = run_checkpoints.restore(manager, model, optimizer, train_iter)
+    if restored_from:
+        writer.write_scalars(step, {"train/restored_from_step": restored_from})
+    elif config.init.checkpoint:  # a new run starts from a pretrained source.
+        source = pretrained.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed,
+                                                 class_names=preprocessing.for_training(config).class_names)
+        nnx.update(model, sharding.replicate(nnx.state(source, nnx.Param), mesh))
+    model.train()
+    results = _Results(config, workdir, mesh, writer)
+    watch = divergence.Watch(config, workdir, manager)
+
+    # ---------------------------------------------------------------- train loop
+    report_progress = periodic_actions.ReportProgress(
+        num_train_steps=run.num_steps, writer=writer, every_steps=train_cfg.log_every or None)
+    bar = tqdm(total=run.num_steps, initial=step, desc="train", unit="step", disable=not is_main)
+    pending: list[dict[str, jax.Array]] = []  # on device: the steps since the last host sync.
+    try:
+        with _StopRequest() as stop:
+            while step < run.num_steps:
+                batch = sharding.global_batch(next(train_iter), mesh)
+                with jax.set_mesh(mesh), jax.default_matmul_precision(train_cfg.matmul_precision):
+                    pending.append(train_step(model, optimizer, batch, train_cfg.loss,
+                                              train_cfg.max_loss, train_cfg.max_grad_norm))
+                step += 1
+                bar.update()
+                report_progress(step)
+                log_now = _every(step, train_cfg.log_every) or step == run.num_steps
+                eval_now = bool(config.eval.split) and (_every(step, run.eval_every) or step == run.num_steps)
+                checkpoint_now = _every(step, train_cfg.checkpoint_every)
+                stop_now = stop.any_process(step, train_cfg.stop_check_every)
+                if not (log_now or eval_now or checkpoint_now or stop_now):
+                    continue
+
+                # -------------------------------------------- host sync
+                watch.observe(step - len(pending) + 1, jax.device_get(pending))
+                pending.clear()
+                if watch.last_loss is not None:
+                    bar.set_postfix(loss=f"{watch.last_loss:.4f}")
+                if watch.should_stop(step):
+                    watch.stop(step)
+                if log_now:
+                    _log_window(writer, step, run.num_steps, watch, optimizer, schedule, train_iter)
+                # Evaluate before checkpointing: a run killed during the evaluation resumes
+                # from the previous checkpoint and evaluates this step again.
+                if eval_now:
+                    results.validate(step, model)
+                if checkpoint_now and watch.may_checkpoint:  # never checkpoint inside a bad streak.
+                    run_checkpoints.save(manager, step, model, optimizer, train_iter)
+                if stop_now:
+                    run_checkpoints.save(manager, step, model, optimizer, train_iter, force=True)
+                    raise TrainingInterrupted(step)
+            if watch.may_checkpoint:
+                run_checkpoints.save(manager, step, model, optimizer, train_iter, force=True)
+    finally:
+        bar.close()
+        run_checkpoints.close(manager)
+        train_iter.close()
+        writer.flush()
+
+    # ---------------------------------------------------------------- eval
+    if config.eval.split and results.last_step is None:  # resumed at the end: evaluate what we have.
+        results.validate(step, model)
+    if not config.eval.split:
+        results.save_model(model)
+    report = {"step": step, "best": results.best, "final": results.final, "test": results.test(step),
+              "restored_from_step": restored_from or None,
+              "skipped_steps": int(optimizer.opt_state.total_notfinite[...]),
+              "skipped_clips": {"total": train_iter.num_skipped, **_input_counts(train_iter)}}
+    evaluate.write_report(workdir / workdir_lib.REPORT_FILE, report)
+    writer.close()
+    return report

@@ -1,0 +1,103 @@
+"""The update: the original's learning-rate schedule, its optimizer and one jitted training step.
+
+Kept apart from the loop (:mod:`aum_jax.training.train`) so that the step can be timed and checked
+with jax, flax and optax alone (``scripts/benchmark.py``, ``scripts/gpu_check.py``).
+The config arguments are ``config.optimizer`` sections (any object with those attributes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from aum_jax.core import sharding
+from aum_jax.models import AudioMamba
+from aum_jax.training import losses
+
+# apply_if_finite applies updates anyway after this many bad steps in a row; the loop
+# stops long before (config.train.max_nonfinite_steps).
+_NEVER_GIVE_UP = np.iinfo(np.int32).max
+
+
+def learning_rate_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
+    """The original's per-epoch schedule times its per-step warm-up.
+
+    ``"multistep"``: ``lr * decay_factor ** #{m in range(decay_start_epoch, inf,
+    decay_every_epochs) : m <= epoch}`` with ``epoch = step // steps_per_epoch`` (0-based),
+    i.e. torch's MultiStepLR stepped after every epoch. ``"constant"``: 1. Warm-up
+    multiplies by ``warmup_start + (1 - warmup_start) * min(1, s / warmup_steps)``, with
+    ``s`` the step rounded down to ``warmup_interval``.
+    """
+    if config.schedule not in ("multistep", "constant"):
+        raise ValueError(f"unknown lr schedule {config.schedule!r}; use 'multistep' or 'constant'")
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch) if config.warmup_epochs > 0 else config.warmup_steps
+
+    def schedule(step: jax.Array) -> jax.Array:
+        factor = jnp.ones((), jnp.float32)
+        if config.schedule == "multistep":
+            epoch = step // steps_per_epoch
+            decays = jnp.maximum(0, (epoch - config.decay_start_epoch) // config.decay_every_epochs + 1)
+            factor = jnp.asarray(config.decay_factor, jnp.float32) ** decays
+        if warmup_steps > 0:
+            stair = (step // config.warmup_interval) * config.warmup_interval
+            ramp = jnp.minimum(stair / warmup_steps, 1.0)
+            factor = factor * (config.warmup_start + (1.0 - config.warmup_start) * ramp)
+        return config.lr * factor
+
+    return schedule
+
+
+def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """torch ``Adam(lr, betas=(b1, b2), eps, weight_decay)`` (L2 decay enters the gradient),
+    skipping any update whose gradients are not finite (the schedule does not advance)."""
+    return optax.apply_if_finite(
+        optax.chain(
+            optax.add_decayed_weights(config.weight_decay),
+            optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
+            optax.scale_by_learning_rate(schedule),
+        ),
+        max_consecutive_errors=_NEVER_GIVE_UP,
+    )
+
+
+@nnx.jit(static_argnames=("loss", "max_loss", "max_grad_norm"), donate_argnums=(0, 1))
+def _train_step(
+    model: AudioMamba,
+    optimizer: nnx.Optimizer,
+    batch: dict[str, jax.Array],
+    loss: str,
+    max_loss: float = float("inf"),
+    max_grad_norm: float = float("inf"),
+) -> dict[str, jax.Array]:
+    """One Adam step on a global batch ``{"fbank": (B, T, F), "label": (B, C)}``.
+
+    The model's and optimizer's buffers are donated. A batch split over a mesh runs the
+    scan kernels on each device's own rows (:class:`aum_jax.core.sharding.OnDataMesh`). A step
+    whose loss exceeds ``max_loss`` or whose gradients' global norm exceeds
+    ``max_grad_norm`` (or either is not finite) is handed to the optimizer as non-finite,
+    so ``apply_if_finite`` skips it: parameters and moments keep their values, its
+    counters advance.
+
+    Returns:
+      ``{"loss", "grad_norm", "ok"}``: the batch's mean loss, the global gradient norm
+      and whether the update was applied.
+    """
+
+    def compute_loss(model: AudioMamba) -> jax.Array:
+        return losses.loss_value(model(batch["fbank"]), batch["label"], loss)
+
+    value, grads = nnx.value_and_grad(compute_loss)(model)
+    grad_norm = optax.tree.norm(grads)
+    ok = (value <= max_loss) & (grad_norm <= max_grad_norm)  # False for NaN too.
+    if max_loss < float("inf") or max_grad_norm < float("inf"):
+        grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads)
+    optimizer.update(model, grads)
+    return {"loss": value, "grad_norm": grad_norm, "ok": ok}
+
+
+train_step = sharding.OnDataMesh(_train_step, arg=2)

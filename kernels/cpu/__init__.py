@@ -1,0 +1,1 @@
+"""The C++ selective-scan kernel for XLA's CPU backend."""

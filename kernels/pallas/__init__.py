@@ -1,0 +1,1 @@
+"""The Pallas (Triton) selective-scan kernels for GPUs."""

@@ -1,0 +1,1 @@
+"""Tests of aum_jax.checkpoints: model directories and the PyTorch import."""

@@ -1,0 +1,1 @@
+"""Tests of aum_jax.data: sources, features, the pipeline, the demo dataset."""

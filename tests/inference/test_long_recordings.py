@@ -1,0 +1,94 @@
+"""Long recordings in bounded memory, with real files and processes: on a 30-minute recording (the
+tiny Fo-Bi model, at its own rate) the peak resident memory of predict (the first input, every
+window, --embeddings) is within 1.2x of a 3-minute one's, and so is hear.get_timestamp_embeddings'
+peak less the input array the caller holds; beyond its result that call allocates what a 3-minute
+call does."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_no_silent_errors import PREP, _recording
+from tests.helpers import PEAK_RSS, run, save_tiny_fobi
+
+RATIO = 1.2
+WINDOWS = {3: 141, 30: 1407}  # of the model's 1.28 s input: 3 * 60 / 1.28 = 140.6, 30 * 60 / 1.28 = 1406.25.
+# Runs hear.get_timestamp_embeddings on each recording given (after a first call that compiles the model)
+# and prints, per recording, its size, the result's, the call's peak resident memory (VmHWM, reset when the
+# call starts) and the peak of the call's NumPy and Python allocations (tracemalloc).
+HEAR_PEAKS = textwrap.dedent("""
+    import json, sys, tracemalloc
+    import soundfile
+    from aum_jax import hear
+
+    def kb(key):
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+
+    model = hear.load_model(sys.argv[1])
+    hear.get_timestamp_embeddings(soundfile.read(sys.argv[2], frames=16000, dtype="float32")[0][None], model)
+    for path in sys.argv[2:]:
+        audio = soundfile.read(path, dtype="float32")[0][None]
+        start = kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM starts again from VmRSS.
+        tracemalloc.start()
+        emb, ms = hear.get_timestamp_embeddings(audio, model)
+        traced = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(json.dumps({"input": audio.nbytes, "result": emb.nbytes + ms.nbytes, "start_kb": start,
+                          "peak_kb": kb("VmHWM"), "traced": traced, "shape": emb.shape}))
+        del audio, emb, ms
+""")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_fobi(tmp_path_factory.mktemp("model") / "m", mean=PREP.mean, std=PREP.std, loss=PREP.loss)
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory) -> dict[int, Path]:
+    """3 and 30 minutes of tones in noise at 16 kHz, the model's rate (written once, in 10 s blocks)."""
+    folder = tmp_path_factory.mktemp("recordings")
+    return {minutes: _recording(folder / f"rec{minutes}.wav", minutes) for minutes in WINDOWS}
+
+
+@pytest.mark.parametrize("flags, says", [
+    ([], "note: {wav}: only its first 1.28 s of {seconds:.2f} s were scored"),
+    (["--hop-seconds", "1.28", "--json", "{out}"], "Wrote {out}"),
+    (["--embeddings", "{out}"], "Wrote {out}: {windows} rows of 1 files (one per window)"),
+], ids=["first input", "every window", "embeddings"])
+def test_predicts_peak_memory_does_not_grow_with_the_recording(model_dir, recordings, tmp_path, flags, says):
+    peaks = {}
+    for minutes, wav in recordings.items():
+        out = tmp_path / f"out{minutes}"
+        result = run("-c", PEAK_RSS, "-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(wav),
+                     "--top-k", "1", *(flag.format(out=out) for flag in flags))
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+        assert measured["rc"] == 0, measured["stderr"]
+        assert says.format(wav=wav, out=out, seconds=minutes * 60.0, windows=WINDOWS[minutes]) in (
+            measured["stdout"] + measured["stderr"]), measured
+        if "--json" in flags:
+            assert len(json.loads(out.read_text())["files"][0]["windows"]) == WINDOWS[minutes]
+        peaks[minutes] = measured["kb"] / 1024
+    assert peaks[30] < RATIO * peaks[3], f"peak MB {peaks}"
+
+
+def test_hears_timestamp_embeddings_hold_their_result_and_a_few_batches(model_dir, recordings):
+    result = run("-c", HEAR_PEAKS, str(model_dir), str(recordings[3]), str(recordings[30]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    short, long = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+    assert short["shape"] == [1, 140 * 8 + 5, 192] and long["shape"] == [1, 1406 * 8 + 2, 192]  # patches on audio.
+    mb = {name: {k: (v * 1024 if k.endswith("_kb") else v) / 2**20 for k, v in run_.items() if k != "shape"}
+          for name, run_ in (("3 min", short), ("30 min", long))}
+    held = {name: m["peak_kb"] - m["input"] for name, m in mb.items()}  # the caller holds the input.
+    assert held["30 min"] < RATIO * held["3 min"], f"peak less the input, MB: {held}; all: {mb}"
+    # Beyond its result the call holds a few batches of windows (their features, the model's tokens),
+    # whatever the length: within 2x of a 3-minute call's working set, the batches in flight varying;
+    # every window's tokens, gathered, would be 10x.
+    working = {name: m["traced"] - m["result"] for name, m in mb.items()}
+    assert working["30 min"] < 2 * working["3 min"], f"allocations beyond the result, MB: {working}; all: {mb}"

@@ -1,0 +1,1 @@
+"""Tests of kernels/: the CPU kernel's builds."""

@@ -1,0 +1,1 @@
+"""Tests of aum_jax.models: shapes, fidelity to the original, precision."""

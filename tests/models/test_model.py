@@ -1,0 +1,160 @@
+"""AudioMamba's structure: the published parameter counts, the original's initialisation
+scheme, stochastic depth, train/eval modes and input validation."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from aum_jax.models import AUM_TYPES, EMBED_DIMS, AudioMamba, AuMConfig, count_params, init_model
+from aum_jax.models.aum import drop_path_rates
+
+# The seed's checkpoint tables: (classes, frames) -> (base Fo-Bi, small Bi-Bi) parameter counts.
+PUBLISHED_COUNTS = {
+    "AudioSet": (527, 1024, 92_107_535, 25_539_215),
+    "VGGSound": (309, 1024, 91_939_893, 25_455_285),
+    "VoxCeleb": (1251, 1024, 92_664_291, 25_817_955),
+    "EPIC-Sounds": (44, 1024, 91_736_108, 25_353_260),
+    "Speech Commands": (35, 128, 91_385_123, 25_177_763),
+}
+
+
+def abstract_count(**fields) -> int:
+    config = AuMConfig(**fields)
+    return count_params(nnx.eval_shape(lambda: AudioMamba(config, rngs=nnx.Rngs(0))))
+
+
+@pytest.mark.parametrize("dataset", PUBLISHED_COUNTS)
+def test_published_parameter_counts(dataset):
+    classes, frames, base_fobi, small_bibi = PUBLISHED_COUNTS[dataset]
+    common = dict(num_classes=classes, audio_length=frames, num_mel_bins=128, strides=(16, 16))
+    assert abstract_count(embed_dim=EMBED_DIMS["base"], bimamba_type=AUM_TYPES["Fo-Bi"], **common) == base_fobi
+    assert abstract_count(embed_dim=EMBED_DIMS["small"], bimamba_type=AUM_TYPES["Bi-Bi"], **common) == small_bibi
+
+
+def test_fixture_parameter_counts(fixtures_dir):
+    import json
+
+    for name in ("tiny_fobi", "tiny_bibi"):
+        meta = json.loads((fixtures_dir / "aum_torch" / name / "config.json").read_text())
+        count = abstract_count(
+            embed_dim=EMBED_DIMS[meta["size"]], depth=meta["depth"], num_classes=meta["n_class"],
+            audio_length=meta["audio_length"], bimamba_type=AUM_TYPES[meta["aum_type"]],
+        )
+        assert count == meta["n_params"]
+
+
+def test_patch_grid_with_overlapping_strides():
+    config = AuMConfig(strides=(10, 10), audio_length=1024)
+    assert config.patch_grid == (12, 101)  # (128-16)//10+1, (1024-16)//10+1, as a VALID conv gives
+    model = nnx.eval_shape(lambda: AudioMamba(config.replace(depth=1), rngs=nnx.Rngs(0)))
+    assert model.pos_embed.shape == (1, 12 * 101 + 1, 768)
+
+
+def test_drop_path_decay_rule():
+    # Block i gets entry i-1 of linspace(0, rate, depth); block 0 gets 0.
+    rates = drop_path_rates(AuMConfig(depth=5, drop_path_rate=0.4))
+    np.testing.assert_allclose(rates, [0.0, 0.0, 0.1, 0.2, 0.3], atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def small_model() -> AudioMamba:
+    config = AuMConfig(embed_dim=64, depth=3, num_classes=7, audio_length=64, bimamba_type="v2", dt_rank=None)
+    return init_model(config, seed=0)
+
+
+def test_initialisation_follows_the_original(small_model):
+    cfg = small_model.config
+    params = nnx.state(small_model, nnx.Param)
+    mixer = params["layers"]["mixer"]
+    n, d_inner, rank = cfg.d_state, cfg.d_inner, cfg.resolved_dt_rank
+    assert rank == math.ceil(64 / 16)
+    np.testing.assert_allclose(jnp.exp(mixer["A_log"][...]), np.broadcast_to(np.arange(1, n + 1), (3, d_inner, n)), rtol=1e-6)
+    np.testing.assert_array_equal(mixer["D"][...], 1.0)
+    np.testing.assert_array_equal(mixer["D_b"][...], 1.0)
+    dt = jax.nn.softplus(mixer["dt_proj"]["bias"][...])
+    assert float(dt.min()) >= cfg.dt_min * 0.999 and float(dt.max()) <= cfg.dt_max * 1.001
+    assert float(jnp.abs(mixer["dt_proj"]["kernel"][...]).max()) <= rank**-0.5
+    assert float(jnp.abs(mixer["in_proj"]["kernel"][...]).max()) <= 1 / math.sqrt(cfg.embed_dim)
+    out_bound = 1 / math.sqrt(d_inner) / math.sqrt(cfg.depth)
+    out = mixer["out_proj"]["kernel"][...]
+    assert float(jnp.abs(out).max()) <= out_bound and float(jnp.abs(out).max()) > 0.9 * out_bound
+    assert float(jnp.abs(mixer["conv1d"]["kernel"][...]).max()) <= 0.5  # 1/sqrt(d_conv)
+    # The Bi-Bi backward dt_proj is a plain Linear in the original: default weight, zeroed bias.
+    np.testing.assert_array_equal(mixer["dt_proj_b"]["bias"][...], 0.0)
+    back = jnp.abs(mixer["dt_proj_b"]["kernel"][...]).max()
+    assert 0.9 * rank**-0.5 < float(back) <= rank**-0.5
+    assert float(jnp.abs(mixer["x_proj_b"]["kernel"][...]).max()) <= 1 / math.sqrt(d_inner)
+    np.testing.assert_array_equal(jnp.exp(mixer["A_b_log"][...]), jnp.exp(mixer["A_log"][...]))
+    np.testing.assert_array_equal(params["layers"]["norm"]["weight"][...], 1.0)
+    np.testing.assert_array_equal(params["head"]["bias"][...], 0.0)
+    assert abs(float(jnp.std(params["head"]["kernel"][...])) - 0.02) < 0.005
+    assert abs(float(jnp.std(params["pos_embed"][...])) - 0.02) < 0.002
+    lecun_std = math.sqrt(1 / 256)
+    assert abs(float(jnp.std(params["patch_embed"]["proj"]["kernel"][...])) - lecun_std) < 0.1 * lecun_std
+    np.testing.assert_array_equal(params["patch_embed"]["proj"]["bias"][...], 0.0)
+    # Layers are initialised independently, not copies of one another.
+    assert not np.allclose(mixer["in_proj"]["kernel"][...][0], mixer["in_proj"]["kernel"][...][1])
+
+
+def test_stochastic_depth_and_dropout_only_in_train_mode():
+    config = AuMConfig(embed_dim=32, depth=4, num_classes=3, audio_length=32, drop_path_rate=0.5, drop_rate=0.1)
+    model = init_model(config, seed=0)
+    x = jax.random.normal(jax.random.key(1), (4, 32, 128))
+    model.eval()
+    np.testing.assert_array_equal(model(x), model(x))
+    model.train()
+    a, b = model(x), model(x)
+    assert not np.allclose(a, b)
+    model.eval()
+    np.testing.assert_array_equal(model(x), model(x))
+
+
+def test_headless_model_returns_features():
+    model = init_model(AuMConfig(embed_dim=32, depth=1, num_classes=0, audio_length=32), seed=0)
+    model.eval()
+    x = jnp.ones((2, 32, 128))
+    np.testing.assert_array_equal(model(x), model(x, return_features=True))
+    assert model(x).shape == (2, 32)
+
+
+def test_rejects_wrongly_shaped_input(small_model):
+    with pytest.raises(ValueError, match=r"expects \(batch, 64, 128\)"):
+        small_model(jnp.zeros((2, 128, 64)))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(bimamba_type="v3"), dict(cls_position="left"), dict(pool="median"), dict(audio_length=8),
+        dict(scan_impl="cuda"), dict(strides=(0, 16)), dict(depth=0), dict(num_classes=-1),
+        dict(drop_path_rate=1.0), dict(pool="max"), dict(transpose_token_sequence=True, strides=(10, 10)),
+    ],
+)
+def test_config_validation(bad):
+    with pytest.raises(ValueError):
+        AuMConfig(**bad)
+
+
+def test_config_round_trip(tmp_path):
+    config = AuMConfig(strides=(10, 12), cls_position="double", bimamba_type="none")
+    config.save(tmp_path / "c.json")
+    assert AuMConfig.load(tmp_path / "c.json") == config
+    with pytest.raises(ValueError, match="Unknown AuMConfig fields"):
+        AuMConfig.from_dict({"embed": 3})
+
+
+def test_gradients_flow_to_every_parameter(small_model):
+    x = jax.random.normal(jax.random.key(2), (2, 64, 128))
+
+    def loss(model):
+        return jnp.sum(model(x) ** 2)
+
+    grads = nnx.grad(loss)(small_model)
+    for path, g in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads)):
+        assert float(jnp.abs(g).max()) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"

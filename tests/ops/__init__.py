@@ -1,0 +1,1 @@
+"""Tests of aum_jax.ops: the scan implementations."""

@@ -1,0 +1,1 @@
+"""Tests of scripts/: the GPU check, the kernel report, the notebook."""
