@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from aum_jax.core.errors import UserError
 from aum_jax.models import AudioMamba, AuMConfig, init_model
 
 StateDict = dict[str, np.ndarray]
@@ -39,7 +40,7 @@ SEARCH_LOG2_AUDIO_LENGTHS = range(6, 20)
 SEARCH_NUM_MEL_BINS = 128
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read, or whose tensors do not fit the model."""
 
 

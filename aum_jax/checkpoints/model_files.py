@@ -31,6 +31,7 @@ from absl import logging
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
+from aum_jax.core.errors import UserError
 from aum_jax.core import storage
 from aum_jax.data.features import preprocessing as preprocessing_lib
 from aum_jax.models import AudioMamba, AuMConfig, init_model
@@ -45,7 +46,7 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 WORKDIR_MARKS = (workdir_lib.REPORT_FILE, workdir_lib.CHECKPOINT_DIR, workdir_lib.LOCK_FILE, workdir_lib.BEST_FILE)
 
 
-class ModelDirectoryError(ValueError):
+class ModelDirectoryError(UserError, ValueError):
     """A model directory that is missing, damaged, or whose config does not fit its parameters."""
 
 

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from scipy import special
 
+from aum_jax.core.errors import UserError
 from aum_jax.core import sharding
 from aum_jax.data.features import audio, preprocessing
 from aum_jax.evaluation import evaluate
@@ -48,7 +49,7 @@ FIRST_INPUT_MARGIN_SECONDS = 1.0
 CHANNELS = ("first", "mean")  # first: channel 0, as the original; mean: the channels' average.
 
 
-class NonFiniteOutputError(ValueError):
+class NonFiniteOutputError(UserError, ValueError):
     """The model gave NaN or Inf logits or embeddings."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
+from aum_jax.core.errors import UserError
 from aum_jax.checkpoints import convert, pretrained
 from aum_jax.core import sharding
 from aum_jax.data.pipeline.clip_stages import FeatureOptions
@@ -18,7 +19,7 @@ from aum_jax.evaluation import evaluate
 from aum_jax.models import AuMConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names its key."""
 
 

@@ -23,15 +23,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from aum_jax.core.errors import UserError
 from aum_jax.training import run_checkpoints
 from aum_jax.training import workdir as workdir_lib
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """Training diverged: too many consecutive steps were non-finite or out of bounds."""
 
 
-class DivergedWorkdirError(RuntimeError):
+class DivergedWorkdirError(UserError, RuntimeError):
     """The workdir's run stopped on divergence and the settings are unchanged."""
 
 

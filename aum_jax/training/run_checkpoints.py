@@ -32,6 +32,7 @@ from absl import logging
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
+from aum_jax.core.errors import UserError
 from aum_jax.checkpoints import model_files
 from aum_jax.cli import console
 from aum_jax.training import workdir as workdir_lib
@@ -39,11 +40,11 @@ from aum_jax.training import workdir as workdir_lib
 MODEL, OPTIMIZER, ITER = "model", "optimizer", "iter"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A readable checkpoint holds arrays that do not fit the model or optimizer."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
     """A checkpoint could not be written (a full disk, a file size limit, a lost mount)."""
 
 

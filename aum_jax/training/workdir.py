@@ -39,6 +39,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from aum_jax.core.errors import UserError
+
 LOCK_FILE = "lock.json"
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -54,7 +56,7 @@ def eval_report_file(split: str) -> str:
     return f"eval_{split}.json"
 
 
-class WorkdirError(RuntimeError):
+class WorkdirError(UserError, RuntimeError):
     """A workdir that this run cannot use."""
 
 

@@ -21,6 +21,8 @@ from typing import Any, Union
 import numpy as np
 from absl import logging
 
+from aum_jax.core.errors import UserError
+
 __all__ = [
     "AudioFile",
     "AudioLoadError",
@@ -43,7 +45,7 @@ _SAMPLE_TYPES = "float samples in [-1, 1] or integer PCM (int8, uint8, int16, in
 _WHOLE_DECODE_WARNING_SECONDS = 600.0
 
 
-class AudioLoadError(OSError):
+class AudioLoadError(UserError, OSError):
     """A file could not be decoded into audio.
 
     Raised for a missing, empty, truncated, corrupt or otherwise unreadable file.

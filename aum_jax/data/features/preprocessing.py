@@ -27,6 +27,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from aum_jax.core.errors import UserError
 from aum_jax.data.features import audio, kaldi
 from aum_jax.data.sources import datasets
 
@@ -39,11 +40,11 @@ RECIPE_SAMPLE_RATES = {"kaldi_fbank": 16_000, "epic_logmel": 24_000}
 AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 
 
-class LabelNamesError(ValueError):
+class LabelNamesError(UserError, ValueError):
     """A label CSV whose names do not match the configured class count."""
 
 
-class MissingStatisticsError(ValueError):
+class MissingStatisticsError(UserError, ValueError):
     """A model has no normalisation statistics and none were given."""
 
 

@@ -18,10 +18,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from aum_jax.core.errors import UserError
 from aum_jax.data.pipeline.clip_stages import Element, Failure
 
 
-class BadInputError(RuntimeError):
+class BadInputError(UserError, RuntimeError):
     """More clips failed to load than ``config.data.max_bad_fraction`` allows.
 
     The first line of the message names the first bad clip and why it failed (the line the

@@ -31,6 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from aum_jax.core.errors import UserError
 from aum_jax.core import storage
 from aum_jax.data.features import audio
 from aum_jax.data.records import AudioSource, ClipRecord, RecordList
@@ -308,7 +309,7 @@ WEIGHT_STEP = ("python scripts/gen_weight_file.py --datafile data/audioset/dataf
                "(data/README.md, AudioSet)")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """A datafile, label list or dataset folder of the config does not exist."""
 
 

@@ -35,13 +35,14 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from aum_jax.core.errors import UserError
 from aum_jax.data.features import audio
 from aum_jax.data.records import ClipRecord, RecordList
 
 SPLITS = ("train", "validation", "test")
 
 
-class FolderError(ValueError):
+class FolderError(UserError, ValueError):
     """A folder that cannot serve as a dataset; the message names the path and the fix."""
 
 
