@@ -1,4 +1,4 @@
-"""Tests of the grain input pipeline (input_pipeline, sampling, clip_stages, batching) on tiny synthetic wavs."""
+"""Tests of the grain input pipeline (input_pipeline, sampling, clip_stages and stages, batching) on tiny synthetic wavs."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from aum_jax.configs.data import get_data_config
 
 from aum_jax.data.features import audio, kaldi
 from aum_jax.data.features.preprocessing import pad_or_cut
-from aum_jax.data.pipeline import augment, sampling
+from aum_jax.data.pipeline import sampling
 from aum_jax.data.pipeline import input_pipeline as ip
 from aum_jax.data.pipeline.batching import BadInputError, BatchIterator
-from aum_jax.data.sources import datasets
+from aum_jax.data.pipeline.stages import masks, mixup, warp
+from aum_jax.data.sources import datafile, registry
 
 SR = 16_000
 BINS = 32
@@ -74,7 +75,7 @@ def _take(iterator, n):
 
 def _one_epoch(c, process_index: int = 0, process_count: int = 1) -> BatchIterator:
     """The training batches of one pass over this process's shard (a partial last batch is dropped)."""
-    source = datasets.make_source(c, "train")
+    source = registry.make_source(c, "train")
     clips = ip.train_examples(c, source, process_index, process_count)
     clips = clips[: len(sampling.shard(len(source), process_index, process_count))]
     return BatchIterator(clips, c, c.batch_size, train=True, limit=math.floor(c.max_bad_fraction * len(source)),
@@ -119,7 +120,7 @@ def test_torchaudio_mask_bands():
     for axis, param in ((0, 12), (1, 7)):
         for _ in range(400):
             spec = np.ones((50, 20), np.float32)
-            augment.torchaudio_mask(spec, axis, param, rng)
+            masks.torchaudio_mask(spec, axis, param, rng)
             zero = spec == 0
             lines = zero.all(axis=1 - axis)  # fully-zeroed frames (axis 0) or bins (axis 1).
             assert zero.sum() == lines.sum() * spec.shape[1 - axis]  # only whole lines.
@@ -162,13 +163,13 @@ def test_mixup_labels(tmp_path):
 def test_mix_waveforms_pads_cuts_and_centres():
     first = np.ones((1, 6), np.float32) + np.arange(6, dtype=np.float32)
     short = np.full((1, 3), 4.0, np.float32)
-    mixed = augment.mix_waveforms(first, short, 0.25)
+    mixed = mixup.mix_waveforms(first, short, 0.25)
     assert mixed.shape == (1, 6)
     centred = first - first.mean()
     expected = 0.25 * centred + 0.75 * np.array([[0, 0, 0, 0, 0, 0]], np.float32)
     np.testing.assert_allclose(mixed, expected - expected.mean(), atol=1e-6)
     long = np.arange(10, dtype=np.float32)[None]
-    mixed = augment.mix_waveforms(first, long, 0.5)
+    mixed = mixup.mix_waveforms(first, long, 0.5)
     second = (long - long.mean())[:, :6]
     expected = 0.5 * centred + 0.5 * second
     np.testing.assert_allclose(mixed, expected - expected.mean(), atol=1e-6)
@@ -364,7 +365,7 @@ def test_cached_features_refuse_mixup_and_random_crops(tmp_path):
     c.mixup = 0.0
     _validation(c)  # evaluation never caches.
 
-    class CroppingSource(datasets.DatafileSource):
+    class CroppingSource(datafile.DatafileSource):
         random_crops = True
 
     source = CroppingSource(c.train_datafile, c.label_csv)
@@ -379,10 +380,10 @@ def _tone_fbank(hz: float) -> np.ndarray:
 
 @pytest.mark.parametrize("hz, factor", [(1000.0, 1.1), (2500.0, 0.9), (400.0, 1.08)])
 def test_frequency_warp_moves_a_tone_to_the_warped_frequency(hz, factor):
-    warped = augment.frequency_warp(_tone_fbank(hz), factor, SR)
+    warped = warp.frequency_warp(_tone_fbank(hz), factor, SR)
     assert warped.dtype == np.float32 and warped.shape == _tone_fbank(hz).shape
     assert warped[50].argmax() == _tone_fbank(hz * factor)[50].argmax() != _tone_fbank(hz)[50].argmax()
-    np.testing.assert_array_equal(augment.frequency_warp(_tone_fbank(hz), 1.0, SR), _tone_fbank(hz))
+    np.testing.assert_array_equal(warp.frequency_warp(_tone_fbank(hz), 1.0, SR), _tone_fbank(hz))
 
 
 def test_pipeline_frequency_warp_draws_a_factor_per_clip(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from aum_jax.core.errors import UserError
-from aum_jax.data.pipeline.clip_stages import Element, Failure
+from aum_jax.data.pipeline.stages.base import Element, Failure
 
 
 class BadInputError(UserError, RuntimeError):

@@ -5,9 +5,9 @@ Three jobs, three modules, composed here:
 - :mod:`aum_jax.data.pipeline.sampling`: which source indices this process reads, in which order
   (the shard ``process_index::process_count``; shuffled per epoch from the seed, or drawn
   with the probabilities of a ``*_weight.csv``; in evaluation once, in order, padded);
-- :mod:`aum_jax.data.pipeline.clip_stages`: per clip, decode, mixup, fbank, warp, masks, normalise,
-  noise, in the original's order (the order of their random streams is written where
-  they are composed, :func:`aum_jax.data.pipeline.clip_stages.examples`); the features themselves are
+- :mod:`aum_jax.data.pipeline.clip_stages`: per clip, the registered stages
+  (:mod:`aum_jax.data.pipeline.stages`: decode, mixup, fbank, warp, masks, normalise, noise)
+  in the original's order, each random one with its own stream; the features themselves are
   :class:`aum_jax.data.features.preprocessing.Preprocessing`'s, the same that ``aum_jax.predict`` uses;
 - :mod:`aum_jax.data.pipeline.batching`: batches, built in this process, and the accounting of clips
   that cannot be decoded.
@@ -34,8 +34,9 @@ import ml_collections
 
 from aum_jax.data.pipeline import sampling
 from aum_jax.data.pipeline.batching import BatchIterator
-from aum_jax.data.pipeline.clip_stages import FeatureOptions, examples
-from aum_jax.data.sources import datasets
+from aum_jax.data.pipeline.clip_stages import examples
+from aum_jax.data.records import AudioSource
+from aum_jax.data.sources import labels, registry
 
 __all__ = ["make_eval_iterator", "make_train_iterator", "train_examples"]
 
@@ -57,7 +58,7 @@ def _bad_limit(config: ml_collections.ConfigDict, num_records: int) -> int:
     return int(math.floor(config.max_bad_fraction * num_records))
 
 
-def train_examples(config: ml_collections.ConfigDict, source: datasets.AudioSource, process_index: int,
+def train_examples(config: ml_collections.ConfigDict, source: AudioSource, process_index: int,
                    process_count: int) -> grain.MapDataset:
     """This process's endless stream of augmented training examples, before batching.
 
@@ -68,16 +69,16 @@ def train_examples(config: ml_collections.ConfigDict, source: datasets.AudioSour
         raise ValueError(f"{config.name}: the training source is empty")
     if len(sampling.shard(len(source), process_index, process_count)) == 0:
         raise ValueError(f"process {process_index} of {process_count} has no training clips")
-    weights = datasets.load_sample_weights(config.weight_csv, len(source)) if config.balanced_sampling else None
+    weights = labels.load_sample_weights(config.weight_csv, len(source)) if config.balanced_sampling else None
     indices = sampling.train_indices(len(source), config.seed, process_index, process_count, weights)
     _, augment_seed = sampling.host_seeds(config.seed, process_index)
-    return examples(indices, source, FeatureOptions.from_config(config, True), augment_seed)
+    return examples(indices, config, source, True, augment_seed)
 
 
 def make_train_iterator(
     config: ml_collections.ConfigDict,
     *,
-    source: datasets.AudioSource | None = None,
+    source: AudioSource | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> BatchIterator:
@@ -100,7 +101,7 @@ def make_train_iterator(
     """
     process_index, process_count = _process(process_index, process_count)
     if source is None:
-        source = datasets.make_source(config, "train")
+        source = registry.make_source(config, "train")
     clips = train_examples(config, source, process_index, process_count)
     return BatchIterator(clips, config, config.batch_size, train=True,
                          limit=_bad_limit(config, len(source)), num_records=len(source))
@@ -110,7 +111,7 @@ def make_eval_iterator(
     config: ml_collections.ConfigDict,
     split: str,
     *,
-    source: datasets.AudioSource | None = None,
+    source: AudioSource | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> BatchIterator:
@@ -127,8 +128,8 @@ def make_eval_iterator(
     """
     process_index, process_count = _process(process_index, process_count)
     if source is None:
-        source = datasets.make_source(config, split)
+        source = registry.make_source(config, split)
     indices = sampling.eval_indices(len(source), config.eval_batch_size, process_index, process_count)
-    clips = examples(indices, source, FeatureOptions.from_config(config, False), 0)  # nothing random.
+    clips = examples(indices, config, source, False, 0)  # nothing random.
     return BatchIterator(clips, config, config.eval_batch_size, train=False,
                          limit=_bad_limit(config, len(source)), num_records=len(source))

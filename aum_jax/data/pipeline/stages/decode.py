@@ -1,0 +1,35 @@
+"""The first stage: a source index -> the clip's waveform at the model's rate, and its label vector."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aum_jax.data.features import audio
+from aum_jax.data.pipeline.stages.base import Element, Stage
+
+
+class Decode(Stage):
+    """Source index -> ``{"key", "labels", "waveform" (channels, samples), "label" (num_classes,)}``.
+
+    ``index == -1`` is an evaluation padding row, passed on as ``{"padding": True}``. The
+    random stream is a source's random crop (training only).
+    """
+
+    name = "decode"
+    order = 10
+    stream = "decode"
+    needs = "index"
+
+    def __call__(self, index: int, rng: np.random.Generator | None = None) -> Element:
+        if index < 0:
+            return {"padding": True}
+        source = self._context.source
+        record = source[index]
+        label = np.zeros((self._context.num_classes,), np.float32)
+        label[list(record.labels)] = 1.0
+        try:
+            waveform, sample_rate = source.load_audio(index, rng)
+        except audio.AudioLoadError as e:
+            return {"failure": (e.path, e.kind, str(e))}
+        return {"key": record.key, "labels": record.labels, "label": label,
+                "waveform": self._context.preprocessing.resample(waveform, sample_rate)}

@@ -1,0 +1,39 @@
+"""The fbank stage: waveform -> unnormalised features (:meth:`Preprocessing.spectrogram`)."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from aum_jax.data.pipeline.stages.base import ClipContext, Element, Stage
+
+
+class Features(Stage):
+    """Waveform -> ``fbank`` ``(target_length, num_mel_bins)`` float32, a fresh array per clip.
+
+    With ``cache_features`` (training) it and the stages before it run once per clip, their
+    result kept (:attr:`keeps_earlier`).
+    """
+
+    name = "features"
+    order = 30
+    needs = "waveform"
+    keys = ("cache_features",)
+
+    def __init__(self, config: ml_collections.ConfigDict, context: ClipContext):
+        super().__init__(config, context)
+        self.keeps_earlier = bool(config.cache_features) and context.train
+
+    @classmethod
+    def check(cls, config: ml_collections.ConfigDict, context: ClipContext) -> None:
+        if bool(config.cache_features) and context.train and config.mixup > 0:
+            raise ValueError(f"{config.name}: cache_features needs mixup 0 (mixup={config.mixup} mixes waveforms "
+                             "before the fbank, so a clip's features change every epoch)")
+
+    def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
+        prep = self._context.preprocessing
+        try:
+            spec = prep.spectrogram(element["waveform"], prep.sample_rate)
+        except ValueError as e:  # a clip shorter than one frame.
+            return {"failure": (element["key"], "too_short", f"{element['key']}: {e}")}
+        return {"key": element["key"], "fbank": spec, "label": element["label"]}
