@@ -12,10 +12,7 @@ confusion matrix (:func:`aum_jax.evaluation.confusion.confusion_matrix` of the s
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +24,11 @@ from jax.experimental import multihost_utils
 from scipy import special
 from tqdm import tqdm
 
-from aum_jax.core import sharding, storage
+from aum_jax.core import sharding
 from aum_jax.data.pipeline import input_pipeline
 from aum_jax.evaluation import metrics
 from aum_jax.models import AudioMamba
-from aum_jax.training import losses
+from aum_jax.training import objectives
 
 
 @dataclasses.dataclass
@@ -71,18 +68,17 @@ def _forward(model: AudioMamba, fbank: jax.Array, with_features: bool = False,
              embed: Embed | None = None) -> dict[str, jax.Array]:
     """Fbank (B, T, F) -> ``{"logits": (B, C)}``, with ``"features": (B, D)`` if asked; with
     ``embed`` also ``"layers": (B, K, D)`` and ``"tokens": (B, F', T', D)`` as asked."""
-    if embed is not None:
-        out = model.embed(fbank)
-        rows = {"logits": out["logits"], "features": out["pooled"]}
-        if embed.layers:
-            rows["layers"] = jnp.swapaxes(out["layers"][np.array(embed.layers)], 0, 1)
-        if embed.tokens:
-            rows["tokens"] = out["tokens"]
-        return rows
-    if not with_features:
+    if embed is None and not with_features:
         return {"logits": model(fbank)}
-    features = model(fbank, return_features=True)
-    return {"logits": model.classify(features), "features": features}
+    out = model.outputs(fbank)
+    if embed is None:
+        return {"logits": out["logits"], "features": out["features"]}
+    rows = {"logits": out["logits"], "features": out["pooled"]}
+    if embed.layers:
+        rows["layers"] = jnp.swapaxes(out["layers"][np.array(embed.layers)], 0, 1)
+    if embed.tokens:
+        rows["tokens"] = out["tokens"]
+    return rows
 
 
 def forward_pass(
@@ -154,7 +150,7 @@ def split_metrics(outputs: Outputs, loss: str) -> dict[str, float]:
         logging.warning("%d non-finite logits in evaluation were replaced by numbers", bad)
         logits = np.nan_to_num(logits)  # the original's if_nan2num.
     result = metrics.classification_metrics(labels, special.expit(logits))
-    result["loss"] = float(losses.loss_value(jnp.asarray(logits), jnp.asarray(labels), loss))
+    result["loss"] = float(objectives.label_loss(jnp.asarray(logits), jnp.asarray(labels), loss))
     result["num_examples"] = len(labels)
     return result
 
@@ -170,24 +166,3 @@ def evaluate_split(
     finally:
         iterator.close()
     return split_metrics(outputs, loss), outputs
-
-
-def to_json(report: dict[str, Any]) -> str:
-    """Indented, standard JSON: non-finite metrics (e.g. d' of a perfect AUC) become null."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, float) and not np.isfinite(value):
-            return None
-        return value
-
-    return json.dumps(clean(report), indent=1, sort_keys=True, allow_nan=False)
-
-
-def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
-    """Replaces ``path`` with ``report`` as indented JSON, atomically (on process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    storage.write_text(path, to_json(report))
-    logging.info("Wrote the evaluation report %s", path)

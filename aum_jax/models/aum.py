@@ -6,7 +6,7 @@ The forward pass, for an input fbank (B, T, F):
    ordered frequency-major (or time-major with ``transpose_token_sequence``);
 2. add the absolute position embedding, whose cls entries are stored first, and insert the cls
    token(s) at their position (the middle of the sequence by default);
-3. run the stack of Mamba blocks as one ``lax.scan`` over layer-stacked parameters;
+3. run the stack of Mamba blocks as one ``nnx.scan`` over layer-stacked parameters;
 4. add the last residual, RMS-normalise, take the cls token (or pool) and apply the head.
 """
 
@@ -42,7 +42,11 @@ def drop_path_rates(config: AuMConfig) -> np.ndarray:
 
 
 def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
-    """Merges identically built modules into one whose arrays carry a leading layer axis."""
+    """Merges identically built modules into one whose arrays carry a leading layer axis.
+
+    The blocks are built one by one from the model's ``Rngs`` and then stacked (not built by
+    ``nnx.vmap`` over split keys), so a seed gives the parameters drawn in layer order.
+    """
     splits = [nnx.split(m) for m in modules]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[state for _, state in splits])
     return nnx.merge(splits[0][0], stacked)
@@ -102,13 +106,6 @@ class AudioMamba(nnx.Module):
                 bias_init=nnx.initializers.zeros, rngs=rngs,
             )
 
-    def cls_positions(self) -> list[int]:
-        """Indices of the cls token(s) in the token sequence."""
-        n = self.config.num_patches
-        return {"middle": [n // 2], "head": [0], "end": [n], "double": [0, n + 1], "none": []}[
-            self.config.cls_position
-        ]
-
     def tokens(self, x: jax.Array) -> jax.Array:
         """Fbank (B, T, F) -> embedded token sequence (B, N + cls tokens, D)."""
         cfg = self.config
@@ -125,7 +122,7 @@ class AudioMamba(nnx.Module):
             tail = jnp.broadcast_to(self.cls_token_tail[...] + pos[:, 1:2], (batch, 1, dim))
             tokens = jnp.concatenate([head, patches.astype(head.dtype), tail], axis=1)
         elif cfg.cls_position != "none":
-            at = self.cls_positions()[0]
+            at = cls_positions(self.config)[0]
             cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (batch, 1, dim))
             patches = patches.astype(cls.dtype)
             tokens = jnp.concatenate([patches[:, :at], cls, patches[:, at:]], axis=1)
@@ -133,97 +130,98 @@ class AudioMamba(nnx.Module):
             tokens = patches
         return self.pos_drop(tokens)
 
-    def encode(self, tokens: jax.Array, *, pool_layers: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """Runs the Mamba blocks and the final norm: (B, L, D) -> (B, L, D) float32.
+    def encode(self, tokens: jax.Array, *, pool_layers: bool = False) -> tuple[jax.Array, jax.Array | None]:
+        """Runs the Mamba blocks (one ``nnx.scan`` over the stacked layers) and the final norm.
 
-        With ``pool_layers`` also returns ``(depth, B, D)``: after each block, the residual
-        stream (what the next block normalises, before any norm) pooled by :meth:`pool`.
+        Tokens (B, L, D) -> the final tokens (B, L, D) float32 and, with ``pool_layers``,
+        (depth, B, D): after each block, the residual stream (what the next block normalises,
+        before any norm) pooled by :func:`pool_tokens` (None without).
         """
         cfg = self.config
         rates = np.concatenate([drop_path_rates(cfg), [cfg.drop_path_rate]]).astype(np.float32)
         masks = self.drop_path.masks(rates, tokens.shape[0])
-        graphdef, stacked = nnx.split(self.layers)
 
-        def body(carry, xs):
-            layer_state, keep_mask = xs
-            hidden, residual = nnx.merge(graphdef, layer_state)(*carry, keep_mask)
-            return (hidden, residual), (self.pool(residual + hidden.astype(residual.dtype)) if pool_layers else None)
+        def body(layer: Block, carry: tuple[jax.Array, jax.Array], keep_mask: jax.Array):
+            hidden, residual = layer(*carry, keep_mask)
+            pooled = pool_tokens(cfg, residual + hidden.astype(residual.dtype)) if pool_layers else None
+            return (hidden, residual), pooled
 
         if cfg.remat != "none":
-            body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=False)
+            body = nnx.remat(body, policy=_REMAT[cfg.remat], prevent_cse=False)
+        body = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
 
         hidden = tokens.astype(cfg.dtype)  # the blocks' output dtype, so the scan carry keeps its type
         residual = jnp.zeros(tokens.shape, jnp.float32 if cfg.residual_in_fp32 else hidden.dtype)
-        (hidden, residual), layers = jax.lax.scan(body, (hidden, residual), (stacked, masks[:-1]))
+        (hidden, residual), layers = body(self.layers, (hidden, residual), masks[:-1])
         residual = residual + hidden * masks[-1].astype(hidden.dtype)
-        return (self.norm_f(residual), layers) if pool_layers else self.norm_f(residual)
-
-    def pool(self, hidden: jax.Array) -> jax.Array:
-        """Tokens (B, L, D) -> (B, D): the cls token (the mean of two), else the config's pool.
-
-        A model pooling by "max" takes its max over the head's outputs; its embedding is the
-        mean of the tokens.
-        """
-        positions = self.cls_positions()
-        if positions:
-            return jnp.mean(jnp.stack([hidden[:, p] for p in positions]), axis=0)
-        return hidden[:, -1] if self.config.pool == "last" else hidden.mean(axis=1)
+        return self.norm_f(residual), layers
 
     def patch_tokens(self, hidden: jax.Array) -> jax.Array:
         """Tokens (B, L, D) -> the patch tokens on the (frequency, time) grid (B, F', T', D), cls left out."""
         cfg = self.config
-        keep = np.setdiff1d(np.arange(hidden.shape[1]), self.cls_positions())
+        keep = np.setdiff1d(np.arange(hidden.shape[1]), cls_positions(self.config))
         f_grid, t_grid = cfg.patch_grid
         patches = hidden[:, keep]
         if cfg.transpose_token_sequence:  # time-major: (B, T', F', D).
             return jnp.swapaxes(patches.reshape(hidden.shape[0], t_grid, f_grid, -1), 1, 2)
         return patches.reshape(hidden.shape[0], f_grid, t_grid, -1)
 
-    def features(self, x: jax.Array) -> jax.Array:
-        """Fbank (B, T, F) -> pooled features (B, D), or token features (B, L, D) for pool "max"."""
-        hidden = self.encode(self.tokens(x))
-        if self.config.max_pooled:
-            return hidden
-        return self.pool(hidden)
-
-    def classify(self, features: jax.Array) -> jax.Array:
-        """:meth:`features` -> logits (B, classes): the head (the features themselves without one)."""
+    def _head(self, features: jax.Array) -> jax.Array:
+        """The head's input -> logits (B, classes): the head (the input itself without one, as the
+        original's ``nn.Identity`` head gives), maxed over the tokens for pool "max"."""
         cfg = self.config
         logits = self.head(features) if cfg.num_classes > 0 else features
-        if cfg.max_pooled:
-            logits = logits.max(axis=1)
-        return logits
+        return logits.max(axis=1) if cfg.max_pooled else logits
 
-    def embed(self, x: jax.Array) -> dict[str, jax.Array]:
-        """Fbank features (B, T, F), normalised -> every output of one pass.
-
-        Returns:
-          ``{"logits": (B, classes), "pooled": (B, D)`` the final tokens pooled (the head's
-          input), ``"layers": (depth, B, D)`` each block's residual stream pooled (see
-          :meth:`encode`), ``"tokens": (B, F', T', D)`` the final patch tokens on their grid``}``.
-        """
-        self._check_input(x)
-        hidden, layers = self.encode(self.tokens(x), pool_layers=True)
-        pooled = self.pool(hidden)
-        logits = self.classify(hidden if self.config.max_pooled else pooled)
-        return {"logits": logits, "pooled": pooled, "layers": layers, "tokens": self.patch_tokens(hidden)}
-
-    def _check_input(self, x: jax.Array) -> None:
+    def _pass(self, x: jax.Array, pool_layers: bool) -> dict[str, jax.Array]:
         cfg = self.config
         if x.ndim != 3 or x.shape[1:] != (cfg.audio_length, cfg.num_mel_bins):
             raise ValueError(
                 f"AudioMamba expects (batch, {cfg.audio_length}, {cfg.num_mel_bins}) features, got {x.shape}."
             )
+        hidden, layers = self.encode(self.tokens(x), pool_layers=pool_layers)
+        pooled = pool_tokens(cfg, hidden)
+        features = hidden if cfg.max_pooled else pooled
+        return {"logits": self._head(features), "features": features, "pooled": pooled, "layers": layers,
+                "hidden": hidden}
 
-    def __call__(self, x: jax.Array, *, return_features: bool = False) -> jax.Array:
-        """Fbank features (B, T, F), normalised -> logits (B, classes), or features (B, D).
+    def outputs(self, x: jax.Array) -> dict[str, jax.Array]:
+        """Fbank features (B, T, F), normalised -> every output of one pass.
 
-        Without a head (``num_classes=0``) the features are the output, as the original's
-        ``nn.Identity`` head gives.
+        Returns:
+          ``"logits"`` (B, classes); ``"features"`` the head's input (the original's
+          ``return_features``): the pooled tokens (B, D), or every final token (B, L, D) for
+          pool "max"; ``"pooled"`` (B, D) the final tokens pooled by :func:`pool_tokens`;
+          ``"layers"`` (depth, B, D) each block's residual stream pooled (see :meth:`encode`);
+          ``"tokens"`` (B, F', T', D) the final patch tokens on their grid. Under ``jit`` XLA
+          drops what the caller does not read.
         """
-        self._check_input(x)
-        features = self.features(x)
-        return features if return_features else self.classify(features)
+        out = self._pass(x, pool_layers=True)
+        out["tokens"] = self.patch_tokens(out.pop("hidden"))
+        return out
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Fbank features (B, T, F), normalised -> logits (B, classes); without a head
+        (``num_classes=0``) the features (B, D)."""
+        return self._pass(x, pool_layers=False)["logits"]
+
+
+def cls_positions(config: AuMConfig) -> list[int]:
+    """Indices of the cls token(s) in the token sequence."""
+    n = config.num_patches
+    return {"middle": [n // 2], "head": [0], "end": [n], "double": [0, n + 1], "none": []}[config.cls_position]
+
+
+def pool_tokens(config: AuMConfig, hidden: jax.Array) -> jax.Array:
+    """Tokens (B, L, D) -> (B, D): the cls token (the mean of two), else the config's pool.
+
+    A model pooling by "max" takes its max over the head's outputs; its pooled tokens are
+    their mean.
+    """
+    positions = cls_positions(config)
+    if positions:
+        return jnp.mean(jnp.stack([hidden[:, p] for p in positions]), axis=0)
+    return hidden[:, -1] if config.pool == "last" else hidden.mean(axis=1)
 
 
 # What a block keeps for its backward pass; the rest (conv, gates, the scan) is recomputed,

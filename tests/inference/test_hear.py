@@ -52,9 +52,9 @@ def sounds(count: int, seconds: float, seed: int = 0) -> np.ndarray:
 def direct(model: AudioMamba, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The model's own pass, by hand: (cls features (B, D), final patch tokens on the grid (B, F', T', D))."""
     x = jnp.asarray(features)
-    hidden = np.asarray(model.encode(model.tokens(x)))
+    hidden = np.asarray(model.encode(model.tokens(x))[0])
     patches = np.delete(hidden, GRID[0] * GRID[1] // 2, axis=1)  # the middle cls token out.
-    return np.asarray(model(x, return_features=True)), patches.reshape(len(x), *GRID, -1)
+    return np.asarray(model.outputs(x)["features"]), patches.reshape(len(x), *GRID, -1)
 
 
 def test_hear_model_attributes(hear_model):
@@ -106,7 +106,7 @@ def test_overlapping_patches_give_evenly_spaced_timestamps():
     assert emb.shape == (1, 24, 32)  # 3 windows of 7 patches (0, 0.56, 1.12 s) and 3 of the last (1.68 s).
     np.testing.assert_allclose(timestamps[0], 80 * np.arange(24) + 87.5)
     features = prep.features(audio[:, 8960 : 8960 + 10240], RATE)[None]  # the second window.
-    hidden = np.asarray(model.model.encode(model.model.tokens(jnp.asarray(features))))
+    hidden = np.asarray(model.model.encode(model.model.tokens(jnp.asarray(features)))[0])
     patches = np.delete(hidden, 3 * 7 // 2, axis=1).reshape(1, 3, 7, 32)
     np.testing.assert_allclose(emb[0, 7:14], patches[0].mean(axis=0), atol=1e-5)
 
@@ -177,13 +177,13 @@ def test_tokens_on_the_grid_and_the_blocks_pooled_states(hear_model):
 def test_the_model_is_compiled_once_per_batch_shape(hear_model, monkeypatch):
     model, prep = hear_model.model, hear_model.prep
     traces = []
-    embed = AudioMamba.embed
+    embed = AudioMamba.outputs
 
     def counting(self, x):
         traces.append(x.shape)
         return embed(self, x)
 
-    monkeypatch.setattr(AudioMamba, "embed", counting)
+    monkeypatch.setattr(AudioMamba, "outputs", counting)
     rows = np.stack([prep.features(a[None], RATE) for a in sounds(7, 1.0, seed=4)])
     for count in (7, 3, 5, 1):
         embeddings.embed_features(model, rows[:count], layers=(1,), batch_size=3)

@@ -38,7 +38,7 @@ def test_logits_and_features_match_the_original(converted, name, impl):
     model.eval()
     x = np.load(folder / "input.npy")
     logits = np.asarray(model(x))
-    features = np.asarray(model(x, return_features=True))
+    features = np.asarray(model.outputs(x)["features"])
     np.testing.assert_allclose(logits, np.load(folder / "logits.npy"), atol=TOL, rtol=0)
     np.testing.assert_allclose(features, np.load(folder / "features.npy"), atol=TOL, rtol=0)
 
@@ -57,7 +57,7 @@ def test_vim_imagenet_init_matches_the_original(fixtures_dir, impl):
     kernel = np.asarray(params["patch_embed"]["proj"]["kernel"][...]).transpose(3, 2, 0, 1)
     np.testing.assert_allclose(kernel, np.load(folder / "patch_embed_weight_after_init.npy"), atol=TOL, rtol=0)
     model.eval()
-    features = np.asarray(model(np.load(folder / "input.npy"), return_features=True))
+    features = np.asarray(model.outputs(np.load(folder / "input.npy"))["features"])
     np.testing.assert_allclose(features, np.load(folder / "features.npy"), atol=TOL, rtol=0)
 
 

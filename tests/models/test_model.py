@@ -119,7 +119,7 @@ def test_headless_model_returns_features():
     model = init_model(AuMConfig(embed_dim=32, depth=1, num_classes=0, audio_length=32), seed=0)
     model.eval()
     x = jnp.ones((2, 32, 128))
-    np.testing.assert_array_equal(model(x), model(x, return_features=True))
+    np.testing.assert_array_equal(model(x), model.outputs(x)["features"])
     assert model(x).shape == (2, 32)
 
 

@@ -36,7 +36,7 @@ def random_state_dict(config: AuMConfig, seed: int = 0) -> dict[str, torch.Tenso
 def jax_outputs(config, sd, x):
     model = convert.convert({k: v.numpy() for k, v in sd.items()}, config)
     model.eval()
-    return np.asarray(model(x.numpy())), np.asarray(model(x.numpy(), return_features=True))
+    return np.asarray(model(x.numpy())), np.asarray(model.outputs(x.numpy())["features"])
 
 
 CASES = {
