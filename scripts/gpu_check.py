@@ -2,7 +2,7 @@
 recipes' train step and inference, on one CUDA GPU.
 
     python scripts/gpu_check.py --out $OUT/gpu_check.jsonl \
-        [--original $OUT/torch.jsonl] [--original_scan $OUT/cuda_scan.jsonl]
+        [--original $OUT/torch.jsonl] [--original-scan $OUT/cuda_scan.jsonl]
     python scripts/gpu_check.py --smoke --out /tmp/smoke.jsonl     # the same code paths, tiny, on a CPU
 
 1. numerics: the kernels' outputs and all eight gradients against the sequential scan run
@@ -17,10 +17,10 @@ recipes' train step and inference, on one CUDA GPU.
    up, so that the device's peak statistic belongs to the mode it follows.
 
 With ``--original`` (``../shared/gpu-anchor/torch_orig.py``'s JSON lines, same GPU) and
-``--original_scan`` (``cuda_scan.py``'s), figures come with ratios to the original AuM and
+``--original-scan`` (``cuda_scan.py``'s), figures come with ratios to the original AuM and
 mamba_ssm's kernel. Writes one JSON line per figure to ``--out``, prints a table, and exits
-1 when a numerics check fails. It imports jax, flax, optax and ml_collections only (the GPU
-image has no grain, clu, librosa or TFDS). On the GPU image, carry the ml_collections wheel.
+1 when a numerics check fails. It runs from a checkout without installing and imports jax, flax,
+optax and ml_collections only (the GPU image has no grain, clu, librosa, soundfile or TFDS).
 """
 
 from __future__ import annotations
@@ -147,7 +147,9 @@ def recipe_child(name: str, repeats: int) -> None:
 def recipes(names: list[str], repeats: int, originals: dict) -> list[dict]:
     records = []
     for name in names:
-        done = subprocess.run([sys.executable, __file__, "--recipe_child", name, "--repeats", str(repeats)],
+        # The child runs on this interpreter as it was started: without site-packages' .pth files under -S.
+        done = subprocess.run([sys.executable, *(["-S"] if sys.flags.no_site else []), __file__, "--recipe-child", name,
+                               "--repeats", str(repeats)],
                               capture_output=True, text=True, cwd=REPO)
         lines = [json.loads(l[7:]) for l in done.stdout.splitlines() if l.startswith("RECIPE ")]
         if done.returncode or len(lines) != len(MODES):
@@ -214,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_check.jsonl", help="JSON lines file to write (appended)")
     parser.add_argument("--original", help="torch.jsonl of ../shared/gpu-anchor/torch_orig.py on the same GPU")
-    parser.add_argument("--original_scan", help="cuda_scan.jsonl of ../shared/gpu-anchor/cuda_scan.py on the same GPU")
+    parser.add_argument("--original-scan", help="cuda_scan.jsonl of ../shared/gpu-anchor/cuda_scan.py on the same GPU")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes; Pallas in interpret mode off the GPU")
     parser.add_argument("--sections", default="numerics,scan,recipes", help="comma-separated: numerics, scan, recipes")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per figure")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="numerics: largest relative error that passes")
-    parser.add_argument("--recipe_child", help=argparse.SUPPRESS)
+    parser.add_argument("--recipe-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.recipe_child:
         recipe_child(args.recipe_child, args.repeats)
