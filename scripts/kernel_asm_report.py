@@ -1,6 +1,6 @@
 """Stack-relative vector traffic of the CPU scan kernel's loops, per target, without running it.
 
-Compiles ``kernels/cpu_scan.cc`` to assembly with the build's own flags
+Compiles ``kernels/cpu/cpu_scan.cc`` to assembly with the build's own flags
 (``cpu_scan.compile_command(..., "-S")``) for each target and counts, per function and
 inside loops only (the lines between a label and a later jump back to it), the vector
 instructions whose memory operand is on the stack (``(%rsp)`` on x86, ``[sp`` on ARM, or
@@ -13,7 +13,7 @@ arithmetic (``vfmadd231ps 64(%rsp), ...``).
     python scripts/kernel_asm_report.py                                 # native and x86-64-v3
     python scripts/kernel_asm_report.py --targets native,x86-64-v3,x86-64 --functions
     python scripts/kernel_asm_report.py --targets aarch64-linux-gnu-g++:armv8-a
-    python scripts/kernel_asm_report.py --source old_cpu_scan.cc       # e.g. git show HEAD~1:kernels/cpu_scan.cc
+    python scripts/kernel_asm_report.py --source old_cpu_scan.cc       # e.g. git show HEAD~1:kernels/cpu/cpu_scan.cc
 
 A target is ``[COMPILER:]MARCH``; the compiler defaults to ``$CXX``, else ``c++``. The
 summary line sums the kernel's functions (``--kernel``: the forward and backward passes and

@@ -37,6 +37,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the checkout, when aum_jax is not installed (the GPU image)
+
 RECIPE_SHAPES = ("12 513 1536 16 fobi", "48 65 768 16 fobi", "12 513 768 16 bibi")  # base Fo-Bi AS, base 128x128, small Bi-Bi AS
 MODES = ("fobi", "bibi", "infer")
 SM_REGISTERS, SM_WARPS, SM_PROGRAMS = 65536, 64, 32

@@ -4,71 +4,19 @@ that has only jax, flax, optax and ml_collections (the GPU image)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import re
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 from tests.helpers import REPO_ROOT, subprocess_env
+from tests.scripts.gpu_image import gpu_image_path, run_on_gpu_image  # noqa: F401 (a fixture)
 
 SCRIPT = str(REPO_ROOT / "scripts" / "gpu_check.py")
-GPU_IMAGE = ("jax", "flax", "optax", "ml_collections")  # what the GPU image's Python has, with their dependencies
-ABSENT = ("grain", "clu", "tensorflow", "tensorflow_datasets", "tensorboard", "librosa", "soundfile", "torch")
-# Run by ``python -S -c``: importing a top-level name in ABSENT raises ImportError, then the script runs.
-BOOTSTRAP = """
-import runpy, sys
-class Absent:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ImportError(f"No module named {{name!r}} (not on the GPU image)")
-        return None
-sys.meta_path.insert(0, Absent())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
-def _distributions(names: tuple[str, ...]) -> list[importlib.metadata.Distribution]:
-    """The installed distributions of ``names`` and everything they require (no extras)."""
-    found, todo = {}, list(names)
-    while todo:
-        name = todo.pop()
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in found:
-            continue
-        try:
-            found[key] = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        todo += [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in found[key].requires or [] if "extra ==" not in r]
-    return list(found.values())
-
-
-@pytest.fixture(scope="module")
-def gpu_image_path(tmp_path_factory) -> Path:
-    """A folder of links to the GPU image's packages (and their dist-info) in this site-packages."""
-    folder = tmp_path_factory.mktemp("gpu_image")
-    for dist in _distributions(GPU_IMAGE):
-        for top in {Path(str(f)).parts[0] for f in dist.files or []} - {".."}:
-            source = Path(dist.locate_file(top))
-            if source.exists() and not (folder / top).exists() and top.split(".")[0] not in ABSENT:
-                (folder / top).symlink_to(source)
-    return folder
-
-
-def _run(*args: str, image: Path | None = None) -> subprocess.CompletedProcess:
-    """The script on this Python, or with ``image``: under ``-S`` (no .pth file, so no editable
-    install), with only the checkout and ``image`` on its path and the ABSENT modules refused."""
-    env = subprocess_env()
-    command = [sys.executable, SCRIPT, *args]
-    if image is not None:
-        env["PYTHONPATH"] = f"{REPO_ROOT}:{image}"
-        command = [sys.executable, "-S", "-c", BOOTSTRAP.format(blocked=set(ABSENT)), SCRIPT, *args]
-    return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *args], env=subprocess_env(), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_the_checkout_imports_its_kernels_and_configs_uninstalled(gpu_image_path):
@@ -82,7 +30,7 @@ def test_the_checkout_imports_its_kernels_and_configs_uninstalled(gpu_image_path
 
 def test_smoke_runs_every_section_on_the_gpu_image_and_writes_json_lines(tmp_path, gpu_image_path):
     out = tmp_path / "check.jsonl"
-    done = _run("--smoke", "--repeats", "1", "--out", str(out), image=gpu_image_path)
+    done = run_on_gpu_image(gpu_image_path, SCRIPT, "--smoke", "--repeats", "1", "--out", str(out))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     numerics = [r for r in records if r["part"] == "numerics"]
