@@ -1,24 +1,20 @@
-"""Evaluation metrics of the original AuM recipes, without scikit-learn.
+"""Evaluation metrics of the original AuM recipes.
 
-The original (``src/utilities/stats.py``) reports, per class, sklearn's
+The original (``src/utilities/stats.py``) reports, per class, scikit-learn's
 ``average_precision_score`` and ``roc_auc_score``, then their means (mAP, mean AUC),
 ``d' = sqrt(2) * Phi^-1(mean AUC)`` and the top-1 accuracy of ``argmax(scores)``
-against ``argmax(labels)``. These are exact re-implementations:
-
-- average precision is the step-wise area under the precision-recall curve, with
-  tied scores forming one threshold (sklearn's definition);
-- AUC is the Mann-Whitney statistic with tied scores counted one half, which equals
-  the trapezoidal area under sklearn's ROC curve.
+against ``argmax(labels)``; these compute the same with scikit-learn.
 
 A class with no positive (or, for AUC, no negative) among the evaluated rows has an
-undefined score: it is NaN per class and left out of the means (sklearn would warn or
-raise instead).
+undefined score: it is NaN per class and left out of the means (scikit-learn would warn
+or raise instead).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats
+from sklearn import metrics as sk_metrics
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -33,18 +29,9 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
       without positives.
     """
     positive = np.asarray(labels) > 0.5
-    num_positive = int(positive.sum())
-    if num_positive == 0:
+    if not positive.any():
         return float("nan")
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    sorted_scores = np.asarray(scores, dtype=np.float64)[order]
-    true_positives = np.cumsum(positive[order])
-    # The last index of each run of tied scores is one threshold.
-    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
-    tp = true_positives[last]
-    precision = tp / (last + 1)
-    recall = tp / num_positive
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(sk_metrics.average_precision_score(positive, np.asarray(scores, dtype=np.float64)))
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -52,16 +39,12 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
     Args:
       labels: ``(N,)`` targets; values > 0.5 count as positive.
-      scores: ``(N,)`` scores.
+      scores: ``(N,)`` scores; tied scores count one half.
     """
     positive = np.asarray(labels) > 0.5
-    num_positive = int(positive.sum())
-    num_negative = len(positive) - num_positive
-    if num_positive == 0 or num_negative == 0:
+    if positive.all() or not positive.any():
         return float("nan")
-    ranks = stats.rankdata(np.asarray(scores, dtype=np.float64))  # ties get their mean rank.
-    u = ranks[positive].sum() - num_positive * (num_positive + 1) / 2.0
-    return float(u / (num_positive * num_negative))
+    return float(sk_metrics.roc_auc_score(positive, np.asarray(scores, dtype=np.float64)))
 
 
 def d_prime(auc: float) -> float:

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (sklearn's definitions)."""
+"""Metrics against hand-computed values and the values of an exact re-implementation (scikit-learn's definitions)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,24 @@ def test_undefined_classes_are_left_out() -> None:
     assert result["mAUC"] == pytest.approx((0.75 + 1.0) / 2)
     assert result["d_prime"] == pytest.approx(metrics.d_prime(0.875))
     assert result["accuracy"] == pytest.approx(3 / 4)  # row 1 predicts class 0.
+
+
+def test_metrics_keep_the_values_of_the_exact_reimplementation() -> None:
+    # Tie-aware step-wise AP and Mann-Whitney AUC, computed by a NumPy re-implementation on this data.
+    rng = np.random.default_rng(7)
+    labels = (rng.random((300, 6)) < 0.3).astype(np.float32)
+    scores = np.round(rng.normal(size=(300, 6)) + labels, 1)  # rounded: many ties.
+    labels[:, 5] = 0  # no positive: NaN, left out of the means.
+    aps = [0.5980906546113325, 0.5984335177560309, 0.6445068590714726, 0.6136322987630374, 0.5941201882407783]
+    aucs = [0.8019939965694682, 0.7652910052910052, 0.7775262450868202, 0.7563754180602007, 0.7545803032865438]
+    for k in range(5):
+        assert metrics.average_precision(labels[:, k], scores[:, k]) == pytest.approx(aps[k], abs=1e-12)
+        assert metrics.roc_auc(labels[:, k], scores[:, k]) == pytest.approx(aucs[k], abs=1e-12)
+    result = metrics.classification_metrics(labels, scores)
+    assert result["mAP"] == pytest.approx(0.6097567036885303, abs=1e-12)
+    assert result["mAUC"] == pytest.approx(0.7711533936588076, abs=1e-12)
+    assert result["d_prime"] == pytest.approx(1.0502666266326237, abs=1e-10)
+    assert np.isnan(metrics.roc_auc(np.ones(4), np.arange(4.0)))  # no negative.
 
 
 def test_mixup_labels_count_as_positive_above_half() -> None:
