@@ -3,17 +3,17 @@
 The tests in tests/test_audio.py compare ``aum_jax.data.features.kaldi`` (the fbank) with these arrays and never
 need torch. This script is the recipe they were made with; it is not run by the tests.
 
-How it was run (2026-11-24, x86_64, CPU only):
+How it is run (x86_64, CPU only):
 
     python -m venv /tmp/ta-venv            # throwaway venv OUTSIDE the repository
     /tmp/ta-venv/bin/pip install torch==2.9.1
     /tmp/ta-venv/bin/pip install torch==2.9.1 'torchaudio==2.9.*' numpy soundfile
     # -> torch 2.9.1+cu128 (run on the CPU), torchaudio 2.9.1, numpy 2.4.6,
     #    soundfile 0.14.0 (libsndfile 1.2.2)
-    cd /work/main && /tmp/ta-venv/bin/python scripts/make_fbank_references.py
+    cd REPOSITORY && /tmp/ta-venv/bin/python scripts/make_fbank_references.py
 
-(The first install pulls PyPI's CUDA build of torch 2.9.1, about 7 GB in the venv; only
-its CPU path is used.) The script reads tests/fixtures/audio/ and the golden
+(The install pulls PyPI's CUDA build of torch 2.9.1, about 7 GB in the venv; only its CPU
+path is used.) The script reads tests/fixtures/audio/ and the golden
 tests/fixtures/fbank/sample{0,1,2}_fbank128.npy (copies of /work/shared/fixtures).
 Re-running it rewrites the same arrays; only the 32-bit float wav differs in bytes (its
 PEAK chunk holds a timestamp), not in samples.
