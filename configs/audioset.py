@@ -9,6 +9,9 @@ from aum_jax.configs import common, data
 
 from aum_jax.data.features.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD
 
+PREP_STEP = ("python scripts/prep_audioset.py --segments-csv <*_segments.csv> --audio-dir <clips> "
+             "--out data/audioset/datafiles/<name>.json (data/README.md, AudioSet)")  # how its datafiles are made.
+
 
 def get_data_config():
     """Full AudioSet (2M clips) with balanced sampling; every other key is data.defaults()'s."""

@@ -7,6 +7,8 @@ Variants: base_scratch (default), small_imgnet; add ,runlocal for a tiny CPU che
 
 from aum_jax.configs import audioset, common
 
+PREP_STEP = audioset.PREP_STEP  # the same tool, on the balanced segments.
+
 
 def get_data_config():
     """Full AudioSet's recipe on the 20k balanced subset, sampled uniformly."""

@@ -2,10 +2,13 @@
 
 :func:`defaults` holds every knob of :mod:`aum_jax.data.pipeline.input_pipeline` at the original
 ``run.py`` default. Each ``configs/<dataset>.py`` writes its recipe (exps/*/*.sh) as one
-flat block in its ``get_data_config()``, changing only what differs; adding a datafile
-dataset means adding such a file and its label CSV (and its name to :data:`DATASETS`).
-Paths are relative to the repository root and point where the ``scripts/prep_*.py``
-tools write their datafiles; override them for your copy of the data.
+flat block in its ``get_data_config()``, changing only what differs, and says how its files
+are made in a module constant ``PREP_STEP`` (:func:`prep_step`); adding a dataset means adding
+such a file, its label CSV and its name to :data:`DATASETS`, the one list of recipes. Each
+source kind's settings are its section ``config.data.<kind>`` (from the registry,
+:mod:`aum_jax.data.sources.registry`). Paths are relative to the repository root and point
+where the ``scripts/prep_*.py`` tools write their datafiles; override them for your copy of
+the data.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import importlib
 import ml_collections
 
 from aum_jax.data.features.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD
+from aum_jax.data.sources import registry
 
 DATASETS = (
     "audioset",
@@ -32,10 +36,9 @@ def defaults() -> ml_collections.ConfigDict:
     """Every knob of the input pipeline, at the original run.py default."""
     c = ml_collections.ConfigDict()
     c.name = ""
-    c.source = "datafile"  # "datafile" (JSON + label CSV), "tfds", "epic_sounds" or "folder" (configs/folder.py).
+    c.source = "datafile"  # a kind of registry.KINDS: "datafile" (JSON + label CSV), "tfds", "epic_sounds" or "folder" (configs/folder.py).
     c.train_datafile = ""  # JSON datafile of the training split.
     c.validation_datafile = ""  # JSON datafile of the validation split, evaluated during training (--data-val).
-    c.eval_datafile = c.get_ref("validation_datafile")  # the old spelling of validation_datafile.
     c.test_datafile = ""  # JSON datafile of the test split ("" none).
     c.label_csv = ""  # index,mid,display_name.
     c.balanced_sampling = False  # --bal bal: weighted sampling with replacement.
@@ -69,28 +72,23 @@ def defaults() -> ml_collections.ConfigDict:
     c.prefetch_buffer_size = 64  # clips buffered per worker.
     c.max_bad_fraction = 0.01  # stop once this fraction of clips failed to load.
     c.worker_parent_poll_s = 1.0  # workers check this often that the trainer lives (exit if not).
-    c.tfds_name = ""  # TFDS dataset name (source "tfds").
-    c.tfds_data_dir = ""  # TFDS data_dir; "" = the TFDS default.
-    c.tfds_train_split = "train"  # TFDS training split.
-    c.tfds_validation_split = "validation"  # TFDS validation split.
-    c.tfds_eval_split = c.get_ref("tfds_validation_split")  # the old spelling of tfds_validation_split.
-    c.tfds_test_split = ""  # TFDS split of eval.test_split "test" ("" none).
-    c.epic_hdf5 = ""  # EPIC-KITCHENS-100_audio.hdf5 (one dataset per video).
-    c.epic_train_annotations = ""  # EPIC_Sounds_train.csv.
-    c.epic_validation_annotations = ""  # EPIC_Sounds_validation.csv.
-    c.epic_eval_annotations = c.get_ref("epic_validation_annotations")  # the old spelling of epic_validation_annotations.
-    c.epic_sample_rate = c.get_ref("sample_rate")  # the old spelling of sample_rate (EPIC: the HDF5 audio's 24 kHz).
-    c.epic_clip_secs = 10.0  # EPIC crop length: audio_length / 100 seconds.
-    c.folder = ""  # source "folder": ROOT/<class>/<clip>, or ROOT/{train,validation,test}/<class>/<clip> (not in the original).
-    c.folder_fractions = (0.8, 0.1, 0.1)  # train, validation, test shares of a folder without split folders, by a hash of each path.
-    c.folder_extensions = ("wav", "flac", "ogg", "mp3", "opus", "m4a", "aiff", "aif")  # what counts as a clip in a folder (any case).
-    c.folder_max_audio_length = 1024  # audio_length 0 with a folder: the longest training clip's frames, at most this (10.24 s).
-    c.stats_batch_size = 1000  # clips per batch of the fbank statistics of a folder's training split (get_norm_stats.py's).
+    for kind, section in registry.config_sections().items():
+        c[kind] = section  # config.data.<kind>: the settings of that source kind.
     return c
+
+
+def _recipe(name: str):
+    """The module ``configs/<name>.py`` of a dataset of :data:`DATASETS`."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    return importlib.import_module(f"aum_jax.configs.{name}")
 
 
 def get_data_config(name: str) -> ml_collections.ConfigDict:
     """The data recipe of ``name`` (one of :data:`DATASETS`): ``configs/<name>.py``."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    return importlib.import_module(f"aum_jax.configs.{name}").get_data_config()
+    return _recipe(name).get_data_config()
+
+
+def prep_step(name: str) -> str:
+    """How the files of dataset ``name`` are made (its ``PREP_STEP``); "" for a name not in :data:`DATASETS`."""
+    return _recipe(name).PREP_STEP if name in DATASETS else ""

@@ -17,12 +17,14 @@ Variant ``runlocal`` (alias ``tiny``): a handful of steps on a tiny dataset, sec
 import ml_collections
 from aum_jax.configs import common, data
 
+PREP_STEP = ""  # generated on first use (config.demo.generate).
+
 
 def get_data_config() -> ml_collections.ConfigDict:
     """The demo keywords, with the Speech Commands recipe shrunk for a few CPU minutes."""
     c = data.defaults()
     c.name = "demo"
-    c.train_datafile = "~/.cache/aum_jax/demo/train.json"  # from demo_data (config.demo.generate sets it).
+    c.train_datafile = "~/.cache/aum_jax/demo/train.json"  # from demo_data (config.demo.generate points the run at it).
     c.validation_datafile = "~/.cache/aum_jax/demo/valid.json"  # validation voices.
     c.test_datafile = "~/.cache/aum_jax/demo/eval.json"  # held-out voices.
     c.label_csv = "data/demo/class_labels_indices.csv"  # the 10 keywords.

@@ -13,15 +13,18 @@ tiny CPU check.
 
 from aum_jax.configs import common, data
 
+PREP_STEP = ("put or link the EPIC-Sounds annotation CSVs and EPIC-KITCHENS-100_audio.hdf5 in "
+             "data/epic_sounds/ (data/README.md, EPIC-Sounds)")
+
 
 def get_data_config():
     """EPIC-Sounds from the EPIC-KITCHENS-100 HDF5 audio and its annotation CSVs."""
     c = data.defaults()
     c.name = "epic_sounds"
     c.source = "epic_sounds"  # HDF5 audio + annotation CSV.
-    c.epic_hdf5 = "data/epic_sounds/EPIC-KITCHENS-100_audio.hdf5"  # per-video audio.
-    c.epic_train_annotations = "data/epic_sounds/EPIC_Sounds_train.csv"  # train list.
-    c.epic_validation_annotations = "data/epic_sounds/EPIC_Sounds_validation.csv"  # val list.
+    c.epic_sounds.hdf5 = "data/epic_sounds/EPIC-KITCHENS-100_audio.hdf5"  # per-video audio.
+    c.epic_sounds.train_annotations = "data/epic_sounds/EPIC_Sounds_train.csv"  # train list.
+    c.epic_sounds.validation_annotations = "data/epic_sounds/EPIC_Sounds_validation.csv"  # val list.
     c.label_csv = "data/epic_sounds/class_labels_indices.csv"  # 44 classes (names).
     c.num_classes = 44  # EPIC-Sounds classes.
     c.sample_rate = 24000  # the HDF5 audio's rate (Hz): sample positions and features.

@@ -1,13 +1,13 @@
 """Your own folder of clips, one class per folder: trained, evaluated and saved in one command.
 
-  python -m aum_jax.main --config=configs/folder.py --config.data.folder=PATH --workdir=DIR
-  python -m aum_jax.main --config=configs/folder.py --config.data.folder=PATH --workdir=DIR \\
+  python -m aum_jax.main --config=configs/folder.py --config.data.folder.root=PATH --workdir=DIR
+  python -m aum_jax.main --config=configs/folder.py --config.data.folder.root=PATH --workdir=DIR \\
       --config.init.checkpoint=models/aum_base_as --config.optimizer.lr=1e-4     # fine-tune a converted model
 
 PATH holds PATH/<class name>/<clip>.wav (flac, ogg, mp3, ...), or the same under PATH/train/,
 PATH/validation/ and PATH/test/; without those, each clip's split comes from a hash of its
-path (config.data.folder_fractions), so adding clips never moves the others
-(:mod:`aum_jax.data.sources.folder_source`). Single-label only: a clip has the class of its folder. On
+path (config.data.folder.fractions), so adding clips never moves the others
+(:mod:`aum_jax.data.sources.folder_layout`). Single-label only: a clip has the class of its folder. On
 first use the class names (WORKDIR/labels.csv), the input length (audio_length 0: the longest
 training clip) and the fbank statistics of the training split are fixed in
 WORKDIR/folder_data.json; the best model lands in WORKDIR/model with them, ready for
@@ -33,11 +33,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     data = config.data
     data.name = "folder"
-    data.source = "folder"  # aum_jax.data.sources.folder_source.
+    data.source = "folder"  # aum_jax.data.sources.folder.
     data.train_datafile = data.validation_datafile = data.test_datafile = ""  # the folder holds the splits.
     data.label_csv = ""  # written from the class folders: WORKDIR/labels.csv.
     data.num_classes = 0  # the number of class folders (set on first use).
-    data.audio_length = 0  # 0: the longest training clip's frames (up to data.folder_max_audio_length), in whole patches.
+    data.audio_length = 0  # 0: the longest training clip's frames (up to data.folder.max_audio_length), in whole patches.
     data.freq_warp = 0.0  # the demo's vocal-tract warp suits voices; set it for speech.
     data.mean, data.std = 0.0, 1.0  # replaced by the training split's statistics on first use.
     data.cache_features = False  # a folder can be large: compute fbanks every epoch (True: once, in memory).

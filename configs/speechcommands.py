@@ -9,6 +9,9 @@ the original does. Variants: base_scratch (default), small_imgnet, base_audioset
 
 from aum_jax.configs import common, data
 
+PREP_STEP = ("python scripts/prep_speechcommands.py --root <speech_commands_v0.02> "
+             "(data/README.md, Speech Commands V2)")
+
 
 def get_data_config():
     """Speech Commands V2-35 from the prep_speechcommands.py datafiles."""

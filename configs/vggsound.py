@@ -8,6 +8,8 @@ tiny CPU check.
 
 from aum_jax.configs import common, data
 
+PREP_STEP = "python scripts/prep_vggsound.py --csv vggsound.csv --audio-dir <wavs> (data/README.md, VGGSound)"
+
 
 def get_data_config():
     """VGGSound; every other key is data.defaults()'s."""

@@ -8,6 +8,9 @@ tiny CPU check.
 
 from aum_jax.configs import common, data
 
+PREP_STEP = ("python scripts/prep_voxceleb.py --iden-split iden_split.txt --wav-dir <wav root> "
+             "(data/README.md, VoxCeleb1)")
+
 
 def get_data_config():
     """VoxCeleb1 speaker identification; every other key is data.defaults()'s."""

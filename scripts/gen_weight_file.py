@@ -6,23 +6,24 @@ a clip's weight is the sum over its labels. The weights go to
 ``config.weight_csv`` names.
 
   python scripts/gen_weight_file.py --datafile data/audioset/datafiles/unbalanced.json \
-      --label_csv data/audioset/class_labels_indices.csv
+      --label-csv data/audioset/class_labels_indices.csv
 """
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before JAX and TensorFlow load.
+logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import numpy as np
 from absl import app, flags
 
-from aum_jax.data.sources import datasets
+from aum_jax.cli import flags as cli_flags
+from aum_jax.data.sources.datafile import DatafileSource
 
 _DATAFILE = flags.DEFINE_string("datafile", None, "JSON datafile.", required=True)
 _LABEL_CSV = flags.DEFINE_string(
-    "label_csv", "data/audioset/class_labels_indices.csv", "index,mid,display_name CSV."
+    "label-csv", "data/audioset/class_labels_indices.csv", "index,mid,display_name CSV."
 )
 
 
@@ -38,7 +39,7 @@ def sample_weights(label_lists: list[tuple[int, ...]], num_classes: int) -> np.n
 
 def main(argv: list[str]) -> None:
     del argv
-    source = datasets.DatafileSource(_DATAFILE.value, _LABEL_CSV.value)
+    source = DatafileSource(_DATAFILE.value, _LABEL_CSV.value)
     weights = sample_weights([source[i].labels for i in range(len(source))], source.num_classes)
     out = _DATAFILE.value.removesuffix(".json") + "_weight.csv"
     np.savetxt(out, weights, delimiter=",")
@@ -46,4 +47,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=console.parse_absl_flags)
+    app.run(main, flags_parser=cli_flags.parse_absl_flags)

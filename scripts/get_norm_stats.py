@@ -7,29 +7,35 @@ As the original ``get_norm_stats.py``, in batches of 1000 clips (:mod:`aum_jax.d
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before JAX and TensorFlow load.
+logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 from absl import app, flags
+from aum_jax.cli import command
+from aum_jax.cli import flags as cli_flags
 from aum_jax.configs.data import DATASETS, get_data_config
 
 from aum_jax.data.features import norm_stats
-from aum_jax.data.sources import datasets
+from aum_jax.data.sources import registry
 
 _DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "data config name.", required=True)
 _SPLIT = flags.DEFINE_string("split", "train", "split to measure.")
 _DATAFILE = flags.DEFINE_string("datafile", None, "override the split's JSON datafile.")
-_LABEL_CSV = flags.DEFINE_string("label_csv", None, "override config.label_csv.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 1000, "clips per batch.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "override config.num_workers.")
+_LABEL_CSV = flags.DEFINE_string("label-csv", None, "override config.label_csv.")
+_BATCH_SIZE = flags.DEFINE_integer("batch-size", 1000, "clips per batch.")
+_NUM_WORKERS = flags.DEFINE_integer("num-workers", None, "override config.num_workers.")
 
 
 def main(argv: list[str]) -> None:
     del argv
     config = get_data_config(_DATASET.value)
     if _DATAFILE.value:
-        config[datasets.split_key(config, _SPLIT.value)] = _DATAFILE.value
+        *sections, key = registry.kind_of(config).split_key(_SPLIT.value).split(".")  # e.g. tfds.train_split.
+        node = config
+        for section in sections:
+            node = node[section]
+        node[key] = _DATAFILE.value
     if _LABEL_CSV.value:
         config.label_csv = _LABEL_CSV.value
     if _NUM_WORKERS.value is not None:
@@ -41,4 +47,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=console.parse_absl_flags)
+    app.run(command.guard(main), flags_parser=cli_flags.parse_absl_flags)

@@ -6,35 +6,37 @@ positive_labels`` (lines starting with ``#`` are comments). The audio of a row i
 datafiles. Rows whose audio is missing are left out and counted. For the full
 (unbalanced) set, run ``scripts/gen_weight_file.py`` on the result.
 
-  python scripts/prep_audioset.py --segments_csv eval_segments.csv \
-      --audio_dir /data/audioset/eval_segments/audio --out data/audioset/datafiles/eval.json
+  python scripts/prep_audioset.py --segments-csv eval_segments.csv \
+      --audio-dir /data/audioset/eval_segments/audio --out data/audioset/datafiles/eval.json
 """
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before JAX and TensorFlow load.
+logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import csv
 import os
 
 from absl import app, flags
 
-from aum_jax.data.sources import datasets
+from aum_jax.cli import flags as cli_flags
+from aum_jax.data.sources.datafile import write_datafile
+from aum_jax.data.sources.labels import load_label_csv
 
-_SEGMENTS = flags.DEFINE_string("segments_csv", None, "AudioSet segments CSV.", required=True)
-_AUDIO_DIR = flags.DEFINE_string("audio_dir", None, "folder of the clips.", required=True)
+_SEGMENTS = flags.DEFINE_string("segments-csv", None, "AudioSet segments CSV.", required=True)
+_AUDIO_DIR = flags.DEFINE_string("audio-dir", None, "folder of the clips.", required=True)
 _EXT = flags.DEFINE_string("ext", "flac", "audio file extension.")
 _OUT = flags.DEFINE_string("out", None, "output JSON datafile.", required=True)
 _LABEL_CSV = flags.DEFINE_string(
-    "label_csv", "data/audioset/class_labels_indices.csv", "index,mid,display_name CSV."
+    "label-csv", "data/audioset/class_labels_indices.csv", "index,mid,display_name CSV."
 )
 
 
 def main(argv: list[str]) -> None:
     del argv
-    mid_of, _ = datasets.load_label_csv(_LABEL_CSV.value)
+    mid_of, _ = load_label_csv(_LABEL_CSV.value)
     audio_dir = os.path.abspath(_AUDIO_DIR.value)
     entries, missing = [], 0
     with open(_SEGMENTS.value, newline="", encoding="utf-8") as f:
@@ -51,9 +53,9 @@ def main(argv: list[str]) -> None:
             if unknown:
                 raise ValueError(f"{_SEGMENTS.value}: {ytid} has unknown labels {unknown}")
             entries.append((wav, mids))
-    datasets.write_datafile(_OUT.value, entries)
+    write_datafile(_OUT.value, entries)
     print(f"{len(entries)} clips -> {_OUT.value}; {missing} rows without audio left out")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=console.parse_absl_flags)
+    app.run(main, flags_parser=cli_flags.parse_absl_flags)

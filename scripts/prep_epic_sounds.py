@@ -12,9 +12,9 @@ video's audio, reports them, and writes the kept rows to ``--out``.
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before JAX and TensorFlow load.
+logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import csv
 import os
@@ -22,12 +22,13 @@ import os
 import h5py
 from absl import app, flags
 
-from aum_jax.data.sources import datasets
+from aum_jax.cli import flags as cli_flags
+from aum_jax.data.sources.epic_sounds import timestamp_to_seconds
 
 _ANNOTATIONS = flags.DEFINE_string("annotations", None, "annotation CSV.", required=True)
 _HDF5 = flags.DEFINE_string("hdf5", None, "EPIC-KITCHENS-100 audio HDF5.", required=True)
 _OUT = flags.DEFINE_string("out", None, "output annotation CSV.", required=True)
-_SAMPLE_RATE = flags.DEFINE_integer("sample_rate", 24000, "audio sampling rate (Hz).")
+_SAMPLE_RATE = flags.DEFINE_integer("sample-rate", 24000, "audio sampling rate (Hz).")
 
 
 def main(argv: list[str]) -> None:
@@ -39,8 +40,8 @@ def main(argv: list[str]) -> None:
     kept, dropped = [], []
     with h5py.File(_HDF5.value, "r") as h5:
         for row in rows:
-            start = int(datasets.timestamp_to_seconds(row["start_timestamp"]) * sr)
-            stop = int(datasets.timestamp_to_seconds(row["stop_timestamp"]) * sr)
+            start = int(timestamp_to_seconds(row["start_timestamp"]) * sr)
+            stop = int(timestamp_to_seconds(row["stop_timestamp"]) * sr)
             video = row["video_id"]
             if video not in h5:
                 dropped.append(f"{row['annotation_id']}: video {video} not in the HDF5 file")
@@ -60,4 +61,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=console.parse_absl_flags)
+    app.run(main, flags_parser=cli_flags.parse_absl_flags)

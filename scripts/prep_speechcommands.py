@@ -4,7 +4,7 @@ Expects an extracted ``speech_commands_v0.02`` folder (one sub-folder per word, 
 the official ``validation_list.txt`` and ``testing_list.txt``). Validation and test
 are those lists; training is every other clip outside ``_background_noise_``.
 Labels are the ``/m/spcmdNN`` ids of ``data/speechcommands/
-speechcommands_class_labels_indices.csv``. Writes, under ``--out_dir``,
+speechcommands_class_labels_indices.csv``. Writes, under ``--out-dir``,
 ``speechcommand_{train,valid,eval}_data.json`` with absolute paths.
 
   python scripts/prep_speechcommands.py --root /data/speech_commands_v0.02
@@ -12,20 +12,22 @@ speechcommands_class_labels_indices.csv``. Writes, under ``--out_dir``,
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before JAX and TensorFlow load.
+logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import os
 
 from absl import app, flags
 
-from aum_jax.data.sources import datasets
+from aum_jax.cli import flags as cli_flags
+from aum_jax.data.sources.datafile import write_datafile
+from aum_jax.data.sources.labels import load_label_csv
 
 _ROOT = flags.DEFINE_string("root", None, "extracted speech_commands_v0.02.", required=True)
-_OUT_DIR = flags.DEFINE_string("out_dir", "data/speechcommands/datafiles", "output folder.")
+_OUT_DIR = flags.DEFINE_string("out-dir", "data/speechcommands/datafiles", "output folder.")
 _LABEL_CSV = flags.DEFINE_string(
-    "label_csv",
+    "label-csv",
     "data/speechcommands/speechcommands_class_labels_indices.csv",
     "index,mid,display_name CSV of the 35 words.",
 )
@@ -53,14 +55,14 @@ def split_lists(root: str) -> dict[str, list[str]]:
 def main(argv: list[str]) -> None:
     del argv
     root = os.path.abspath(_ROOT.value)
-    mid_of, names = datasets.load_label_csv(_LABEL_CSV.value)
+    mid_of, names = load_label_csv(_LABEL_CSV.value)
     word_to_mid = {names[index]: mid for mid, index in mid_of.items()}
     for split, files in split_lists(root).items():
         entries = [(os.path.join(root, f), [word_to_mid[f.split("/")[0]]]) for f in files]
         out = os.path.join(_OUT_DIR.value, f"speechcommand_{split}_data.json")
-        datasets.write_datafile(out, entries)
+        write_datafile(out, entries)
         print(f"{split}: {len(entries)} clips -> {out}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=console.parse_absl_flags)
+    app.run(main, flags_parser=cli_flags.parse_absl_flags)

@@ -6,33 +6,35 @@ original datafiles. Labels (display names) map to the ``/m/vggsdNNN`` ids of
 ``data/vggsound/class_labels_indices.csv``. Rows whose audio is missing are left out
 and counted.
 
-  python scripts/prep_vggsound.py --csv vggsound.csv --audio_dir /data/vggsound/audio
+  python scripts/prep_vggsound.py --csv vggsound.csv --audio-dir /data/vggsound/audio
 """
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before JAX and TensorFlow load.
+logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import csv
 import os
 
 from absl import app, flags
 
-from aum_jax.data.sources import datasets
+from aum_jax.cli import flags as cli_flags
+from aum_jax.data.sources.datafile import write_datafile
+from aum_jax.data.sources.labels import load_label_csv
 
 _CSV = flags.DEFINE_string("csv", None, "vggsound.csv.", required=True)
-_AUDIO_DIR = flags.DEFINE_string("audio_dir", None, "folder of the wav files.", required=True)
-_OUT_DIR = flags.DEFINE_string("out_dir", "data/vggsound/datafiles", "output folder.")
+_AUDIO_DIR = flags.DEFINE_string("audio-dir", None, "folder of the wav files.", required=True)
+_OUT_DIR = flags.DEFINE_string("out-dir", "data/vggsound/datafiles", "output folder.")
 _LABEL_CSV = flags.DEFINE_string(
-    "label_csv", "data/vggsound/class_labels_indices.csv", "index,mid,display_name CSV."
+    "label-csv", "data/vggsound/class_labels_indices.csv", "index,mid,display_name CSV."
 )
 
 
 def main(argv: list[str]) -> None:
     del argv
-    mid_of, names = datasets.load_label_csv(_LABEL_CSV.value)
+    mid_of, names = load_label_csv(_LABEL_CSV.value)
     name_to_mid = {names[index]: mid for mid, index in mid_of.items()}
     audio_dir = os.path.abspath(_AUDIO_DIR.value)
     splits: dict[str, list[tuple[str, list[str]]]] = {"train": [], "test": []}
@@ -46,10 +48,10 @@ def main(argv: list[str]) -> None:
             splits[split].append((wav, [name_to_mid[label]]))
     for split, entries in splits.items():
         out = os.path.join(_OUT_DIR.value, f"vgg_{split}.json")
-        datasets.write_datafile(out, entries)
+        write_datafile(out, entries)
         print(f"{split}: {len(entries)} clips -> {out}")
     print(f"{missing} rows without audio were left out")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=console.parse_absl_flags)
+    app.run(main, flags_parser=cli_flags.parse_absl_flags)

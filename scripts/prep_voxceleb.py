@@ -5,24 +5,25 @@
 training datafile. Speaker ``id1NNNN`` is label ``/m/voxclbNNNN`` of
 ``data/voxceleb/class_labels_indices.csv``.
 
-  python scripts/prep_voxceleb.py --iden_split iden_split.txt --wav_dir /data/voxceleb1/wav
+  python scripts/prep_voxceleb.py --iden-split iden_split.txt --wav-dir /data/voxceleb1/wav
 """
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before JAX and TensorFlow load.
+logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import os
 
 from absl import app, flags
 
-from aum_jax.data.sources import datasets
+from aum_jax.cli import flags as cli_flags
+from aum_jax.data.sources.datafile import write_datafile
 
-_SPLIT = flags.DEFINE_string("iden_split", None, "iden_split.txt.", required=True)
-_WAV_DIR = flags.DEFINE_string("wav_dir", None, "VoxCeleb1 wav root.", required=True)
-_OUT_DIR = flags.DEFINE_string("out_dir", "data/voxceleb/datafiles", "output folder.")
+_SPLIT = flags.DEFINE_string("iden-split", None, "iden_split.txt.", required=True)
+_WAV_DIR = flags.DEFINE_string("wav-dir", None, "VoxCeleb1 wav root.", required=True)
+_OUT_DIR = flags.DEFINE_string("out-dir", "data/voxceleb/datafiles", "output folder.")
 
 
 def speaker_mid(path: str) -> str:
@@ -43,9 +44,9 @@ def main(argv: list[str]) -> None:
             splits[name].append((os.path.join(wav_dir, path), [speaker_mid(path)]))
     for name, entries in splits.items():
         out = os.path.join(_OUT_DIR.value, f"{name}.json")
-        datasets.write_datafile(out, entries)
+        write_datafile(out, entries)
         print(f"{name}: {len(entries)} clips -> {out}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=console.parse_absl_flags)
+    app.run(main, flags_parser=cli_flags.parse_absl_flags)

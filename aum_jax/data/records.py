@@ -1,6 +1,6 @@
 """What every audio source gives the input pipeline: clip records and random access to them.
 
-A source (:mod:`aum_jax.data.sources.datasets`, :mod:`aum_jax.data.sources.folder_source`) is a grain-compatible
+A source (a kind of :mod:`aum_jax.data.sources.registry`) is a grain-compatible
 random-access data source (``len`` and ``__getitem__``) of :class:`ClipRecord` s, with
 :meth:`AudioSource.load_audio` decoding a clip apart from its record.
 """

@@ -1,4 +1,4 @@
-"""Tests of the sources (aum_jax/datasets.py), the shipped label CSVs and data tools."""
+"""Tests of the source kinds (aum_jax/data/sources/), the shipped label CSVs and data tools."""
 
 from __future__ import annotations
 
@@ -14,9 +14,14 @@ from absl import flags
 from aum_jax.configs.data import DATASETS, get_data_config
 
 from aum_jax.data.pipeline import input_pipeline as ip
-from aum_jax.data.sources import datasets
+from aum_jax.data.features import audio
+from aum_jax.data.records import ClipRecord
+from aum_jax.data.sources import datafile, labels, registry
+from aum_jax.data.sources.epic_sounds import EpicSoundsSource
+from aum_jax.data.sources.tfds import TfdsSource
+from tests.helpers import REPO_ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(REPO_ROOT)
 
 
 def _labels_csv(path, mids):
@@ -36,7 +41,7 @@ def _labels_csv(path, mids):
     ],
 )
 def test_shipped_label_csvs(path, count):
-    index_of, names = datasets.load_label_csv(os.path.join(REPO, path))
+    index_of, names = labels.load_label_csv(os.path.join(REPO, path))
     assert len(index_of) == len(names) == count
     assert all(names)
 
@@ -46,7 +51,7 @@ def test_every_config_builds_and_matches_its_label_csv():
         c = get_data_config(name)
         assert c.num_classes > 0 and c.audio_length > 0 and c.std > 0
         if c.source == "datafile":
-            assert len(datasets.load_label_csv(os.path.join(REPO, c.label_csv))[1]) == c.num_classes
+            assert len(labels.load_label_csv(os.path.join(REPO, c.label_csv))[1]) == c.num_classes
     with pytest.raises(ValueError, match="unknown dataset"):
         get_data_config("nope")
 
@@ -56,16 +61,16 @@ def test_datafile_resolves_paths_and_multi_labels(tmp_path):
     _labels_csv(tmp_path / "labels.csv", ["/m/a", "/m/b", "/m/c"])
     entries = [{"wav": "sub/x.wav", "labels": "/m/c,/m/a"}, {"wav": "/abs/y.wav", "labels": "/m/b"}]
     (tmp_path / "sub" / "data.json").write_text(json.dumps({"data": entries}))
-    source = datasets.DatafileSource(tmp_path / "sub" / "data.json", tmp_path / "labels.csv")
+    source = datafile.DatafileSource(tmp_path / "sub" / "data.json", tmp_path / "labels.csv")
     assert len(source) == 2 and source.num_classes == 3
-    assert source[0] == datasets.ClipRecord(str(tmp_path / "sub" / "sub" / "x.wav"), (2, 0))
-    assert source[1] == datasets.ClipRecord("/abs/y.wav", (1,))
+    assert source[0] == ClipRecord(str(tmp_path / "sub" / "sub" / "x.wav"), (2, 0))
+    assert source[1] == ClipRecord("/abs/y.wav", (1,))
 
 
 def test_a_written_datafile_replaces_the_old_one_whole(tmp_path):
     path = tmp_path / "new" / "data.json"
-    datasets.write_datafile(path, [("a.wav", ["/m/a"])])
-    datasets.write_datafile(path, [("b.wav", ["/m/a", "/m/b"])])
+    datafile.write_datafile(path, [("a.wav", ["/m/a"])])
+    datafile.write_datafile(path, [("b.wav", ["/m/a", "/m/b"])])
     assert json.loads(path.read_text()) == {"data": [{"wav": "b.wav", "labels": "/m/a,/m/b"}]}
     assert [p.name for p in path.parent.iterdir()] == ["data.json"]  # no staging file is left.
 
@@ -75,13 +80,13 @@ def test_datafile_unknown_label_names_file_and_label(tmp_path):
     data = {"data": [{"wav": "a.wav", "labels": "/m/a"}, {"wav": "b.wav", "labels": "/m/zzz"}]}
     (tmp_path / "data.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"b\.wav.*'/m/zzz'"):
-        datasets.DatafileSource(tmp_path / "data.json", tmp_path / "labels.csv")
+        datafile.DatafileSource(tmp_path / "data.json", tmp_path / "labels.csv")
 
 
 def test_tfds_source_with_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
-        source = datasets.TfdsSource("speech_commands", "train")
+        source = TfdsSource("speech_commands", "train")
         assert len(source) == 5 and source.num_classes == 12 and source.sample_rate == 16000
         for i in range(5):
             assert len(source[i].labels) == 1 and 0 <= source[i].labels[0] < 12
@@ -106,7 +111,7 @@ def test_tfds_pipeline_scales_int16_and_labels():
     c.num_workers, c.eval_batch_size = 0, 4
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=as_data_source):
-        source = datasets.make_source(c, "validation")
+        source = registry.make_source(c, "validation")
         wave, _ = source.load_audio(0, None)
         np.testing.assert_allclose(np.abs(wave).max(), 0.5, atol=1e-3)  # int16 / 32768.
         batch = next(ip.make_eval_iterator(c, "validation", source=source, process_index=0, process_count=1))
@@ -136,10 +141,10 @@ def _epic_files(tmp_path, class_id: int = 5):
 
 def test_epic_sounds_segments_from_hdf5(tmp_path):
     sr, ramp = _epic_files(tmp_path)
-    source = datasets.EpicSoundsSource(tmp_path / "ann.csv", tmp_path / "audio.hdf5",
+    source = EpicSoundsSource(tmp_path / "ann.csv", tmp_path / "audio.hdf5",
                                        sample_rate=sr, clip_secs=1.0)
     assert len(source) == 3
-    assert source[0] == datasets.ClipRecord("P01_01/P01_01_0", (5,))
+    assert source[0] == ClipRecord("P01_01/P01_01_0", (5,))
     short, rate = source.load_audio(0, None)  # 0.5 s segment < 1 s clip: used whole.
     assert rate == sr
     np.testing.assert_array_equal(short[0], ramp[sr : int(1.5 * sr)])
@@ -162,22 +167,22 @@ def test_epic_sounds_segments_from_hdf5(tmp_path):
 def test_epic_sounds_bad_class_and_missing_video(tmp_path):
     _epic_files(tmp_path, class_id=44)
     with pytest.raises(ValueError, match="P01_01_0.*class_id 44"):
-        datasets.EpicSoundsSource(tmp_path / "ann.csv", tmp_path / "audio.hdf5")
+        EpicSoundsSource(tmp_path / "ann.csv", tmp_path / "audio.hdf5")
     _epic_files(tmp_path)
     text = (tmp_path / "ann.csv").read_text().replace("P02_03,00", "P09_09,00")
     (tmp_path / "ann.csv").write_text(text)
-    source = datasets.EpicSoundsSource(tmp_path / "ann.csv", tmp_path / "audio.hdf5",
+    source = EpicSoundsSource(tmp_path / "ann.csv", tmp_path / "audio.hdf5",
                                        sample_rate=8000, clip_secs=1.0)
-    with pytest.raises(datasets.audio.AudioLoadError, match="P09_09"):
+    with pytest.raises(audio.AudioLoadError, match="P09_09"):
         source.load_audio(2, None)
 
 
 def test_epic_sounds_pipeline(tmp_path):
     sr, _ = _epic_files(tmp_path)
     c = get_data_config("epic_sounds")
-    c.epic_hdf5 = str(tmp_path / "audio.hdf5")
-    c.epic_train_annotations = c.epic_validation_annotations = str(tmp_path / "ann.csv")
-    c.sample_rate, c.epic_clip_secs = sr, 1.0
+    c.epic_sounds.hdf5 = str(tmp_path / "audio.hdf5")
+    c.epic_sounds.train_annotations = c.epic_sounds.validation_annotations = str(tmp_path / "ann.csv")
+    c.sample_rate, c.epic_sounds.clip_secs = sr, 1.0
     c.audio_length, c.timem = 256, 40
     c.batch_size, c.eval_batch_size, c.num_workers = 2, 4, 0
     ev = next(ip.make_eval_iterator(c, "validation", process_index=0, process_count=1))

@@ -18,12 +18,14 @@ import soundfile
 from aum_jax.configs import folder as folder_config
 
 from aum_jax import export, hear
-from aum_jax.checkpoints import pretrained
+from aum_jax.checkpoints import model_files, pretrained
 from aum_jax.checkpoints.model_files import load_model, save_model
 from aum_jax.data.demo import demo_data
-from aum_jax.data.features import norm_stats, preprocessing
+from aum_jax.data.features import norm_stats
 from aum_jax.data.pipeline import input_pipeline
-from aum_jax.data.sources import folder_setup, folder_source
+from aum_jax.data.sources import folder_layout, folder_setup
+from aum_jax.data.sources import prepare as data_prepare
+from aum_jax.data.sources.folder import FolderSource
 from aum_jax.inference import predict
 from aum_jax.models import AuMConfig, init_model
 from tests.helpers import NAMES, REPO_ROOT, save_tiny_fobi
@@ -40,36 +42,36 @@ def touch(root: Path, *relative: str) -> None:
         (root / name).touch()
 
 
-def splits(layout: folder_source.FolderLayout) -> dict[str, str]:
+def splits(layout: folder_layout.FolderLayout) -> dict[str, str]:
     return {path: split for split, clips in layout.clips.items() for path, _ in clips}
 
 
 def test_the_split_is_stable_when_files_are_added(tmp_path):
     touch(tmp_path, *(f"{c}/clip{i:03d}.wav" for c in ("cat", "dog") for i in range(60)))
-    before = splits(folder_source.scan(tmp_path, FRACTIONS, EXTENSIONS))
+    before = splits(folder_layout.scan(tmp_path, FRACTIONS, EXTENSIONS))
     touch(tmp_path, *(f"{c}/new{i:03d}.flac" for c in ("cat", "dog") for i in range(60)), "dog/deeper/x.WAV",
           "dog/notes.txt", "bird/a.wav", "bird/b.wav")
-    after = folder_source.scan(tmp_path, FRACTIONS, EXTENSIONS)
+    after = folder_layout.scan(tmp_path, FRACTIONS, EXTENSIONS)
     assert after.class_names == ("bird", "cat", "dog") and not after.split_folders
     moved = {path: (split, splits(after)[path]) for path, split in before.items() if splits(after)[path] != split}
     assert not moved
     assert len(splits(after)) == 120 + 120 + 1 + 2  # the .txt file is no clip; the subfolder's clip is.
     # The shares follow the fractions.
-    shares = [folder_source.split_of(f"c/{i}.wav", FRACTIONS) for i in range(20_000)]
+    shares = [folder_layout.split_of(f"c/{i}.wav", FRACTIONS) for i in range(20_000)]
     assert abs(shares.count("train") / 20_000 - 0.8) < 0.01 and abs(shares.count("test") / 20_000 - 0.1) < 0.01
 
 
 def test_split_folders_are_used_as_laid_out(tmp_path):
     touch(tmp_path, *(f"train/{c}/{i}.wav" for c in ("a", "b") for i in range(20)), "validation/a/v.wav",
           "validation/b/v.wav")
-    layout = folder_source.scan(tmp_path, FRACTIONS, EXTENSIONS)
-    assert layout.split_folders and [len(layout.clips[s]) for s in folder_source.SPLITS] == [40, 2, 0]
+    layout = folder_layout.scan(tmp_path, FRACTIONS, EXTENSIONS)
+    assert layout.split_folders and [len(layout.clips[s]) for s in folder_layout.SPLITS] == [40, 2, 0]
     labels = dict(layout.clips["validation"])
     assert labels[str(tmp_path / "validation/b/v.wav")] == 1
     # Without validation/, train/ gives it its share by the hash; test/ stays as laid out.
     shutil.rmtree(tmp_path / "validation")
     touch(tmp_path, "test/a/t.wav")
-    layout = folder_source.scan(tmp_path, (0.5, 0.5, 0.0), EXTENSIONS)
+    layout = folder_layout.scan(tmp_path, (0.5, 0.5, 0.0), EXTENSIONS)
     assert len(layout.clips["train"]) + len(layout.clips["validation"]) == 40
     assert 0 < len(layout.clips["validation"]) < 40 and layout.clips["test"] == [(str(tmp_path / "test/a/t.wav"), 0)]
 
@@ -79,14 +81,14 @@ def test_links_add_no_clip_and_move_none(tmp_path, caplog):
     clip of another class: the layout is the one without them; a folder outside reached twice counts once."""
     root = tmp_path / "clips"
     touch(root, *(f"{c}/clip{i:03d}.wav" for c in ("cat", "dog", "yes") for i in range(40)), "dog/sub/deep.wav")
-    without = folder_source.scan(root, FRACTIONS, EXTENSIONS)
+    without = folder_layout.scan(root, FRACTIONS, EXTENSIONS)
     os.symlink("..", root / "yes" / "loop")
     os.symlink("missing.wav", root / "yes" / "gone.wav")
     os.symlink("../dog", root / "cat" / "sibling")
     os.symlink("../dog/sub", root / "cat" / "into_dog")  # cat is scanned first: deep.wav stays a dog clip.
     os.symlink("../dog/clip000.wav", root / "yes" / "alias.wav")
     with caplog.at_level("WARNING"):
-        assert folder_source.scan(root, FRACTIONS, EXTENSIONS) == without
+        assert folder_layout.scan(root, FRACTIONS, EXTENSIONS) == without
     assert len(splits(without)) == 121
     assert caplog.text.count(f"{root / 'yes' / 'gone.wav'} is a link to missing.wav, which does not exist") == 1
     assert f"{root / 'yes' / 'loop'} is a link to {root}, which is scanned already" in caplog.text
@@ -98,21 +100,21 @@ def test_links_add_no_clip_and_move_none(tmp_path, caplog):
     touch(tmp_path, "elsewhere/e.wav")
     os.symlink(tmp_path / "elsewhere", root / "dog" / "ext")
     os.symlink(tmp_path / "elsewhere", root / "yes" / "ext")
-    labels = {path: label for clips in folder_source.scan(root, FRACTIONS, EXTENSIONS).clips.values()
+    labels = {path: label for clips in folder_layout.scan(root, FRACTIONS, EXTENSIONS).clips.values()
               for path, label in clips}
     assert len(labels) == 122 and labels[str(root / "dog" / "ext" / "e.wav")] == 1
     # A class folder that is another one is refused.
     os.symlink("cat", root / "kitten")
-    with pytest.raises(folder_source.FolderError, match="kitten is the same folder as .*cat .a link.: give each"):
-        folder_source.scan(root, FRACTIONS, EXTENSIONS)
+    with pytest.raises(folder_layout.FolderError, match="kitten is the same folder as .*cat .a link.: give each"):
+        folder_layout.scan(root, FRACTIONS, EXTENSIONS)
 
 
 def test_a_link_between_split_folders_moves_no_clip(tmp_path):
     touch(tmp_path, *(f"{s}/{c}/{i}.wav" for s in ("train", "validation") for c in ("a", "b") for i in range(5)))
-    without = folder_source.scan(tmp_path, FRACTIONS, EXTENSIONS)
+    without = folder_layout.scan(tmp_path, FRACTIONS, EXTENSIONS)
     os.symlink("../../validation/a", tmp_path / "train" / "a" / "leak")  # validation clips stay out of train.
     os.symlink("../..", tmp_path / "validation" / "b" / "loop")
-    assert folder_source.scan(tmp_path, FRACTIONS, EXTENSIONS) == without
+    assert folder_layout.scan(tmp_path, FRACTIONS, EXTENSIONS) == without
 
 
 @pytest.mark.parametrize("files, message", [
@@ -124,23 +126,23 @@ def test_a_link_between_split_folders_moves_no_clip(tmp_path):
 ], ids=["empty", "class without clips", "one class", "no train", "unknown test class"])
 def test_a_folder_that_cannot_serve_is_named(tmp_path, files, message):
     touch(tmp_path, *files)
-    with pytest.raises(folder_source.FolderError) as error:
-        folder_source.scan(tmp_path, FRACTIONS, EXTENSIONS)
+    with pytest.raises(folder_layout.FolderError) as error:
+        folder_layout.scan(tmp_path, FRACTIONS, EXTENSIONS)
     assert message in str(error.value)
 
 
 def test_missing_folder_and_bad_fractions(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        folder_source.scan(tmp_path / "nope", FRACTIONS, EXTENSIONS)
-    with pytest.raises(folder_source.FolderError, match="add up to 1"):
-        folder_source.scan(tmp_path, (0.8, 0.3, 0.1), EXTENSIONS)
+        folder_layout.scan(tmp_path / "nope", FRACTIONS, EXTENSIONS)
+    with pytest.raises(folder_layout.FolderError, match="add up to 1"):
+        folder_layout.scan(tmp_path, (0.8, 0.3, 0.1), EXTENSIONS)
 
 
 def test_fine_tuning_takes_the_model_and_features_of_a_converted_model(tmp_path):
     source = load_model(save_tiny_fobi(tmp_path / "converted", mean=-4.27, std=4.57, loss="BCE", class_names=NAMES))
     touch(tmp_path / "clips", *(f"{c}/{i}.wav" for c in ("a", "b") for i in range(20)))
     config = folder_config.get_config()
-    config.data.folder, config.init.checkpoint = str(tmp_path / "clips"), str(tmp_path / "converted")
+    config.data.folder.root, config.init.checkpoint = str(tmp_path / "clips"), str(tmp_path / "converted")
     folder_setup.configure(config, tmp_path / "work")
     model_config = AuMConfig.from_dict(config.model.to_dict())
     assert model_config == source.config.replace(num_classes=2, scan_impl=model_config.scan_impl,
@@ -188,11 +190,11 @@ def tones(root: Path, per_class: int) -> None:
 def test_unreadable_clips_are_counted_like_other_bad_clips(tmp_path):
     tones(tmp_path, 10)
     (tmp_path / "low" / "broken.wav").write_bytes(b"RIFF\x00\x00not a wav")
-    layout = folder_source.scan(tmp_path, (0.5, 0.5, 0.0), EXTENSIONS)
+    layout = folder_layout.scan(tmp_path, (0.5, 0.5, 0.0), EXTENSIONS)
     split = next(s for s in ("train", "validation") if any("broken" in p for p, _ in layout.clips[s]))
     data = folder_config.get_config("runlocal").data
     data.num_classes, data.audio_length, data.eval_batch_size, data.max_bad_fraction = 2, 32, 4, 0.2
-    source = folder_source.FolderSource(layout, split)
+    source = FolderSource(layout, split)
     stats = norm_stats.fbank_statistics(data, split, 4, source=source, show_progress=False)
     assert list(stats.bad_inputs) == [str(tmp_path / "low" / "broken.wav")] and np.isfinite(stats.mean)
     batches = list(input_pipeline.make_eval_iterator(data, split, source=source, process_index=0, process_count=1))
@@ -224,15 +226,15 @@ def keyword_folder(tmp_path_factory) -> Path:
 
 def test_a_folder_of_keyword_clips_trains_and_predicts_end_to_end(keyword_folder, tmp_path):
     workdir = tmp_path / "work"
-    command = ("-m", "aum_jax.main", "--config=configs/folder.py:runlocal", f"--config.data.folder={keyword_folder}",
-               "--config.data.folder_fractions=(0.6,0.2,0.2)", f"--workdir={workdir}")
+    command = ("-m", "aum_jax.main", "--config=configs/folder.py:runlocal", f"--config.data.folder.root={keyword_folder}",
+               "--config.data.folder.fractions=(0.6,0.2,0.2)", f"--workdir={workdir}")
     result = run(*command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation" in result.stdout and "\ntest " in result.stdout  # the results table.
     assert "Confusion matrix of the best model on test" in result.stdout and "yes" in result.stdout
     record = json.loads((workdir / "folder_data.json").read_text())
     assert record["classes"] == ["no", "up", "yes"] and sum(record["clips"].values()) == 30
-    prep = preprocessing.load(workdir / "model")
+    prep = model_files.load_preprocessing(workdir / "model")
     assert prep.class_names == ("no", "up", "yes") and (prep.mean, prep.std) == (record["mean"], record["std"])
     assert prep.score == "softmax" and prep.target_length == 64
 
@@ -252,17 +254,20 @@ def test_a_folder_of_keyword_clips_trains_and_predicts_end_to_end(keyword_folder
     # A later run reuses the record; a folder whose classes changed is refused.
     def config():
         c = folder_config.get_config("runlocal")
-        c.data.folder, c.data.folder_fractions = str(keyword_folder), (0.6, 0.2, 0.2)
+        c.data.folder.root, c.data.folder.fractions = str(keyword_folder), (0.6, 0.2, 0.2)
         return c
 
-    again = config()
-    folder_setup.prepare(again, workdir, folder_setup.configure(again, workdir))
+    loaded = config()
+    again = data_prepare.prepare(loaded, workdir, training=True, check=lambda c: None)
     assert (again.data.mean, again.data.std, again.data.num_classes) == (record["mean"], record["std"], 3)
+    assert (loaded.data.num_classes, loaded.data.label_csv) == (0, "")  # the loaded config is left as loaded.
+    with pytest.raises(AttributeError):
+        again.data.num_classes = 4  # the derived one is read-only.
     assert json.loads((workdir / "folder_data.json").read_text()) == record
     (keyword_folder / "stop").mkdir()
     shutil.copy(clip, keyword_folder / "stop" / "s.wav")
     try:
-        with pytest.raises(folder_source.FolderError, match="has the classes no, stop, up, yes, but .* was trained "
+        with pytest.raises(folder_layout.FolderError, match="has the classes no, stop, up, yes, but .* was trained "
                            "on no, up, yes: use another --workdir"):
             folder_setup.configure(config(), workdir)
     finally:
@@ -272,7 +277,7 @@ def test_a_folder_of_keyword_clips_trains_and_predicts_end_to_end(keyword_folder
 def test_an_empty_folder_is_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "clips").mkdir()
     result = run("-m", "aum_jax.main", "--config=configs/folder.py:runlocal",
-                 f"--config.data.folder={tmp_path / 'clips'}", f"--workdir={tmp_path / 'work'}")
+                 f"--config.data.folder.root={tmp_path / 'clips'}", f"--workdir={tmp_path / 'work'}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'clips'} has no class folders: lay the clips out as {tmp_path / 'clips'}/<class name>/"
@@ -286,7 +291,7 @@ def test_an_empty_clip_past_max_bad_fraction_is_named_on_the_error_line(tmp_path
     empty = tmp_path / "clips" / "train" / "low" / "empty.wav"
     empty.touch()
     result = run("-m", "aum_jax.main", "--config=configs/folder.py:runlocal",
-                 f"--config.data.folder={tmp_path / 'clips'}", "--config.data.max_bad_fraction=0",
+                 f"--config.data.folder.root={tmp_path / 'clips'}", "--config.data.max_bad_fraction=0",
                  f"--workdir={tmp_path / 'work'}")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (

@@ -1,4 +1,4 @@
-"""A folder of your own clips as a source: one class per folder, single-label.
+"""How a folder of your own clips is laid out: one class per folder, single-label; each clip's split.
 
     ROOT/<class name>/<clip>.wav|flac|...                       each clip's split from a hash of its path
     ROOT/train/<class name>/<clip>, ROOT/validation/..., ROOT/test/...   the splits as laid out
@@ -32,12 +32,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from absl import logging
 
 from aum_jax.core.errors import UserError
-from aum_jax.data.features import audio
-from aum_jax.data.records import ClipRecord, RecordList
 
 SPLITS = ("train", "validation", "test")
 
@@ -249,27 +246,9 @@ def _check_splits(layout: FolderLayout) -> None:
     """Raises FolderError for an empty validation split or a class without training clips."""
     if not layout.clips["validation"]:
         raise FolderError(f"{layout.root}: no clip falls in the validation split; add clips, or a validation/ "
-                          "folder, or raise the validation share (config.data.folder_fractions)")
+                          "folder, or raise the validation share (config.data.folder.fractions)")
     in_train = {label for _, label in layout.clips["train"]}
     missing = [name for i, name in enumerate(layout.class_names) if i not in in_train]
     if missing:
         raise FolderError(f"{layout.root}: class(es) {', '.join(missing)} have no training clip; add clips"
                           + ("" if layout.split_folders else " (a clip's split comes from a hash of its path)"))
-
-
-class FolderSource(RecordList):
-    """The clips of one split of a :class:`FolderLayout`, each labelled with its class folder."""
-
-    random_crops = False
-
-    def __init__(self, layout: FolderLayout, split: str):
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; a folder has {', '.join(SPLITS)}")
-        self.class_names = list(layout.class_names)
-        self.num_classes = len(self.class_names)
-        self._records = [ClipRecord(key=path, labels=(label,)) for path, label in layout.clips[split]]
-
-    def load_audio(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
-        """Decodes the clip's file with :func:`aum_jax.data.features.audio.load_waveform`."""
-        del rng
-        return audio.load_waveform(self._records[index].key)

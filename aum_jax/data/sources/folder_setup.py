@@ -1,7 +1,8 @@
 """A run on a folder of clips (``config.data.source == "folder"``): what is fixed on first use.
 
-:func:`configure` runs before the config is checked and writes nothing: it scans the folder
-(:func:`aum_jax.data.sources.folder_source.scan`) and sets the class count, drops the test split when the
+Both functions set the run's derived config (:func:`aum_jax.data.sources.prepare.prepare`), never
+the loaded one. :func:`configure` runs before the config is checked and writes nothing: it scans
+the folder (:func:`aum_jax.data.sources.folder_layout.scan`) and sets the class count, drops the test split when the
 folder has no test clips, takes the model and its input features from an aum-jax model
 directory in ``config.init.checkpoint`` (``config.init.adopt_model_dir``) and picks the input
 length (``config.data.audio_length`` 0: the longest training clip). :func:`prepare` runs after
@@ -20,6 +21,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,10 @@ from tqdm import tqdm
 
 from aum_jax.checkpoints import model_files
 from aum_jax.core import storage
-from aum_jax.data.features import audio, kaldi, norm_stats, preprocessing
-from aum_jax.data.sources import datasets, folder_source
-from aum_jax.training import config_checks
+from aum_jax.data.features import audio, kaldi
+from aum_jax.data.records import AudioSource
+from aum_jax.data.sources import folder_layout
+from aum_jax.data.sources.base import DataNotFoundError
 from aum_jax.training import workdir as workdir_lib
 
 LABELS_FILE = "labels.csv"
@@ -44,31 +47,26 @@ ADOPTED_MODEL_FIELDS = ("embed_dim", "depth", "bimamba_type", "d_state", "d_conv
 ADOPTED_FEATURES = ("feature", "sample_rate", "num_mel_bins", "frame_shift_ms", "epic_window_ms", "epic_hop_ms")
 
 
-def _read_record(workdir: Path) -> dict[str, Any] | None:
-    path = workdir / RECORD_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def configure(config: ml_collections.ConfigDict, workdir: Path) -> folder_source.FolderLayout:
-    """Scans ``config.data.folder`` and sets what follows from it in ``config`` (see the module docstring).
+def configure(config: ml_collections.ConfigDict, workdir: Path) -> folder_layout.FolderLayout:
+    """Scans ``config.data.folder.root`` and sets what follows from it in ``config`` (see the module docstring).
 
     Raises:
-      ConfigError: no folder given, or an ``init.checkpoint`` model directory that cannot be read.
+      ModelDirectoryError: an ``init.checkpoint`` model directory that cannot be read.
       DataNotFoundError: the folder does not exist.
-      FolderError: a folder that cannot serve (see :func:`aum_jax.data.sources.folder_source.scan`), or
+      FolderError: no folder given, a folder that cannot serve (see :func:`aum_jax.data.sources.folder_layout.scan`), or
         one whose classes differ from those the workdir was trained on.
     """
     data = config.data
-    if not data.folder:
-        raise config_checks.ConfigError("config.data.folder is empty: pass --config.data.folder=PATH, a folder of "
-                                        "PATH/<class name>/<clip>.wav")
+    if not data.folder.root:
+        raise folder_layout.FolderError("config.data.folder.root is empty: pass --config.data.folder.root=PATH, a "
+                                        "folder of PATH/<class name>/<clip>.wav")
     try:
-        layout = folder_source.scan(data.folder, data.folder_fractions, data.folder_extensions)
+        layout = folder_layout.scan(data.folder.root, data.folder.fractions, data.folder.extensions)
     except FileNotFoundError as e:
-        raise datasets.DataNotFoundError(f"{e} (config.data.folder)") from e
-    record = _read_record(workdir)
+        raise DataNotFoundError(f"{e} (config.data.folder.root)") from e
+    record = storage.read_json(workdir / RECORD_FILE)
     if record is not None and record["classes"] != list(layout.class_names):
-        raise folder_source.FolderError(
+        raise folder_layout.FolderError(
             f"{layout.root} has the classes {', '.join(layout.class_names)}, but {workdir} was trained on "
             f"{', '.join(record['classes'])}: use another --workdir")
     data.num_classes = len(layout.class_names)
@@ -92,9 +90,9 @@ def _adopt(config: ml_collections.ConfigDict, checkpoint: str) -> None:
         return  # a .pth source: config.model says what to build.
     try:
         source = model_files.load_config(directory)
-        prep = preprocessing.load(directory)
+        prep = model_files.load_preprocessing(directory)
     except ValueError as e:
-        raise config_checks.ConfigError(f"config.init.checkpoint={checkpoint}: {e}") from e
+        raise model_files.ModelDirectoryError(f"config.init.checkpoint={checkpoint}: {e}") from e
     for name in ADOPTED_MODEL_FIELDS:
         config.model[name] = getattr(source, name)
     if prep is not None:
@@ -109,9 +107,9 @@ def _adopt(config: ml_collections.ConfigDict, checkpoint: str) -> None:
                  source.depth, config.data.num_mel_bins)
 
 
-def _longest_clip_frames(config: ml_collections.ConfigDict, layout: folder_source.FolderLayout) -> int:
+def _longest_clip_frames(config: ml_collections.ConfigDict, layout: folder_layout.FolderLayout) -> int:
     """Frames of the longest readable training clip, at least one patch and at most
-    ``data.folder_max_audio_length``, in whole time strides of the patch grid."""
+    ``data.folder.max_audio_length``, in whole time strides of the patch grid."""
     data = config.data
     longest = 0.0
     for path, _ in tqdm(layout.clips["train"], desc="clip lengths", unit="clip", leave=False):
@@ -125,8 +123,8 @@ def _longest_clip_frames(config: ml_collections.ConfigDict, layout: folder_sourc
     else:
         frames = 1 + int((longest * 1000 - kaldi.FRAME_LENGTH_MS) // data.frame_shift_ms)
     patch, stride = config.model.patch_size[1], config.model.strides[1]
-    frames = patch + math.ceil(max(0, min(frames, data.folder_max_audio_length) - patch) / stride) * stride
-    if frames > max(patch, data.folder_max_audio_length):
+    frames = patch + math.ceil(max(0, min(frames, data.folder.max_audio_length) - patch) / stride) * stride
+    if frames > max(patch, data.folder.max_audio_length):
         frames -= stride
     logging.info("audio_length %d frames: the longest training clip is %.2f s", frames, longest)
     return frames
@@ -138,18 +136,19 @@ def _write(path: Path, text: str) -> None:
         storage.write_text(path, text)
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: Path, layout: folder_source.FolderLayout) -> None:
-    """On first use, the training split's statistics and the record; the label CSV; ``config.data`` set to them.
+def prepare(config: ml_collections.ConfigDict, workdir: Path, layout: folder_layout.FolderLayout,
+            train: AudioSource, statistics: Callable[..., Any]) -> None:
+    """On first use, the statistics of ``train`` (the layout's training clips) and the record; the label CSV;
+    ``config.data`` set to them. ``statistics`` is :func:`aum_jax.data.features.norm_stats.fbank_statistics`.
 
     Raises:
       BadInputError: too many training clips cannot be read.
       WorkdirNotWritableError: the workdir cannot be written.
     """
     data = config.data
-    record = _read_record(workdir)
+    record = storage.read_json(workdir / RECORD_FILE)
     if record is None:
-        train = folder_source.FolderSource(layout, "train")
-        stats = norm_stats.fbank_statistics(data, "train", data.stats_batch_size, source=train)
+        stats = statistics(data, "train", data.folder.stats_batch_size, source=train)
         record = {"folder": str(layout.root), "classes": list(layout.class_names),
                   "clips": {split: len(clips) for split, clips in layout.clips.items()},
                   "split_folders": layout.split_folders, "audio_length": data.audio_length,

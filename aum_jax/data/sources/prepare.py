@@ -1,0 +1,67 @@
+"""The data a run reads, fixed once: the loaded config stays as loaded, the run gets a derived,
+read-only one.
+
+:func:`prepare` copies the loaded config and sets in the copy what follows from the data: the
+source kind's derived values (a folder's class count, label CSV, input length and statistics,
+:mod:`aum_jax.data.sources.folder_setup`) and the generated demo dataset's paths
+(:mod:`aum_jax.data.demo.demo_data`, when ``config.demo.generate``). The values it derives are
+kept where they were made (``WORKDIR/folder_data.json``, the demo cache), so a later run derives
+the same ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from aum_jax.configs import data as data_configs
+from aum_jax.data.demo import demo_data
+from aum_jax.data.features import norm_stats
+from aum_jax.data.sources import registry
+
+
+def _point_at_demo_data(config: ml_collections.ConfigDict) -> None:
+    """Generates (or reuses) the eSpeak demo dataset of ``config.demo`` and points ``config.data`` at it."""
+    demo = config.demo
+    dataset = demo_data.generate_demo_dataset(
+        os.path.expanduser(demo.cache_dir) if demo.cache_dir else demo_data.default_cache_dir(),
+        seed=demo.seed,
+        clips_per_word=demo.clips_per_word,
+        valid_clips_per_word=demo.valid_clips_per_word,
+        eval_clips_per_word=demo.eval_clips_per_word,
+        show_progress=jax.process_index() == 0,
+    )
+    config.data.train_datafile = str(dataset.train_json)
+    config.data.validation_datafile = str(dataset.valid_json or dataset.eval_json)
+    config.data.test_datafile = str(dataset.eval_json)
+    config.data.label_csv = str(dataset.label_csv)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: Path, *, training: bool,
+            check: Callable[[ml_collections.ConfigDict], None]) -> ml_collections.FrozenConfigDict:
+    """The run's config: ``config`` with the values its data fixes, read-only; ``config`` is not changed.
+
+    In order: the source kind's values that follow from the data (nothing written), ``check`` of
+    the derived config (before anything is written), the demo dataset and the kind's first-use
+    files, and the check that every file the run reads exists (the splits of training when
+    ``training``, and ``config.eval``'s).
+
+    Raises:
+      DataNotFoundError: a file the run reads does not exist; the message says how to make it.
+      Exception: what ``check`` and the kind raise (e.g. :mod:`aum_jax.data.sources.folder_setup`'s errors).
+    """
+    derived = copy.deepcopy(config)
+    kind = registry.kind_of(derived.data)
+    configured = kind.configure(derived, workdir)
+    check(derived)
+    if derived.get("demo") and derived.demo.generate:
+        _point_at_demo_data(derived)
+    kind.prepare(derived, workdir, configured, norm_stats.fbank_statistics)
+    splits = (["train"] if training else []) + [s for s in (derived.eval.split, derived.eval.test_split) if s]
+    registry.check_files(derived.data, splits, data_configs.prep_step(derived.data.name))
+    return ml_collections.FrozenConfigDict(derived)
