@@ -1,47 +1,40 @@
 """The one definition of a model's input, and what its output means, stored beside its weights.
 
 :class:`Preprocessing` turns a waveform into the model's input: resampled to the model's
-rate, fbank (:mod:`aum_jax.data.features.kaldi`, or EPIC-Sounds' librosa log-mel), padded or cut to
+rate, fbank (:mod:`aum_jax.data.features.kaldi`, or EPIC-Sounds' log-mel:
+:mod:`aum_jax.data.features.epic_logmel`), padded or cut to
 ``target_length`` frames, then normalised with the training set's statistics. The training
-pipeline's stages (:mod:`aum_jax.data.pipeline.clip_stages`) call its :meth:`~Preprocessing.resample`,
+pipeline's stages (:mod:`aum_jax.data.pipeline.stages`) call its :meth:`~Preprocessing.resample`,
 :meth:`~Preprocessing.spectrogram` and :meth:`~Preprocessing.normalize`, with the
 augmentations in between; :mod:`aum_jax.predict` calls :meth:`~Preprocessing.features`.
 
 A model directory holds ``preprocessing.json`` next to ``config.json``: these settings,
 the class names and the training loss (which says whether a score is a sigmoid, for
 multi-label models, or a softmax, for single-label ones). Training writes it from the
-data config, the converter from ``--dataset`` or explicit statistics, and
-``aum_jax.predict`` and ``aum_jax.export`` read it, so a model is used as it was trained.
+data config (:func:`aum_jax.data.sources.labels.training_preprocessing`), the converter
+from ``--dataset`` or explicit statistics, and ``aum_jax.predict`` and ``aum_jax.export``
+read it (:func:`aum_jax.checkpoints.model_files.load_preprocessing`), so a model is used as
+it was trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
 
 from aum_jax.core.errors import UserError
-from aum_jax.data.features import audio, kaldi
-from aum_jax.data.sources import datasets
+from aum_jax.data.features import audio, epic_logmel, kaldi
 
-PREPROCESSING_FILE = "preprocessing.json"
 SCORES = {"BCE": "sigmoid", "CE": "softmax"}  # training loss -> score of a prediction.
 LOGITS = "logits"  # the "score" of a model whose training loss is unknown: raw logits.
 # The rate each feature's recipes prepare their audio at.
 RECIPE_SAMPLE_RATES = {"kaldi_fbank": 16_000, "epic_logmel": 24_000}
 # AudioSet's fbank statistics (the original's --dataset_mean/--dataset_std default).
 AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
-
-
-class LabelNamesError(UserError, ValueError):
-    """A label CSV whose names do not match the configured class count."""
 
 
 class MissingStatisticsError(UserError, ValueError):
@@ -78,45 +71,6 @@ def pad_or_cut(fbank: np.ndarray, target_length: int, mode: str = "constant") ->
         raise ValueError(f"target_length must be positive, got {target_length}")
     missing = target_length - fbank.shape[0]
     return np.pad(fbank, ((0, missing), (0, 0)), mode=mode) if missing > 0 else fbank[:target_length]
-
-
-def epic_log_mel(samples: np.ndarray, sample_rate: int, num_mel_bins: int, window_ms: float,
-                 hop_ms: float) -> np.ndarray:
-    """EPIC-Sounds log-mel spectrogram, as the original EPIC loader computes it.
-
-    librosa STFT (n_fft 2048, Hann window of ``window_ms``, hop ``hop_ms``, centred
-    with zero padding), magnitude, HTK mel filters without normalisation,
-    ``log(mel + 1e-6)``.
-
-    Args:
-      samples: ``(samples,)`` float32.
-      sample_rate: in Hz (24 kHz for EPIC-Sounds).
-      num_mel_bins: mel bands.
-      window_ms: window length in milliseconds.
-      hop_ms: hop in milliseconds.
-
-    Returns:
-      ``(frames, num_mel_bins)`` float32, ``frames = 1 + samples // hop``.
-    """
-    import librosa  # slow import; only EPIC-Sounds needs it.
-
-    spec = librosa.stft(
-        samples,
-        n_fft=2048,
-        window="hann",
-        hop_length=int(round(hop_ms * sample_rate / 1e3)),
-        win_length=int(round(window_ms * sample_rate / 1e3)),
-        pad_mode="constant",
-    )
-    mel_basis = _librosa_mel(sample_rate, num_mel_bins)
-    return np.log(mel_basis @ np.abs(spec) + 1e-6).T.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def _librosa_mel(sample_rate: int, num_mel_bins: int) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(sr=sample_rate, n_fft=2048, n_mels=num_mel_bins, htk=True, norm=None)
 
 
 _NUMBER = ((int, float), "a number")
@@ -258,9 +212,6 @@ class Preprocessing:
         values["class_names"] = tuple(names)
         return cls(**values)
 
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
-
     # ------------------------------------------------------------------ features
 
     def resample(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -278,7 +229,7 @@ class Preprocessing:
         """
         waveform = self.resample(waveform, sample_rate)
         if self.feature == "epic_logmel":
-            spec = epic_log_mel(waveform[0], self.sample_rate, self.num_mel_bins, self.epic_window_ms,
+            spec = epic_logmel.epic_log_mel(waveform[0], self.sample_rate, self.num_mel_bins, self.epic_window_ms,
                                 self.epic_hop_ms)
             return np.array(pad_or_cut(spec, self.target_length, "edge"), np.float32)
         spec = kaldi.fbank_from_waveform(waveform, self.sample_rate, self.num_mel_bins, self.frame_shift_ms)
@@ -301,41 +252,3 @@ class Preprocessing:
         The evaluation pipeline's steps: :meth:`spectrogram`, then :meth:`normalize`.
         """
         return self.normalize(self.spectrogram(waveform, sample_rate))
-
-
-def save(preprocessing: Preprocessing, directory: str | os.PathLike) -> None:
-    """Writes ``directory/preprocessing.json``."""
-    preprocessing.save(Path(directory) / PREPROCESSING_FILE)
-
-
-def load(directory: str | os.PathLike) -> Preprocessing | None:
-    """The preprocessing stored in a model directory, or None for a model without one."""
-    path = Path(directory) / PREPROCESSING_FILE
-    if not path.is_file():
-        return None
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable JSON file: {e}") from e
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a JSON object, not {type(values).__name__}")
-    try:
-        return Preprocessing.from_dict(values)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from e
-
-
-def for_training(config: ml_collections.ConfigDict) -> Preprocessing:
-    """The preprocessing of a training config: its data settings, loss and label names.
-
-    Raises:
-      LabelNamesError: ``config.data.label_csv`` names another number of classes than
-        ``config.data.num_classes``.
-    """
-    names: list[str] = []
-    if config.data.get("label_csv"):
-        names = datasets.load_label_csv(os.path.expanduser(config.data.label_csv))[1]
-        if len(names) != config.data.num_classes:
-            raise LabelNamesError(f"config.data.label_csv={config.data.label_csv} names {len(names)} classes, but "
-                                  f"config.data.num_classes is {config.data.num_classes}")
-    return Preprocessing.from_data_config(config.data, config.train.loss, names)
