@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from aum_jax.data.pipeline import input_pipeline
-from aum_jax.data.sources import datasets
+from aum_jax.data.records import AudioSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Statistics:
 
 
 def fbank_statistics(data: ml_collections.ConfigDict, split: str, batch_size: int, *,
-                     source: datasets.AudioSource | None = None, show_progress: bool = True) -> Statistics:
+                     source: AudioSource | None = None, show_progress: bool = True) -> Statistics:
     """The statistics of ``split`` of the data config ``data``, read in this process alone.
 
     Raises:
