@@ -87,6 +87,7 @@ def _trim(audio: np.ndarray) -> np.ndarray:
 
 def _coloured_noise(rng: np.random.Generator, beta: float, n: int) -> np.ndarray:
     """Unit-RMS noise with power spectrum ~ 1/f**beta."""
+    # Hand-written: NumPy and SciPy generate no coloured noise; white noise shaped in the rFFT domain.
     spectrum = np.fft.rfft(rng.standard_normal(n))
     freqs = np.fft.rfftfreq(n)
     freqs[0] = freqs[1]

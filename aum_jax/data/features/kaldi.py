@@ -1,5 +1,8 @@
 """Kaldi-compatible log-mel filterbank (NumPy only, no torch at run time).
 
+Hand-written rather than librosa's or python_speech_features' fbank: those differ from torchaudio's
+(filter edges, frame layout, float32 rounding), and the model was trained on torchaudio's.
+
 This module reproduces the log-mel filterbank features that the original AuM data
 loader feeds to the model, i.e. ``torchaudio.compliance.kaldi.fbank`` called with::
 

@@ -34,6 +34,7 @@ def frequency_warp(spec: np.ndarray, factor: float, sample_rate: float) -> np.nd
     step = (mel_high - mel_low) / (bins + 1)
     centres = 700.0 * np.expm1((mel_low + step * np.arange(1, bins + 1)) / 1127.0)
     source = np.clip((_mel(centres / factor) - mel_low) / step - 1.0, 0.0, bins - 1)
+    # A gather and a float32 lerp over all frames at once (np.interp works row by row, in float64).
     below = np.minimum(np.floor(source).astype(np.int64), bins - 2)
     weight = (source - below).astype(np.float32)
     return (spec[:, below] * (1.0 - weight) + spec[:, below + 1] * weight).astype(np.float32)
