@@ -20,14 +20,13 @@ artifact could not be used as it was trained. ``--checkpoint`` is the old name o
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before JAX and TensorFlow load.
+logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -37,8 +36,9 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from aum_jax.checkpoints import model_files  # noqa: E402
+from aum_jax.cli import command  # noqa: E402
+from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.core import storage  # noqa: E402
-from aum_jax.data.features import preprocessing  # noqa: E402
 from aum_jax.models import AudioMamba  # noqa: E402
 
 PLATFORMS = ("cpu", "cuda")  # the default: one artifact for CPU and CUDA servers.
@@ -117,9 +117,9 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
     cfg = model.config
     if cfg.num_classes == 0:
         raise ValueError(f"{model_dir}: the model has no classification head to export")
-    prep = preprocessing.load(model_dir)
+    prep = model_files.load_preprocessing(model_dir)
     if prep is None or not prep.has_statistics or not prep.loss:
-        missing = (f"no {preprocessing.PREPROCESSING_FILE}" if prep is None else
+        missing = (f"no {model_files.PREPROCESSING_FILE}" if prep is None else
                    "no normalisation statistics" if not prep.has_statistics else "no training loss")
         raise ValueError(f"{model_dir} has {missing}, so the artifact's input and scores would be unknown; store them "
                          "with python scripts/convert_checkpoint.py ... --dataset NAME (or --mean/--std/--loss)")
@@ -146,33 +146,30 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
 
 
 def parse_flags(argv: list[str]) -> argparse.Namespace:
-    parser = console.argument_parser("python -m aum_jax.export", "Writes a model's forward pass as a serialised "
+    parser = cli_flags.argument_parser("python -m aum_jax.export", "Writes a model's forward pass as a serialised "
                                      "jax.export artifact (CPU and CUDA).", __doc__)
-    console.add_model_dir_flag(parser)
+    cli_flags.add_model_dir_flag(parser)
     parser.add_argument("--output", required=True, help="the artifact to write, e.g. model.jaxexport")
     parser.add_argument("--batch", type=int, help="fixed batch size (default: a symbolic batch dimension)")
     parser.add_argument("--platforms", default=",".join(PLATFORMS),
                         help=f"comma-separated lowering platforms among {', '.join(KNOWN_PLATFORMS)} (default: cpu,cuda)")
-    console.add_no_verify_flag(parser)
+    cli_flags.add_no_verify_flag(parser)
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
-    console.configure(args.verbosity)
+    logs.configure(args.verbosity)
     if args.batch is not None and args.batch <= 0:
         parser.error("--batch must be positive")
     return args
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        artifact, sidecar = write_export(args.model_dir, args.output, args.batch, args.platforms.split(","),
-                                         verify=not args.no_verify)
-    except (OSError, ValueError) as e:  # ModelDirectoryError among them.
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
+    artifact, sidecar = write_export(args.model_dir, args.output, args.batch, args.platforms.split(","),
+                                     verify=not args.no_verify)
     print(f"Wrote {artifact} ({artifact.stat().st_size / 1e6:.1f} MB, platforms {args.platforms}, "
           f"batch {args.batch or 'symbolic'})\nWrote {sidecar}")
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    # A model directory that cannot be read or an output that cannot be written is the user's: one error: line.
+    app.run(command.guard(main, also=(OSError, ValueError)), flags_parser=parse_flags)

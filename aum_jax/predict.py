@@ -47,9 +47,9 @@ its destination atomically: a kill or a full disk leaves the old file, or none.
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before TensorFlow loads.
+logs.quiet_native_logs()  # before TensorFlow loads.
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -60,9 +60,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from aum_jax.checkpoints import model_files  # noqa: E402
+from aum_jax.cli import command  # noqa: E402
+from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.core import storage  # noqa: E402
 from aum_jax.data.features import audio, preprocessing  # noqa: E402
-from aum_jax.data.sources.datasets import load_label_csv  # noqa: E402
+from aum_jax.data.sources.labels import load_label_csv  # noqa: E402
 from aum_jax.inference import (  # noqa: E402
     embeddings,
     plot,
@@ -72,10 +74,10 @@ from aum_jax.ops import SCAN_IMPLS  # noqa: E402
 
 
 def parse_flags(argv: list[str]) -> argparse.Namespace:
-    parser = console.argument_parser("python -m aum_jax.predict", "Runs an aum-jax model on audio files or fbank "
+    parser = cli_flags.argument_parser("python -m aum_jax.predict", "Runs an aum-jax model on audio files or fbank "
                                      "features.", __doc__)
-    console.add_model_dir_flag(parser)
-    console.add_no_verify_flag(parser)
+    cli_flags.add_model_dir_flag(parser)
+    cli_flags.add_no_verify_flag(parser)
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--features", help=".npy of normalised fbank features, float32 (B, T, F)")
     inputs.add_argument("--audio", nargs="+", help="audio files to classify")
@@ -110,7 +112,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
-    console.configure(args.verbosity)
+    logs.configure(args.verbosity)
     if (args.mean is None) != (args.std is None):
         parser.error("--mean and --std go together")
     if args.batch_size <= 0 or args.top_k <= 0:
@@ -132,9 +134,9 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
 def _preprocessing(args: argparse.Namespace, model_dir: str, num_classes: int, num_mel_bins: int,
                    audio_length: int) -> preprocessing.Preprocessing:
     """The model's stored preprocessing with the flags' overrides; a model without one is said so."""
-    prep = preprocessing.load(model_dir)
+    prep = model_files.load_preprocessing(model_dir)
     if prep is None:
-        print(f"note: {model_dir} has no {preprocessing.PREPROCESSING_FILE}: "
+        print(f"note: {model_dir} has no {model_files.PREPROCESSING_FILE}: "
               + ("scores by --loss" if args.loss else "printing raw logits (--loss BCE or CE gives scores)")
               + (f"; audio becomes a Kaldi fbank at {preprocessing.RECIPE_SAMPLE_RATES['kaldi_fbank']} Hz"
                  if args.audio else ""), file=sys.stderr)
@@ -244,21 +246,17 @@ def _run_embeddings(args: argparse.Namespace, model, prep) -> int:
 
 def main(args: argparse.Namespace) -> int:
     if args.features and not os.path.isfile(args.features):
-        print(f"error: features file {args.features} does not exist", file=sys.stderr)
-        return 1
+        raise FileNotFoundError(f"features file {args.features} does not exist")
     overrides = {"scan_impl": args.scan_impl} if args.scan_impl else {}
-    try:
-        model_dir = model_files.model_directory(args.model_dir)
-        model = model_files.load_model(model_dir, verify=not args.no_verify, **overrides)
-        cfg = model.config
-        prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)
-        if args.embeddings:
-            return _run_embeddings(args, model, prep)
-        return _run_audio(args, model, prep) if args.audio else _run_features(args, model, prep)
-    except (OSError, ValueError) as e:  # AudioLoadError and ModelDirectoryError among them.
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
+    model_dir = model_files.model_directory(args.model_dir)
+    model = model_files.load_model(model_dir, verify=not args.no_verify, **overrides)
+    cfg = model.config
+    prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)
+    if args.embeddings:
+        return _run_embeddings(args, model, prep)
+    return _run_audio(args, model, prep) if args.audio else _run_features(args, model, prep)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    # A file that cannot be read or a value that does not fit the model is the user's: one error: line.
+    app.run(command.guard(main, also=(OSError, ValueError)), flags_parser=parse_flags)

@@ -86,6 +86,7 @@ def get_train_config(num_epochs: int, loss: str, metric: str) -> ml_collections.
     c.num_steps = -1  # > 0: stop after this many steps instead of num_epochs.
     c.steps_per_epoch = -1  # -1: training clips // global batch.
     c.loss = loss  # --loss: "BCE" (sigmoid, multi-label and mixup) or "CE" (softmax, argmax label).
+    c.objective = "supervised"  # what a step minimises, by name in aum_jax.training.objectives.OBJECTIVES; "supervised": the label loss (the original).
     c.metric = metric  # --metrics: picks the best model; "mAP", "mAUC", "d_prime", "accuracy" (higher is better) or "loss" (lower is better).
     c.seed = 0  # model initialisation seed (the data seed is config.data.seed).
     c.log_every = 100  # --n-print-steps: steps between logged training scalars.

@@ -23,10 +23,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -81,6 +83,16 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Replaces ``path`` with ``text`` (UTF-8) atomically (see :func:`staged_file`)."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value stored in ``path`` (UTF-8), or None when there is no such file.
+
+    Raises:
+      OSError, UnicodeDecodeError, json.JSONDecodeError: a file that cannot be read as JSON.
+    """
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _backup_name(path: Path) -> Path:

@@ -14,9 +14,10 @@ import ml_collections
 from aum_jax.core.errors import UserError
 from aum_jax.checkpoints import convert, pretrained
 from aum_jax.core import sharding
-from aum_jax.data.pipeline.clip_stages import FeatureOptions
+from aum_jax.data.pipeline import clip_stages
 from aum_jax.evaluation import evaluate
 from aum_jax.models import AuMConfig
+from aum_jax.training import objectives
 
 
 class ConfigError(UserError, ValueError):
@@ -27,8 +28,8 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     """Raises :class:`ConfigError` for the first value of ``config`` that ``mode`` ("train", "eval") cannot use.
 
     Checked: positive batch sizes and step counts, the metric that picks the best model (one
-    that evaluation reports), the fine-tuning source (it exists; a model directory's files are
-    valid), the share of bad clips allowed, the model's settings
+    that evaluation reports), the training objective (a registered one), the fine-tuning
+    source (it exists; a model directory's files are valid), the share of bad clips allowed, the model's settings
     (``AuMConfig``), the data's feature and augmentation settings, and that the devices of the
     mesh divide the batches.
     """
@@ -42,6 +43,9 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
             raise ConfigError(f"config.{key}={value}: must be positive")
     if mode == "train":
         _check_metric(train.metric)
+        if train.objective not in objectives.OBJECTIVES:
+            raise ConfigError(f"config.train.objective={train.objective!r} is no training objective; choose from "
+                              f"{', '.join(objectives.OBJECTIVES)}")
         try:
             pretrained.check_source(config.init)
         except convert.CheckpointError as e:
@@ -53,7 +57,7 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config.model.{e}") from e
     try:
-        FeatureOptions.from_config(data, train=mode == "train")
+        clip_stages.check(data, train=mode == "train")
     except ValueError as e:
         raise ConfigError(f"config.data: {e}") from e
     try:

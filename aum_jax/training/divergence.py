@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from aum_jax.core import storage
 from aum_jax.core.errors import UserError
 from aum_jax.training import run_checkpoints
 from aum_jax.training import workdir as workdir_lib
@@ -49,9 +50,9 @@ def knobs(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def check_resume(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """Refuses to resume a diverged run with unchanged settings; accepts changed ones."""
     path = workdir / workdir_lib.DIVERGED_FILE
-    if not path.is_file():
+    record = storage.read_json(path)
+    if record is None:
         return
-    record = json.loads(path.read_text())
     changed = {k: (record["knobs"].get(k), v) for k, v in knobs(config).items() if record["knobs"].get(k) != v}
     if not changed:
         raise DivergedWorkdirError(
@@ -140,7 +141,7 @@ class Watch:
         if jax.process_index() == 0:
             record = {"stopped_at_step": step, "first_bad_step": first_bad, "what": what, "kept_step": kept,
                       "knobs": knobs(self._config)}
-            path.write_text(json.dumps(record, indent=1))
+            storage.write_text(path, json.dumps(record, indent=1))
         raise NonFiniteLossError(
             f"training diverged: {what}; stopped at step {step}. "
             + (f"Kept the checkpoint of step {kept}, from before the divergence. " if kept

@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 
 from aum_jax.core.errors import UserError
 from aum_jax.checkpoints import model_files
-from aum_jax.cli import console
+from aum_jax.core import logs
 from aum_jax.training import workdir as workdir_lib
 
 MODEL, OPTIMIZER, ITER = "model", "optimizer", "iter"
@@ -222,7 +222,7 @@ def restore(
         for name, state in states.items():
             nnx.replace_by_pure_dict(state, restored[name])
             nnx.update(nodes[name], state)
-        console.line(f"Restored the checkpoint of step {step} from {manager.directory}")
+        logs.line(f"Restored the checkpoint of step {step} from {manager.directory}")
         return step
     if steps and only_step is None:
         logging.warning("No readable checkpoint left in %s: starting from scratch", manager.directory)

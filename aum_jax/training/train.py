@@ -30,7 +30,6 @@ restored from; TensorBoard gets the same counts, under ``train/*``, ``validation
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import threading
@@ -48,16 +47,15 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from aum_jax.checkpoints import model_files, pretrained
-from aum_jax.cli import console
-from aum_jax.core import sharding, storage
-from aum_jax.data.features import audio, preprocessing
+from aum_jax.core import logs, sharding, storage
+from aum_jax.data.features import audio
 from aum_jax.data.pipeline import batching, input_pipeline
-from aum_jax.data.sources import datasets
-from aum_jax.evaluation import confusion, evaluate
+from aum_jax.data.records import AudioSource
+from aum_jax.data.sources import labels, registry
+from aum_jax.evaluation import evaluate, report as report_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
-from aum_jax.training import divergence, run_checkpoints
+from aum_jax.training import divergence, run_checkpoints, update
 from aum_jax.training import workdir as workdir_lib
-from aum_jax.training.update import learning_rate_schedule, make_optimizer, train_step  # noqa: F401 (train.train_step)
 
 ALREADY_TRAINED = "already_trained"  # key of a returned report: the workdir was finished before.
 
@@ -120,10 +118,6 @@ def _every(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _input_counts(train_iter: batching.BatchIterator) -> dict[str, int]:
     """Skipped clips by kind, summed over processes."""
     counts = np.array([train_iter.skipped_by_kind.get(k, 0) for k in audio.BAD_INPUT_KINDS], np.int64)
@@ -143,7 +137,7 @@ def _log_window(writer: metric_writers.MetricWriter, step: int, num_steps: int, 
     scalars.update({f"input/skipped_clips_{k}": n for k, n in _input_counts(train_iter).items()})
     scalars.update({f"train/{k}": v for k, v in means.items()})
     writer.write_scalars(step, scalars)
-    console.line(f"step {step}/{num_steps}  loss {scalars.get('train/loss', float('nan')):.4f}  "
+    logs.line(f"step {step}/{num_steps}  loss {scalars.get('train/loss', float('nan')):.4f}  "
                  f"lr {scalars['train/lr']:.2e}" + (f"  skipped {skipped}" if skipped else ""))
 
 
@@ -152,7 +146,7 @@ class Plan:
     """What a run will do, worked out before anything is written."""
 
     mesh: jax.sharding.Mesh
-    source: datasets.AudioSource  # the training clips.
+    source: AudioSource  # the training clips.
     steps_per_epoch: int
     num_steps: int
     eval_every: int
@@ -169,7 +163,7 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     global_batch_size = sharding.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
     sharding.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     logging.info("Mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
-    source = datasets.make_source(config.data, "train")
+    source = registry.make_source(config.data, "train")
     steps_per_epoch = train_cfg.steps_per_epoch
     if steps_per_epoch <= 0:
         steps_per_epoch = max(1, len(source) // global_batch_size)
@@ -187,8 +181,8 @@ class _Results:
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh,
                  writer: metric_writers.MetricWriter):
         self._config, self._workdir, self._mesh, self._writer = config, workdir, mesh, writer
-        self._preprocessing = preprocessing.for_training(config)  # stored beside the model.
-        self.best = _read_json(workdir / workdir_lib.BEST_FILE)
+        self._preprocessing = labels.training_preprocessing(config)  # stored beside the model.
+        self.best = storage.read_json(workdir / workdir_lib.BEST_FILE)
         self.final: dict[str, Any] | None = None
         self.last_step: int | None = None
 
@@ -205,23 +199,21 @@ class _Results:
                                preprocessing=self._preprocessing)
 
     def _save_confusion(self, outputs: evaluate.Outputs, split: str) -> None:
-        if self._config.eval.confusion_matrix and jax.process_index() == 0:
-            counts = confusion.confusion_matrix(outputs)
-            names = list(self._preprocessing.class_names) or [str(i) for i in range(len(counts))]
-            confusion.save(counts, names, self._workdir, split)
+        if self._config.eval.confusion_matrix:
+            report_lib.save_confusion(outputs, self._preprocessing.class_names, self._workdir, split)
 
     def validate(self, step: int, model: AudioMamba) -> None:
         """Evaluates ``config.eval.split``; a better model by ``config.train.metric`` (higher, or lower for
         the loss: :data:`aum_jax.evaluation.evaluate.METRIC_DIRECTIONS`) than the best so far replaces it."""
         split, metric = self._config.eval.split, self._config.train.metric
         result, outputs = self._evaluate(model, split, step)
-        console.line(f"step {step} {split}: {console.format_metrics(result)}")
+        logs.line(f"step {step} {split}: {report_lib.format_metrics(result)}")
         self.final, self.last_step = {"step": step, **result}, step
         if self.best is None or evaluate.is_better(metric, result[metric], self.best[metric]):
             self.best = {"step": step, **result}
             self.save_model(model)
             if jax.process_index() == 0:
-                storage.write_text(self._workdir / workdir_lib.BEST_FILE, evaluate.to_json(self.best))
+                storage.write_text(self._workdir / workdir_lib.BEST_FILE, report_lib.to_json(self.best))
             if not self._config.eval.test_split:
                 self._save_confusion(outputs, split)
 
@@ -266,7 +258,7 @@ def _restore_finished_model(config: ml_collections.ConfigDict, workdir: Path, re
         raise MissingModelError(f"{workdir / workdir_lib.REPORT_FILE} says training finished, but {model_dir}/ is "
                                 f"missing and no checkpoint of its {kind} step {step} remains; train again in a "
                                 "new --workdir")
-    model_files.save_model(model, model_dir, preprocessing=preprocessing.for_training(config))
+    model_files.save_model(model, model_dir, preprocessing=labels.training_preprocessing(config))
     logging.warning("%s was missing: restored it from the checkpoint of its %s step %d", model_dir, kind, step)
 
 
@@ -289,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """
     workdir = Path(workdir).absolute()
     run = plan(config)
-    finished = _read_json(workdir / workdir_lib.REPORT_FILE)
+    finished = storage.read_json(workdir / workdir_lib.REPORT_FILE)
     if finished is not None and finished.get("step", -1) >= run.num_steps:  # nothing to do: keep the results.
         _restore_finished_model(config, workdir, finished)
         return {**finished, ALREADY_TRAINED: True}
@@ -320,8 +312,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
                  count_params(model) / 1e6)
 
     # ---------------------------------------------------------------- update
-    schedule = learning_rate_schedule(config.optimizer, run.steps_per_epoch)
-    tx = make_optimizer(config.optimizer, schedule)
+    schedule = update.learning_rate_schedule(config.optimizer, run.steps_per_epoch)
+    tx = update.make_optimizer(config.optimizer, schedule)
     optimizer = nnx.jit(lambda m: sharding.constrain(nnx.Optimizer(m, tx, wrt=nnx.Param), replicated))(model)
 
     # ---------------------------------------------------------------- checkpoint
@@ -331,7 +323,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
         writer.write_scalars(step, {"train/restored_from_step": restored_from})
     elif config.init.checkpoint:  # a new run starts from a pretrained source.
         source = pretrained.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed,
-                                                 class_names=preprocessing.for_training(config).class_names)
+                                                 class_names=labels.training_preprocessing(config).class_names)
         nnx.update(model, sharding.replicate(nnx.state(source, nnx.Param), mesh))
     model.train()
     results = _Results(config, workdir, mesh, writer)
@@ -347,8 +339,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
             while step < run.num_steps:
                 batch = sharding.global_batch(next(train_iter), mesh)
                 with jax.set_mesh(mesh), jax.default_matmul_precision(train_cfg.matmul_precision):
-                    pending.append(train_step(model, optimizer, batch, train_cfg.loss,
-                                              train_cfg.max_loss, train_cfg.max_grad_norm))
+                    pending.append(update.train_step(model, optimizer, batch, train_cfg.loss,
+                                              train_cfg.max_loss, train_cfg.max_grad_norm, train_cfg.objective))
                 step += 1
                 bar.update()
                 report_progress(step)
@@ -394,6 +386,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
               "restored_from_step": restored_from or None,
               "skipped_steps": int(optimizer.opt_state.total_notfinite[...]),
               "skipped_clips": {"total": train_iter.num_skipped, **_input_counts(train_iter)}}
-    evaluate.write_report(workdir / workdir_lib.REPORT_FILE, report)
+    report_lib.write_report(workdir / workdir_lib.REPORT_FILE, report)
     writer.close()
     return report

@@ -17,7 +17,7 @@ from flax import nnx
 
 from aum_jax.core import sharding
 from aum_jax.models import AudioMamba
-from aum_jax.training import losses
+from aum_jax.training import objectives
 
 # apply_if_finite applies updates anyway after this many bad steps in a row; the loop
 # stops long before (config.train.max_nonfinite_steps).
@@ -65,7 +65,7 @@ def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTrans
     )
 
 
-@nnx.jit(static_argnames=("loss", "max_loss", "max_grad_norm"), donate_argnums=(0, 1))
+@nnx.jit(static_argnames=("loss", "max_loss", "max_grad_norm", "objective"), donate_argnums=(0, 1))
 def _train_step(
     model: AudioMamba,
     optimizer: nnx.Optimizer,
@@ -73,8 +73,11 @@ def _train_step(
     loss: str,
     max_loss: float = float("inf"),
     max_grad_norm: float = float("inf"),
+    objective: str = "supervised",
 ) -> dict[str, jax.Array]:
-    """One Adam step on a global batch ``{"fbank": (B, T, F), "label": (B, C)}``.
+    """One Adam step on a global batch ``{"fbank": (B, T, F), "label": (B, C)}``, minimising the
+    training objective registered as ``objective`` (:data:`aum_jax.training.objectives.OBJECTIVES`)
+    with the label loss ``loss`` ("BCE" or "CE").
 
     The model's and optimizer's buffers are donated. A batch split over a mesh runs the
     scan kernels on each device's own rows (:class:`aum_jax.core.sharding.OnDataMesh`). A step
@@ -88,10 +91,8 @@ def _train_step(
       and whether the update was applied.
     """
 
-    def compute_loss(model: AudioMamba) -> jax.Array:
-        return losses.loss_value(model(batch["fbank"]), batch["label"], loss)
-
-    value, grads = nnx.value_and_grad(compute_loss)(model)
+    compute_loss = objectives.get(objective)
+    value, grads = nnx.value_and_grad(lambda m: compute_loss(m, batch, loss))(model)
     grad_norm = optax.tree.norm(grads)
     ok = (value <= max_loss) & (grad_norm <= max_grad_norm)  # False for NaN too.
     if max_loss < float("inf") or max_grad_norm < float("inf"):

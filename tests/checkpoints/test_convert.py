@@ -97,7 +97,7 @@ def test_convert_then_predict_cli(fobi, tmp_path):
         assert fact in result.stdout
     logits, feats = tmp_path / "logits.npy", tmp_path / "features.npy"
     result = run_cli(
-        "-m", "aum_jax.predict", "--checkpoint", str(out), "--features", str(folder / "input.npy"),
+        "-m", "aum_jax.predict", "--model-dir", str(out), "--features", str(folder / "input.npy"),
         "--save-logits", str(logits), "--save-features", str(feats), "--batch-size", "3",
     )
     assert result.returncode == 0, result.stderr
@@ -153,7 +153,7 @@ def test_predict_rejects_mismatched_features(fobi, tmp_path):
     save_model(convert.convert(state), tmp_path / "m")
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((2, 64, 128), np.float32))
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--features", str(bad), "--save-logits", str(tmp_path / "y.npy"))
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(tmp_path / "m"), "--features", str(bad), "--save-logits", str(tmp_path / "y.npy"))
     assert result.returncode == 1 and "(batch, 128, 128)" in result.stderr
 
 
@@ -166,7 +166,7 @@ def test_predict_on_audio_files_reproduces_the_original_end_to_end(fobi, tmp_pat
     expected = np.load(folder / "logits.npy")  # the fixture batch holds the first clips
     wavs = [str(fixtures_dir / "audio" / f"sample{k}.wav") for k in range(len(expected))]
     logits = tmp_path / "logits.npy"
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--audio", *wavs,
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(tmp_path / "m"), "--audio", *wavs,
                      "--mean", str(AUDIOSET_MEAN), "--std", str(AUDIOSET_STD), "--save-logits", str(logits), "--top-k", "2")
     assert result.returncode == 0, result.stderr
     assert all(f"sample{k}.wav: " in result.stdout for k in range(len(expected)))
@@ -193,7 +193,7 @@ def test_predict_names_an_unreadable_audio_file(fobi, tmp_path):
     save_model(convert.convert(fobi[1]), tmp_path / "m")
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....WAVEfmt garbage")
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--audio", str(broken),
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(tmp_path / "m"), "--audio", str(broken),
                      "--mean", "-4", "--std", "4")
     assert result.returncode == 1 and "broken.wav" in result.stderr
 

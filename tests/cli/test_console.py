@@ -55,7 +55,7 @@ def test_verbosity_brings_the_library_logs_back(tmp_path, fixtures_dir):
     import numpy as np
 
     np.save(tmp_path / "x.npy", np.zeros((1, 128, 128), np.float32))
-    args = ("-m", "aum_jax.predict", "--checkpoint", str(tmp_path / "m"), "--features", str(tmp_path / "x.npy"))
+    args = ("-m", "aum_jax.predict", "--model-dir", str(tmp_path / "m"), "--features", str(tmp_path / "x.npy"))
     quiet, verbose = run(*args), run(*args, "-v")
     assert quiet.returncode == verbose.returncode == 0, quiet.stderr[-2000:] + verbose.stderr[-2000:]
     assert not CHATTER.search(quiet.stderr), quiet.stderr[-2000:]

@@ -35,7 +35,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 def test_exported_model_matches_predict_in_a_fresh_process(model_dir, tmp_path):
     artifact = tmp_path / "model.jaxexport"
-    result = subprocess.run([sys.executable, "-m", "aum_jax.export", "--checkpoint", str(model_dir), "--output", str(artifact)],
+    result = subprocess.run([sys.executable, "-m", "aum_jax.export", "--model-dir", str(model_dir), "--output", str(artifact)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     sidecar = json.loads((tmp_path / "model.preprocessing.json").read_text())

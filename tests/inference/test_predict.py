@@ -14,6 +14,7 @@ import pytest
 import soundfile
 
 from aum_jax.checkpoints import convert
+from aum_jax.checkpoints import model_files
 from aum_jax.checkpoints.model_files import ModelDirectoryError, load_model, save_model
 from aum_jax.data.features import audio, kaldi, preprocessing
 from aum_jax.inference import predict
@@ -56,7 +57,7 @@ def long_wav(tmp_path_factory) -> Path:
 
 
 def test_converter_stores_statistics_names_and_score(model_dir):
-    prep = preprocessing.load(model_dir)
+    prep = model_files.load_preprocessing(model_dir)
     assert (prep.mean, prep.std, prep.loss, prep.score) == (-5.0114145, 4.2837193, "CE", "softmax")
     assert prep.class_names[:3] == ("yes", "no", "up") and len(prep.class_names) == 10
     assert (prep.num_mel_bins, prep.target_length, prep.frame_shift_ms) == (128, 128, 10.0)
@@ -68,7 +69,7 @@ def test_converter_dataset_fills_the_published_recipe(tmp_path, fixture_checkpoi
                      "--target-variant", "Fo-Bi", "--target-num-classes", "35", "--target-audio-length", "128",
                      "--dataset", "speechcommands")
     assert result.returncode == 0, result.stderr
-    prep = preprocessing.load(out)
+    prep = model_files.load_preprocessing(out)
     assert (prep.mean, prep.std, prep.loss, prep.dataset) == (-6.845978, 5.5654526, "BCE", "speechcommands")
     assert len(prep.class_names) == 35 and prep.score == "sigmoid"
 
@@ -90,9 +91,9 @@ def test_predict_uses_the_models_statistics_and_names(model_dir, fixtures_dir):
     expected, _ = predict.predict(model, ((fbank - -5.0114145) / (2 * 4.2837193))[None])
     probs = predict.scores(expected, "softmax")[0]
     best = int(np.argmax(probs))
-    result = run_cli("-m", "aum_jax.predict", "--checkpoint", str(model_dir), "--audio", wav, "--top-k", "1")  # old name.
+    result = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", wav, "--top-k", "1")
     assert result.returncode == 0, result.stderr
-    names = preprocessing.load(model_dir).class_names
+    names = model_files.load_preprocessing(model_dir).class_names
     assert f"sample0.wav: {names[best]} {probs[best]:.3f}  (softmax)" in result.stdout
     # --mean/--std override the stored statistics.
     other = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", wav, "--top-k", "1",
@@ -144,7 +145,7 @@ def test_long_recording_timeline_json_and_plot(model_dir, long_wav, tmp_path):
     assert entry["duration_seconds"] == 50.0 and len(windows) == 50
     assert [w["start"] for w in windows] == [float(i) for i in range(50)]
     assert windows[0]["end"] == 1.28 and windows[-1]["end"] == 50.0
-    names = set(preprocessing.load(model_dir).class_names)
+    names = set(model_files.load_preprocessing(model_dir).class_names)
     for w in windows:
         assert len(w["top"]) == 3 and {t["label"] for t in w["top"]} <= names
         scores = [t["score"] for t in w["top"]]
@@ -155,7 +156,7 @@ def test_long_recording_timeline_json_and_plot(model_dir, long_wav, tmp_path):
 def test_python_api_windows_match_single_clips(model_dir, long_wav):
     """Each window scores exactly as the same stretch of audio given as a clip of its own."""
     model = load_model(model_dir)
-    prep = preprocessing.load(model_dir)
+    prep = model_files.load_preprocessing(model_dir)
     timeline = predict.classify_recording(model, prep, str(long_wav), window_seconds=1.0, hop_seconds=2.5)
     assert len(timeline.starts) == 20 and timeline.score == "softmax"
     waveform, sr = audio.load_waveform(long_wav)
@@ -179,7 +180,7 @@ def test_trained_model_directory_carries_the_demo_statistics(tmp_path):
     config.data.mean, config.data.std = demo.mean, demo.std  # -5.01 and 4.28, not AudioSet's.
     train.train_and_evaluate(config, tmp_path / "work")
     model_dir = tmp_path / "work" / "model"
-    prep = preprocessing.load(model_dir)
+    prep = model_files.load_preprocessing(model_dir)
     assert (prep.mean, prep.std, prep.loss, prep.score) == (demo.mean, demo.std, "CE", "softmax")
     assert prep.class_names == ("low", "high") and (prep.num_mel_bins, prep.target_length) == (32, 32)
 
@@ -201,13 +202,13 @@ def test_training_pipeline_and_predict_make_identical_features(tmp_path, rate):
     from aum_jax.configs.data import get_data_config
 
     from aum_jax.data.pipeline import input_pipeline
-    from aum_jax.data.sources import datasets
+    from aum_jax.data.sources.datafile import write_datafile
 
     t = np.arange(int(0.7 * rate)) / rate
     wav = tmp_path / "clip.wav"
     soundfile.write(wav, (0.3 * np.sin(2 * np.pi * 440 * t) * np.linspace(0.2, 1, t.size)).astype(np.float32), rate)
     (tmp_path / "labels.csv").write_text("index,mid,display_name\n0,/m/a,a\n")
-    datasets.write_datafile(tmp_path / "train.json", [("clip.wav", ["/m/a"])])
+    write_datafile(tmp_path / "train.json", [("clip.wav", ["/m/a"])])
     c = get_data_config("speechcommands")  # 16 kHz, 128 bins, Kaldi fbank, its statistics.
     c.train_datafile, c.label_csv, c.num_classes = str(tmp_path / "train.json"), str(tmp_path / "labels.csv"), 1
     c.audio_length, c.batch_size, c.num_workers = 96, 1, 0
@@ -226,7 +227,7 @@ def test_a_long_files_first_input_is_read_from_its_start_alone(model_dir, long_w
     that much (and 1 s for the resampler's filter) is read; the mean removed is that stretch's, not
     the whole file's, which the fbank's per-frame mean removal cancels: float32 rounding apart, the
     features are the whole file's."""
-    prep = preprocessing.load(model_dir)
+    prep = model_files.load_preprocessing(model_dir)
     t = np.arange(80 * 44_100) / 44_100
     off_rate = tmp_path / "dc44k.wav"  # resampled; a pure tone, with a DC offset and a slow drift.
     soundfile.write(off_rate, (0.3 * np.sin(2 * np.pi * 700 * t) + 0.05 + 0.02 * np.sin(2 * np.pi * 0.1 * t)

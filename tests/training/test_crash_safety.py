@@ -190,7 +190,7 @@ def test_bad_input_ends_with_one_line(tmp_path: Path) -> None:
     for wav in (tmp_path / "toy" / "train").glob("*.wav"):
         wav.unlink()
     overrides = [f"--config.data.{k}={paths[v]}" for k, v in
-                 (("train_datafile", "train"), ("eval_datafile", "eval"), ("test_datafile", "eval"),
+                 (("train_datafile", "train"), ("validation_datafile", "eval"), ("test_datafile", "eval"),
                   ("label_csv", "label_csv"))]
     result = subprocess.run(
         [sys.executable, "-m", "aum_jax.main", "--config=configs/speechcommands.py:runlocal",

@@ -27,7 +27,7 @@ STEP_SCRIPT = textwrap.dedent("""
     import jax, ml_collections, numpy as np, optax
     from flax import nnx
     from aum_jax.core import sharding
-    from aum_jax.training import train
+    from aum_jax.training import update
     from aum_jax.models import AuMConfig, init_model
 
     assert jax.device_count() == 8, jax.devices()
@@ -45,7 +45,7 @@ STEP_SCRIPT = textwrap.dedent("""
         nnx.update(model, sharding.replicate(nnx.state(model), mesh))
         nnx.update(optimizer, sharding.replicate(nnx.state(optimizer), mesh))
         arrays = sharding.global_batch(batch, mesh)
-        hlo = train.train_step.lower(model, optimizer, arrays, "CE").compile().as_text()
+        hlo = update.train_step.lower(model, optimizer, arrays, "CE").compile().as_text()
         calls = []
         for line in hlo.splitlines():
             target = re.search(r'custom_call_target="(aum_scan_cpu_(?:fwd|bwd)|aum_[a-z_]+)', line)  # any build
@@ -54,9 +54,9 @@ STEP_SCRIPT = textwrap.dedent("""
                 calls.append([target.group(1), [[int(d) for d in s.split(",")] for s in shapes]])
         params = lambda: [np.asarray(x) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]
         before = params()
-        metrics = [train.train_step(model, optimizer, arrays, "CE")]
+        metrics = [update.train_step(model, optimizer, arrays, "CE")]
         updates = [(x - b).ravel().tolist() for x, b in zip(params(), before)]
-        metrics.append(train.train_step(model, optimizer, arrays, "CE"))
+        metrics.append(update.train_step(model, optimizer, arrays, "CE"))
         leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         out.append({"devices": devices, "variant": variant, "impl": impl, "calls": calls,
                     "param_devices": min(len(x.sharding.device_set) for x in leaves),
@@ -87,7 +87,7 @@ def _assert_same_step(got: dict, want: dict) -> None:
 
 @pytest.mark.parametrize("variant", ["v1", "v2"])
 def test_train_step_scans_each_devices_rows_and_matches_one_device(variant):
-    """train.train_step on 4 and 8 simulated CPU devices: every call of the C++ scan kernels
+    """update.train_step on 4 and 8 simulated CPU devices: every call of the C++ scan kernels
     (forward and backward) sees the per-device batch, the step gathers no activations, and
     two SGD steps give the losses and gradient norms of one device, and the first step its
     parameter updates (the gradients)."""

@@ -18,7 +18,7 @@ from flax import nnx
 from aum_jax.checkpoints import model_files
 from aum_jax.data.pipeline import input_pipeline
 from aum_jax.models import AuMConfig, init_model
-from aum_jax.training import train
+from aum_jax.training import update
 from tests.helpers import REPO_ROOT, toy_config, write_toy_dataset
 
 NUM_STEPS = 2
@@ -33,8 +33,8 @@ WORKER = textwrap.dedent("""
     from flax import nnx
     from aum_jax.core import sharding
     from aum_jax.data.pipeline import input_pipeline
-    from aum_jax.training import train
-    from tests.test_multihost import NUM_STEPS, model_and_optimizer
+    from aum_jax.training import train, update
+    from tests.training.test_multihost import NUM_STEPS, model_and_optimizer
     from tests.helpers import toy_config
 
     config = toy_config(paths, num_steps=NUM_STEPS, checkpoint_every=1)
@@ -43,7 +43,7 @@ WORKER = textwrap.dedent("""
     nnx.update(model, sharding.replicate(nnx.state(model), mesh))
     nnx.update(optimizer, sharding.replicate(nnx.state(optimizer), mesh))
     iterator = input_pipeline.make_train_iterator(config.data)  # this process's shard.
-    losses = [float(train.train_step(model, optimizer, sharding.global_batch(next(iterator), mesh), "CE")["loss"])
+    losses = [float(update.train_step(model, optimizer, sharding.global_batch(next(iterator), mesh), "CE")["loss"])
               for _ in range(NUM_STEPS)]
     iterator.close()
     params = [float(np.asarray(x).sum()) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]
@@ -56,7 +56,7 @@ WORKER = textwrap.dedent("""
 
 def model_and_optimizer(config) -> tuple[nnx.Module, nnx.Optimizer]:
     model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
-    optimizer = nnx.Optimizer(model, train.make_optimizer(config.optimizer, optax.constant_schedule(1e-3)),
+    optimizer = nnx.Optimizer(model, update.make_optimizer(config.optimizer, optax.constant_schedule(1e-3)),
                               wrt=nnx.Param)
     return model, optimizer
 
@@ -106,7 +106,7 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     for _ in range(NUM_STEPS):
         parts = [next(it) for it in shards]
         batch = {k: np.concatenate([p[k] for p in parts]) for k in ("fbank", "label")}
-        losses.append(float(train.train_step(model, optimizer, batch, "CE")["loss"]))
+        losses.append(float(update.train_step(model, optimizer, batch, "CE")["loss"]))
     for it in shards:
         it.close()
     params = [float(np.asarray(x).sum()) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]

@@ -13,8 +13,8 @@ from aum_jax.configs import audioset_20k, epic_sounds, speechcommands
 from aum_jax.configs.common import get_mesh_config
 
 from aum_jax.core import sharding
-from aum_jax.evaluation import evaluate
-from aum_jax.training import train
+from aum_jax.evaluation import report
+from aum_jax.training import update
 
 
 def torch_lrs(lr: float, steps_per_epoch: int, epochs: int, milestones_from: int, every: int, gamma: float, warmup: bool):
@@ -39,7 +39,7 @@ def torch_lrs(lr: float, steps_per_epoch: int, epochs: int, milestones_from: int
 def test_multistep_schedule_matches_torch(module, steps_per_epoch):
     opt = module.get_config().optimizer
     epochs = module.get_config().train.num_epochs
-    ours = train.learning_rate_schedule(opt, steps_per_epoch)
+    ours = update.learning_rate_schedule(opt, steps_per_epoch)
     got = np.array([float(ours(s)) for s in range(0, steps_per_epoch * epochs, 7)])
     want = torch_lrs(opt.lr, steps_per_epoch, epochs, opt.decay_start_epoch, opt.decay_every_epochs, opt.decay_factor,
                      opt.warmup_steps > 0)[::7]
@@ -49,7 +49,7 @@ def test_multistep_schedule_matches_torch(module, steps_per_epoch):
 def test_epic_schedule_holds_the_lr_after_its_warm_up():
     opt = epic_sounds.get_config().optimizer
     steps_per_epoch = 100
-    schedule = train.learning_rate_schedule(opt, steps_per_epoch)
+    schedule = update.learning_rate_schedule(opt, steps_per_epoch)
     assert float(schedule(0)) == pytest.approx(0.01 * opt.lr)
     assert float(schedule(100)) == pytest.approx(opt.lr * (0.01 + 0.99 * 0.5))
     for epoch in (2, 10, 25):
@@ -66,5 +66,5 @@ def test_batch_sizes_must_divide_over_the_mesh():
 
 
 def test_reports_are_standard_json():
-    text = evaluate.to_json({"d_prime": float("inf"), "mAP": float("nan"), "accuracy": 0.5, "nested": {"x": float("-inf")}})
+    text = report.to_json({"d_prime": float("inf"), "mAP": float("nan"), "accuracy": 0.5, "nested": {"x": float("-inf")}})
     assert json.loads(text) == {"accuracy": 0.5, "d_prime": None, "mAP": None, "nested": {"x": None}}

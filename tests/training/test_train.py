@@ -15,14 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from absl import app
 from aum_jax.configs import speechcommands
 from flax import nnx
 
 from aum_jax.checkpoints import model_files
-from aum_jax.data.features import preprocessing
+from aum_jax.data.sources import labels
 from aum_jax.models import AuMConfig, init_model
-from aum_jax.training import config_checks, run_checkpoints, train
+from aum_jax.training import config_checks, eval_mode, run_checkpoints, train, update
 from aum_jax.training import workdir as workdir_lib
 from tests.helpers import REPO_ROOT, read_scalars, subprocess_env, toy_config, write_toy_dataset
 
@@ -84,18 +83,16 @@ def test_an_unknown_metric_is_one_line_and_writes_nothing(tmp_path: Path) -> Non
 def test_eval_mode_reads_a_training_checkpoint_without_the_training_data(toy, tmp_path: Path) -> None:
     import shutil
 
-    from aum_jax import main
-
     config = toy_config(toy, num_steps=2, checkpoint_every=2)
     train.train_and_evaluate(config, tmp_path)
     shutil.rmtree(tmp_path / workdir_lib.MODEL_DIR)  # leave only the training checkpoint
     config.data.train_datafile = str(tmp_path / "gone.json")
-    reports = main.run_eval(config, tmp_path)
+    reports = eval_mode.evaluate_workdir(config, tmp_path)
     assert reports["validation"]["num_examples"] == 12
     assert reports["validation"]["model"].endswith("checkpoints")
     config.eval.model_dir = str(tmp_path / "typo")
-    with pytest.raises(app.UsageError, match="not an aum-jax model directory"):
-        main.run_eval(config, tmp_path)
+    with pytest.raises(model_files.ModelDirectoryError, match="not an aum-jax model directory"):
+        eval_mode.evaluate_workdir(config, tmp_path)
 
 
 def test_resume_gives_the_same_params_and_data_order(toy, tmp_path: Path) -> None:
@@ -125,7 +122,7 @@ def test_a_finished_workdir_without_its_model_rebuilds_it_or_says_why_it_cannot(
     again = train.train_and_evaluate(config, workdir)
     assert again[train.ALREADY_TRAINED] and again["step"] == 4 and again["best"]["step"] == best
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), want)  # the best step's model, as trained.
-    assert preprocessing.load(workdir / workdir_lib.MODEL_DIR) == preprocessing.for_training(config)
+    assert model_files.load_preprocessing(workdir / workdir_lib.MODEL_DIR) == labels.training_preprocessing(config)
     (workdir / workdir_lib.MODEL_DIR).rename(workdir / ".model.previous")  # a kill inside replace_dir's fallback.
     train.train_and_evaluate(config, workdir)
     assert (workdir / workdir_lib.MODEL_DIR).is_dir() and not (workdir / ".model.previous").exists()
@@ -149,7 +146,7 @@ def test_a_finished_workdir_without_its_model_rebuilds_it_or_says_why_it_cannot(
 def _tiny_model_and_optimizer() -> tuple[nnx.Module, nnx.Optimizer]:
     config = AuMConfig(num_mel_bins=32, audio_length=32, embed_dim=32, depth=1, num_classes=2)
     model = init_model(config, 0)
-    optimizer = nnx.Optimizer(model, train.make_optimizer(speechcommands.get_config().optimizer,
+    optimizer = nnx.Optimizer(model, update.make_optimizer(speechcommands.get_config().optimizer,
                                                           optax.constant_schedule(1e-3)), wrt=nnx.Param)
     return model, optimizer
 
@@ -164,17 +161,17 @@ def test_a_bad_step_changes_no_parameter_or_moment() -> None:
 
     before = snapshot()
     nan_batch = {**batch, "fbank": batch["fbank"].at[0, 0, 0].set(jnp.inf)}
-    metrics = train.train_step(model, optimizer, nan_batch, "BCE")
+    metrics = update.train_step(model, optimizer, nan_batch, "BCE")
     assert not bool(metrics["ok"]) and not np.isfinite(float(metrics["loss"]))
     jax.tree.map(np.testing.assert_array_equal, snapshot(), before)
-    metrics = train.train_step(model, optimizer, batch, "BCE", max_loss=1e-3)  # finite, out of bounds.
+    metrics = update.train_step(model, optimizer, batch, "BCE", max_loss=1e-3)  # finite, out of bounds.
     assert not bool(metrics["ok"]) and np.isfinite(float(metrics["loss"]))
-    metrics = train.train_step(model, optimizer, batch, "BCE", max_grad_norm=1e-6)
+    metrics = update.train_step(model, optimizer, batch, "BCE", max_grad_norm=1e-6)
     assert not bool(metrics["ok"]) and np.isfinite(float(metrics["grad_norm"]))
     jax.tree.map(np.testing.assert_array_equal, snapshot(), before)
     assert int(optimizer.opt_state.notfinite_count[...]) == 3  # apply_if_finite counted all three.
 
-    metrics = train.train_step(model, optimizer, batch, "BCE", max_loss=1e4, max_grad_norm=1e6)
+    metrics = update.train_step(model, optimizer, batch, "BCE", max_loss=1e4, max_grad_norm=1e6)
     assert bool(metrics["ok"])  # a good batch within the bounds still trains.
     assert int(optimizer.opt_state.notfinite_count[...]) == 0
     assert int(optimizer.opt_state.total_notfinite[...]) == 3

@@ -1,0 +1,108 @@
+"""What training and ``--mode=eval`` report: the JSON files, the results table and the confusion matrix.
+
+The JSON of ``report.json``, ``best.json`` and ``eval_<split>.json`` (:func:`to_json`,
+:func:`write_report`), the fixed-width results table (:func:`results_table`), the one-line
+metrics of the console (:func:`format_metrics`), and the confusion matrix of a split, stored
+(:func:`save_confusion`) and printed (:func:`print_confusion`). Only process 0 writes and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from aum_jax.core import storage
+from aum_jax.data.sources import labels
+from aum_jax.evaluation import confusion
+from aum_jax.evaluation.evaluate import Outputs
+
+
+def to_json(report: dict[str, Any]) -> str:
+    """Indented, standard JSON: non-finite metrics (e.g. d' of a perfect AUC) become null."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(clean(report), indent=1, sort_keys=True, allow_nan=False)
+
+
+def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Replaces ``path`` with ``report`` as indented JSON, atomically (on process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    storage.write_text(path, to_json(report))
+    logging.info("Wrote the evaluation report %s", path)
+
+
+def format_metrics(values: Mapping[str, Any], keys: Sequence[str] = ("accuracy", "mAP", "mAUC", "loss")) -> str:
+    """``accuracy 0.9250  mAP 0.9512 ...`` for the keys present."""
+    return "  ".join(f"{k} {values[k]:.4f}" for k in keys if isinstance(values.get(k), (int, float)))
+
+
+def results_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]]) -> str:
+    """A fixed-width table of metrics, one row per ``(name, metrics)``; None rows are left out.
+
+    Args:
+      rows: e.g. ``[("validation", {"step": 620, "accuracy": 0.93, ...}), ("test", {...})]``.
+    """
+    columns = ("step", "accuracy", "mAP", "mAUC", "d_prime", "loss", "num_examples")
+    present = [c for c in columns if any(r and r.get(c) is not None for _, r in rows)]
+    header = f"{'split':<12}" + "".join(f"{c:>13}" for c in present)
+    lines = [header, "-" * len(header)]
+    for name, metrics in rows:
+        if not metrics:
+            continue
+        cells = []
+        for c in present:
+            value = metrics.get(c)
+            if value is None:
+                cells.append(f"{'-':>13}")
+            elif c in ("step", "num_examples"):
+                cells.append(f"{int(value):>13d}")
+            else:
+                cells.append(f"{float(value):>13.4f}")
+        lines.append(f"{name:<12}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def print_training_results(report: Mapping[str, Any], split: str, test_split: str, metric: str,
+                           report_file: Path, model_dir: Path) -> None:
+    """The final table of a training run: the best model on ``split`` (and ``test_split``), and its files."""
+    rows = [(split or "final", report.get("best") or report.get("final"))]
+    if report.get("test"):
+        rows.append((test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
+    print(f"\nResults ({report_file}); best model by {metric} in {model_dir}:")
+    print(results_table(rows))
+
+
+def save_confusion(outputs: Outputs, names: Sequence[str], workdir: Path, split: str) -> None:
+    """Stores the confusion matrix of ``outputs`` as ``workdir/confusion_<split>.json`` and ``.png`` (process 0)."""
+    if jax.process_index() != 0:
+        return
+    counts = confusion.confusion_matrix(outputs)
+    confusion.save(counts, labels.class_names(names, len(counts)), workdir, split)
+
+
+def print_confusion(workdir: Path, split: str) -> None:
+    """Prints the confusion matrix stored for ``split`` in ``workdir`` (process 0), or says there is none."""
+    stored = confusion.load(workdir, split)
+    if jax.process_index() != 0:
+        return
+    if stored is None:
+        print(f"\nNo confusion matrix of {split} is stored in {workdir}; --mode=eval computes it.")
+        return
+    counts, names = stored
+    print(f"\nConfusion matrix of the best model on {split} (rows: true, columns: predicted; "
+          f"{workdir / f'confusion_{split}.png'}):")
+    print(confusion.format_table(counts, names))
