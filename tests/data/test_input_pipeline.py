@@ -53,7 +53,7 @@ def _write_set(folder, num_clips: int, seconds: float = 0.3, bad: dict[int, str]
     return datafile, label_csv
 
 
-def _config(folder, num_clips: int, **overrides):
+def pipeline_config(folder, num_clips: int, **overrides):
     datafile, label_csv = _write_set(folder, num_clips, bad=overrides.pop("bad", None))
     c = get_data_config("speechcommands")
     c.train_datafile = c.validation_datafile = datafile
@@ -82,18 +82,18 @@ def _one_epoch(c, process_index: int = 0, process_count: int = 1) -> BatchIterat
                          num_records=len(source))
 
 
-def _validation(c, **kwargs) -> BatchIterator:
+def validation_batches(c, **kwargs) -> BatchIterator:
     return ip.make_eval_iterator(c, "validation", process_index=0, process_count=1, **kwargs)
 
 
 def test_train_and_eval_shapes_and_tail(tmp_path):
-    c = _config(tmp_path, 10)
+    c = pipeline_config(tmp_path, 10)
     batch = next(ip.make_train_iterator(c, process_index=0, process_count=1))
     assert set(batch) == {"fbank", "label"}
     assert batch["fbank"].shape == (4, FRAMES, BINS) and batch["fbank"].dtype == np.float32
     assert batch["label"].shape == (4, 10) and batch["label"].dtype == np.float32
 
-    batches = list(_validation(c))
+    batches = list(validation_batches(c))
     assert len(batches) == 3  # 10 clips in batches of 4: the tail is padded, not dropped.
     mask = np.concatenate([b["mask"] for b in batches])
     assert mask.dtype == bool and mask.tolist() == [True] * 10 + [False] * 2
@@ -103,8 +103,8 @@ def test_train_and_eval_shapes_and_tail(tmp_path):
 
 
 def test_eval_equals_fbank_pad_and_normalisation(tmp_path):
-    c = _config(tmp_path, 3)
-    batch = next(_validation(c))
+    c = pipeline_config(tmp_path, 3)
+    batch = next(validation_batches(c))
     wav, sr = audio.load_waveform(tmp_path / "clip1.wav")
     fbank = kaldi.fbank_from_waveform(wav, sr, BINS, 10.0)
     assert fbank.shape[0] == 28
@@ -135,7 +135,7 @@ def test_torchaudio_mask_bands():
 
 
 def test_pipeline_masks_zero_whole_frequency_bands(tmp_path):
-    c = _config(tmp_path, 4, freqm=15, timem=0, mixup=0.0, noise=False, skip_norm=True)
+    c = pipeline_config(tmp_path, 4, freqm=15, timem=0, mixup=0.0, noise=False, skip_norm=True)
     found_mask = False
     for batch in _take(ip.make_train_iterator(c, process_index=0, process_count=1), 5):
         for spec in batch["fbank"]:
@@ -147,7 +147,7 @@ def test_pipeline_masks_zero_whole_frequency_bands(tmp_path):
 
 
 def test_mixup_labels(tmp_path):
-    c = _config(tmp_path, 6, mixup=1.0)
+    c = pipeline_config(tmp_path, 6, mixup=1.0)
     lambdas = []
     for batch in _take(ip.make_train_iterator(c, process_index=0, process_count=1), 6):
         np.testing.assert_allclose(batch["label"].sum(axis=1), 1.0, rtol=1e-5)
@@ -207,7 +207,7 @@ def test_weighted_sampling_is_global_across_processes():
 
 
 def test_balanced_sampling_in_pipeline(tmp_path):
-    c = _config(tmp_path, 4, mixup=0.0, balanced_sampling=True)
+    c = pipeline_config(tmp_path, 4, mixup=0.0, balanced_sampling=True)
     c.weight_csv = str(tmp_path / "w.csv")
     np.savetxt(c.weight_csv, [0.0, 1.0, 0.0, 0.0])  # only clip 1 can be drawn.
     batch = next(ip.make_train_iterator(c, process_index=0, process_count=1))
@@ -215,7 +215,7 @@ def test_balanced_sampling_in_pipeline(tmp_path):
 
 
 def test_sharding_is_disjoint_and_complete(tmp_path):
-    c = _config(tmp_path, 11, mixup=0.0, batch_size=1)
+    c = pipeline_config(tmp_path, 11, mixup=0.0, batch_size=1)
     eval_seen, train_seen, eval_batches = [], [], set()
     for p in range(3):
         batches = list(ip.make_eval_iterator(c, "validation", process_index=p, process_count=3))
@@ -231,7 +231,7 @@ def test_sharding_is_disjoint_and_complete(tmp_path):
 
 
 def test_resume_gives_the_same_batches(tmp_path):
-    c = _config(tmp_path, 6)
+    c = pipeline_config(tmp_path, 6)
     reference = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 6)
     first = ip.make_train_iterator(c, process_index=0, process_count=1)
     _take(first, 3)
@@ -244,7 +244,7 @@ def test_resume_gives_the_same_batches(tmp_path):
 
 
 def test_seed_changes_order_and_augmentation(tmp_path):
-    c = _config(tmp_path, 8)
+    c = pipeline_config(tmp_path, 8)
     a = next(ip.make_train_iterator(c, process_index=0, process_count=1))
     c.seed = 7
     b = next(ip.make_train_iterator(c, process_index=0, process_count=1))
@@ -253,7 +253,7 @@ def test_seed_changes_order_and_augmentation(tmp_path):
 
 def test_bad_files_are_skipped_counted_and_limited(tmp_path):
     bad = {1: "missing", 3: "empty", 5: "corrupt"}
-    c = _config(tmp_path, 8, bad=bad, mixup=0.0, max_bad_fraction=0.5)
+    c = pipeline_config(tmp_path, 8, bad=bad, mixup=0.0, max_bad_fraction=0.5)
     it = _one_epoch(c)
     seen = {int(i) for b in it for i in b["label"].argmax(axis=1)}
     assert seen <= {0, 2, 4, 6, 7} and len(seen) == 4  # 5 good clips, one partial batch dropped.
@@ -270,13 +270,13 @@ def test_bad_files_are_skipped_counted_and_limited(tmp_path):
                             "cannot load audio file '") and first.endswith("; and 2 more (run with -v for all)")
 
     c.max_bad_fraction = 0.5
-    batches = list(_validation(c))
+    batches = list(validation_batches(c))
     mask = np.concatenate([b["mask"] for b in batches])
     assert mask.tolist() == [True, False, True, False, True, False, True, True]
 
 
 def test_workers_and_worker_errors_surface(tmp_path):
-    c = _config(tmp_path, 4, mixup=0.0)
+    c = pipeline_config(tmp_path, 4, mixup=0.0)
     in_process = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 2)
     c.num_workers = 1
     it = ip.make_train_iterator(c, process_index=0, process_count=1)
@@ -286,14 +286,14 @@ def test_workers_and_worker_errors_surface(tmp_path):
 
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
-    c = _config(bad_dir, 4, num_workers=1, bad={0: "corrupt", 1: "corrupt", 2: "corrupt",
+    c = pipeline_config(bad_dir, 4, num_workers=1, bad={0: "corrupt", 1: "corrupt", 2: "corrupt",
                                                  3: "corrupt"})
     with pytest.raises(BadInputError, match=r"bad/clip\d\.wav"):
         next(ip.make_train_iterator(c, process_index=0, process_count=1))
 
 
 def test_batches_do_not_depend_on_worker_or_thread_counts(tmp_path):
-    c = _config(tmp_path, 10, bad={3: "corrupt"}, max_bad_fraction=0.5)
+    c = pipeline_config(tmp_path, 10, bad={3: "corrupt"}, max_bad_fraction=0.5)
     c.batch_size = 3  # batches straddle the 10-clip epoch and the per-worker slices.
     reference = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 5)
     for workers, threads in ((1, 1), (2, 2), (4, 4), (0, 4)):
@@ -306,7 +306,7 @@ def test_batches_do_not_depend_on_worker_or_thread_counts(tmp_path):
 
 
 def test_resume_with_another_worker_count(tmp_path):
-    c = _config(tmp_path, 6)
+    c = pipeline_config(tmp_path, 6)
     reference = _take(ip.make_train_iterator(c, process_index=0, process_count=1), 5)
     c.num_workers = 2
     first = ip.make_train_iterator(c, process_index=0, process_count=1)
@@ -321,7 +321,7 @@ def test_resume_with_another_worker_count(tmp_path):
 
 
 def test_a_truncated_wav_is_counted_as_bad_input(tmp_path):
-    c = _config(tmp_path, 4, mixup=0.0, max_bad_fraction=0.5)
+    c = pipeline_config(tmp_path, 4, mixup=0.0, max_bad_fraction=0.5)
     path = tmp_path / "clip2.wav"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # the header still promises every frame.
@@ -334,7 +334,7 @@ def test_a_truncated_wav_is_counted_as_bad_input(tmp_path):
 
 
 def test_cached_features_give_the_same_batches_and_decode_clips_once(tmp_path, monkeypatch):
-    c = _config(tmp_path, 10, bad={3: "corrupt"}, mixup=0.0, noise=False, max_bad_fraction=0.5)
+    c = pipeline_config(tmp_path, 10, bad={3: "corrupt"}, mixup=0.0, noise=False, max_bad_fraction=0.5)
     c.batch_size = 3  # 3 epochs of 9 good clips: batches straddle the epochs.
     plain = ip.make_train_iterator(c, process_index=0, process_count=1)
     reference = _take(plain, 9)
@@ -359,11 +359,11 @@ def test_cached_features_give_the_same_batches_and_decode_clips_once(tmp_path, m
 
 
 def test_cached_features_refuse_mixup_and_random_crops(tmp_path):
-    c = _config(tmp_path, 4, cache_features=True)
+    c = pipeline_config(tmp_path, 4, cache_features=True)
     with pytest.raises(ValueError, match="cache_features needs mixup 0"):
         ip.make_train_iterator(c, process_index=0, process_count=1)
     c.mixup = 0.0
-    _validation(c)  # evaluation never caches.
+    validation_batches(c)  # evaluation never caches.
 
     class CroppingSource(datafile.DatafileSource):
         random_crops = True
@@ -387,16 +387,16 @@ def test_frequency_warp_moves_a_tone_to_the_warped_frequency(hz, factor):
 
 
 def test_pipeline_frequency_warp_draws_a_factor_per_clip(tmp_path):
-    c = _config(tmp_path, 4, mixup=0.0, noise=False, freqm=0, timem=0, batch_size=4)
+    c = pipeline_config(tmp_path, 4, mixup=0.0, noise=False, freqm=0, timem=0, batch_size=4)
     plain = next(ip.make_train_iterator(c, process_index=0, process_count=1))
     c.freq_warp = 0.1
     warped = next(ip.make_train_iterator(c, process_index=0, process_count=1))
     np.testing.assert_array_equal(plain["label"], warped["label"])  # the same clips, warped.
     changed = [not np.array_equal(a, b) for a, b in zip(plain["fbank"], warped["fbank"])]
     assert all(changed)
-    evaluation = next(_validation(c))  # evaluation never warps.
+    evaluation = next(validation_batches(c))  # evaluation never warps.
     c.freq_warp = 0.0
-    np.testing.assert_array_equal(evaluation["fbank"], next(_validation(c))["fbank"])
+    np.testing.assert_array_equal(evaluation["fbank"], next(validation_batches(c))["fbank"])
     c.freq_warp, c.feature = 0.1, "epic_logmel"
     with pytest.raises(ValueError, match="freq_warp works on the Kaldi fbank"):
         ip.make_train_iterator(c, process_index=0, process_count=1)

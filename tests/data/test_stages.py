@@ -9,16 +9,11 @@ from aum_jax.configs.data import defaults
 from aum_jax.data.pipeline import clip_stages
 from aum_jax.data.pipeline import input_pipeline as ip
 from aum_jax.data.pipeline.stages.base import Element, Stage
-from tests.data.test_input_pipeline import _config, _validation
+from tests.data.test_input_pipeline import pipeline_config, validation_batches
 
 
-class Gain(Stage):
+class Gain(Stage, name="gain", order=65, stream="gain", train_only=True):  # after normalise (60), before noise (70).
     """A toy augmentation: the normalised fbank times 2 (exact in float32), with its own random stream."""
-
-    name = "gain"
-    order = 65  # after normalise (60), before noise (70).
-    stream = "gain"
-    train_only = True
 
     def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
         rng.random()  # draws from its own stream, leaving the others' draws as they were.
@@ -26,13 +21,13 @@ class Gain(Stage):
 
 
 def test_a_registered_stage_runs_in_training_and_not_in_evaluation(tmp_path, monkeypatch):
-    c = _config(tmp_path, 6, noise=False)  # masks and mixup on: their streams must not move.
-    train, evaluation = next(ip.make_train_iterator(c, process_index=0, process_count=1)), next(_validation(c))
+    c = pipeline_config(tmp_path, 6, noise=False)  # masks and mixup on: their streams must not move.
+    train, evaluation = next(ip.make_train_iterator(c, process_index=0, process_count=1)), next(validation_batches(c))
     monkeypatch.setattr(clip_stages, "REGISTRY", (*clip_stages.REGISTRY, Gain))
     gained = next(ip.make_train_iterator(c, process_index=0, process_count=1))
     np.testing.assert_array_equal(gained["fbank"], train["fbank"] * np.float32(2.0))
     np.testing.assert_array_equal(gained["label"], train["label"])
-    np.testing.assert_array_equal(next(_validation(c))["fbank"], evaluation["fbank"])
+    np.testing.assert_array_equal(next(validation_batches(c))["fbank"], evaluation["fbank"])
 
 
 def test_streams_are_seeded_in_registry_order():
@@ -51,8 +46,8 @@ def test_every_stage_key_has_a_default_in_the_data_config():
 
 
 def test_two_stages_on_one_stream_are_refused(monkeypatch):
-    class Twin(Gain):
-        stream = "masks"
+    class Twin(Gain, name="twin", order=66, stream="masks", train_only=True):
+        """A second stage on the masks' stream."""
 
     monkeypatch.setattr(clip_stages, "REGISTRY", (*clip_stages.REGISTRY, Twin))
     with pytest.raises(ValueError, match="share a random stream"):

@@ -41,7 +41,8 @@ class ClipContext:
 class Stage:
     """One per-clip step: ``element -> element`` for the elements holding :attr:`needs`.
 
-    A subclass declares:
+    A subclass declares, as keywords of its ``class`` statement
+    (``class Gain(Stage, name="gain", order=65, stream="gain", train_only=True)``):
 
     - ``name``: what messages and the registry call it;
     - ``order``: its place in a clip's sequence of stages (lower runs first);
@@ -50,10 +51,11 @@ class Stage:
     - ``train_only``: True for an augmentation, which evaluation leaves out;
     - ``needs``: the element key it works on ("waveform" before the fbank, "fbank" after);
     - ``keys``: the ``config.data`` keys it reads (their defaults and comments: ``configs/data.py``);
+    - ``switches``: the keys of which any one set turns it on (none: always on);
 
-    and implements :meth:`apply`, plus :meth:`enabled` (default: always) and :meth:`check`
-    (default: nothing) where its settings need them. Its ``__init__(config, context)`` reads
-    the values it needs, so the stage pickles without the config.
+    and implements :meth:`apply`, plus :meth:`enabled` (default: by ``switches``) and
+    :meth:`check` (default: nothing) where its settings need them. A built stage holds the values of its
+    ``keys`` in ``self._settings`` (so it pickles without the config) and the context.
     """
 
     name: ClassVar[str]
@@ -62,16 +64,28 @@ class Stage:
     train_only: ClassVar[bool] = False
     needs: ClassVar[str] = "fbank"
     keys: ClassVar[tuple[str, ...]] = ()
-    # True: this stage and every earlier one give a clip the same result every epoch, kept after its first use.
-    keeps_earlier: bool = False
+    switches: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, *, name: str, order: int, stream: str | None = None, train_only: bool = False,
+                          needs: str = "fbank", keys: tuple[str, ...] = (), switches: tuple[str, ...] = (),
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.order, cls.stream, cls.train_only = name, order, stream, train_only
+        cls.needs, cls.keys, cls.switches = needs, keys, switches
 
     def __init__(self, config: ml_collections.ConfigDict, context: ClipContext):
         self._context = context
+        self._settings: dict[str, Any] = {key: config[key] for key in self.keys}
+
+    @property
+    def keeps_earlier(self) -> bool:
+        """True: this stage and every earlier one give a clip the same result every epoch, kept after its first use."""
+        return False
 
     @classmethod
     def enabled(cls, config: ml_collections.ConfigDict, context: ClipContext) -> bool:
         """Whether ``config`` turns this stage on (a train-only stage is never built in evaluation)."""
-        return True
+        return not cls.switches or any(config[key] for key in cls.switches)
 
     @classmethod
     def check(cls, config: ml_collections.ConfigDict, context: ClipContext) -> None:

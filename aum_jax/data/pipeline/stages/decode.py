@@ -8,17 +8,12 @@ from aum_jax.data.features import audio
 from aum_jax.data.pipeline.stages.base import Element, Stage
 
 
-class Decode(Stage):
+class Decode(Stage, name="decode", order=10, stream="decode", needs="index"):
     """Source index -> ``{"key", "labels", "waveform" (channels, samples), "label" (num_classes,)}``.
 
     ``index == -1`` is an evaluation padding row, passed on as ``{"padding": True}``. The
     random stream is a source's random crop (training only).
     """
-
-    name = "decode"
-    order = 10
-    stream = "decode"
-    needs = "index"
 
     def __call__(self, index: int, rng: np.random.Generator | None = None) -> Element:
         if index < 0:

@@ -8,21 +8,16 @@ import numpy as np
 from aum_jax.data.pipeline.stages.base import ClipContext, Element, Stage
 
 
-class Features(Stage):
+class Features(Stage, name="features", order=30, needs="waveform", keys=("cache_features",)):
     """Waveform -> ``fbank`` ``(target_length, num_mel_bins)`` float32, a fresh array per clip.
 
     With ``cache_features`` (training) it and the stages before it run once per clip, their
     result kept (:attr:`keeps_earlier`).
     """
 
-    name = "features"
-    order = 30
-    needs = "waveform"
-    keys = ("cache_features",)
-
-    def __init__(self, config: ml_collections.ConfigDict, context: ClipContext):
-        super().__init__(config, context)
-        self.keeps_earlier = bool(config.cache_features) and context.train
+    @property
+    def keeps_earlier(self) -> bool:
+        return bool(self._settings["cache_features"]) and self._context.train
 
     @classmethod
     def check(cls, config: ml_collections.ConfigDict, context: ClipContext) -> None:

@@ -52,23 +52,9 @@ def epic_masks(spec: np.ndarray, axis: int, mask_param: int, rng: np.random.Gene
             spec[:, band] = spec.mean()
 
 
-class Masks(Stage):
+class Masks(Stage, name="masks", order=50, stream="masks", train_only=True,
+            keys=("freqm", "timem", "mask_style"), switches=("freqm", "timem")):
     """A frequency mask (``freqm``) then a time mask (``timem``), in ``mask_style``, into the clip's fresh fbank."""
-
-    name = "masks"
-    order = 50
-    stream = "masks"
-    train_only = True
-    keys = ("freqm", "timem", "mask_style")
-
-    def __init__(self, config: ml_collections.ConfigDict, context: ClipContext):
-        super().__init__(config, context)
-        self._freqm, self._timem = config.freqm, config.timem
-        self._mask = epic_masks if config.mask_style == "epic" else torchaudio_mask
-
-    @classmethod
-    def enabled(cls, config: ml_collections.ConfigDict, context: ClipContext) -> bool:
-        return bool(config.freqm or config.timem)
 
     @classmethod
     def check(cls, config: ml_collections.ConfigDict, context: ClipContext) -> None:
@@ -76,9 +62,10 @@ class Masks(Stage):
             raise ValueError(f"unknown mask_style {config.mask_style!r}; use one of {', '.join(MASK_STYLES)}")
 
     def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
-        spec = element["fbank"]  # a fresh array of this clip: masked in place.
-        if self._freqm:
-            self._mask(spec, 1, self._freqm, rng)
-        if self._timem:
-            self._mask(spec, 0, self._timem, rng)
+        spec, settings = element["fbank"], self._settings  # a fresh array of this clip: masked in place.
+        mask = epic_masks if settings["mask_style"] == "epic" else torchaudio_mask
+        if settings["freqm"]:
+            mask(spec, 1, settings["freqm"], rng)
+        if settings["timem"]:
+            mask(spec, 0, settings["timem"], rng)
         return element

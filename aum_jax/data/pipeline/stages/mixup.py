@@ -29,26 +29,16 @@ def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float) -> np.ndarr
     return kaldi.remove_mean(np.float32(lam) * first + np.float32(1.0 - lam) * fitted)
 
 
-class Mixup(Stage):
+class Mixup(Stage, name="mixup", order=20, stream="mixup", train_only=True, needs="waveform",
+            keys=("mixup", "mixup_beta")):
     """With probability ``mixup``: mixes in a uniformly drawn second clip, lambda ~ Beta(mixup_beta, mixup_beta)."""
-
-    name = "mixup"
-    order = 20
-    stream = "mixup"
-    train_only = True
-    needs = "waveform"
-    keys = ("mixup", "mixup_beta")
-
-    def __init__(self, config: ml_collections.ConfigDict, context: ClipContext):
-        super().__init__(config, context)
-        self._probability, self._beta = config.mixup, config.mixup_beta
 
     @classmethod
     def enabled(cls, config: ml_collections.ConfigDict, context: ClipContext) -> bool:
         return config.mixup > 0
 
     def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
-        if rng.random() >= self._probability:
+        if rng.random() >= self._settings["mixup"]:
             return element
         source = self._context.source
         other_index = int(rng.integers(len(source)))
@@ -57,7 +47,7 @@ class Mixup(Stage):
             other_waveform, other_rate = source.load_audio(other_index, rng)
         except audio.AudioLoadError as e:
             return {"failure": (e.path, e.kind, f"{e} (mixed into {element['key']})")}
-        lam = rng.beta(self._beta, self._beta)
+        lam = rng.beta(self._settings["mixup_beta"], self._settings["mixup_beta"])
         label = np.zeros((self._context.num_classes,), np.float32)
         np.add.at(label, list(element["labels"]), lam)
         np.add.at(label, list(other.labels), 1.0 - lam)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ml_collections
 import numpy as np
 
-from aum_jax.data.pipeline.stages.base import ClipContext, Element, Stage
+from aum_jax.data.pipeline.stages.base import Element, Stage
 
 
 def add_noise(spec: np.ndarray, rng: np.random.Generator, scale: float, max_shift: int) -> np.ndarray:
@@ -17,23 +16,10 @@ def add_noise(spec: np.ndarray, rng: np.random.Generator, scale: float, max_shif
     return np.roll(noisy, int(rng.integers(-max_shift, max_shift)), axis=0)
 
 
-class Noise(Stage):
+class Noise(Stage, name="noise", order=70, stream="noise", train_only=True,
+            keys=("noise", "noise_scale", "noise_max_shift"), switches=("noise",)):
     """:func:`add_noise` with ``noise_scale`` and ``noise_max_shift``, per training clip."""
 
-    name = "noise"
-    order = 70
-    stream = "noise"
-    train_only = True
-    keys = ("noise", "noise_scale", "noise_max_shift")
-
-    def __init__(self, config: ml_collections.ConfigDict, context: ClipContext):
-        super().__init__(config, context)
-        self._scale, self._max_shift = config.noise_scale, config.noise_max_shift
-
-    @classmethod
-    def enabled(cls, config: ml_collections.ConfigDict, context: ClipContext) -> bool:
-        return bool(config.noise)
-
     def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
-        noisy = add_noise(element["fbank"], rng, self._scale, self._max_shift)
+        noisy = add_noise(element["fbank"], rng, self._settings["noise_scale"], self._settings["noise_max_shift"])
         return {**element, "fbank": noisy.astype(np.float32)}

@@ -7,11 +7,8 @@ import numpy as np
 from aum_jax.data.pipeline.stages.base import Element, Stage
 
 
-class Normalize(Stage):
+class Normalize(Stage, name="normalize", order=60):
     """``fbank -> (fbank - mean) / (2 std)`` (unchanged with ``skip_norm``)."""
-
-    name = "normalize"
-    order = 60
 
     def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
         return {**element, "fbank": self._context.preprocessing.normalize(element["fbank"])}

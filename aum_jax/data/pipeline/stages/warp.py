@@ -40,22 +40,9 @@ def frequency_warp(spec: np.ndarray, factor: float, sample_rate: float) -> np.nd
     return (spec[:, below] * (1.0 - weight) + spec[:, below + 1] * weight).astype(np.float32)
 
 
-class FrequencyWarp(Stage):
+class FrequencyWarp(Stage, name="warp", order=40, stream="warp", train_only=True, keys=("freq_warp",),
+                    switches=("freq_warp",)):
     """A frequency warp by a factor uniform in ``[1 - freq_warp, 1 + freq_warp]``, per clip."""
-
-    name = "warp"
-    order = 40
-    stream = "warp"
-    train_only = True
-    keys = ("freq_warp",)
-
-    def __init__(self, config: ml_collections.ConfigDict, context: ClipContext):
-        super().__init__(config, context)
-        self._width = config.freq_warp
-
-    @classmethod
-    def enabled(cls, config: ml_collections.ConfigDict, context: ClipContext) -> bool:
-        return bool(config.freq_warp)
 
     @classmethod
     def check(cls, config: ml_collections.ConfigDict, context: ClipContext) -> None:
@@ -63,5 +50,6 @@ class FrequencyWarp(Stage):
             raise ValueError(f"{config.name}: freq_warp works on the Kaldi fbank, not on {config.feature!r}")
 
     def apply(self, element: Element, rng: np.random.Generator | None) -> Element:
-        factor = rng.uniform(1.0 - self._width, 1.0 + self._width)
+        width = self._settings["freq_warp"]
+        factor = rng.uniform(1.0 - width, 1.0 + width)
         return {**element, "fbank": frequency_warp(element["fbank"], factor, self._context.preprocessing.sample_rate)}
