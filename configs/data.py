@@ -51,6 +51,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.feature = "kaldi_fbank"  # "kaldi_fbank" (AudiosetDataset) or "epic_logmel".
     c.epic_window_ms = 10.0  # EPIC log-mel window (AUDIO_DATA.WINDOW_LENGTH).
     c.epic_hop_ms = 5.0  # EPIC log-mel hop (AUDIO_DATA.HOP_LENGTH).
+    # The per-clip stages' knobs (aum_jax/data/pipeline/stages/: each stage names the keys it reads).
     c.freqm = 0  # max frequency-mask width (exclusive); 0 = none.
     c.timem = 0  # max time-mask width (exclusive); 0 = none.
     c.freq_warp = 0.0  # vocal-tract-length warp of the fbank's frequency axis by U[1 - w, 1 + w]; 0 = none (not in the original).

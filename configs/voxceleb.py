@@ -8,8 +8,7 @@ tiny CPU check.
 
 from aum_jax.configs import common, data
 
-PREP_STEP = ("python scripts/prep_voxceleb.py --iden-split iden_split.txt --wav-dir <wav root> "
-             "(data/README.md, VoxCeleb1)")
+PREP_STEP = "python scripts/prep_voxceleb.py --iden-split iden_split.txt --wav-dir <wav root> (data/README.md, VoxCeleb1)"
 
 
 def get_data_config():

@@ -1,6 +1,6 @@
 """Computes a dataset's fbank mean and std for ``config.mean`` / ``config.std``.
 
-As the original ``get_norm_stats.py``, in batches of 1000 clips (:mod:`aum_jax.data.features.norm_stats`).
+As the original ``get_norm_stats.py``, in batches of 1000 clips (:mod:`aum_jax.data.pipeline.norm_stats`).
 
   python scripts/get_norm_stats.py --dataset audioset_20k --split train
 """
@@ -16,7 +16,7 @@ from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
 from aum_jax.configs.data import DATASETS, get_data_config
 
-from aum_jax.data.features import norm_stats
+from aum_jax.data.pipeline import norm_stats
 from aum_jax.data.sources import registry
 
 _DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "data config name.", required=True)

@@ -21,8 +21,7 @@ from aum_jax import export, hear
 from aum_jax.checkpoints import model_files, pretrained
 from aum_jax.checkpoints.model_files import load_model, save_model
 from aum_jax.data.demo import demo_data
-from aum_jax.data.features import norm_stats
-from aum_jax.data.pipeline import input_pipeline
+from aum_jax.data.pipeline import input_pipeline, norm_stats
 from aum_jax.data.sources import folder_layout, folder_setup
 from aum_jax.data.sources import prepare as data_prepare
 from aum_jax.data.sources.folder import FolderSource

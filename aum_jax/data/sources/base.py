@@ -81,7 +81,7 @@ class SourceKind:
         """Makes the kind's first-use files (after the checks) and sets ``config`` to them (the default: none).
 
         ``statistics`` computes a split's fbank statistics
-        (:func:`aum_jax.data.features.norm_stats.fbank_statistics`, which reads through the input
+        (:func:`aum_jax.data.pipeline.norm_stats.fbank_statistics`, which reads through the input
         pipeline, itself built on the registry: passed in, so no source module imports it).
         """
         del config, workdir, configured, statistics

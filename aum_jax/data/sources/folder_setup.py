@@ -7,7 +7,7 @@ folder has no test clips, takes the model and its input features from an aum-jax
 directory in ``config.init.checkpoint`` (``config.init.adopt_model_dir``) and picks the input
 length (``config.data.audio_length`` 0: the longest training clip). :func:`prepare` runs after
 the checks: on first use it computes the fbank statistics of the training split
-(:mod:`aum_jax.data.features.norm_stats`) and writes them, with the classes and the input length, to
+(:mod:`aum_jax.data.pipeline.norm_stats`) and writes them, with the classes and the input length, to
 ``WORKDIR/folder_data.json``, and the class names to ``WORKDIR/labels.csv``; the config's data
 then points at both, so the model directory written by training carries them. A later run in
 the same workdir reuses the record (a resumed run normalises as it began) and refuses a
@@ -139,7 +139,7 @@ def _write(path: Path, text: str) -> None:
 def prepare(config: ml_collections.ConfigDict, workdir: Path, layout: folder_layout.FolderLayout,
             train: AudioSource, statistics: Callable[..., Any]) -> None:
     """On first use, the statistics of ``train`` (the layout's training clips) and the record; the label CSV;
-    ``config.data`` set to them. ``statistics`` is :func:`aum_jax.data.features.norm_stats.fbank_statistics`.
+    ``config.data`` set to them. ``statistics`` is :func:`aum_jax.data.pipeline.norm_stats.fbank_statistics`.
 
     Raises:
       BadInputError: too many training clips cannot be read.

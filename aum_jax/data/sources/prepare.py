@@ -21,7 +21,7 @@ import ml_collections
 
 from aum_jax.configs import data as data_configs
 from aum_jax.data.demo import demo_data
-from aum_jax.data.features import norm_stats
+from aum_jax.data.pipeline import norm_stats
 from aum_jax.data.sources import registry
 
 
