@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -59,7 +60,7 @@ class TfdsSource(SourceKind):
         return f"tfds.{split}_split"
 
     @classmethod
-    def needed_files(cls, data: ml_collections.ConfigDict, splits) -> list[tuple[str, str, str]]:
+    def needed_files(cls, data: ml_collections.ConfigDict, splits: Sequence[str]) -> list[tuple[str, str, str]]:
         return []  # TFDS checks its own files.
 
     @classmethod
