@@ -18,7 +18,7 @@ from aum_jax.configs import speechcommands
 from aum_jax.checkpoints import convert
 from aum_jax.checkpoints.model_files import save_model
 from aum_jax.data.features.preprocessing import Preprocessing
-from aum_jax.data.sources import datasets
+from aum_jax.data.sources.datafile import write_datafile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -57,7 +57,7 @@ def write_toy_dataset(root: Path, clips_per_class: int = 12, seed: int = 0) -> d
                 soundfile.write(wav, (tone + 0.02 * rng.normal(size=t.shape)).astype(np.float32), SAMPLE_RATE)
                 entries.append((str(wav.relative_to(root)), [mid]))
         paths[split] = str(root / f"{split}.json")
-        datasets.write_datafile(paths[split], entries)
+        write_datafile(paths[split], entries)
     paths["label_csv"] = str(label_csv)
     return paths
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aum_jax.data.sources.datasets import write_datafile
+from aum_jax.data.sources.datafile import write_datafile
 from tests.helpers import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "scripts" / "colab_evaluation.ipynb"

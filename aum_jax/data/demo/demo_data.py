@@ -42,7 +42,7 @@ from pathlib import Path
 from absl import logging
 
 from aum_jax.data.demo import render
-from aum_jax.data.sources import datasets
+from aum_jax.data.sources.datafile import write_datafile
 
 DATASET_VERSION = 1
 
@@ -152,7 +152,7 @@ def _write_outputs(root: Path, words: Sequence[str], rows: list[dict[str, str]])
     for split in SPLITS:
         entries = [(r["wav"], [_mid(r["word"])]) for r in rows if r["split"] == split]
         if entries:
-            datasets.write_datafile(root / f"{split}.json", entries)
+            write_datafile(root / f"{split}.json", entries)
 
 
 def _manifest(seed: int, words: Sequence[str], clips: dict[str, int]) -> dict[str, object]:
