@@ -8,12 +8,12 @@ Sections:
 * ``scan``: forward, and forward + backward (all eight gradients), time of each scan implementation
   on one layer input, as ratios to the kernel of the backend, side by side (the Pallas
   kernel only on a GPU, where it also runs both directions in one launch). On a CPU the C++
-  kernel is timed once per ``--cpu_variants`` target (``native``, ``x86-64-v3`` for AVX2:
-  one library each, in one process), and ``--scan_rounds`` alternates the implementations.
+  kernel is timed once per ``--cpu-variants`` target (``native``, ``x86-64-v3`` for AVX2:
+  one library each, in one process), and ``--scan-rounds`` alternates the implementations.
 * ``model``: ``aum_jax.training.update.train_step`` (the recipes' optimizer chain, BCE) and inference
   clips/s, and the memory XLA plans, of AuM at the published recipes' shapes, per scan
-  implementation (the C++ kernel per ``--cpu_variants`` target), ``--model_remat`` policy and
-  ``--model_mode`` (highest, tensorfloat32, bfloat16), side by side; with the sgemm rate
+  implementation (the C++ kernel per ``--cpu-variants`` target), ``--model-remat`` policy and
+  ``--model-mode`` (highest, tensorfloat32, bfloat16), side by side; with the sgemm rate
   measured in the same run, the train step's matmul FLOPs give an MFU. With ``--original``
   (the JSON lines of ``../shared/gpu-anchor/torch_orig.py`` from the same machine) each figure
   is also given as a ratio to the original PyTorch AuM (bfloat16 against its fp16 AMP).
@@ -28,15 +28,15 @@ record results in BENCHMARKS.md.
 
   python scripts/benchmark.py --sections input
   python scripts/benchmark.py --sections scan,model      # on a GPU: the recipe shapes
-  python scripts/benchmark.py --sections scan,model --cpu_variants native,x86-64-v3 --scan_rounds 3
+  python scripts/benchmark.py --sections scan,model --cpu-variants native,x86-64-v3 --scan-rounds 3
   python scripts/benchmark.py --sections scaling
 """
 
 from __future__ import annotations
 
-from aum_jax.cli import console
+from aum_jax.core import logs
 
-console.quiet_native_logs()  # before JAX and TensorFlow load.
+logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import contextlib  # noqa: E402
 import functools  # noqa: E402
@@ -53,40 +53,41 @@ from collections.abc import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.training.speed import time_ms  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"], "sections to run: input, scan, model, scaling.")
-_INPUT_CLIPS = flags.DEFINE_integer("input_clips", 16, "distinct wav files on disk.")
-_INPUT_BATCHES = flags.DEFINE_integer("input_batches", 20, "timed batches of 12 clips.")
-_INPUT_THREADS = flags.DEFINE_integer("input_threads", 1, "reading threads of the worker.")
+_INPUT_CLIPS = flags.DEFINE_integer("input-clips", 16, "distinct wav files on disk.")
+_INPUT_BATCHES = flags.DEFINE_integer("input-batches", 20, "timed batches of 12 clips.")
+_INPUT_THREADS = flags.DEFINE_integer("input-threads", 1, "reading threads of the worker.")
 _SCAN_SHAPES = flags.DEFINE_multi_string(
-    "scan_shape", None, "B,L,D,N of the scan section, repeatable (default: 4,513,384,16 on CPU; "
+    "scan-shape", None, "B,L,D,N of the scan section, repeatable (default: 4,513,384,16 on CPU; "
     "12,513,1536,16, the base AudioSet layer, and 48,65,768,16 on GPU)."
 )
-_SCAN_REPEATS = flags.DEFINE_integer("scan_repeats", 5, "timed calls per scan implementation.")
+_SCAN_REPEATS = flags.DEFINE_integer("scan-repeats", 5, "timed calls per scan implementation.")
 _SCAN_ROUNDS = flags.DEFINE_integer(
-    "scan_rounds", 1, "rounds over the scan implementations, each timing every one in turn; the median round is given.")
+    "scan-rounds", 1, "rounds over the scan implementations, each timing every one in turn; the median round is given.")
 _CPU_VARIANTS = flags.DEFINE_list(
-    "cpu_variants", None, "targets (-march values) of the C++ CPU kernel, side by side in the scan and model sections "
+    "cpu-variants", None, "targets (-march values) of the C++ CPU kernel, side by side in the scan and model sections "
     "(default: $AUM_JAX_CPU_MARCH, else native).")
 _MODEL_SHAPES = flags.DEFINE_list(
-    "model_shapes", None, "recipes of the model section (default: the three recipe shapes on GPU, "
+    "model-shapes", None, "recipes of the model section (default: the three recipe shapes on GPU, "
     "tiny_fobi_spc and base_fobi_spc_infer8 on CPU); see aum_jax.training.speed.RECIPES."
 )
-_MODEL_IMPLS = flags.DEFINE_list("model_impls", None, "scan impls of the model section (default: all that run here).")
+_MODEL_IMPLS = flags.DEFINE_list("model-impls", None, "scan impls of the model section (default: all that run here).")
 _MODEL_REMAT = flags.DEFINE_list(
-    "model_remat", ["dots"], "remat policies of the model section, side by side (dots, dots_scan, none, full)."
+    "model-remat", ["dots"], "remat policies of the model section, side by side (dots, dots_scan, none, full)."
 )
-_MODEL_STEPS = flags.DEFINE_integer("model_steps", 5, "timed train steps and inference calls per figure.")
+_MODEL_STEPS = flags.DEFINE_integer("model-steps", 5, "timed train steps and inference calls per figure.")
 _MODES = flags.DEFINE_list(
-    "model_mode", ["highest"], "precision modes of the model section, side by side: highest (the original's "
+    "model-mode", ["highest"], "precision modes of the model section, side by side: highest (the original's "
     "float32), tensorfloat32 (the original with allow_tf32), bfloat16 (model.dtype; vs the original's fp16 AMP).",
 )
 _ORIGINAL = flags.DEFINE_string("original", None, "torch.jsonl of gpu-anchor's torch_orig.py, for ratios.")
-_SCALING_RECIPE = flags.DEFINE_string("scaling_recipe", "tiny_fobi_spc", "recipe of the scaling section.")
-_SCALING_BATCH = flags.DEFINE_integer("scaling_batch", 8, "per-device batch of the scaling section.")
-_SCALING_DEVICES = flags.DEFINE_list("scaling_devices", ["1", "2", "4"], "simulated device counts of the scaling section.")
-_SCALING_CHILD = flags.DEFINE_integer("scaling_child", 0, "internal: time the scaling step on this many devices.")
+_SCALING_RECIPE = flags.DEFINE_string("scaling-recipe", "tiny_fobi_spc", "recipe of the scaling section.")
+_SCALING_BATCH = flags.DEFINE_integer("scaling-batch", 8, "per-device batch of the scaling section.")
+_SCALING_DEVICES = flags.DEFINE_list("scaling-devices", ["1", "2", "4"], "simulated device counts of the scaling section.")
+_SCALING_CHILD = flags.DEFINE_integer("scaling-child", 0, "internal: time the scaling step on this many devices.")
 
 Row = tuple[str, float, str]
 
@@ -155,7 +156,7 @@ def _runnable_impls() -> list[str]:
 
 @functools.cache
 def _cpu_variants() -> list[str]:
-    """The --cpu_variants targets of the C++ kernel that build and run here (the others are named, not timed)."""
+    """The --cpu-variants targets of the C++ kernel that build and run here (the others are named, not timed)."""
     from aum_jax.kernels.cpu import cpu_scan
 
     found = []
@@ -169,7 +170,7 @@ def _cpu_variants() -> list[str]:
 
 
 def _labelled(impls: list[str]) -> list[tuple[str, str, str | None]]:
-    """(label, impl, CPU kernel target) per timed implementation: "cpu" once per --cpu_variants target."""
+    """(label, impl, CPU kernel target) per timed implementation: "cpu" once per --cpu-variants target."""
     from aum_jax.kernels.cpu import cpu_scan
 
     labelled = []
@@ -356,8 +357,8 @@ def scaling_section() -> list[Row]:
     for devices in map(int, _SCALING_DEVICES.value):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
         done = subprocess.run(
-            [sys.executable, __file__, f"--scaling_child={devices}", f"--scaling_recipe={_SCALING_RECIPE.value}",
-             f"--scaling_batch={_SCALING_BATCH.value}", f"--model_steps={_MODEL_STEPS.value}"],
+            [sys.executable, __file__, f"--scaling-child={devices}", f"--scaling-recipe={_SCALING_RECIPE.value}",
+             f"--scaling-batch={_SCALING_BATCH.value}", f"--model-steps={_MODEL_STEPS.value}"],
             env=env, capture_output=True, text=True)
         line = next((l for l in done.stdout.splitlines() if l.startswith("SCALING ")), None)
         if done.returncode or line is None:
@@ -411,4 +412,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=console.parse_absl_flags)
+    app.run(main, flags_parser=cli_flags.parse_absl_flags)
