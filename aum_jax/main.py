@@ -32,10 +32,8 @@ logs.quiet_native_logs(preload_tensorflow=True)  # before JAX and TensorFlow (cl
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -61,27 +59,12 @@ _NUM_PROCESSES = flags.DEFINE_integer("num-processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process-id", None, "This process's index in a multi-process run.")
 
 
-def format_config(config: ml_collections.ConfigDict) -> str:
-    """Every knob as ``path = value``, one a line, values plain (references resolved)."""
-    lines = []
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key in sorted(node):
-                walk(f"{prefix}.{key}" if prefix else key, node[key])
-        else:
-            lines.append(f"{prefix} = {node!r}")
-
-    walk("", config.to_dict())
-    return "\n".join(lines)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     if _MODE.value == "print":
-        print(format_config(config))
+        print(cli_flags.format_config(config))
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
@@ -92,7 +75,6 @@ def main(argv: list[str]) -> None:
     logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.devices())
     workdir = Path(_WORKDIR.value)
-    is_main = jax.process_index() == 0
     try:
         config_checks.check_workdir(workdir)
         config = data_prepare.prepare(config, workdir, training=_MODE.value == "train",  # the run's read-only config.
@@ -100,21 +82,14 @@ def main(argv: list[str]) -> None:
         labels.training_preprocessing(config)  # the label names fit the class count.
         if _MODE.value == "eval":
             reports = eval_mode.evaluate_workdir(config, workdir)
-            if is_main:
-                print(report_lib.results_table([(split, r) for split, r in reports.items()]))
+            report_lib.print_eval_run(reports)
             return
         report = train.train_and_evaluate(config, workdir)
     except train.TrainingInterrupted as e:
         logging.warning("%s", e)
         sys.exit(143)
-    if is_main:
-        if report.get(train.ALREADY_TRAINED):
-            print(f"{workdir} is already trained to step {report['step']}; its stored results follow "
-                  "(--mode=eval evaluates again, a larger --config.train.num_steps trains on).")
-        report_lib.print_training_results(report, config.eval.split, config.eval.test_split, config.train.metric,
-                                          workdir / workdir_lib.REPORT_FILE, workdir / workdir_lib.MODEL_DIR)
-    if config.eval.confusion_matrix:
-        report_lib.print_confusion(workdir, config.eval.test_split or config.eval.split)
+    report_lib.print_training_run(report, config, workdir, workdir / workdir_lib.REPORT_FILE,
+                                  workdir / workdir_lib.MODEL_DIR)
 
 
 if __name__ == "__main__":

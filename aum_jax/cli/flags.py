@@ -11,6 +11,9 @@ import argparse
 import ast
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
 
 from aum_jax.core import logs
 
@@ -94,3 +97,19 @@ def add_verbosity_flag(parser: argparse.ArgumentParser) -> None:
         "-v", "--verbosity", type=int, nargs="?", const=0, default=logs.QUIET,
         help="log level: -1 warnings only (default), 0 (or bare -v) info of every library, 1 debug",
     )
+
+
+def format_config(config: ml_collections.ConfigDict) -> str:
+    """Every knob as ``path = value``, one a line (the paths ``--config.<path>`` overrides), values plain
+    (references resolved)."""
+    lines = []
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key in sorted(node):
+                walk(f"{prefix}.{key}" if prefix else key, node[key])
+        else:
+            lines.append(f"{prefix} = {node!r}")
+
+    walk("", config.to_dict())
+    return "\n".join(lines)

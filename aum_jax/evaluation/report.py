@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -22,6 +23,8 @@ from aum_jax.core import storage
 from aum_jax.data.sources import labels
 from aum_jax.evaluation import confusion
 from aum_jax.evaluation.evaluate import Outputs
+
+ALREADY_TRAINED = "already_trained"  # key of a training report: the workdir was finished before, nothing ran.
 
 
 def to_json(report: dict[str, Any]) -> str:
@@ -76,14 +79,30 @@ def results_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]]) -> str:
     return "\n".join(lines)
 
 
-def print_training_results(report: Mapping[str, Any], split: str, test_split: str, metric: str,
-                           report_file: Path, model_dir: Path) -> None:
-    """The final table of a training run: the best model on ``split`` (and ``test_split``), and its files."""
-    rows = [(split or "final", report.get("best") or report.get("final"))]
-    if report.get("test"):
-        rows.append((test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
-    print(f"\nResults ({report_file}); best model by {metric} in {model_dir}:")
-    print(results_table(rows))
+def print_training_run(report: Mapping[str, Any], config: ml_collections.ConfigDict, workdir: Path,
+                       report_file: Path, model_dir: Path) -> None:
+    """What a training run prints at its end (process 0): that it was trained before, if so; the best model
+    on ``config.eval.split`` (and ``test_split``) and where its files are (``report_file``, ``model_dir``);
+    the confusion matrix stored in ``workdir`` for the test split (else validation) with
+    ``config.eval.confusion_matrix``."""
+    if jax.process_index() == 0:
+        if report.get(ALREADY_TRAINED):
+            print(f"{workdir} is already trained to step {report['step']}; its stored results follow "
+                  "(--mode=eval evaluates again, a larger --config.train.num_steps trains on).")
+        split, test_split = config.eval.split, config.eval.test_split
+        rows = [(split or "final", report.get("best") or report.get("final"))]
+        if report.get("test"):
+            rows.append((test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
+        print(f"\nResults ({report_file}); best model by {config.train.metric} in {model_dir}:")
+        print(results_table(rows))
+    if config.eval.confusion_matrix:
+        print_confusion(workdir, config.eval.test_split or config.eval.split)
+
+
+def print_eval_run(reports: Mapping[str, Mapping[str, Any]]) -> None:
+    """The table of ``--mode=eval`` (process 0): one row per evaluated split."""
+    if jax.process_index() == 0:
+        print(results_table(list(reports.items())))
 
 
 def save_confusion(outputs: Outputs, names: Sequence[str], workdir: Path, split: str) -> None:

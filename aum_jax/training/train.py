@@ -6,7 +6,8 @@ update, checkpoint, train loop, eval.
 
 - The workdir is locked for the run (:mod:`aum_jax.training.workdir`); a second trainer stops.
 - A workdir whose ``report.json`` reached the configured steps is not trained again (nor
-  locked, so a read-only one works): its report is returned, marked ``already_trained``.
+  locked, so a read-only one works): its report is returned, marked
+  :data:`aum_jax.evaluation.report.ALREADY_TRAINED`.
   If its ``model/`` is gone, it is rebuilt from the checkpoint of the step it held (the
   best one), with a warning; with that checkpoint gone too, :class:`MissingModelError`.
 - The model and optimizer come from, in this order: the newest readable checkpoint
@@ -56,8 +57,6 @@ from aum_jax.evaluation import evaluate, report as report_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
 from aum_jax.training import divergence, run_checkpoints, update
 from aum_jax.training import workdir as workdir_lib
-
-ALREADY_TRAINED = "already_trained"  # key of a returned report: the workdir was finished before.
 
 
 class MissingModelError(workdir_lib.WorkdirError):
@@ -284,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     finished = storage.read_json(workdir / workdir_lib.REPORT_FILE)
     if finished is not None and finished.get("step", -1) >= run.num_steps:  # nothing to do: keep the results.
         _restore_finished_model(config, workdir, finished)
-        return {**finished, ALREADY_TRAINED: True}
+        return {**finished, report_lib.ALREADY_TRAINED: True}
     lock = workdir_lib.lock_for_run(workdir, config.train.lock_heartbeat_s, config.train.lock_stale_after_s)
     try:
         divergence.check_resume(config, workdir)

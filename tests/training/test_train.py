@@ -20,6 +20,7 @@ from flax import nnx
 
 from aum_jax.checkpoints import model_files
 from aum_jax.data.sources import labels
+from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AuMConfig, init_model
 from aum_jax.training import config_checks, eval_mode, run_checkpoints, train, update
 from aum_jax.training import workdir as workdir_lib
@@ -120,7 +121,7 @@ def test_a_finished_workdir_without_its_model_rebuilds_it_or_says_why_it_cannot(
     best, want = report["best"]["step"], final_params(workdir)
     shutil.rmtree(workdir / workdir_lib.MODEL_DIR)  # deleted by hand.
     again = train.train_and_evaluate(config, workdir)
-    assert again[train.ALREADY_TRAINED] and again["step"] == 4 and again["best"]["step"] == best
+    assert again[report_lib.ALREADY_TRAINED] and again["step"] == 4 and again["best"]["step"] == best
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), want)  # the best step's model, as trained.
     assert model_files.load_preprocessing(workdir / workdir_lib.MODEL_DIR) == labels.training_preprocessing(config)
     (workdir / workdir_lib.MODEL_DIR).rename(workdir / ".model.previous")  # a kill inside replace_dir's fallback.
