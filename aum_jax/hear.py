@@ -43,7 +43,7 @@ from aum_jax.checkpoints import model_files
 from aum_jax.data.features import preprocessing
 from aum_jax.data.features.audio import as_float_samples
 from aum_jax.evaluation import evaluate
-from aum_jax.inference import embeddings, predict
+from aum_jax.inference import embeddings, predict, windows
 from aum_jax.models import AudioMamba
 
 
@@ -93,9 +93,9 @@ def load_model(model_file_path: str | os.PathLike, *, batch_size: int = 32, matm
         raise ValueError("load_model needs an aum-jax model directory (aum-jax ships no default weights)")
     directory = model_files.model_directory(model_file_path)
     model = model_files.load_model(directory, verify=verify)
-    prep = preprocessing.load(directory)
+    prep = model_files.load_preprocessing(directory)
     if prep is None:
-        raise ValueError(f"{directory} has no {preprocessing.PREPROCESSING_FILE}: its input features are unknown "
+        raise ValueError(f"{directory} has no {model_files.PREPROCESSING_FILE}: its input features are unknown "
                          "(convert it with --dataset, or --mean/--std and --sample-rate)")
     prep.require_statistics(str(directory))
     return HearModel(model, prep, batch_size, matmul_precision)
@@ -135,7 +135,7 @@ def _run(audio: np.ndarray, model: HearModel, bounds: np.ndarray, embed: evaluat
 
 def _bounds(audio: np.ndarray, model: HearModel, hop_seconds: float) -> np.ndarray:
     """``(W, 2)`` sample bounds of the windows of the model's input length every ``hop_seconds``."""
-    return np.array(predict.window_bounds(audio.shape[1], model.sample_rate, model.prep.window_seconds, hop_seconds))
+    return np.array(windows.window_bounds(audio.shape[1], model.sample_rate, model.prep.window_seconds, hop_seconds))
 
 
 def get_scene_embeddings(audio: Any, model: HearModel) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Each whole file is cut into windows of the model's input length (or ``window_seconds``),
 starting every window (or ``hop_seconds``), each read and treated as a clip of its own
-(:class:`aum_jax.inference.predict.RecordingWindows`): one row per window, each from one pass of the
+(:class:`aum_jax.inference.windows.RecordingWindows`): one row per window, each from one pass of the
 model, or with ``pool`` one row per file, the mean of its windows weighted by the audio each
 holds (as HEAR's scene embedding, :func:`aum_jax.hear.get_scene_embeddings`, pools a sound):
 
@@ -38,7 +38,8 @@ import numpy as np
 from aum_jax.core import storage
 from aum_jax.data.features import audio, kaldi, preprocessing
 from aum_jax.evaluation import evaluate
-from aum_jax.inference.predict import RecordingWindows, _shown, check_features, check_window, require_finite, run_model
+from aum_jax.inference.predict import check_features, require_finite, run_model, shown
+from aum_jax.inference.windows import RecordingWindows, check_window
 from aum_jax.models import AudioMamba
 
 
@@ -97,7 +98,7 @@ def parse_layers(spec: str | None, depth: int) -> tuple[int, ...]:
         raise ValueError(f"--layers {spec!r}: use 'all' or block indices such as 0,5,11") from None
     outside = [i for i in layers if not 0 <= i < depth]
     if outside:
-        raise ValueError(f"--layers {spec!r}: the model has blocks 0..{depth - 1}, not {_shown(outside)}")
+        raise ValueError(f"--layers {spec!r}: the model has blocks 0..{depth - 1}, not {shown(outside)}")
     return layers
 
 

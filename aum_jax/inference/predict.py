@@ -8,7 +8,7 @@ block, per patch) are :mod:`aum_jax.inference.embeddings`. In Python::
   from aum_jax.inference import predict
   from aum_jax.checkpoints.model_files import load_model
 
-  model, prep = load_model("MODEL_DIR"), preprocessing.load("MODEL_DIR")
+  model, prep = load_model("MODEL_DIR"), model_files.load_preprocessing("MODEL_DIR")
   clips = predict.classify_clips(model, prep, ["a.wav", "b.flac"])
   clips.timelines[0].top(3)                         # [(label, score), ...]
   timeline = predict.classify_recording(model, prep, "long.wav", window_seconds=1, hop_seconds=0.5)
@@ -26,7 +26,6 @@ with CE (single-label), and the raw logits when the training loss is unknown.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -34,19 +33,18 @@ import ml_collections
 import numpy as np
 from scipy import special
 
-from aum_jax.core.errors import UserError
 from aum_jax.core import sharding
+from aum_jax.core.errors import UserError
 from aum_jax.data.features import audio, preprocessing
 from aum_jax.evaluation import evaluate
+from aum_jax.inference import windows
 from aum_jax.models import AudioMamba
 
 MATMUL_PRECISIONS = ("highest", "high", "tensorfloat32", "bfloat16", "default")  # jax.default_matmul_precision
-MIN_WINDOW_SECONDS = 0.025  # one fbank frame: a shorter tail window is dropped.
 # Audio read past a long file's first input: its last fbank frames (25 ms, or an EPIC STFT's
 # 43 ms) and the resampler's filter see the samples they see in the whole file (soxr then
 # gives the same samples, bit for bit).
 FIRST_INPUT_MARGIN_SECONDS = 1.0
-CHANNELS = ("first", "mean")  # first: channel 0, as the original; mean: the channels' average.
 
 
 class NonFiniteOutputError(UserError, ValueError):
@@ -61,10 +59,10 @@ def check_features(features: np.ndarray, expected: tuple[int, int], source: str 
         raise ValueError(f"{source} has zero rows: nothing to predict.")
     bad = np.flatnonzero(~np.isfinite(features).reshape(len(features), -1).all(axis=1))
     if len(bad):
-        raise ValueError(f"{source} has NaN or Inf values in row(s) {_shown(bad)}.")
+        raise ValueError(f"{source} has NaN or Inf values in row(s) {shown(bad)}.")
 
 
-def _shown(items: Sequence[Any], limit: int = 20) -> str:
+def shown(items: Sequence[Any], limit: int = 20) -> str:
     return ", ".join(map(str, items[:limit])) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
@@ -156,7 +154,7 @@ def require_finite(outputs: np.ndarray, inputs: Sequence[str], what: str = "logi
     bad = np.flatnonzero(~np.isfinite(np.sum(outputs, axis=1, dtype=np.float64)))
     if len(bad):
         raise NonFiniteOutputError(
-            f"the model gave NaN or Inf {what} for {_shown([inputs[i] for i in bad])}: its parameters "
+            f"the model gave NaN or Inf {what} for {shown([inputs[i] for i in bad])}: its parameters "
             "may be damaged, or the input is far outside what it was trained on")
 
 
@@ -222,13 +220,6 @@ class ClipPredictions:
     skipped: dict[str, str]
 
 
-def _mono(waveform: np.ndarray, channel: str) -> np.ndarray:
-    """``(channels, samples)`` as the model takes it: as it is ("first": the fbank reads channel 0), or averaged."""
-    if channel not in CHANNELS:
-        raise ValueError(f"unknown channel {channel!r}; use one of {', '.join(CHANNELS)}")
-    return waveform.mean(axis=0, keepdims=True) if channel == "mean" else waveform
-
-
 def file_features(path: str, prep: preprocessing.Preprocessing, channel: str = "first") -> tuple[np.ndarray, float, int]:
     """An audio file's first model input (its first ``target_length`` frames), as the training pipeline
     makes a clip's (:meth:`Preprocessing.features` of the whole file).
@@ -250,7 +241,7 @@ def file_features(path: str, prep: preprocessing.Preprocessing, channel: str = "
     """
     with audio.open_audio(path) as f:
         head = f.read(0, round((prep.window_seconds + FIRST_INPUT_MARGIN_SECONDS) * f.sample_rate))
-        return prep.features(_mono(head, channel), f.sample_rate), f.num_samples / f.sample_rate, f.sample_rate
+        return prep.features(windows.mono(head, channel), f.sample_rate), f.num_samples / f.sample_rate, f.sample_rate
 
 
 class _ClipReader:
@@ -305,96 +296,6 @@ def classify_clips(
     return ClipPredictions(timelines, outputs.logits, outputs.features, reader.skipped)
 
 
-def window_bounds(num_samples: int, sample_rate: int, window_seconds: float, hop_seconds: float) -> list[tuple[int, int]]:
-    """``(start, end)`` sample indices of the windows covering a recording.
-
-    Windows start every ``hop_seconds`` until one reaches the end; a last window shorter
-    than one fbank frame is dropped (unless it is the only one).
-    """
-    if window_seconds <= 0 or hop_seconds <= 0:
-        raise ValueError(f"window and hop must be positive, got {window_seconds} and {hop_seconds} s")
-    window = max(1, round(window_seconds * sample_rate))
-    hop = max(1, round(hop_seconds * sample_rate))
-    count = 1 + max(0, math.ceil((num_samples - window) / hop))
-    bounds = [(i * hop, min(i * hop + window, num_samples)) for i in range(count)]
-    min_len = MIN_WINDOW_SECONDS * sample_rate
-    while len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_len:
-        bounds.pop()
-    return bounds
-
-
-def check_window(prep: preprocessing.Preprocessing, window_seconds: float | None) -> float:
-    """The window in seconds: ``window_seconds``, else the model's input length.
-
-    Raises:
-      ValueError: a window longer than the model's input.
-    """
-    model_window = prep.window_seconds
-    window_seconds = window_seconds or model_window
-    if window_seconds > model_window + 1e-6:
-        raise ValueError(f"--window-seconds {window_seconds} is longer than the model's input of {model_window:g} s")
-    return window_seconds
-
-
-def window_name(path: str, start: float, end: float) -> str:
-    """``"FILE at S-E s"``: a window in messages."""
-    return f"{path} at {start:.2f}-{end:.2f} s"
-
-
-class RecordingWindows:
-    """The windows of one recording as model inputs, read from the file a window at a time.
-
-    Each window is treated as a clip of its own (read, resampled, mean removed, fbank,
-    padded to the model's frame count, normalised with ``prep``'s statistics). A context
-    manager: the file stays open until it exits.
-
-    Attributes:
-      starts, ends: ``(W,)`` window bounds in seconds.
-      duration: the recording's length in seconds.
-      sample_rate: the file's rate in Hz.
-
-    Raises:
-      ValueError: a window longer than the model's input, or a non-positive window or hop.
-      AudioLoadError: the file cannot be read.
-    """
-
-    def __init__(self, prep: preprocessing.Preprocessing, path: str, window_seconds: float | None = None,
-                 hop_seconds: float | None = None, channel: str = "first"):
-        window_seconds = check_window(prep, window_seconds)
-        self._prep, self._path, self._channel = prep, path, channel
-        self._file = audio.open_audio(path)
-        self.sample_rate = self._file.sample_rate
-        self.duration = self._file.num_samples / self.sample_rate
-        try:
-            self._bounds = window_bounds(self._file.num_samples, self.sample_rate, window_seconds,
-                                         hop_seconds or window_seconds)
-        except ValueError:
-            self._file.close()
-            raise
-        self.starts = np.array([s for s, _ in self._bounds], np.float64) / self.sample_rate
-        self.ends = np.array([e for _, e in self._bounds], np.float64) / self.sample_rate
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        """Each window's features ``(target_length, num_mel_bins)``; a recording shorter than one frame raises."""
-        for start, end in self._bounds:
-            try:
-                yield self._prep.features(_mono(self._file.read(start, end), self._channel), self.sample_rate)
-            except preprocessing.MissingStatisticsError:
-                raise
-            except ValueError as e:  # a recording shorter than one frame.
-                raise ValueError(f"{self._path}: {e}") from e
-
-    def names(self) -> list[str]:
-        """``"FILE at S-E s"`` of each window, for messages."""
-        return [window_name(self._path, s, e) for s, e in zip(self.starts, self.ends)]
-
-    def __enter__(self) -> RecordingWindows:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._file.close()
-
-
 def classify_recording(
     model: AudioMamba,
     prep: preprocessing.Preprocessing,
@@ -408,7 +309,7 @@ def classify_recording(
 ) -> Timeline:
     """Slides the model's window over a whole recording and scores every window.
 
-    Windows are read and featurised a batch at a time (:class:`RecordingWindows`): memory
+    Windows are read and featurised a batch at a time (:class:`aum_jax.inference.windows.RecordingWindows`): memory
     stays that of one batch, however long the recording.
 
     Args:
@@ -430,8 +331,8 @@ def classify_recording(
       AudioLoadError: the file cannot be read.
       NonFiniteOutputError: the model gave NaN or Inf logits (the windows are named).
     """
-    with RecordingWindows(prep, path, window_seconds, hop_seconds, channel) as windows:
-        logits = run_model(model, windows, batch_size, matmul_precision).logits
-    require_finite(logits, windows.names())
-    return Timeline(path, windows.duration, windows.starts, windows.ends, scores(logits, prep.score), prep.score,
-                    class_names(prep, logits.shape[1]), windows.sample_rate)
+    with windows.RecordingWindows(prep, path, window_seconds, hop_seconds, channel) as recording:
+        logits = run_model(model, recording, batch_size, matmul_precision).logits
+    require_finite(logits, recording.names())
+    return Timeline(path, recording.duration, recording.starts, recording.ends, scores(logits, prep.score), prep.score,
+                    class_names(prep, logits.shape[1]), recording.sample_rate)

@@ -17,7 +17,7 @@ from aum_jax.checkpoints import convert
 from aum_jax.checkpoints import model_files
 from aum_jax.checkpoints.model_files import ModelDirectoryError, load_model, save_model
 from aum_jax.data.features import audio, kaldi, preprocessing
-from aum_jax.inference import predict
+from aum_jax.inference import predict, windows
 from tests.helpers import REPO_ROOT
 
 DEMO_LABELS = REPO_ROOT / "data" / "demo" / "class_labels_indices.csv"  # 10 names, as the fixture's classes.
@@ -123,11 +123,11 @@ def test_predict_names_nan_rows_and_refuses_zero_rows(model_dir, tmp_path):
 
 
 def test_window_bounds_cover_the_recording():
-    assert predict.window_bounds(50 * 16000, 16000, 1.28, 1.0)[-1] == (49 * 16000, 50 * 16000)
-    assert len(predict.window_bounds(50 * 16000, 16000, 1.28, 1.0)) == 50
-    assert predict.window_bounds(8000, 16000, 1.28, 1.0) == [(0, 8000)]  # shorter than one window.
+    assert windows.window_bounds(50 * 16000, 16000, 1.28, 1.0)[-1] == (49 * 16000, 50 * 16000)
+    assert len(windows.window_bounds(50 * 16000, 16000, 1.28, 1.0)) == 50
+    assert windows.window_bounds(8000, 16000, 1.28, 1.0) == [(0, 8000)]  # shorter than one window.
     # A tail shorter than one 25 ms frame is dropped.
-    assert predict.window_bounds(16000 + 100, 16000, 1.0, 1.0) == [(0, 16000)]
+    assert windows.window_bounds(16000 + 100, 16000, 1.0, 1.0) == [(0, 16000)]
 
 
 def test_long_recording_timeline_json_and_plot(model_dir, long_wav, tmp_path):
