@@ -14,8 +14,7 @@ Beside it, ``model.preprocessing.json`` holds what turns audio into those featur
 (fbank settings, normalisation statistics), the class names and the score (sigmoid or
 softmax) to apply to the logits; see :mod:`aum_jax.data.features.preprocessing`. A model without
 ``preprocessing.json``, or whose statistics or training loss are unknown, is refused: its
-artifact could not be used as it was trained. ``--checkpoint`` is the old name of
-``--model-dir``.
+artifact could not be used as it was trained.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ X holds normalised fbank features, float32 (B, T, F), with T and F as the model 
 
 Scores are sigmoids for a model trained with BCE (multi-label) and softmaxes for one
 trained with CE (single-label); a model without preprocessing.json has no known loss, so
-its raw logits are printed unless --loss is given. --checkpoint is the old name of
---model-dir. A model directory without checksums.json is refused unless --no-verify.
+its raw logits are printed unless --loss is given. A model directory without checksums.json
+is refused unless --no-verify.
 Every file written (--json, --plot, --save-logits, --save-features, --embeddings) replaces
 its destination atomically: a kill or a full disk leaves the old file, or none.
 """
@@ -69,6 +69,7 @@ from aum_jax.inference import (  # noqa: E402
     embeddings,
     plot,
     predict,  # noqa: E402
+    windows,
 )
 from aum_jax.ops import SCAN_IMPLS  # noqa: E402
 
@@ -92,7 +93,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--label-csv", help="index,mid,display_name CSV naming the classes (default: the model's names)")
     parser.add_argument("--loss", choices=tuple(preprocessing.SCORES), help="the model's training loss: BCE scores with "
                         "sigmoids, CE with softmaxes (default: the model's; raw logits when unknown)")
-    parser.add_argument("--channel", choices=predict.CHANNELS, default="first",
+    parser.add_argument("--channel", choices=windows.CHANNELS, default="first",
                         help="--audio: of a multi-channel file, the first channel (default, as the original) or their mean")
     parser.add_argument("--top-k", type=int, default=5, help="classes printed per example or window (default: 5)")
     parser.add_argument("--window-seconds", type=float, help="--audio: slide a window of this length over each whole file "
@@ -166,7 +167,7 @@ def _save(path: str | None, array: np.ndarray | None, what: str) -> None:
 
 
 def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timeline], dict[str, str]]:
-    predict.check_window(prep, args.window_seconds)  # the same for every file: an error, not a skipped file.
+    windows.check_window(prep, args.window_seconds)  # the same for every file: an error, not a skipped file.
     timelines, skipped = [], {}
     for path in args.audio:
         try:

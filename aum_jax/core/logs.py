@@ -6,7 +6,7 @@ of every process), of JAX's backend probing, of orbax and of clu's writers is dr
 ``-v 0`` / ``--verbosity=0`` (or a bare ``-v``) brings it back, ``-v 1`` adds debug lines.
 
 Native libraries read their log level from the environment when they load, so a tool
-calls :func:`quiet_native_logs` before it imports JAX or TensorFlow. TensorFlow 2.21
+calls :func:`quiet_native_logs` before it imports JAX or TensorFlow. TensorFlow
 logs its load-time notices through absl C++ before any level applies, so a tool that
 needs TensorFlow (through clu's writers) imports it with its stderr silenced.
 """
