@@ -40,8 +40,10 @@ def test_help_exits_zero_quietly(command):
 
 
 def test_mode_print_shows_plain_values():
-    result = run("-m", "aum_jax.main", "--config=configs/speechcommands.py:small_imgnet", "--mode=print")
+    result = run("-m", "aum_jax.main", "--config=configs/speechcommands.py:small_imgnet", "--mode=print",
+                 "--config.train.num_steps=7", "--coordinator-address=localhost:1", "--num-processes=1", "--process-id=0")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "train.num_steps = 7" in result.stdout  # kebab-case flags beside ml_collections' snake_case paths.
     assert "&id" not in result.stdout and "!!python" not in result.stdout
     assert "model.patch_size = (16, 16)" in result.stdout and "data.num_classes = 35" in result.stdout
     assert "model.num_classes = 35" in result.stdout  # a reference to data.num_classes, resolved.
