@@ -24,124 +24,12 @@ from aum_jax.core import logs
 logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
-from flax import nnx  # noqa: E402
 
-from aum_jax.checkpoints import model_files  # noqa: E402
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
-from aum_jax.core import storage  # noqa: E402
-from aum_jax.models import AudioMamba  # noqa: E402
-
-PLATFORMS = ("cpu", "cuda")  # the default: one artifact for CPU and CUDA servers.
-KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's built-in lowering platforms (its docstring).
-SIDECAR_SUFFIX = ".preprocessing.json"
-# One artifact serves CPU and CUDA: the Pallas/Triton kernels in its CUDA lowering, the
-# sequential scan in its CPU lowering (the C++ kernel is compiled on the serving machine's first use).
-PORTABLE_SCAN = "portable"
-# The Triton kernels' custom call: no compatibility guarantee across jaxlib versions, so an
-# artifact with it must be served by the jaxlib that wrote it (the sidecar records the version).
-TRITON_CALL = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
-
-
-def export_model(model: AudioMamba, batch: int | None = None, platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
-    """Lowers ``model`` (eval mode, parameters as constants) for ``platforms``.
-
-    Args:
-      model: the model.
-      batch: a fixed batch size, or None for a symbolic batch dimension.
-      platforms: lowering platforms.
-
-    Returns:
-      The ``jax.export.Exported`` of ``features (B, T, F) float32 -> logits (B, C) float32``.
-    """
-    model.eval()
-    graphdef, state = nnx.split(model)
-
-    def forward(features: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, state)(features)
-
-    cfg = model.config
-    (dim,) = jax.export.symbolic_shape("batch") if batch is None else (batch,)
-    spec = jax.ShapeDtypeStruct((dim, cfg.audio_length, cfg.num_mel_bins), jnp.float32)
-    with jax.default_matmul_precision("highest"):  # the original's float32, on every platform.
-        return jax.export.export(jax.jit(forward), platforms=tuple(platforms), disabled_checks=[TRITON_CALL])(spec)
-
-
-def sidecar_path(output: str | os.PathLike) -> Path:
-    """``model.jaxexport`` -> ``model.preprocessing.json``."""
-    output = Path(output)
-    return output.with_name(output.stem + SIDECAR_SUFFIX) if output.suffix else output.with_name(output.name + SIDECAR_SUFFIX)
-
-
-def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
-    """The lowering platforms, each one JAX knows, without repeats.
-
-    Raises:
-      ValueError: an empty list, or a platform JAX does not know (named).
-    """
-    platforms = tuple(p.strip().lower() for p in platforms)
-    unknown = [p for p in platforms if p not in KNOWN_PLATFORMS]
-    if not platforms or unknown:
-        raise ValueError(f"--platforms {','.join(platforms)}: "
-                         + (f"unknown platform(s) {', '.join(unknown)}" if unknown else "no platform given")
-                         + f"; JAX lowers for {', '.join(KNOWN_PLATFORMS)}")
-    return tuple(dict.fromkeys(platforms))
-
-
-def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch: int | None = None,
-                 platforms: Sequence[str] = PLATFORMS, *, verify: bool = True) -> tuple[Path, Path]:
-    """Exports the model of ``model_dir`` to ``output`` and its preprocessing beside it.
-
-    Both files are replaced atomically: on any failure (a full disk) neither changes.
-
-    Returns:
-      ``(artifact path, preprocessing JSON path)``.
-
-    Raises:
-      ValueError: an unknown platform, a model without a head or without statistics or loss.
-      ModelDirectoryError: a missing or damaged model directory.
-      OSError: the output cannot be written.
-    """
-    platforms = check_platforms(platforms)
-    model_dir = model_files.model_directory(model_dir)
-    model = model_files.load_model(model_dir, verify=verify, scan_impl=PORTABLE_SCAN)
-    cfg = model.config
-    if cfg.num_classes == 0:
-        raise ValueError(f"{model_dir}: the model has no classification head to export")
-    prep = model_files.load_preprocessing(model_dir)
-    if prep is None or not prep.has_statistics or not prep.loss:
-        missing = (f"no {model_files.PREPROCESSING_FILE}" if prep is None else
-                   "no normalisation statistics" if not prep.has_statistics else "no training loss")
-        raise ValueError(f"{model_dir} has {missing}, so the artifact's input and scores would be unknown; store them "
-                         "with python scripts/convert_checkpoint.py ... --dataset NAME (or --mean/--std/--loss)")
-    exported = export_model(model, batch, platforms)
-    output = Path(output)
-    sidecar = sidecar_path(output)
-    description = {
-        "artifact": output.name,
-        "platforms": list(exported.platforms),
-        "jaxlib": jax.lib.__version__,  # a CUDA lowering with the Triton kernels needs this jaxlib to serve it
-        "input": {"shape": [batch or "batch", cfg.audio_length, cfg.num_mel_bins], "dtype": "float32",
-                  "meaning": "fbank features, normalised as 'preprocessing' says"},
-        "output": {"shape": [batch or "batch", cfg.num_classes], "dtype": "float32", "meaning": "logits",
-                   "score": prep.score},
-        "preprocessing": prep.to_dict(),
-        "model": cfg.to_dict(),
-    }
-    try:
-        storage.write_bytes(output, exported.serialize())
-        storage.write_text(sidecar, json.dumps(description, indent=1))
-    except OSError as e:
-        raise OSError(f"cannot write {output}: {model_files.write_error_reason(e)}; nothing was written") from e
-    return output, sidecar
+from aum_jax.inference.export import KNOWN_PLATFORMS, PLATFORMS, write_export  # noqa: E402
 
 
 def parse_flags(argv: list[str]) -> argparse.Namespace:

@@ -147,8 +147,8 @@ class AudioMamba(nnx.Module):
             return (hidden, residual), pooled
 
         if cfg.remat != "none":
-            body = nnx.remat(body, policy=_REMAT[cfg.remat], prevent_cse=False)
-        body = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+            body = nnx.remat(body, policy=_REMAT[cfg.remat], prevent_cse=False, graph=False)
+        body = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0), graph=False)
 
         hidden = tokens.astype(cfg.dtype)  # the blocks' output dtype, so the scan carry keeps its type
         residual = jnp.zeros(tokens.shape, jnp.float32 if cfg.residual_in_fp32 else hidden.dtype)

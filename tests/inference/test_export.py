@@ -56,7 +56,7 @@ def test_exported_model_matches_predict_in_a_fresh_process(model_dir, tmp_path):
 
 
 def test_fixed_batch_export(model_dir, tmp_path):
-    from aum_jax import export
+    from aum_jax.inference import export
 
     artifact, _ = export.write_export(model_dir, tmp_path / "fixed.jaxexport", batch=2, platforms=("cpu",))
     import jax
