@@ -20,19 +20,14 @@ from aum_jax.checkpoints import model_files
 from aum_jax.core import sharding
 from aum_jax.data.sources import labels
 from aum_jax.evaluation import evaluate, report
-from aum_jax.models import AudioMamba, AuMConfig, init_model
+from aum_jax.models import AudioMamba
 from aum_jax.training import run_checkpoints
 from aum_jax.training import workdir as workdir_lib
 
 
 def latest_checkpoint_model(config: ml_collections.ConfigDict, workdir: Path) -> AudioMamba | None:
     """The model of the newest readable training checkpoint in ``workdir``, or None."""
-    manager = run_checkpoints.make_manager(workdir, config.train.keep_checkpoints)
-    model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
-    try:
-        step = run_checkpoints.restore(manager, model, None, None)  # the model item alone.
-    finally:
-        manager.close()
+    model, step = run_checkpoints.restore_model(config, workdir)
     if not step:
         return None
     logging.info("Evaluating the training checkpoint of step %d", step)

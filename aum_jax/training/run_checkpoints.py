@@ -32,9 +32,10 @@ from absl import logging
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
-from aum_jax.core.errors import UserError
 from aum_jax.checkpoints import model_files
 from aum_jax.core import logs
+from aum_jax.core.errors import UserError
+from aum_jax.models import AudioMamba, AuMConfig, init_model
 from aum_jax.training import workdir as workdir_lib
 
 MODEL, OPTIMIZER, ITER = "model", "optimizer", "iter"
@@ -227,3 +228,16 @@ def restore(
     if steps and only_step is None:
         logging.warning("No readable checkpoint left in %s: starting from scratch", manager.directory)
     return 0
+
+
+def restore_model(config: Any, workdir: str | os.PathLike, *, only_step: int | None = None) -> tuple[AudioMamba, int]:
+    """A model of ``config.model`` (seed ``config.train.seed``) holding the model item of the newest readable
+    checkpoint in ``workdir`` (or of ``only_step``), and that step; 0 when none could be read.
+    """
+    manager = make_manager(workdir, config.train.keep_checkpoints)
+    model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
+    try:
+        step = restore(manager, model, None, None, only_step=only_step)  # the model item alone.
+    finally:
+        manager.close()
+    return model, step

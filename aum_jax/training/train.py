@@ -247,12 +247,7 @@ def _restore_finished_model(config: ml_collections.ConfigDict, workdir: Path, re
     kind, step = ("best", report["best"]["step"]) if report.get("best") else ("final", report["step"])
     restored = 0
     if (workdir / workdir_lib.CHECKPOINT_DIR / str(step)).is_dir():
-        manager = run_checkpoints.make_manager(workdir, config.train.keep_checkpoints)
-        model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
-        try:
-            restored = run_checkpoints.restore(manager, model, None, None, only_step=step)  # the model item alone.
-        finally:
-            manager.close()
+        model, restored = run_checkpoints.restore_model(config, workdir, only_step=step)
     if not restored:
         raise MissingModelError(f"{workdir / workdir_lib.REPORT_FILE} says training finished, but {model_dir}/ is "
                                 f"missing and no checkpoint of its {kind} step {step} remains; train again in a "
