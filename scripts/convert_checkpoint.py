@@ -23,20 +23,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from aum_jax.checkpoints import convert, pretrained
 from aum_jax.checkpoints.model_files import save_model
-from aum_jax.cli import console
+from aum_jax.cli import command
+from aum_jax.cli import flags as cli_flags
+from aum_jax.core import logs
 from aum_jax.data.features import preprocessing as preprocessing_lib
-from aum_jax.data.sources import datasets
+from aum_jax.configs.data import DATASETS
+from aum_jax.data.sources import labels
 from aum_jax.models import AuMConfig, count_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("audioset", "audioset_20k", "vggsound", "voxceleb", "speechcommands", "epic_sounds")
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -68,7 +69,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     pre.add_argument("--loss", choices=("BCE", "CE"), help="training loss: BCE gives sigmoid scores, CE softmax (default: --dataset's, else BCE)")
     pre.add_argument("--sample-rate", type=int, help="Hz the model's training audio was prepared at; predict resamples "
                      "every file to it (default: --dataset's, else 16000)")
-    console.add_verbosity_flag(parser)
+    cli_flags.add_verbosity_flag(parser)
     init = parser.add_argument_group("init mode: build a new model from the checkpoint's backbone")
     init.add_argument("--target-variant", help="Fo-Fo, Fo-Bi or Bi-Bi (or none, v1, v2); switches init mode on")
     init.add_argument("--target-num-classes", type=int, help="classes of the new head")
@@ -80,7 +81,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     init.add_argument("--seed", type=int, default=0, help="seed of the fresh head")
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
-    console.configure(args.verbosity)
+    logs.configure(args.verbosity)
     if (args.mean is None) != (args.std is None):
         parser.error("--mean and --std go together")
     target_flags = (args.target_num_classes, args.target_audio_length, args.target_strides)
@@ -124,7 +125,7 @@ def build_preprocessing(args: argparse.Namespace, model_config: AuMConfig) -> pr
         recipe = importlib.import_module(f"aum_jax.configs.{args.dataset}").get_config()
         prep = preprocessing_lib.Preprocessing.from_data_config(recipe.data, recipe.train.loss)
         label_csv = label_csv or _repo_path(recipe.data.label_csv)
-    names = datasets.load_label_csv(label_csv)[1] if label_csv else None
+    names = labels.load_label_csv(label_csv)[1] if label_csv else None
     if names is not None and len(names) != model_config.num_classes:
         raise ValueError(f"{label_csv} names {len(names)} classes but the model has {model_config.num_classes}")
     prep = prep.replace(num_mel_bins=model_config.num_mel_bins, target_length=model_config.audio_length,
@@ -135,15 +136,9 @@ def build_preprocessing(args: argparse.Namespace, model_config: AuMConfig) -> pr
 
 def main(args: argparse.Namespace) -> int:
     if os.path.exists(args.output) and not args.overwrite:  # before any conversion work.
-        print(f"error: {os.path.abspath(args.output)} already exists; pass --overwrite to replace it", file=sys.stderr)
-        return 1
-    try:
-        model = build(args)
-        prep = build_preprocessing(args, model.config)
-    except (convert.CheckpointError, FileNotFoundError, ValueError) as e:
-        logging.info("%s", e)  # the whole message, with -v.
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
+        raise FileExistsError(f"{os.path.abspath(args.output)} already exists; pass --overwrite to replace it")
+    model = build(args)
+    prep = build_preprocessing(args, model.config)
     path = save_model(model, args.output, overwrite=args.overwrite, preprocessing=prep)
     cfg = model.config
     if prep.skip_norm:
@@ -169,4 +164,5 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    # A missing or unreadable checkpoint, an existing output or a bad flag value is the user's: one error: line.
+    app.run(command.guard(main, also=(FileNotFoundError, FileExistsError, ValueError)), flags_parser=parse_flags)
