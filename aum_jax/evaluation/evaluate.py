@@ -28,7 +28,7 @@ from aum_jax.core import sharding
 from aum_jax.data.pipeline import input_pipeline
 from aum_jax.evaluation import metrics
 from aum_jax.models import AudioMamba
-from aum_jax.training import objectives
+from aum_jax.evaluation.losses import label_loss
 
 
 @dataclasses.dataclass
@@ -150,7 +150,7 @@ def split_metrics(outputs: Outputs, loss: str) -> dict[str, float]:
         logging.warning("%d non-finite logits in evaluation were replaced by numbers", bad)
         logits = np.nan_to_num(logits)  # the original's if_nan2num.
     result = metrics.classification_metrics(labels, special.expit(logits))
-    result["loss"] = float(objectives.label_loss(jnp.asarray(logits), jnp.asarray(labels), loss))
+    result["loss"] = float(label_loss(jnp.asarray(logits), jnp.asarray(labels), loss))
     result["num_examples"] = len(labels)
     return result
 

@@ -1,10 +1,11 @@
 """The training objectives, by name: what a training step minimises (``config.train.objective``).
 
-An objective maps ``(model, batch, label_loss)`` to the batch's mean loss, a scalar, where
-``batch`` is ``{"fbank": (B, T, F), "label": (B, C)}`` and ``label_loss`` is
+An objective maps ``(model, batch, loss)`` to the batch's mean loss, a scalar, where
+``batch`` is ``{"fbank": (B, T, F), "label": (B, C)}`` and ``loss`` is the label loss
 ``config.train.loss`` ("BCE" or "CE"). :data:`OBJECTIVES` is the registry: a new objective
 (distillation, masked patch modelling, ...) is one module with its function plus one line here.
-The evaluation loss is always :func:`label_loss` of the logits, whatever the objective.
+The evaluation loss is always :func:`aum_jax.evaluation.losses.label_loss` of the logits, whatever
+the objective.
 """
 
 from __future__ import annotations
@@ -12,26 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
-import optax
 
+from aum_jax.evaluation.losses import label_loss
 from aum_jax.models import AudioMamba
 
 Objective = Callable[[AudioMamba, dict[str, jax.Array], str], jax.Array]
-
-
-def label_loss(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
-    """Mean loss of logits (B, C) against labels (B, C).
-
-    "BCE" averages the sigmoid cross-entropy over all B * C entries (torch's
-    ``BCEWithLogitsLoss``); "CE" is the softmax cross-entropy against ``argmax(labels)``
-    (``CrossEntropyLoss`` on the class index, as the original feeds it).
-    """
-    if loss == "BCE":
-        return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
-    if loss == "CE":
-        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.argmax(labels, axis=-1)).mean()
-    raise ValueError(f"unknown loss {loss!r}; use 'BCE' or 'CE'")
 
 
 def supervised(model: AudioMamba, batch: dict[str, jax.Array], loss: str) -> jax.Array:
