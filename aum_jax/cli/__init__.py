@@ -1,1 +1,2 @@
-"""What the command lines share: flags and the console."""
+"""What the command lines share: flag parsing (flags) and the one place where a user mistake becomes
+an ``error:`` line (command)."""

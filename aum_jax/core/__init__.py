@@ -1,1 +1,2 @@
-"""What every layer uses: files replaced atomically, JSON, the device mesh, the console."""
+"""What every layer uses: atomic file replacement and the JSON reader (storage), the device mesh
+(sharding), the console's logs (logs), the UserError base class (errors)."""

@@ -1,1 +1,1 @@
-"""The evaluation pass, metrics, confusion matrices and reports."""
+"""The evaluation pass, the label loss, metrics, confusion matrices and reports."""

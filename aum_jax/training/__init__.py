@@ -1,1 +1,1 @@
-"""The training loop, its jitted step, objectives, divergence, checkpoints and workdir."""
+"""The training loop, its jitted step, objectives, divergence, checkpoints, workdir and --mode=eval."""
