@@ -8,6 +8,9 @@ The forward pass, for an input fbank (B, T, F):
    token(s) at their position (the middle of the sequence by default);
 3. run the stack of Mamba blocks as one ``nnx.scan`` over layer-stacked parameters;
 4. add the last residual, RMS-normalise, take the cls token (or pool) and apply the head.
+
+``model(x)`` gives the logits; ``model.outputs(x)`` every output of the same pass (logits, the
+head's input, the pooled tokens, each block's pooled residual stream, the patch tokens).
 """
 
 from __future__ import annotations

@@ -30,9 +30,15 @@ from aum_jax.models.config import AuMConfig
 from aum_jax.ops import bidirectional_scan, selective_scan
 
 
-def torch_linear_init(fan_in: int, scale: float = 1.0) -> nnx.Initializer:
-    """PyTorch's default ``nn.Linear``/``nn.Conv1d`` init: U(+-1/sqrt(fan_in)), times ``scale``."""
-    bound = scale / math.sqrt(fan_in)
+def torch_linear_init(scale: float = 1.0) -> nnx.Initializer:
+    """PyTorch's default ``nn.Linear``/``nn.Conv1d`` weight init, U(+-1/sqrt(fan_in)), times ``scale``:
+    flax's ``variance_scaling`` with variance scale/3 over the kernel's fan-in (its axis -2)."""
+    return nnx.initializers.variance_scaling(scale**2 / 3, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> nnx.Initializer:
+    """PyTorch's default bias init U(+-1/sqrt(fan_in)); the fan-in is the weight's, not in the bias' shape."""
+    bound = 1 / math.sqrt(fan_in)
 
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -62,12 +68,16 @@ class CausalConv1d(nnx.Module):
     """
 
     def __init__(self, channels: int, width: int, use_bias: bool, *, rngs: nnx.Rngs):
-        init = torch_linear_init(width)
-        self.kernel = nnx.Param(init(rngs.params(), (width, channels)))
-        self.bias = nnx.Param(init(rngs.params(), (channels,))) if use_bias else None
+        self.kernel = nnx.Param(torch_linear_init()(rngs.params(), (width, channels)))
+        self.bias = nnx.Param(torch_bias_init(width)(rngs.params(), (channels,))) if use_bias else None
 
     def __call__(self, x: jax.Array, *, reverse: bool = False) -> jax.Array:
-        """(B, L, C) -> (B, L, C)."""
+        """(B, L, C) -> (B, L, C).
+
+        A sum of ``width`` shifted windows: on XLA's CPU backend this runs 10-50x faster, forward
+        and backward, than ``lax.conv_general_dilated`` with ``feature_group_count=C`` at the
+        recipes' shapes (equal within float32 rounding).
+        """
         kernel = self.kernel[...].astype(x.dtype)
         width, length = kernel.shape[0], x.shape[1]
         if reverse:  # tap k sees x[t + width - 1 - k]
@@ -96,12 +106,12 @@ def _ssm_projections(
     dtype = jnp.dtype(config.dtype)
     x_proj = nnx.Linear(
         d_inner, rank + 2 * n, use_bias=False, dtype=dtype,
-        kernel_init=torch_linear_init(d_inner), rngs=rngs,
+        kernel_init=torch_linear_init(), rngs=rngs,
     )
-    dt_scale = config.dt_scale * rank**-0.5 if dt_init else rank**-0.5
+    dt_scale = config.dt_scale if dt_init else 1.0  # U(+-dt_scale / sqrt(dt_rank)), Mamba's dt_init="random"
     dt_proj = nnx.Linear(
         rank, d_inner, dtype=dtype,
-        kernel_init=torch_linear_init(1, scale=dt_scale),
+        kernel_init=torch_linear_init(dt_scale),
         bias_init=_dt_bias_init(config) if dt_init else nnx.initializers.zeros, rngs=rngs,
     )
     return x_proj, dt_proj
@@ -134,7 +144,7 @@ class Mamba(nnx.Module):
         dtype = jnp.dtype(config.dtype)
         self.in_proj = nnx.Linear(
             d_model, 2 * d_inner, use_bias=config.proj_bias, dtype=dtype,
-            kernel_init=torch_linear_init(d_model), bias_init=nnx.initializers.zeros, rngs=rngs,
+            kernel_init=torch_linear_init(), bias_init=nnx.initializers.zeros, rngs=rngs,
         )
         self.conv1d = CausalConv1d(d_inner, config.d_conv, config.conv_bias, rngs=rngs)
         self.x_proj, self.dt_proj = _ssm_projections(config, rngs)
@@ -149,7 +159,7 @@ class Mamba(nnx.Module):
         # GPT-2 style: out_proj is PyTorch-default initialised, then scaled by 1/sqrt(depth).
         self.out_proj = nnx.Linear(
             d_inner, d_model, use_bias=config.proj_bias, dtype=dtype,
-            kernel_init=torch_linear_init(d_inner, scale=1 / math.sqrt(config.depth)),
+            kernel_init=torch_linear_init(1 / math.sqrt(config.depth)),
             bias_init=nnx.initializers.zeros, rngs=rngs,
         )
 

@@ -132,7 +132,7 @@ def _cpu_fingerprint() -> str:
         return platform.processor() + platform.machine()
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
     """This CPU's feature flags from /proc/cpuinfo; empty where there is none."""
     for line in _cpu_fingerprint().splitlines():
         if line.startswith("flags"):
@@ -191,8 +191,8 @@ def _load(march: str) -> Variant:
     handle = ctypes.cdll.LoadLibrary(str(library))
     handle.AumScanIsa.restype = ctypes.c_char_p
     loaded = Variant(march, library, handle.AumScanIsa().decode(), handle.AumScanLanes())
-    missing = sorted(set(ISA_CPU_FLAGS.get(loaded.isa, ())) - _cpu_flags())
-    if march != "native" and _cpu_flags() and missing:
+    missing = sorted(set(ISA_CPU_FLAGS.get(loaded.isa, ())) - cpu_flags())
+    if march != "native" and cpu_flags() and missing:
         raise CpuKernelUnavailable(f"the kernel built for {march} uses {loaded.isa}; this CPU lacks {', '.join(missing)}")
     for target, symbol in ((loaded.forward_target, "AumScanForward"), (loaded.backward_target, "AumScanBackward")):
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handle, symbol)), platform="cpu")

@@ -29,8 +29,8 @@ STATE_ELEMS_PER_PROGRAM = 256  # (block_d x N') state elements a program owns: 1
 # spills, >= 25 % occupancy on sm_80 and sm_90; scripts/kernel_report.py measures it).
 STATE_ELEMS_PER_THREAD_FWD = 4
 STATE_ELEMS_PER_THREAD_BWD = 2
-FWD_UNROLL = 4  # time steps whose rows the forward loads together (16 spilled: 255 registers)
-BWD_UNROLL = 2  # states the backward recomputes into registers per sub-block (4: 168 registers)
+FWD_UNROLL = 4  # time steps whose rows the forward loads together (16 would take 255 registers and spill)
+BWD_UNROLL = 2  # states the backward recomputes into registers per sub-block (4 would take 168 registers)
 CHUNK = 128  # steps between the boundary states the forward keeps for the backward
 
 

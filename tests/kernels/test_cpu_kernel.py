@@ -101,7 +101,7 @@ def test_variants_report_their_instruction_set_and_load_side_by_side(monkeypatch
     and ``use()`` switches what ``scan_impl="cpu"`` runs, retracing functions traced before."""
     monkeypatch.delenv(cpu_scan.MARCH_ENV, raising=False)
     native = loaded("native")
-    flags = cpu_scan._cpu_flags()
+    flags = cpu_scan.cpu_flags()
     if X86:
         assert (native.isa, native.lanes) == (("avx512", 16) if "avx512f" in flags else ("avx2", 8) if "avx2" in flags
                                               else ("generic", 4))
