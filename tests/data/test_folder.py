@@ -17,7 +17,7 @@ import pytest
 import soundfile
 from aum_jax.configs import folder as folder_config
 
-from aum_jax import export, hear
+from aum_jax import hear
 from aum_jax.checkpoints import model_files, pretrained
 from aum_jax.checkpoints.model_files import load_model, save_model
 from aum_jax.data.demo import demo_data
@@ -25,7 +25,7 @@ from aum_jax.data.pipeline import input_pipeline, norm_stats
 from aum_jax.data.sources import folder_layout, folder_setup
 from aum_jax.data.sources import prepare as data_prepare
 from aum_jax.data.sources.folder import FolderSource
-from aum_jax.inference import predict
+from aum_jax.inference import export, predict
 from aum_jax.models import AuMConfig, init_model
 from tests.helpers import NAMES, REPO_ROOT, save_tiny_fobi
 
