@@ -109,7 +109,6 @@ def get_init_config(kind: str) -> ml_collections.ConfigDict:
     c.checkpoint = PRETRAINED.get(kind, "")  # a .pth (ViM or AuM) or an aum-jax model directory.
     c.kind = kind  # "vim", "aum", or "" to detect from the .pth keys.
     c.verify = True  # a model directory must have checksums.json (False: load it unchecked, with a warning).
-    c.verify = True  # an aum-jax model directory must have checksums.json (False: load it unchecked, with a warning).
     c.vim_cls_position = "middle"  # --imagenet_load_middle_cls_token: ViM cls entry layout.
     c.source_strides = (16, 16)  # --aum_pretrain_fstride/tstride of an AuM source.
     c.source_num_mel_bins = 128  # mel bins the AuM source was trained with.

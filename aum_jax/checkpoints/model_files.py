@@ -40,6 +40,7 @@ from aum_jax.training import workdir as workdir_lib
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 CHECKSUMS_FILE = "checksums.json"
+PREPROCESSING_FILE = "preprocessing.json"  # the input features and the meaning of the logits.
 STACKED_PREFIX = "layers/"  # the blocks' parameters, stacked along a leading depth axis.
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # What a training workdir holds besides its model/ (aum_jax.training.workdir).
@@ -101,7 +102,7 @@ def save_model(
             model.config.save(staging / CONFIG_FILE)
             (staging / CHECKSUMS_FILE).write_text(json.dumps({"sha256": _checksums(params)}, indent=1))
             if preprocessing is not None:
-                preprocessing_lib.save(preprocessing, staging)
+                save_preprocessing(preprocessing, staging)
             storage.replace_dir(staging, directory)
     except Exception as e:
         if primary:
@@ -159,6 +160,28 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ModelDirectoryError(f"{path} must hold a JSON object, not {type(values).__name__}")
     return values
+
+
+def save_preprocessing(preprocessing: preprocessing_lib.Preprocessing, directory: str | os.PathLike) -> None:
+    """Writes ``directory/preprocessing.json`` (into a model directory being staged: :func:`save_model`)."""
+    (Path(directory) / PREPROCESSING_FILE).write_text(json.dumps(preprocessing.to_dict(), indent=1))
+
+
+def load_preprocessing(directory: str | os.PathLike) -> preprocessing_lib.Preprocessing | None:
+    """The preprocessing stored in a model directory, or None for a model without one.
+
+    Raises:
+      ModelDirectoryError: a ``preprocessing.json`` that is no JSON object, or a field that is
+        unknown, missing, or of the wrong type or range (named).
+    """
+    path = Path(directory) / PREPROCESSING_FILE
+    if not path.is_file():
+        return None
+    values = _read_json_object(path)
+    try:
+        return preprocessing_lib.Preprocessing.from_dict(values)
+    except (ValueError, TypeError) as e:
+        raise ModelDirectoryError(f"{path}: {e}") from e
 
 
 def load_config(directory: str | os.PathLike) -> AuMConfig:
@@ -239,7 +262,7 @@ def _read_checksums(directory: Path, names: set[str]) -> dict[str, str]:
 
 def _check_preprocessing(prep: preprocessing_lib.Preprocessing, config: AuMConfig, directory: Path) -> None:
     """Raises ModelDirectoryError where ``preprocessing.json`` contradicts ``config.json``."""
-    path = directory / preprocessing_lib.PREPROCESSING_FILE
+    path = directory / PREPROCESSING_FILE
     if prep.num_mel_bins != config.num_mel_bins:
         raise ModelDirectoryError(f"{path}: field num_mel_bins is {prep.num_mel_bins}, but the model "
                                   f"({directory / CONFIG_FILE}) takes {config.num_mel_bins} bins")
@@ -283,7 +306,7 @@ def open_model_dir(path: str | os.PathLike, *, verify: bool = True) -> ModelFile
     directory = model_directory(path).absolute()
     config = load_config(directory)
     try:
-        prep = preprocessing_lib.load(directory)
+        prep = load_preprocessing(directory)
     except ValueError as e:
         raise ModelDirectoryError(str(e)) from e
     if prep is not None:

@@ -37,7 +37,6 @@ from aum_jax.checkpoints.convert import (
     require_key,
     torch_state_dict,
 )
-from aum_jax.data.features import preprocessing
 from aum_jax.models import AUM_TYPES, AudioMamba, AuMConfig, init_model
 
 
@@ -239,7 +238,7 @@ def init_from_pretrained(path: str | os.PathLike, target: AuMConfig, init: Any, 
     if os.path.isdir(path):
         source = model_files.load_model(path, verify=init.verify)
         state = torch_state_dict(source)
-        source_prep = preprocessing.load(model_files.model_directory(path))
+        source_prep = model_files.load_preprocessing(model_files.model_directory(path))
         match_head(state, source_prep.class_names if source_prep else (), class_names)
         layout = SourceLayout(kind="aum", strides=source.config.strides, num_mel_bins=source.config.num_mel_bins,
                               audio_length=source.config.audio_length)
