@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from absl import app, flags
+from aum_jax.configs.data import DATASETS
 
 from aum_jax.checkpoints import convert, pretrained
 from aum_jax.checkpoints.model_files import save_model
@@ -33,7 +34,6 @@ from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
 from aum_jax.core import logs
 from aum_jax.data.features import preprocessing as preprocessing_lib
-from aum_jax.configs.data import DATASETS
 from aum_jax.data.sources import labels
 from aum_jax.models import AuMConfig, count_params
 

@@ -12,10 +12,10 @@ from aum_jax.core import logs
 logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 from absl import app, flags
-from aum_jax.cli import command
-from aum_jax.cli import flags as cli_flags
 from aum_jax.configs.data import DATASETS, get_data_config
 
+from aum_jax.cli import command
+from aum_jax.cli import flags as cli_flags
 from aum_jax.data.pipeline import norm_stats
 from aum_jax.data.sources import registry
 

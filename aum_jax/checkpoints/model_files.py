@@ -31,8 +31,8 @@ from absl import logging
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
-from aum_jax.core.errors import UserError
 from aum_jax.core import storage
+from aum_jax.core.errors import UserError
 from aum_jax.data.features import preprocessing as preprocessing_lib
 from aum_jax.models import AudioMamba, AuMConfig, init_model
 from aum_jax.training import workdir as workdir_lib
@@ -99,7 +99,7 @@ def save_model(
             checkpointer.wait_until_finished()
         _sync("aum_jax.save_model.written")
         if primary:
-            model.config.save(staging / CONFIG_FILE)
+            (staging / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=1))
             (staging / CHECKSUMS_FILE).write_text(json.dumps({"sha256": _checksums(params)}, indent=1))
             if preprocessing is not None:
                 save_preprocessing(preprocessing, staging)
@@ -154,7 +154,7 @@ def model_directory(path: str | os.PathLike) -> Path:
 def _read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``; ModelDirectoryError naming the file when it is not one."""
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        values = storage.read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelDirectoryError(f"{path} is not a readable JSON file: {e}") from e
     if not isinstance(values, dict):

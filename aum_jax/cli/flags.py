@@ -17,6 +17,7 @@ import ml_collections
 
 from aum_jax.core import logs
 
+
 def expand_bare_verbose(argv: list[str]) -> list[str]:
     """absl's ``-v`` wants a value: a bare ``-v`` becomes ``--verbosity=0``."""
     out = []

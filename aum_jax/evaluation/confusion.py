@@ -87,8 +87,7 @@ def save(counts: np.ndarray, names: Sequence[str], workdir: str | os.PathLike, s
 
 def load(workdir: str | os.PathLike, split: str) -> tuple[np.ndarray, list[str]] | None:
     """The stored matrix and class names of ``split``, or None."""
-    path = Path(workdir) / f"confusion_{split}.json"
-    if not path.is_file():
+    stored = storage.read_json(Path(workdir) / f"confusion_{split}.json")
+    if stored is None:
         return None
-    stored = json.loads(path.read_text())
     return np.asarray(stored["counts"], np.int64), stored["classes"]

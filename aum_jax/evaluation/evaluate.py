@@ -27,8 +27,8 @@ from tqdm import tqdm
 from aum_jax.core import sharding
 from aum_jax.data.pipeline import input_pipeline
 from aum_jax.evaluation import metrics
-from aum_jax.models import AudioMamba
 from aum_jax.evaluation.losses import label_loss
+from aum_jax.models import AudioMamba
 
 
 @dataclasses.dataclass

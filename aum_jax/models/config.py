@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -168,12 +166,3 @@ class AuMConfig:
         if unknown:
             raise ValueError(f"Unknown AuMConfig fields: {unknown}")
         return cls(**dict(values))
-
-    def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> AuMConfig:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import ml_collections
 
-from aum_jax.core.errors import UserError
 from aum_jax.checkpoints import convert, pretrained
 from aum_jax.core import sharding
+from aum_jax.core.errors import UserError
 from aum_jax.data.pipeline import clip_stages
 from aum_jax.evaluation import evaluate
 from aum_jax.models import AuMConfig

@@ -53,7 +53,8 @@ from aum_jax.data.features import audio
 from aum_jax.data.pipeline import batching, input_pipeline
 from aum_jax.data.records import AudioSource
 from aum_jax.data.sources import labels, registry
-from aum_jax.evaluation import evaluate, report as report_lib
+from aum_jax.evaluation import evaluate
+from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
 from aum_jax.training import divergence, run_checkpoints, update
 from aum_jax.training import workdir as workdir_lib

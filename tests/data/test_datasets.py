@@ -13,8 +13,8 @@ import pytest
 from absl import flags
 from aum_jax.configs.data import DATASETS, get_data_config
 
-from aum_jax.data.pipeline import input_pipeline as ip
 from aum_jax.data.features import audio
+from aum_jax.data.pipeline import input_pipeline as ip
 from aum_jax.data.records import ClipRecord
 from aum_jax.data.sources import datafile, labels, registry
 from aum_jax.data.sources.epic_sounds import EpicSoundsSource

@@ -13,8 +13,8 @@ from aum_jax.configs.data import get_data_config
 
 from aum_jax.data.features import audio, kaldi
 from aum_jax.data.features.preprocessing import pad_or_cut
-from aum_jax.data.pipeline import sampling
 from aum_jax.data.pipeline import input_pipeline as ip
+from aum_jax.data.pipeline import sampling
 from aum_jax.data.pipeline.batching import BadInputError, BatchIterator
 from aum_jax.data.pipeline.stages import masks, mixup, warp
 from aum_jax.data.sources import datafile, registry

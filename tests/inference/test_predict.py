@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from aum_jax.checkpoints import convert
-from aum_jax.checkpoints import model_files
+from aum_jax.checkpoints import convert, model_files
 from aum_jax.checkpoints.model_files import ModelDirectoryError, load_model, save_model
 from aum_jax.data.features import audio, kaldi, preprocessing
 from aum_jax.inference import predict, windows

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from absl import logging
 
+from aum_jax.core import storage
 from aum_jax.data.demo import render
 from aum_jax.data.sources.datafile import write_datafile
 
@@ -181,9 +182,8 @@ def _folder_name(manifest: dict[str, object]) -> str:
 
 
 def _is_cached(root: Path, manifest: dict[str, object]) -> bool:
-    path = root / "manifest.json"
     # Round-trip through JSON so tuples compare equal to the stored lists.
-    return path.is_file() and json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(manifest))
+    return storage.read_json(root / "manifest.json") == json.loads(json.dumps(manifest))
 
 
 def _remove_abandoned(cache_dir: Path, name: str) -> None:

@@ -46,8 +46,7 @@ class DatafileSource(RecordList, SourceKind):
         self.datafile = os.path.expanduser(os.fspath(datafile))
         index_of, self.class_names = load_label_csv(label_csv)
         self.num_classes = len(self.class_names)
-        with open(self.datafile, encoding="utf-8") as f:
-            entries = json.load(f)["data"]
+        entries = storage.read_json(self.datafile)["data"]
         root = os.path.dirname(os.path.abspath(self.datafile))
         records = []
         for i, entry in enumerate(entries):
