@@ -39,11 +39,11 @@ from ml_collections import config_flags  # noqa: E402
 
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
+from aum_jax.core import workdir as workdir_lib  # noqa: E402
 from aum_jax.data.sources import labels  # noqa: E402
-from aum_jax.data.sources import prepare as data_prepare  # noqa: E402
 from aum_jax.evaluation import report as report_lib  # noqa: E402
 from aum_jax.training import config_checks, eval_mode, train  # noqa: E402
-from aum_jax.training import workdir as workdir_lib  # noqa: E402
+from aum_jax.training import prepare as data_prepare  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/demo.py",

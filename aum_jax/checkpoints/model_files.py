@@ -32,10 +32,10 @@ from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
 from aum_jax.core import storage
+from aum_jax.core import workdir as workdir_lib
 from aum_jax.core.errors import UserError
 from aum_jax.data.features import preprocessing as preprocessing_lib
 from aum_jax.models import AudioMamba, AuMConfig, init_model
-from aum_jax.training import workdir as workdir_lib
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -43,7 +43,7 @@ CHECKSUMS_FILE = "checksums.json"
 PREPROCESSING_FILE = "preprocessing.json"  # the input features and the meaning of the logits.
 STACKED_PREFIX = "layers/"  # the blocks' parameters, stacked along a leading depth axis.
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-# What a training workdir holds besides its model/ (aum_jax.training.workdir).
+# What a training workdir holds besides its model/ (aum_jax.core.workdir).
 WORKDIR_MARKS = (workdir_lib.REPORT_FILE, workdir_lib.CHECKPOINT_DIR, workdir_lib.LOCK_FILE, workdir_lib.BEST_FILE)
 
 

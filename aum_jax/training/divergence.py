@@ -24,9 +24,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from aum_jax.core import storage
+from aum_jax.core import workdir as workdir_lib
 from aum_jax.core.errors import UserError
 from aum_jax.training import run_checkpoints
-from aum_jax.training import workdir as workdir_lib
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

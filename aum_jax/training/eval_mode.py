@@ -18,11 +18,11 @@ from flax import nnx
 
 from aum_jax.checkpoints import model_files
 from aum_jax.core import sharding
+from aum_jax.core import workdir as workdir_lib
 from aum_jax.data.sources import labels
 from aum_jax.evaluation import evaluate, report
 from aum_jax.models import AudioMamba
 from aum_jax.training import run_checkpoints
-from aum_jax.training import workdir as workdir_lib
 
 
 def latest_checkpoint_model(config: ml_collections.ConfigDict, workdir: Path) -> AudioMamba | None:

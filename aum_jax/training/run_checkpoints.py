@@ -34,9 +34,9 @@ from jax.experimental import multihost_utils
 
 from aum_jax.checkpoints import model_files
 from aum_jax.core import logs
+from aum_jax.core import workdir as workdir_lib
 from aum_jax.core.errors import UserError
 from aum_jax.models import AudioMamba, AuMConfig, init_model
-from aum_jax.training import workdir as workdir_lib
 
 MODEL, OPTIMIZER, ITER = "model", "optimizer", "iter"
 

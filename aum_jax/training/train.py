@@ -4,7 +4,7 @@
 writes anything, then runs one loop, in the sections of its banners: input, model,
 update, checkpoint, train loop, eval.
 
-- The workdir is locked for the run (:mod:`aum_jax.training.workdir`); a second trainer stops.
+- The workdir is locked for the run (:mod:`aum_jax.core.workdir`); a second trainer stops.
 - A workdir whose ``report.json`` reached the configured steps is not trained again (nor
   locked, so a read-only one works): its report is returned, marked
   :data:`aum_jax.evaluation.report.ALREADY_TRAINED`.
@@ -21,7 +21,7 @@ update, checkpoint, train loop, eval.
 - The test split is evaluated once, with the best model; its confusion matrix comes from
   the same pass.
 
-Outputs in ``workdir`` are listed in :mod:`aum_jax.training.workdir`; the best model lands in
+Outputs in ``workdir`` are listed in :mod:`aum_jax.core.workdir`; the best model lands in
 ``model/`` with its ``preprocessing.json``. ``report.json`` holds the metrics and the
 run's accounting: skipped steps, skipped clips by reason and the step training was
 restored from; TensorBoard gets the same counts, under ``train/*``, ``validation/*`` and
@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from aum_jax.checkpoints import model_files, pretrained
 from aum_jax.core import logs, sharding, storage
+from aum_jax.core import workdir as workdir_lib
 from aum_jax.data.features import audio
 from aum_jax.data.pipeline import batching, input_pipeline
 from aum_jax.data.records import AudioSource
@@ -56,8 +57,7 @@ from aum_jax.data.sources import labels, registry
 from aum_jax.evaluation import evaluate
 from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
-from aum_jax.training import divergence, run_checkpoints, update
-from aum_jax.training import workdir as workdir_lib
+from aum_jax.training import divergence, run_checkpoints, update, workdir_lock
 
 
 class MissingModelError(workdir_lib.WorkdirError):
@@ -280,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if finished is not None and finished.get("step", -1) >= run.num_steps:  # nothing to do: keep the results.
         _restore_finished_model(config, workdir, finished)
         return {**finished, report_lib.ALREADY_TRAINED: True}
-    lock = workdir_lib.lock_for_run(workdir, config.train.lock_heartbeat_s, config.train.lock_stale_after_s)
+    lock = workdir_lock.lock_for_run(workdir, config.train.lock_heartbeat_s, config.train.lock_stale_after_s)
     try:
         divergence.check_resume(config, workdir)
         if jax.process_index() == 0:

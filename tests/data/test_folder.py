@@ -23,10 +23,10 @@ from aum_jax.checkpoints.model_files import load_model, save_model
 from aum_jax.data.demo import demo_data
 from aum_jax.data.pipeline import input_pipeline, norm_stats
 from aum_jax.data.sources import folder_layout, folder_setup
-from aum_jax.data.sources import prepare as data_prepare
 from aum_jax.data.sources.folder import FolderSource
 from aum_jax.inference import export, predict
 from aum_jax.models import AuMConfig, init_model
+from aum_jax.training import prepare as data_prepare
 from tests.helpers import NAMES, REPO_ROOT, save_tiny_fobi
 
 RATE = 16_000

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aum_jax.training import run_checkpoints, train
-from aum_jax.training import workdir as workdir_lib
+from aum_jax.core import workdir as workdir_lib
+from aum_jax.training import run_checkpoints, train, workdir_lock
 from tests.helpers import REPO_ROOT, read_scalars, subprocess_env, toy_config, write_toy_dataset
 
 DEMO = [sys.executable, "-m", "aum_jax.main", "--config=configs/demo.py:runlocal"]
@@ -104,8 +104,8 @@ def test_a_stale_lock_from_another_host_is_taken_over(tmp_path: Path) -> None:
     lock_path = tmp_path / workdir_lib.LOCK_FILE
     holder = {"host": "elsewhere", "pid": 1, "started": "2026-11-24T10:00:00+00:00"}
     lock_path.write_text(json.dumps(holder))
-    lock = workdir_lib.WorkdirLock(tmp_path, heartbeat_s=0.05, stale_after_s=60)
-    with pytest.raises(workdir_lib.WorkdirInUseError, match="in use by host elsewhere, PID 1, started 2026"):
+    lock = workdir_lock.WorkdirLock(tmp_path, heartbeat_s=0.05, stale_after_s=60)
+    with pytest.raises(workdir_lock.WorkdirInUseError, match="in use by host elsewhere, PID 1, started 2026"):
         lock.acquire()  # its heartbeat is fresh.
     old = time.time() - 61
     os.utime(lock_path, (old, old))

@@ -19,11 +19,11 @@ from aum_jax.configs import speechcommands
 from flax import nnx
 
 from aum_jax.checkpoints import model_files
+from aum_jax.core import workdir as workdir_lib
 from aum_jax.data.sources import labels
 from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AuMConfig, init_model
 from aum_jax.training import config_checks, eval_mode, run_checkpoints, train, update
-from aum_jax.training import workdir as workdir_lib
 from tests.helpers import REPO_ROOT, read_scalars, subprocess_env, toy_config, write_toy_dataset
 
 

@@ -1,11 +1,10 @@
 """A run on a folder of clips (``config.data.source == "folder"``): what is fixed on first use.
 
-Both functions set the run's derived config (:func:`aum_jax.data.sources.prepare.prepare`), never
+Both functions set the run's derived config (:func:`aum_jax.training.prepare.prepare`), never
 the loaded one. :func:`configure` runs before the config is checked and writes nothing: it scans
-the folder (:func:`aum_jax.data.sources.folder_layout.scan`) and sets the class count, drops the test split when the
-folder has no test clips, takes the model and its input features from an aum-jax model
-directory in ``config.init.checkpoint`` (``config.init.adopt_model_dir``) and picks the input
-length (``config.data.audio_length`` 0: the longest training clip). :func:`prepare` runs after
+the folder (:func:`aum_jax.data.sources.folder_layout.scan`) and sets the class count, drops the
+test split when the folder has no test clips and picks the input length
+(``config.data.audio_length`` 0: the longest training clip). :func:`prepare` runs after
 the checks: on first use it computes the fbank statistics of the training split
 (:mod:`aum_jax.data.pipeline.norm_stats`) and writes them, with the classes and the input length, to
 ``WORKDIR/folder_data.json``, and the class names to ``WORKDIR/labels.csv``; the config's data
@@ -20,7 +19,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,28 +28,19 @@ import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from aum_jax.checkpoints import model_files
 from aum_jax.core import storage
+from aum_jax.core import workdir as workdir_lib
 from aum_jax.data.features import audio, kaldi
 from aum_jax.data.records import AudioSource
 from aum_jax.data.sources import folder_layout
 from aum_jax.data.sources.base import DataNotFoundError
-from aum_jax.training import workdir as workdir_lib
 
 LABELS_FILE = "labels.csv"
 RECORD_FILE = "folder_data.json"
-# The AuMConfig fields an adopted model directory sets (the rest: classes, input shape, dropout, implementation).
-ADOPTED_MODEL_FIELDS = ("embed_dim", "depth", "bimamba_type", "d_state", "d_conv", "expand", "dt_rank", "conv_bias",
-                        "proj_bias", "norm_epsilon", "residual_in_fp32", "if_devide_out", "cls_position", "pool",
-                        "transpose_token_sequence", "patch_size", "strides")
-ADOPTED_FEATURES = ("feature", "sample_rate", "num_mel_bins", "frame_shift_ms", "epic_window_ms", "epic_hop_ms")
-
-
 def configure(config: ml_collections.ConfigDict, workdir: Path) -> folder_layout.FolderLayout:
     """Scans ``config.data.folder.root`` and sets what follows from it in ``config`` (see the module docstring).
 
     Raises:
-      ModelDirectoryError: an ``init.checkpoint`` model directory that cannot be read.
       DataNotFoundError: the folder does not exist.
       FolderError: no folder given, a folder that cannot serve (see :func:`aum_jax.data.sources.folder_layout.scan`), or
         one whose classes differ from those the workdir was trained on.
@@ -74,37 +63,11 @@ def configure(config: ml_collections.ConfigDict, workdir: Path) -> folder_layout
     if not layout.clips["test"] and config.eval.test_split:
         logging.warning("%s has no test clips: only the validation split is evaluated", layout.root)
         config.eval.test_split = ""
-    if config.init.checkpoint and config.init.get("adopt_model_dir"):
-        _adopt(config, config.init.checkpoint)
     if data.audio_length <= 0:
         data.audio_length = record["audio_length"] if record else _longest_clip_frames(config, layout)
     if record is not None:
         data.mean, data.std = record["mean"], record["std"]
     return layout
-
-
-def _adopt(config: ml_collections.ConfigDict, checkpoint: str) -> None:
-    """With ``checkpoint`` an aum-jax model directory (or training workdir): its model and input features."""
-    directory = model_files.model_directory(os.path.expanduser(checkpoint))
-    if not (directory / model_files.CONFIG_FILE).is_file():
-        return  # a .pth source: config.model says what to build.
-    try:
-        source = model_files.load_config(directory)
-        prep = model_files.load_preprocessing(directory)
-    except ValueError as e:
-        raise model_files.ModelDirectoryError(f"config.init.checkpoint={checkpoint}: {e}") from e
-    for name in ADOPTED_MODEL_FIELDS:
-        config.model[name] = getattr(source, name)
-    if prep is not None:
-        for name in ADOPTED_FEATURES:
-            config.data[name] = getattr(prep, name)
-    else:
-        config.data.num_mel_bins = source.num_mel_bins
-    if config.data.audio_length <= 0:
-        config.data.audio_length = source.audio_length
-    config.init.checkpoint = str(directory)
-    logging.info("Fine-tuning %s: a %s %s of depth %d on %d mel bins", directory, source.size_name, source.aum_type,
-                 source.depth, config.data.num_mel_bins)
 
 
 def _longest_clip_frames(config: ml_collections.ConfigDict, layout: folder_layout.FolderLayout) -> int:

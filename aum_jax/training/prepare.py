@@ -18,11 +18,48 @@ from pathlib import Path
 
 import jax
 import ml_collections
+from absl import logging
 
+from aum_jax.checkpoints import model_files
 from aum_jax.configs import data as data_configs
 from aum_jax.data.demo import demo_data
 from aum_jax.data.pipeline import norm_stats
 from aum_jax.data.sources import registry
+
+# The AuMConfig fields an adopted model directory sets (the rest: classes, input shape, dropout, implementation).
+ADOPTED_MODEL_FIELDS = ("embed_dim", "depth", "bimamba_type", "d_state", "d_conv", "expand", "dt_rank", "conv_bias",
+                        "proj_bias", "norm_epsilon", "residual_in_fp32", "if_devide_out", "cls_position", "pool",
+                        "transpose_token_sequence", "patch_size", "strides")
+ADOPTED_FEATURES = ("feature", "sample_rate", "num_mel_bins", "frame_shift_ms", "epic_window_ms", "epic_hop_ms")
+
+
+def adopt_model_dir(config: ml_collections.ConfigDict, checkpoint: str) -> None:
+    """With ``checkpoint`` an aum-jax model directory (or training workdir): its model and input features
+    set in ``config`` (a ``.pth`` leaves ``config.model`` to say what to build).
+
+    Raises:
+      ModelDirectoryError: a model directory whose files cannot be read.
+    """
+    directory = model_files.model_directory(os.path.expanduser(checkpoint))
+    if not (directory / model_files.CONFIG_FILE).is_file():
+        return  # a .pth source: config.model says what to build.
+    try:
+        source = model_files.load_config(directory)
+        prep = model_files.load_preprocessing(directory)
+    except ValueError as e:
+        raise model_files.ModelDirectoryError(f"config.init.checkpoint={checkpoint}: {e}") from e
+    for name in ADOPTED_MODEL_FIELDS:
+        config.model[name] = getattr(source, name)
+    if prep is not None:
+        for name in ADOPTED_FEATURES:
+            config.data[name] = getattr(prep, name)
+    else:
+        config.data.num_mel_bins = source.num_mel_bins
+    if config.data.audio_length <= 0:
+        config.data.audio_length = source.audio_length
+    config.init.checkpoint = str(directory)
+    logging.info("Fine-tuning %s: a %s %s of depth %d on %d mel bins", directory, source.size_name, source.aum_type,
+                 source.depth, config.data.num_mel_bins)
 
 
 def _point_at_demo_data(config: ml_collections.ConfigDict) -> None:
@@ -46,7 +83,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *, training: bool,
             check: Callable[[ml_collections.ConfigDict], None]) -> ml_collections.FrozenConfigDict:
     """The run's config: ``config`` with the values its data fixes, read-only; ``config`` is not changed.
 
-    In order: the source kind's values that follow from the data (nothing written), ``check`` of
+    In order: the model and features of an adopted model directory (``config.init.adopt_model_dir``),
+    the source kind's values that follow from the data (nothing written), ``check`` of
     the derived config (before anything is written), the demo dataset and the kind's first-use
     files, and the check that every file the run reads exists (the splits of training when
     ``training``, and ``config.eval``'s).
@@ -56,6 +94,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *, training: bool,
       Exception: what ``check`` and the kind raise (e.g. :mod:`aum_jax.data.sources.folder_setup`'s errors).
     """
     derived = copy.deepcopy(config)
+    if derived.init.checkpoint and derived.init.get("adopt_model_dir"):
+        adopt_model_dir(derived, derived.init.checkpoint)
     kind = registry.kind_of(derived.data)
     configured = kind.configure(derived, workdir)
     check(derived)

@@ -1,25 +1,13 @@
-"""The layout of a training workdir, and the lock that gives one run the use of it.
-
-    WORKDIR/
-      lock.json          held by the running trainer (host, PID, start time, heartbeat)
-      config.json        the config of the latest start
-      checkpoints/<step> training checkpoints (model, optimizer, input position)
-      checkpoints/corrupt/<step>   checkpoints that failed to read, moved aside
-      model/             the best evaluated model (``aum_jax.checkpoints.model_files.load_model``)
-      best.json          its metrics
-      report.json        the run's final report
-      diverged.json      written when a run stops on divergence; a restart reads it
-      eval_<split>.json  written by ``--mode=eval``
+"""The lock that gives one training run the use of its workdir (:mod:`aum_jax.core.workdir`).
 
 A second trainer on a locked workdir stops at once with :class:`WorkdirInUseError`,
 naming the holder; a workdir that cannot be written (a file, a read-only folder) stops it
-with :class:`WorkdirNotWritableError`. A lock whose holder is gone is taken over with a warning: on the
-same host when its PID no longer runs (or now belongs to a newer process), on another
-host when its heartbeat is older than ``stale_after_s``
-(``config.train.lock_stale_after_s``), and always when it was
-written by an earlier incarnation of the same SLURM job (a requeue keeps
-``SLURM_JOB_ID`` and raises ``SLURM_RESTART_COUNT``). With several processes only
-process 0 takes the lock: one lock per run.
+with :class:`~aum_jax.core.workdir.WorkdirNotWritableError`. A lock whose holder is gone is
+taken over with a warning: on the same host when its PID no longer runs (or now belongs to a
+newer process), on another host when its heartbeat is older than ``stale_after_s``
+(``config.train.lock_stale_after_s``), and always when it was written by an earlier
+incarnation of the same SLURM job (a requeue keeps ``SLURM_JOB_ID`` and raises
+``SLURM_RESTART_COUNT``). With several processes only process 0 takes the lock: one lock per run.
 """
 
 from __future__ import annotations
@@ -39,33 +27,11 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from aum_jax.core.errors import UserError
-
-LOCK_FILE = "lock.json"
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
-CORRUPT_DIR = "corrupt"  # inside CHECKPOINT_DIR.
-MODEL_DIR = "model"
-BEST_FILE = "best.json"
-REPORT_FILE = "report.json"
-DIVERGED_FILE = "diverged.json"
-
-
-def eval_report_file(split: str) -> str:
-    """The file ``--mode=eval`` writes the metrics of ``split`` to."""
-    return f"eval_{split}.json"
-
-
-class WorkdirError(UserError, RuntimeError):
-    """A workdir that this run cannot use."""
+from aum_jax.core.workdir import LOCK_FILE, WorkdirError, WorkdirNotWritableError
 
 
 class WorkdirInUseError(WorkdirError):
     """Another live trainer holds the workdir's lock."""
-
-
-class WorkdirNotWritableError(WorkdirError):
-    """The workdir is a file, or a folder this process cannot write to."""
 
 
 def _process_start_ticks(pid: int) -> int | None:
