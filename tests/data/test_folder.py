@@ -142,6 +142,7 @@ def test_fine_tuning_takes_the_model_and_features_of_a_converted_model(tmp_path)
     touch(tmp_path / "clips", *(f"{c}/{i}.wav" for c in ("a", "b") for i in range(20)))
     config = folder_config.get_config()
     config.data.folder.root, config.init.checkpoint = str(tmp_path / "clips"), str(tmp_path / "converted")
+    data_prepare.adopt_model_dir(config, config.init.checkpoint)
     folder_setup.configure(config, tmp_path / "work")
     model_config = AuMConfig.from_dict(config.model.to_dict())
     assert model_config == source.config.replace(num_classes=2, scan_impl=model_config.scan_impl,
