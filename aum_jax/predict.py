@@ -64,7 +64,7 @@ from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.core import storage  # noqa: E402
 from aum_jax.data.features import audio, preprocessing  # noqa: E402
-from aum_jax.data.sources.labels import load_label_csv  # noqa: E402
+from aum_jax.data.sources import labels  # noqa: E402
 from aum_jax.inference import (  # noqa: E402
     embeddings,
     plot,
@@ -142,7 +142,7 @@ def _preprocessing(args: argparse.Namespace, model_dir: str, num_classes: int, n
               + (f"; audio becomes a Kaldi fbank at {preprocessing.RECIPE_SAMPLE_RATES['kaldi_fbank']} Hz"
                  if args.audio else ""), file=sys.stderr)
         prep = preprocessing.Preprocessing(num_mel_bins=num_mel_bins, target_length=audio_length)
-    names = tuple(load_label_csv(args.label_csv)[1]) if args.label_csv else None
+    names = tuple(labels.load_label_csv(args.label_csv)[1]) if args.label_csv else None
     if names is not None and len(names) != num_classes:
         raise ValueError(f"{args.label_csv} names {len(names)} classes but the model has {num_classes}")
     return prep.replace(mean=args.mean, std=args.std, class_names=names, loss=args.loss)
@@ -222,7 +222,7 @@ def _run_features(args: argparse.Namespace, model, prep) -> int:
     predict.require_finite(logits, sources)
     _save(args.save_logits, logits, "logits")
     _save(args.save_features, pooled, "features")
-    names = predict.class_names(prep, logits.shape[1])
+    names = labels.class_names(prep.class_names, logits.shape[1])
     for source, best in zip(sources, predict.top_k(predict.scores(logits, prep.score), names, args.top_k)):
         print(f"{source}: " + ", ".join(f"{name} {score:.3f}" for name, score in best) + f"  ({prep.score})")
     return 0

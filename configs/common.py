@@ -7,7 +7,7 @@ a variant, a comma-separated list of:
 - a checkpoint family: ``base_scratch`` (base, Fo-Bi, random init), ``small_imgnet``
   (small, Bi-Bi, from the ViM-S ImageNet checkpoint) or ``base_audioset`` (base,
   Fo-Bi, from an AuM-B AudioSet checkpoint);
-- ``runlocal`` (alias ``tiny``): a depth-2 tiny model and a few steps on small batches,
+- ``runlocal``: a depth-2 tiny model and a few steps on small batches,
   to check a setup on a CPU in well under a minute.
 
 Defaults are those of the original ``src/run.py`` and ``src/traintest.py``.
@@ -30,7 +30,7 @@ PRETRAINED = {
     "vim": "data/pretrained/vim_s_midclstok_80p5acc.pth",  # ViM-S, middle cls token.
     "aum": "data/pretrained/aum-base_audioset.pth",  # an AuM-B trained on AudioSet.
 }
-LOCAL_FLAGS = ("runlocal", "tiny")
+LOCAL_FLAGS = ("runlocal",)
 
 
 def parse_variant(arg: str | None, default: str, families: tuple[str, ...]) -> tuple[str, bool]:

@@ -6,12 +6,10 @@ Generates the dataset into the cache on first use (``$AUM_JAX_CACHE/demo`` or
 ``~/.cache/aum_jax/demo``), trains a tiny (depth 2) Bi-Bi AuM for 16 epochs, keeps the best
 model on the validation voices, and prints its accuracy and confusion matrix on the held-out
 test voices (10 classes: chance is 10%); the matrix is also saved as
-``workdir/confusion_test.png``. Measured alone on 2-core VMs, data generation included
-(BENCHMARKS.md): on an AMD EPYC (Zen 4), three seeds x two kernel builds (native AVX-512,
-x86-64-v3 AVX2), 90.75% to 93.25% held-out accuracy in 7.5 to 8.4 minutes; on a Xeon
-(AVX-512), seed 0, 92.25% in 8 min 43 s.
+``workdir/confusion_test.png``. Its measured accuracy and wall time, per machine, seed and
+kernel build, are in BENCHMARKS.md.
 
-Variant ``runlocal`` (alias ``tiny``): a handful of steps on a tiny dataset, seconds.
+Variant ``runlocal``: a handful of steps on a tiny dataset, seconds.
 """
 
 import ml_collections

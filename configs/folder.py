@@ -18,7 +18,7 @@ bins with overlapping patches, measured on a CPU). With ``init.checkpoint`` an a
 directory (a converted or trained model), the model and its input features are that model's
 (``init.adopt_model_dir``), with a fresh head for the folder's classes.
 
-Variant ``runlocal`` (alias ``tiny``): a handful of steps on short inputs, seconds.
+Variant ``runlocal``: a handful of steps on short inputs, seconds.
 """
 
 import ml_collections

@@ -36,6 +36,7 @@ from scipy import special
 from aum_jax.core import sharding
 from aum_jax.core.errors import UserError
 from aum_jax.data.features import audio, preprocessing
+from aum_jax.data.sources import labels
 from aum_jax.evaluation import evaluate
 from aum_jax.inference import windows
 from aum_jax.models import AudioMamba
@@ -137,11 +138,6 @@ def top_k(values: np.ndarray, names: Sequence[str], k: int) -> list[list[tuple[s
     """Per row of ``values`` (N, C), the ``k`` highest ``(name, value)``, best first."""
     best = np.argsort(-values, axis=1, kind="stable")[:, :k]
     return [[(names[j], float(values[i, j])) for j in row] for i, row in enumerate(best)]
-
-
-def class_names(prep: preprocessing.Preprocessing, num_classes: int) -> list[str]:
-    """The model's class names, or the indices as text when it has none."""
-    return list(prep.class_names) or [str(i) for i in range(num_classes)]
 
 
 def require_finite(outputs: np.ndarray, inputs: Sequence[str], what: str = "logits") -> None:
@@ -287,7 +283,7 @@ def classify_clips(
         raise ValueError("no file could be read: " + "; ".join(reader.skipped.values()))
     require_finite(outputs.logits, [path for path, _, _ in reader.read])
     values = scores(outputs.logits, prep.score)
-    names = class_names(prep, outputs.logits.shape[1])
+    names = labels.class_names(prep.class_names, outputs.logits.shape[1])
     timelines = [
         Timeline(path, duration, np.array([0.0]), np.array([min(duration, prep.window_seconds)]), values[i : i + 1],
                  prep.score, names, sample_rate)
@@ -335,4 +331,4 @@ def classify_recording(
         logits = run_model(model, recording, batch_size, matmul_precision).logits
     require_finite(logits, recording.names())
     return Timeline(path, recording.duration, recording.starts, recording.ends, scores(logits, prep.score), prep.score,
-                    class_names(prep, logits.shape[1]), recording.sample_rate)
+                    labels.class_names(prep.class_names, logits.shape[1]), recording.sample_rate)
