@@ -82,14 +82,16 @@ def main(argv: list[str]) -> None:
         labels.training_preprocessing(config)  # the label names fit the class count.
         if _MODE.value == "eval":
             reports = eval_mode.evaluate_workdir(config, workdir)
-            report_lib.print_eval_run(reports)
+            if jax.process_index() == 0:
+                print(report_lib.results_table(list(reports.items())))
             return
         report = train.train_and_evaluate(config, workdir)
     except train.TrainingInterrupted as e:
         logging.warning("%s", e)
         sys.exit(143)
-    report_lib.print_training_run(report, config, workdir, workdir / workdir_lib.REPORT_FILE,
-                                  workdir / workdir_lib.MODEL_DIR)
+    if jax.process_index() == 0:
+        print(report_lib.training_run_text(report, config, workdir, workdir / workdir_lib.REPORT_FILE,
+                                           workdir / workdir_lib.MODEL_DIR))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The JSON of ``report.json``, ``best.json`` and ``eval_<split>.json`` (:func:`to_json`,
 :func:`write_report`), the fixed-width results table (:func:`results_table`), the one-line
 metrics of the console (:func:`format_metrics`), and the confusion matrix of a split, stored
-(:func:`save_confusion`) and printed (:func:`print_confusion`). Only process 0 writes and prints.
+(:func:`save_confusion`) and as text (:func:`confusion_text`). Only process 0 writes; the command
+line prints the texts.
 """
 
 from __future__ import annotations
@@ -79,30 +80,25 @@ def results_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]]) -> str:
     return "\n".join(lines)
 
 
-def print_training_run(report: Mapping[str, Any], config: ml_collections.ConfigDict, workdir: Path,
-                       report_file: Path, model_dir: Path) -> None:
-    """What a training run prints at its end (process 0): that it was trained before, if so; the best model
-    on ``config.eval.split`` (and ``test_split``) and where its files are (``report_file``, ``model_dir``);
+def training_run_text(report: Mapping[str, Any], config: ml_collections.ConfigDict, workdir: Path,
+                      report_file: Path, model_dir: Path) -> str:
+    """What a training run shows at its end: that it was trained before, if so; the best model on
+    ``config.eval.split`` (and ``test_split``) and where its files are (``report_file``, ``model_dir``);
     the confusion matrix stored in ``workdir`` for the test split (else validation) with
     ``config.eval.confusion_matrix``."""
-    if jax.process_index() == 0:
-        if report.get(ALREADY_TRAINED):
-            print(f"{workdir} is already trained to step {report['step']}; its stored results follow "
-                  "(--mode=eval evaluates again, a larger --config.train.num_steps trains on).")
-        split, test_split = config.eval.split, config.eval.test_split
-        rows = [(split or "final", report.get("best") or report.get("final"))]
-        if report.get("test"):
-            rows.append((test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
-        print(f"\nResults ({report_file}); best model by {config.train.metric} in {model_dir}:")
-        print(results_table(rows))
+    parts = []
+    if report.get(ALREADY_TRAINED):
+        parts.append(f"{workdir} is already trained to step {report['step']}; its stored results follow "
+                     "(--mode=eval evaluates again, a larger --config.train.num_steps trains on).")
+    split, test_split = config.eval.split, config.eval.test_split
+    rows = [(split or "final", report.get("best") or report.get("final"))]
+    if report.get("test"):
+        rows.append((test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
+    parts.append(f"\nResults ({report_file}); best model by {config.train.metric} in {model_dir}:")
+    parts.append(results_table(rows))
     if config.eval.confusion_matrix:
-        print_confusion(workdir, config.eval.test_split or config.eval.split)
-
-
-def print_eval_run(reports: Mapping[str, Mapping[str, Any]]) -> None:
-    """The table of ``--mode=eval`` (process 0): one row per evaluated split."""
-    if jax.process_index() == 0:
-        print(results_table(list(reports.items())))
+        parts.append(confusion_text(workdir, test_split or split))
+    return "\n".join(parts)
 
 
 def save_confusion(outputs: Outputs, names: Sequence[str], workdir: Path, split: str) -> None:
@@ -113,15 +109,11 @@ def save_confusion(outputs: Outputs, names: Sequence[str], workdir: Path, split:
     confusion.save(counts, labels.class_names(names, len(counts)), workdir, split)
 
 
-def print_confusion(workdir: Path, split: str) -> None:
-    """Prints the confusion matrix stored for ``split`` in ``workdir`` (process 0), or says there is none."""
+def confusion_text(workdir: Path, split: str) -> str:
+    """The confusion matrix stored for ``split`` in ``workdir`` as a table, or a line saying there is none."""
     stored = confusion.load(workdir, split)
-    if jax.process_index() != 0:
-        return
     if stored is None:
-        print(f"\nNo confusion matrix of {split} is stored in {workdir}; --mode=eval computes it.")
-        return
+        return f"\nNo confusion matrix of {split} is stored in {workdir}; --mode=eval computes it."
     counts, names = stored
-    print(f"\nConfusion matrix of the best model on {split} (rows: true, columns: predicted; "
-          f"{workdir / f'confusion_{split}.png'}):")
-    print(confusion.format_table(counts, names))
+    return (f"\nConfusion matrix of the best model on {split} (rows: true, columns: predicted; "
+            f"{workdir / f'confusion_{split}.png'}):\n" + confusion.format_table(counts, names))
