@@ -6,10 +6,15 @@
   scene = hear.get_scene_embeddings(audio, model)       # (n_sounds, model.scene_embedding_size)
   emb, ms = hear.get_timestamp_embeddings(audio, model)  # (n_sounds, n_timestamps, D), (n_sounds, n_timestamps)
 
-``audio`` is ``(n_sounds, n_samples)`` at ``model.sample_rate``: a NumPy or JAX array or a
-torch tensor on any device, of float samples in [-1, 1] or integer PCM, scaled by its type
-(:func:`aum_jax.data.features.audio.as_float_samples`: int16 / 32768, ...); the results are NumPy float32
-arrays. Each sound is cut into windows of the model's input length; each window becomes the
+HEAR's own tools run it as it is: ``hear-validator aum_jax.hear --model DIR`` and
+``python -m heareval.embeddings.runner aum_jax.hear --model DIR --tasks-dir TASKS``.
+
+``audio`` is ``(n_sounds, n_samples)`` at ``model.sample_rate``: a NumPy or JAX array, a
+TensorFlow tensor or a torch tensor on any device, of float samples in [-1, 1] or integer
+PCM, scaled by its type (:func:`aum_jax.data.features.audio.as_float_samples`: int16 / 32768,
+...). The results are float32 of the kind the audio came as: TensorFlow tensors for a
+TensorFlow tensor, torch tensors on the audio's device for a torch tensor, NumPy arrays
+otherwise. Each sound is cut into windows of the model's input length; each window becomes the
 model's input as in training (:meth:`aum_jax.data.features.preprocessing.Preprocessing.features`: the
 fbank and the statistics of the model's ``preprocessing.json``), and the windows of all
 sounds run through the model in fixed-size batches (one compiled program per batch size).
@@ -32,12 +37,13 @@ on) raise :class:`aum_jax.inference.predict.NonFiniteOutputError` naming the sou
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from aum_jax.checkpoints import model_files
 from aum_jax.data.features import preprocessing
@@ -47,9 +53,13 @@ from aum_jax.inference import embeddings, predict, windows
 from aum_jax.models import AudioMamba
 
 
-@dataclasses.dataclass
-class HearModel:
+class HearModel(tf.Module):
     """An aum-jax model with what the HEAR API asks of a model.
+
+    A ``tf.Module`` because HEAR's validator and evaluation kit accept only a
+    ``torch.nn.Module`` or a ``tf.Module``: TensorFlow is a core dependency of aum-jax (torch
+    is optional), and the kits' TensorFlow path hands the model tensors without moving it to
+    a device (JAX places it). It holds no TensorFlow variables.
 
     Attributes:
       model: the AudioMamba.
@@ -58,10 +68,13 @@ class HearModel:
       matmul_precision: float32 matmul precision ("highest" computes as the original).
     """
 
-    model: AudioMamba
-    prep: preprocessing.Preprocessing
-    batch_size: int = 32
-    matmul_precision: str = "highest"
+    def __init__(self, model: AudioMamba, prep: preprocessing.Preprocessing, batch_size: int = 32,
+                 matmul_precision: str = "highest"):
+        super().__init__(name="aum_jax")
+        self.model = model
+        self.prep = prep
+        self.batch_size = batch_size
+        self.matmul_precision = matmul_precision
 
     @property
     def sample_rate(self) -> int:
@@ -114,6 +127,17 @@ def _sounds(audio: Any) -> np.ndarray:
     return audio
 
 
+def _as_given(given: Any, *results: np.ndarray) -> tuple[Any, ...]:
+    """``results`` (float32) as the kind of array ``given`` is: TensorFlow tensors, torch tensors
+    on its device, else NumPy arrays."""
+    torch = sys.modules.get("torch")  # a torch tensor can only come from a process that imported torch.
+    if torch is not None and isinstance(given, torch.Tensor):
+        return tuple(torch.from_numpy(r).to(given.device) for r in results)
+    if tf.is_tensor(given):
+        return tuple(tf.convert_to_tensor(r) for r in results)
+    return results
+
+
 def _names(audio: np.ndarray) -> list[str]:
     """``"sound i"`` of each sound, for messages."""
     return [f"sound {i}" for i in range(len(audio))]
@@ -138,30 +162,32 @@ def _bounds(audio: np.ndarray, model: HearModel, hop_seconds: float) -> np.ndarr
     return np.array(windows.window_bounds(audio.shape[1], model.sample_rate, model.prep.window_seconds, hop_seconds))
 
 
-def get_scene_embeddings(audio: Any, model: HearModel) -> np.ndarray:
-    """``(n_sounds, n_samples)`` at ``model.sample_rate`` -> ``(n_sounds, scene_embedding_size)`` float32.
+def get_scene_embeddings(audio: Any, model: HearModel) -> Any:
+    """``(n_sounds, n_samples)`` at ``model.sample_rate`` -> ``(n_sounds, scene_embedding_size)`` float32,
+    of the kind ``audio`` is (see the module's docstring).
 
     Raises:
       ValueError: audio of another shape or type, or with NaN or Inf samples.
       NonFiniteOutputError: NaN or Inf embeddings (the sounds named).
     """
-    audio = _sounds(audio)
+    given, audio = audio, _sounds(audio)
     bounds = _bounds(audio, model, model.prep.window_seconds)
     per_window = _run(audio, model, bounds, evaluate.Embed()).features.reshape(len(audio), len(bounds), -1)
     scene = np.stack([embeddings.pool_windows(rows, bounds) for rows in per_window])
     predict.require_finite(scene, _names(audio), "embeddings")
-    return scene
+    return _as_given(given, scene)[0]
 
 
-def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[np.ndarray, np.ndarray]:
+def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[Any, Any]:
     """``(n_sounds, n_samples)`` -> embeddings ``(n_sounds, n_timestamps, timestamp_embedding_size)``
-    float32 and their timestamps ``(n_sounds, n_timestamps)`` in ms (the centres of the time patches).
+    and their timestamps ``(n_sounds, n_timestamps)`` in ms (the centres of the time patches),
+    float32 of the kind ``audio`` is (see the module's docstring).
 
     Raises:
       ValueError: audio of another shape or type, or with NaN or Inf samples.
       NonFiniteOutputError: NaN or Inf embeddings (the sounds named).
     """
-    audio = _sounds(audio)
+    given, audio = audio, _sounds(audio)
     bounds = _bounds(audio, model, embeddings.time_patch_span(model.model, model.prep))  # one grid of patches.
     starts_ms, ends_ms = bounds.T * 1000.0 / model.sample_rate
     centres_ms = starts_ms[:, None] + embeddings.time_patch_centres(model.model, model.prep)[None] * 1000.0
@@ -182,4 +208,4 @@ def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[np.ndarray, 
 
     _run(audio, model, bounds, evaluate.Embed(tokens=True), write_per_time)
     predict.require_finite(result.reshape(len(audio), -1), _names(audio), "embeddings")
-    return result, np.repeat(centres_ms[keep][None].astype(np.float32), len(audio), axis=0)
+    return _as_given(given, result, np.repeat(centres_ms[keep][None].astype(np.float32), len(audio), axis=0))

@@ -4,7 +4,6 @@ one compilation per batch shape, and the command line's .npz."""
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
+import tensorflow as tf
 import torch
 from flax import nnx
 
@@ -113,12 +113,29 @@ def test_overlapping_patches_give_evenly_spaced_timestamps():
 
 def test_scene_embeddings_are_deterministic_and_batch_size_independent(hear_model):
     audio = sounds(5, 3.0, seed=2)  # 3 windows each: 15 rows.
-    whole = dataclasses.replace(hear_model, batch_size=15)  # every window in one batch.
+    whole = hear.HearModel(hear_model.model, hear_model.prep, batch_size=15)  # every window in one batch.
     reference = hear.get_scene_embeddings(audio, whole)
     np.testing.assert_array_equal(hear.get_scene_embeddings(audio, whole), reference)
-    small = dataclasses.replace(hear_model, batch_size=4)
+    small = hear.HearModel(hear_model.model, hear_model.prep, batch_size=4)
     np.testing.assert_allclose(hear.get_scene_embeddings(audio, small), reference, atol=1e-5)
     np.testing.assert_allclose(hear.get_scene_embeddings(audio[3:], small), reference[3:], atol=1e-5)
+
+
+def test_the_results_are_float32_of_the_kind_of_array_given(hear_model):
+    """HEAR's tools hand a TensorFlow model TF tensors and a torch model torch tensors, and read
+    the results back with ``.numpy()`` / ``.detach().cpu().numpy()``."""
+    assert isinstance(hear_model, tf.Module)
+    audio = sounds(2, 2.0, seed=4)
+    expected = (hear.get_scene_embeddings(audio, hear_model), *hear.get_timestamp_embeddings(audio, hear_model))
+    assert all(type(e) is np.ndarray and e.dtype == np.float32 for e in expected)
+    for given, kind, dtype in ((jnp.asarray(audio), np.ndarray, np.float32), (tf.constant(audio), tf.Tensor, tf.float32),
+                               (torch.from_numpy(audio), torch.Tensor, torch.float32)):
+        results = (hear.get_scene_embeddings(given, hear_model), *hear.get_timestamp_embeddings(given, hear_model))
+        for result, reference in zip(results, expected, strict=True):
+            assert isinstance(result, kind) and result.dtype == dtype, (type(result), result.dtype)
+            if kind is torch.Tensor:
+                assert result.device == given.device
+            np.testing.assert_array_equal(np.asarray(result), reference)
 
 
 def test_hear_refuses_bad_audio(hear_model, tmp_path):
@@ -142,7 +159,7 @@ def test_integer_pcm_embeds_as_the_float_clip(hear_model):
     pcm = np.round(audio * 32767).astype(np.int16)
     reference = hear.get_scene_embeddings(audio, hear_model)
     for given in (pcm, jnp.asarray(pcm), torch.from_numpy(pcm)):
-        scene = hear.get_scene_embeddings(given, hear_model)
+        scene = np.asarray(hear.get_scene_embeddings(given, hear_model))
         cosine = np.sum(scene * reference, axis=1) / np.linalg.norm(scene, axis=1) / np.linalg.norm(reference, axis=1)
         assert cosine.min() > 0.9999, cosine
     np.testing.assert_array_equal(hear.get_timestamp_embeddings(pcm, hear_model)[0],
@@ -153,7 +170,7 @@ def test_nan_embeddings_are_refused_naming_the_sounds(hear_model):
     """A model whose parameters went NaN in memory: an error naming the sounds, not NaN embeddings."""
     graph, params, rest = nnx.split(hear_model.model, nnx.Param, ...)
     nan = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params)  # new arrays: the model is left as it is.
-    broken = dataclasses.replace(hear_model, model=nnx.merge(graph, nan, rest))
+    broken = hear.HearModel(nnx.merge(graph, nan, rest), hear_model.prep)
     audio = sounds(2, 2.0, seed=9)
     for embed in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
         with pytest.raises(predict.NonFiniteOutputError, match="NaN or Inf embeddings for sound 0, sound 1"):
