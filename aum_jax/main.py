@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from aum_jax.core import logs
 
-logs.quiet_native_logs(preload_tensorflow=True)  # before JAX and TensorFlow (clu) load.
+logs.quiet_native_logs()  # before JAX and TensorFlow (clu) load.
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

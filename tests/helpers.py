@@ -92,6 +92,11 @@ def read_scalars(workdir: Path, tag: str) -> dict[int, float]:
     return values
 
 
+def xla_flags(*flags: str) -> str:
+    """The suite's XLA_FLAGS (set in tests/conftest.py) with ``flags`` added."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
     env.setdefault("JAX_PLATFORMS", "cpu")

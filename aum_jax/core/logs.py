@@ -7,8 +7,10 @@ of every process), of JAX's backend probing, of orbax and of clu's writers is dr
 
 Native libraries read their log level from the environment when they load, so a tool
 calls :func:`quiet_native_logs` before it imports JAX or TensorFlow. TensorFlow
-logs its load-time notices through absl C++ before any level applies, so a tool that
-needs TensorFlow (through clu's writers) imports it with its stderr silenced.
+logs its load-time notices through absl C++ before any level applies, so the code that
+needs TensorFlow (clu's writers, TFDS) loads it through :func:`import_tensorflow`, which
+silences its stderr on a quiet console; a tool that never writes TensorBoard events or
+reads TFDS (``--help``, a config mistake, ``--mode=eval``) never pays for loading it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def verbosity_from_argv(argv: Sequence[str]) -> int:
     return value
 
 
-def quiet_native_logs(argv: Sequence[str] | None = None, *, preload_tensorflow: bool = False) -> None:
+_quiet = False  # set by quiet_native_logs: TensorFlow loads with its stderr silenced.
+
+
+def quiet_native_logs(argv: Sequence[str] | None = None) -> None:
     """Silences the native INFO logs of TensorFlow unless the command line asks for verbosity.
 
     Call before JAX, TensorFlow or clu is imported; child processes inherit the settings
@@ -48,14 +53,26 @@ def quiet_native_logs(argv: Sequence[str] | None = None, *, preload_tensorflow: 
 
     Args:
       argv: the command line (default ``sys.argv``).
-      preload_tensorflow: import TensorFlow now, with file descriptor 2 silenced.
     """
+    global _quiet
     if verbosity_from_argv(sys.argv if argv is None else argv) >= 0:
         return
+    _quiet = True
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    if preload_tensorflow and "tensorflow" not in sys.modules:
+
+
+def import_tensorflow() -> None:
+    """Loads TensorFlow (once), with file descriptor 2 silenced after :func:`quiet_native_logs`.
+
+    Call before importing clu's writers or TFDS, which load it.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    if _quiet:
         _import_silently("tensorflow")
+    else:
+        importlib.import_module("tensorflow")
 
 
 def _import_silently(module: str) -> None:

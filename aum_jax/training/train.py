@@ -35,14 +35,13 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -58,6 +57,9 @@ from aum_jax.evaluation import evaluate
 from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
 from aum_jax.training import divergence, run_checkpoints, update, workdir_lock
+
+if TYPE_CHECKING:
+    from clu import metric_writers
 
 
 class MissingModelError(workdir_lib.WorkdirError):
@@ -296,6 +298,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
     train_cfg, mesh, is_main = config.train, run.mesh, jax.process_index() == 0
 
     # ---------------------------------------------------------------- input
+    logs.import_tensorflow()  # clu's writers load TensorFlow: only a run that trains pays for it.
+    from clu import metric_writers, periodic_actions
+
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     train_iter = input_pipeline.make_train_iterator(config.data, source=run.source)
 

@@ -24,7 +24,8 @@ from aum_jax.checkpoints import convert
 from aum_jax.checkpoints.model_files import save_model
 from aum_jax.data.features import kaldi, preprocessing
 from aum_jax.inference import predict
-from tests.helpers import PEAK_RSS, SAMPLE, TINY_FOBI, assert_one_error_line, main_cli, run, save_tiny_fobi
+from tests.helpers import (PEAK_RSS, SAMPLE, TINY_FOBI, assert_one_error_line, main_cli, run, save_tiny_fobi,
+                           xla_flags)
 
 PREP = preprocessing.Preprocessing(num_mel_bins=128, target_length=128, mean=-5.0114145, std=4.2837193, loss="CE")
 # Measures the peak resident memory of the one command it runs (RUSAGE_CHILDREN of a fresh parent).
@@ -214,7 +215,7 @@ def test_a_too_short_clip_is_named_and_skipped_among_several(model_dir, tmp_path
     (["--config.train.num_stepz=5"], {}, ["--config.train.num_stepz: no such config key", 'did you mean "num_steps"']),
     (["--config.data.batch_size=-1"], {}, ["config.data.batch_size=-1: must be positive"]),
     (["--config.model.depth=0"], {}, ["config.model.depth must be positive, got 0"]),
-    (["--config.data.batch_size=3"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    (["--config.data.batch_size=3"], {"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2")},
      ["config.data.batch_size=3 per process gives a global batch of 3, which the 2 devices"]),
 ], ids=["unknown key", "batch -1", "depth 0", "batch the devices do not divide"])
 def test_a_config_mistake_is_one_line_and_writes_nothing(toy_overrides, tmp_path, extra, env, fragments):

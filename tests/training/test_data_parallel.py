@@ -18,7 +18,7 @@ from aum_jax.kernels import partition
 from aum_jax.kernels.pallas.selective_scan import bidirectional_selective_scan
 from jax.sharding import AbstractMesh, AxisType
 
-from tests.helpers import REPO_ROOT, subprocess_env
+from tests.helpers import REPO_ROOT, subprocess_env, xla_flags
 
 GLOBAL_BATCH = 16
 
@@ -68,7 +68,7 @@ STEP_SCRIPT = textwrap.dedent("""
 
 
 def _run_steps(runs: list[tuple[int, str, str]]) -> list[dict]:
-    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = subprocess_env(XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"))
     result = subprocess.run([sys.executable, "-c", STEP_SCRIPT, str(GLOBAL_BATCH), json.dumps(runs)], env=env,
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

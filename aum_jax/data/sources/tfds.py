@@ -9,6 +9,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from aum_jax.core import logs
 from aum_jax.data.features import audio
 from aum_jax.data.records import ClipRecord
 from aum_jax.data.sources.base import SourceKind
@@ -34,7 +35,8 @@ class TfdsSource(SourceKind):
         audio_key: str = "audio",
         label_key: str = "label",
     ):
-        import tensorflow_datasets as tfds  # heavy import, only when used.
+        logs.import_tensorflow()
+        import tensorflow_datasets as tfds  # heavy import (TensorFlow), only when used.
 
         self.dataset, self.split = name, split
         self.audio_key, self.label_key = audio_key, label_key
