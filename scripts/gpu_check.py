@@ -43,6 +43,7 @@ SHAPES = {  # name: (B, L, D, N, mode); mode fobi: two directions sharing inputs
 SMOKE_SHAPES = {"smoke_fobi": (2, 33, 32, 16, "fobi"), "smoke_bibi": (2, 21, 24, 8, "bibi")}
 SMOKE_TIMED = ("smoke_bibi",)  # --smoke times one shape and one recipe: the code paths, not the speed
 MODES = ("bfloat16", "tensorfloat32", "highest")  # smallest footprint first (see the docstring)
+SMOKE_MODES = ("bfloat16", "highest")  # off a GPU TF32 matmuls are float32 ones: the code path of "highest".
 TOLERANCE = 1e-4  # default of --tolerance: max |kernel - sequential| / max |sequential|, per output and gradient
 
 
@@ -128,14 +129,14 @@ def scan_timings(shapes: dict, repeats: int, original_scan: dict) -> list[dict]:
     return records
 
 
-def recipe_child(name: str, repeats: int) -> None:
-    """In its own process: one recipe in every mode, printed as JSON lines."""
+def recipe_child(name: str, repeats: int, modes: tuple[str, ...]) -> None:
+    """In its own process: one recipe in each of ``modes``, printed as JSON lines."""
     import jax
 
     from aum_jax.training import speed
 
     recipe = speed.RECIPES[name]
-    for mode in MODES:
+    for mode in modes:
         start = time.perf_counter()
         figures = speed.measure(recipe, scan_impl="pallas", mode=mode, repeats=repeats)
         print("RECIPE " + json.dumps({"part": "recipe", "recipe": name, "mode": mode, "size": recipe.size,
@@ -144,15 +145,16 @@ def recipe_child(name: str, repeats: int) -> None:
                                       "device": jax.devices()[0].device_kind, **figures}), flush=True)
 
 
-def recipes(names: list[str], repeats: int, originals: dict) -> list[dict]:
+def recipes(names: list[str], repeats: int, originals: dict, smoke: bool) -> list[dict]:
     records = []
+    modes = SMOKE_MODES if smoke else MODES
     for name in names:
         # The child runs on this interpreter as it was started: without site-packages' .pth files under -S.
         done = subprocess.run([sys.executable, *(["-S"] if sys.flags.no_site else []), __file__, "--recipe-child", name,
-                               "--repeats", str(repeats)],
+                               "--repeats", str(repeats), *(["--smoke"] if smoke else [])],
                               capture_output=True, text=True, cwd=REPO)
         lines = [json.loads(l[7:]) for l in done.stdout.splitlines() if l.startswith("RECIPE ")]
-        if done.returncode or len(lines) != len(MODES):
+        if done.returncode or len(lines) != len(modes):
             records.append({"part": "recipe", "recipe": name, "error": done.stderr.strip().splitlines()[-1:]})
             continue
         for record in lines:
@@ -219,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--original-scan", help="cuda_scan.jsonl of ../shared/gpu-anchor/cuda_scan.py on the same GPU")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes; Pallas in interpret mode off the GPU")
     parser.add_argument("--sections", default="numerics,scan,recipes", help="comma-separated: numerics, scan, recipes")
+    parser.add_argument("--shapes", default="", help="comma-separated names of the shapes to check (default: all)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per figure")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="numerics: largest relative error that passes")
     parser.add_argument("--recipe-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.recipe_child:
-        recipe_child(args.recipe_child, args.repeats)
+        recipe_child(args.recipe_child, args.repeats, SMOKE_MODES if args.smoke else MODES)
         return 0
     import jax
 
@@ -235,17 +238,23 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    if args.shapes:
+        unknown = set(args.shapes.split(",")) - set(shapes)
+        if unknown:
+            print(f"error: no shape {', '.join(sorted(unknown))}; choose from {', '.join(shapes)}", file=sys.stderr)
+            return 1
+        shapes = {name: shapes[name] for name in args.shapes.split(",")}
     sections = set(args.sections.split(","))
     records = [{"part": "env", "device": device.device_kind, "compute_capability": getattr(device, "compute_capability", None),
                 "jax": jax.__version__, "smoke": args.smoke, "time": time.strftime("%Y-%m-%d %H:%M:%S")}]
     start = time.perf_counter()
     if "numerics" in sections:
         records += numerics(shapes, args.tolerance)
-    timed = {name: shapes[name] for name in SMOKE_TIMED} if args.smoke else shapes
+    timed = {name: shapes[name] for name in SMOKE_TIMED if name in shapes} if args.smoke else shapes
     if "scan" in sections:
         records += scan_timings(timed, args.repeats, _read_original_scan(args.original_scan))
     if "recipes" in sections:
-        records += recipes(list(timed), args.repeats, _read_originals(args.original))
+        records += recipes(list(timed), args.repeats, _read_originals(args.original), args.smoke)
     records.append({"part": "done", "seconds": time.perf_counter() - start})
     with open(args.out, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)

@@ -97,6 +97,11 @@ def xla_flags(*flags: str) -> str:
     return " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
 
 
+# For processes that run long recordings through a model: XLA's default optimisation, not the
+# suite's -O0 (tests/conftest.py), which compiles faster but runs slower.
+OPTIMIZED = {"XLA_FLAGS": ""}
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
     env.setdefault("JAX_PLATFORMS", "cpu")

@@ -24,8 +24,8 @@ from aum_jax.checkpoints import convert
 from aum_jax.checkpoints.model_files import save_model
 from aum_jax.data.features import kaldi, preprocessing
 from aum_jax.inference import predict
-from tests.helpers import (PEAK_RSS, SAMPLE, TINY_FOBI, assert_one_error_line, main_cli, run, save_tiny_fobi,
-                           xla_flags)
+from tests.helpers import (OPTIMIZED, PEAK_RSS, SAMPLE, TINY_FOBI, assert_one_error_line, main_cli, run,
+                           save_tiny_fobi, xla_flags)
 
 PREP = preprocessing.Preprocessing(num_mel_bins=128, target_length=128, mean=-5.0114145, std=4.2837193, loss="CE")
 # Measures the peak resident memory of the one command it runs (RUSAGE_CHILDREN of a fresh parent).
@@ -108,7 +108,8 @@ def test_peak_memory_of_a_30_minute_recording_is_that_of_a_3_minute_one(model_di
     for minutes in (3, 30):
         wav = _recording(tmp_path / f"rec{minutes}.wav", minutes)
         result = run("-c", PEAK_RSS, "-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(wav),
-                     "--hop-seconds", "1.28", "--top-k", "1", "--json", str(tmp_path / f"rec{minutes}.json"))
+                     "--hop-seconds", "1.28", "--top-k", "1", "--json", str(tmp_path / f"rec{minutes}.json"),
+                     env=OPTIMIZED)
         measured = json.loads(result.stdout.strip().splitlines()[-1])
         assert measured["rc"] == 0, measured["stderr"]
         windows = json.loads((tmp_path / f"rec{minutes}.json").read_text())["files"][0]["windows"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_no_silent_errors import PREP, _recording
-from tests.helpers import PEAK_RSS, run, save_tiny_fobi
+from tests.helpers import OPTIMIZED, PEAK_RSS, run, save_tiny_fobi
 
 RATIO = 1.2
 WINDOWS = {3: 141, 30: 1407}  # of the model's 1.28 s input: 3 * 60 / 1.28 = 140.6, 30 * 60 / 1.28 = 1406.25.
@@ -67,7 +67,7 @@ def test_predicts_peak_memory_does_not_grow_with_the_recording(model_dir, record
     for minutes, wav in recordings.items():
         out = tmp_path / f"out{minutes}"
         result = run("-c", PEAK_RSS, "-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(wav),
-                     "--top-k", "1", *(flag.format(out=out) for flag in flags))
+                     "--top-k", "1", *(flag.format(out=out) for flag in flags), env=OPTIMIZED)
         measured = json.loads(result.stdout.strip().splitlines()[-1])
         assert measured["rc"] == 0, measured["stderr"]
         assert says.format(wav=wav, out=out, seconds=minutes * 60.0, windows=WINDOWS[minutes]) in (
@@ -79,7 +79,7 @@ def test_predicts_peak_memory_does_not_grow_with_the_recording(model_dir, record
 
 
 def test_hears_timestamp_embeddings_hold_their_result_and_a_few_batches(model_dir, recordings):
-    result = run("-c", HEAR_PEAKS, str(model_dir), str(recordings[3]), str(recordings[30]))
+    result = run("-c", HEAR_PEAKS, str(model_dir), str(recordings[3]), str(recordings[30]), env=OPTIMIZED)
     assert result.returncode == 0, result.stderr[-3000:]
     short, long = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
     assert short["shape"] == [1, 140 * 8 + 5, 192] and long["shape"] == [1, 1406 * 8 + 2, 192]  # patches on audio.

@@ -41,14 +41,14 @@ def test_smoke_runs_every_section_on_the_gpu_image_and_writes_json_lines(tmp_pat
     assert {(r["impl"], r["directions"]) for r in scans} == {(i, d) for i in ("pallas", "chunked") for d in (1, 2)}
     assert all(r["fwd_ms_per_direction"] > 0 and r["fwdbwd_ms_per_direction"] > 0 for r in scans)
     recipes = [r for r in records if r["part"] == "recipe"]  # each from a child process, on the same image
-    assert [r["mode"] for r in recipes] == ["bfloat16", "tensorfloat32", "highest"]
+    assert [r["mode"] for r in recipes] == ["bfloat16", "highest"]  # TF32 is float32 off a GPU.
     assert all(r["train_clips_s"] > 0 and r["infer_clips_s"] > 0 for r in recipes)
     assert "numerics smoke_fobi" in done.stdout and "recipe   smoke_bibi" in done.stdout  # the table
 
 
 def test_a_numerics_failure_exits_non_zero(tmp_path):
     out = tmp_path / "check.jsonl"
-    done = _run("--smoke", "--sections", "numerics", "--tolerance", "1e-12", "--out", str(out))
+    done = _run("--smoke", "--sections", "numerics", "--shapes", "smoke_bibi", "--tolerance", "1e-12", "--out", str(out))
     assert done.returncode == 1
     assert "FAIL" in done.stdout and done.stderr.strip().startswith("error:")
     assert not any(json.loads(line).get("ok") for line in out.read_text().splitlines())

@@ -18,7 +18,7 @@ from aum_jax.core import workdir as workdir_lib
 from aum_jax.training import run_checkpoints, train, workdir_lock
 from tests.helpers import REPO_ROOT, read_scalars, subprocess_env, toy_config, write_toy_dataset
 
-DEMO = [sys.executable, "-m", "aum_jax.main", "--config=configs/demo.py:runlocal"]
+MAIN = [sys.executable, "-m", "aum_jax.main", "--config=configs/speechcommands.py:runlocal"]  # + toy_overrides.
 
 
 def _children(pid: int) -> set[int]:
@@ -54,10 +54,11 @@ def _wait_for(path: Path, job: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.2)
 
 
-def test_second_trainer_sigkill_with_workers_and_takeover(tmp_path: Path) -> None:
-    env = subprocess_env(AUM_JAX_CACHE=str(tmp_path / "cache"))
+def test_second_trainer_sigkill_with_workers_and_takeover(toy_overrides, tmp_path: Path) -> None:
+    env = subprocess_env()
     workdir = tmp_path / "work"
-    command = DEMO + [f"--workdir={workdir}", "--config.train.checkpoint_every=2", "--config.data.num_workers=2"]
+    command = MAIN + toy_overrides + [f"--workdir={workdir}", "--config.train.checkpoint_every=2",
+                                      "--config.data.num_workers=2"]
     first = subprocess.Popen(command + ["--config.train.num_steps=100000"], env=env, cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -89,8 +90,8 @@ def test_second_trainer_sigkill_with_workers_and_takeover(tmp_path: Path) -> Non
 
     # The dead holder's lock is taken over; the run resumes, now with another worker count.
     stopped = run_checkpoints.make_manager(workdir, 3).latest_step()
-    resumed = subprocess.run(DEMO + [f"--workdir={workdir}", f"--config.train.num_steps={stopped + 2}",
-                                     "--config.data.num_workers=0"],
+    resumed = subprocess.run(MAIN + toy_overrides + [f"--workdir={workdir}", f"--config.train.num_steps={stopped + 2}",
+                                                     "--config.data.num_workers=0"],
                              env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"PID {first.pid} is not running" in resumed.stderr
@@ -157,12 +158,13 @@ def test_a_checkpoint_of_another_model_is_an_error_not_corruption(toy, tmp_path:
     assert not (tmp_path / workdir_lib.CHECKPOINT_DIR / workdir_lib.CORRUPT_DIR).exists()
 
 
-def test_divergence_stops_keeps_earlier_checkpoints_and_refuses_a_blind_restart(tmp_path: Path) -> None:
-    env = subprocess_env(AUM_JAX_CACHE=str(tmp_path / "cache"))
+def test_divergence_stops_keeps_earlier_checkpoints_and_refuses_a_blind_restart(toy_overrides, tmp_path: Path) -> None:
+    env = subprocess_env()
     workdir = tmp_path / "work"
     # From the 5th update (epoch 2) the lr is multiplied by 1e30: step 6 onwards diverges.
-    command = DEMO + [f"--workdir={workdir}", "--config.train.num_steps=12", "--config.train.checkpoint_every=2",
-                      "--config.train.max_nonfinite_steps=3", "--config.optimizer.decay_start_epoch=2"]
+    command = MAIN + toy_overrides + [f"--workdir={workdir}", "--config.train.num_steps=12",
+                                      "--config.train.checkpoint_every=2", "--config.train.steps_per_epoch=2",
+                                      "--config.train.max_nonfinite_steps=3", "--config.optimizer.decay_start_epoch=2"]
     diverging = command + ["--config.optimizer.decay_factor=1e30"]
     result = subprocess.run(diverging, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 1, result.stderr[-3000:]
@@ -179,7 +181,7 @@ def test_divergence_stops_keeps_earlier_checkpoints_and_refuses_a_blind_restart(
 
     fixed = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     assert fixed.returncode == 0, fixed.stderr[-3000:]
-    assert "optimizer.decay_factor 1e+30 -> 0.5" in fixed.stderr
+    assert "optimizer.decay_factor 1e+30 -> " in fixed.stderr  # the change that fixed it is named.
     assert "Restored the checkpoint of step 4" in fixed.stderr
     report = json.loads((workdir / workdir_lib.REPORT_FILE).read_text())
     assert report["step"] == 12 and report["skipped_steps"] == 0
