@@ -24,8 +24,17 @@ from aum_jax.checkpoints import convert
 from aum_jax.checkpoints.model_files import save_model
 from aum_jax.data.features import kaldi, preprocessing
 from aum_jax.inference import predict
-from tests.helpers import (OPTIMIZED, PEAK_RSS, SAMPLE, TINY_FOBI, assert_one_error_line, main_cli, run,
-                           save_tiny_fobi, xla_flags)
+from tests.helpers import (
+    OPTIMIZED,
+    PEAK_RSS,
+    SAMPLE,
+    TINY_FOBI,
+    assert_one_error_line,
+    main_cli,
+    run,
+    save_tiny_fobi,
+    xla_flags,
+)
 
 PREP = preprocessing.Preprocessing(num_mel_bins=128, target_length=128, mean=-5.0114145, std=4.2837193, loss="CE")
 # Measures the peak resident memory of the one command it runs (RUSAGE_CHILDREN of a fresh parent).
