@@ -115,6 +115,22 @@ def get_init_config(kind: str) -> ml_collections.ConfigDict:
     return c
 
 
+def get_distill_config() -> ml_collections.ConfigDict:
+    """Knowledge distillation from a teacher (off: no teacher and no stored logits); not in the original.
+
+    ``loss = (1 - weight) * label_loss + weight * distill_loss`` per labelled clip; an
+    unlabelled clip trains on ``distill_loss`` alone.
+    """
+    c = ml_collections.ConfigDict()
+    c.teacher = ""  # an aum-jax model directory run frozen inside each step on the student's batch ("" none).
+    c.logits = ""  # a folder of stored teacher logits (scripts/teacher_logits.py): no teacher forward ("" none).
+    c.weight = 0.9  # lambda; EfficientAT's kd_lambda=0.1 weighs the label loss, i.e. 0.9 here.
+    c.temperature = 1.0  # softens teacher and student alike; EfficientAT's and DASS's default.
+    c.loss = ""  # "kl" (T^2 KL to the teacher's softmax) or "bce" (to its sigmoids, as EfficientAT); "": kl for a CE task, bce for BCE.
+    c.teacher_dtype = "float32"  # the online teacher's compute dtype: "float32" or "bfloat16" (its parameters stay float32).
+    return c
+
+
 def get_eval_config(test_split: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.split = "validation"  # split evaluated during training and by --mode=eval (config.data.validation_datafile).
@@ -168,6 +184,7 @@ def get_recipe_config(
      config.optimizer.decay_factor) = decay
     config.train = get_train_config(num_epochs, loss, metric)
     config.init = get_init_config(kind)
+    config.distill = get_distill_config()
     config.eval = get_eval_config(test_split)
     config.mesh = get_mesh_config()
     if local:

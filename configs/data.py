@@ -67,6 +67,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.batch_size = 12  # training batch per process.
     c.eval_batch_size = 24  # evaluation batch per process (original: 2x training).
     c.seed = 3949  # exp_seeds[0] of the original run.py.
+    c.label_fraction = 1.0  # keep the labels of this seeded, class-stratified share of the training clips; the rest are unlabelled (needs config.distill); not in the original.
     c.cache_features = False  # keep each training clip's fbank in memory after its first use (not in the original; needs no mixup and no random crops).
     c.num_workers = 4  # grain worker processes (--num-workers); 0 = in-process.
     c.read_threads = 2  # threads per worker reading and transforming clips.

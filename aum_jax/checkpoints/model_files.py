@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,10 @@ def save_model(
     *,
     overwrite: bool = False,
     preprocessing: preprocessing_lib.Preprocessing | None = None,
+    records: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Writes ``model`` (and its ``preprocessing``) to ``directory`` atomically; returns its path.
+    """Writes ``model`` (and its ``preprocessing``, and ``records``: ``{file name: JSON value}``
+    written beside them) to ``directory`` atomically; returns its path.
 
     The files are written to a hidden sibling folder and swapped with any old ``directory``
     in one step (:func:`aum_jax.core.storage.replace_dir`): a kill at any moment leaves the
@@ -103,6 +106,8 @@ def save_model(
             (staging / CHECKSUMS_FILE).write_text(json.dumps({"sha256": _checksums(params)}, indent=1))
             if preprocessing is not None:
                 save_preprocessing(preprocessing, staging)
+            for name, value in (records or {}).items():
+                (staging / name).write_text(json.dumps(value, indent=1))
             storage.replace_dir(staging, directory)
     except Exception as e:
         if primary:

@@ -20,11 +20,14 @@ class ClipRecord:
     Attributes:
       key: what names the clip in messages: a file path, ``name/split/index`` for TFDS,
         ``video_id/annotation_id`` for EPIC-Sounds.
-      labels: class indices of the clip (one or more; repeats allowed).
+      labels: class indices of the clip (repeats allowed); empty for an unlabelled training clip.
+      teacher: ``(num_classes,)`` float32 targets of a distillation teacher (its stored
+        logits at the run's temperature), or None.
     """
 
     key: str
     labels: tuple[int, ...]
+    teacher: np.ndarray | None = None
 
 
 class AudioSource(Protocol):
@@ -32,6 +35,7 @@ class AudioSource(Protocol):
 
     num_classes: int
     random_crops: bool  # load_audio's rng draws a random crop: a clip's audio differs between epochs.
+    num_unlabelled: int  # clips without labels (only a training split may hold them).
 
     def __len__(self) -> int: ...
 

@@ -96,6 +96,10 @@ def training_run_text(report: Mapping[str, Any], config: ml_collections.ConfigDi
         rows.append((test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
     parts.append(f"\nResults ({report_file}); best model by {config.train.metric} in {model_dir}:")
     parts.append(results_table(rows))
+    if report.get("distilled"):
+        d = report["distilled"]
+        parts.append(f"Distilled from {d.get('logits') or d.get('teacher')} (weight {d['weight']}, temperature "
+                     f"{d['temperature']}, {d['loss']} loss).")
     if config.eval.confusion_matrix:
         parts.append(confusion_text(workdir, test_split or split))
     return "\n".join(parts)

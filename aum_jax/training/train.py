@@ -56,7 +56,7 @@ from aum_jax.data.sources import labels, registry
 from aum_jax.evaluation import evaluate
 from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
-from aum_jax.training import divergence, run_checkpoints, update, workdir_lock
+from aum_jax.training import distill_setup, divergence, run_checkpoints, update, workdir_lock
 
 if TYPE_CHECKING:
     from clu import metric_writers
@@ -152,13 +152,15 @@ class Plan:
     steps_per_epoch: int
     num_steps: int
     eval_every: int
+    distill: distill_setup.Setup | None  # the teacher side of a distilled run.
 
 
 def plan(config: ml_collections.ConfigDict) -> Plan:
-    """The mesh, the training source and the step counts of ``config``.
+    """The mesh, the training source, the step counts and the distillation of ``config``.
 
     Raises:
       ValueError: batch sizes the mesh does not divide, an unknown split, a bad source.
+      ConfigError: a teacher that does not fit, or unlabelled clips without one.
     """
     train_cfg = config.train
     mesh = sharding.make_mesh(config.mesh)
@@ -166,6 +168,8 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     sharding.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     logging.info("Mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
     source = registry.make_source(config.data, "train")
+    distill = distill_setup.setup(config, source)
+    source = distill.source if distill else source
     steps_per_epoch = train_cfg.steps_per_epoch
     if steps_per_epoch <= 0:
         steps_per_epoch = max(1, len(source) // global_batch_size)
@@ -173,7 +177,7 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     eval_every = steps_per_epoch if train_cfg.eval_every < 0 else train_cfg.eval_every
     logging.info("%d training clips, global batch %d: %d steps per epoch, %d steps",
                  len(source), global_batch_size, steps_per_epoch, num_steps)
-    return Plan(mesh, source, steps_per_epoch, num_steps, eval_every)
+    return Plan(mesh, source, steps_per_epoch, num_steps, eval_every, distill)
 
 
 class _Results:
@@ -181,8 +185,9 @@ class _Results:
     final and test metrics, and the confusion matrix of the split the demo prints."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh,
-                 writer: metric_writers.MetricWriter):
+                 writer: metric_writers.MetricWriter, records: dict[str, Any]):
         self._config, self._workdir, self._mesh, self._writer = config, workdir, mesh, writer
+        self._records = records  # written beside the model.
         self._preprocessing = labels.training_preprocessing(config)  # stored beside the model.
         self.best = storage.read_json(workdir / workdir_lib.BEST_FILE)
         self.final: dict[str, Any] | None = None
@@ -198,7 +203,7 @@ class _Results:
 
     def save_model(self, model: AudioMamba) -> None:
         model_files.save_model(model, self._workdir / workdir_lib.MODEL_DIR, overwrite=True,
-                               preprocessing=self._preprocessing)
+                               preprocessing=self._preprocessing, records=self._records)
 
     def _save_confusion(self, outputs: evaluate.Outputs, split: str) -> None:
         if self._config.eval.confusion_matrix:
@@ -326,7 +331,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
                                                  class_names=labels.training_preprocessing(config).class_names)
         nnx.update(model, sharding.replicate(nnx.state(source, nnx.Param), mesh))
     model.train()
-    results = _Results(config, workdir, mesh, writer)
+    distilled = {distill_setup.RECORD_FILE: run.distill.record} if run.distill else {}
+    results = _Results(config, workdir, mesh, writer, distilled)
+    teacher = distill_setup.load_teacher(run.distill, mesh) if run.distill else None
+    objective, distill = ("distill", run.distill.settings) if run.distill else (train_cfg.objective, None)
     watch = divergence.Watch(config, workdir, manager)
 
     # ---------------------------------------------------------------- train loop
@@ -339,8 +347,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
             while step < run.num_steps:
                 batch = sharding.global_batch(next(train_iter), mesh)
                 with jax.set_mesh(mesh), jax.default_matmul_precision(train_cfg.matmul_precision):
-                    pending.append(update.train_step(model, optimizer, batch, train_cfg.loss,
-                                              train_cfg.max_loss, train_cfg.max_grad_norm, train_cfg.objective))
+                    pending.append(update.train_step(model, optimizer, batch, train_cfg.loss, train_cfg.max_loss,
+                                                     train_cfg.max_grad_norm, objective, distill, teacher))
                 step += 1
                 bar.update()
                 report_progress(step)
@@ -385,7 +393,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
     report = {"step": step, "best": results.best, "final": results.final, "test": results.test(step),
               "restored_from_step": restored_from or None,
               "skipped_steps": int(optimizer.opt_state.total_notfinite[...]),
-              "skipped_clips": {"total": train_iter.num_skipped, **_input_counts(train_iter)}}
+              "skipped_clips": {"total": train_iter.num_skipped, **_input_counts(train_iter)},
+              **({"distilled": run.distill.record} if run.distill else {})}
     report_lib.write_report(workdir / workdir_lib.REPORT_FILE, report)
     writer.close()
     return report

@@ -17,7 +17,7 @@ from flax import nnx
 
 from aum_jax.core import sharding
 from aum_jax.models import AudioMamba
-from aum_jax.training import objectives
+from aum_jax.training import distillation, objectives
 
 # apply_if_finite applies updates anyway after this many bad steps in a row; the loop
 # stops long before (config.train.max_nonfinite_steps).
@@ -65,7 +65,7 @@ def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTrans
     )
 
 
-@nnx.jit(static_argnames=("loss", "max_loss", "max_grad_norm", "objective"), donate_argnums=(0, 1))
+@nnx.jit(static_argnames=("loss", "max_loss", "max_grad_norm", "objective", "distill"), donate_argnums=(0, 1))
 def _train_step(
     model: AudioMamba,
     optimizer: nnx.Optimizer,
@@ -74,10 +74,16 @@ def _train_step(
     max_loss: float = float("inf"),
     max_grad_norm: float = float("inf"),
     objective: str = "supervised",
+    distill: distillation.Distill | None = None,
+    teacher: AudioMamba | None = None,
 ) -> dict[str, jax.Array]:
     """One Adam step on a global batch ``{"fbank": (B, T, F), "label": (B, C)}``, minimising the
     training objective registered as ``objective`` (:data:`aum_jax.training.objectives.OBJECTIVES`)
-    with the label loss ``loss`` ("BCE" or "CE").
+    with the label loss ``loss`` ("BCE" or "CE") and distillation's settings ``distill``.
+
+    An online ``teacher`` (frozen, in eval mode, parameters replicated) adds its targets for
+    this very batch as ``batch["teacher"]``, without gradients; stored targets come in the
+    batch instead.
 
     The model's and optimizer's buffers are donated. A batch split over a mesh runs the
     scan kernels on each device's own rows (:class:`aum_jax.core.sharding.OnDataMesh`). A step
@@ -92,7 +98,10 @@ def _train_step(
     """
 
     compute_loss = objectives.get(objective)
-    value, grads = nnx.value_and_grad(lambda m: compute_loss(m, batch, loss))(model)
+    settings = objectives.Settings(loss, distill)
+    if teacher is not None:
+        batch = {**batch, "teacher": distillation.teacher_targets(teacher, batch["fbank"], distill)}
+    value, grads = nnx.value_and_grad(lambda m: compute_loss(m, batch, settings))(model)
     grad_norm = optax.tree.norm(grads)
     ok = (value <= max_loss) & (grad_norm <= max_grad_norm)  # False for NaN too.
     if max_loss < float("inf") or max_grad_norm < float("inf"):

@@ -21,8 +21,8 @@ def _model_and_optimizer() -> tuple[nnx.Module, nnx.Optimizer]:
     return model, nnx.Optimizer(model, optax.sgd(1e-2), wrt=nnx.Param)
 
 
-def _doubled(model: nnx.Module, batch: dict[str, jax.Array], loss: str) -> jax.Array:
-    return 2.0 * objectives.supervised(model, batch, loss)
+def _doubled(model: nnx.Module, batch: dict[str, jax.Array], settings: objectives.Settings) -> jax.Array:
+    return 2.0 * objectives.supervised(model, batch, settings)
 
 
 def test_a_registered_toy_objective_is_what_the_step_minimises(monkeypatch) -> None:
@@ -41,13 +41,13 @@ def test_the_supervised_objective_is_the_label_loss() -> None:
     model, _ = _model_and_optimizer()
     batch = {"fbank": jnp.ones((2, 32, 32)), "label": jax.nn.one_hot(jnp.arange(2), 2)}
     want = label_loss(model(batch["fbank"]), batch["label"], "BCE")
-    np.testing.assert_array_equal(objectives.supervised(model, batch, "BCE"), want)
+    np.testing.assert_array_equal(objectives.supervised(model, batch, objectives.Settings("BCE")), want)
 
 
 def test_an_unregistered_objective_is_a_config_error(tmp_path) -> None:
     from tests.helpers import write_toy_dataset
 
     config = toy_config(write_toy_dataset(tmp_path, clips_per_class=1), num_steps=1)
-    config.train.objective = "distillation"
-    with pytest.raises(config_checks.ConfigError, match="config.train.objective='distillation'"):
+    config.train.objective = "contrastive"
+    with pytest.raises(config_checks.ConfigError, match="config.train.objective='contrastive'"):
         config_checks.check(config, "train")

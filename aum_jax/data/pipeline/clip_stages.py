@@ -41,7 +41,8 @@ def stream_seeds(seed: int) -> dict[str, int]:
 
 def clip_context(config: ml_collections.ConfigDict, train: bool, source: AudioSource | None = None) -> ClipContext:
     """The :class:`ClipContext` of a data config (``configs/data.py``)."""
-    return ClipContext(Preprocessing.from_data_config(config), config.num_classes, train, source)
+    partly_labelled = train and source is not None and source.num_unlabelled > 0
+    return ClipContext(Preprocessing.from_data_config(config), config.num_classes, train, source, partly_labelled)
 
 
 def build_stages(config: ml_collections.ConfigDict, context: ClipContext) -> list[Stage]:
@@ -91,7 +92,8 @@ class _Kept:
 
 
 class _Example:
-    """The pipeline's element: ``{"fbank", "label"}`` (+ ``mask`` in evaluation) or a failure.
+    """The pipeline's element: ``{"fbank", "label"}`` (+ ``mask`` in evaluation; + ``teacher``
+    targets and the ``labelled`` flag in training where the source has them) or a failure.
 
     In evaluation a failed clip or a padding row becomes zeros with ``mask`` False (a
     failure keeps its marker, to be counted).
@@ -104,7 +106,9 @@ class _Example:
         context = self._context
         if "fbank" in element:
             example = {"fbank": element["fbank"], "label": element["label"]}
-            return example if context.train else {**example, "mask": np.True_}
+            if not context.train:
+                return {**example, "mask": np.True_}
+            return {**example, **{k: element[k] for k in ("teacher", "labelled") if k in element}}
         if context.train:
             return element
         prep = context.preprocessing

@@ -42,6 +42,7 @@ class SourceKind:
 
     name: ClassVar[str]
     split_what: ClassVar[str] = "datafile"  # what the file of a split is, in messages.
+    num_unlabelled: int = 0  # clips without labels (a kind that allows them counts them).
 
     @staticmethod
     def config() -> ml_collections.ConfigDict:

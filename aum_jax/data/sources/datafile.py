@@ -1,7 +1,8 @@
 """The AST/AuM JSON datafile source (``config.data.source == "datafile"``).
 
 A datafile is ``{"data": [{"wav": path, "labels": "mid1,mid2"}]}``; its label ids are the
-``mid`` s of a ``class_labels_indices.csv`` (``index,mid,display_name``). The splits are
+``mid`` s of a ``class_labels_indices.csv`` (``index,mid,display_name``). An empty
+``labels`` marks an unlabelled clip (training with distillation only). The splits are
 ``config.data.train_datafile``, ``validation_datafile`` and ``test_datafile``; the label
 list is ``config.data.label_csv``.
 """
@@ -52,7 +53,7 @@ class DatafileSource(RecordList, SourceKind):
         for i, entry in enumerate(entries):
             path = os.path.join(root, os.path.expanduser(entry["wav"]))
             labels = []
-            for mid in entry["labels"].split(","):
+            for mid in filter(None, entry["labels"].split(",")):
                 if mid not in index_of:
                     raise ValueError(
                         f"{self.datafile}: clip {i} ({path}) has label {mid!r}, which is "
@@ -61,6 +62,7 @@ class DatafileSource(RecordList, SourceKind):
                 labels.append(index_of[mid])
             records.append(ClipRecord(key=path, labels=tuple(labels)))
         self._records = records
+        self.num_unlabelled = sum(not r.labels for r in records)
 
     @classmethod
     def split_key(cls, split: str) -> str:

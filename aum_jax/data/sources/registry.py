@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from aum_jax.data.records import AudioSource
+from aum_jax.data.sources import record_views
 from aum_jax.data.sources.base import DataNotFoundError, SourceKind, lookup
 from aum_jax.data.sources.datafile import DatafileSource
 from aum_jax.data.sources.epic_sounds import EpicSoundsSource
@@ -76,9 +77,12 @@ def make_source(data: ml_collections.ConfigDict, split: str) -> AudioSource:
         ``split_key`` names the split's key.
       split: the split name.
 
+    The training split keeps the labels of ``data.label_fraction`` of its clips
+    (:func:`aum_jax.data.sources.record_views.keep_label_share`, seeded by ``data.seed``).
+
     Raises:
-      ValueError: unknown source kind or split, or a source whose class count differs
-        from ``data.num_classes``.
+      ValueError: unknown source kind or split, a source whose class count differs
+        from ``data.num_classes``, or a validation or test split with unlabelled clips.
     """
     kind = kind_of(data)
     key = kind.split_key(split)
@@ -90,4 +94,9 @@ def make_source(data: ml_collections.ConfigDict, split: str) -> AudioSource:
             f"{data.name}: the {split} source has {source.num_classes} classes but "
             f"config.num_classes is {data.num_classes}"
         )
+    if split == "train":
+        return record_views.keep_label_share(source, data.label_fraction, data.seed)
+    if source.num_unlabelled:
+        raise ValueError(f"{data.name}: {source.num_unlabelled} clips of the {split} split have no labels "
+                         f"(config.{key}); validation and test clips need them")
     return source

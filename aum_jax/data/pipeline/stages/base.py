@@ -30,12 +30,14 @@ class ClipContext:
       num_classes: the label vector's length.
       train: training (augmentations on) or evaluation.
       source: the clips (:meth:`AudioSource.load_audio`); None where only the settings are checked.
+      partly_labelled: training clips without labels exist: each element carries ``labelled``.
     """
 
     preprocessing: Preprocessing
     num_classes: int
     train: bool
     source: AudioSource | None = None
+    partly_labelled: bool = False
 
 
 class Stage:

@@ -9,7 +9,9 @@ from aum_jax.data.pipeline.stages.base import Element, Stage
 
 
 class Decode(Stage, name="decode", order=10, stream="decode", needs="index"):
-    """Source index -> ``{"key", "labels", "waveform" (channels, samples), "label" (num_classes,)}``.
+    """Source index -> ``{"key", "labels", "waveform" (channels, samples), "label" (num_classes,)}``,
+    plus ``teacher`` (num_classes,) for a record with stored teacher targets and ``labelled``
+    (1.0 or 0.0) where the training source has unlabelled clips.
 
     ``index == -1`` is an evaluation padding row, passed on as ``{"padding": True}``. The
     random stream is a source's random crop (training only).
@@ -26,5 +28,10 @@ class Decode(Stage, name="decode", order=10, stream="decode", needs="index"):
             waveform, sample_rate = source.load_audio(index, rng)
         except audio.AudioLoadError as e:
             return {"failure": (e.path, e.kind, str(e))}
-        return {"key": record.key, "labels": record.labels, "label": label,
-                "waveform": self._context.preprocessing.resample(waveform, sample_rate)}
+        element = {"key": record.key, "labels": record.labels, "label": label,
+                   "waveform": self._context.preprocessing.resample(waveform, sample_rate)}
+        if record.teacher is not None:
+            element["teacher"] = np.asarray(record.teacher, np.float32)
+        if self._context.partly_labelled:
+            element["labelled"] = np.float32(bool(record.labels))
+        return element

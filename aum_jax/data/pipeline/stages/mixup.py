@@ -31,7 +31,10 @@ def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float) -> np.ndarr
 
 class Mixup(Stage, name="mixup", order=20, stream="mixup", train_only=True, needs="waveform",
             keys=("mixup", "mixup_beta")):
-    """With probability ``mixup``: mixes in a uniformly drawn second clip, lambda ~ Beta(mixup_beta, mixup_beta)."""
+    """With probability ``mixup``: mixes in a uniformly drawn second clip, lambda ~ Beta(mixup_beta, mixup_beta).
+
+    Stored teacher targets mix with the same lambda; a mix with an unlabelled clip is unlabelled.
+    """
 
     @classmethod
     def enabled(cls, config: ml_collections.ConfigDict, context: ClipContext) -> bool:
@@ -52,6 +55,12 @@ class Mixup(Stage, name="mixup", order=20, stream="mixup", train_only=True, need
         np.add.at(label, list(element["labels"]), lam)
         np.add.at(label, list(other.labels), 1.0 - lam)
         other_waveform = self._context.preprocessing.resample(other_waveform, other_rate)
-        return {**element, "key": f"{element['key']} mixed with {other.key}",
-                "waveform": mix_waveforms(element["waveform"], other_waveform, lam),
-                "label": label.astype(np.float32)}
+        mixed = {**element, "key": f"{element['key']} mixed with {other.key}",
+                 "waveform": mix_waveforms(element["waveform"], other_waveform, lam),
+                 "label": label.astype(np.float32)}
+        if "teacher" in element:
+            mixed["teacher"] = (np.float32(lam) * element["teacher"]
+                                + np.float32(1.0 - lam) * np.asarray(other.teacher, np.float32))
+        if "labelled" in element:
+            mixed["labelled"] = np.float32(min(element["labelled"], bool(other.labels)))
+        return mixed

@@ -1,0 +1,167 @@
+"""A distilled run set up before it writes anything (``config.distill``): the teacher or its stored
+logits read and checked against the student, and what the run's ``model/`` records of them.
+
+Distillation is on when ``config.distill.teacher`` (an online teacher) or
+``config.distill.logits`` (stored logits, ``scripts/teacher_logits.py``) is set; its objective
+is :func:`aum_jax.training.distillation.objective`. Training clips without labels
+(``config.data.label_fraction < 1``, or a datafile entry with empty ``labels``) train on the
+teacher's targets alone, so without distillation they are a config error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from aum_jax.checkpoints import model_files
+from aum_jax.core import sharding
+from aum_jax.data import teacher_logits
+from aum_jax.data.features.preprocessing import Preprocessing
+from aum_jax.data.records import AudioSource
+from aum_jax.data.sources import labels, record_views
+from aum_jax.models import AudioMamba
+from aum_jax.training import distillation
+from aum_jax.training.config_checks import ConfigError
+
+RECORD_FILE = "distillation.json"  # in the run's model/: what it was distilled from.
+# The input features the online teacher must share with the student (its statistics may differ).
+SHARED_FEATURES = ("feature", "sample_rate", "num_mel_bins", "target_length", "frame_shift_ms", "skip_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A distilled run's teacher side.
+
+    Attributes:
+      settings: the step's static distillation settings.
+      source: the training clips (carrying their stored targets when the run reads logits).
+      teacher_dir: the online teacher's model directory, or None (stored logits).
+      teacher_dtype: the online teacher's compute dtype.
+      verify: check the teacher's parameters against its checksums.json when it is loaded.
+      record: what ``model/distillation.json`` and the report say of the teacher.
+    """
+
+    settings: distillation.Distill
+    source: AudioSource
+    teacher_dir: Path | None
+    teacher_dtype: str
+    verify: bool
+    record: dict[str, Any]
+
+
+def is_on(config: ml_collections.ConfigDict) -> bool:
+    """Whether ``config`` distils: a teacher or stored logits is set."""
+    return bool(config.distill.teacher or config.distill.logits)
+
+
+def setup(config: ml_collections.ConfigDict, source: AudioSource) -> Setup | None:
+    """The teacher side of ``config``'s run on the training clips ``source``; None without distillation.
+
+    Raises:
+      ConfigError: unlabelled clips without distillation; a setting out of range; a teacher or
+        logits folder that cannot be read, or whose classes or input features do not fit the
+        student (each naming the key and the path).
+    """
+    d = config.distill
+    if not is_on(config):
+        if source.num_unlabelled:
+            raise ConfigError(f"{source.num_unlabelled} of the {len(source)} training clips have no labels "
+                              f"(config.data.label_fraction={config.data.label_fraction} or empty datafile labels); "
+                              "they train only on a teacher: set config.distill.teacher or config.distill.logits")
+        return None
+    if config.train.objective != "supervised":
+        raise ConfigError(f"config.train.objective={config.train.objective!r}: distillation (config.distill) "
+                          "replaces the supervised objective; leave it 'supervised'")
+    if d.teacher and d.logits:
+        raise ConfigError("config.distill.teacher and config.distill.logits are both set; choose one")
+    if not 0.0 <= d.weight <= 1.0:
+        raise ConfigError(f"config.distill.weight={d.weight}: must be in [0, 1]")
+    if not d.temperature > 0:
+        raise ConfigError(f"config.distill.temperature={d.temperature}: must be positive")
+    loss = d.loss or ("kl" if config.train.loss == "CE" else "bce")
+    if loss not in distillation.LOSSES:
+        raise ConfigError(f"config.distill.loss={d.loss!r}: choose from {', '.join(distillation.LOSSES)} "
+                          "(or leave it empty: kl for a CE task, bce for BCE)")
+    if d.teacher_dtype not in distillation.TEACHER_DTYPES:
+        raise ConfigError(f"config.distill.teacher_dtype={d.teacher_dtype!r}: choose from "
+                          f"{', '.join(distillation.TEACHER_DTYPES)}")
+    student = labels.training_preprocessing(config)
+    common = {"weight": d.weight, "temperature": d.temperature, "loss": loss}
+    if d.teacher:
+        return _online(config, source, student, common)
+    return _stored(config, source, student, common)
+
+
+def _check_classes(what: str, num_classes: int, names: tuple[str, ...], config: ml_collections.ConfigDict,
+                   student: Preprocessing) -> None:
+    if num_classes != config.data.num_classes:
+        raise ConfigError(f"{what} has {num_classes} classes, the student config.data.num_classes="
+                          f"{config.data.num_classes}: distil from a teacher of the same classes")
+    if names and student.class_names and tuple(names) != tuple(student.class_names):
+        first = next(i for i, (a, b) in enumerate(zip(names, student.class_names, strict=True)) if a != b)
+        raise ConfigError(f"{what} names its classes otherwise than the student's labels (class {first}: "
+                          f"{names[first]!r} vs {student.class_names[first]!r})")
+
+
+def _online(config: ml_collections.ConfigDict, source: AudioSource, student: Preprocessing,
+            common: dict[str, Any]) -> Setup:
+    d = config.distill
+    what = f"config.distill.teacher={d.teacher}"
+    try:
+        directory = model_files.model_directory(os.path.expanduser(d.teacher))
+        files = model_files.open_model_dir(directory, verify=config.init.verify)
+    except (model_files.ModelDirectoryError, ValueError) as e:
+        raise ConfigError(f"{what}: {e}") from e
+    prep = files.preprocessing
+    if prep is None or (not prep.skip_norm and (prep.mean is None or prep.std is None)):
+        raise ConfigError(f"{what}: {directory} has no {model_files.PREPROCESSING_FILE} with its statistics, so "
+                          "its input features are unknown")
+    _check_classes(what, files.config.num_classes, prep.class_names, config, student)
+    differ = [f"{k} {getattr(prep, k)} vs {getattr(student, k)}" for k in SHARED_FEATURES
+              if getattr(prep, k) != getattr(student, k)]
+    if differ:
+        raise ConfigError(f"{what}: the teacher's input features differ from the student's ({', '.join(differ)}); "
+                          "store its logits once with scripts/teacher_logits.py (it computes them with the "
+                          "teacher's own features) and train with config.distill.logits")
+    scale, shift = (1.0, 0.0) if prep.skip_norm else (student.std / prep.std, (student.mean - prep.mean) / (2.0 * prep.std))
+    settings = distillation.Distill(**common, input_scale=scale, input_shift=shift)
+    checksums = (directory / model_files.CHECKSUMS_FILE)
+    digest = hashlib.sha256(checksums.read_bytes()).hexdigest() if checksums.is_file() else None
+    record = {"teacher": str(directory), "teacher_checksums_sha256": digest, **common,
+              "teacher_dtype": d.teacher_dtype}
+    return Setup(settings, source, directory, d.teacher_dtype, config.init.verify, record)
+
+
+def _stored(config: ml_collections.ConfigDict, source: AudioSource, student: Preprocessing,
+            common: dict[str, Any]) -> Setup:
+    what = f"config.distill.logits={config.distill.logits}"
+    try:
+        stored = teacher_logits.StoredLogits(config.distill.logits)
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from e
+    _check_classes(what, stored.num_classes, stored.class_names, config, student)
+    kind = "softmax" if common["loss"] == "kl" else "sigmoid"
+    try:
+        source = record_views.with_teacher_targets(source, stored, config.distill.temperature, kind)
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from e
+    record = {"logits": str(stored.folder), "teacher": stored.info.get("teacher"),
+              "teacher_checksums_sha256": stored.info.get("teacher_checksums_sha256"), **common}
+    return Setup(distillation.Distill(**common), source, None, "float32", True, record)
+
+
+def load_teacher(setup: Setup, mesh: jax.sharding.Mesh) -> AudioMamba | None:
+    """The online teacher, frozen in eval mode, its parameters replicated on ``mesh``; None for stored logits."""
+    if setup.teacher_dir is None:
+        return None
+    teacher = model_files.load_model(setup.teacher_dir, verify=setup.verify, dtype=setup.teacher_dtype)
+    teacher.eval()
+    nnx.update(teacher, sharding.replicate(nnx.state(teacher), mesh))
+    return teacher
