@@ -55,8 +55,11 @@ def main(argv: list[str]) -> None:
         raise model_files.ModelDirectoryError(f"{directory} has no {model_files.PREPROCESSING_FILE}: the teacher's "
                                               "input features are unknown")
     prep.require_statistics(str(directory))
+    config = _CONFIG.value.copy_and_resolve_references()
+    training = _SPLIT.value == "train"
+    config.eval.split, config.eval.test_split = ("" if training else _SPLIT.value), ""  # only this split's files.
     with tempfile.TemporaryDirectory() as scratch:  # a folder source's first-use files; not kept.
-        config = prepare.prepare(_CONFIG.value, Path(scratch), training=_SPLIT.value == "train", check=lambda c: None)
+        config = prepare.prepare(config, Path(scratch), training=training, check=lambda c: None)
         source = registry.make_source(config.data, _SPLIT.value)
     keys = [source[i].key for i in range(len(source))]
 
