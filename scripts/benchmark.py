@@ -17,6 +17,9 @@ Sections:
   measured in the same run, the train step's matmul FLOPs give an MFU. With ``--original``
   (the JSON lines of ``../shared/gpu-anchor/torch_orig.py`` from the same machine) each figure
   is also given as a ratio to the original PyTorch AuM (bfloat16 against its fp16 AMP).
+* ``distill``: the demo's train step with an online teacher (the demo model, float32 and
+  bfloat16) against the same step without one, for a student at half the teacher's width;
+  the arms interleaved, median of ``--distill-rounds``.
 * ``scaling``: the train step on 1, 2 and 4 simulated CPU devices (one process each) at a
   fixed per-device batch, with the scan kernels partitioned (each device scans its own
   rows, as training runs) and replicated (every device scans the whole batch, as XLA
@@ -30,6 +33,7 @@ record results in BENCHMARKS.md.
   python scripts/benchmark.py --sections scan,model      # on a GPU: the recipe shapes
   python scripts/benchmark.py --sections scan,model --cpu-variants native,x86-64-v3 --scan-rounds 3
   python scripts/benchmark.py --sections scaling
+  python scripts/benchmark.py --sections distill
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ from absl import app, flags  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.training.speed import time_ms  # noqa: E402
 
-_SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"], "sections to run: input, scan, model, scaling.")
+_SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"],
+                              "sections to run: input, scan, model, scaling, distill.")
+_DISTILL_ROUNDS = flags.DEFINE_integer("distill-rounds", 5, "distill: interleaved rounds of 3 steps per arm.")
 _INPUT_CLIPS = flags.DEFINE_integer("input-clips", 16, "distinct wav files on disk.")
 _INPUT_BATCHES = flags.DEFINE_integer("input-batches", 20, "timed batches of 12 clips.")
 _INPUT_THREADS = flags.DEFINE_integer("input-threads", 1, "reading threads of the worker.")
@@ -322,6 +328,49 @@ def model_section() -> list[Row]:
     return rows
 
 
+def distill_section() -> list[Row]:
+    """ms per train step of a half-width demo student without a teacher and with the demo model online."""
+    import jax
+    import numpy as np
+    from aum_jax.configs import demo
+    from flax import nnx
+
+    from aum_jax.models import AuMConfig, init_model
+    from aum_jax.training import distillation, speed, update
+
+    config = demo.get_config()
+    teacher_config = AuMConfig.from_dict(config.model.to_dict())
+    student_config = teacher_config.replace(embed_dim=teacher_config.embed_dim // 2)
+    rng = np.random.default_rng(0)
+    batch = {"fbank": rng.normal(size=(config.data.batch_size, teacher_config.audio_length,
+                                       teacher_config.num_mel_bins)).astype(np.float32),
+             "label": np.eye(teacher_config.num_classes, dtype=np.float32)[
+                 rng.integers(teacher_config.num_classes, size=config.data.batch_size)]}
+    settings = distillation.Distill(config.distill.weight, config.distill.temperature, "kl")
+    tx = update.make_optimizer(config.optimizer, update.learning_rate_schedule(config.optimizer, 100))
+    arms = {"no teacher": None, "online teacher float32": "float32", "online teacher bfloat16": "bfloat16"}
+    steps = {}
+    for arm, dtype in arms.items():
+        model = init_model(student_config, 0)
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        teacher = None if dtype is None else init_model(teacher_config.replace(dtype=dtype), 1)
+        if teacher is not None:
+            teacher.eval()
+        kwargs = {} if teacher is None else {"objective": "distill", "distill": settings, "teacher": teacher}
+        steps[arm] = lambda m=model, o=optimizer, k=kwargs: update.train_step(m, o, batch, "CE", **k)["loss"]
+        jax.block_until_ready(steps[arm]())  # compiled before any timing.
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    for _ in range(_DISTILL_ROUNDS.value):
+        for arm, step in steps.items():
+            times[arm].append(speed.time_ms(step, 3, warmup=0))
+    medians = {arm: float(np.median(t)) for arm, t in times.items()}
+    rows: list[Row] = [(f"distill: {arm} train step (demo batch {config.data.batch_size})", ms, "ms")
+                       for arm, ms in medians.items()]
+    rows += [(f"distill: {arm} vs no teacher", medians[arm] / medians["no teacher"], "x")
+             for arm in arms if arm != "no teacher"]
+    return rows
+
+
 def _scaling_child(devices: int) -> None:
     """One process with ``devices`` simulated devices: prints the step ms, partitioned and replicated."""
     import jax
@@ -385,6 +434,7 @@ def _cpu_model() -> str:
 
 SECTIONS: dict[str, Callable[[], list[Row]]] = {
     "input": input_section, "scan": scan_section, "model": model_section, "scaling": scaling_section,
+    "distill": distill_section,
 }
 
 
