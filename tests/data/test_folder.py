@@ -75,6 +75,24 @@ def test_split_folders_are_used_as_laid_out(tmp_path):
     assert 0 < len(layout.clips["validation"]) < 40 and layout.clips["test"] == [(str(tmp_path / "test/a/t.wav"), 0)]
 
 
+@pytest.mark.parametrize("split_level", ["", "train/"])
+def test_an_unlabelled_folder_holds_training_clips_without_a_class(tmp_path, split_level):
+    touch(tmp_path, *(f"{split_level}{c}/{i}.wav" for c in ("a", "b") for i in range(20)),
+          *(f"{split_level}unlabelled/u{i}.wav" for i in range(7)), *(["validation/a/v.wav"] if split_level else []))
+    layout = folder_layout.scan(tmp_path, FRACTIONS, EXTENSIONS)
+    assert layout.class_names == ("a", "b")
+    train = FolderSource(layout, "train")
+    assert train.num_unlabelled == 7 and train.num_classes == 2
+    assert sorted(r.key for r in train._records if not r.labels) == [
+        str(tmp_path / f"{split_level}unlabelled/u{i}.wav") for i in range(7)]  # all in train, whatever the hash.
+    assert all(r.labels for split in ("validation", "test") for r in FolderSource(layout, split)._records)
+    touch(tmp_path, "validation/unlabelled/x.wav", *([] if split_level else ["train/a/t.wav", "train/b/t.wav"]))
+    if not split_level:
+        shutil.rmtree(tmp_path / "a"), shutil.rmtree(tmp_path / "b"), shutil.rmtree(tmp_path / "unlabelled")
+    with pytest.raises(folder_layout.FolderError, match="validation and test clips need a class"):
+        folder_layout.scan(tmp_path, FRACTIONS, EXTENSIONS)
+
+
 def test_links_add_no_clip_and_move_none(tmp_path, caplog):
     """A loop, a dangling link, links to a sibling class folder, into another class's subfolder and to a
     clip of another class: the layout is the one without them; a folder outside reached twice counts once."""

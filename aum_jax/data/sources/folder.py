@@ -31,7 +31,9 @@ class FolderSource(RecordList, SourceKind):
             raise ValueError(f"unknown split {split!r}; a folder has {', '.join(folder_layout.SPLITS)}")
         self.class_names = list(layout.class_names)
         self.num_classes = len(self.class_names)
-        self._records = [ClipRecord(key=path, labels=(label,)) for path, label in layout.clips[split]]
+        self._records = [ClipRecord(key=path, labels=(label,) if label >= 0 else ())
+                         for path, label in layout.clips[split]]
+        self.num_unlabelled = sum(not r.labels for r in self._records)  # the clips of unlabelled/.
 
     @staticmethod
     def config() -> ml_collections.ConfigDict:

@@ -2,6 +2,7 @@
 
     ROOT/<class name>/<clip>.wav|flac|...                       each clip's split from a hash of its path
     ROOT/train/<class name>/<clip>, ROOT/validation/..., ROOT/test/...   the splits as laid out
+    ROOT/unlabelled/<clip> (or ROOT/train/unlabelled/<clip>)     training clips without labels
 
 Clips may sit in subfolders of their class folder. Without the split level, a clip's split
 is decided by the SHA-256 of its path relative to ROOT (``fractions`` of train, validation
@@ -9,7 +10,9 @@ and test), so adding or removing clips never moves another one. With it, ``train
 required, a missing ``validation/`` is taken from ``train/`` by the same hash, and a
 missing ``test/`` means no test split. The class names are the sorted folder names of the
 training clips; every clip has the one class of its folder (multi-label data is out of
-scope). Files without an audio extension are left out; a file with one that cannot be
+scope). A folder named ``unlabelled`` beside the class folders of the training clips holds
+training clips without a class (for distillation, ``config.distill``); it is no class, and
+validation and test clips always have one. Files without an audio extension are left out; a file with one that cannot be
 decoded is a bad clip of the input pipeline (counted, and fatal past
 ``config.data.max_bad_fraction``).
 
@@ -37,6 +40,7 @@ from absl import logging
 from aum_jax.core.errors import UserError
 
 SPLITS = ("train", "validation", "test")
+UNLABELLED = "unlabelled"  # the folder of training clips without a class.
 
 
 class FolderError(UserError, ValueError):
@@ -71,7 +75,8 @@ class FolderLayout:
     Attributes:
       root: the folder.
       class_names: sorted class folder names; a clip's label is its index here.
-      clips: split -> ``[(path, class index)]`` sorted by path; an absent split has none.
+      clips: split -> ``[(path, class index)]`` sorted by path, index -1 for a clip of
+        ``unlabelled/`` (training only); an absent split has none.
       split_folders: the splits came from ``train/``, ``validation/`` (and ``test/``) folders.
     """
 
@@ -215,7 +220,7 @@ def scan(root: str | os.PathLike, fractions: Sequence[float], extensions: Sequen
                           "train/: with a split level, train/ holds the training clips")
     bases = {s: root / s for s in SPLITS if (root / s).is_dir()} if split_folders else {"": root}
     by_split = _list_clips(bases, root, extensions)
-    names = tuple(sorted(by_split["train" if split_folders else ""]))
+    names = tuple(sorted(set(by_split["train" if split_folders else ""]) - {UNLABELLED}))
     where = root / "train" if split_folders else root
     if not names:
         raise FolderError(f"{where} has no class folders: lay the clips out as {where}/<class name>/<clip>.wav "
@@ -223,13 +228,19 @@ def scan(root: str | os.PathLike, fractions: Sequence[float], extensions: Sequen
     if len(names) < 2:
         raise FolderError(f"{where} has one class folder ({names[0]}): a classifier needs at least two")
     for split, classes in by_split.items():
-        extra = sorted(set(classes) - set(names))
+        if split in ("validation", "test") and UNLABELLED in classes:
+            raise FolderError(f"{root / split / UNLABELLED}: validation and test clips need a class; put unlabelled "
+                              f"clips in {where / UNLABELLED}")
+        extra = sorted(set(classes) - set(names) - {UNLABELLED})
         if extra:
             raise FolderError(f"{root / split} has class folder(s) {', '.join(extra)} that {where} lacks")
     clips: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
     for split, classes in by_split.items():
         base = root / split if split else root
         for name, files in classes.items():
+            if name == UNLABELLED:  # training clips, whatever their hash.
+                clips["train"] += [(str(path), -1) for path in files]
+                continue
             for path in files:
                 hashed = split_of(str(path.relative_to(base)), fractions)
                 target = split or hashed
