@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 from flax import nnx
 
 from aum_jax.checkpoints import model_files
@@ -31,7 +32,8 @@ from aum_jax.training import distillation
 from aum_jax.training.config_checks import ConfigError
 
 RECORD_FILE = "distillation.json"  # in the run's model/: what it was distilled from.
-# The input features the online teacher must share with the student (its statistics may differ).
+# The features an online teacher shares with the student for its input to be the student's batch
+# (re-normalised to its statistics); a teacher that differs in one gets its own input from each waveform.
 SHARED_FEATURES = ("feature", "sample_rate", "num_mel_bins", "target_length", "frame_shift_ms", "skip_norm")
 
 
@@ -43,6 +45,8 @@ class Setup:
       settings: the step's static distillation settings.
       source: the training clips (carrying their stored targets when the run reads logits).
       teacher_dir: the online teacher's model directory, or None (stored logits).
+      teacher_preprocessing: the online teacher's features where they differ from the student's
+        (the input pipeline then computes its input from each clip's waveform), else None.
       teacher_dtype: the online teacher's compute dtype.
       verify: check the teacher's parameters against its checksums.json when it is loaded.
       record: what ``model/distillation.json`` and the report say of the teacher.
@@ -51,6 +55,7 @@ class Setup:
     settings: distillation.Distill
     source: AudioSource
     teacher_dir: Path | None
+    teacher_preprocessing: Preprocessing | None
     teacher_dtype: str
     verify: bool
     record: dict[str, Any]
@@ -126,17 +131,17 @@ def _online(config: ml_collections.ConfigDict, source: AudioSource, student: Pre
     _check_classes(what, files.config.num_classes, prep.class_names, config, student)
     differ = [f"{k} {getattr(prep, k)} vs {getattr(student, k)}" for k in SHARED_FEATURES
               if getattr(prep, k) != getattr(student, k)]
+    own_input = prep if differ else None  # its input made from each clip's waveform (the pipeline's teacher_input).
     if differ:
-        raise ConfigError(f"{what}: the teacher's input features differ from the student's ({', '.join(differ)}); "
-                          "store its logits once with scripts/teacher_logits.py (it computes them with the "
-                          "teacher's own features) and train with config.distill.logits")
+        logging.info("%s reads other features than the student (%s): its input is made from each waveform",
+                     what, ", ".join(differ))
     scale, shift = (1.0, 0.0) if prep.skip_norm else (student.std / prep.std, (student.mean - prep.mean) / (2.0 * prep.std))
     settings = distillation.Distill(**common, input_scale=scale, input_shift=shift)
     checksums = (directory / model_files.CHECKSUMS_FILE)
     digest = hashlib.sha256(checksums.read_bytes()).hexdigest() if checksums.is_file() else None
     record = {"teacher": str(directory), "teacher_checksums_sha256": digest, **common,
               "teacher_dtype": d.teacher_dtype}
-    return Setup(settings, source, directory, d.teacher_dtype, config.init.verify, record)
+    return Setup(settings, source, directory, own_input, d.teacher_dtype, config.init.verify, record)
 
 
 def _stored(config: ml_collections.ConfigDict, source: AudioSource, student: Preprocessing,
@@ -154,7 +159,7 @@ def _stored(config: ml_collections.ConfigDict, source: AudioSource, student: Pre
         raise ConfigError(f"{what}: {e}") from e
     record = {"logits": str(stored.folder), "teacher": stored.info.get("teacher"),
               "teacher_checksums_sha256": stored.info.get("teacher_checksums_sha256"), **common}
-    return Setup(distillation.Distill(**common), source, None, "float32", True, record)
+    return Setup(distillation.Distill(**common), source, None, None, "float32", True, record)
 
 
 def load_teacher(setup: Setup, mesh: jax.sharding.Mesh) -> AudioMamba | None:

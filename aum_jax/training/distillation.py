@@ -51,10 +51,14 @@ def targets_from_logits(logits: jax.Array, distill: Distill) -> jax.Array:
     return jax.nn.softmax(scaled, axis=-1) if distill.loss == "kl" else jax.nn.sigmoid(scaled)
 
 
-def teacher_targets(teacher: AudioMamba, fbank: jax.Array, distill: Distill) -> jax.Array:
-    """The frozen teacher's targets ``(B, C)`` for the student's normalised input ``fbank`` ``(B, T, F)``."""
-    logits = teacher(fbank * distill.input_scale + distill.input_shift)
-    return jax.lax.stop_gradient(targets_from_logits(logits, distill))
+def teacher_targets(teacher: AudioMamba, batch: dict[str, jax.Array], distill: Distill) -> jax.Array:
+    """The frozen teacher's targets ``(B, C)`` for a batch: on its own input ``teacher_fbank``
+    ``(B, T_t, F_t)`` where the batch has it (a teacher of other features), else on the student's
+    normalised ``fbank`` ``(B, T, F)`` mapped to the teacher's statistics."""
+    x = batch.get("teacher_fbank")
+    if x is None:
+        x = batch["fbank"] * distill.input_scale + distill.input_shift
+    return jax.lax.stop_gradient(targets_from_logits(teacher(x), distill))
 
 
 def distill_loss(logits: jax.Array, targets: jax.Array, distill: Distill) -> jax.Array:
@@ -87,7 +91,7 @@ def objective(model: AudioMamba, batch: dict[str, jax.Array], settings: Any) -> 
     :class:`aum_jax.training.objectives.Settings` (``loss``, ``distill``).
     """
     distill: Distill = settings.distill
-    logits = model(batch["fbank"])
+    logits = model(batch["fbank"])  # the teacher's own input, if any, is not the student's.
     soft = distill_loss(logits, batch["teacher"], distill)
     if "labelled" not in batch:  # every clip labelled: weight 0 is the supervised loss, bit for bit.
         return (1.0 - distill.weight) * label_loss(logits, batch["label"], settings.loss) + distill.weight * soft.mean()

@@ -49,7 +49,6 @@ from tqdm import tqdm
 from aum_jax.checkpoints import model_files, pretrained
 from aum_jax.core import logs, sharding, storage
 from aum_jax.core import workdir as workdir_lib
-from aum_jax.data.features import audio
 from aum_jax.data.pipeline import batching, input_pipeline
 from aum_jax.data.records import AudioSource
 from aum_jax.data.sources import labels, registry
@@ -120,14 +119,6 @@ def _every(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
-def _input_counts(train_iter: batching.BatchIterator) -> dict[str, int]:
-    """Skipped clips by kind, summed over processes."""
-    counts = np.array([train_iter.skipped_by_kind.get(k, 0) for k in audio.BAD_INPUT_KINDS], np.int64)
-    if jax.process_count() > 1:
-        counts = multihost_utils.process_allgather(counts).sum(axis=0)
-    return {k: int(n) for k, n in zip(audio.BAD_INPUT_KINDS, counts) if n}
-
-
 def _log_window(writer: metric_writers.MetricWriter, step: int, num_steps: int, watch: divergence.Watch,
                 optimizer: nnx.Optimizer, schedule: optax.Schedule, train_iter: batching.BatchIterator) -> None:
     """Writes the scalars of the steps since the last log, and a console line."""
@@ -136,7 +127,7 @@ def _log_window(writer: metric_writers.MetricWriter, step: int, num_steps: int, 
     applied = int(optimizer.step[...]) - skipped_total  # skipped steps do not advance the schedule.
     scalars = {"train/lr": float(schedule(max(applied - 1, 0))), "train/skipped_steps": skipped,
                "train/skipped_steps_total": skipped_total, "input/skipped_clips": train_iter.num_skipped}
-    scalars.update({f"input/skipped_clips_{k}": n for k, n in _input_counts(train_iter).items()})
+    scalars.update({f"input/skipped_clips_{k}": n for k, n in train_iter.skipped_by_kind_everywhere().items()})
     scalars.update({f"train/{k}": v for k, v in means.items()})
     writer.write_scalars(step, scalars)
     logs.line(f"step {step}/{num_steps}  loss {scalars.get('train/loss', float('nan')):.4f}  "
@@ -307,7 +298,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
     from clu import metric_writers, periodic_actions
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-    train_iter = input_pipeline.make_train_iterator(config.data, source=run.source)
+    train_iter = input_pipeline.make_train_iterator(
+        config.data, source=run.source, teacher_preprocessing=run.distill.teacher_preprocessing if run.distill else None)
 
     # ---------------------------------------------------------------- model
     model_config = AuMConfig.from_dict(config.model.to_dict())
@@ -393,7 +385,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
     report = {"step": step, "best": results.best, "final": results.final, "test": results.test(step),
               "restored_from_step": restored_from or None,
               "skipped_steps": int(optimizer.opt_state.total_notfinite[...]),
-              "skipped_clips": {"total": train_iter.num_skipped, **_input_counts(train_iter)},
+              "skipped_clips": {"total": train_iter.num_skipped, **train_iter.skipped_by_kind_everywhere()},
               **({"distilled": run.distill.record} if run.distill else {})}
     report_lib.write_report(workdir / workdir_lib.REPORT_FILE, report)
     writer.close()

@@ -100,7 +100,7 @@ def _train_step(
     compute_loss = objectives.get(objective)
     settings = objectives.Settings(loss, distill)
     if teacher is not None:
-        batch = {**batch, "teacher": distillation.teacher_targets(teacher, batch["fbank"], distill)}
+        batch = {**batch, "teacher": distillation.teacher_targets(teacher, batch, distill)}
     value, grads = nnx.value_and_grad(lambda m: compute_loss(m, batch, settings))(model)
     grad_norm = optax.tree.norm(grads)
     ok = (value <= max_loss) & (grad_norm <= max_grad_norm)  # False for NaN too.

@@ -14,11 +14,14 @@ import time
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from aum_jax.core.errors import UserError
+from aum_jax.data.features import audio
 from aum_jax.data.pipeline.stages.base import Element, Failure
 
 
@@ -153,6 +156,13 @@ class BatchIterator(grain.DatasetIterator):
                     continue
             rows.append(element)
         return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+    def skipped_by_kind_everywhere(self) -> dict[str, int]:
+        """:attr:`skipped_by_kind` summed over the processes (every process calls it), kinds with none left out."""
+        counts = np.array([self.skipped_by_kind.get(k, 0) for k in audio.BAD_INPUT_KINDS], np.int64)
+        if jax.process_count() > 1:
+            counts = multihost_utils.process_allgather(counts).sum(axis=0)
+        return {k: int(n) for k, n in zip(audio.BAD_INPUT_KINDS, counts, strict=True) if n}
 
     def get_state(self) -> dict[str, Any]:
         return {

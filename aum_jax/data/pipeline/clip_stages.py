@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from aum_jax.data.features.preprocessing import Preprocessing
-from aum_jax.data.pipeline.stages import decode, features, masks, mixup, noise, normalize, warp
+from aum_jax.data.pipeline.stages import decode, features, masks, mixup, noise, normalize, teacher_input, warp
 from aum_jax.data.pipeline.stages.base import ClipContext, Element, Stage
 from aum_jax.data.records import AudioSource
 
@@ -28,6 +28,7 @@ REGISTRY: tuple[type[Stage], ...] = (
     normalize.Normalize,
     noise.Noise,
     warp.FrequencyWarp,
+    teacher_input.TeacherInput,
 )
 
 
@@ -39,10 +40,12 @@ def stream_seeds(seed: int) -> dict[str, int]:
     return dict(zip(streams, np.random.SeedSequence(seed).generate_state(len(streams)).tolist()))
 
 
-def clip_context(config: ml_collections.ConfigDict, train: bool, source: AudioSource | None = None) -> ClipContext:
+def clip_context(config: ml_collections.ConfigDict, train: bool, source: AudioSource | None = None,
+                 teacher_preprocessing: Preprocessing | None = None) -> ClipContext:
     """The :class:`ClipContext` of a data config (``configs/data.py``)."""
     partly_labelled = train and source is not None and source.num_unlabelled > 0
-    return ClipContext(Preprocessing.from_data_config(config), config.num_classes, train, source, partly_labelled)
+    return ClipContext(Preprocessing.from_data_config(config), config.num_classes, train, source, partly_labelled,
+                       teacher_preprocessing if train else None)
 
 
 def build_stages(config: ml_collections.ConfigDict, context: ClipContext) -> list[Stage]:
@@ -108,7 +111,7 @@ class _Example:
             example = {"fbank": element["fbank"], "label": element["label"]}
             if not context.train:
                 return {**example, "mask": np.True_}
-            return {**example, **{k: element[k] for k in ("teacher", "labelled") if k in element}}
+            return {**example, **{k: element[k] for k in ("teacher", "labelled", "teacher_fbank") if k in element}}
         if context.train:
             return element
         prep = context.preprocessing
@@ -118,7 +121,7 @@ class _Example:
 
 
 def examples(ds: grain.MapDataset, config: ml_collections.ConfigDict, source: AudioSource, train: bool,
-             seed: int) -> grain.MapDataset:
+             seed: int, teacher_preprocessing: Preprocessing | None = None) -> grain.MapDataset:
     """Source indices -> examples, per clip in the order of the original ``AudiosetDataset.__getitem__``.
 
     The registered stages in their ``order``: decode at the model's rate (stream "decode": a
@@ -131,7 +134,7 @@ def examples(ds: grain.MapDataset, config: ml_collections.ConfigDict, source: Au
     Raises:
       ValueError: settings that cannot work, or ``cache_features`` with a source that crops at random.
     """
-    context = clip_context(config, train, source)
+    context = clip_context(config, train, source, teacher_preprocessing)
     stages = build_stages(config, context)
     seeds = stream_seeds(seed)
     kept = next((i + 1 for i, stage in enumerate(stages) if stage.keeps_earlier), 0)

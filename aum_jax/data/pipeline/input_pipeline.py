@@ -32,6 +32,7 @@ import math
 import grain
 import ml_collections
 
+from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.data.pipeline import sampling
 from aum_jax.data.pipeline.batching import BatchIterator
 from aum_jax.data.pipeline.clip_stages import examples
@@ -59,7 +60,7 @@ def _bad_limit(config: ml_collections.ConfigDict, num_records: int) -> int:
 
 
 def train_examples(config: ml_collections.ConfigDict, source: AudioSource, process_index: int,
-                   process_count: int) -> grain.MapDataset:
+                   process_count: int, teacher_preprocessing: Preprocessing | None = None) -> grain.MapDataset:
     """This process's endless stream of augmented training examples, before batching.
 
     Raises:
@@ -72,7 +73,7 @@ def train_examples(config: ml_collections.ConfigDict, source: AudioSource, proce
     weights = labels.load_sample_weights(config.weight_csv, len(source)) if config.balanced_sampling else None
     indices = sampling.train_indices(len(source), config.seed, process_index, process_count, weights)
     _, augment_seed = sampling.host_seeds(config.seed, process_index)
-    return examples(indices, config, source, True, augment_seed)
+    return examples(indices, config, source, True, augment_seed, teacher_preprocessing)
 
 
 def make_train_iterator(
@@ -81,6 +82,7 @@ def make_train_iterator(
     source: AudioSource | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    teacher_preprocessing: Preprocessing | None = None,
 ) -> BatchIterator:
     """The training batches of this process, endless.
 
@@ -94,15 +96,18 @@ def make_train_iterator(
       source: the clips; built from ``config`` (split ``"train"``) when omitted.
       process_index: this process's shard; default ``jax.process_index()``.
       process_count: number of shards; default ``jax.process_count()``.
+      teacher_preprocessing: an online teacher's own features: each batch adds ``teacher_fbank``
+        (:class:`aum_jax.data.pipeline.stages.teacher_input.TeacherInput`).
 
     Returns:
       A :class:`BatchIterator` of ``{"fbank": (B, T, F) float32, "label": (B, C)
-      float32}`` with ``B = config.batch_size``.
+      float32}`` with ``B = config.batch_size`` (plus distillation's ``teacher``,
+      ``labelled`` and ``teacher_fbank`` where the source or teacher gives them).
     """
     process_index, process_count = _process(process_index, process_count)
     if source is None:
         source = registry.make_source(config, "train")
-    clips = train_examples(config, source, process_index, process_count)
+    clips = train_examples(config, source, process_index, process_count, teacher_preprocessing)
     return BatchIterator(clips, config, config.batch_size, train=True,
                          limit=_bad_limit(config, len(source)), num_records=len(source))
 

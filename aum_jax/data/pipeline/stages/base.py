@@ -31,6 +31,7 @@ class ClipContext:
       train: training (augmentations on) or evaluation.
       source: the clips (:meth:`AudioSource.load_audio`); None where only the settings are checked.
       partly_labelled: training clips without labels exist: each element carries ``labelled``.
+      teacher_preprocessing: an online teacher's features where they differ from the student's, else None.
     """
 
     preprocessing: Preprocessing
@@ -38,6 +39,7 @@ class ClipContext:
     train: bool
     source: AudioSource | None = None
     partly_labelled: bool = False
+    teacher_preprocessing: Preprocessing | None = None
 
 
 class Stage:

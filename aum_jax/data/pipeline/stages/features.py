@@ -31,5 +31,5 @@ class Features(Stage, name="features", order=30, needs="waveform", keys=("cache_
             spec = prep.spectrogram(element["waveform"], prep.sample_rate)
         except ValueError as e:  # a clip shorter than one frame.
             return {"failure": (element["key"], "too_short", f"{element['key']}: {e}")}
-        kept = {k: element[k] for k in ("key", "label", "teacher", "labelled") if k in element}  # the waveform goes.
+        kept = {k: element[k] for k in ("key", "label", "teacher", "labelled", "teacher_fbank") if k in element}  # the waveform goes.
         return {**kept, "fbank": spec}
