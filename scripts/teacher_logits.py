@@ -14,7 +14,6 @@ at all. A clip that cannot be read is one ``error:`` line: the run needs every c
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -69,9 +68,8 @@ def main(argv: list[str]) -> None:
             yield prep.features(waveform, rate)
 
     outputs = predict.run_model(teacher, rows(), _BATCH.value, _PRECISION.value)
-    checksums = directory / model_files.CHECKSUMS_FILE
     info = {"teacher": str(directory), "class_names": list(prep.class_names),
-            "teacher_checksums_sha256": hashlib.sha256(checksums.read_bytes()).hexdigest() if checksums.is_file() else None,
+            "teacher_checksums_sha256": model_files.checksums_digest(directory),
             "source": f"{config.data.name} {_SPLIT.value}", "matmul_precision": _PRECISION.value}
     teacher_logits.write(_OUT.value, keys, outputs.logits, info)
     print(f"{len(keys)} clips' logits ({outputs.logits.shape[1]} classes) of {directory} -> {_OUT.value}")

@@ -70,6 +70,12 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def checksums_digest(directory: str | os.PathLike) -> str | None:
+    """The SHA-256 hex of a model directory's ``checksums.json`` (what names its parameters), or None without one."""
+    path = Path(directory) / CHECKSUMS_FILE
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def save_model(
     model: AudioMamba,
     directory: str | os.PathLike,

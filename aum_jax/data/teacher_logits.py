@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.special
 
 from aum_jax.core import storage
 
@@ -89,6 +90,9 @@ class StoredLogits:
         except (OSError, ValueError) as e:
             raise ValueError(f"{self.folder / LOGITS_FILE} cannot be read: {e}") from e
 
+    def __len__(self) -> int:
+        return len(self._row_of)
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_logits": None}  # a worker maps the file again.
 
@@ -104,9 +108,10 @@ class StoredLogits:
 
 
 def targets(logits: np.ndarray, temperature: float, kind: str) -> np.ndarray:
-    """Logits ``(..., C)`` -> float32 targets: ``softmax(z / T)`` ("softmax") or ``sigmoid(z / T)`` ("sigmoid")."""
+    """Logits ``(..., C)`` -> float32 targets: ``softmax(z / T)`` ("softmax") or ``sigmoid(z / T)`` ("sigmoid").
+
+    NumPy (scipy) rather than :func:`aum_jax.training.distillation.targets_from_logits`: it runs per
+    clip in the input pipeline's workers, before mixup mixes two clips' targets.
+    """
     z = np.asarray(logits, np.float64) / temperature
-    if kind == "softmax":
-        e = np.exp(z - z.max(axis=-1, keepdims=True))
-        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    return (scipy.special.softmax(z, axis=-1) if kind == "softmax" else scipy.special.expit(z)).astype(np.float32)

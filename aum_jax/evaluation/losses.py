@@ -23,3 +23,12 @@ def label_loss(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
     if loss == "CE":
         return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.argmax(labels, axis=-1)).mean()
     raise ValueError(f"unknown loss {loss!r}; use 'BCE' or 'CE'")
+
+
+def per_clip_label_loss(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
+    """``(B,)``: :func:`label_loss` of each clip (BCE averaged over its classes), for losses weighted per clip."""
+    if loss == "BCE":
+        return optax.sigmoid_binary_cross_entropy(logits, labels).mean(axis=-1)
+    if loss == "CE":
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.argmax(labels, axis=-1))
+    raise ValueError(f"unknown loss {loss!r}; use 'BCE' or 'CE'")

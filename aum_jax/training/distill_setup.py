@@ -11,7 +11,6 @@ teacher's targets alone, so without distillation they are a config error.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -137,9 +136,7 @@ def _online(config: ml_collections.ConfigDict, source: AudioSource, student: Pre
                      what, ", ".join(differ))
     scale, shift = (1.0, 0.0) if prep.skip_norm else (student.std / prep.std, (student.mean - prep.mean) / (2.0 * prep.std))
     settings = distillation.Distill(**common, input_scale=scale, input_shift=shift)
-    checksums = (directory / model_files.CHECKSUMS_FILE)
-    digest = hashlib.sha256(checksums.read_bytes()).hexdigest() if checksums.is_file() else None
-    record = {"teacher": str(directory), "teacher_checksums_sha256": digest, **common,
+    record = {"teacher": str(directory), "teacher_checksums_sha256": model_files.checksums_digest(directory), **common,
               "teacher_dtype": d.teacher_dtype}
     return Setup(settings, source, directory, own_input, d.teacher_dtype, config.init.verify, record)
 

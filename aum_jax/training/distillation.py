@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from aum_jax.evaluation.losses import label_loss
+from aum_jax.evaluation.losses import label_loss, per_clip_label_loss
 from aum_jax.models import AudioMamba
 
 LOSSES = ("kl", "bce")
@@ -73,13 +73,6 @@ def distill_loss(logits: jax.Array, targets: jax.Array, distill: Distill) -> jax
         log_q = jax.nn.log_softmax(logits / t, axis=-1)
         return t * t * jnp.sum(targets * (jnp.log(jnp.maximum(targets, 1e-30)) - log_q), axis=-1)
     return optax.sigmoid_binary_cross_entropy(logits, targets).mean(axis=-1)
-
-
-def per_clip_label_loss(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
-    """``(B,)``: :func:`aum_jax.evaluation.losses.label_loss` of each clip (BCE averaged over classes)."""
-    if loss == "BCE":
-        return optax.sigmoid_binary_cross_entropy(logits, labels).mean(axis=-1)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.argmax(labels, axis=-1))
 
 
 def objective(model: AudioMamba, batch: dict[str, jax.Array], settings: Any) -> jax.Array:

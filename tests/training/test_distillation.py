@@ -124,7 +124,7 @@ def test_stored_logits_round_trip_and_give_the_online_teachers_first_update(teac
                *overrides, f"--out={tmp_path / 'logits'}")
     assert done.returncode == 0, done.stderr[-3000:]
     stored = StoredLogits(tmp_path / "logits")
-    assert stored.num_classes == 10 and stored.class_names == NAMES and len(stored._row_of) == 20
+    assert stored.num_classes == 10 and stored.class_names == NAMES and len(stored) == 20
 
     config = student_config(ten)  # un-augmented batches: no mixup, masks or noise.
     source = registry.make_source(config.data, "train")
