@@ -131,6 +131,18 @@ def get_distill_config() -> ml_collections.ConfigDict:
     return c
 
 
+def get_pretrain_config() -> ml_collections.ConfigDict:
+    """Masked patch modelling (``train.objective="masked_patches"``) at SSAST's defaults; not in the original."""
+    c = ml_collections.ConfigDict()
+    c.mask_ratio = 0.78125  # share of each clip's patches masked: SSAST masks 400 of its 512.
+    c.cluster = True  # SSAST's cluster masking: squares of neighbouring patches (False: single patches at random).
+    c.cluster_sides = (3, 5)  # a square's side in patches, drawn from low..high (SSAST: 3 to 5).
+    c.discriminative_weight = 1.0  # weight of the InfoNCE loss (SSAST's joint objective: 1).
+    c.generative_weight = 10.0  # weight of the reconstruction MSE (SSAST: 10).
+    c.normalise_target = False  # reconstruct each patch standardised (MAE's norm_pix_loss); SSAST: as the model sees it.
+    return c
+
+
 def get_eval_config(test_split: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.split = "validation"  # split evaluated during training and by --mode=eval (config.data.validation_datafile).

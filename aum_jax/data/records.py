@@ -36,6 +36,7 @@ class AudioSource(Protocol):
     num_classes: int
     random_crops: bool  # load_audio's rng draws a random crop: a clip's audio differs between epochs.
     num_unlabelled: int  # clips without labels (only a training split may hold them).
+    num_unlabelled_by_fraction: int  # of those, the clips config.data.label_fraction took the labels of.
 
     def __len__(self) -> int: ...
 

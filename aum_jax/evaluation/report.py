@@ -91,11 +91,16 @@ def training_run_text(report: Mapping[str, Any], config: ml_collections.ConfigDi
         parts.append(f"{workdir} is already trained to step {report['step']}; its stored results follow "
                      "(--mode=eval evaluates again, a larger --config.train.num_steps trains on).")
     split, test_split = config.eval.split, config.eval.test_split
-    rows = [(split or "final", report.get("best") or report.get("final"))]
-    if report.get("test"):
-        rows.append((test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
-    parts.append(f"\nResults ({report_file}); best model by {config.train.metric} in {model_dir}:")
-    parts.append(results_table(rows))
+    if split:
+        rows = [(split, report.get("best") or report.get("final"))]
+        if report.get("test"):
+            rows.append((test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
+        parts.append(f"\nResults ({report_file}); best model by {config.train.metric} in {model_dir}:")
+        parts.append(results_table(rows))
+    else:  # nothing evaluated (a run without labels): the objective's last logged training values.
+        parts.append(f"\nResults ({report_file}); the model of step {report['step']} in {model_dir}; "
+                     f"objective {config.train.objective}, its last logged training values:")
+        parts.append("  ".join(f"{k} {v:.4f}" for k, v in (report.get("train") or {}).items()))
     if report.get("distilled"):
         d = report["distilled"]
         parts.append(f"Distilled from {d.get('logits') or d.get('teacher')} (weight {d['weight']}, temperature "

@@ -15,6 +15,8 @@ head's input, the pooled tokens, each block's pooled residual stream, the patch 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,14 +111,22 @@ class AudioMamba(nnx.Module):
                 bias_init=nnx.initializers.zeros, rngs=rngs,
             )
 
-    def tokens(self, x: jax.Array) -> jax.Array:
-        """Fbank (B, T, F) -> embedded token sequence (B, N + cls tokens, D)."""
+    def tokens(self, x: jax.Array, mask: jax.Array | None = None, mask_token: jax.Array | None = None) -> jax.Array:
+        """Fbank (B, T, F) -> embedded token sequence (B, N + cls tokens, D).
+
+        With ``mask`` (B, N) bool over the patches in frequency-major order, the embeddings of the
+        masked patches are replaced by ``mask_token`` (1, 1, D) before the position embedding is
+        added, as SSAST masks its patches.
+        """
         cfg = self.config
         patches = self.patch_embed(jnp.swapaxes(x, 1, 2)[..., None])
         batch, f_grid, t_grid, dim = patches.shape
         pos = self.pos_embed[...]
         n_cls = cfg.num_cls_tokens
-        patches = patches.reshape(batch, f_grid * t_grid, dim) + pos[:, n_cls:]
+        patches = patches.reshape(batch, f_grid * t_grid, dim)
+        if mask is not None:
+            patches = jnp.where(mask[..., None], mask_token.astype(patches.dtype), patches)
+        patches = patches + pos[:, n_cls:]
         if cfg.transpose_token_sequence:
             patches = jnp.swapaxes(patches.reshape(batch, f_grid, t_grid, dim), 1, 2)
             patches = patches.reshape(batch, t_grid * f_grid, dim)
@@ -176,12 +186,16 @@ class AudioMamba(nnx.Module):
         logits = self.head(features) if cfg.num_classes > 0 else features
         return logits.max(axis=1) if cfg.max_pooled else logits
 
-    def _pass(self, x: jax.Array, pool_layers: bool) -> dict[str, jax.Array]:
+    def _check_input(self, x: jax.Array) -> None:
         cfg = self.config
         if x.ndim != 3 or x.shape[1:] != (cfg.audio_length, cfg.num_mel_bins):
             raise ValueError(
                 f"AudioMamba expects (batch, {cfg.audio_length}, {cfg.num_mel_bins}) features, got {x.shape}."
             )
+
+    def _pass(self, x: jax.Array, pool_layers: bool) -> dict[str, jax.Array]:
+        cfg = self.config
+        self._check_input(x)
         hidden, layers = self.encode(self.tokens(x), pool_layers=pool_layers)
         pooled = pool_tokens(cfg, hidden)
         features = hidden if cfg.max_pooled else pooled
@@ -202,6 +216,15 @@ class AudioMamba(nnx.Module):
         out = self._pass(x, pool_layers=True)
         out["tokens"] = self.patch_tokens(out.pop("hidden"))
         return out
+
+    def masked_patch_tokens(self, x: jax.Array, mask: jax.Array, mask_token: jax.Array) -> jax.Array:
+        """Fbank features (B, T, F), normalised, with the patches of ``mask`` (B, N) bool replaced by
+        ``mask_token`` (1, 1, D) (see :meth:`tokens`) -> the final patch tokens (B, N, D) float32, in
+        frequency-major order whatever ``transpose_token_sequence``."""
+        self._check_input(x)
+        hidden, _ = self.encode(self.tokens(x, mask, mask_token))
+        grid = self.patch_tokens(hidden)
+        return grid.reshape(grid.shape[0], -1, grid.shape[-1])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Fbank features (B, T, F), normalised -> logits (B, classes); without a head
@@ -245,15 +268,17 @@ def count_params(model: nnx.Module) -> int:
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def init_model(config: AuMConfig, seed: int = 0, sharding: jax.sharding.Sharding | None = None) -> AudioMamba:
-    """A freshly initialised model, built under ``jit`` (fast for base sizes).
+def init_model(config: AuMConfig, seed: int = 0, sharding: jax.sharding.Sharding | None = None, *,
+               module: Callable[..., nnx.Module] = AudioMamba) -> nnx.Module:
+    """A freshly initialised ``module(config, rngs=nnx.Rngs(seed))`` (the AudioMamba, or a module
+    built around one), built under ``jit`` (fast for base sizes).
 
     With ``sharding`` every variable is created directly with it (e.g. replicated over a
     mesh), on all processes at once, with no copy through the host.
     """
 
-    def build() -> AudioMamba:
-        model = AudioMamba(config, rngs=nnx.Rngs(seed))
+    def build() -> nnx.Module:
+        model = module(config, rngs=nnx.Rngs(seed))
         if sharding is not None:
             nnx.update(model, jax.lax.with_sharding_constraint(nnx.state(model), sharding))
         return model

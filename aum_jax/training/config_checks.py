@@ -28,7 +28,7 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     """Raises :class:`ConfigError` for the first value of ``config`` that ``mode`` ("train", "eval") cannot use.
 
     Checked: positive batch sizes and step counts, the metric that picks the best model (one
-    that evaluation reports), the training objective (a registered one), the fine-tuning
+    that evaluation reports), the training objective (a registered one, and its own settings), the fine-tuning
     source (it exists; a model directory's files are valid), the share of bad clips allowed, the model's settings
     (``AuMConfig``), the data's feature and augmentation settings, and that the devices of the
     mesh divide the batches.
@@ -53,9 +53,14 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     if not 0.0 <= data.max_bad_fraction <= 1.0:
         raise ConfigError(f"config.data.max_bad_fraction={data.max_bad_fraction}: must be in [0, 1]")
     try:
-        AuMConfig.from_dict(config.model.to_dict())
+        model = AuMConfig.from_dict(config.model.to_dict())
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config.model.{e}") from e
+    if mode == "train":
+        try:
+            objectives.get(train.objective).settings(config, model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     try:
         clip_stages.check(data, train=mode == "train")
     except ValueError as e:

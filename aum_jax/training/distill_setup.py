@@ -5,7 +5,8 @@ Distillation is on when ``config.distill.teacher`` (an online teacher) or
 ``config.distill.logits`` (stored logits, ``scripts/teacher_logits.py``) is set; its objective
 is :func:`aum_jax.training.distillation.objective`. Training clips without labels
 (``config.data.label_fraction < 1``, or a datafile entry with empty ``labels``) train on the
-teacher's targets alone, so without distillation they are a config error.
+teacher's targets alone: without distillation, the clips the fraction leaves unlabelled are not
+trained on, and clips the source itself holds without labels are a config error.
 """
 
 from __future__ import annotations
@@ -69,16 +70,12 @@ def setup(config: ml_collections.ConfigDict, source: AudioSource) -> Setup | Non
     """The teacher side of ``config``'s run on the training clips ``source``; None without distillation.
 
     Raises:
-      ConfigError: unlabelled clips without distillation; a setting out of range; a teacher or
+      ConfigError: a setting out of range; a teacher or
         logits folder that cannot be read, or whose classes or input features do not fit the
         student (each naming the key and the path).
     """
     d = config.distill
     if not is_on(config):
-        if source.num_unlabelled:
-            raise ConfigError(f"{source.num_unlabelled} of the {len(source)} training clips have no labels "
-                              f"(config.data.label_fraction={config.data.label_fraction} or empty datafile labels); "
-                              "they train only on a teacher: set config.distill.teacher or config.distill.logits")
         return None
     if config.train.objective != "supervised":
         raise ConfigError(f"config.train.objective={config.train.objective!r}: distillation (config.distill) "
@@ -157,6 +154,26 @@ def _stored(config: ml_collections.ConfigDict, source: AudioSource, student: Pre
     record = {"logits": str(stored.folder), "teacher": stored.info.get("teacher"),
               "teacher_checksums_sha256": stored.info.get("teacher_checksums_sha256"), **common}
     return Setup(distillation.Distill(**common), source, None, None, "float32", True, record)
+
+
+def labelled_clips(config: ml_collections.ConfigDict, source: AudioSource) -> AudioSource:
+    """The training clips of a run without distillation whose objective reads labels: those of ``source``
+    that keep theirs under ``config.data.label_fraction`` (all of them at 1).
+
+    Raises:
+      ConfigError: clips that have no labels in the source itself (their count): they train only on a teacher.
+    """
+    if source.num_unlabelled > source.num_unlabelled_by_fraction:
+        unlabelled = source.num_unlabelled - source.num_unlabelled_by_fraction
+        raise ConfigError(f"{unlabelled} of the {len(source)} training clips have no labels (empty datafile labels "
+                          "or a folder's unlabelled/); they train only on a teacher: set config.distill.teacher or "
+                          "config.distill.logits")
+    if not source.num_unlabelled:
+        return source
+    kept = record_views.labelled_only(source)
+    logging.info("config.data.label_fraction=%s without a teacher: training on the %d labelled of the %d clips",
+                 config.data.label_fraction, len(kept), len(source))
+    return kept
 
 
 def load_teacher(setup: Setup, mesh: jax.sharding.Mesh) -> AudioMamba | None:

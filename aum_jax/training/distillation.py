@@ -75,8 +75,8 @@ def distill_loss(logits: jax.Array, targets: jax.Array, distill: Distill) -> jax
     return optax.sigmoid_binary_cross_entropy(logits, targets).mean(axis=-1)
 
 
-def objective(model: AudioMamba, batch: dict[str, jax.Array], settings: Any) -> jax.Array:
-    """The batch's mean of ``(1 - weight) * label_loss + weight * distill_loss`` over labelled clips
+def objective(model: AudioMamba, batch: dict[str, jax.Array], settings: Any) -> tuple[jax.Array, dict]:
+    """The batch's mean (and no metrics) of ``(1 - weight) * label_loss + weight * distill_loss`` over labelled clips
     and ``distill_loss`` over unlabelled ones.
 
     ``batch`` holds ``fbank`` (B, T, F), ``label`` (B, C), ``teacher`` (B, C) targets and, where
@@ -87,7 +87,8 @@ def objective(model: AudioMamba, batch: dict[str, jax.Array], settings: Any) -> 
     logits = model(batch["fbank"])  # the teacher's own input, if any, is not the student's.
     soft = distill_loss(logits, batch["teacher"], distill)
     if "labelled" not in batch:  # every clip labelled: weight 0 is the supervised loss, bit for bit.
-        return (1.0 - distill.weight) * label_loss(logits, batch["label"], settings.loss) + distill.weight * soft.mean()
+        hard_mean = label_loss(logits, batch["label"], settings.loss)
+        return (1.0 - distill.weight) * hard_mean + distill.weight * soft.mean(), {}
     hard = per_clip_label_loss(logits, batch["label"], settings.loss)
     weight = jnp.where(batch["labelled"] > 0, distill.weight, 1.0)
-    return jnp.mean(weight * soft + (1.0 - weight) * hard)
+    return jnp.mean(weight * soft + (1.0 - weight) * hard), {}

@@ -12,6 +12,7 @@ to change, and lets one with changed settings go on.
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,16 +82,19 @@ class Watch:
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, manager: ocp.CheckpointManager):
         self._config, self._workdir, self._manager = config, workdir, manager
         self._streak_from: int | None = None  # the first step of the current run of bad steps.
-        self._window: dict[str, list[float]] = {"loss": [], "grad_norm": []}
+        self._window: dict[str, list[float]] = collections.defaultdict(list)
         self._skipped = 0
+        self.last_means: dict[str, float] = {}  # of the last window taken with good steps.
 
     def observe(self, first_step: int, results: Sequence[dict[str, Any]]) -> None:
-        """Takes the host values ``{"loss", "grad_norm", "ok"}`` of steps ``first_step, first_step + 1, ...``."""
+        """Takes the host values ``{"loss", "grad_norm", "ok", ...}`` (the objective's metrics besides) of steps
+        ``first_step, first_step + 1, ...``."""
         for step, result in enumerate(results, first_step):
             if result["ok"]:
                 self._streak_from = None
-                self._window["loss"].append(float(result["loss"]))
-                self._window["grad_norm"].append(float(result["grad_norm"]))
+                for key, value in result.items():
+                    if key != "ok":
+                        self._window[key].append(float(value))
             else:
                 self._skipped += 1
                 self._streak_from = step if self._streak_from is None else self._streak_from
@@ -115,10 +119,11 @@ class Watch:
         return self.bad_in_a_row(step) >= self._config.train.max_nonfinite_steps
 
     def take_window(self) -> tuple[dict[str, float], int]:
-        """The mean loss and gradient norm of the good steps since the last call, and the bad ones' count."""
+        """The mean loss, gradient norm and metrics of the good steps since the last call, and the bad ones' count."""
         means = {k: float(np.mean(v)) for k, v in self._window.items() if v}
+        self.last_means = means or self.last_means
         skipped = self._skipped
-        self._window, self._skipped = {"loss": [], "grad_norm": []}, 0
+        self._window, self._skipped = collections.defaultdict(list), 0
         return means, skipped
 
     def stop(self, step: int) -> NoReturn:

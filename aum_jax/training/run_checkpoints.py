@@ -36,7 +36,8 @@ from aum_jax.checkpoints import model_files
 from aum_jax.core import logs
 from aum_jax.core import workdir as workdir_lib
 from aum_jax.core.errors import UserError
-from aum_jax.models import AudioMamba, AuMConfig, init_model
+from aum_jax.models import AudioMamba, AuMConfig
+from aum_jax.training import objectives
 
 MODEL, OPTIMIZER, ITER = "model", "optimizer", "iter"
 
@@ -233,11 +234,14 @@ def restore(
 def restore_model(config: Any, workdir: str | os.PathLike, *, only_step: int | None = None) -> tuple[AudioMamba, int]:
     """A model of ``config.model`` (seed ``config.train.seed``) holding the model item of the newest readable
     checkpoint in ``workdir`` (or of ``only_step``), and that step; 0 when none could be read.
+
+    The item is that of the module ``config.train.objective`` trains; the AudioMamba inside it is returned.
     """
     manager = make_manager(workdir, config.train.keep_checkpoints)
-    model = init_model(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
+    objective = objectives.get(config.train.objective)
+    trained = objective.init(AuMConfig.from_dict(config.model.to_dict()), config.train.seed)
     try:
-        step = restore(manager, model, None, None, only_step=only_step)  # the model item alone.
+        step = restore(manager, trained, None, None, only_step=only_step)  # the model item alone.
     finally:
         manager.close()
-    return model, step
+    return objective.backbone(trained), step

@@ -49,13 +49,14 @@ from tqdm import tqdm
 from aum_jax.checkpoints import model_files, pretrained
 from aum_jax.core import logs, sharding, storage
 from aum_jax.core import workdir as workdir_lib
+from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.data.pipeline import batching, input_pipeline
 from aum_jax.data.records import AudioSource
 from aum_jax.data.sources import labels, registry
 from aum_jax.evaluation import evaluate
 from aum_jax.evaluation import report as report_lib
-from aum_jax.models import AudioMamba, AuMConfig, count_params, init_model
-from aum_jax.training import distill_setup, divergence, run_checkpoints, update, workdir_lock
+from aum_jax.models import AudioMamba, AuMConfig, count_params
+from aum_jax.training import distill_setup, divergence, objectives, run_checkpoints, update, workdir_lock
 
 if TYPE_CHECKING:
     from clu import metric_writers
@@ -151,7 +152,7 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
 
     Raises:
       ValueError: batch sizes the mesh does not divide, an unknown split, a bad source.
-      ConfigError: a teacher that does not fit, or unlabelled clips without one.
+      ConfigError: a teacher that does not fit, or unlabelled clips an objective of labels cannot train on.
     """
     train_cfg = config.train
     mesh = sharding.make_mesh(config.mesh)
@@ -160,7 +161,10 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     logging.info("Mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
     source = registry.make_source(config.data, "train")
     distill = distill_setup.setup(config, source)
-    source = distill.source if distill else source
+    if distill:
+        source = distill.source
+    elif objectives.get(train_cfg.objective).uses_labels:
+        source = distill_setup.labelled_clips(config, source)
     steps_per_epoch = train_cfg.steps_per_epoch
     if steps_per_epoch <= 0:
         steps_per_epoch = max(1, len(source) // global_batch_size)
@@ -179,7 +183,7 @@ class _Results:
                  writer: metric_writers.MetricWriter, records: dict[str, Any]):
         self._config, self._workdir, self._mesh, self._writer = config, workdir, mesh, writer
         self._records = records  # written beside the model.
-        self._preprocessing = labels.training_preprocessing(config)  # stored beside the model.
+        self._preprocessing = _model_preprocessing(config)  # stored beside the model.
         self.best = storage.read_json(workdir / workdir_lib.BEST_FILE)
         self.final: dict[str, Any] | None = None
         self.last_step: int | None = None
@@ -228,6 +232,13 @@ class _Results:
         return result
 
 
+def _model_preprocessing(config: ml_collections.ConfigDict) -> Preprocessing:
+    """The preprocessing stored beside the run's model; without classes for an objective that reads no labels."""
+    prep = labels.training_preprocessing(config)
+    uses_labels = objectives.get(config.train.objective).uses_labels
+    return prep if uses_labels else dataclasses.replace(prep, class_names=(), loss="")
+
+
 def _restore_finished_model(config: ml_collections.ConfigDict, workdir: Path, report: dict[str, Any]) -> None:
     """Gives a finished ``workdir`` its ``model/`` back if it is gone: the backup a kill inside
     :func:`aum_jax.core.storage.replace_dir` left, else the model of the checkpoint of the step it held.
@@ -251,7 +262,7 @@ def _restore_finished_model(config: ml_collections.ConfigDict, workdir: Path, re
         raise MissingModelError(f"{workdir / workdir_lib.REPORT_FILE} says training finished, but {model_dir}/ is "
                                 f"missing and no checkpoint of its {kind} step {step} remains; train again in a "
                                 "new --workdir")
-    model_files.save_model(model, model_dir, preprocessing=labels.training_preprocessing(config))
+    model_files.save_model(model, model_dir, preprocessing=_model_preprocessing(config))
     logging.warning("%s was missing: restored it from the checkpoint of its %s step %d", model_dir, kind, step)
 
 
@@ -304,29 +315,32 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
     # ---------------------------------------------------------------- model
     model_config = AuMConfig.from_dict(config.model.to_dict())
     replicated = sharding.replicated(mesh)
-    model = init_model(model_config, train_cfg.seed, replicated)  # built on the mesh, under jit.
+    objective_name = "distill" if run.distill else train_cfg.objective
+    objective = objectives.get(objective_name)
+    trained = objective.init(model_config, train_cfg.seed, replicated)  # built on the mesh, under jit.
+    model = objective.backbone(trained)  # what is evaluated and saved (the AudioMamba itself, or inside).
     logging.info("AuM %s %s: %.3f M parameters", model_config.size_name, model_config.aum_type,
                  count_params(model) / 1e6)
 
     # ---------------------------------------------------------------- update
     schedule = update.learning_rate_schedule(config.optimizer, run.steps_per_epoch)
     tx = update.make_optimizer(config.optimizer, schedule)
-    optimizer = nnx.jit(lambda m: sharding.constrain(nnx.Optimizer(m, tx, wrt=nnx.Param), replicated))(model)
+    optimizer = nnx.jit(lambda m: sharding.constrain(nnx.Optimizer(m, tx, wrt=nnx.Param), replicated))(trained)
 
     # ---------------------------------------------------------------- checkpoint
     manager = run_checkpoints.make_manager(workdir, train_cfg.keep_checkpoints)
-    step = restored_from = run_checkpoints.restore(manager, model, optimizer, train_iter)
+    step = restored_from = run_checkpoints.restore(manager, trained, optimizer, train_iter)
     if restored_from:
         writer.write_scalars(step, {"train/restored_from_step": restored_from})
     elif config.init.checkpoint:  # a new run starts from a pretrained source.
         source = pretrained.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed,
                                                  class_names=labels.training_preprocessing(config).class_names)
         nnx.update(model, sharding.replicate(nnx.state(source, nnx.Param), mesh))
-    model.train()
+    trained.train()
     distilled = {distill_setup.RECORD_FILE: run.distill.record} if run.distill else {}
     results = _Results(config, workdir, mesh, writer, distilled)
     teacher = distill_setup.load_teacher(run.distill, mesh) if run.distill else None
-    objective, distill = ("distill", run.distill.settings) if run.distill else (train_cfg.objective, None)
+    settings = {"distill": run.distill.settings} if run.distill else objective.settings(config, model_config)
     watch = divergence.Watch(config, workdir, manager)
 
     # ---------------------------------------------------------------- train loop
@@ -339,8 +353,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
             while step < run.num_steps:
                 batch = sharding.global_batch(next(train_iter), mesh)
                 with jax.set_mesh(mesh), jax.default_matmul_precision(train_cfg.matmul_precision):
-                    pending.append(update.train_step(model, optimizer, batch, train_cfg.loss, train_cfg.max_loss,
-                                                     train_cfg.max_grad_norm, objective, distill, teacher))
+                    pending.append(update.train_step(trained, optimizer, batch, train_cfg.loss, train_cfg.max_loss,
+                                                     train_cfg.max_grad_norm, objective_name, teacher=teacher,
+                                                     **settings))
                 step += 1
                 bar.update()
                 report_progress(step)
@@ -365,12 +380,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
                 if eval_now:
                     results.validate(step, model)
                 if checkpoint_now and watch.may_checkpoint:  # never checkpoint inside a bad streak.
-                    run_checkpoints.save(manager, step, model, optimizer, train_iter)
+                    run_checkpoints.save(manager, step, trained, optimizer, train_iter)
                 if stop_now:
-                    run_checkpoints.save(manager, step, model, optimizer, train_iter, force=True)
+                    run_checkpoints.save(manager, step, trained, optimizer, train_iter, force=True)
                     raise TrainingInterrupted(step)
             if watch.may_checkpoint:
-                run_checkpoints.save(manager, step, model, optimizer, train_iter, force=True)
+                run_checkpoints.save(manager, step, trained, optimizer, train_iter, force=True)
     finally:
         bar.close()
         run_checkpoints.close(manager)
@@ -386,6 +401,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
               "restored_from_step": restored_from or None,
               "skipped_steps": int(optimizer.opt_state.total_notfinite[...]),
               "skipped_clips": {"total": train_iter.num_skipped, **train_iter.skipped_by_kind_everywhere()},
+              "train": watch.last_means,
               **({"distilled": run.distill.record} if run.distill else {})}
     report_lib.write_report(workdir / workdir_lib.REPORT_FILE, report)
     writer.close()

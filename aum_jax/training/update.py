@@ -17,7 +17,7 @@ from flax import nnx
 
 from aum_jax.core import sharding
 from aum_jax.models import AudioMamba
-from aum_jax.training import distillation, objectives
+from aum_jax.training import distillation, masked_patches, objectives
 
 # apply_if_finite applies updates anyway after this many bad steps in a row; the loop
 # stops long before (config.train.max_nonfinite_steps).
@@ -65,9 +65,10 @@ def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTrans
     )
 
 
-@nnx.jit(static_argnames=("loss", "max_loss", "max_grad_norm", "objective", "distill"), donate_argnums=(0, 1))
+@nnx.jit(static_argnames=("loss", "max_loss", "max_grad_norm", "objective", "distill", "masked"),
+         donate_argnums=(0, 1))
 def _train_step(
-    model: AudioMamba,
+    model: nnx.Module,
     optimizer: nnx.Optimizer,
     batch: dict[str, jax.Array],
     loss: str,
@@ -76,10 +77,13 @@ def _train_step(
     objective: str = "supervised",
     distill: distillation.Distill | None = None,
     teacher: AudioMamba | None = None,
+    masked: masked_patches.MaskedPatches | None = None,
 ) -> dict[str, jax.Array]:
     """One Adam step on a global batch ``{"fbank": (B, T, F), "label": (B, C)}``, minimising the
     training objective registered as ``objective`` (:data:`aum_jax.training.objectives.OBJECTIVES`)
-    with the label loss ``loss`` ("BCE" or "CE") and distillation's settings ``distill``.
+    with the label loss ``loss`` ("BCE" or "CE"), distillation's settings ``distill`` and masked
+    patch modelling's ``masked``. ``model`` is the module the objective trains (the AudioMamba, or
+    the objective's module around it).
 
     An online ``teacher`` (frozen, in eval mode, parameters replicated) adds its targets for
     this very batch as ``batch["teacher"]``, without gradients; stored targets come in the
@@ -94,20 +98,20 @@ def _train_step(
 
     Returns:
       ``{"loss", "grad_norm", "ok"}``: the batch's mean loss, the global gradient norm
-      and whether the update was applied.
+      and whether the update was applied; and the objective's own metrics.
     """
 
-    compute_loss = objectives.get(objective)
-    settings = objectives.Settings(loss, distill)
+    compute_loss = objectives.get(objective).loss
+    settings = objectives.Settings(loss, distill, masked)
     if teacher is not None:
         batch = {**batch, "teacher": distillation.teacher_targets(teacher, batch, distill)}
-    value, grads = nnx.value_and_grad(lambda m: compute_loss(m, batch, settings))(model)
+    (value, metrics), grads = nnx.value_and_grad(lambda m: compute_loss(m, batch, settings), has_aux=True)(model)
     grad_norm = optax.tree.norm(grads)
     ok = (value <= max_loss) & (grad_norm <= max_grad_norm)  # False for NaN too.
     if max_loss < float("inf") or max_grad_norm < float("inf"):
         grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads)
     optimizer.update(model, grads)
-    return {"loss": value, "grad_norm": grad_norm, "ok": ok}
+    return {"loss": value, "grad_norm": grad_norm, "ok": ok, **metrics}
 
 
 train_step = sharding.OnDataMesh(_train_step, arg=2)

@@ -30,7 +30,6 @@ from aum_jax.data.teacher_logits import StoredLogits
 from aum_jax.inference import predict
 from aum_jax.models import AuMConfig, init_model
 from aum_jax.training import distill_setup, distillation, train, update
-from aum_jax.training.config_checks import ConfigError
 from tests.helpers import (
     NAMES,
     REPO_ROOT,
@@ -221,7 +220,7 @@ def test_four_devices_compute_what_one_does(teacher):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_labels_are_kept_for_a_seeded_class_stratified_share(ten):
+def test_labels_are_kept_for_a_seeded_class_stratified_share_which_alone_trains_without_a_teacher(ten):
     config = student_config(ten)
     full = registry.make_source(config.data, "train")
     config.data.label_fraction = 0.5
@@ -233,8 +232,13 @@ def test_labels_are_kept_for_a_seeded_class_stratified_share(ten):
     assert kept == [registry.make_source(config.data, "train")[i].labels for i in range(20)]  # seeded.
     config.data.seed += 1
     assert kept != [registry.make_source(config.data, "train")[i].labels for i in range(20)]
-    with pytest.raises(ConfigError, match="10 of the 20 training clips have no labels"):
-        distill_setup.setup(config, share)
+    assert share.num_unlabelled_by_fraction == 10
+    assert distill_setup.setup(config, share) is None  # no teacher: the labelled share alone trains.
+    labelled = distill_setup.labelled_clips(config, share)
+    assert len(labelled) == 10 and labelled.num_unlabelled == 0
+    assert [labelled[i].key for i in range(10)] == [share[i].key for i in range(20) if share[i].labels]
+    np.testing.assert_array_equal(labelled.load_audio(3, None)[0],
+                                  share.load_audio([i for i in range(20) if share[i].labels][3], None)[0])
 
 
 def test_mixup_mixes_stored_targets_with_its_own_lambda(teacher, ten, tmp_path):
@@ -275,6 +279,11 @@ def test_a_teacher_that_does_not_fit_is_one_error_line_before_anything_is_writte
     prep = json.loads((other_names / "preprocessing.json").read_text())
     (other_names / "preprocessing.json").write_text(json.dumps({**prep, "class_names": ["zz"] + list(NAMES[1:])}))
     two = write_toy_dataset(tmp_path / "two", clips_per_class=2)
+    entries = json.loads(Path(ten["train"]).read_text())
+    for entry in entries["data"][:3]:
+        entry["labels"] = ""  # clips the source itself holds without labels.
+    blanked = tmp_path / "blanked.json"
+    blanked.write_text(json.dumps(entries))
     cases = [
         ([f"--config.data.train_datafile={two['train']}", f"--config.data.validation_datafile={two['eval']}",
           f"--config.data.test_datafile={two['eval']}", f"--config.data.label_csv={two['label_csv']}",
@@ -283,7 +292,8 @@ def test_a_teacher_that_does_not_fit_is_one_error_line_before_anything_is_writte
         ([f"--config.distill.teacher={damaged}"], [f"config.distill.teacher={damaged}", "config.json"]),
         ([f"--config.distill.teacher={other_names}"], ["names its classes otherwise", "'zz' vs 'c0'"]),
         ([f"--config.distill.logits={tmp_path / 'nothing'}"], ["config.distill.logits=", "holds no logits.npy"]),
-        (["--config.data.label_fraction=0.5"], ["10 of the 20 training clips have no labels", "config.distill.teacher"]),
+        ([f"--config.data.train_datafile={blanked}"], ["3 of the 20 training clips have no labels",
+                                                       "config.distill.teacher"]),
     ]
     for i, (extra, fragments) in enumerate(cases):
         workdir = tmp_path / f"work{i}"

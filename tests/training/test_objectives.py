@@ -21,12 +21,13 @@ def _model_and_optimizer() -> tuple[nnx.Module, nnx.Optimizer]:
     return model, nnx.Optimizer(model, optax.sgd(1e-2), wrt=nnx.Param)
 
 
-def _doubled(model: nnx.Module, batch: dict[str, jax.Array], settings: objectives.Settings) -> jax.Array:
-    return 2.0 * objectives.supervised(model, batch, settings)
+def _doubled(model: nnx.Module, batch: dict[str, jax.Array], settings: objectives.Settings) -> tuple[jax.Array, dict]:
+    loss, _ = objectives.supervised(model, batch, settings)
+    return 2.0 * loss, {"halved": 0.5 * loss}
 
 
 def test_a_registered_toy_objective_is_what_the_step_minimises(monkeypatch) -> None:
-    monkeypatch.setitem(objectives.OBJECTIVES, "doubled", _doubled)
+    monkeypatch.setitem(objectives.OBJECTIVES, "doubled", objectives.Objective(_doubled))
     batch = {"fbank": jnp.linspace(-1, 1, 4 * 32 * 32).reshape(4, 32, 32),
              "label": jax.nn.one_hot(jnp.arange(4) % 2, 2)}
     results = {}
@@ -35,13 +36,16 @@ def test_a_registered_toy_objective_is_what_the_step_minimises(monkeypatch) -> N
         metrics = update.train_step(model, optimizer, batch, "CE", objective=name)
         results[name] = (float(metrics["loss"]), float(metrics["grad_norm"]))
     np.testing.assert_allclose(results["doubled"], 2 * np.array(results["supervised"]), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["halved"]), results["supervised"][0] / 2, rtol=1e-5)  # its metric.
 
 
 def test_the_supervised_objective_is_the_label_loss() -> None:
     model, _ = _model_and_optimizer()
     batch = {"fbank": jnp.ones((2, 32, 32)), "label": jax.nn.one_hot(jnp.arange(2), 2)}
     want = label_loss(model(batch["fbank"]), batch["label"], "BCE")
-    np.testing.assert_array_equal(objectives.supervised(model, batch, objectives.Settings("BCE")), want)
+    loss, metrics = objectives.supervised(model, batch, objectives.Settings("BCE"))
+    np.testing.assert_array_equal(loss, want)
+    assert metrics == {}
 
 
 def test_an_unregistered_objective_is_a_config_error(tmp_path) -> None:

@@ -43,6 +43,7 @@ class SourceKind:
     name: ClassVar[str]
     split_what: ClassVar[str] = "datafile"  # what the file of a split is, in messages.
     num_unlabelled: int = 0  # clips without labels (a kind that allows them counts them).
+    num_unlabelled_by_fraction: int = 0  # a source as read: none taken by config.data.label_fraction.
 
     @staticmethod
     def config() -> ml_collections.ConfigDict:

@@ -1,7 +1,8 @@
 """Sources seen through a change of their records: labels kept for a share of the clips
-(``config.data.label_fraction``), and a teacher's stored targets attached to each clip.
+(``config.data.label_fraction``), the labelled clips alone, and a teacher's stored targets
+attached to each clip.
 
-Both wrap any source kind: the clips, their audio and their order stay those of the source.
+Each wraps any source kind: the clips, their audio and their order stay those of the source.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class _View:
         self.num_classes = source.num_classes
         self.random_crops = source.random_crops
         self.num_unlabelled = source.num_unlabelled
+        self.num_unlabelled_by_fraction = source.num_unlabelled_by_fraction
 
     def __len__(self) -> int:
         return len(self._source)
@@ -43,10 +45,29 @@ class _Relabelled(_View):
         super().__init__(source)
         self._labels = labels
         self.num_unlabelled = sum(not ls for ls in labels)
+        self.num_unlabelled_by_fraction = self.num_unlabelled - source.num_unlabelled
 
     def __getitem__(self, index: int) -> ClipRecord:
         record = self._source[index]
         return ClipRecord(record.key, self._labels[index], record.teacher)
+
+
+class _Subset(_View):
+    """The clips ``indices`` of ``source``, in their order."""
+
+    def __init__(self, source: AudioSource, indices: list[int]):
+        super().__init__(source)
+        self._indices = indices
+        self.num_unlabelled = self.num_unlabelled_by_fraction = 0
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> ClipRecord:
+        return self._source[self._indices[index]]
+
+    def load_audio(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+        return self._source.load_audio(self._indices[index], rng)
 
 
 class _WithTeacher(_View):
@@ -89,6 +110,11 @@ def keep_label_share(source: AudioSource, fraction: float, seed: int) -> AudioSo
         count = max(1, round(fraction * len(members)))
         keep.update(int(i) for i in rng.choice(members, size=count, replace=False))
     return _Relabelled(source, [r.labels if i in keep else () for i, r in enumerate(records)])
+
+
+def labelled_only(source: AudioSource) -> AudioSource:
+    """The clips of ``source`` that have labels, in their order."""
+    return _Subset(source, [i for i in range(len(source)) if source[i].labels])
 
 
 def with_teacher_targets(source: AudioSource, stored: teacher_logits.StoredLogits, temperature: float,
