@@ -22,7 +22,7 @@ from absl import logging
 from flax import nnx
 
 from aum_jax.checkpoints import model_files
-from aum_jax.core import sharding
+from aum_jax.core import logs, sharding
 from aum_jax.data import teacher_logits
 from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.data.records import AudioSource
@@ -171,8 +171,8 @@ def labelled_clips(config: ml_collections.ConfigDict, source: AudioSource) -> Au
     if not source.num_unlabelled:
         return source
     kept = record_views.labelled_only(source)
-    logging.info("config.data.label_fraction=%s without a teacher: training on the %d labelled of the %d clips",
-                 config.data.label_fraction, len(kept), len(source))
+    logs.line(f"config.data.label_fraction={config.data.label_fraction} without a teacher: training on the "
+              f"{len(kept)} labelled of the {len(source)} clips")
     return kept
 
 

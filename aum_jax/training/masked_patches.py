@@ -67,15 +67,15 @@ def step_settings(config: ml_collections.ConfigDict, model: AuMConfig) -> dict[s
                          "through its neighbours")
     if not 0.0 < p.mask_ratio < 1.0:
         raise ValueError(f"config.pretrain.mask_ratio={p.mask_ratio}: must be in (0, 1)")
-    lo, hi = p.cluster_sides
-    if not 1 <= lo <= hi:
-        raise ValueError(f"config.pretrain.cluster_sides={tuple(p.cluster_sides)}: need 1 <= low <= high")
+    sides = tuple(p.cluster_sides)
+    if len(sides) != 2 or not 1 <= sides[0] <= sides[1]:
+        raise ValueError(f"config.pretrain.cluster_sides={tuple(p.cluster_sides)}: need (low, high) with 1 <= low <= high")
     if min(p.discriminative_weight, p.generative_weight) < 0 or p.discriminative_weight + p.generative_weight <= 0:
         raise ValueError(f"config.pretrain.discriminative_weight={p.discriminative_weight}, generative_weight="
                          f"{p.generative_weight}: must be at least 0, and not both 0")
     num_masked = min(model.num_patches, max(2, round(p.mask_ratio * model.num_patches)))
     return {"masked": MaskedPatches(model.patch_grid, tuple(model.patch_size), num_masked,
-                                    (lo, hi) if p.cluster else (1, 1), p.discriminative_weight, p.generative_weight,
+                                    sides if p.cluster else (1, 1), p.discriminative_weight, p.generative_weight,
                                     p.normalise_target)}
 
 
