@@ -20,6 +20,10 @@ Sections:
 * ``distill``: the demo's train step with an online teacher (the demo model, float32 and
   bfloat16) against the same step without one, for a student at half the teacher's width;
   the arms interleaved, median of ``--distill-rounds``.
+* ``pretrain``: the train step of self-supervised pretraining (``configs/pretrain.py``: masked
+  patch modelling, its heads and masks) against the supervised step of the same backbone and
+  batch, and against the demo's own supervised step (overlapping patches: more tokens); the
+  arms interleaved, median of ``--pretrain-rounds``.
 * ``scaling``: the train step on 1, 2 and 4 simulated CPU devices (one process each) at a
   fixed per-device batch, with the scan kernels partitioned (each device scans its own
   rows, as training runs) and replicated (every device scans the whole batch, as XLA
@@ -34,6 +38,7 @@ record results in BENCHMARKS.md.
   python scripts/benchmark.py --sections scan,model --cpu-variants native,x86-64-v3 --scan-rounds 3
   python scripts/benchmark.py --sections scaling
   python scripts/benchmark.py --sections distill
+  python scripts/benchmark.py --sections pretrain
 """
 
 from __future__ import annotations
@@ -61,8 +66,9 @@ from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.training.speed import time_ms  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"],
-                              "sections to run: input, scan, model, scaling, distill.")
+                              "sections to run: input, scan, model, scaling, distill, pretrain.")
 _DISTILL_ROUNDS = flags.DEFINE_integer("distill-rounds", 5, "distill: interleaved rounds of 3 steps per arm.")
+_PRETRAIN_ROUNDS = flags.DEFINE_integer("pretrain-rounds", 5, "pretrain: interleaved rounds of 3 steps per arm.")
 _INPUT_CLIPS = flags.DEFINE_integer("input-clips", 16, "distinct wav files on disk.")
 _INPUT_BATCHES = flags.DEFINE_integer("input-batches", 20, "timed batches of 12 clips.")
 _INPUT_THREADS = flags.DEFINE_integer("input-threads", 1, "reading threads of the worker.")
@@ -371,6 +377,47 @@ def distill_section() -> list[Row]:
     return rows
 
 
+def pretrain_section() -> list[Row]:
+    """ms per train step of the demo pretraining (masked patches) and of supervised steps on its batch."""
+    import jax
+    import numpy as np
+    from aum_jax.configs import demo, pretrain
+    from flax import nnx
+
+    from aum_jax.models import AuMConfig
+    from aum_jax.training import objectives, speed, update
+
+    config = pretrain.get_config("demo")
+    backbone = AuMConfig.from_dict(config.model.to_dict())
+    rng = np.random.default_rng(0)
+    batch = {"fbank": rng.normal(size=(config.data.batch_size, backbone.audio_length,
+                                       backbone.num_mel_bins)).astype(np.float32),
+             "label": np.eye(backbone.num_classes, dtype=np.float32)[
+                 rng.integers(backbone.num_classes, size=config.data.batch_size)]}
+    demo_model = AuMConfig.from_dict(demo.get_config().model.to_dict())
+    arms = {"masked patches": ("masked_patches", backbone), "supervised, same backbone": ("supervised", backbone),
+            f"supervised, demo strides {demo_model.strides}": ("supervised", demo_model)}
+    tx = update.make_optimizer(config.optimizer, update.learning_rate_schedule(config.optimizer, 100))
+    steps = {}
+    for arm, (name, model_config) in arms.items():
+        objective = objectives.get(name)
+        module = objective.init(model_config, 0)
+        optimizer = nnx.Optimizer(module, tx, wrt=nnx.Param)
+        kwargs = {"objective": name, **objective.settings(config, model_config)}
+        steps[arm] = lambda m=module, o=optimizer, k=kwargs: update.train_step(m, o, batch, "CE", **k)["loss"]
+        jax.block_until_ready(steps[arm]())  # compiled before any timing.
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    for _ in range(_PRETRAIN_ROUNDS.value):
+        for arm, step in steps.items():
+            times[arm].append(speed.time_ms(step, 3, warmup=0))
+    medians = {arm: float(np.median(t)) for arm, t in times.items()}
+    rows: list[Row] = [(f"pretrain: {arm} train step (batch {config.data.batch_size})", ms, "ms")
+                       for arm, ms in medians.items()]
+    rows += [(f"pretrain: masked patches vs {arm}", medians["masked patches"] / medians[arm], "x")
+             for arm in arms if arm != "masked patches"]
+    return rows
+
+
 def _scaling_child(devices: int) -> None:
     """One process with ``devices`` simulated devices: prints the step ms, partitioned and replicated."""
     import jax
@@ -434,7 +481,7 @@ def _cpu_model() -> str:
 
 SECTIONS: dict[str, Callable[[], list[Row]]] = {
     "input": input_section, "scan": scan_section, "model": model_section, "scaling": scaling_section,
-    "distill": distill_section,
+    "distill": distill_section, "pretrain": pretrain_section,
 }
 
 

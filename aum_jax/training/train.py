@@ -13,6 +13,9 @@ update, checkpoint, train loop, eval.
 - The model and optimizer come from, in this order: the newest readable checkpoint
   in ``workdir/checkpoints`` (same parameters, optimizer state and next batch), else
   the pretrained source ``config.init.checkpoint``, else a fresh initialisation.
+- The module trained is the objective's (``config.train.objective``, :mod:`aum_jax.training.objectives`):
+  the AudioMamba, or a module around it (masked patch modelling's heads); the AudioMamba is what is
+  evaluated and saved. A run without ``config.eval.split`` saves its last model.
 - A bad step (non-finite, or out of ``config.train.max_loss``/``max_grad_norm``) is
   skipped inside the jitted step; too many in a row stop the run
   (:mod:`aum_jax.training.divergence`).
@@ -32,18 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from aum_jax.checkpoints import model_files, pretrained
@@ -56,7 +55,7 @@ from aum_jax.data.sources import labels, registry
 from aum_jax.evaluation import evaluate
 from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params
-from aum_jax.training import distill_setup, divergence, objectives, run_checkpoints, update, workdir_lock
+from aum_jax.training import distill_setup, divergence, objectives, run_checkpoints, stop_request, update, workdir_lock
 
 if TYPE_CHECKING:
     from clu import metric_writers
@@ -77,43 +76,6 @@ class TrainingInterrupted(Exception):
 # ----------------------------------------------------------------------------------------
 # Helpers of the loop
 # ----------------------------------------------------------------------------------------
-
-
-class _StopRequest:
-    """Turns SIGTERM and the first Ctrl-C into a flag checked between steps."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del frame
-        logging.warning("Received %s; stopping after the current step", signal.Signals(signum).name)
-        self.requested = True
-        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once.
-            signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def any_process(self, step: int, interval: int) -> bool:
-        """Whether any process was asked to stop (the same answer on every process).
-
-        With several processes the flags are gathered only every ``interval`` steps, to keep
-        a collective out of every step.
-        """
-        if jax.process_count() == 1:
-            return self.requested
-        if not _every(step, interval):
-            return False
-        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
 
 
 def _every(step: int, interval: int) -> bool:
@@ -277,7 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     Returns:
       The report also written to ``workdir/report.json``: ``{"step", "best", "final",
       "test"}`` with the metrics of :func:`aum_jax.evaluation.evaluate.split_metrics`, and
-      ``"restored_from_step"``, ``"skipped_steps"``, ``"skipped_clips"`` (by reason).
+      ``"restored_from_step"``, ``"skipped_steps"``, ``"skipped_clips"`` (by reason), and ``"train"``: the
+      means of the last logged window of steps (loss, gradient norm, the objective's metrics).
 
     Raises:
       WorkdirError (MissingModelError among them), DivergedWorkdirError, NonFiniteLossError,
@@ -349,7 +312,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
     bar = tqdm(total=run.num_steps, initial=step, desc="train", unit="step", disable=not is_main)
     pending: list[dict[str, jax.Array]] = []  # on device: the steps since the last host sync.
     try:
-        with _StopRequest() as stop:
+        with stop_request.StopRequest() as stop:
             while step < run.num_steps:
                 batch = sharding.global_batch(next(train_iter), mesh)
                 with jax.set_mesh(mesh), jax.default_matmul_precision(train_cfg.matmul_precision):
