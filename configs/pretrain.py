@@ -23,7 +23,8 @@ Variants (after ``:``, comma-separated):
 
 Any source aum-jax reads serves, its labels ignored: a datafile
 (``--config.data.train_datafile=...``; with ``demo``: ``--config.demo.generate=False`` too), a
-folder (``--config.data.source=folder --config.data.folder.root=...``) or TFDS
+folder (``--config.data.source=folder --config.data.folder.root=...``: ROOT/unlabelled/ and any
+class folders) or TFDS
 (``--config.data.source=tfds --config.data.tfds.name=...``).
 """
 
@@ -61,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.pretrain = common.get_pretrain_config()
     config.data.freqm = config.data.timem = 0  # no SpecAugment: masking is the task (SSAST pretrains without).
     config.data.mixup = 0.0  # no mixup (SSAST pretrains without).
+    config.data.folder.classes_required = False  # a folder source: any clips, in class folders or unlabelled/.
     config.init = common.get_init_config("")
     config.eval = common.get_eval_config()
     config.eval.split = ""  # no labels to evaluate: the model is saved at the end.

@@ -35,7 +35,9 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     """
     data, train = config.data, config.train
     positive = {"data.batch_size": data.batch_size, "data.eval_batch_size": data.eval_batch_size,
-                "data.sample_rate": data.sample_rate, "data.num_classes": data.num_classes}
+                "data.sample_rate": data.sample_rate}
+    if mode == "eval" or train.objective not in objectives.OBJECTIVES or objectives.get(train.objective).uses_labels:
+        positive["data.num_classes"] = data.num_classes
     if mode == "train":
         positive["train.num_steps or train.num_epochs"] = max(train.num_steps, train.num_epochs)
     for key, value in positive.items():

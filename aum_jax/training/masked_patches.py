@@ -70,9 +70,11 @@ def step_settings(config: ml_collections.ConfigDict, model: AuMConfig) -> dict[s
     sides = tuple(p.cluster_sides)
     if len(sides) != 2 or not 1 <= sides[0] <= sides[1]:
         raise ValueError(f"config.pretrain.cluster_sides={tuple(p.cluster_sides)}: need (low, high) with 1 <= low <= high")
-    if min(p.discriminative_weight, p.generative_weight) < 0 or p.discriminative_weight + p.generative_weight <= 0:
-        raise ValueError(f"config.pretrain.discriminative_weight={p.discriminative_weight}, generative_weight="
-                         f"{p.generative_weight}: must be at least 0, and not both 0")
+    for key in ("discriminative_weight", "generative_weight"):
+        if p[key] < 0:
+            raise ValueError(f"config.pretrain.{key}={p[key]}: must be at least 0")
+    if p.discriminative_weight + p.generative_weight <= 0:
+        raise ValueError("config.pretrain.discriminative_weight and generative_weight are both 0: nothing to learn")
     num_masked = min(model.num_patches, max(2, round(p.mask_ratio * model.num_patches)))
     return {"masked": MaskedPatches(model.patch_grid, tuple(model.patch_size), num_masked,
                                     sides if p.cluster else (1, 1), p.discriminative_weight, p.generative_weight,

@@ -5,6 +5,7 @@ fine-tuning, HEAR and predict --embeddings take as it is."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from aum_jax.checkpoints import model_files, pretrained
 from aum_jax.core import workdir as workdir_lib
 from aum_jax.models import AuMConfig, init_model
 from aum_jax.models.masked_patch_model import MaskedPatchModel
-from aum_jax.training import masked_patches, run_checkpoints, train
+from aum_jax.training import config_checks, masked_patches, objectives, run_checkpoints, train
 from tests.helpers import (
     REPO_ROOT,
     assert_one_error_line,
@@ -270,12 +271,34 @@ def test_a_sigkilled_pretraining_resumes_bit_identically_with_another_worker_cou
     jax.tree.map(np.testing.assert_array_equal, *params)
 
 
-@pytest.mark.parametrize("extra, fragments", [
-    (["--config.model.strides=(8, 8)"], ["config.model.strides=(8, 8)", "do not overlap"]),
-    (["--config.pretrain.mask_ratio=1.5"], ["config.pretrain.mask_ratio=1.5", "(0, 1)"]),
-    (["--config.pretrain.cluster_sides=(3, 2)"], ["config.pretrain.cluster_sides=", "(low, high)"]),
-])
-def test_a_pretraining_config_mistake_is_one_error_line(toy, tmp_path, extra, fragments) -> None:
+def test_a_pretraining_config_mistake_is_one_error_line(toy, tmp_path) -> None:
     workdir = tmp_path / "work"
-    assert_one_error_line(run("-m", "aum_jax.main", *_toy_flags(toy), f"--workdir={workdir}", *extra), *fragments)
+    assert_one_error_line(run("-m", "aum_jax.main", *_toy_flags(toy), f"--workdir={workdir}",
+                              "--config.model.strides=(8, 8)"), "config.model.strides=(8, 8)", "do not overlap")
     assert not workdir.exists()
+    for key, value, fragment in (("mask_ratio", 1.5, "(0, 1)"), ("cluster_sides", (3, 2), "(low, high)"),
+                                 ("generative_weight", -1.0, "at least 0")):
+        config = _toy_config(toy)
+        config.pretrain[key] = value
+        with pytest.raises(config_checks.ConfigError, match=re.escape(f"config.pretrain.{key}=")) as raised:
+            config_checks.check(config, "train")
+        assert fragment in str(raised.value)
+
+
+def test_every_variant_masks_as_ssast_and_a_folder_of_unlabelled_clips_pretrains(tmp_path) -> None:
+    for variant, grid in (("demo", (4, 6)), ("tiny", (8, 64)), ("small", (8, 64)), ("base", (8, 64))):
+        config = pretrain.get_config(variant)
+        model = AuMConfig.from_dict(config.model.to_dict())
+        assert model.patch_grid == grid and model.embed_dim == {"tiny": 192, "small": 384, "base": 768}.get(variant, 192)
+        settings = objectives.get(config.train.objective).settings(config, model)["masked"]
+        assert settings.num_masked == round(0.78125 * grid[0] * grid[1])  # SSAST: 400 of 512 patches.
+    root = tmp_path / "clips"
+    (root / "unlabelled").mkdir(parents=True)
+    for i in range(4):
+        soundfile.write(root / "unlabelled" / f"{i}.wav", (0.1 * np.sin(np.arange(8000) * (i + 1) / 7)).astype(np.float32),
+                        16000)
+    done = run("-m", "aum_jax.main", "--config=configs/pretrain.py:runlocal", f"--workdir={tmp_path / 'work'}",
+               "--config.demo.generate=False", "--config.data.source=folder", f"--config.data.folder.root={root}",
+               "--config.model.depth=1", "--config.model.embed_dim=32", "--config.train.num_steps=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert model_files.open_model_dir(tmp_path / "work" / workdir_lib.MODEL_DIR).config.num_classes == 0

@@ -43,6 +43,7 @@ class FolderSource(RecordList, SourceKind):
         c.extensions = ("wav", "flac", "ogg", "mp3", "opus", "m4a", "aiff", "aif")  # what counts as a clip (any case).
         c.max_audio_length = 1024  # audio_length 0: the longest training clip's frames, at most this (10.24 s).
         c.stats_batch_size = 1000  # clips per batch of the training split's fbank statistics (get_norm_stats.py's).
+        c.classes_required = True  # two class folders and validation clips needed; False (configs/pretrain.py): labels ignored.
         return c
 
     @classmethod
@@ -52,7 +53,8 @@ class FolderSource(RecordList, SourceKind):
     @classmethod
     def from_config(cls, data: ml_collections.ConfigDict, split: str) -> FolderSource:
         folder = data.folder
-        return cls(folder_layout.scan(folder.root, folder.fractions, folder.extensions), split)
+        return cls(folder_layout.scan(folder.root, folder.fractions, folder.extensions,
+                                      classes_required=folder.classes_required), split)
 
     @classmethod
     def configure(cls, config: ml_collections.ConfigDict, workdir: Path) -> folder_layout.FolderLayout:

@@ -199,8 +199,12 @@ def _list_clips(bases: dict[str, Path], root: Path,
     return clips
 
 
-def scan(root: str | os.PathLike, fractions: Sequence[float], extensions: Sequence[str]) -> FolderLayout:
+def scan(root: str | os.PathLike, fractions: Sequence[float], extensions: Sequence[str], *,
+         classes_required: bool = True) -> FolderLayout:
     """Lists the clips of ``root`` by class and split (see the module docstring).
+
+    Without ``classes_required`` (a run that ignores labels) class folders and validation clips
+    may be missing: the training clips are those of the class folders and ``unlabelled/``.
 
     Raises:
       FileNotFoundError: ``root`` does not exist.
@@ -222,10 +226,12 @@ def scan(root: str | os.PathLike, fractions: Sequence[float], extensions: Sequen
     by_split = _list_clips(bases, root, extensions)
     names = tuple(sorted(set(by_split["train" if split_folders else ""]) - {UNLABELLED}))
     where = root / "train" if split_folders else root
-    if not names:
+    if not classes_required and not any(by_split["train" if split_folders else ""].values()):
+        raise FolderError(f"{where} has no audio clips in class folders or {UNLABELLED}/")
+    if not names and classes_required:
         raise FolderError(f"{where} has no class folders: lay the clips out as {where}/<class name>/<clip>.wav "
                           "(one folder per class)")
-    if len(names) < 2:
+    if len(names) == 1 and classes_required:
         raise FolderError(f"{where} has one class folder ({names[0]}): a classifier needs at least two")
     for split, classes in by_split.items():
         if split in ("validation", "test") and UNLABELLED in classes:
@@ -248,7 +254,8 @@ def scan(root: str | os.PathLike, fractions: Sequence[float], extensions: Sequen
                     target = "validation"  # no validation/: taken from train/.
                 clips[target].append((str(path), names.index(name)))
     layout = FolderLayout(root, names, {s: sorted(c) for s, c in clips.items()}, split_folders)
-    _check_splits(layout)
+    if classes_required:
+        _check_splits(layout)
     logging.info("Folder %s: %s", root, layout.describe())
     return layout
 

@@ -50,7 +50,8 @@ def configure(config: ml_collections.ConfigDict, workdir: Path) -> folder_layout
         raise folder_layout.FolderError("config.data.folder.root is empty: pass --config.data.folder.root=PATH, a "
                                         "folder of PATH/<class name>/<clip>.wav")
     try:
-        layout = folder_layout.scan(data.folder.root, data.folder.fractions, data.folder.extensions)
+        layout = folder_layout.scan(data.folder.root, data.folder.fractions, data.folder.extensions,
+                                    classes_required=data.folder.classes_required)
     except FileNotFoundError as e:
         raise DataNotFoundError(f"{e} (config.data.folder.root)") from e
     record = storage.read_json(workdir / RECORD_FILE)

@@ -29,8 +29,9 @@ def load_label_csv(label_csv: str | os.PathLike) -> tuple[dict[str, int], list[s
       ValueError: missing columns, or indices that are not ``0..n-1``.
     """
     with open(label_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    if not {"index", "mid", "display_name"} <= set(reader.fieldnames or ()):
         raise ValueError(f"{label_csv}: expected columns index,mid,display_name")
     index_of = {row["mid"]: int(row["index"]) for row in rows}
     if sorted(index_of.values()) != list(range(len(rows))):
