@@ -43,6 +43,9 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config.{key}={value}: must be positive")
+    if mode == "eval" and not (config.eval.split or config.eval.test_split):
+        raise ConfigError("--mode=eval: config.eval.split and config.eval.test_split are both empty, so no split is "
+                          "evaluated (a pretraining config has none: evaluate with a fine-tuning recipe's config)")
     if mode == "train":
         _check_metric(train.metric)
         if train.objective not in objectives.OBJECTIVES:

@@ -283,6 +283,8 @@ def test_a_pretraining_config_mistake_is_one_error_line(toy, tmp_path) -> None:
         with pytest.raises(config_checks.ConfigError, match=re.escape(f"config.pretrain.{key}=")) as raised:
             config_checks.check(config, "train")
         assert fragment in str(raised.value)
+    with pytest.raises(config_checks.ConfigError, match="no split is evaluated"):  # nothing labelled to evaluate.
+        config_checks.check(_toy_config(toy), "eval")
 
 
 def test_every_variant_masks_as_ssast_and_a_folder_of_unlabelled_clips_pretrains(tmp_path) -> None:
