@@ -334,6 +334,17 @@ def model_section() -> list[Row]:
     return rows
 
 
+def _interleaved_medians(steps: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """The median ms of 3 calls of each compiled step, over ``rounds`` rounds that interleave the arms."""
+    import numpy as np
+
+    times: dict[str, list[float]] = {arm: [] for arm in steps}
+    for _ in range(rounds):
+        for arm, step in steps.items():
+            times[arm].append(time_ms(step, 3, warmup=0))
+    return {arm: float(np.median(t)) for arm, t in times.items()}
+
+
 def distill_section() -> list[Row]:
     """ms per train step of a half-width demo student without a teacher and with the demo model online."""
     import jax
@@ -342,7 +353,7 @@ def distill_section() -> list[Row]:
     from flax import nnx
 
     from aum_jax.models import AuMConfig, init_model
-    from aum_jax.training import distillation, speed, update
+    from aum_jax.training import distillation, update
 
     config = demo.get_config()
     teacher_config = AuMConfig.from_dict(config.model.to_dict())
@@ -365,11 +376,7 @@ def distill_section() -> list[Row]:
         kwargs = {} if teacher is None else {"objective": "distill", "distill": settings, "teacher": teacher}
         steps[arm] = lambda m=model, o=optimizer, k=kwargs: update.train_step(m, o, batch, "CE", **k)["loss"]
         jax.block_until_ready(steps[arm]())  # compiled before any timing.
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
-    for _ in range(_DISTILL_ROUNDS.value):
-        for arm, step in steps.items():
-            times[arm].append(speed.time_ms(step, 3, warmup=0))
-    medians = {arm: float(np.median(t)) for arm, t in times.items()}
+    medians = _interleaved_medians(steps, _DISTILL_ROUNDS.value)
     rows: list[Row] = [(f"distill: {arm} train step (demo batch {config.data.batch_size})", ms, "ms")
                        for arm, ms in medians.items()]
     rows += [(f"distill: {arm} vs no teacher", medians[arm] / medians["no teacher"], "x")
@@ -385,7 +392,7 @@ def pretrain_section() -> list[Row]:
     from flax import nnx
 
     from aum_jax.models import AuMConfig
-    from aum_jax.training import objectives, speed, update
+    from aum_jax.training import objectives, update
 
     config = pretrain.get_config("demo")
     backbone = AuMConfig.from_dict(config.model.to_dict())
@@ -406,11 +413,7 @@ def pretrain_section() -> list[Row]:
         kwargs = {"objective": name, **objective.settings(config, model_config)}
         steps[arm] = lambda m=module, o=optimizer, k=kwargs: update.train_step(m, o, batch, "CE", **k)["loss"]
         jax.block_until_ready(steps[arm]())  # compiled before any timing.
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
-    for _ in range(_PRETRAIN_ROUNDS.value):
-        for arm, step in steps.items():
-            times[arm].append(speed.time_ms(step, 3, warmup=0))
-    medians = {arm: float(np.median(t)) for arm, t in times.items()}
+    medians = _interleaved_medians(steps, _PRETRAIN_ROUNDS.value)
     rows: list[Row] = [(f"pretrain: {arm} train step (batch {config.data.batch_size})", ms, "ms")
                        for arm, ms in medians.items()]
     rows += [(f"pretrain: masked patches vs {arm}", medians["masked patches"] / medians[arm], "x")

@@ -78,11 +78,7 @@ def main(argv: list[str]) -> None:
     model = model_files.load_model(directory)
     if _RANDOM.value:
         model = init_model(model.config, _SEED.value)
-    prep = model_files.load_preprocessing(directory)
-    if prep is None:
-        raise model_files.ModelDirectoryError(f"{directory} has no {model_files.PREPROCESSING_FILE}: its input "
-                                              "features are unknown")
-    prep.require_statistics(str(directory))
+    prep = model_files.load_input_features(directory)
     config = _CONFIG.value.copy_and_resolve_references()
     config.eval.split, config.eval.test_split = _TEST_SPLIT.value, ""
     with tempfile.TemporaryDirectory() as scratch:  # a folder source's first-use files; not kept.

@@ -49,11 +49,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--model-dir and --out are required")
     directory = model_files.model_directory(_MODEL_DIR.value)
     teacher = model_files.load_model(directory)
-    prep = model_files.load_preprocessing(directory)
-    if prep is None:
-        raise model_files.ModelDirectoryError(f"{directory} has no {model_files.PREPROCESSING_FILE}: the teacher's "
-                                              "input features are unknown")
-    prep.require_statistics(str(directory))
+    prep = model_files.load_input_features(directory)
     config = _CONFIG.value.copy_and_resolve_references()
     training = _SPLIT.value == "train"
     config.eval.split, config.eval.test_split = ("" if training else _SPLIT.value), ""  # only this split's files.

@@ -178,6 +178,20 @@ def save_preprocessing(preprocessing: preprocessing_lib.Preprocessing, directory
     (Path(directory) / PREPROCESSING_FILE).write_text(json.dumps(preprocessing.to_dict(), indent=1))
 
 
+def load_input_features(directory: str | os.PathLike) -> preprocessing_lib.Preprocessing:
+    """The preprocessing of a model directory that must say how its inputs are made: features and statistics.
+
+    Raises:
+      ModelDirectoryError: no (or a bad) ``preprocessing.json``.
+      MissingStatisticsError: it has no normalisation statistics.
+    """
+    prep = load_preprocessing(directory)
+    if prep is None:
+        raise ModelDirectoryError(f"{directory} has no {PREPROCESSING_FILE}: its input features are unknown")
+    prep.require_statistics(str(directory))
+    return prep
+
+
 def load_preprocessing(directory: str | os.PathLike) -> preprocessing_lib.Preprocessing | None:
     """The preprocessing stored in a model directory, or None for a model without one.
 
