@@ -53,7 +53,8 @@ _OUT = flags.DEFINE_string("out", None, "JSON file of the results.")
 
 def _embed(model, prep, source) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every clip of ``source`` -> ``{"pooled": (N, D), "mean_tokens": (N, D)}`` and its first labels (N,)."""
-    labels = np.array([source[i].labels[0] if source[i].labels else -1 for i in range(len(source))])
+    records = [source[i] for i in range(len(source))]  # each read once.
+    labels = np.array([record.labels[0] if record.labels else -1 for record in records])
     if (labels < 0).any():
         raise ValueError(f"{int((labels < 0).sum())} clips of the source have no labels; the probe needs them")
 

@@ -84,9 +84,10 @@ def step_settings(config: ml_collections.ConfigDict, model: AuMConfig) -> dict[s
 def masked_indices(key: jax.Array, settings: MaskedPatches) -> jax.Array:
     """One clip's ``num_masked`` distinct masked patch indices (M,) int32 in [0, N), frequency-major.
 
-    Squares of a random side in ``cluster_sides`` are placed at random patches (clipped at the
+    M squares of a random side in ``cluster_sides`` are placed at random patches (clipped at the
     grid's edges); the patches of the first squares are taken first, each square's in random
-    order, as SSAST adds clusters until M patches are masked. M squares always cover M patches.
+    order, as SSAST adds clusters until M patches are masked. Where overlapping squares cover
+    fewer than M patches, the rest are drawn at random among the uncovered ones.
     """
     f_grid, t_grid = settings.grid
     n, m = f_grid * t_grid, settings.num_masked
