@@ -92,6 +92,16 @@ def _per_shard(fn: Callable, mesh_axes, n_rows_in: int, n_replicated_in: int) ->
     )
 
 
+def forward_only(fn: Callable[[Rows, Params], jax.Array]) -> Callable[[Rows, Params], jax.Array]:
+    """``call(rows, params) -> fn(rows, params)`` (output rows (B, ...)), split along the batch over the
+    current mesh; no gradient (an inference kernel)."""
+
+    def call(rows, params):
+        return _per_shard(lambda r, p: (fn(r, p), ()), batch_axes(_batch_size(rows)), 1, 1)(rows, params)[0]
+
+    return call
+
+
 def differentiable(kernel: Kernel) -> Callable[[Hashable, Rows, Params], jax.Array]:
     """``call(static, rows, params) -> out``, differentiable in ``rows`` and ``params``,
     split along the batch over the current mesh (see the module docstring)."""

@@ -1,5 +1,16 @@
 """Numerical operators of AuM."""
 
-from aum_jax.ops.scan import IMPLEMENTATIONS, SCAN_IMPLS, SCAN_READOUT, bidirectional_scan, resolve_impl, selective_scan
+from aum_jax.ops.scan import (
+    IMPLEMENTATIONS,
+    SCAN_IMPLS,
+    SCAN_READOUT,
+    bidirectional_scan,
+    conv_silu,
+    fused_scan,
+    has_fused_inference,
+    resolve_impl,
+    selective_scan,
+)
 
-__all__ = ["IMPLEMENTATIONS", "SCAN_IMPLS", "SCAN_READOUT", "bidirectional_scan", "resolve_impl", "selective_scan"]
+__all__ = ["IMPLEMENTATIONS", "SCAN_IMPLS", "SCAN_READOUT", "bidirectional_scan", "conv_silu", "fused_scan",
+           "has_fused_inference", "resolve_impl", "selective_scan"]

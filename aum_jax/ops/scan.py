@@ -44,6 +44,12 @@ rows (``aum_jax.kernels.partition``).
 Fo-Bi and Bi-Bi blocks do: the kernels read time backwards for the second (the Pallas
 one runs both in one launch); the pure-JAX implementations flip its inputs and output.
 
+An implementation may also have fused kernels for inference (``FusedInference``; the C++ one
+has): the mixer's conv with its SiLU (:func:`conv_silu`), and the scan with the delta bias and
+softplus, D skip, the directions' sum and the gate (:func:`fused_scan`), which the training path
+leaves to XLA. An AuM in eval mode uses them. They compute the same function; their gradient is
+the training path's (a ``custom_vjp``), so they never change what training computes.
+
 The state is always float32, whatever the input dtype; the output takes ``u``'s dtype.
 The readout ``<h_t, C_t>`` is computed at ``HIGHEST`` precision, as the original kernel's
 float32 arithmetic, whatever the default matmul precision.
@@ -68,6 +74,7 @@ from aum_jax.kernels.pallas.selective_scan import (
     one_direction,
 )
 from aum_jax.ops import jax_scan
+from aum_jax.ops.conv import causal_conv
 
 DEFAULT_CHUNK_SIZE = 128
 SCAN_READOUT = "scan_readout"  # checkpoint name of a pure-JAX or CPU scan's readout, (B, L, D) float32
@@ -185,6 +192,18 @@ def _pallas_unavailable(device: jax.Device) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class FusedInference:
+    """An implementation's inference kernels, forward only (see :func:`conv_silu`, :func:`fused_scan`).
+
+    ``conv_silu(x, kernel, bias, dim, reverse)``: x (B, L, >= dim) float32 -> (B, L, dim).
+    ``scan(us, deltas, As, Bs, Cs, Ds, biases, xz, scale)``: -> (B, L, D) float32.
+    """
+
+    conv_silu: Callable[..., jax.Array]
+    scan: Callable[..., jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
 class Implementation:
     """One selective-scan implementation.
 
@@ -199,12 +218,14 @@ class Implementation:
     differentiable: bool = True  # it trains (has a gradient)
     auto_on: tuple[str, ...] = ()  # platforms where "auto" may pick it ("*": any), first registered first
     unavailable: Callable[[jax.Device], str | None] = lambda device: None  # why it cannot run on a device
+    fused_inference: FusedInference | None = None  # inference kernels that fuse the scan's surroundings
 
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.name: impl for impl in (
         Implementation("cpu", _via_readout("cpu"), platforms=("cpu",), keeps_readout=True, auto_on=("cpu",),
-                       unavailable=_cpu_unavailable),
+                       unavailable=_cpu_unavailable,
+                       fused_inference=FusedInference(cpu_scan.conv_silu, cpu_scan.scan_inference)),
         Implementation("pallas", _pallas, auto_on=("gpu",), unavailable=_pallas_unavailable),
         Implementation("sequential", _via_readout("sequential"), keeps_readout=True, auto_on=("cpu",)),
         Implementation("chunked", _via_readout("chunked"), keeps_readout=True, auto_on=("*",)),
@@ -299,3 +320,56 @@ def bidirectional_scan(
     run = IMPLEMENTATIONS[resolve_impl(impl)].run  # outside jit: "auto" is not a cache key
     return run(tuple(us), tuple(deltas), tuple(As), tuple(Bs), tuple(Cs), tuple(Ds), z, tuple(delta_biases),
                delta_softplus=delta_softplus, scale=scale, chunk_size=chunk_size)
+
+
+def has_fused_inference(impl: str) -> bool:
+    """Whether ``impl`` (``"auto"`` resolved on the default device) has inference kernels."""
+    return IMPLEMENTATIONS[resolve_impl(impl)].fused_inference is not None
+
+
+def _with_gradient_of(reference: Callable[..., jax.Array], fused: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``fused(*arrays)``, differentiated as ``reference(*arrays)`` (the same function)."""
+
+    @jax.custom_vjp
+    def call(*arrays):
+        return fused(*arrays)
+
+    def call_fwd(*arrays):
+        return fused(*arrays), arrays
+
+    def call_bwd(arrays, dout):
+        return jax.vjp(reference, *arrays)[1](dout)
+
+    call.defvjp(call_fwd, call_bwd)
+    return call
+
+
+def conv_silu(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, *, dim: int, reverse: bool,
+              impl: str = "auto") -> jax.Array:
+    """``silu(causal_conv(x[..., :dim], kernel, bias))`` (:func:`aum_jax.ops.conv.causal_conv`) by ``impl``'s
+    inference kernel, which reads ``x`` (B, L, >= dim) in place; kernel (K, dim), bias (dim,) or None.
+    Returns (B, L, dim) float32."""
+    fused = IMPLEMENTATIONS[resolve_impl(impl)].fused_inference
+    bias = jnp.zeros((dim,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    reference = lambda x, k, b: jax.nn.silu(causal_conv(x[..., :dim], k, b, reverse=reverse))
+    kernel_call = lambda x, k, b: fused.conv_silu(x, k, b, dim, reverse)
+    return _with_gradient_of(reference, kernel_call)(x.astype(jnp.float32), kernel.astype(jnp.float32), bias)
+
+
+def fused_scan(us: Tensors, deltas: Tensors, As: Tensors, Bs: Tensors, Cs: Tensors, Ds: Tensors, xz: jax.Array,
+               delta_biases: Tensors, *, scale: float = 1.0, impl: str = "auto") -> jax.Array:
+    """:func:`bidirectional_scan` with softplus deltas, gated by ``z = xz[..., D:]`` of in_proj's output
+    ``xz`` (B, L, 2D), by ``impl``'s inference kernel; one entry per direction in every sequence
+    (``Ds`` and ``delta_biases`` included). Returns (B, L, D) float32."""
+    name = resolve_impl(impl)
+    fused = IMPLEMENTATIONS[name].fused_inference
+    dim = us[0].shape[-1]
+    f32 = lambda seq: tuple(x.astype(jnp.float32) for x in seq)
+
+    def reference(us, deltas, As, Bs, Cs, Ds, biases, xz):
+        return IMPLEMENTATIONS[name].run(us, deltas, As, Bs, Cs, Ds, xz[..., dim:], biases, delta_softplus=True,
+                                         scale=scale, chunk_size=DEFAULT_CHUNK_SIZE)
+
+    kernel_call = lambda us, deltas, As, Bs, Cs, Ds, biases, xz: fused.scan(us, deltas, As, Bs, Cs, Ds, biases, xz, scale)
+    args = (f32(us), f32(deltas), f32(As), f32(Bs), f32(Cs), f32(Ds), f32(delta_biases), xz.astype(jnp.float32))
+    return _with_gradient_of(reference, kernel_call)(*args)

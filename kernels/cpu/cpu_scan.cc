@@ -6,7 +6,11 @@
 //   h_t = exp(delta_t * A) * h_{t-1} + delta_t * u_t * B_t,     y_t = <h_t, C_t>
 //
 // Tensors are row-major and channels-last: u, delta, y (B, L, D); B, C (B, L, N); A (D, N).
-// The delta bias, softplus, D skip and gate are elementwise and stay in XLA.
+// The training kernels leave the delta bias, softplus, D skip and gate to XLA. For inference two
+// more kernels fuse them (XLA's CPU code for such chains of transcendentals is several times
+// slower than the scan itself): ConvSilu, the depthwise causal conv and its SiLU; and
+// ScanInference, both directions of a block with their delta bias and softplus, D skip, sum,
+// scale and gate, written once.
 //
 // A block is kLanes channels, one vector (GCC vector extensions). A pass walks time over a
 // block with K of its states in registers, so the (B, L, D, N) state tensor is never written
@@ -214,6 +218,11 @@ struct Block {
   int64_t stride;
   int width;
   std::vector<float> padded;  // a short block's u, delta, dy, y, du, ddelta: (L, kLanes) each
+
+  // A whole block whose u, delta and y are (L, kLanes) scratch rows.
+  Block(const float* u_, const float* delta_, float* y_, const float* B_, const float* C_, const vf* A2_)
+      : u(u_), delta(delta_), dy(nullptr), B(B_), C(C_), y(y_), du(nullptr), ddelta(nullptr), A2(A2_), dA(nullptr),
+        stride(kLanes), width(kLanes) {}
 
   Block(const Shape& s, const Tensors& x, int64_t b, int64_t index) {
     const int64_t d0 = index * kLanes, at = b * s.length * s.dim + d0, L = s.length;
@@ -462,6 +471,142 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+
+// ---- Inference: fused kernels without a gradient of their own. ----
+
+// log(1 + e) for e in [0, 1] to 2e-9: 2 atanh(s) with s = e / (2 + e) <= 1/3, eight odd terms.
+inline vf Log1pUnit(vf e) {
+  const vf s = e / (e + 2.0f), s2 = s * s;
+  vf p = Splat(1.0f / 15);
+  for (float c : {1.0f / 13, 1.0f / 11, 1.0f / 9, 1.0f / 7, 1.0f / 5, 1.0f / 3, 1.0f}) p = p * s2 + c;
+  return 2.0f * s * p;
+}
+
+inline vf Max(vf a, vf b) { return a > b ? a : b; }
+inline vf Abs(vf a) { return a < 0.0f ? -a : a; }
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)), as jax.nn.softplus.
+inline vf Softplus(vf x) { return Max(x, vf{}) + Log1pUnit(Exp2(-Abs(x) * kLog2e)); }
+
+// silu(x) = x / (1 + exp(-x)).
+inline vf Silu(vf x) { return x / (Exp2(-x * kLog2e) + 1.0f); }
+
+// Loads channels [d0, d0 + width) of a row, zeros past width.
+inline vf LoadPart(const float* p, int width) {
+  if (width == kLanes) return Load(p);
+  vf v{};
+  std::memcpy(&v, p, width * sizeof(float));
+  return v;
+}
+
+inline void StorePart(float* p, vf v, int width) {
+  if (width == kLanes)
+    Store(p, v);
+  else
+    std::memcpy(p, &v, width * sizeof(float));
+}
+
+// u = silu(conv(x) + bias), x the channels [0, D) of rows of `stride` floats (in_proj's x half):
+// output t sees x[t - K + 1 .. t] (with `reverse`, x[t .. t + K - 1], taps in reverse order).
+ffi::Error ConvSilu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
+                    ffi::ResultBuffer<ffi::F32> u, int32_t reverse) {
+  const auto dx = x.dimensions(), dw = w.dimensions(), du = u->dimensions();
+  if (dx.size() != 3 || dw.size() != 2 || du.size() != 3 || bias.element_count() != dw[1] || du[2] != dw[1] ||
+      dx[2] < du[2] || dx[0] != du[0] || dx[1] != du[1])
+    return ffi::Error::InvalidArgument(("conv: x (B, L, >= D), w (K, D), bias (D,) -> u (B, L, D) expected"));
+  const int64_t batch = du[0], L = du[1], D = du[2], stride = dx[2], K = dw[0], blocks = (D + kLanes - 1) / kLanes;
+  const float *xs = x.typed_data(), *ws = w.typed_data(), *bs = bias.typed_data();
+  float* us = u->typed_data();
+  ParallelFor(pool, batch * blocks, [&](int64_t item) {
+    const int64_t b = item / blocks, d0 = item % blocks * kLanes;
+    const int width = static_cast<int>(std::min<int64_t>(kLanes, D - d0));
+    std::vector<vf> taps(K);
+    for (int64_t k = 0; k < K; ++k) taps[k] = LoadPart(ws + k * D + d0, width);
+    const vf b0 = LoadPart(bs + d0, width);
+    const float* row = xs + b * L * stride + d0;
+    for (int64_t t = 0; t < L; ++t) {
+      vf acc = b0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t from = reverse ? t + K - 1 - k : t - K + 1 + k;
+        if (from >= 0 && from < L) acc += taps[k] * LoadPart(row + from * stride, width);
+      }
+      StorePart(us + (b * L + t) * D + d0, Silu(acc), width);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// One direction's inputs: u, delta before its bias and softplus (B, L, D), A (D, N), B, C (B, L, N), D and
+// the delta bias (D,).
+struct Direction {
+  const float *u, *delta, *B, *C, *skip, *bias;
+  std::vector<vf> A2;
+};
+
+// scale * sum over the directions of (<h_t, C_t> + D u_t), times silu(z): the first direction forward in
+// time, the second backward; z is the channels [z_offset, z_offset + D) of rows of z_stride floats.
+ffi::Error ScanInference(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::ResultBuffer<ffi::F32> y,
+                         int32_t directions, float scale, int64_t z_offset) {
+  if (directions < 1 || directions > 2 || args.size() != 6 * 2 + 3)
+    return ffi::Error::InvalidArgument(("scan inference: 2 x (u, delta, A, B, C, D, bias) and z expected"));
+  auto arg = [&](size_t i) { return args.get<ffi::Buffer<ffi::F32>>(i).value(); };
+  const auto dy = y->dimensions();
+  const auto dA = arg(2).dimensions(), dz = arg(14).dimensions();
+  if (dy.size() != 3 || dA.size() != 2 || dz.size() != 3 || dz[2] < z_offset + dy[2])
+    return ffi::Error::InvalidArgument(("scan inference: y (B, L, D), A (D, N), z (B, L, >= 2D) expected"));
+  const Shape s{dy[0], dy[1], dy[2], dA[1]};
+  const int64_t z_stride = dz[2];
+  Direction dir[2];
+  for (int k = 0; k < directions; ++k) {
+    const size_t at = k == 0 ? 0 : 7;
+    auto u = arg(at), delta = arg(at + 1), A = arg(at + 2), B = arg(at + 3), C = arg(at + 4), skip = arg(at + 5),
+         bias = arg(at + 6);
+    if (u.element_count() != s.batch * s.length * s.dim || delta.element_count() != u.element_count() ||
+        A.element_count() != s.dim * s.state || B.element_count() != s.batch * s.length * s.state ||
+        C.element_count() != B.element_count() || skip.element_count() != s.dim || bias.element_count() != s.dim)
+      return ffi::Error::InvalidArgument(("scan inference: inconsistent shapes"));
+    dir[k] = {u.typed_data(), delta.typed_data(), B.typed_data(), C.typed_data(), skip.typed_data(),
+              bias.typed_data(), TransposeA(s, A.typed_data())};
+  }
+  const float* z = arg(14).typed_data() + z_offset;
+  float* out = y->typed_data();
+  const int64_t L = s.length, N = s.state;
+  ParallelFor(pool, s.batch * s.blocks(), [&](int64_t item) {
+    const int64_t b = item / s.blocks(), index = item % s.blocks(), d0 = index * kLanes;
+    const int width = static_cast<int>(std::min<int64_t>(kLanes, s.dim - d0));
+    // Per direction (L, kLanes) rows of u, softplus(delta + bias) and the readout, each written before
+    // it is read (so not zeroed); the sum in acc.
+    const std::unique_ptr<vf[]> rows(new vf[3 * L * 2]), acc(new vf[L]), scratch(new vf[(kTile + 1) * kForwardStates]);
+    for (int k = 0; k < directions; ++k) {
+      const Direction& d = dir[k];
+      const bool shared = k == 1 && d.u == dir[0].u && d.delta == dir[0].delta && d.bias == dir[0].bias;
+      vf *u = &rows[(3 * k) * L], *delta = &rows[(3 * k + 1) * L], *readout = &rows[(3 * k + 2) * L];
+      if (shared) {
+        u = &rows[0], delta = &rows[L];
+      } else {
+        const vf bias = LoadPart(d.bias + d0, width);
+        const int64_t at = b * L * s.dim + d0;
+        for (int64_t t = 0; t < L; ++t) {
+          u[t] = LoadPart(d.u + at + t * s.dim, width);
+          delta[t] = Softplus(LoadPart(d.delta + at + t * s.dim, width) + bias);
+        }
+      }
+      const Block block(reinterpret_cast<const float*>(u), reinterpret_cast<const float*>(delta),
+                        reinterpret_cast<float*>(readout), d.B + b * L * N, d.C + b * L * N, d.A2.data() + index * N);
+      ForEachPass<kForwardStates>(N, [&](auto states, int s0) {
+        ForwardPass<decltype(states)::value, false>(s, block, s0, k == 1, s0 == 0, nullptr, scratch.get());
+      });
+      const vf skip = LoadPart(d.skip + d0, width);
+      for (int64_t t = 0; t < L; ++t) acc[t] = (k == 0 ? vf{} : acc[t]) + readout[t] + skip * u[t];
+    }
+    const float* zrow = z + b * L * z_stride + d0;
+    float* yrow = out + b * L * s.dim + d0;
+    for (int64_t t = 0; t < L; ++t)
+      StorePart(yrow + t * s.dim, acc[t] * scale * Silu(LoadPart(zrow + t * z_stride, width)), width);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // What the library was built for, read by cpu_scan.py: the instruction set and the float32
@@ -485,3 +630,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AumScanBackward, Backward,
                                   .Ret<F32>()  // dB partials (G, B, L, N)
                                   .Ret<F32>()  // dC partials (G, B, L, N)
                                   .Attr<int32_t>("reverse"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AumConvSilu, ConvSilu,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()  // x (B, L, >= D): in_proj's output, the x half first
+                                  .Arg<F32>()  // conv weight (K, D)
+                                  .Arg<F32>()  // conv bias (D,)
+                                  .Ret<F32>()  // u (B, L, D)
+                                  .Attr<int32_t>("reverse"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AumScanInference, ScanInference,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .RemainingArgs()  // 2 x (u, delta, A, B, C, D, bias), z
+                                  .Ret<F32>()  // y (B, L, D)
+                                  .Attr<int32_t>("directions")
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("z_offset"));

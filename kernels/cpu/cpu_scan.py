@@ -20,6 +20,9 @@ targets (``aum_scan_cpu_fwd`` for ``native``, ``aum_scan_cpu_fwd_x86-64-v3`` for
 
 ``scan_readout(u, delta, A, B, C, reverse)`` is the recurrence alone, float32, with its
 gradient (a second kernel that recomputes each block's states and walks time in reverse).
+For inference, ``conv_silu`` (the mixer's depthwise conv and SiLU) and ``scan_inference`` (both
+directions with the delta bias and softplus, D skip, sum, scale and gate) fuse what the
+training path leaves to XLA; they have no gradient of their own (``aum_jax.ops`` gives them one).
 ``unavailable_reason()`` says why the kernel does not build or run here (None when it does);
 ``build()`` raises ``CpuKernelUnavailable`` with the compiler's message when it does not.
 """
@@ -77,6 +80,14 @@ class Variant:
     @property
     def backward_target(self) -> str:
         return _target_name("aum_scan_cpu_bwd", self.march)
+
+    @property
+    def conv_target(self) -> str:
+        return _target_name("aum_conv_silu_cpu", self.march)
+
+    @property
+    def inference_target(self) -> str:
+        return _target_name("aum_scan_inference_cpu", self.march)
 
 
 def selected_march() -> str:
@@ -194,7 +205,8 @@ def _load(march: str) -> Variant:
     missing = sorted(set(ISA_CPU_FLAGS.get(loaded.isa, ())) - cpu_flags())
     if march != "native" and cpu_flags() and missing:
         raise CpuKernelUnavailable(f"the kernel built for {march} uses {loaded.isa}; this CPU lacks {', '.join(missing)}")
-    for target, symbol in ((loaded.forward_target, "AumScanForward"), (loaded.backward_target, "AumScanBackward")):
+    for target, symbol in ((loaded.forward_target, "AumScanForward"), (loaded.backward_target, "AumScanBackward"),
+                           (loaded.conv_target, "AumConvSilu"), (loaded.inference_target, "AumScanInference")):
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handle, symbol)), platform="cpu")
     logging.info("CPU selective-scan kernel for %s: %s, %d float32 lanes", march, loaded.isa, loaded.lanes)
     return loaded
@@ -270,3 +282,55 @@ def scan_readout(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: 
       (B, L, D).
     """
     return _scan((bool(reverse), march or selected_march()), (u, delta, B, C), A)
+
+
+def conv_silu(x: jax.Array, kernel: jax.Array, bias: jax.Array, dim: int, reverse: bool,
+              march: str | None = None) -> jax.Array:
+    """silu(depthwise causal conv + bias) of the channels [0, dim) of ``x``, float32, forward only.
+
+    Args:
+      x: (B, L, >= dim), e.g. in_proj's output with the conv's input first: read in place.
+      kernel: (K, dim) taps; output t sees x[t - K + 1 .. t] (with ``reverse`` x[t .. t + K - 1],
+        the taps in reverse order).
+      bias: (dim,).
+
+    Returns:
+      (B, L, dim).
+    """
+    target = variant(march or selected_march()).conv_target
+
+    def run(rows, params):
+        call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((*rows[0].shape[:2], dim), jnp.float32),
+                                vmap_method="sequential")
+        return call(rows[0], *params, reverse=np.int32(reverse))
+
+    return partition.forward_only(run)((x,), (kernel, bias))
+
+
+def scan_inference(us, deltas, As, Bs, Cs, Ds, biases, xz: jax.Array, scale: float,
+                   march: str | None = None) -> jax.Array:
+    """``scale * sum_k (<h_t, C_t> + D_k u_t) * silu(z)`` of one or two directions, float32, forward only.
+
+    Args:
+      us, deltas: per direction (B, L, D), delta before its bias and softplus.
+      As: per direction (D, N); the first runs forward in time, the second backward.
+      Bs, Cs: per direction (B, L, N).
+      Ds, biases: per direction (D,): the skip and the delta bias.
+      xz: (B, L, 2D): in_proj's output; z is its channels [D, 2D), read in place.
+
+    Returns:
+      (B, L, D).
+    """
+    target = variant(march or selected_march()).inference_target
+    directions = len(As)
+    pad = lambda seq: tuple(seq) * 2 if directions == 1 else tuple(seq)  # the kernel always takes two
+    dim = us[0].shape[-1]
+
+    def run(rows, params):
+        u, delta, B, C, z = rows[0:2], rows[2:4], rows[4:6], rows[6:8], rows[8]
+        A, D, bias = params[0:2], params[2:4], params[4:6]
+        args = [x for k in range(2) for x in (u[k], delta[k], A[k], B[k], C[k], D[k], bias[k])]
+        call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(u[0].shape, jnp.float32), vmap_method="sequential")
+        return call(*args, z, directions=np.int32(directions), scale=np.float32(scale), z_offset=np.int64(dim))
+
+    return partition.forward_only(run)((*pad(us), *pad(deltas), *pad(Bs), *pad(Cs), xz), (*pad(As), *pad(Ds), *pad(biases)))

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from aum_jax.kernels.cpu import cpu_scan
 
-from aum_jax.ops import selective_scan
+from aum_jax.ops import bidirectional_scan, selective_scan
+from aum_jax.ops.conv import causal_conv
 from tests.helpers import REPO_ROOT
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -94,6 +95,48 @@ def test_extreme_decays_underflow_like_exp(march):
     A = A.at[:, 0].set(-50.0)
     got = cpu_scan.scan_readout(u, delta, A, B, C, False, march=march)
     np.testing.assert_allclose(got, sequential(u, delta, A, B, C, False), atol=2e-5, rtol=2e-4)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["causal", "anticausal"])
+@pytest.mark.parametrize("shape", [(2, 37, 12), (1, 1, 7), (3, 20, 40), (1, 2, 17)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("march", VARIANTS)
+def test_inference_conv_matches_xla(march, shape, reverse):
+    """The fused conv + SiLU reads the first D channels of a wider row, as of in_proj's output."""
+    loaded(march)
+    batch, length, dim = shape
+    k = jax.random.split(jax.random.key(3), 3)
+    x = 3 * jax.random.normal(k[0], (batch, length, 2 * dim + 1))
+    kernel, bias = jax.random.normal(k[1], (4, dim)), jax.random.normal(k[2], (dim,))
+    got = cpu_scan.conv_silu(x, kernel, bias, dim, reverse, march=march)
+    want = jax.nn.silu(causal_conv(x[..., :dim], kernel, bias, reverse=reverse))
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize("directions", ["one", "shared", "own"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("march", VARIANTS)
+def test_inference_scan_matches_xla(march, shape, directions):
+    """Softplus of biased deltas (from -40 to 40), the D skip, both directions (Fo-Bi's shared inputs or
+    Bi-Bi's own), the scale and the gate, against the training path's bidirectional_scan."""
+    loaded(march)
+    batch, length, dim, n = shape
+    first, second = inputs(*shape, seed=4), inputs(*shape, seed=5)
+    k = jax.random.split(jax.random.key(6), 5)
+    raw = [20 * jax.random.normal(k[i], (batch, length, dim)) for i in range(2)]
+    skips = [jax.random.normal(k[2], (dim,)), jnp.cos(jnp.arange(dim))]
+    biases = [jax.random.normal(k[3], (dim,)), jnp.sin(jnp.arange(dim))]
+    xz = jax.random.normal(k[4], (batch, length, 2 * dim))
+    pick = {"one": [0], "shared": [0, 0], "own": [0, 1]}[directions]
+    srcs = [first, second]
+    us = tuple(srcs[i][0] for i in pick)
+    deltas = tuple(raw[i] for i in pick)
+    As = (first[2], second[2])[: len(pick)]
+    Bs, Cs = tuple(srcs[i][3] for i in pick), tuple(srcs[i][4] for i in pick)
+    Ds, bs = tuple(skips[i] for i in pick), tuple(biases[i] for i in pick)
+    got = cpu_scan.scan_inference(us, deltas, As, Bs, Cs, Ds, bs, xz, 0.5, march=march)
+    want = bidirectional_scan(us, deltas, As, Bs, Cs, Ds, xz[..., dim:], bs, delta_softplus=True, scale=0.5,
+                              impl="sequential")
+    assert_close(got, want, 2e-6, f"{march} {directions}")
 
 
 def test_variants_report_their_instruction_set_and_load_side_by_side(monkeypatch):

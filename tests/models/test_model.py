@@ -159,3 +159,31 @@ def test_gradients_flow_to_every_parameter(small_model):
     grads = nnx.grad(loss)(small_model)
     for path, g in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads)):
         assert float(jnp.abs(g).max()) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+@pytest.mark.parametrize("bimamba_type", ["none", "v1", "v2"])
+def test_eval_mode_inference_kernels_compute_the_training_function(bimamba_type):
+    """In eval mode the C++ scan's fused inference kernels run (conv + SiLU; the scan with softplus, skip,
+    both directions and gate): the logits and the input gradient equal train mode's (no dropout here)."""
+    from aum_jax.kernels.cpu import cpu_scan
+
+    if cpu_scan.unavailable_reason() is not None:
+        pytest.skip(cpu_scan.unavailable_reason())
+    config = AuMConfig(embed_dim=64, depth=2, audio_length=96, num_mel_bins=32, num_classes=5,
+                       bimamba_type=bimamba_type, if_devide_out=True, scan_impl="cpu")
+    model = init_model(config)
+    x = jnp.asarray(np.random.RandomState(0).randn(2, 96, 32), jnp.float32)
+
+    def run(mode):
+        getattr(model, mode)()
+        graphdef, state = nnx.split(model)
+        fn = lambda x: nnx.merge(graphdef, state)(x)
+        jaxpr = str(jax.make_jaxpr(fn)(x))
+        return fn(x), jax.grad(lambda x: (fn(x) * jnp.arange(5.0)).sum())(x), jaxpr
+
+    eval_logits, eval_grad, eval_jaxpr = run("eval")
+    train_logits, train_grad, train_jaxpr = run("train")
+    assert "aum_scan_inference_cpu" in eval_jaxpr and "aum_conv_silu_cpu" in eval_jaxpr
+    assert "aum_scan_inference_cpu" not in train_jaxpr
+    np.testing.assert_allclose(eval_logits, train_logits, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(eval_grad, train_grad, atol=2e-6, rtol=0)
