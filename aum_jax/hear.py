@@ -33,6 +33,10 @@ on) raise :class:`aum_jax.inference.predict.NonFiniteOutputError` naming the sou
   Patches whose centre falls past the end of the sound are left out. Each batch of windows
   is averaged and written into the result as it comes out of the model, so the call holds
   the result and one batch, however long the sounds.
+  With ``load_model(..., whole=True)`` each sound runs through the model once, whole
+  (:mod:`aum_jax.inference.whole`): the same patch tokens averaged over frequency, stamped at
+  the patches' centres, from one pass over the sound with the position embedding extended
+  along time (``pos_embed``).
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ from aum_jax.checkpoints import model_files
 from aum_jax.data.features import preprocessing
 from aum_jax.data.features.audio import as_float_samples
 from aum_jax.evaluation import evaluate
-from aum_jax.inference import embeddings, predict, windows
+from aum_jax.inference import embeddings, predict, whole, windows
 from aum_jax.models import AudioMamba
+from aum_jax.models.aum import WHOLE_POS_EMBEDS
 
 
 class HearModel(tf.Module):
@@ -66,15 +71,21 @@ class HearModel(tf.Module):
       prep: its preprocessing (rate, fbank, statistics).
       batch_size: windows per forward pass.
       matmul_precision: float32 matmul precision ("highest" computes as the original).
+      whole: timestamp embeddings from one pass over each whole sound, not windows.
+      pos_embed: with ``whole``, how the position embedding extends along time (``WHOLE_POS_EMBEDS``).
     """
 
     def __init__(self, model: AudioMamba, prep: preprocessing.Preprocessing, batch_size: int = 32,
-                 matmul_precision: str = "highest"):
+                 matmul_precision: str = "highest", whole: bool = False, pos_embed: str = "interpolate"):
         super().__init__(name="aum_jax")
+        if pos_embed not in WHOLE_POS_EMBEDS:
+            raise ValueError(f"unknown pos_embed {pos_embed!r}; use one of {', '.join(WHOLE_POS_EMBEDS)}")
         self.model = model
         self.prep = prep
         self.batch_size = batch_size
         self.matmul_precision = matmul_precision
+        self.whole = whole
+        self.pos_embed = pos_embed
 
     @property
     def sample_rate(self) -> int:
@@ -91,8 +102,11 @@ class HearModel(tf.Module):
 
 
 def load_model(model_file_path: str | os.PathLike, *, batch_size: int = 32, matmul_precision: str = "highest",
-               verify: bool = True) -> HearModel:
+               verify: bool = True, whole: bool = False, pos_embed: str = "interpolate") -> HearModel:
     """The model of an aum-jax model directory (or a training workdir's ``model/``).
+
+    ``whole=True`` gives timestamp embeddings from one pass over each whole sound (``pos_embed``:
+    ``"interpolate"`` or ``"tile"``, see :mod:`aum_jax.inference.whole`).
 
     ``verify=False`` loads a directory without ``checksums.json`` (its parameters are then
     not checked for damage).
@@ -111,7 +125,7 @@ def load_model(model_file_path: str | os.PathLike, *, batch_size: int = 32, matm
         raise ValueError(f"{directory} has no {model_files.PREPROCESSING_FILE}: its input features are unknown "
                          "(convert it with --dataset, or --mean/--std and --sample-rate)")
     prep.require_statistics(str(directory))
-    return HearModel(model, prep, batch_size, matmul_precision)
+    return HearModel(model, prep, batch_size, matmul_precision, whole, pos_embed)
 
 
 def _sounds(audio: Any) -> np.ndarray:
@@ -188,6 +202,14 @@ def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[Any, Any]:
       NonFiniteOutputError: NaN or Inf embeddings (the sounds named).
     """
     given, audio = audio, _sounds(audio)
+    if model.whole:
+        passes = [whole.run_whole(model.model, model.prep, sound[None], model.sample_rate, pos_embed=model.pos_embed,
+                                  matmul_precision=model.matmul_precision, source=name)
+                  for sound, name in zip(audio, _names(audio))]
+        result = np.stack([p.frames for p in passes]).astype(np.float32)
+        stamps = np.stack([p.centres * 1000.0 for p in passes]).astype(np.float32)
+        predict.require_finite(result.reshape(len(audio), -1), _names(audio), "embeddings")
+        return _as_given(given, result, stamps)
     bounds = _bounds(audio, model, embeddings.time_patch_span(model.model, model.prep))  # one grid of patches.
     starts_ms, ends_ms = bounds.T * 1000.0 / model.sample_rate
     centres_ms = starts_ms[:, None] + embeddings.time_patch_centres(model.model, model.prep)[None] * 1000.0

@@ -19,6 +19,14 @@ window; save it as JSON and as a heat map:
   python -m aum_jax.predict --model-dir MODEL_DIR --audio long.wav \\
       --window-seconds 1 --hop-seconds 0.5 --json timeline.json --plot timeline.png
 
+Whole recordings in one pass (not in the original): the model runs once over each whole file, the
+position embedding extended along time (--whole-pos-embed interpolate, as the original resizes it
+for another input length, or tile), and the head scores every time patch; the same timeline, JSON
+and heat map as windows, one row per time patch (memory grows linearly with the recording; a note
+on stderr gives the tokens and the peak memory):
+
+  python -m aum_jax.predict --model-dir MODEL_DIR --audio long.wav --whole --json timeline.json --plot timeline.png
+
 Embeddings for downstream work: per window of each whole file (windows of the model's input
 length one after another, or --window-seconds/--hop-seconds; read a window at a time), the pooled
 embedding (the vector the head reads), with --layers the pooled hidden state after the chosen
@@ -69,8 +77,10 @@ from aum_jax.inference import (  # noqa: E402
     embeddings,
     plot,
     predict,  # noqa: E402
+    whole,
     windows,
 )
+from aum_jax.models.aum import WHOLE_POS_EMBEDS  # noqa: E402
 from aum_jax.ops import SCAN_IMPLS  # noqa: E402
 
 
@@ -100,6 +110,11 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
                         "(default: the model's input length, once --hop-seconds is given; --embeddings always "
                         "slides one)")
     parser.add_argument("--hop-seconds", type=float, help="--audio: spacing of the windows (default: the window length)")
+    parser.add_argument("--whole", action="store_true", help="--audio: run the model once over each whole file and "
+                        "score every time patch (instead of windows)")
+    parser.add_argument("--whole-pos-embed", choices=WHOLE_POS_EMBEDS, default="interpolate",
+                        help="--whole: how the position embedding extends along time: interpolate (default; as the "
+                        "original resizes it for another input length) or tile (the clip's columns repeated)")
     parser.add_argument("--json", help="--audio: write the per-file, per-window top-k scores to this JSON file")
     parser.add_argument("--plot", help="--audio: draw a heat map of the top classes over time to this PNG")
     parser.add_argument("--embeddings", help="--audio: write the embeddings of every window of each file (one row "
@@ -122,6 +137,12 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
         parser.error("--window-seconds, --hop-seconds, --json and --plot work with --audio")
     if (args.window_seconds or args.hop_seconds) and (args.save_logits or args.save_features):
         parser.error("--save-logits and --save-features take whole clips; use --json for windows")
+    if args.whole and (args.features or args.window_seconds or args.hop_seconds or args.embeddings
+                       or args.save_logits or args.save_features):
+        parser.error("--whole takes --audio and scores whole files; --window-seconds, --hop-seconds, --embeddings, "
+                     "--save-logits and --save-features work without it")
+    if args.whole_pos_embed != "interpolate" and not args.whole:
+        parser.error("--whole-pos-embed goes with --whole")
     if (args.layers or args.tokens or args.pool) and not args.embeddings:
         parser.error("--layers, --tokens and --pool go with --embeddings")
     if args.pool and args.tokens:
@@ -167,10 +188,17 @@ def _save(path: str | None, array: np.ndarray | None, what: str) -> None:
 
 
 def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timeline], dict[str, str]]:
-    windows.check_window(prep, args.window_seconds)  # the same for every file: an error, not a skipped file.
+    if not args.whole:
+        windows.check_window(prep, args.window_seconds)  # the same for every file: an error, not a skipped file.
     timelines, skipped = [], {}
     for path in args.audio:
         try:
+            if args.whole:
+                timelines.append(whole.classify_whole(model, prep, path, pos_embed=args.whole_pos_embed,
+                                                      matmul_precision=args.matmul_precision, channel=args.channel))
+                print(f"note: {path}: one pass over {timelines[-1].duration:.2f} s ({args.whole_pos_embed} position "
+                      f"embedding); peak memory {whole.peak_rss_mb():.0f} MB", file=sys.stderr)
+                continue
             timelines.append(predict.classify_recording(model, prep, path, args.window_seconds, args.hop_seconds,
                                                         args.batch_size, args.matmul_precision, channel=args.channel))
         except (preprocessing.MissingStatisticsError, predict.NonFiniteOutputError):  # the model's fault: no file is skipped.
@@ -183,7 +211,7 @@ def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timel
 
 
 def _run_audio(args: argparse.Namespace, model, prep) -> int:
-    windowed = bool(args.window_seconds or args.hop_seconds)
+    windowed = bool(args.window_seconds or args.hop_seconds or args.whole)
     if windowed:
         timelines, skipped = _windowed(args, model, prep)
     else:

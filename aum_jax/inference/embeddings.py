@@ -102,28 +102,30 @@ def parse_layers(spec: str | None, depth: int) -> tuple[int, ...]:
     return layers
 
 
-def _frame_step_ms(prep: preprocessing.Preprocessing) -> float:
+def frame_step_ms(prep: preprocessing.Preprocessing) -> float:
+    """Milliseconds between the model's input frames."""
     return prep.epic_hop_ms if prep.feature == "epic_logmel" else prep.frame_shift_ms
 
 
-def time_patch_centres(model: AudioMamba, prep: preprocessing.Preprocessing) -> np.ndarray:
-    """``(T',)`` the centre of each time patch of a model input, in seconds from its first sample.
+def time_patch_centres(model: AudioMamba, prep: preprocessing.Preprocessing, t_grid: int | None = None) -> np.ndarray:
+    """``(T',)`` the centre of each time patch of a model input (of ``t_grid`` time patches; default the
+    config's), in seconds from its first sample.
 
     A patch spans frames ``t * stride`` to ``t * stride + patch - 1``; a Kaldi frame ``k``
     covers ``[k * shift, k * shift + 25 ms)``, an EPIC-Sounds frame is centred on ``k * hop``.
     """
     cfg = model.config
     (_, patch), (_, stride) = cfg.patch_size, cfg.strides
-    centre_frames = np.arange(cfg.patch_grid[1]) * stride + (patch - 1) / 2
+    centre_frames = np.arange(t_grid or cfg.patch_grid[1]) * stride + (patch - 1) / 2
     frame_centre_ms = 0.0 if prep.feature == "epic_logmel" else kaldi.FRAME_LENGTH_MS / 2
-    return (centre_frames * _frame_step_ms(prep) + frame_centre_ms) / 1000.0
+    return (centre_frames * frame_step_ms(prep) + frame_centre_ms) / 1000.0
 
 
 def time_patch_span(model: AudioMamba, prep: preprocessing.Preprocessing) -> float:
     """Seconds from a window's first time patch to the first one of a window that continues its grid:
     ``T' * stride`` frames (the whole input when the patches do not overlap)."""
     cfg = model.config
-    return cfg.patch_grid[1] * cfg.strides[1] * _frame_step_ms(prep) / 1000.0
+    return cfg.patch_grid[1] * cfg.strides[1] * frame_step_ms(prep) / 1000.0
 
 
 def embed_features(model: AudioMamba, features: np.ndarray, *, layers: Sequence[int] = (), tokens: bool = False,

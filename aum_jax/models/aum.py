@@ -11,6 +11,9 @@ The forward pass, for an input fbank (B, T, F):
 
 ``model(x)`` gives the logits; ``model.outputs(x)`` every output of the same pass (logits, the
 head's input, the pooled tokens, each block's pooled residual stream, the patch tokens).
+``model.whole(x)`` runs once over a whole recording, longer than the training clips: the
+position embedding extended along time (``WHOLE_POS_EMBEDS``), the cls token in its place in the
+longer sequence, and the head applied to each time step's patch tokens as well.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ def timm_trunc_normal(std: float = 0.02) -> nnx.Initializer:
         return (jax.random.truncated_normal(key, -2.0 / std, 2.0 / std, shape, jnp.float32) * std).astype(dtype)
 
     return init
+
+
+# How model.whole extends the position embedding's time axis to a longer recording:
+# "interpolate": resized linearly, as the original resizes it for a checkpoint of another length
+# (positions keep their place relative to the whole input); "tile": the trained clip's columns
+# repeated, so that every stretch of a clip's length sees the spacing it was trained with.
+WHOLE_POS_EMBEDS = ("interpolate", "tile")
 
 
 def drop_path_rates(config: AuMConfig) -> np.ndarray:
@@ -111,12 +121,14 @@ class AudioMamba(nnx.Module):
                 bias_init=nnx.initializers.zeros, rngs=rngs,
             )
 
-    def tokens(self, x: jax.Array, mask: jax.Array | None = None, mask_token: jax.Array | None = None) -> jax.Array:
+    def tokens(self, x: jax.Array, mask: jax.Array | None = None, mask_token: jax.Array | None = None, *,
+               pos_embed: str = "interpolate") -> jax.Array:
         """Fbank (B, T, F) -> embedded token sequence (B, N + cls tokens, D).
 
         With ``mask`` (B, N) bool over the patches in frequency-major order, the embeddings of the
         masked patches are replaced by ``mask_token`` (1, 1, D) before the position embedding is
-        added, as SSAST masks its patches.
+        added, as SSAST masks its patches. A longer input than the config's (``whole``) gets the
+        position embedding extended along time by ``pos_embed`` (one of ``WHOLE_POS_EMBEDS``).
         """
         cfg = self.config
         patches = self.patch_embed(jnp.swapaxes(x, 1, 2)[..., None])
@@ -126,7 +138,7 @@ class AudioMamba(nnx.Module):
         patches = patches.reshape(batch, f_grid * t_grid, dim)
         if mask is not None:
             patches = jnp.where(mask[..., None], mask_token.astype(patches.dtype), patches)
-        patches = patches + pos[:, n_cls:]
+        patches = patches + _extended_pos(pos[:, n_cls:], cfg.patch_grid, t_grid, pos_embed)
         if cfg.transpose_token_sequence:
             patches = jnp.swapaxes(patches.reshape(batch, f_grid, t_grid, dim), 1, 2)
             patches = patches.reshape(batch, t_grid * f_grid, dim)
@@ -135,7 +147,7 @@ class AudioMamba(nnx.Module):
             tail = jnp.broadcast_to(self.cls_token_tail[...] + pos[:, 1:2], (batch, 1, dim))
             tokens = jnp.concatenate([head, patches.astype(head.dtype), tail], axis=1)
         elif cfg.cls_position != "none":
-            at = cls_positions(self.config)[0]
+            at = cls_positions(self.config, f_grid * t_grid)[0]
             cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (batch, 1, dim))
             patches = patches.astype(cls.dtype)
             tokens = jnp.concatenate([patches[:, :at], cls, patches[:, at:]], axis=1)
@@ -169,11 +181,13 @@ class AudioMamba(nnx.Module):
         residual = residual + hidden * masks[-1].astype(hidden.dtype)
         return self.norm_f(residual), layers
 
-    def patch_tokens(self, hidden: jax.Array) -> jax.Array:
-        """Tokens (B, L, D) -> the patch tokens on the (frequency, time) grid (B, F', T', D), cls left out."""
+    def patch_tokens(self, hidden: jax.Array, t_grid: int | None = None) -> jax.Array:
+        """Tokens (B, L, D) -> the patch tokens on the (frequency, time) grid (B, F', T', D), cls left out;
+        ``t_grid`` time steps (default: the config's)."""
         cfg = self.config
-        keep = np.setdiff1d(np.arange(hidden.shape[1]), cls_positions(self.config))
-        f_grid, t_grid = cfg.patch_grid
+        f_grid, default_t = cfg.patch_grid
+        t_grid = t_grid or default_t
+        keep = np.setdiff1d(np.arange(hidden.shape[1]), cls_positions(self.config, f_grid * t_grid))
         patches = hidden[:, keep]
         if cfg.transpose_token_sequence:  # time-major: (B, T', F', D).
             return jnp.swapaxes(patches.reshape(hidden.shape[0], t_grid, f_grid, -1), 1, 2)
@@ -217,6 +231,31 @@ class AudioMamba(nnx.Module):
         out["tokens"] = self.patch_tokens(out.pop("hidden"))
         return out
 
+    def whole(self, x: jax.Array, pos_embed: str = "interpolate") -> dict[str, jax.Array]:
+        """Fbank features (B, T, F) of a whole recording, normalised, in one pass.
+
+        T is the config's ``audio_length`` plus any whole number of time strides (at least one
+        patch); the position embedding is extended along time by ``pos_embed`` (``WHOLE_POS_EMBEDS``).
+
+        Returns:
+          ``"logits"`` (B, classes): the head on the pooled tokens (the cls token in the middle of
+          the whole sequence), as ``model(x)`` for one clip; ``"frame_logits"`` (B, T', classes):
+          the head on each time step's patch tokens, averaged over frequency (after the final norm);
+          ``"frames"`` (B, T', D) those averaged tokens.
+        """
+        cfg = self.config
+        f_grid, t_grid = _grid(cfg, x.shape[1])
+        if x.ndim != 3 or x.shape[2] != cfg.num_mel_bins or t_grid < 1:
+            raise ValueError(f"AudioMamba.whole expects (batch, frames, {cfg.num_mel_bins}) features with frames = "
+                             f"{cfg.patch_size[1]} + a multiple of {cfg.strides[1]}, got {x.shape}.")
+        if pos_embed not in WHOLE_POS_EMBEDS:
+            raise ValueError(f"unknown pos_embed {pos_embed!r}; use one of {', '.join(WHOLE_POS_EMBEDS)}")
+        hidden, _ = self.encode(self.tokens(x, pos_embed=pos_embed))
+        pooled = pool_tokens(cfg, hidden, f_grid * t_grid)
+        frames = self.patch_tokens(hidden, t_grid).mean(axis=1)  # (B, T', D)
+        head = self.head if cfg.num_classes > 0 else (lambda v: v)
+        return {"logits": head(pooled), "frame_logits": head(frames), "frames": frames}
+
     def masked_patch_tokens(self, x: jax.Array, mask: jax.Array, mask_token: jax.Array) -> jax.Array:
         """Fbank features (B, T, F), normalised, with the patches of ``mask`` (B, N) bool replaced by
         ``mask_token`` (1, 1, D) (see :meth:`tokens`) -> the final patch tokens (B, N, D) float32, in
@@ -232,19 +271,43 @@ class AudioMamba(nnx.Module):
         return self._pass(x, pool_layers=False)["logits"]
 
 
-def cls_positions(config: AuMConfig) -> list[int]:
-    """Indices of the cls token(s) in the token sequence."""
-    n = config.num_patches
+def _grid(config: AuMConfig, frames: int) -> tuple[int, int]:
+    """The patch grid (F', T') of an input of ``frames`` frames; T' < 1 when it is not a valid length."""
+    f_grid = config.patch_grid[0]
+    patch, stride = config.patch_size[1], config.strides[1]
+    if frames < patch or (frames - patch) % stride:
+        return f_grid, 0
+    return f_grid, (frames - patch) // stride + 1
+
+
+def _extended_pos(pos: jax.Array, grid: tuple[int, int], t_grid: int, scheme: str) -> jax.Array:
+    """The patches' position embedding (1, F' * T'_config, D) for ``t_grid`` time steps: itself at the
+    config's length, else extended along time by ``scheme`` (``WHOLE_POS_EMBEDS``)."""
+    f_grid, t_config = grid
+    if t_grid == t_config:
+        return pos
+    table = pos.reshape(f_grid, t_config, -1)
+    if scheme == "tile":
+        table = table[:, np.arange(t_grid) % t_config]
+    else:  # "interpolate"; jax.image.resize's linear resize is F.interpolate's bilinear one along time.
+        table = jax.image.resize(table, (f_grid, t_grid, table.shape[-1]), method="linear", antialias=True)
+    return table.reshape(1, f_grid * t_grid, -1)
+
+
+def cls_positions(config: AuMConfig, num_patches: int | None = None) -> list[int]:
+    """Indices of the cls token(s) in the token sequence of ``num_patches`` patches (default: the config's)."""
+    n = num_patches or config.num_patches
     return {"middle": [n // 2], "head": [0], "end": [n], "double": [0, n + 1], "none": []}[config.cls_position]
 
 
-def pool_tokens(config: AuMConfig, hidden: jax.Array) -> jax.Array:
-    """Tokens (B, L, D) -> (B, D): the cls token (the mean of two), else the config's pool.
+def pool_tokens(config: AuMConfig, hidden: jax.Array, num_patches: int | None = None) -> jax.Array:
+    """Tokens (B, L, D) of ``num_patches`` patches (default: the config's) -> (B, D): the cls token (the
+    mean of two), else the config's pool.
 
     A model pooling by "max" takes its max over the head's outputs; its pooled tokens are
     their mean.
     """
-    positions = cls_positions(config)
+    positions = cls_positions(config, num_patches)
     if positions:
         return jnp.mean(jnp.stack([hidden[:, p] for p in positions]), axis=0)
     return hidden[:, -1] if config.pool == "last" else hidden.mean(axis=1)

@@ -1,0 +1,124 @@
+"""Whole recordings in one pass: the model runs once over all of a recording, however long.
+
+The recording's fbank is padded (as a short clip is) to the model's input length plus a whole
+number of clips' worth of time patches, so that recordings of similar lengths share one compiled
+program; the position embedding is extended along time (:meth:`aum_jax.models.AudioMamba.whole`,
+``pos_embed``: ``"interpolate"`` as the original resizes it for another input length, or
+``"tile"``). The head scores every time patch (its tokens averaged over frequency), which gives a
+:class:`aum_jax.inference.predict.Timeline` with one row per time patch, on the same JSON and
+plot as sliding windows. Memory grows linearly with the recording: the audio, its fbank and the
+model's activations of one pass (``peak_rss_mb`` reports what the process reached).
+
+  from aum_jax.inference import whole
+  timeline = whole.classify_whole(model, prep, "long.wav")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+
+import jax
+import numpy as np
+from flax import nnx
+
+from aum_jax.data.features import audio, preprocessing
+from aum_jax.data.sources import labels
+from aum_jax.inference import embeddings, predict, windows
+from aum_jax.models import AudioMamba
+from aum_jax.models.aum import WHOLE_POS_EMBEDS
+
+
+@dataclasses.dataclass
+class WholePass:
+    """What one pass over a whole recording gives.
+
+    Attributes:
+      logits: ``(T', C)`` the head on each time patch's tokens (averaged over frequency).
+      frames: ``(T', D)`` those averaged tokens (HEAR's timestamp embeddings).
+      clip_logits: ``(C,)`` the head on the pooled tokens (the cls token of the whole sequence).
+      centres: ``(T',)`` each time patch's centre, in seconds from the first sample.
+      tokens: the length of the token sequence the model ran over.
+    """
+
+    logits: np.ndarray
+    frames: np.ndarray
+    clip_logits: np.ndarray
+    centres: np.ndarray
+    tokens: int
+
+
+def input_frames(model: AudioMamba, frames: int) -> int:
+    """The whole pass's input length for a recording of ``frames`` frames: the model's input length plus
+    whole clips' worth of time patches, at least ``frames`` (few distinct lengths: few compilations)."""
+    cfg = model.config
+    stride, per_clip = cfg.strides[1], cfg.patch_grid[1]
+    extra = max(0, math.ceil((frames - cfg.audio_length) / stride))
+    return cfg.audio_length + stride * per_clip * math.ceil(extra / per_clip)
+
+
+@nnx.jit(static_argnames=("pos_embed",))
+def _forward(model: AudioMamba, fbank: jax.Array, pos_embed: str) -> dict[str, jax.Array]:
+    return model.whole(fbank, pos_embed)
+
+
+def run_whole(model: AudioMamba, prep: preprocessing.Preprocessing, waveform: np.ndarray, sample_rate: int, *,
+              pos_embed: str = "interpolate", matmul_precision: str = "highest", source: str = "audio") -> WholePass:
+    """A waveform ``(channels, samples)`` at ``sample_rate`` -> :class:`WholePass` of one model pass.
+
+    Raises:
+      ValueError: an unknown ``pos_embed``, or audio shorter than one fbank frame.
+      NonFiniteOutputError: NaN or Inf logits (``source`` named).
+    """
+    if pos_embed not in WHOLE_POS_EMBEDS:
+        raise ValueError(f"unknown pos_embed {pos_embed!r}; use one of {', '.join(WHOLE_POS_EMBEDS)}")
+    duration = waveform.shape[1] / sample_rate
+    frames = math.ceil(duration * 1000.0 / embeddings.frame_step_ms(prep))
+    length = input_frames(model, frames)
+    fbank = prep.replace(target_length=length).features(waveform, sample_rate)[None]
+    model.eval()
+    with jax.default_matmul_precision(matmul_precision):
+        out = jax.device_get(_forward(model, fbank, pos_embed))
+    t_grid = out["frame_logits"].shape[1]
+    centres = embeddings.time_patch_centres(model, prep, t_grid)
+    keep = centres < duration
+    keep[0] = True  # a recording shorter than half a patch keeps its first.
+    logits = out["frame_logits"][0][keep]
+    predict.require_finite(logits, [f"{source} at {c:.2f} s" for c in centres[keep]])
+    return WholePass(logits, out["frames"][0][keep], out["logits"][0], centres[keep],
+                     t_grid * model.config.patch_grid[0] + model.config.num_cls_tokens)
+
+
+def classify_whole(model: AudioMamba, prep: preprocessing.Preprocessing, path: str, *, pos_embed: str = "interpolate",
+                   matmul_precision: str = "highest", channel: str = "first") -> predict.Timeline:
+    """Scores every time patch of a whole recording in one pass (see the module docstring).
+
+    Each row of the timeline is a time patch: it starts and ends half a stride either side of
+    the patch's centre (the patches' own spans overlap where the strides are smaller).
+
+    Raises:
+      ValueError: an unknown ``pos_embed``, or a recording shorter than one fbank frame (named).
+      AudioLoadError: the file cannot be read.
+      NonFiniteOutputError: NaN or Inf logits (the time patches named).
+    """
+    with audio.open_audio(path) as f:
+        waveform, sample_rate = windows.mono(f.read(0, f.num_samples), channel), f.sample_rate
+    duration = waveform.shape[1] / sample_rate
+    try:
+        result = run_whole(model, prep, waveform, sample_rate, pos_embed=pos_embed, matmul_precision=matmul_precision,
+                           source=path)
+    except preprocessing.MissingStatisticsError:
+        raise
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    half = model.config.strides[1] * embeddings.frame_step_ms(prep) / 2000.0
+    starts = np.maximum(result.centres - half, 0.0)
+    ends = np.minimum(result.centres + half, duration)
+    return predict.Timeline(path, duration, starts, ends, predict.scores(result.logits, prep.score), prep.score,
+                            labels.class_names(prep.class_names, result.logits.shape[1]), sample_rate)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
