@@ -29,6 +29,12 @@ Sections:
   rows, as training runs) and replicated (every device scans the whole batch, as XLA
   does with a custom call it cannot split): the work ratio, step time at n devices over
   step time at 1. The devices share the same cores, so the ideal ratio is n.
+* ``peers``: the inference forward of AuM (Fo-Bi, random weights) beside Hugging Face
+  transformers' ``ASTForAudioClassification`` (random weights, SDPA, CPU torch) at the same width
+  (``--peer-widths``: tiny, small, base) and 16 x 16 patching, per ``--peer-seconds`` clip length
+  and ``--peer-batches`` batch: ms, clips/s and peak RSS of each, AST ms over AuM ms (the AuM
+  speed-up) and the RSS ratio. Each figure is a fresh process's; the rounds interleave AuM and
+  AST, median of ``--peer-rounds`` (``scripts/benchmark_peers.py``; needs ``pip install -e ".[bench]"``).
 
 Each section returns rows of ``(name, value, unit)`` that are printed as a table;
 record results in BENCHMARKS.md.
@@ -39,6 +45,7 @@ record results in BENCHMARKS.md.
   python scripts/benchmark.py --sections scaling
   python scripts/benchmark.py --sections distill
   python scripts/benchmark.py --sections pretrain
+  python scripts/benchmark.py --sections peers --peer-widths tiny,small --peer-seconds 10,41
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
+import benchmark_peers  # noqa: E402 (scripts/, the folder of this script)
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
@@ -66,7 +74,7 @@ from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.training.speed import time_ms  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"],
-                              "sections to run: input, scan, model, scaling, distill, pretrain.")
+                              "sections to run: input, scan, model, scaling, distill, pretrain, peers.")
 _DISTILL_ROUNDS = flags.DEFINE_integer("distill-rounds", 5, "distill: interleaved rounds of 3 steps per arm.")
 _PRETRAIN_ROUNDS = flags.DEFINE_integer("pretrain-rounds", 5, "pretrain: interleaved rounds of 3 steps per arm.")
 _INPUT_CLIPS = flags.DEFINE_integer("input-clips", 16, "distinct wav files on disk.")
@@ -484,7 +492,7 @@ def _cpu_model() -> str:
 
 SECTIONS: dict[str, Callable[[], list[Row]]] = {
     "input": input_section, "scan": scan_section, "model": model_section, "scaling": scaling_section,
-    "distill": distill_section, "pretrain": pretrain_section,
+    "distill": distill_section, "pretrain": pretrain_section, "peers": benchmark_peers.peers_section,
 }
 
 
@@ -492,9 +500,13 @@ def main(argv: list[str]) -> None:
     del argv
     if _SCALING_CHILD.value:
         return _scaling_child(_SCALING_CHILD.value)
+    if benchmark_peers.child_requested():
+        return benchmark_peers.run_child()
     unknown = set(_SECTIONS.value) - set(SECTIONS)
     if unknown:
         raise app.UsageError(f"unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
+    if "peers" in _SECTIONS.value:
+        benchmark_peers.require_peers()  # before any section runs
     import jax
 
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
