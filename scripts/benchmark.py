@@ -35,6 +35,14 @@ Sections:
   and ``--peer-batches`` batch: ms, clips/s and peak RSS of each, AST ms over AuM ms (the AuM
   speed-up) and the RSS ratio. Each figure is a fresh process's; the rounds interleave AuM and
   AST, median of ``--peer-rounds`` (``scripts/benchmark_peers.py``; needs ``pip install -e ".[bench]"``).
+* ``haystack``: an audio needle in a haystack (as DASS measures long-audio models): one 1 s clip of
+  the demo's held-out test voices hidden at a random offset in ``--haystack-seconds`` (30 s, 2 and
+  10 min) of the demo's own coloured noise, ``--haystack-placements`` seeded placements per length,
+  found by the demo model (``--haystack-model``, trained by ``configs/demo.py``) with sliding windows
+  (every ``--haystack-hop`` s) and in one whole pass (the position embedding interpolated or tiled):
+  the share found at the keyword (top-1 of the row nearest it), the share whose peak score for the
+  keyword lies on it, the median time error of that peak, wall seconds per minute of audio and the
+  peak RSS, each mode and length in a fresh process (``scripts/benchmark_haystack.py``).
 
 Each section returns rows of ``(name, value, unit)`` that are printed as a table;
 record results in BENCHMARKS.md.
@@ -46,6 +54,7 @@ record results in BENCHMARKS.md.
   python scripts/benchmark.py --sections distill
   python scripts/benchmark.py --sections pretrain
   python scripts/benchmark.py --sections peers --peer-widths tiny,small --peer-seconds 10,41
+  python scripts/benchmark.py --sections haystack --haystack-model /tmp/aum_demo/model
 """
 
 from __future__ import annotations
@@ -66,7 +75,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
-import benchmark_peers  # noqa: E402 (scripts/, the folder of this script)
+import benchmark_haystack  # noqa: E402 (scripts/, the folder of this script)
+import benchmark_peers  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
@@ -74,7 +84,7 @@ from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.training.speed import time_ms  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list("sections", ["input", "scan", "model"],
-                              "sections to run: input, scan, model, scaling, distill, pretrain, peers.")
+                              "sections to run: input, scan, model, scaling, distill, pretrain, peers, haystack.")
 _DISTILL_ROUNDS = flags.DEFINE_integer("distill-rounds", 5, "distill: interleaved rounds of 3 steps per arm.")
 _PRETRAIN_ROUNDS = flags.DEFINE_integer("pretrain-rounds", 5, "pretrain: interleaved rounds of 3 steps per arm.")
 _INPUT_CLIPS = flags.DEFINE_integer("input-clips", 16, "distinct wav files on disk.")
@@ -493,6 +503,7 @@ def _cpu_model() -> str:
 SECTIONS: dict[str, Callable[[], list[Row]]] = {
     "input": input_section, "scan": scan_section, "model": model_section, "scaling": scaling_section,
     "distill": distill_section, "pretrain": pretrain_section, "peers": benchmark_peers.peers_section,
+    "haystack": benchmark_haystack.haystack_section,
 }
 
 
@@ -502,11 +513,15 @@ def main(argv: list[str]) -> None:
         return _scaling_child(_SCALING_CHILD.value)
     if benchmark_peers.child_requested():
         return benchmark_peers.run_child()
+    if benchmark_haystack.child_requested():
+        return benchmark_haystack.run_child()
     unknown = set(_SECTIONS.value) - set(SECTIONS)
     if unknown:
         raise app.UsageError(f"unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
     if "peers" in _SECTIONS.value:
         benchmark_peers.require_peers()  # before any section runs
+    if "haystack" in _SECTIONS.value:
+        benchmark_haystack.require_model()  # a missing demo model: one error line before any section runs
     import jax
 
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "

@@ -23,13 +23,12 @@ import json
 import math
 import os
 import resource
-import signal
-import subprocess
 import sys
 import time
 
 import numpy as np
 from absl import app, flags
+from benchmark_child import run_json_child
 
 from aum_jax.cli import flags as cli_flags
 
@@ -137,16 +136,8 @@ def run_child() -> None:
 
 def _run_point(model: str, width: str, length: int, batch: int) -> dict | str:
     """A fresh process's figures of one point, or why it failed."""
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), f"--peer-child={model}:{width}:{length}:{batch}",
-                           f"--peer-reps={_REPS.value}"], env=dict(os.environ), capture_output=True, text=True)
-    line = next((l for l in reversed(done.stdout.splitlines()) if l.startswith("{")), None)
-    if done.returncode == 0 and line is not None:
-        return json.loads(line)
-    if done.returncode < 0:
-        name = signal.Signals(-done.returncode).name
-        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-    last = next((l.strip() for l in reversed(done.stderr.splitlines()) if l.strip()), "no output")
-    return f"exit {done.returncode}: {last[:100]}"
+    return run_json_child([os.path.abspath(__file__), f"--peer-child={model}:{width}:{length}:{batch}",
+                           f"--peer-reps={_REPS.value}"])
 
 
 def peers_section() -> list[Row]:
