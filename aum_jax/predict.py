@@ -23,7 +23,7 @@ Whole recordings in one pass (not in the original): the model runs once over eac
 position embedding extended along time (--whole-pos-embed interpolate, as the original resizes it
 for another input length, or tile), and the head scores every time patch; the same timeline, JSON
 and heat map as windows, one row per time patch (memory grows linearly with the recording; a note
-on stderr gives the tokens and the peak memory):
+on stderr gives the peak memory the command reached):
 
   python -m aum_jax.predict --model-dir MODEL_DIR --audio long.wav --whole --json timeline.json --plot timeline.png
 
@@ -196,8 +196,6 @@ def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timel
             if args.whole:
                 timelines.append(whole.classify_whole(model, prep, path, pos_embed=args.whole_pos_embed,
                                                       matmul_precision=args.matmul_precision, channel=args.channel))
-                print(f"note: {path}: one pass over {timelines[-1].duration:.2f} s ({args.whole_pos_embed} position "
-                      f"embedding); peak memory {whole.peak_rss_mb():.0f} MB", file=sys.stderr)
                 continue
             timelines.append(predict.classify_recording(model, prep, path, args.window_seconds, args.hop_seconds,
                                                         args.batch_size, args.matmul_precision, channel=args.channel))
@@ -240,6 +238,9 @@ def _run_audio(args: argparse.Namespace, model, prep) -> int:
     if args.plot and timelines:
         plot.plot_timelines(timelines, args.plot)
         print(f"Wrote {args.plot}")
+    if args.whole and timelines:  # last: the peak of the whole command, outputs written
+        print(f"note: one pass over each whole file ({', '.join(f'{tl.duration:.2f} s' for tl in timelines)}; "
+              f"{args.whole_pos_embed} position embedding); peak memory {whole.peak_rss_mb():.0f} MB", file=sys.stderr)
     return 0 if timelines else 1
 
 

@@ -127,7 +127,7 @@ def test_predict_whole_command(model_dir, tmp_path):
     done = run("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(path), "--whole",
                "--whole-pos-embed", "tile", "--json", str(out), "--plot", str(tmp_path / "t.png"), "--top-k", "2")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "one pass over 12.00 s (tile position embedding); peak memory" in done.stderr
+    assert "note: one pass over each whole file (12.00 s; tile position embedding); peak memory" in done.stderr
     rows = json.loads(out.read_text())["files"][0]["windows"]
     assert 70 <= len(rows) <= 76 and len(rows[0]["top"]) == 2
     assert (tmp_path / "t.png").stat().st_size > 0
