@@ -238,8 +238,8 @@ class AudioMamba(nnx.Module):
         patch); the position embedding is extended along time by ``pos_embed`` (``WHOLE_POS_EMBEDS``).
 
         Returns:
-          ``"logits"`` (B, classes): the head on the pooled tokens (the cls token in the middle of
-          the whole sequence), as ``model(x)`` for one clip; ``"frame_logits"`` (B, T', classes):
+          ``"logits"`` (B, classes): the head read as ``model(x)`` reads a clip (on the cls token,
+          in the middle of the whole sequence); ``"frame_logits"`` (B, T', classes):
           the head on each time step's patch tokens, averaged over frequency (after the final norm);
           ``"frames"`` (B, T', D) those averaged tokens.
         """
@@ -254,7 +254,8 @@ class AudioMamba(nnx.Module):
         pooled = pool_tokens(cfg, hidden, f_grid * t_grid)
         frames = self.patch_tokens(hidden, t_grid).mean(axis=1)  # (B, T', D)
         head = self.head if cfg.num_classes > 0 else (lambda v: v)
-        return {"logits": head(pooled), "frame_logits": head(frames), "frames": frames}
+        logits = self._head(hidden if cfg.max_pooled else pooled)  # as model(x) reads a clip
+        return {"logits": logits, "frame_logits": head(frames), "frames": frames}
 
     def masked_patch_tokens(self, x: jax.Array, mask: jax.Array, mask_token: jax.Array) -> jax.Array:
         """Fbank features (B, T, F), normalised, with the patches of ``mask`` (B, N) bool replaced by

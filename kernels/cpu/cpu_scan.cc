@@ -511,7 +511,8 @@ inline void StorePart(float* p, vf v, int width) {
 ffi::Error ConvSilu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
                     ffi::ResultBuffer<ffi::F32> u, int32_t reverse) {
   const auto dx = x.dimensions(), dw = w.dimensions(), du = u->dimensions();
-  if (dx.size() != 3 || dw.size() != 2 || du.size() != 3 || bias.element_count() != dw[1] || du[2] != dw[1] ||
+  if (dx.size() != 3 || dw.size() != 2 || du.size() != 3 || static_cast<int64_t>(bias.element_count()) != dw[1] ||
+      du[2] != dw[1] ||
       dx[2] < du[2] || dx[0] != du[0] || dx[1] != du[1])
     return ffi::Error::InvalidArgument(("conv: x (B, L, >= D), w (K, D), bias (D,) -> u (B, L, D) expected"));
   const int64_t batch = du[0], L = du[1], D = du[2], stride = dx[2], K = dw[0], blocks = (D + kLanes - 1) / kLanes;
@@ -561,9 +562,9 @@ ffi::Error ScanInference(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Res
     const size_t at = k == 0 ? 0 : 7;
     auto u = arg(at), delta = arg(at + 1), A = arg(at + 2), B = arg(at + 3), C = arg(at + 4), skip = arg(at + 5),
          bias = arg(at + 6);
-    if (u.element_count() != s.batch * s.length * s.dim || delta.element_count() != u.element_count() ||
-        A.element_count() != s.dim * s.state || B.element_count() != s.batch * s.length * s.state ||
-        C.element_count() != B.element_count() || skip.element_count() != s.dim || bias.element_count() != s.dim)
+    const auto count = [](const ffi::Buffer<ffi::F32>& x) { return static_cast<int64_t>(x.element_count()); };
+    if (count(u) != s.batch * s.length * s.dim || count(delta) != count(u) || count(A) != s.dim * s.state ||
+        count(B) != s.batch * s.length * s.state || count(C) != count(B) || count(skip) != s.dim || count(bias) != s.dim)
       return ffi::Error::InvalidArgument(("scan inference: inconsistent shapes"));
     dir[k] = {u.typed_data(), delta.typed_data(), B.typed_data(), C.typed_data(), skip.typed_data(),
               bias.typed_data(), TransposeA(s, A.typed_data())};
