@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from aum_jax.models.config import AuMConfig
-from aum_jax.ops import bidirectional_scan, conv_silu, fused_scan, has_fused_inference, selective_scan
+from aum_jax.ops import bidirectional_scan, conv_silu, fused_scan, has_fused_inference
 from aum_jax.ops.conv import causal_conv
 
 
@@ -160,61 +160,38 @@ class Mamba(nnx.Module):
         dt, b, c = jnp.split(x_proj(x), [rank, rank + n], axis=-1)
         return dt @ dt_proj.kernel[...].astype(dt.dtype), b, c
 
+    def _conv(self, xz: jax.Array, conv: CausalConv1d, *, reverse: bool, fused: bool) -> jax.Array:
+        """silu(conv(x)) of in_proj's output xz (B, L, 2 Di) -> (B, L, Di): the inference kernel reads x in place."""
+        d_inner = self.config.d_inner
+        if not fused:
+            return jax.nn.silu(conv(xz[..., :d_inner], reverse=reverse))
+        bias = None if conv.bias is None else conv.bias[...]
+        return conv_silu(xz, conv.kernel[...], bias, dim=d_inner, reverse=reverse,
+                         impl=self.config.scan_impl).astype(xz.dtype)
+
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """(B, L, D) -> (B, L, D)."""
         cfg = self.config
-        if self.deterministic and has_fused_inference(cfg.scan_impl):
-            return self._fused(hidden)
-        x, z = jnp.split(self.in_proj(hidden), 2, axis=-1)
-        x_f = jax.nn.silu(self.conv1d(x))
-        delta_f, b_f, c_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
-        a_f = -jnp.exp(self.A_log[...])
-        scan = dict(impl=cfg.scan_impl, chunk_size=cfg.scan_chunk_size)
-        if cfg.bimamba_type == "none":
-            y = selective_scan(
-                x_f, delta_f, a_f, b_f, c_f, self.D[...], z, self.dt_proj.bias[...], True, **scan
-            )
-        elif cfg.bimamba_type == "v1":
-            y = bidirectional_scan(
-                (x_f,), (delta_f,), (a_f, -jnp.exp(self.A_b_log[...])), (b_f,), (c_f,), (self.D[...],), z,
-                (self.dt_proj.bias[...],), delta_softplus=True, **scan,
-            )
-        else:
-            x_b = jax.nn.silu(self.conv1d_b(x, reverse=True))
-            delta_b, b_b, c_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
-            y = bidirectional_scan(
-                (x_f, x_b), (delta_f, delta_b), (a_f, -jnp.exp(self.A_b_log[...])), (b_f, b_b), (c_f, c_b),
-                (self.D[...], self.D_b[...]), z, (self.dt_proj.bias[...], self.dt_proj_b.bias[...]),
-                delta_softplus=True, scale=0.5 if cfg.if_devide_out else 1.0, **scan,
-            )
-        return self.out_proj(y)
-
-    def _fused(self, hidden: jax.Array) -> jax.Array:
-        """(B, L, D) -> (B, L, D) with the inference kernels: the conv reads in_proj's output in place, the
-        scan its gate half."""
-        cfg = self.config
+        fused = self.deterministic and has_fused_inference(cfg.scan_impl)
         xz = self.in_proj(hidden)  # (B, L, 2 Di): x, then z
-        d_inner, scan = cfg.d_inner, dict(impl=cfg.scan_impl)
-        bias = lambda conv: None if conv.bias is None else conv.bias[...]
-        x_f = conv_silu(xz, self.conv1d.kernel[...], bias(self.conv1d), dim=d_inner, reverse=False, **scan)
-        x_f = x_f.astype(xz.dtype)
+        x_f = self._conv(xz, self.conv1d, reverse=False, fused=fused)
         delta_f, b_f, c_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
-        a_f = -jnp.exp(self.A_log[...])
-        if cfg.bimamba_type == "none":
-            y = fused_scan((x_f,), (delta_f,), (a_f,), (b_f,), (c_f,), (self.D[...],), xz, (self.dt_proj.bias[...],),
-                           **scan)
-        elif cfg.bimamba_type == "v1":
-            y = fused_scan((x_f,) * 2, (delta_f,) * 2, (a_f, -jnp.exp(self.A_b_log[...])), (b_f,) * 2, (c_f,) * 2,
-                           (self.D[...],) * 2, xz, (self.dt_proj.bias[...],) * 2, **scan)
-        else:
-            x_b = conv_silu(xz, self.conv1d_b.kernel[...], bias(self.conv1d_b), dim=d_inner, reverse=True, **scan)
-            x_b = x_b.astype(xz.dtype)
+        us, deltas, Bs, Cs = (x_f,), (delta_f,), (b_f,), (c_f,)
+        As, Ds, biases = (-jnp.exp(self.A_log[...]),), (self.D[...],), (self.dt_proj.bias[...],)
+        scale = 1.0
+        if cfg.bimamba_type in ("v1", "v2"):
+            As += (-jnp.exp(self.A_b_log[...]),)
+        if cfg.bimamba_type == "v2":
+            x_b = self._conv(xz, self.conv1d_b, reverse=True, fused=fused)
             delta_b, b_b, c_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
-            y = fused_scan(
-                (x_f, x_b), (delta_f, delta_b), (a_f, -jnp.exp(self.A_b_log[...])), (b_f, b_b), (c_f, c_b),
-                (self.D[...], self.D_b[...]), xz, (self.dt_proj.bias[...], self.dt_proj_b.bias[...]),
-                scale=0.5 if cfg.if_devide_out else 1.0, **scan,
-            )
+            us, deltas, Bs, Cs = us + (x_b,), deltas + (delta_b,), Bs + (b_b,), Cs + (c_b,)
+            Ds, biases = Ds + (self.D_b[...],), biases + (self.dt_proj_b.bias[...],)
+            scale = 0.5 if cfg.if_devide_out else 1.0
+        if fused:
+            y = fused_scan(us, deltas, As, Bs, Cs, Ds, xz, biases, scale=scale, impl=cfg.scan_impl)
+        else:
+            y = bidirectional_scan(us, deltas, As, Bs, Cs, Ds, xz[..., cfg.d_inner:], biases, delta_softplus=True,
+                                   scale=scale, impl=cfg.scan_impl, chunk_size=cfg.scan_chunk_size)
         return self.out_proj(y.astype(xz.dtype))
 
 

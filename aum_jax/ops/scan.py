@@ -359,12 +359,13 @@ def conv_silu(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, *, dim: i
 def fused_scan(us: Tensors, deltas: Tensors, As: Tensors, Bs: Tensors, Cs: Tensors, Ds: Tensors, xz: jax.Array,
                delta_biases: Tensors, *, scale: float = 1.0, impl: str = "auto") -> jax.Array:
     """:func:`bidirectional_scan` with softplus deltas, gated by ``z = xz[..., D:]`` of in_proj's output
-    ``xz`` (B, L, 2D), by ``impl``'s inference kernel; one entry per direction in every sequence
-    (``Ds`` and ``delta_biases`` included). Returns (B, L, D) float32."""
+    ``xz`` (B, L, 2D), by ``impl``'s inference kernel; the sequences as :func:`bidirectional_scan`'s (one
+    entry shared by both directions, or one per direction; ``Ds`` and ``delta_biases`` not empty).
+    Returns (B, L, D) float32."""
     name = resolve_impl(impl)
     fused = IMPLEMENTATIONS[name].fused_inference
     dim = us[0].shape[-1]
-    f32 = lambda seq: tuple(x.astype(jnp.float32) for x in seq)
+    f32 = lambda seq: tuple(x.astype(jnp.float32) for x in seq) * (len(As) if len(seq) == 1 else 1)
 
     def reference(us, deltas, As, Bs, Cs, Ds, biases, xz):
         return IMPLEMENTATIONS[name].run(us, deltas, As, Bs, Cs, Ds, xz[..., dim:], biases, delta_softplus=True,
