@@ -70,7 +70,7 @@ from absl import app, flags, logging  # noqa: E402
 from aum_jax.checkpoints import model_files  # noqa: E402
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
-from aum_jax.core import storage  # noqa: E402
+from aum_jax.core import memory, storage  # noqa: E402
 from aum_jax.data.features import audio, preprocessing  # noqa: E402
 from aum_jax.data.sources import labels  # noqa: E402
 from aum_jax.inference import (  # noqa: E402
@@ -240,7 +240,7 @@ def _run_audio(args: argparse.Namespace, model, prep) -> int:
         print(f"Wrote {args.plot}")
     if args.whole and timelines:  # last: the peak of the whole command, outputs written
         print(f"note: one pass over each whole file ({', '.join(f'{tl.duration:.2f} s' for tl in timelines)}; "
-              f"{args.whole_pos_embed} position embedding); peak memory {whole.peak_rss_mb():.0f} MB", file=sys.stderr)
+              f"{args.whole_pos_embed} position embedding); peak memory {memory.peak_rss_mb():.0f} MB", file=sys.stderr)
     return 0 if timelines else 1
 
 

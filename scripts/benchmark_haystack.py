@@ -40,7 +40,6 @@ import dataclasses
 import json
 import math
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ from absl import app, flags
 from benchmark_child import run_json_child
 
 from aum_jax.cli import flags as cli_flags
+from aum_jax.core import memory
 
 Row = tuple[str, float, str]
 
@@ -291,7 +291,7 @@ def run_child() -> None:
         wall = time.perf_counter() - begin
         results.append({**score_timeline(timeline.starts, timeline.ends, timeline.scores, placement),
                         "wall_s": wall, "duration_s": timeline.duration})
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    rss_mb = memory.peak_rss_mb()
     print(json.dumps({"mode": mode, "seconds": float(seconds), "placements": results, "rss_mb": rss_mb}), flush=True)
 
 

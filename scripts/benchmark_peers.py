@@ -4,7 +4,9 @@ aum-jax's AuM (Fo-Bi, random weights, 24 blocks) and Hugging Face transformers'
 ``ASTForAudioClassification`` (random weights, 12 layers, SDPA attention, eval mode under
 ``torch.inference_mode()``) at the same width and the same 16 x 16 patching without overlap, on
 ``--peer-seconds`` clips at ``--peer-batches``: the inference forward, in ms, clips/s and the peak
-RSS of the process. Every figure comes from a fresh process (``--peer-child``) that times
+RSS of the process. The AuM of each width and length is initialised and saved once, and its processes load it as
+``predict`` does (``model_files.load_model``); AST's build their random weights in memory, as torch initialises
+a module. Every figure comes from a fresh process (``--peer-child``) that times
 ``--peer-reps`` forwards after one warm-up; ``--peer-rounds`` rounds each run every point once,
 AuM then AST, and each figure is the median over the rounds. A process that fails (e.g. out of memory) makes
 its point a row of nan, its unit saying why.
@@ -22,8 +24,8 @@ import importlib.util
 import json
 import math
 import os
-import resource
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -31,6 +33,7 @@ from absl import app, flags
 from benchmark_child import run_json_child
 
 from aum_jax.cli import flags as cli_flags
+from aum_jax.core import memory
 
 Row = tuple[str, float, str]
 
@@ -59,6 +62,7 @@ _ROUNDS = flags.DEFINE_integer("peer-rounds", 3, "peers: interleaved rounds, eac
 _REPS = flags.DEFINE_integer("peer-reps", 3, "peers: timed forwards per process, after one warm-up.", lower_bound=1)
 _CHILD = flags.DEFINE_string("peer-child", None, "internal: time one point, model:width:frames:batch "
                              "(e.g. aum:small:1024:1), and print it as a JSON line.")
+_AUM_DIR = flags.DEFINE_string("peer-aum-dir", None, "internal: the model directory an aum --peer-child loads.")
 flags.register_validator("peer-widths", lambda v: set(v) <= set(WIDTHS), f"choose from {list(WIDTHS)}")
 flags.register_validator("peer-seconds", lambda v: _positive_numbers(v, float), "positive numbers wanted")
 flags.register_validator("peer-batches", lambda v: _positive_numbers(v, int), "positive whole numbers wanted")
@@ -82,6 +86,22 @@ def child_requested() -> bool:
     return _CHILD.value is not None
 
 
+def aum_config(width: str, length: int):
+    """The AuM-{tiny,small,base} Fo-Bi of ``width`` for ``length``-frame clips (an ``AuMConfig``)."""
+    from aum_jax.models.config import AuMConfig
+
+    return AuMConfig(embed_dim=WIDTHS[width][0], depth=24, bimamba_type="v1", cls_position="middle",
+                     num_classes=CLASSES, audio_length=length, num_mel_bins=MEL_BINS)
+
+
+def save_aum(width: str, length: int, directory: str) -> None:
+    """Saves a randomly initialised AuM of ``width`` for ``length``-frame clips as a model directory."""
+    from aum_jax.checkpoints import model_files
+    from aum_jax.models.aum import init_model
+
+    model_files.save_model(init_model(aum_config(width, length)), directory)
+
+
 def _aum_ms(width: str, length: int, batch: int, reps: int) -> float:
     from aum_jax.core import logs
 
@@ -90,14 +110,13 @@ def _aum_ms(width: str, length: int, batch: int, reps: int) -> float:
     import jax.numpy as jnp
     from flax import nnx
 
-    from aum_jax.models.aum import init_model
-    from aum_jax.models.config import AuMConfig
+    from aum_jax.checkpoints import model_files
     from aum_jax.training.speed import time_ms
 
-    config = AuMConfig(embed_dim=WIDTHS[width][0], depth=24, bimamba_type="v1", cls_position="middle",
-                       num_classes=CLASSES, audio_length=length, num_mel_bins=MEL_BINS)
     with jax.default_matmul_precision("highest"):
-        model = init_model(config)
+        model = model_files.load_model(_AUM_DIR.value)  # as predict and hear load a model
+        if model.config != aum_config(width, length):
+            raise ValueError(f"{_AUM_DIR.value} holds another AuM than {width} at {length} frames")
         model.eval()
         graphdef, state = nnx.split(model)
         forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
@@ -130,14 +149,38 @@ def run_child() -> None:
     """Times the ``--peer-child`` point and prints ``{"ms": median ms of the reps, "rss_mb": peak RSS}``."""
     model, width, length, batch = _CHILD.value.split(":")
     ms = {"aum": _aum_ms, "ast": _ast_ms}[model](width, int(length), int(batch), _REPS.value)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    rss_mb = memory.peak_rss_mb()
     print(json.dumps({"ms": ms, "rss_mb": rss_mb}), flush=True)
 
 
-def _run_point(model: str, width: str, length: int, batch: int) -> dict | str:
+def _run_point(model: str, width: str, length: int, batch: int, aum_dir: str) -> dict | str:
     """A fresh process's figures of one point, or why it failed."""
     return run_json_child([os.path.abspath(__file__), f"--peer-child={model}:{width}:{length}:{batch}",
-                           f"--peer-reps={_REPS.value}"])
+                           f"--peer-reps={_REPS.value}", f"--peer-aum-dir={aum_dir}"])
+
+
+def _measure(points: list[tuple[str, float, int]]) -> tuple[dict[tuple, list[dict]], dict[tuple, str]]:
+    """Every point's figures per round, AuM then AST in fresh processes, and the points that failed, with why."""
+    results: dict[tuple, list[dict]] = {(point, model): [] for point in points for model in MODELS}
+    failed: dict[tuple, str] = {}
+    with tempfile.TemporaryDirectory(prefix="aum_jax_peers_") as saved:
+        aum_dirs = {}  # (width, frames) -> an AuM of random weights, saved once: each aum process loads it.
+        for width, seconds, _ in points:
+            if (width, frames(seconds)) not in aum_dirs:
+                aum_dirs[width, frames(seconds)] = os.path.join(saved, f"{width}_{frames(seconds)}")
+                save_aum(width, frames(seconds), aum_dirs[width, frames(seconds)])
+        for round_ in range(_ROUNDS.value):
+            for width, seconds, batch in points:
+                for model in MODELS:
+                    key = ((width, seconds, batch), model)
+                    if key in failed:  # out of memory again: don't spend the time
+                        continue
+                    result = _run_point(model, width, frames(seconds), batch, aum_dirs[width, frames(seconds)])
+                    if isinstance(result, str):
+                        failed[key] = f"failed in round {round_ + 1}: {result}"
+                    else:
+                        results[key].append(result)
+    return results, failed
 
 
 def peers_section() -> list[Row]:
@@ -148,19 +191,7 @@ def peers_section() -> list[Row]:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     points = [(width, float(seconds), int(batch)) for width in _WIDTHS.value for seconds in _SECONDS.value
               for batch in _BATCHES.value]
-    results: dict[tuple, list[dict]] = {(point, model): [] for point in points for model in MODELS}
-    failed: dict[tuple, str] = {}
-    for round_ in range(_ROUNDS.value):
-        for width, seconds, batch in points:
-            for model in MODELS:
-                key = ((width, seconds, batch), model)
-                if key in failed:  # out of memory again: don't spend the time
-                    continue
-                result = _run_point(model, width, frames(seconds), batch)
-                if isinstance(result, str):
-                    failed[key] = f"failed in round {round_ + 1}: {result}"
-                else:
-                    results[key].append(result)
+    results, failed = _measure(points)
     rows: list[Row] = []
     for point in points:
         width, seconds, batch = point

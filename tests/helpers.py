@@ -3,8 +3,10 @@ the command lines, and the check that a refusal is one ``error:`` line."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
+import pytest
 import soundfile
 from aum_jax.configs import speechcommands
 
@@ -145,3 +148,21 @@ def main_cli(workdir: Path, toy_overrides: list[str], *extra: str, **kwargs) -> 
 class RunsCode:
     def __reduce__(self):
         return (Path.touch, (Path("/tmp/aum_jax_pwned"),))
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """No entry can be created in ``folder``: chmod for users, the immutable attribute for root."""
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
+            pytest.skip("running as root without chattr +i: a folder cannot be made read-only")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)

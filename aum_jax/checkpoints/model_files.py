@@ -36,7 +36,7 @@ from aum_jax.core import storage
 from aum_jax.core import workdir as workdir_lib
 from aum_jax.core.errors import UserError
 from aum_jax.data.features import preprocessing as preprocessing_lib
-from aum_jax.models import AudioMamba, AuMConfig, init_model
+from aum_jax.models import AudioMamba, AuMConfig, model_with_params
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -389,14 +389,15 @@ def load_model(directory: str | os.PathLike, *, verify: bool = True, **config_ov
         config = files.config.replace(**config_overrides)
     except (TypeError, ValueError) as e:
         raise ModelDirectoryError(f"{files.path}: {e}") from e
-    model = init_model(config)
+    abstract = nnx.state(nnx.eval_shape(lambda: AudioMamba(config, rngs=nnx.Rngs(0))), nnx.Param)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     params_dir = files.path / PARAMS_DIR
     with ocp.StandardCheckpointer() as checkpointer:
         try:
-            params = checkpointer.restore(params_dir, nnx.state(model, nnx.Param))
+            params = checkpointer.restore(params_dir, abstract)
         except Exception as e:  # noqa: BLE001 - any reader failure: the directory is damaged.
             raise ModelDirectoryError(f"{params_dir} is damaged (a truncated or overwritten file?): "
                                       f"{read_error_reason(e)}") from e
     _check_values(params, files)
-    nnx.update(model, params)
-    return model
+    return model_with_params(config, params)

@@ -7,7 +7,7 @@ program; the position embedding is extended along time (:meth:`aum_jax.models.Au
 ``"tile"``). The head scores every time patch (its tokens averaged over frequency), which gives a
 :class:`aum_jax.inference.predict.Timeline` with one row per time patch, on the same JSON and
 plot as sliding windows. Memory grows linearly with the recording: the audio, its fbank and the
-model's activations of one pass (``peak_rss_mb`` reports what the process reached).
+model's activations of one pass (``aum_jax.core.memory.peak_rss_mb`` reports what the process reached).
 
   from aum_jax.inference import whole
   timeline = whole.classify_whole(model, prep, "long.wav")
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import resource
 
 import jax
 import numpy as np
@@ -117,8 +116,3 @@ def classify_whole(model: AudioMamba, prep: preprocessing.Preprocessing, path: s
     ends = np.minimum(result.centres + half, duration)
     return predict.Timeline(path, duration, starts, ends, predict.scores(result.logits, prep.score), prep.score,
                             labels.class_names(prep.class_names, result.logits.shape[1]), sample_rate)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -348,3 +348,17 @@ def init_model(config: AuMConfig, seed: int = 0, sharding: jax.sharding.Sharding
         return model
 
     return nnx.jit(build)()
+
+
+def model_with_params(config: AuMConfig, params: nnx.State, seed: int = 0, *,
+                      module: Callable[..., nnx.Module] = AudioMamba) -> nnx.Module:
+    """``module(config)`` holding ``params`` (its ``nnx.Param`` state, e.g. read from a checkpoint).
+
+    Its other variables (the RNG streams) are those of ``init_model(config, seed)``; the initial
+    parameters are never computed, so no initialiser is compiled and no second copy of the
+    weights is held (a checkpoint's load costs the parameters' memory, nothing more).
+    """
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: module(config, rngs=nnx.Rngs(seed))), nnx.Param, ...)
+    # Only the RNG state leaves the program; XLA drops the parameter initialisers as dead code.
+    others = nnx.jit(lambda: nnx.state(module(config, rngs=nnx.Rngs(seed)), nnx.Not(nnx.Param)))()
+    return nnx.merge(graphdef, params, others)

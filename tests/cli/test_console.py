@@ -16,7 +16,7 @@ import pytest
 
 from aum_jax.checkpoints import convert
 from aum_jax.checkpoints.model_files import save_model
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, assert_one_error_line, read_only
 
 # An INFO line of absl (Python or C++: "I1124 13:04:19.168 ..." / "I0000 00:00:...") or a library notice.
 CHATTER = re.compile(r"^I\d{4} |oneDNN|orbax|logging_writer|work unit notes|Unable to initialize backend", re.M)
@@ -86,15 +86,20 @@ def test_demo_run_is_quiet_prints_results_and_is_not_trained_twice(tmp_path):
     assert sum(map(sum, counts)) == 20 and sum(counts[i][i] for i in range(10)) == round(20 * report["test"]["accuracy"])
     events = sorted(glob.glob(str(workdir / "events.out.tfevents.*")))
 
-    second = run(*command, cache=tmp_path / "cache")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"{workdir} is already trained to step 4" in second.stdout
-    assert f"{report['test']['accuracy']:.4f}" in second.stdout  # the stored results, printed again.
-    assert "step 4 validation" not in second.stderr  # no re-evaluation...
-    assert sorted(glob.glob(str(workdir / "events.out.tfevents.*"))) == events  # ...and no new scalars.
-    assert json.loads((workdir / "report.json").read_text()) == report
-    assert "Confusion matrix of the best model on test" in second.stdout  # the stored one.
-    assert "confusion" not in second.stderr
+    listing = sorted(p.name for p in workdir.iterdir())
+    with read_only(workdir):  # a finished run writes nothing: it prints its results from a read-only workdir.
+        second = run(*command, cache=tmp_path / "cache")
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert f"{workdir} is already trained to step 4" in second.stdout
+        assert f"{report['test']['accuracy']:.4f}" in second.stdout  # the stored results, printed again.
+        assert "step 4 validation" not in second.stderr  # no re-evaluation...
+        assert sorted(glob.glob(str(workdir / "events.out.tfevents.*"))) == events  # ...and no new scalars.
+        assert json.loads((workdir / "report.json").read_text()) == report
+        assert "Confusion matrix of the best model on test" in second.stdout  # the stored one.
+        assert "confusion" not in second.stderr
+        more = run(*command, "--config.train.num_steps=6", cache=tmp_path / "cache")  # more steps: it must write.
+        assert_one_error_line(more, f"cannot write to workdir {workdir}")
+    assert sorted(p.name for p in workdir.iterdir()) == listing
 
     evaluated = run(*command, "--mode=eval", cache=tmp_path / "cache")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

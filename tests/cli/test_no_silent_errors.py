@@ -1,16 +1,13 @@
 """No silent wrong answers, with real files and processes: audio at any sample rate is resampled
-to the model's, long recordings run in bounded memory, damaged models and tensors are refused,
+to the model's, damaged models and tensors are refused,
 and every user mistake ends in one ``error:`` line with exit status 1, writing nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import resource
 import shutil
 import signal
-import subprocess
 from math import gcd
 from pathlib import Path
 
@@ -25,8 +22,6 @@ from aum_jax.checkpoints.model_files import save_model
 from aum_jax.data.features import kaldi, preprocessing
 from aum_jax.inference import predict
 from tests.helpers import (
-    OPTIMIZED,
-    PEAK_RSS,
     SAMPLE,
     TINY_FOBI,
     assert_one_error_line,
@@ -37,7 +32,6 @@ from tests.helpers import (
 )
 
 PREP = preprocessing.Preprocessing(num_mel_bins=128, target_length=128, mean=-5.0114145, std=4.2837193, loss="CE")
-# Measures the peak resident memory of the one command it runs (RUSAGE_CHILDREN of a fresh parent).
 
 
 @pytest.fixture(scope="module")
@@ -97,35 +91,6 @@ def predict_model(model_dir: Path):
     from aum_jax.checkpoints.model_files import load_model
 
     return load_model(model_dir)
-
-
-# ---------------------------------------------------------------------------- bounded memory
-
-
-def _recording(path: Path, minutes: int) -> Path:
-    """Tones in noise, written in 10 s blocks (the test never holds the whole recording either)."""
-    rng = np.random.default_rng(minutes)
-    t = np.arange(160_000) / 16_000
-    with soundfile.SoundFile(path, "w", 16_000, 1, "PCM_16") as f:
-        for _ in range(6 * minutes):
-            f.write((0.2 * np.sin(2 * np.pi * rng.uniform(200, 3000) * t) + 0.02 * rng.normal(size=t.size)))
-    return path
-
-
-def test_peak_memory_of_a_30_minute_recording_is_that_of_a_3_minute_one(model_dir, tmp_path):
-    peaks = {}
-    for minutes in (3, 30):
-        wav = _recording(tmp_path / f"rec{minutes}.wav", minutes)
-        result = run("-c", PEAK_RSS, "-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(wav),
-                     "--hop-seconds", "1.28", "--top-k", "1", "--json", str(tmp_path / f"rec{minutes}.json"),
-                     env=OPTIMIZED)
-        measured = json.loads(result.stdout.strip().splitlines()[-1])
-        assert measured["rc"] == 0, measured["stderr"]
-        windows = json.loads((tmp_path / f"rec{minutes}.json").read_text())["files"][0]["windows"]
-        assert len(windows) == round(minutes * 60 / 1.28 + 0.5)
-        peaks[minutes] = measured["kb"]
-        wav.unlink()
-    assert peaks[30] < 1.5 * peaks[3], peaks
 
 
 # ---------------------------------------------------------------------------- finite or refuse
@@ -242,46 +207,18 @@ def test_a_workdir_that_is_a_file_is_one_line(toy_overrides, tmp_path):
     assert workdir.read_text() == "not a folder"
 
 
-@contextlib.contextmanager
-def read_only(folder: Path):
-    """No entry can be created in ``folder``: chmod for users, the immutable attribute for root."""
-    if os.geteuid() == 0:
-        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
-            pytest.skip("running as root without chattr +i: a folder cannot be made read-only")
-        try:
-            yield
-        finally:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-
-
-def test_a_read_only_workdir_prints_finished_results_and_refuses_to_train(toy_overrides, tmp_path):
-    finished = tmp_path / "finished"
-    first = main_cli(finished, toy_overrides)
-    assert first.returncode == 0, first.stderr[-3000:]
-    before = sorted(p.name for p in finished.iterdir())
-    with read_only(finished):
-        again = main_cli(finished, toy_overrides)
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert "is already trained to step 2" in again.stdout and "validation" in again.stdout
-        more = main_cli(finished, toy_overrides, "--config.train.num_steps=4")
-        assert_one_error_line(more, f"cannot write to workdir {finished}")
-    assert sorted(p.name for p in finished.iterdir()) == before
-
-
 def test_a_full_disk_names_the_folder_and_the_last_intact_checkpoint(toy_overrides, tmp_path):
     workdir = tmp_path / "work"
     common = ["--config.train.checkpoint_every=2", "--config.eval.split=", "--config.eval.test_split=",
               "--config.model.scan_impl=chunked"]  # no kernel is compiled under the file size limit.
     first = main_cli(workdir, toy_overrides, *common)
     assert first.returncode == 0, first.stderr[-3000:]
-    checkpoint = max((p for p in (workdir / "checkpoints" / "2").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    limit = checkpoint.stat().st_size // 2  # a checkpoint's largest file no longer fits; the logs do.
+    sizes = {p: p.stat().st_size for p in workdir.rglob("*") if p.is_file()}
+    checkpoints = workdir / "checkpoints"
+    # The logs and config (twice the largest) fit; the checkpoint's tree metadata, always one file, does not. Its
+    # array data is no measure: tensorstore splits it into a number of files that depends on timing.
+    limit = 2 * max(size for p, size in sizes.items() if p.parent == workdir)
+    assert limit < sizes[checkpoints / "2" / "optimizer" / "_METADATA"], sizes
 
     def limit_file_size() -> None:  # writes past the limit fail with EFBIG, as on a full disk with ENOSPC.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

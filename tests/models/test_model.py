@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from aum_jax.models import AUM_TYPES, EMBED_DIMS, AudioMamba, AuMConfig, count_params, init_model
+from aum_jax.models import AUM_TYPES, EMBED_DIMS, AudioMamba, AuMConfig, count_params, init_model, model_with_params
 from aum_jax.models.aum import drop_path_rates
 
 # The seed's checkpoint tables: (classes, frames) -> (base Fo-Bi, small Bi-Bi) parameter counts.
@@ -30,12 +30,29 @@ def abstract_count(**fields) -> int:
     return count_params(nnx.eval_shape(lambda: AudioMamba(config, rngs=nnx.Rngs(0))))
 
 
-@pytest.mark.parametrize("dataset", PUBLISHED_COUNTS)
+MODELS = {"base Fo-Bi": (EMBED_DIMS["base"], AUM_TYPES["Fo-Bi"]), "small Bi-Bi": (EMBED_DIMS["small"], AUM_TYPES["Bi-Bi"])}
+
+
+@pytest.mark.parametrize("dataset", ["AudioSet", "Speech Commands"])  # 1024 and 128 frames
 def test_published_parameter_counts(dataset):
-    classes, frames, base_fobi, small_bibi = PUBLISHED_COUNTS[dataset]
-    common = dict(num_classes=classes, audio_length=frames, num_mel_bins=128, strides=(16, 16))
-    assert abstract_count(embed_dim=EMBED_DIMS["base"], bimamba_type=AUM_TYPES["Fo-Bi"], **common) == base_fobi
-    assert abstract_count(embed_dim=EMBED_DIMS["small"], bimamba_type=AUM_TYPES["Bi-Bi"], **common) == small_bibi
+    classes, frames, *published = PUBLISHED_COUNTS[dataset]
+    for (width, variant), count in zip(MODELS.values(), published):
+        assert abstract_count(embed_dim=width, bimamba_type=variant, num_classes=classes, audio_length=frames,
+                              num_mel_bins=128, strides=(16, 16)) == count
+
+
+@pytest.mark.parametrize("dataset", ["VGGSound", "VoxCeleb", "EPIC-Sounds"])
+def test_published_counts_of_the_other_1024_frame_models_differ_from_audiosets_by_the_head(dataset):
+    """Their published counts are AudioSet's but for the head, and so are the 24-block models' (whose
+    every other parameter test_published_parameter_counts checks at AudioSet's 1024 frames)."""
+    classes, frames, *published = PUBLISHED_COUNTS[dataset]
+    audioset_classes, audioset_frames, *audioset = PUBLISHED_COUNTS["AudioSet"]
+    assert frames == audioset_frames
+    for (width, variant), count, reference in zip(MODELS.values(), published, audioset):
+        assert count - reference == (classes - audioset_classes) * (width + 1)
+        heads = [abstract_count(embed_dim=width, bimamba_type=variant, num_classes=c, audio_length=frames,
+                                num_mel_bins=128, strides=(16, 16), depth=1) for c in (classes, audioset_classes)]
+        assert heads[0] - heads[1] == count - reference
 
 
 def test_fixture_parameter_counts(fixtures_dir):
@@ -187,3 +204,17 @@ def test_eval_mode_inference_kernels_compute_the_training_function(bimamba_type)
     assert "aum_scan_inference_cpu" not in train_jaxpr
     np.testing.assert_allclose(eval_logits, train_logits, atol=2e-6, rtol=0)
     np.testing.assert_allclose(eval_grad, train_grad, atol=2e-6, rtol=0)
+
+
+def test_a_model_with_given_params_holds_them_and_init_models_rng_state():
+    config = AuMConfig(embed_dim=32, depth=2, num_classes=3, audio_length=64, num_mel_bins=32, drop_path_rate=0.1)
+    initialised = init_model(config, seed=3)
+    params = jax.tree.map(lambda p: p + 1.0, nnx.state(initialised, nnx.Param))
+    built = model_with_params(config, params, seed=3)
+    as_numbers = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    for name, (want, got) in {"params": (params, nnx.state(built, nnx.Param)),
+                              "rngs": (nnx.state(initialised, nnx.Not(nnx.Param)), nnx.state(built, nnx.Not(nnx.Param)))
+                              }.items():
+        assert jax.tree.structure(want) == jax.tree.structure(got), name
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+            np.testing.assert_array_equal(as_numbers(a), as_numbers(b), err_msg=name)

@@ -57,8 +57,9 @@ def _wait_for(path: Path, job: subprocess.Popen, timeout: float = 180) -> None:
 def test_second_trainer_sigkill_with_workers_and_takeover(toy_overrides, tmp_path: Path) -> None:
     env = subprocess_env()
     workdir = tmp_path / "work"
-    command = MAIN + toy_overrides + [f"--workdir={workdir}", "--config.train.checkpoint_every=2",
-                                      "--config.data.num_workers=2"]
+    no_eval = ["--config.eval.split=", "--config.eval.test_split="]  # the checks read the report and stderr.
+    command = MAIN + toy_overrides + no_eval + [f"--workdir={workdir}", "--config.train.checkpoint_every=2",
+                                                "--config.data.num_workers=2"]
     first = subprocess.Popen(command + ["--config.train.num_steps=100000"], env=env, cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -90,8 +91,8 @@ def test_second_trainer_sigkill_with_workers_and_takeover(toy_overrides, tmp_pat
 
     # The dead holder's lock is taken over; the run resumes, now with another worker count.
     stopped = run_checkpoints.make_manager(workdir, 3).latest_step()
-    resumed = subprocess.run(MAIN + toy_overrides + [f"--workdir={workdir}", f"--config.train.num_steps={stopped + 2}",
-                                                     "--config.data.num_workers=0"],
+    resumed = subprocess.run(MAIN + toy_overrides + no_eval + [f"--workdir={workdir}", "--config.data.num_workers=0",
+                                                               f"--config.train.num_steps={stopped + 2}"],
                              env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"PID {first.pid} is not running" in resumed.stderr
@@ -162,7 +163,8 @@ def test_divergence_stops_keeps_earlier_checkpoints_and_refuses_a_blind_restart(
     env = subprocess_env()
     workdir = tmp_path / "work"
     # From the 5th update (epoch 2) the lr is multiplied by 1e30: step 6 onwards diverges.
-    command = MAIN + toy_overrides + [f"--workdir={workdir}", "--config.train.num_steps=12",
+    command = MAIN + toy_overrides + ["--config.eval.split=", "--config.eval.test_split=",  # the report is read
+                                      f"--workdir={workdir}", "--config.train.num_steps=12",
                                       "--config.train.checkpoint_every=2", "--config.train.steps_per_epoch=2",
                                       "--config.train.max_nonfinite_steps=3", "--config.optimizer.decay_start_epoch=2"]
     diverging = command + ["--config.optimizer.decay_factor=1e30"]
