@@ -378,6 +378,9 @@ def _check_values(params: nnx.State, files: ModelFiles) -> None:
 def load_model(directory: str | os.PathLike, *, verify: bool = True, **config_overrides) -> AudioMamba:
     """Restores a model saved by ``save_model``, checking what it reads (:func:`open_model_dir`, then the values).
 
+    The parameters are read into the model's abstract shapes (``models.model_with_params``): no
+    initialiser runs, so the process holds one copy of the weights.
+
     ``config_overrides`` may change fields that do not touch the parameters, such as
     ``scan_impl`` or ``drop_path_rate``.
 
