@@ -67,6 +67,7 @@ import contextlib  # noqa: E402
 import functools  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
@@ -533,9 +534,14 @@ def main(argv: list[str]) -> None:
         print(f"# {_cpu_model()}; cpu scan kernel: " + ", ".join(
             f"{march} -> {cpu_scan.variant(march).isa}, {cpu_scan.variant(march).lanes} float32 lanes"
             for march in _cpu_variants()))
+    failures = []
     for section in _SECTIONS.value:
         for name, value, unit in SECTIONS[section]():
             print(f"{name:60s} {value:10.2f} {unit}", flush=True)
+            if math.isnan(value) and "failed" in name:
+                failures.append(f"{name} {unit}".strip())
+    if failures:  # every row is printed first; then the run is not a success.
+        sys.exit(f"error: {len(failures)} measurement(s) failed; the first: {failures[0]}")
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ from absl import app, flags
 from aum_jax.configs.data import DATASETS
 
 from aum_jax.checkpoints import convert, pretrained
-from aum_jax.checkpoints.model_files import save_model
+from aum_jax.checkpoints.model_files import MODEL_DIR_FILES, save_model
 from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
-from aum_jax.core import logs
+from aum_jax.core import logs, storage
 from aum_jax.data.features import preprocessing as preprocessing_lib
 from aum_jax.data.sources import labels
 from aum_jax.models import AuMConfig, count_params
@@ -56,7 +56,8 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--torch-checkpoint", required=True, help="the .pth file (state_dict, module.-prefixed or {'model': ...})")
     parser.add_argument("--output", required=True, help="the model directory to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it holds an earlier model "
+                        "directory (a folder holding other files is refused)")
     parser.add_argument("--strides", type=_pair, help="F,T strides the checkpoint was trained with (default: its patch size)")
     parser.add_argument("--audio-length", type=int, help="frames the checkpoint was trained with (default: inferred from pos_embed)")
     parser.add_argument("--num-mel-bins", type=int, default=128, help="mel bins of the input (default: 128)")
@@ -135,8 +136,8 @@ def build_preprocessing(args: argparse.Namespace, model_config: AuMConfig) -> pr
 
 
 def main(args: argparse.Namespace) -> int:
-    if os.path.exists(args.output) and not args.overwrite:  # before any conversion work.
-        raise FileExistsError(f"{os.path.abspath(args.output)} already exists; pass --overwrite to replace it")
+    # Before any conversion work: only a model directory is ever replaced, and only with --overwrite.
+    storage.check_output_dir(args.output, "--output", MODEL_DIR_FILES, overwrite=args.overwrite)
     model = build(args)
     prep = build_preprocessing(args, model.config)
     path = save_model(model, args.output, overwrite=args.overwrite, preprocessing=prep)

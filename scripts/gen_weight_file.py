@@ -18,10 +18,13 @@ logs.quiet_native_logs()  # before JAX and TensorFlow load.
 import numpy as np
 from absl import app, flags
 
+from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
+from aum_jax.core import storage
 from aum_jax.data.sources.datafile import DatafileSource
 
 _DATAFILE = flags.DEFINE_string("datafile", None, "JSON datafile.", required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace output files that exist.")
 _LABEL_CSV = flags.DEFINE_string(
     "label-csv", "data/audioset/class_labels_indices.csv", "index,mid,display_name CSV."
 )
@@ -39,12 +42,14 @@ def sample_weights(label_lists: list[tuple[int, ...]], num_classes: int) -> np.n
 
 def main(argv: list[str]) -> None:
     del argv
+    out = _DATAFILE.value.removesuffix(".json") + "_weight.csv"
+    storage.check_output_file(out, "the weight file", overwrite=_OVERWRITE.value)
     source = DatafileSource(_DATAFILE.value, _LABEL_CSV.value)
     weights = sample_weights([source[i].labels for i in range(len(source))], source.num_classes)
-    out = _DATAFILE.value.removesuffix(".json") + "_weight.csv"
-    np.savetxt(out, weights, delimiter=",")
+    with storage.staged_file(out) as staging, open(staging, "w") as f:  # a file object: savetxt keeps the name.
+        np.savetxt(f, weights, delimiter=",")
     print(f"wrote {len(weights)} weights to {out}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli_flags.parse_absl_flags)
+    app.run(command.guard(main, also=(OSError, ValueError, KeyError)), flags_parser=cli_flags.parse_absl_flags)

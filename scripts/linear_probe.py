@@ -32,6 +32,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from aum_jax.checkpoints import model_files  # noqa: E402
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
+from aum_jax.core import storage  # noqa: E402
 from aum_jax.data.features import audio  # noqa: E402
 from aum_jax.data.sources import registry  # noqa: E402
 from aum_jax.evaluation import evaluate  # noqa: E402
@@ -48,7 +49,8 @@ _TRAIN_SPLIT = flags.DEFINE_string("train-split", "train", "The split the probe 
 _TEST_SPLIT = flags.DEFINE_string("test-split", "test", "The split the probe is scored on.")
 _BATCH = flags.DEFINE_integer("batch-size", 32, "Clips per forward pass.")
 _MAX_ITER = flags.DEFINE_integer("max-iter", 2000, "LogisticRegression's max_iter.")
-_OUT = flags.DEFINE_string("out", None, "JSON file of the results.")
+_OUT = flags.DEFINE_string("out", None, "JSON file of the results (an existing file only with --overwrite).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
 
 def _embed(model, prep, source) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -75,6 +77,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _MODEL_DIR.value:
         raise app.UsageError("--model-dir is required")
+    storage.check_output_file(_OUT.value, "--out", overwrite=_OVERWRITE.value)  # before any work.
     directory = model_files.model_directory(_MODEL_DIR.value)
     model = model_files.load_model(directory)
     if _RANDOM.value:
@@ -94,7 +97,7 @@ def main(argv: list[str]) -> None:
         results[f"{name}_accuracy"] = float(probe.score(test_x[name], test_y))
     print(json.dumps(results, indent=1))
     if _OUT.value:
-        Path(_OUT.value).write_text(json.dumps(results, indent=1))
+        storage.write_text(_OUT.value, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

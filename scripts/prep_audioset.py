@@ -21,7 +21,9 @@ import os
 
 from absl import app, flags
 
+from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
+from aum_jax.core import storage
 from aum_jax.data.sources.datafile import write_datafile
 from aum_jax.data.sources.labels import load_label_csv
 
@@ -29,6 +31,7 @@ _SEGMENTS = flags.DEFINE_string("segments-csv", None, "AudioSet segments CSV.", 
 _AUDIO_DIR = flags.DEFINE_string("audio-dir", None, "folder of the clips.", required=True)
 _EXT = flags.DEFINE_string("ext", "flac", "audio file extension.")
 _OUT = flags.DEFINE_string("out", None, "output JSON datafile.", required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace output files that exist.")
 _LABEL_CSV = flags.DEFINE_string(
     "label-csv", "data/audioset/class_labels_indices.csv", "index,mid,display_name CSV."
 )
@@ -36,6 +39,7 @@ _LABEL_CSV = flags.DEFINE_string(
 
 def main(argv: list[str]) -> None:
     del argv
+    storage.check_output_file(_OUT.value, "--out", overwrite=_OVERWRITE.value)
     mid_of, _ = load_label_csv(_LABEL_CSV.value)
     audio_dir = os.path.abspath(_AUDIO_DIR.value)
     entries, missing = [], 0
@@ -58,4 +62,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli_flags.parse_absl_flags)
+    app.run(command.guard(main, also=(OSError, ValueError, KeyError)), flags_parser=cli_flags.parse_absl_flags)

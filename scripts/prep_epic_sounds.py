@@ -22,17 +22,21 @@ import os
 import h5py
 from absl import app, flags
 
+from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
+from aum_jax.core import storage
 from aum_jax.data.sources.epic_sounds import timestamp_to_seconds
 
 _ANNOTATIONS = flags.DEFINE_string("annotations", None, "annotation CSV.", required=True)
 _HDF5 = flags.DEFINE_string("hdf5", None, "EPIC-KITCHENS-100 audio HDF5.", required=True)
 _OUT = flags.DEFINE_string("out", None, "output annotation CSV.", required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace output files that exist.")
 _SAMPLE_RATE = flags.DEFINE_integer("sample-rate", 24000, "audio sampling rate (Hz).")
 
 
 def main(argv: list[str]) -> None:
     del argv
+    storage.check_output_file(_OUT.value, "--out", overwrite=_OVERWRITE.value)
     sr = _SAMPLE_RATE.value
     with open(_ANNOTATIONS.value, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -50,8 +54,7 @@ def main(argv: list[str]) -> None:
                                f"the {h5[video].shape[0]} samples of {video}")
             else:
                 kept.append(row)
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, "w", newline="", encoding="utf-8") as f:
+    with storage.staged_file(_OUT.value) as staging, open(staging, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(kept)
@@ -61,4 +64,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli_flags.parse_absl_flags)
+    app.run(command.guard(main, also=(OSError, ValueError, KeyError)), flags_parser=cli_flags.parse_absl_flags)

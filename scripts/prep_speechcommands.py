@@ -20,12 +20,15 @@ import os
 
 from absl import app, flags
 
+from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
+from aum_jax.core import storage
 from aum_jax.data.sources.datafile import write_datafile
 from aum_jax.data.sources.labels import load_label_csv
 
 _ROOT = flags.DEFINE_string("root", None, "extracted speech_commands_v0.02.", required=True)
 _OUT_DIR = flags.DEFINE_string("out-dir", "data/speechcommands/datafiles", "output folder.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace output files that exist.")
 _LABEL_CSV = flags.DEFINE_string(
     "label-csv",
     "data/speechcommands/speechcommands_class_labels_indices.csv",
@@ -57,12 +60,15 @@ def main(argv: list[str]) -> None:
     root = os.path.abspath(_ROOT.value)
     mid_of, names = load_label_csv(_LABEL_CSV.value)
     word_to_mid = {names[index]: mid for mid, index in mid_of.items()}
-    for split, files in split_lists(root).items():
+    splits = split_lists(root)
+    outs = {split: os.path.join(_OUT_DIR.value, f"speechcommand_{split}_data.json") for split in splits}
+    for out in outs.values():
+        storage.check_output_file(out, "--out-dir", overwrite=_OVERWRITE.value)
+    for split, files in splits.items():
         entries = [(os.path.join(root, f), [word_to_mid[f.split("/")[0]]]) for f in files]
-        out = os.path.join(_OUT_DIR.value, f"speechcommand_{split}_data.json")
-        write_datafile(out, entries)
-        print(f"{split}: {len(entries)} clips -> {out}")
+        write_datafile(outs[split], entries)
+        print(f"{split}: {len(entries)} clips -> {outs[split]}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli_flags.parse_absl_flags)
+    app.run(command.guard(main, also=(OSError, ValueError, KeyError)), flags_parser=cli_flags.parse_absl_flags)

@@ -20,13 +20,16 @@ import os
 
 from absl import app, flags
 
+from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
+from aum_jax.core import storage
 from aum_jax.data.sources.datafile import write_datafile
 from aum_jax.data.sources.labels import load_label_csv
 
 _CSV = flags.DEFINE_string("csv", None, "vggsound.csv.", required=True)
 _AUDIO_DIR = flags.DEFINE_string("audio-dir", None, "folder of the wav files.", required=True)
 _OUT_DIR = flags.DEFINE_string("out-dir", "data/vggsound/datafiles", "output folder.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace output files that exist.")
 _LABEL_CSV = flags.DEFINE_string(
     "label-csv", "data/vggsound/class_labels_indices.csv", "index,mid,display_name CSV."
 )
@@ -38,6 +41,9 @@ def main(argv: list[str]) -> None:
     name_to_mid = {names[index]: mid for mid, index in mid_of.items()}
     audio_dir = os.path.abspath(_AUDIO_DIR.value)
     splits: dict[str, list[tuple[str, list[str]]]] = {"train": [], "test": []}
+    outs = {split: os.path.join(_OUT_DIR.value, f"vgg_{split}.json") for split in splits}
+    for out in outs.values():
+        storage.check_output_file(out, "--out-dir", overwrite=_OVERWRITE.value)
     missing = 0
     with open(_CSV.value, newline="", encoding="utf-8") as f:
         for youtube_id, start, label, split in csv.reader(f):
@@ -47,11 +53,10 @@ def main(argv: list[str]) -> None:
                 continue
             splits[split].append((wav, [name_to_mid[label]]))
     for split, entries in splits.items():
-        out = os.path.join(_OUT_DIR.value, f"vgg_{split}.json")
-        write_datafile(out, entries)
-        print(f"{split}: {len(entries)} clips -> {out}")
+        write_datafile(outs[split], entries)
+        print(f"{split}: {len(entries)} clips -> {outs[split]}")
     print(f"{missing} rows without audio were left out")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli_flags.parse_absl_flags)
+    app.run(command.guard(main, also=(OSError, ValueError, KeyError)), flags_parser=cli_flags.parse_absl_flags)

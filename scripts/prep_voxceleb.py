@@ -18,12 +18,15 @@ import os
 
 from absl import app, flags
 
+from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
+from aum_jax.core import storage
 from aum_jax.data.sources.datafile import write_datafile
 
 _SPLIT = flags.DEFINE_string("iden-split", None, "iden_split.txt.", required=True)
 _WAV_DIR = flags.DEFINE_string("wav-dir", None, "VoxCeleb1 wav root.", required=True)
 _OUT_DIR = flags.DEFINE_string("out-dir", "data/voxceleb/datafiles", "output folder.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace output files that exist.")
 
 
 def speaker_mid(path: str) -> str:
@@ -35,6 +38,9 @@ def main(argv: list[str]) -> None:
     del argv
     wav_dir = os.path.abspath(_WAV_DIR.value)
     splits: dict[str, list[tuple[str, list[str]]]] = {"train_data": [], "test_data": []}
+    outs = {name: os.path.join(_OUT_DIR.value, f"{name}.json") for name in splits}
+    for out in outs.values():
+        storage.check_output_file(out, "--out-dir", overwrite=_OVERWRITE.value)
     with open(_SPLIT.value, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -43,10 +49,9 @@ def main(argv: list[str]) -> None:
             name = "test_data" if which == "3" else "train_data"
             splits[name].append((os.path.join(wav_dir, path), [speaker_mid(path)]))
     for name, entries in splits.items():
-        out = os.path.join(_OUT_DIR.value, f"{name}.json")
-        write_datafile(out, entries)
-        print(f"{name}: {len(entries)} clips -> {out}")
+        write_datafile(outs[name], entries)
+        print(f"{name}: {len(entries)} clips -> {outs[name]}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli_flags.parse_absl_flags)
+    app.run(command.guard(main, also=(OSError, ValueError, KeyError)), flags_parser=cli_flags.parse_absl_flags)

@@ -9,7 +9,8 @@ with the teacher's own features (its ``preprocessing.json``: rate, bins, length,
 so a teacher of other features than the student's works too. The output folder
 (:mod:`aum_jax.data.teacher_logits`) holds ``logits.npy`` (one row per clip), ``clips.txt``
 (the clips, as the training run names them) and ``teacher.json``; it is written whole or not
-at all. A clip that cannot be read is one ``error:`` line: the run needs every clip's row.
+at all, into a new or empty folder, or over an earlier stored-logits folder with ``--overwrite``
+(a folder holding any other file is refused before anything runs). A clip that cannot be read is one ``error:`` line: the run needs every clip's row.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ml_collections import config_flags  # noqa: E402
 from aum_jax.checkpoints import model_files  # noqa: E402
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
+from aum_jax.core import storage  # noqa: E402
 from aum_jax.data import teacher_logits  # noqa: E402
 from aum_jax.data.features import audio  # noqa: E402
 from aum_jax.data.sources import registry  # noqa: E402
@@ -36,7 +38,9 @@ from aum_jax.training import prepare  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The run's config: its data source.",
                                           lock_config=True)
 _MODEL_DIR = flags.DEFINE_string("model-dir", None, "The teacher: an aum-jax model directory or training workdir.")
-_OUT = flags.DEFINE_string("out", None, "Folder to write (replaced if it exists).")
+_OUT = flags.DEFINE_string("out", None, "Folder to write: new or empty (an earlier stored-logits folder with "
+                           "--overwrite; a folder holding other files is refused).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it holds earlier stored logits.")
 _SPLIT = flags.DEFINE_string("split", "train", "The split of the source to run over.")
 _BATCH = flags.DEFINE_integer("batch-size", 32, "Clips per forward pass.")
 _PRECISION = flags.DEFINE_string("matmul-precision", "highest", "float32 matmul precision of the teacher.")
@@ -47,6 +51,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _MODEL_DIR.value or not _OUT.value:
         raise app.UsageError("--model-dir and --out are required")
+    storage.check_output_dir(_OUT.value, "--out", teacher_logits.FILES, overwrite=_OVERWRITE.value)  # before any work.
     directory = model_files.model_directory(_MODEL_DIR.value)
     teacher = model_files.load_model(directory)
     prep = model_files.load_input_features(directory)

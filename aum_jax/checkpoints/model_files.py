@@ -43,6 +43,8 @@ PARAMS_DIR = "params"
 CHECKSUMS_FILE = "checksums.json"
 PREPROCESSING_FILE = "preprocessing.json"  # the input features and the meaning of the logits.
 STACKED_PREFIX = "layers/"  # the blocks' parameters, stacked along a leading depth axis.
+# What a model directory holds: its parameters and JSON files (config, checksums, preprocessing, records).
+MODEL_DIR_FILES = (PARAMS_DIR, "*.json")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # What a training workdir holds besides its model/ (aum_jax.core.workdir).
 WORKDIR_MARKS = (workdir_lib.REPORT_FILE, workdir_lib.CHECKPOINT_DIR, workdir_lib.LOCK_FILE, workdir_lib.BEST_FILE)
@@ -114,7 +116,7 @@ def save_model(
                 save_preprocessing(preprocessing, staging)
             for name, value in (records or {}).items():
                 (staging / name).write_text(json.dumps(value, indent=1))
-            storage.replace_dir(staging, directory)
+            storage.replace_dir(staging, directory, MODEL_DIR_FILES)
     except Exception as e:
         if primary:
             shutil.rmtree(staging, ignore_errors=True)

@@ -15,6 +15,12 @@ or the new one, never a part of either:
 A folder is swapped with the old one in one system call (Linux's
 ``renameat2(RENAME_EXCHANGE)``); where that call is missing the old folder is first renamed
 to a backup, which :func:`recover_dir` puts back if a kill came between the two renames.
+
+Nothing a command did not write is deleted or replaced: a command checks each output path
+before it starts (:func:`check_output_file`, :func:`check_output_dir`): an existing file is
+replaced only with ``--overwrite``, and a folder only with ``--overwrite`` and only if it holds
+nothing but what that kind of output holds (``own``: its file-name patterns), which
+:func:`replace_dir` checks again at the swap.
 """
 
 from __future__ import annotations
@@ -23,15 +29,70 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fnmatch
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
+from aum_jax.core.errors import UserError
+
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output path that holds something this command would replace or delete without leave."""
+
+
+def foreign_entries(folder: Path, own: Collection[str]) -> list[str]:
+    """The names in ``folder`` that match none of the file-name patterns ``own``, sorted."""
+    return sorted(name for name in os.listdir(folder) if not any(fnmatch.fnmatchcase(name, p) for p in own))
+
+
+def check_output_file(path: str | os.PathLike | None, flag: str, *, overwrite: bool = False) -> None:
+    """Refuses, before anything is written, an output file path a command may not replace.
+
+    Args:
+      path: the path the command will write (None: no such output; nothing to check).
+      flag: the option that named it, for the message (``--json``).
+      overwrite: the user's ``--overwrite``: an existing file may be replaced.
+
+    Raises:
+      OutputExistsError: ``path`` is a folder, or an existing file without ``overwrite``.
+    """
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(f"{flag} {path} is a folder; name a file")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{flag} {path} exists; pass --overwrite to replace it")
+
+
+def check_output_dir(path: str | os.PathLike, flag: str, own: Collection[str], *, overwrite: bool = False) -> None:
+    """Refuses, before anything is written, an output folder a command may not replace.
+
+    A missing path or an empty folder is always fine; a folder that holds only what this kind of
+    output holds (``own``) is replaced with ``overwrite``; one that holds anything else never is.
+
+    Raises:
+      OutputExistsError: ``path`` is a file, a folder holding other files, or a previous output
+        of this kind without ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{flag} {path} is a file; name a folder")
+    if not path.is_dir() or not os.listdir(path):
+        return
+    foreign = foreign_entries(path, own)
+    if foreign:
+        raise OutputExistsError(f"{flag} {path} holds files this command did not write ({', '.join(foreign[:3])}"
+                                f"{', ...' if len(foreign) > 3 else ''}); name a new or empty folder")
+    if not overwrite:
+        raise OutputExistsError(f"{flag} {path} exists; pass --overwrite to replace it")
 
 
 def _fsync_path(path: Path) -> None:
@@ -127,10 +188,24 @@ def recover_dir(path: str | os.PathLike) -> bool:
     return True
 
 
-def replace_dir(staging: Path, path: Path) -> None:
-    """Moves the finished folder ``staging`` to ``path``, replacing any folder there atomically."""
-    _fsync_tree(staging)
+def replace_dir(staging: Path, path: Path, own: Collection[str]) -> None:
+    """Moves the finished folder ``staging`` to ``path``, replacing any folder there atomically.
+
+    Args:
+      staging: the new folder, beside ``path``.
+      path: the destination.
+      own: the file-name patterns of what this kind of folder holds: an old folder at ``path``
+        holding anything else is not replaced.
+
+    Raises:
+      OutputExistsError: ``path`` is a file, or a folder holding entries outside ``own``.
+    """
     recover_dir(path)
+    if path.exists() and (not path.is_dir() or foreign_entries(path, own)):
+        raise OutputExistsError(f"{path} holds files that were not written as such a folder "
+                                f"({', '.join(foreign_entries(path, own)[:3]) if path.is_dir() else 'a file'}); "
+                                "it is not replaced")
+    _fsync_tree(staging)
     if not path.exists():
         os.rename(staging, path)
     elif _exchange(staging, path):
@@ -145,10 +220,11 @@ def replace_dir(staging: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
+def staged_dir(path: str | os.PathLike, own: Collection[str]) -> Iterator[Path]:
     """Yields an empty folder beside ``path`` to fill; on success it replaces ``path`` (:func:`replace_dir`).
 
-    On any exception the staging folder is removed and ``path`` is untouched.
+    The folder is made with the user's umask. On any exception the staging folder is removed
+    and ``path`` is untouched; ``own`` is as :func:`replace_dir` takes it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +233,7 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
-        replace_dir(staging, path)
+        replace_dir(staging, path, own)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import scipy.special
 from aum_jax.core import storage
 
 LOGITS_FILE, CLIPS_FILE, INFO_FILE = "logits.npy", "clips.txt", "teacher.json"
+FILES = (LOGITS_FILE, CLIPS_FILE, INFO_FILE)  # all a stored-logits folder holds.
 
 
 def normalised_key(key: str) -> str:
@@ -42,7 +42,8 @@ def write(folder: str | os.PathLike, keys: Sequence[str], logits: np.ndarray, in
     """Writes a stored-logits folder whole (built beside it and renamed into place).
 
     Args:
-      folder: the folder to write (replaced if it exists).
+      folder: the folder to write: new, empty, or an earlier stored-logits folder (replaced);
+        a folder holding anything else is refused (:class:`aum_jax.core.storage.OutputExistsError`).
       keys: the ``N`` clip keys.
       logits: ``(N, C)`` teacher logits.
       info: what ``teacher.json`` records besides ``num_classes``.
@@ -51,12 +52,10 @@ def write(folder: str | os.PathLike, keys: Sequence[str], logits: np.ndarray, in
     logits = np.asarray(logits, np.float32)
     if logits.ndim != 2 or len(keys) != len(logits):
         raise ValueError(f"logits of shape {logits.shape} for {len(keys)} clips")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    np.save(staging / LOGITS_FILE, logits)
-    (staging / CLIPS_FILE).write_text("".join(f"{key}\n" for key in keys))
-    (staging / INFO_FILE).write_text(json.dumps({**info, "num_classes": int(logits.shape[1])}, indent=1))
-    storage.replace_dir(staging, folder)
+    with storage.staged_dir(folder, FILES) as staging:
+        np.save(staging / LOGITS_FILE, logits)
+        (staging / CLIPS_FILE).write_text("".join(f"{key}\n" for key in keys))
+        (staging / INFO_FILE).write_text(json.dumps({**info, "num_classes": int(logits.shape[1])}, indent=1))
 
 
 class StoredLogits:
