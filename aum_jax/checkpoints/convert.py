@@ -14,12 +14,11 @@ a checkpoint can never run code on load.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -28,12 +27,15 @@ from flax import nnx, traverse_util
 
 from aum_jax.core.errors import UserError
 from aum_jax.models import AudioMamba, AuMConfig, init_model
+from aum_jax.models.mixers import MIXERS, MixerKind
+from aum_jax.models.torch_layout import LINEAR, PATCH, SAME, Layout
 
 StateDict = dict[str, np.ndarray]
 
 POS_EMBED_KEY = "pos_embed.pos_embed"  # AuM stores it inside a FlexiPosEmbed module
 VIM_POS_EMBED_KEY = "pos_embed"  # ViM stores it as a bare parameter
 PATCH_KEY = "patch_embed.proj.weight"
+MIXER_PREFIX = "layers.0.mixer."  # the first block's mixer tensors, which fix its config.
 HEAD_KEYS = ("head.weight", "head.bias")
 # The original infers a checkpoint's frame count by trying powers of two with 128 mel bins.
 SEARCH_LOG2_AUDIO_LENGTHS = range(6, 20)
@@ -120,12 +122,6 @@ def _depth(state: StateDict) -> int:
     return max(indices) + 1
 
 
-def _variant(state: StateDict) -> str:
-    if "layers.0.mixer.conv1d_b.weight" in state:
-        return "v2"
-    return "v1" if "layers.0.mixer.A_b_log" in state else "none"
-
-
 def _cls_tokens(state: StateDict) -> int:
     if "cls_token_head" in state:
         return 2
@@ -168,8 +164,11 @@ def infer_config(
         audio_length = infer_audio_length(pos.shape[1] - n_cls, patch_size, strides, num_mel_bins)
     if cls_position is None:
         cls_position = {0: "none", 1: "middle", 2: "double"}[n_cls]
-    a_log = require_key(state, "layers.0.mixer.A_log")
-    in_proj = require_key(state, "layers.0.mixer.in_proj.weight")
+    mixer = {key.removeprefix(MIXER_PREFIX): value for key, value in state.items() if key.startswith(MIXER_PREFIX)}
+    try:
+        mixer_fields = MIXERS["mamba"].infer_fields(mixer)  # every original checkpoint's mixer is Mamba.
+    except KeyError as e:
+        raise CheckpointError(f"Checkpoint has no {MIXER_PREFIX + e.args[0]!r}; it is not an AuM/ViM state_dict.") from e
     return AuMConfig(
         num_mel_bins=num_mel_bins,
         audio_length=audio_length,
@@ -178,14 +177,9 @@ def infer_config(
         embed_dim=int(embed_dim),
         depth=_depth(state),
         num_classes=int(state["head.weight"].shape[0]) if "head.weight" in state else 0,
-        bimamba_type=_variant(state),
-        d_state=int(a_log.shape[1]),
-        d_conv=int(require_key(state, "layers.0.mixer.conv1d.weight").shape[-1]),
-        expand=int(in_proj.shape[0] // 2 // embed_dim),
-        dt_rank=int(require_key(state, "layers.0.mixer.dt_proj.weight").shape[1]),
-        conv_bias="layers.0.mixer.conv1d.bias" in state,
-        proj_bias="layers.0.mixer.in_proj.bias" in state,
+        mixer="mamba",
         cls_position=cls_position,
+        **mixer_fields,
     )
 
 
@@ -202,48 +196,41 @@ def _torch_name(path: tuple[str, ...]) -> str:
     return ".".join([*parents, "weight" if leaf == "kernel" else leaf])
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How a tensor's axes differ between PyTorch and NNX: ``to_nnx`` and its inverse ``to_torch``."""
-
-    to_nnx: Callable[[np.ndarray], np.ndarray]
-    to_torch: Callable[[np.ndarray], np.ndarray]
-
-
-_SAME = Layout(lambda v: v, lambda v: v)
-_LINEAR = Layout(lambda v: v.T, lambda v: v.T)  # (out, in) <-> (in, out).
-_CONV1D = Layout(lambda v: v[:, 0, :].T, lambda v: v.T[:, None, :])  # depthwise (C, 1, W) <-> (W, C).
-_PATCH = Layout(lambda v: v.transpose(2, 3, 1, 0), lambda v: v.transpose(3, 2, 0, 1))  # (D, C, h, w) <-> (h, w, C, D).
-
-
-def _layout(name: str, ndim: int) -> Layout:
+def _layout(name: str, ndim: int, mixer: MixerKind) -> Layout:
+    """The layout of PyTorch tensor ``name`` (a block's without its ``layers.N.`` prefix): the mixer
+    kind's own where it has one, else the patch conv's, a Linear weight's or the same."""
     if name == PATCH_KEY:
-        return _PATCH
-    if re.search(r"conv1d(_b)?\.weight$", name):
-        return _CONV1D
-    return _LINEAR if name.endswith(".weight") and ndim == 2 else _SAME
+        return PATCH
+    if name.startswith("mixer.") and (own := mixer.torch_layout(name.removeprefix("mixer."))) is not None:
+        return own
+    return LINEAR if name.endswith(".weight") and ndim == 2 else SAME
 
 
-def key_map(params: dict[tuple[str, ...], Any]) -> Iterator[tuple[str, tuple[str, ...], int | None, Layout]]:
+def key_map(params: dict[tuple[str, ...], Any], mixer: str) -> Iterator[tuple[str, tuple[str, ...], int | None, Layout]]:
     """The one map between the trees: ``(torch key, NNX path, layer index, layout)`` per PyTorch tensor.
 
     Args:
       params: the model's flat NNX parameters ``{path: array}``; the blocks' parameters are
         stacked along a leading layer axis under ``("layers", ...)``.
+      mixer: the model's mixer kind (``config.mixer``); one the original does not have has no
+        PyTorch counterpart (CheckpointError).
 
     Yields:
       One entry per PyTorch key; ``layer`` is the index into the stacked axis (None outside
       the blocks), and ``layout`` converts one tensor between the two layouts.
     """
+    kind = MIXERS[mixer]
+    if kind.torch_layout is None:
+        raise CheckpointError(f"a model with the {mixer!r} mixer has no counterpart in the original PyTorch AuM")
     for path, value in params.items():
         if path[0] == "layers":
             name = _torch_name(path[1:])
-            layout = _layout(name, len(value.shape) - 1)
+            layout = _layout(name, len(value.shape) - 1, kind)
             for i in range(value.shape[0]):
                 yield f"layers.{i}.{name}", path, i, layout
         else:
             name = _torch_name(path)
-            yield name, path, None, _layout(name, len(value.shape))
+            yield name, path, None, _layout(name, len(value.shape), kind)
 
 
 def _flat_params(model: AudioMamba) -> dict[tuple[str, ...], Any]:
@@ -254,18 +241,22 @@ def torch_state_dict(model: AudioMamba) -> StateDict:
     """The PyTorch ``state_dict`` of the original model equal to ``model`` (NumPy arrays)."""
     params = {path: np.asarray(value) for path, value in _flat_params(model).items()}
     return {key: layout.to_torch(params[path] if layer is None else params[path][layer])
-            for key, path, layer, layout in key_map(params)}
+            for key, path, layer, layout in key_map(params, model.config.mixer)}
 
 
 def expected_torch_shapes(model: AudioMamba) -> dict[str, tuple[int, ...]]:
     """Every PyTorch key the original model of ``model.config`` has, with its shape."""
     params = _flat_params(model)
     return {key: layout.to_torch(np.broadcast_to(np.float32(0), params[path].shape[layer is not None:])).shape
-            for key, path, layer, layout in key_map(params)}
+            for key, path, layer, layout in key_map(params, model.config.mixer)}
+
+
+KEYS_SHOWN = 8  # of each kind (missing, unexpected, mis-shaped) in check_keys' message.
 
 
 def check_keys(state: StateDict, expected: Mapping[str, tuple[int, ...]], *, source: str = "checkpoint") -> None:
-    """Raises ``CheckpointError`` naming every missing, unexpected and mis-shaped key."""
+    """Raises ``CheckpointError`` naming the missing, unexpected and mis-shaped keys: the first
+    :data:`KEYS_SHOWN` of each kind, and how many more."""
     missing = sorted(set(expected) - set(state), key=natural_key)
     unexpected = sorted(set(state) - set(expected), key=natural_key)
     misshaped = sorted(
@@ -274,11 +265,15 @@ def check_keys(state: StateDict, expected: Mapping[str, tuple[int, ...]], *, sou
     if not (missing or unexpected or misshaped):
         return
     lines = [f"The {source} does not fit the model:"]
-    lines += [f"  missing key {k} (expected shape {tuple(expected[k])})" for k in missing]
-    lines += [f"  unexpected key {k} (shape {tuple(state[k].shape)})" for k in unexpected]
-    lines += [
-        f"  mis-shaped key {k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k])}" for k in misshaped
-    ]
+    for kind, keys, describe in (
+        ("missing", missing, lambda k: f"missing key {k} (expected shape {tuple(expected[k])})"),
+        ("unexpected", unexpected, lambda k: f"unexpected key {k} (shape {tuple(state[k].shape)})"),
+        ("mis-shaped", misshaped,
+         lambda k: f"mis-shaped key {k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k])}"),
+    ):
+        lines += [f"  {describe(k)}" for k in keys[:KEYS_SHOWN]]
+        if len(keys) > KEYS_SHOWN:
+            lines.append(f"  and {len(keys) - KEYS_SHOWN} more {kind} keys")
     raise CheckpointError("\n".join(lines))
 
 
@@ -304,7 +299,7 @@ def load_torch_params(
     params = nnx.state(model, nnx.Param)
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(params))
     loaded: dict[tuple[str, ...], list[np.ndarray]] = {}
-    for key, path, _, layout in key_map(flat):
+    for key, path, _, layout in key_map(flat, model.config.mixer):
         if key in state:
             loaded.setdefault(path, []).append(layout.to_nnx(state[key]))
     for path, arrays in loaded.items():

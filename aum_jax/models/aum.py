@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from aum_jax.models.block import Block
 from aum_jax.models.config import AuMConfig
-from aum_jax.models.mamba import Block, RMSNorm
+from aum_jax.models.layers import RMSNorm
 from aum_jax.ops import SCAN_READOUT
 
 

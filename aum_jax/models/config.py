@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from aum_jax.models.mixers import MIXERS
 from aum_jax.ops.scan import SCAN_IMPLS
 
 EMBED_DIMS: dict[str, int] = {"tiny": 192, "small": 384, "base": 768}
@@ -16,6 +17,15 @@ BIMAMBA_TYPES: tuple[str, ...] = tuple(AUM_TYPES.values())
 CLS_POSITIONS: tuple[str, ...] = ("middle", "head", "end", "double", "none")
 POOLS: tuple[str, ...] = ("mean", "last", "max")
 REMAT_POLICIES: tuple[str, ...] = ("dots", "dots_scan", "none", "full")
+
+# The model's own fields that fix its parameters and forward pass, besides its mixer's
+# (``MIXERS[mixer].fields``): what fine-tuning adopts from a model directory (architecture_fields).
+# The rest: the data's (input shape, classes), training's (dropout) and execution's (scan, remat, dtype).
+MODEL_ARCHITECTURE_FIELDS = ("embed_dim", "depth", "mixer", "patch_size", "strides", "norm_epsilon",
+                             "residual_in_fp32", "cls_position", "pool", "transpose_token_sequence")
+DATA_FIELDS = ("num_mel_bins", "audio_length", "num_classes")
+TRAINING_FIELDS = ("drop_rate", "drop_path_rate")
+EXECUTION_FIELDS = ("scan_impl", "scan_chunk_size", "remat", "dtype")
 
 BimambaType = Literal["none", "v1", "v2"]
 ClsPosition = Literal["middle", "head", "end", "double", "none"]
@@ -55,8 +65,9 @@ class AuMConfig:
     patch_size: tuple[int, int] = (16, 16)  # (frequency, time) patch
     strides: tuple[int, int] = (16, 16)  # (frequency, time) stride; smaller than the patch overlaps
     embed_dim: int = 768  # model width: tiny 192, small 384, base 768
-    depth: int = 24  # number of Mamba blocks
+    depth: int = 24  # number of blocks
     num_classes: int = 527  # head outputs; 0 drops the head
+    mixer: str = "mamba"  # the blocks' token mixer, a kind of aum_jax.models.mixers.MIXERS (the original's: Mamba)
     bimamba_type: BimambaType = "v1"  # "none" Fo-Fo, "v1" Fo-Bi, "v2" Bi-Bi
     d_state: int = 16  # SSM state size N
     d_conv: int = 4  # causal depthwise conv width
@@ -86,6 +97,8 @@ class AuMConfig:
             _check_type(field.name, getattr(self, field.name), field.default)
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
         object.__setattr__(self, "strides", tuple(self.strides))
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {tuple(MIXERS)}, got {self.mixer!r}")
         if self.bimamba_type not in BIMAMBA_TYPES:
             raise ValueError(f"bimamba_type must be one of {BIMAMBA_TYPES}, got {self.bimamba_type!r}")
         if self.cls_position not in CLS_POSITIONS:
@@ -166,3 +179,7 @@ class AuMConfig:
         if unknown:
             raise ValueError(f"Unknown AuMConfig fields: {unknown}")
         return cls(**dict(values))
+
+    def architecture_fields(self) -> tuple[str, ...]:
+        """The fields that fix this model's parameters and forward pass: the model's and its mixer's."""
+        return MODEL_ARCHITECTURE_FIELDS + MIXERS[self.mixer].fields

@@ -84,29 +84,44 @@ MIN_TRITON_CAPABILITY = (8, 0)  # Pallas' Triton backend supports Ampere and new
 Tensors = Sequence[jax.Array]
 
 
-def _readout(impl: str, u, delta, A, B, C, *, chunk_size: int, reverse: bool) -> jax.Array:
-    """The recurrence alone on float32 inputs: u, delta (B, L, D), A (D, N), B, C (B, L, N) -> <h_t, C_t>.
+Readout = Callable[..., jax.Array]  # (u, delta, A, B, C, *, chunk_size, reverse) -> (B, L, D) float32
 
-    With ``reverse`` the state runs from t = L - 1 down to 0; the output stays in time order.
-    """
-    if impl == "cpu":
-        return cpu_scan.scan_readout(u, delta, A, B, C, reverse)
-    if reverse:
+
+def _time_reversed(forward: Readout) -> Readout:
+    """A readout that runs backward in time by flipping a forward-only one's sequences."""
+
+    def readout(u, delta, A, B, C, *, chunk_size: int, reverse: bool) -> jax.Array:
+        if not reverse:
+            return forward(u, delta, A, B, C, chunk_size=chunk_size)
         flip = lambda x: jnp.flip(x, axis=1)
-        return flip(_readout(impl, flip(u), flip(delta), A, flip(B), flip(C), chunk_size=chunk_size, reverse=False))
-    if impl == "sequential":
-        return jax_scan.scan_sequential(u, delta, A, B, C)
-    h0 = jnp.zeros((u.shape[0], u.shape[2], A.shape[1]), jnp.float32)
-    if impl == "associative":
-        return jax_scan.scan_associative(u, delta, A, B, C, h0)
-    return jax_scan.scan_chunked(u, delta, A, B, C, h0, chunk_size)
+        return flip(forward(flip(u), flip(delta), A, flip(B), flip(C), chunk_size=chunk_size))
+
+    return readout
 
 
-@functools.partial(jax.jit, static_argnames=("delta_softplus", "impl", "chunk_size", "reverse"))
+def _zero_state(u: jax.Array, A: jax.Array) -> jax.Array:
+    """The (B, D, N) float32 zero state a scan starts from."""
+    return jnp.zeros((u.shape[0], u.shape[2], A.shape[1]), jnp.float32)
+
+
+def _cpu_readout(u, delta, A, B, C, *, chunk_size: int, reverse: bool) -> jax.Array:
+    del chunk_size
+    return cpu_scan.scan_readout(u, delta, A, B, C, reverse)
+
+
+_sequential_readout = _time_reversed(lambda u, delta, A, B, C, *, chunk_size: jax_scan.scan_sequential(u, delta, A, B, C))
+_chunked_readout = _time_reversed(
+    lambda u, delta, A, B, C, *, chunk_size: jax_scan.scan_chunked(u, delta, A, B, C, _zero_state(u, A), chunk_size))
+_associative_readout = _time_reversed(
+    lambda u, delta, A, B, C, *, chunk_size: jax_scan.scan_associative(u, delta, A, B, C, _zero_state(u, A)))
+
+
+@functools.partial(jax.jit, static_argnames=("delta_softplus", "readout", "chunk_size", "reverse"))
 def _one_direction(
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, *, impl: str, chunk_size: int, reverse: bool
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, *, readout: Readout, chunk_size: int, reverse: bool
 ) -> jax.Array:
-    """One scan around a readout implementation: bias, softplus, D skip and gate in XLA."""
+    """One scan around a readout (the recurrence alone, on float32 inputs, state from t = L - 1 down
+    to 0 with ``reverse``, output in time order): bias, softplus, D skip and gate in XLA."""
     out_dtype = u.dtype
     f32 = jnp.float32
     u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
@@ -114,7 +129,7 @@ def _one_direction(
         delta = delta + delta_bias.astype(f32)
     if delta_softplus:
         delta = jax.nn.softplus(delta)
-    y = checkpoint_name(_readout(impl, u, delta, A, B, C, chunk_size=chunk_size, reverse=reverse), SCAN_READOUT)
+    y = checkpoint_name(readout(u, delta, A, B, C, chunk_size=chunk_size, reverse=reverse), SCAN_READOUT)
     if D is not None:
         y = y + u * D.astype(f32)
     if z is not None:
@@ -122,8 +137,8 @@ def _one_direction(
     return y.astype(out_dtype)
 
 
-def _via_readout(impl: str) -> Callable[..., jax.Array]:
-    """The bidirectional scan of a readout implementation: one ``_one_direction`` per direction."""
+def _via_readout(readout: Readout) -> Callable[..., jax.Array]:
+    """The bidirectional scan of a readout: one ``_one_direction`` per direction."""
 
     def run(us, deltas, As, Bs, Cs, Ds, z, delta_biases, *, delta_softplus: bool, scale: float, chunk_size: int):
         out = None
@@ -132,7 +147,7 @@ def _via_readout(impl: str) -> Callable[..., jax.Array]:
             y = _one_direction(
                 pick(us), pick(deltas), A, pick(Bs), pick(Cs), pick(Ds) if Ds else None, z,
                 pick(delta_biases) if delta_biases else None, delta_softplus,
-                impl=impl, chunk_size=chunk_size, reverse=k == 1,
+                readout=readout, chunk_size=chunk_size, reverse=k == 1,
             )
             out = y if out is None else out + y
         return out * scale if scale != 1.0 else out
@@ -153,18 +168,18 @@ def _cuda_inference(*args, **kwargs) -> jax.Array:
     """The Pallas kernels; with a symbolic batch (Triton takes no dynamic grid) the chunked scan."""
     if isinstance(args[0][0].shape[0], int):
         return _pallas(*args, **kwargs, interpret=False)
-    return _via_readout("chunked")(*args, **kwargs)
+    return _via_readout(_chunked_readout)(*args, **kwargs)
 
 
 # One primitive with a lowering per platform: lax.platform_dependent would lower the Pallas branch
 # for CPU as well, which Pallas refuses; a per-platform lowering rule lowers it for CUDA only.
 _portable_p = jax.extend.core.Primitive("aum_portable_scan")
 _portable_p.def_abstract_eval(lambda *flat, tree, **kwargs: jax.core.ShapedArray(flat[0].shape, flat[0].dtype))
-_portable_p.def_impl(functools.partial(_unflattened, _via_readout("sequential")))
+_portable_p.def_impl(functools.partial(_unflattened, _via_readout(_sequential_readout)))
 mlir.register_lowering(_portable_p, mlir.lower_fun(
     functools.partial(_unflattened, _cuda_inference), multiple_results=False), platform="cuda")
 mlir.register_lowering(_portable_p, mlir.lower_fun(
-    functools.partial(_unflattened, _via_readout("sequential")), multiple_results=False))
+    functools.partial(_unflattened, _via_readout(_sequential_readout)), multiple_results=False))
 
 
 def _portable(*args, delta_softplus: bool, scale: float, chunk_size: int) -> jax.Array:
@@ -208,7 +223,8 @@ class Implementation:
     """One selective-scan implementation.
 
     ``run(us, deltas, As, Bs, Cs, Ds, z, delta_biases, *, delta_softplus, scale, chunk_size)``
-    is the bidirectional scan of :func:`bidirectional_scan`.
+    is the bidirectional scan of :func:`bidirectional_scan`. An implementation of the recurrence
+    alone registers it with :meth:`of_readout`, which wraps it in the bias, softplus, skip and gate.
     """
 
     name: str
@@ -220,16 +236,21 @@ class Implementation:
     unavailable: Callable[[jax.Device], str | None] = lambda device: None  # why it cannot run on a device
     fused_inference: FusedInference | None = None  # inference kernels that fuse the scan's surroundings
 
+    @classmethod
+    def of_readout(cls, name: str, readout: Readout, **fields) -> Implementation:
+        """The implementation around ``readout(u, delta, A, B, C, *, chunk_size, reverse)``, (B, L, D) float32."""
+        return cls(name, _via_readout(readout), keeps_readout=True, **fields)
+
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.name: impl for impl in (
-        Implementation("cpu", _via_readout("cpu"), platforms=("cpu",), keeps_readout=True, auto_on=("cpu",),
-                       unavailable=_cpu_unavailable,
-                       fused_inference=FusedInference(cpu_scan.conv_silu, cpu_scan.scan_inference)),
+        Implementation.of_readout("cpu", _cpu_readout, platforms=("cpu",), auto_on=("cpu",),
+                                  unavailable=_cpu_unavailable,
+                                  fused_inference=FusedInference(cpu_scan.conv_silu, cpu_scan.scan_inference)),
         Implementation("pallas", _pallas, auto_on=("gpu",), unavailable=_pallas_unavailable),
-        Implementation("sequential", _via_readout("sequential"), keeps_readout=True, auto_on=("cpu",)),
-        Implementation("chunked", _via_readout("chunked"), keeps_readout=True, auto_on=("*",)),
-        Implementation("associative", _via_readout("associative"), keeps_readout=True),
+        Implementation.of_readout("sequential", _sequential_readout, auto_on=("cpu",)),
+        Implementation.of_readout("chunked", _chunked_readout, auto_on=("*",)),
+        Implementation.of_readout("associative", _associative_readout),
         Implementation("portable", _portable, differentiable=False),
     )
 }

@@ -22,6 +22,7 @@ tiles by the caller; dA, dD and dbias per program, and over the batch by the cal
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,26 +34,38 @@ from . import layout as lo
 from .layout import BlockConfig, ScanLayout, Tile
 
 
-def _split_outputs(layout: ScanLayout, refs):
-    """Flat outputs -> (du, ddelta, dB, dC per given tensor, dA, dD, dbias, dz, scratch)."""
-    refs, n = list(refs), layout.n_u
-    du, ddelta, dB, dC = (tuple(refs.pop(0) for _ in range(n)) for _ in range(4))
-    dA = refs.pop(0)
-    dD = refs.pop(0) if layout.n_d else None
-    dbias = refs.pop(0) if layout.n_bias else None
-    dz = refs.pop(0) if layout.has_z else None
-    (scratch,) = refs
-    return du, ddelta, dB, dC, dA, dD, dbias, dz, scratch
+class GradRefs(NamedTuple):
+    """The backward kernel's output refs by name (a tuple per row-gradient kind, one per given
+    tensor; dD, dbias, dz None where absent) and its scratch buffer."""
+
+    du: tuple
+    ddelta: tuple
+    dB: tuple
+    dC: tuple
+    dA: Any
+    dD: Any
+    dbias: Any
+    dz: Any
+    scratch: Any
 
 
-def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, k: int, interpret: bool):
+def _split_outputs(layout: ScanLayout, refs) -> GradRefs:
+    """Flat outputs, in ``backward``'s ``out_shape`` order -> :class:`GradRefs`."""
+    n = layout.n_u
+    du, ddelta, dB, dC, (dA,), dD, dbias, dz, (scratch,) = fw.groups(
+        refs, (n, n, n, n, 1, int(layout.n_d > 0), int(layout.n_bias > 0), int(layout.has_z), 1))
+    first = lambda group: group[0] if group else None
+    return GradRefs(du, ddelta, dB, dC, dA, first(dD), first(dbias), first(dz), scratch)
+
+
+def _direction(layout: ScanLayout, blocks: BlockConfig, inputs: fw.InputRefs, states_ref, dout_ref, grads: GradRefs,
+               tile: Tile, k: int, interpret: bool):
     """Direction ``k``'s walk back over time: stores its row gradients (adding to direction 0's
     for shared inputs) and dA; returns its dD and dbias sums (block_d,)."""
-    inputs = refs["inputs"]
     a, d, bias = fw.direction_constants(layout, inputs, tile, k)
-    z_ref, n_state = inputs[6], layout.n_state
+    z_ref, n_state = inputs.z, layout.n_state
     j = layout.pick(layout.n_u, k)
-    du_ref, ddelta_ref, dB_ref, dC_ref = (refs[name][j] for name in ("du", "ddelta", "dB", "dC"))
+    du_ref, ddelta_ref, dB_ref, dC_ref = grads.du[j], grads.ddelta[j], grads.dB[j], grads.dC[j]
     accumulate = k > 0 and layout.n_u == 1  # direction 0 already stored this input's rows
     bucket = pl.program_id(1)
 
@@ -60,7 +73,7 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
         return ref.at[tile.b, bucket, t, pl.ds(0, n_state)]
 
     def scratch_view(i):
-        return refs["scratch"].at[tile.b, bucket, i, pl.ds(0, blocks.block_d), pl.ds(0, n_state)]
+        return grads.scratch.at[tile.b, bucket, i, pl.ds(0, blocks.block_d), pl.ds(0, n_state)]
 
     def advance(h, rows):
         dt = fw.step_size(layout, rows["delta"], bias)
@@ -74,7 +87,7 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
 
     def load_back_rows(t):
         """The rows the walk back needs besides those: C, z, dout and what direction 0 stored."""
-        rows = {"C": lo.state_row(inputs[4][j], tile, t, n_state), "dout": lo.channel_row(refs["dout"], tile, t)}
+        rows = {"C": lo.state_row(inputs.Cs[j], tile, t, n_state), "dout": lo.channel_row(dout_ref, tile, t)}
         if z_ref is not None:
             rows["z"] = lo.channel_row(z_ref, tile, t)
         if accumulate:
@@ -83,7 +96,7 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
             rows["dB"] = lo.load(state_row_view(dB_ref, t), tile.n_mask)
             rows["dC"] = lo.load(state_row_view(dC_ref, t), tile.n_mask)
         if k > 0 and z_ref is not None:
-            rows["dz"] = lo.channel_row(refs["dz"], tile, t)
+            rows["dz"] = lo.channel_row(grads.dz, tile, t)
         return rows
 
     def step_back(t, rows, h, h_prev, decay, dt, carry):
@@ -96,7 +109,7 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
             z = rows["z"]
             sig = jax.nn.sigmoid(z)
             dz = dout * y * sig * (1.0 + z * (1.0 - sig))
-            lo.store_channel_row(refs["dz"], tile, t, dz + rows["dz"] if k > 0 else dz)
+            lo.store_channel_row(grads.dz, tile, t, dz + rows["dz"] if k > 0 else dz)
             g = dout * z * sig
         else:
             g = dout
@@ -147,7 +160,7 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
     def chunk_back(c, size: int, carry):
         first = c * blocks.chunk
         n_sub, rest = divmod(size, blocks.unroll)
-        boundary = refs["states"].at[tile.b, jnp.int32(k), jnp.int32(c), pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)]
+        boundary = states_ref.at[tile.b, jnp.int32(k), jnp.int32(c), pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)]
         h = lo.load(boundary, tile.dn_mask)
         if n_sub:
             h = jax.lax.fori_loop(0, n_sub, lambda i, h: park(first, i, h, blocks.unroll), h)
@@ -174,27 +187,24 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, refs: dict, tile: Tile, 
     if n_full:
         carry = jax.lax.fori_loop(0, n_full, lambda i, c: chunk_back(n_full - 1 - i, blocks.chunk, c), carry)
     _, dA, dD, dbias = carry
-    lo.store(refs["dA"].at[jnp.int32(k), tile.b, pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)], dA, tile.dn_mask)
+    lo.store(grads.dA.at[jnp.int32(k), tile.b, pl.ds(tile.d0, blocks.block_d), pl.ds(0, n_state)], dA, tile.dn_mask)
     return dD, dbias
 
 
 def _kernel(*refs, layout: ScanLayout, blocks: BlockConfig, n_inputs: int, interpret: bool):
-    du, ddelta, dB, dC, dA, dD, dbias, dz, scratch = _split_outputs(layout, refs[n_inputs + 2 :])
-    named = dict(
-        inputs=fw.split_inputs(layout, refs[:n_inputs]), states=refs[n_inputs], dout=refs[n_inputs + 1],
-        du=du, ddelta=ddelta, dB=dB, dC=dC, dA=dA, dz=dz, scratch=scratch,
-    )
+    inputs, states_ref, dout_ref = fw.split_inputs(layout, refs[:n_inputs]), refs[n_inputs], refs[n_inputs + 1]
+    grads = _split_outputs(layout, refs[n_inputs + 2 :])
     tile = Tile.here(layout, blocks.block_d)
     sums = {"dD": [0.0] * layout.n_d, "dbias": [0.0] * layout.n_bias}
     for k in range(layout.n_dirs):
         if k and not interpret:
             plgpu.debug_barrier()  # direction k reads back the rows direction k - 1 stored
-        dD_k, dbias_k = _direction(layout, blocks, named, tile, k, interpret)
+        dD_k, dbias_k = _direction(layout, blocks, inputs, states_ref, dout_ref, grads, tile, k, interpret)
         if layout.n_d:
             sums["dD"][layout.pick(layout.n_d, k)] += dD_k
         if layout.n_bias:
             sums["dbias"][layout.pick(layout.n_bias, k)] += dbias_k
-    for ref, values in ((dD, sums["dD"]), (dbias, sums["dbias"])):
+    for ref, values in ((grads.dD, sums["dD"]), (grads.dbias, sums["dbias"])):
         for i, value in enumerate(values):
             lo.store(ref.at[jnp.int32(i), tile.b, pl.ds(tile.d0, blocks.block_d)], value, tile.d_mask)
 

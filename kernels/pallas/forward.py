@@ -14,6 +14,9 @@ D, N), the only residual the backward pass needs besides the inputs.
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,39 +27,54 @@ from . import layout as lo
 from .layout import BlockConfig, ScanLayout, Tile
 
 
-def split_inputs(layout: ScanLayout, refs):
-    """Flat refs -> (us, deltas, As, Bs, Cs, Ds, z, biases, rest)."""
-    counts = [layout.n_u, layout.n_u, layout.n_dirs, layout.n_u, layout.n_u, layout.n_d, int(layout.has_z), layout.n_bias]
-    groups, i = [], 0
-    for count in counts:
-        groups.append(tuple(refs[i : i + count]))
-        i += count
-    us, deltas, As, Bs, Cs, Ds, z, biases = groups
-    return us, deltas, As, Bs, Cs, Ds, (z[0] if z else None), biases, refs[i:]
+class InputRefs(NamedTuple):
+    """The kernels' input refs by name: a tuple per tensor kind (one entry shared by both directions
+    or one per direction; ``As`` one per direction; ``Ds`` and ``biases`` may be empty); ``z`` or None."""
+
+    us: tuple
+    deltas: tuple
+    As: tuple
+    Bs: tuple
+    Cs: tuple
+    Ds: tuple
+    z: Any
+    biases: tuple
 
 
-def direction_constants(layout: ScanLayout, refs, tile: Tile, k: int):
-    """A (block_d, N'), D and delta bias (block_d,) of direction ``k`` (zeros where absent)."""
-    _, _, As, _, _, Ds, _, biases, _ = refs
-    a = lo.channel_state_tile(As[k], tile, layout.n_state)
-    d = lo.channel_vector(Ds[layout.pick(layout.n_d, k)], tile) if Ds else None
-    bias = lo.channel_vector(biases[layout.pick(layout.n_bias, k)], tile) if biases else None
+def groups(refs, counts: Sequence[int]) -> list[tuple]:
+    """Flat refs -> consecutive tuples of ``counts`` refs each (the rest dropped)."""
+    bounds = list(itertools.accumulate(counts, initial=0))
+    return [tuple(refs[start:stop]) for start, stop in zip(bounds, bounds[1:])]
+
+
+def split_inputs(layout: ScanLayout, refs) -> InputRefs:
+    """Flat refs, in the order ``selective_scan`` passes them -> :class:`InputRefs`."""
+    n_u = layout.n_u
+    us, deltas, As, Bs, Cs, Ds, z, biases = groups(
+        refs, (n_u, n_u, layout.n_dirs, n_u, n_u, layout.n_d, int(layout.has_z), layout.n_bias))
+    return InputRefs(us, deltas, As, Bs, Cs, Ds, z[0] if z else None, biases)
+
+
+def direction_constants(layout: ScanLayout, inputs: InputRefs, tile: Tile, k: int):
+    """A (block_d, N'), D and delta bias (block_d,) of direction ``k`` (None where absent)."""
+    a = lo.channel_state_tile(inputs.As[k], tile, layout.n_state)
+    d = lo.channel_vector(inputs.Ds[layout.pick(layout.n_d, k)], tile) if inputs.Ds else None
+    bias = lo.channel_vector(inputs.biases[layout.pick(layout.n_bias, k)], tile) if inputs.biases else None
     return a, d, bias
 
 
-def load_step(layout: ScanLayout, refs, tile: Tile, k: int, t, readout: bool = True) -> dict[str, jax.Array]:
+def load_step(layout: ScanLayout, inputs: InputRefs, tile: Tile, k: int, t, readout: bool = True) -> dict[str, jax.Array]:
     """The rows of time ``t`` that direction ``k`` reads; without ``readout``, only those the state needs."""
-    us, deltas, _, Bs, Cs, _, z, _, _ = refs
     j = layout.pick(layout.n_u, k)
     rows = dict(
-        u=lo.channel_row(us[j], tile, t),
-        delta=lo.channel_row(deltas[j], tile, t),
-        B=lo.state_row(Bs[j], tile, t, layout.n_state),
+        u=lo.channel_row(inputs.us[j], tile, t),
+        delta=lo.channel_row(inputs.deltas[j], tile, t),
+        B=lo.state_row(inputs.Bs[j], tile, t, layout.n_state),
     )
     if readout:
-        rows["C"] = lo.state_row(Cs[j], tile, t, layout.n_state)
-    if readout and z is not None:
-        rows["z"] = lo.channel_row(z, tile, t)
+        rows["C"] = lo.state_row(inputs.Cs[j], tile, t, layout.n_state)
+    if readout and inputs.z is not None:
+        rows["z"] = lo.channel_row(inputs.z, tile, t)
     return rows
 
 
@@ -67,7 +85,7 @@ def step_size(layout: ScanLayout, delta: jax.Array, bias: jax.Array | None) -> j
     return lo.softplus(delta) if layout.delta_softplus else delta
 
 
-def _direction(layout: ScanLayout, blocks: BlockConfig, inputs, out_ref, states_ref, tile: Tile, k: int) -> None:
+def _direction(layout: ScanLayout, blocks: BlockConfig, inputs: InputRefs, out_ref, states_ref, tile: Tile, k: int) -> None:
     """Direction ``k``'s walk over time: stores (k = 0) or adds to (k > 0) the output rows."""
     a, d, bias = direction_constants(layout, inputs, tile, k)
 

@@ -105,11 +105,11 @@ def test_convert_then_predict_cli(fobi, tmp_path):
     np.testing.assert_allclose(np.load(feats), np.load(folder / "features.npy"), atol=1e-4, rtol=0)
     # The output exists now: a second conversion refuses to overwrite it without --overwrite.
     again = run_cli("scripts/convert_checkpoint.py", "--torch-checkpoint", str(folder / "state_dict.pth"), "--output", str(out))
-    assert again.returncode != 0 and "already exists" in again.stderr
+    assert again.returncode != 0 and "exists; pass --overwrite" in again.stderr
     # It checks the output before converting: a missing source is never read.
     again = run_cli("scripts/convert_checkpoint.py", "--torch-checkpoint", str(tmp_path / "absent.pth"), "--output", str(out))
     assert again.returncode == 1 and "Traceback" not in again.stderr
-    assert again.stderr.strip().splitlines()[-1] == f"error: {out} already exists; pass --overwrite to replace it"
+    assert again.stderr.strip().splitlines()[-1] == f"error: --output {out} exists; pass --overwrite to replace it"
 
 
 def test_convert_cli_init_mode(fixtures_dir, tmp_path):

@@ -107,11 +107,12 @@ def _fingerprint(audio: np.ndarray, frames: int = 24) -> np.ndarray:
 
 @pytest.mark.parametrize("voice", ["en-us", "en+whisper", "en-gb-x-rp+f3"])
 def test_different_words_sound_different(voice: str) -> None:
+    """Each word, said again slower and lower, is nearer itself than any other word is to it."""
     first = {w: _fingerprint(render.synthesize(w, voice)) for w in demo_data.KEYWORDS}
-    second = {w: _fingerprint(render.synthesize(w, voice)) for w in demo_data.KEYWORDS}
+    second = {w: _fingerprint(render.synthesize(w, voice, rate=140, pitch=35, seed=1)) for w in demo_data.KEYWORDS}
     same_word = min(float(first[w] @ second[w]) for w in demo_data.KEYWORDS)
     cross_word = max(
-        float(first[a] @ first[b]) for a in demo_data.KEYWORDS for b in demo_data.KEYWORDS if a != b
+        float(first[a] @ second[b]) for a in demo_data.KEYWORDS for b in demo_data.KEYWORDS if a != b
     )
     assert cross_word < same_word
 

@@ -42,17 +42,14 @@ def test_published_parameter_counts(dataset):
 
 
 @pytest.mark.parametrize("dataset", ["VGGSound", "VoxCeleb", "EPIC-Sounds"])
-def test_published_counts_of_the_other_1024_frame_models_differ_from_audiosets_by_the_head(dataset):
-    """Their published counts are AudioSet's but for the head, and so are the 24-block models' (whose
-    every other parameter test_published_parameter_counts checks at AudioSet's 1024 frames)."""
+def test_published_counts_of_the_other_1024_frame_models(dataset):
+    """The 24-block models' counts from a 1- and a 2-block model (every block is the same shape): the
+    1-block model holds the embedding, head and one block; each further block adds the difference."""
     classes, frames, *published = PUBLISHED_COUNTS[dataset]
-    audioset_classes, audioset_frames, *audioset = PUBLISHED_COUNTS["AudioSet"]
-    assert frames == audioset_frames
-    for (width, variant), count, reference in zip(MODELS.values(), published, audioset):
-        assert count - reference == (classes - audioset_classes) * (width + 1)
-        heads = [abstract_count(embed_dim=width, bimamba_type=variant, num_classes=c, audio_length=frames,
-                                num_mel_bins=128, strides=(16, 16), depth=1) for c in (classes, audioset_classes)]
-        assert heads[0] - heads[1] == count - reference
+    for (width, variant), count in zip(MODELS.values(), published):
+        one, two = (abstract_count(embed_dim=width, bimamba_type=variant, num_classes=classes, audio_length=frames,
+                                   num_mel_bins=128, strides=(16, 16), depth=depth) for depth in (1, 2))
+        assert one + 23 * (two - one) == count
 
 
 def test_fixture_parameter_counts(fixtures_dir):
@@ -147,15 +144,23 @@ def test_rejects_wrongly_shaped_input(small_model):
 
 
 @pytest.mark.parametrize(
-    "bad",
+    "bad, message",
     [
-        dict(bimamba_type="v3"), dict(cls_position="left"), dict(pool="median"), dict(audio_length=8),
-        dict(scan_impl="cuda"), dict(strides=(0, 16)), dict(depth=0), dict(num_classes=-1),
-        dict(drop_path_rate=1.0), dict(pool="max"), dict(transpose_token_sequence=True, strides=(10, 10)),
+        (dict(bimamba_type="v3"), r"bimamba_type must be one of .*got 'v3'"),
+        (dict(cls_position="left"), r"cls_position must be one of .*got 'left'"),
+        (dict(pool="median"), r"pool must be one of .*got 'median'"),
+        (dict(audio_length=8), r"audio_length=8 is smaller than the patch \(16\)"),
+        (dict(scan_impl="cuda"), r"scan_impl must be one of .* or 'auto', got 'cuda'"),
+        (dict(strides=(0, 16)), r"strides must be positive, got \(0, 16\)"),
+        (dict(depth=0), r"depth must be positive, got 0"),
+        (dict(num_classes=-1), r"num_classes must be >= 0, got -1"),
+        (dict(drop_path_rate=1.0), r"drop_path_rate must be in \[0, 1\), got 1.0"),
+        (dict(pool="max"), r"pool='max' needs cls_position='none'"),
+        (dict(transpose_token_sequence=True, strides=(10, 10)), r"transpose_token_sequence needs strides equal"),
     ],
 )
-def test_config_validation(bad):
-    with pytest.raises(ValueError):
+def test_config_validation_names_the_field_and_its_value(bad, message):
+    with pytest.raises(ValueError, match=message):
         AuMConfig(**bad)
 
 

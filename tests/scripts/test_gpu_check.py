@@ -55,5 +55,9 @@ def test_a_numerics_failure_exits_non_zero(tmp_path):
 
 
 def test_without_a_gpu_it_says_so(tmp_path):
-    done = _run("--out", str(tmp_path / "x.jsonl"))
+    """With JAX held to the CPU (as on a machine without a GPU, and on one with a GPU hidden)."""
+    done = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "x.jsonl")], cwd=REPO_ROOT,
+                          env=subprocess_env(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES=""), capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 1 and done.stderr.strip().startswith("error: no CUDA GPU here")
+    assert not (tmp_path / "x.jsonl").exists()

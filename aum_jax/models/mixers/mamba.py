@@ -1,4 +1,4 @@
-"""The Mamba mixer of AuM in its three variants, and the pre-norm residual block around it.
+"""The Mamba token mixer of AuM in its three variants (mixer kind ``"mamba"``).
 
 - ``bimamba_type="none"`` (Fo-Fo): one causal scan, forward in time.
 - ``bimamba_type="v1"`` (Fo-Bi): the causal conv runs once, forward. A second scan runs
@@ -24,60 +24,24 @@ Parameter names follow the original module tree, so that a PyTorch key such as
 from __future__ import annotations
 
 import math
+import re
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from aum_jax.models.config import AuMConfig
+from aum_jax.models.layers import CausalConv1d, torch_linear_init
+from aum_jax.models.torch_layout import CONV1D, Layout
 from aum_jax.ops import bidirectional_scan, conv_silu, fused_scan, has_fused_inference
-from aum_jax.ops.conv import causal_conv
 
+if TYPE_CHECKING:  # the config module imports the mixer registry, which imports this module.
+    from aum_jax.models.config import AuMConfig
 
-def torch_linear_init(scale: float = 1.0) -> nnx.Initializer:
-    """PyTorch's default ``nn.Linear``/``nn.Conv1d`` weight init, U(+-1/sqrt(fan_in)), times ``scale``:
-    flax's ``variance_scaling`` with variance scale/3 over the kernel's fan-in (its axis -2)."""
-    return nnx.initializers.variance_scaling(scale**2 / 3, "fan_in", "uniform")
-
-
-def torch_bias_init(fan_in: int) -> nnx.Initializer:
-    """PyTorch's default bias init U(+-1/sqrt(fan_in)); the fan-in is the weight's, not in the bias' shape."""
-    bound = 1 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-class RMSNorm(nnx.Module):
-    """RMSNorm over the last axis, computed in float32: ``x / rms(x) * weight``."""
-
-    def __init__(self, dim: int, eps: float):
-        self.eps = eps
-        self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(..., D) -> (..., D) float32."""
-        x = x.astype(jnp.float32)
-        rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-        return x * rstd * self.weight[...]
-
-
-class CausalConv1d(nnx.Module):
-    """Depthwise causal conv over time: output t sees inputs t-K+1 .. t (zeros before 0).
-
-    With ``reverse`` it is the same conv applied to the time-flipped sequence, flipped back:
-    output t sees inputs t .. t+K-1 with the taps in reverse order (zeros after L-1).
-    """
-
-    def __init__(self, channels: int, width: int, use_bias: bool, *, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(torch_linear_init()(rngs.params(), (width, channels)))
-        self.bias = nnx.Param(torch_bias_init(width)(rngs.params(), (channels,))) if use_bias else None
-
-    def __call__(self, x: jax.Array, *, reverse: bool = False) -> jax.Array:
-        """(B, L, C) -> (B, L, C) (:func:`aum_jax.ops.conv.causal_conv`)."""
-        return causal_conv(x, self.kernel[...], None if self.bias is None else self.bias[...], reverse=reverse)
+# The AuMConfig fields the Mamba mixer reads (its parameter shapes and forward pass).
+FIELDS = ("bimamba_type", "d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init_floor", "dt_scale",
+          "conv_bias", "proj_bias", "if_devide_out")
 
 
 def _ssm_projections(
@@ -195,25 +159,25 @@ class Mamba(nnx.Module):
         return self.out_proj(y.astype(xz.dtype))
 
 
-class Block(nnx.Module):
-    """Add -> RMSNorm -> Mamba, carrying the residual stream separately.
+def torch_layout(name: str) -> Layout | None:
+    """The layout of the original's mixer tensor ``name`` (under ``mixer.``) where it is not the default:
+    the depthwise convs' (C, 1, W) weights."""
+    return CONV1D if re.fullmatch(r"conv1d(_b)?\.weight", name) else None
 
-    ``residual = residual + drop_path(hidden)``; ``hidden = mixer(norm(residual))``.
-    Starting from ``residual = 0`` with a drop-path rate of 0 in the first block gives the
-    original's first block, which takes ``residual = hidden``.
+
+def infer_fields(mixer: dict[str, np.ndarray]) -> dict[str, object]:
+    """The mixer's config fields read off one block's original tensors (``{name under mixer.: array}``).
+
+    Raises:
+      KeyError: a tensor every Mamba mixer has is missing (the caller names the checkpoint).
     """
-
-    def __init__(self, config: AuMConfig, *, rngs: nnx.Rngs):
-        self.residual_in_fp32 = config.residual_in_fp32
-        self.norm = RMSNorm(config.embed_dim, config.norm_epsilon)
-        self.mixer = Mamba(config, rngs=rngs)
-
-    def __call__(
-        self, hidden: jax.Array, residual: jax.Array, keep_mask: jax.Array
-    ) -> tuple[jax.Array, jax.Array]:
-        """hidden, residual (B, L, D), keep_mask (B, 1, 1) -> new hidden, new residual."""
-        residual = residual + hidden * keep_mask.astype(hidden.dtype)
-        if self.residual_in_fp32:
-            residual = residual.astype(jnp.float32)
-        normed = self.norm(residual).astype(hidden.dtype)
-        return self.mixer(normed), residual
+    in_proj, a_log = mixer["in_proj.weight"], mixer["A_log"]
+    return dict(
+        bimamba_type="v2" if "conv1d_b.weight" in mixer else "v1" if "A_b_log" in mixer else "none",
+        d_state=int(a_log.shape[1]),
+        d_conv=int(mixer["conv1d.weight"].shape[-1]),
+        expand=int(in_proj.shape[0] // 2 // in_proj.shape[1]),
+        dt_rank=int(mixer["dt_proj.weight"].shape[1]),
+        conv_bias="conv1d.bias" in mixer,
+        proj_bias="in_proj.bias" in mixer,
+    )

@@ -1,0 +1,35 @@
+"""The pre-norm residual block of AuM around a registered token mixer (:mod:`aum_jax.models.mixers`)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from aum_jax.models.config import AuMConfig
+from aum_jax.models.layers import RMSNorm
+from aum_jax.models.mixers import MIXERS
+
+
+class Block(nnx.Module):
+    """Add -> RMSNorm -> mixer (``config.mixer``; Mamba in the original), carrying the residual stream separately.
+
+    ``residual = residual + drop_path(hidden)``; ``hidden = mixer(norm(residual))``.
+    Starting from ``residual = 0`` with a drop-path rate of 0 in the first block gives the
+    original's first block, which takes ``residual = hidden``.
+    """
+
+    def __init__(self, config: AuMConfig, *, rngs: nnx.Rngs):
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = RMSNorm(config.embed_dim, config.norm_epsilon)
+        self.mixer = MIXERS[config.mixer].module(config, rngs=rngs)
+
+    def __call__(
+        self, hidden: jax.Array, residual: jax.Array, keep_mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """hidden, residual (B, L, D), keep_mask (B, 1, 1) -> new hidden, new residual."""
+        residual = residual + hidden * keep_mask.astype(hidden.dtype)
+        if self.residual_in_fp32:
+            residual = residual.astype(jnp.float32)
+        normed = self.norm(residual).astype(hidden.dtype)
+        return self.mixer(normed), residual
