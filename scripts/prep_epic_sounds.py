@@ -17,7 +17,6 @@ from aum_jax.core import logs
 logs.quiet_native_logs()  # before JAX and TensorFlow load.
 
 import csv
-import os
 
 import h5py
 from absl import app, flags

@@ -25,7 +25,7 @@ logs.quiet_native_logs()  # before JAX and TensorFlow load.
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from aum_jax.checkpoints import model_files  # noqa: E402
+from aum_jax.checkpoints import model_checks, model_files  # noqa: E402
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.core import storage  # noqa: E402
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
 
     outputs = predict.run_model(teacher, rows(), _BATCH.value, _PRECISION.value)
     info = {"teacher": str(directory), "class_names": list(prep.class_names),
-            "teacher_checksums_sha256": model_files.checksums_digest(directory),
+            "teacher_checksums_sha256": model_checks.checksums_digest(directory),
             "source": f"{config.data.name} {_SPLIT.value}", "matmul_precision": _PRECISION.value}
     teacher_logits.write(_OUT.value, keys, outputs.logits, info)
     print(f"{len(keys)} clips' logits ({outputs.logits.shape[1]} classes) of {directory} -> {_OUT.value}")
