@@ -86,7 +86,7 @@ def forward_pass(
     matmul_precision: str = "highest", *, desc: str = "eval", with_features: bool = False,
     embed: Embed | None = None, reduce: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> Outputs:
-    """Runs ``model`` (in eval mode; it is left so) over ``batches`` of this process.
+    """Runs ``model`` in eval mode (an ``nnx.view``: the caller's model keeps its mode) over ``batches`` of this process.
 
     Args:
       model: the model, its parameters replicated over ``mesh``.
@@ -106,7 +106,7 @@ def forward_pass(
     Returns:
       The gathered :class:`Outputs` of every process's rows, in order.
     """
-    model.eval()
+    model = nnx.view(model, deterministic=True)  # eval mode, the caller's model left in its own.
     gathered: dict[str, list[np.ndarray]] = {}
     for batch in tqdm(batches, desc=desc, unit="batch", disable=jax.process_index() != 0, leave=False):
         arrays = sharding.global_batch(batch, mesh)

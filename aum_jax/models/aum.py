@@ -89,6 +89,11 @@ class DropPath(nnx.Module):
         self.rngs = rngs["dropout"].fork()
         self.deterministic = False
 
+    def set_view(self, deterministic: bool | None = None):
+        """``nnx.view(model, deterministic=True)``: no stochastic depth in the view."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
     def masks(self, rates: np.ndarray, batch: int) -> jax.Array:
         """rates (K,) -> keep masks (K, B, 1, 1); all ones in eval mode or when every rate is 0."""
         if self.deterministic or not rates.any():

@@ -116,6 +116,11 @@ class Mamba(nnx.Module):
             bias_init=nnx.initializers.zeros, rngs=rngs,
         )
 
+    def set_view(self, deterministic: bool | None = None):
+        """``nnx.view(model, deterministic=True)``: an eval-mode view (the fused inference kernels) of the same weights."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
     def _ssm_inputs(
         self, x: jax.Array, x_proj: nnx.Linear, dt_proj: nnx.Linear
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
