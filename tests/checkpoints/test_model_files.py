@@ -128,17 +128,6 @@ def test_a_kill_while_a_model_is_replaced_leaves_a_whole_model(model_dir, tmp_pa
     assert not storage._backup_name(target).exists()
 
 
-def test_staged_file_leaves_the_old_file_on_failure(tmp_path):
-    path = tmp_path / "kept.json"
-    path.write_text("old")
-    with pytest.raises(RuntimeError), storage.staged_file(path) as staging:
-        staging.write_text("half")
-        raise RuntimeError("disk full")
-    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["kept.json"]
-    storage.write_text(path, "new")
-    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["kept.json"]
-
-
 def test_a_truncated_array_gives_tensorstores_reason(model_dir, tmp_path):
     truncated = shutil.copytree(model_dir, tmp_path / "m")
     largest = max((p for p in (truncated / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)

@@ -92,24 +92,3 @@ def test_stored_logits_never_replace_a_folder_of_other_files_and_follow_the_umas
     with pytest.raises(storage.OutputExistsError, match="mine.txt"):
         teacher_logits.write(tmp_path / "logits", keys, logits, {})
     assert (tmp_path / "logits" / "mine.txt").read_text() == "mine"
-
-
-def test_the_output_checks_name_what_they_refuse(tmp_path):
-    (tmp_path / "f.json").write_text("{}")
-    storage.check_output_file(None, "--json")
-    storage.check_output_file(tmp_path / "new.json", "--json")
-    storage.check_output_file(tmp_path / "f.json", "--json", overwrite=True)
-    with pytest.raises(storage.OutputExistsError, match=r"--json .*f\.json exists; pass --overwrite"):
-        storage.check_output_file(tmp_path / "f.json", "--json")
-    with pytest.raises(storage.OutputExistsError, match="is a folder"):
-        storage.check_output_file(tmp_path, "--json", overwrite=True)
-    with pytest.raises(storage.OutputExistsError, match="is a file"):
-        storage.check_output_dir(tmp_path / "f.json", "--out", ("*.json",), overwrite=True)
-    storage.check_output_dir(tmp_path / "new", "--out", ())
-    storage.check_output_dir(tmp_path, "--out", ("*.json",), overwrite=True)
-    (tmp_path / "empty").mkdir()
-    storage.check_output_dir(tmp_path / "empty", "--out", ())
-    with pytest.raises(storage.OutputExistsError, match="pass --overwrite"):
-        storage.check_output_dir(tmp_path, "--out", ("*.json", "empty"))
-    with pytest.raises(storage.OutputExistsError, match="did not write \\(empty\\)"):
-        storage.check_output_dir(tmp_path, "--out", ("*.json",), overwrite=True)

@@ -9,7 +9,7 @@ from aum_jax.configs.data import defaults
 from aum_jax.data.pipeline import clip_stages
 from aum_jax.data.pipeline import input_pipeline as ip
 from aum_jax.data.pipeline.stages.base import Element, Stage
-from tests.data.test_input_pipeline import pipeline_config, validation_batches
+from tests.data.pipeline.test_input_pipeline import pipeline_config, validation_batches
 
 
 class Gain(Stage, name="gain", order=65, stream="gain", train_only=True):  # after normalise (60), before noise (70).
