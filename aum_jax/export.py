@@ -14,7 +14,12 @@ Beside it, ``model.preprocessing.json`` holds what turns audio into those featur
 (fbank settings, normalisation statistics), the class names and the score (sigmoid or
 softmax) to apply to the logits; see :mod:`aum_jax.data.features.preprocessing`. A model without
 ``preprocessing.json``, or whose statistics or training loss are unknown, is refused: its
-artifact could not be used as it was trained.
+artifact could not be used as it was trained; so is a model without a classification head (a
+pretraining model: ``python -m aum_jax.predict --embeddings`` writes its embeddings).
+
+Both paths are checked before the model is loaded: a file that exists at either is refused
+unless ``--overwrite``, and so is a folder. Both files are written atomically: on any failure
+(a full disk) neither changes.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from absl import app, flags  # noqa: E402
 
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
-from aum_jax.inference.export import KNOWN_PLATFORMS, PLATFORMS, write_export  # noqa: E402
+from aum_jax.inference.export import KNOWN_PLATFORMS, PLATFORMS, sidecar_path, write_export  # noqa: E402
 
 
 def parse_flags(argv: list[str]) -> argparse.Namespace:
@@ -41,6 +46,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--platforms", default=",".join(PLATFORMS),
                         help=f"comma-separated lowering platforms among {', '.join(KNOWN_PLATFORMS)} (default: cpu,cuda)")
     cli_flags.add_no_verify_flag(parser)
+    cli_flags.add_overwrite_flag(parser)
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
     logs.configure(args.verbosity)
@@ -50,6 +56,8 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
+    cli_flags.check_output_files([("--output", args.output), ("--output's sidecar", sidecar_path(args.output))],
+                                 overwrite=args.overwrite)
     artifact, sidecar = write_export(args.model_dir, args.output, args.batch, args.platforms.split(","),
                                      verify=not args.no_verify)
     print(f"Wrote {artifact} ({artifact.stat().st_size / 1e6:.1f} MB, platforms {args.platforms}, "

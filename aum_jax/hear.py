@@ -12,7 +12,9 @@ HEAR's own tools run it as it is: ``hear-validator aum_jax.hear --model DIR`` an
 ``audio`` is ``(n_sounds, n_samples)`` at ``model.sample_rate``: a NumPy or JAX array, a
 TensorFlow tensor or a torch tensor on any device, of float samples in [-1, 1] or integer
 PCM, scaled by its type (:func:`aum_jax.data.features.audio.as_float_samples`: int16 / 32768,
-...). The results are float32 of the kind the audio came as: TensorFlow tensors for a
+...). Sounds of unequal lengths (a list of them) are refused: HEAR gives a batch of one length.
+Float samples outside [-1, 1], which HEAR's API rules out, are embedded as they are, with one
+warning (absl logging, once per process) giving their peak: the fbank sees their true level. The results are float32 of the kind the audio came as: TensorFlow tensors for a
 TensorFlow tensor, torch tensors on the audio's device for a torch tensor, NumPy arrays
 otherwise. Each sound is cut into windows of the model's input length; each window becomes the
 model's input as in training (:meth:`aum_jax.data.features.preprocessing.Preprocessing.features`: the
@@ -48,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from aum_jax.checkpoints import model_files
 from aum_jax.data.features import preprocessing
@@ -129,15 +132,28 @@ def load_model(model_file_path: str | os.PathLike, *, batch_size: int = 32, matm
 
 
 def _sounds(audio: Any) -> np.ndarray:
-    """``(n_sounds, n_samples)`` float32 samples from any array :func:`aum_jax.data.features.audio.as_float_samples` takes.
+    """``(n_sounds, n_samples)`` float32 samples from any array :func:`aum_jax.data.features.audio.as_float_samples`
+    takes, or a list (or object array) of sounds of one length; samples outside [-1, 1] are warned of, once.
 
     Raises:
-      ValueError: another shape, values that are no audio samples (bool, complex, ...), or
-        NaN or Inf samples.
+      ValueError: another shape, sounds of unequal lengths, values that are no audio samples
+        (bool, complex, ...), or NaN or Inf samples.
     """
+    if isinstance(audio, (list, tuple)) or (isinstance(audio, np.ndarray) and audio.dtype == object):
+        shapes = [tuple(np.shape(sound)) for sound in audio]
+        if len(set(shapes)) > 1:
+            raise ValueError(f"audio must be (n_sounds, n_samples): sounds of one length, got {len(shapes)} sounds of "
+                             f"shapes {predict.shown(shapes, 5)}; pad or cut them to one length, or embed each alone")
+        audio = (np.stack([as_float_samples(sound, f"audio[{i}]") for i, sound in enumerate(audio)]) if shapes
+                 else np.zeros((0, 0), np.float32))
     audio = as_float_samples(audio, "audio")
     if audio.ndim != 2 or 0 in audio.shape:
         raise ValueError(f"audio must be (n_sounds, n_samples) with both > 0, got shape {audio.shape}")
+    peak = max(float(audio.max()), -float(audio.min()))
+    if peak > 1.0:
+        logging.log_first_n(logging.WARNING, "audio holds samples up to %.4g in magnitude, outside the [-1, 1] of "
+                            "HEAR's API; they are embedded as given (float PCM values such as +-32767 must be divided "
+                            "by 32768 first)", 1, peak)
     return audio
 
 

@@ -47,10 +47,14 @@ X holds normalised fbank features, float32 (B, T, F), with T and F as the model 
 
 Scores are sigmoids for a model trained with BCE (multi-label) and softmaxes for one
 trained with CE (single-label); a model without preprocessing.json has no known loss, so
-its raw logits are printed unless --loss is given. A model directory without checksums.json
-is refused unless --no-verify.
-Every file written (--json, --plot, --save-logits, --save-features, --embeddings) replaces
-its destination atomically: a kill or a full disk leaves the old file, or none.
+its raw logits are printed unless --loss is given. A model without a classification head (a
+pretraining model, num_classes 0) gives no scores: it is refused except with --embeddings.
+A model directory without checksums.json is refused unless --no-verify.
+
+Output files (--json, --plot, --save-logits, --save-features, --embeddings) are checked before
+the model is loaded: a path that exists is refused unless --overwrite, and so are a folder, two
+outputs naming one file, and an output naming an input. A file is written atomically: a kill or
+a full disk leaves the old file (with --overwrite), or none.
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tokens", action="store_true", help="--embeddings: also the final tokens on the "
                         "(frequency, time) patch grid, for a frame-level head")
     parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")
+    cli_flags.add_overwrite_flag(parser)
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
     logs.configure(args.verbosity)
@@ -274,11 +279,20 @@ def _run_embeddings(args: argparse.Namespace, model, prep) -> int:
     return 0
 
 
+OUTPUT_FLAGS = (("--json", "json"), ("--plot", "plot"), ("--save-logits", "save_logits"),
+                ("--save-features", "save_features"), ("--embeddings", "embeddings"))
+
+
 def main(args: argparse.Namespace) -> int:
+    inputs = [("--features", args.features)] if args.features else [("--audio", path) for path in args.audio]
+    cli_flags.check_output_files([(flag, getattr(args, name)) for flag, name in OUTPUT_FLAGS],
+                                 overwrite=args.overwrite, inputs=inputs)
     if args.features and not os.path.isfile(args.features):
         raise FileNotFoundError(f"features file {args.features} does not exist")
     overrides = {"scan_impl": args.scan_impl} if args.scan_impl else {}
     model_dir = model_files.model_directory(args.model_dir)
+    if not args.embeddings:  # scores, logits and pooled features need a head: refused before the model loads.
+        predict.require_head(model_files.load_config(model_dir), str(model_dir))
     model = model_files.load_model(model_dir, verify=not args.no_verify, **overrides)
     cfg = model.config
     prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)

@@ -144,12 +144,16 @@ def init_from_source(
 
     As the original's non-strict load, a source and target of different variants may differ
     in their backward-direction parameters: the source's extra ones are dropped and the
-    target's extra ones keep their fresh initialisation (both are logged). Any other missing,
-    unexpected or mis-shaped key is an error.
+    target's extra ones keep their fresh initialisation (both are logged). A source of another
+    width (``embed_dim``), and any other missing, unexpected or mis-shaped key, is an error.
     """
     state = dict(state)
-    model = init_model(target, seed)
     patch = require_key(state, PATCH_KEY)
+    if patch.shape[0] != target.embed_dim:
+        raise CheckpointError(f"The {layout.kind} source checkpoint is {patch.shape[0]} wide (its {PATCH_KEY} is "
+                              f"{tuple(patch.shape)}) and the model {target.embed_dim} (embed_dim): start from a "
+                              f"source of the model's width, or give the model embed_dim {patch.shape[0]}")
+    model = init_model(target, seed)
     read_pos = _vim_pos_embed if layout.kind == "vim" else _aum_pos_embed
     pos, grid = read_pos(state, target, layout)
     state[POS_EMBED_KEY] = resample_pos_embed(pos, grid, target.patch_grid, target.num_cls_tokens)

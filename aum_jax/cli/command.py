@@ -4,8 +4,9 @@
 
 :func:`guard` wraps a command's ``main``: a :class:`aum_jax.core.errors.UserError` (and the
 extra exception types a command names, e.g. predict's unreadable inputs) ends the process with
-``error: <first line of the message>`` on stderr and exit status 1; the whole message is an
-INFO log (``-v``). Any other exception is a bug and keeps its traceback.
+``error: <the message on one line>`` on stderr and exit status 1 (:func:`one_line`: a reason on
+a later line of the message is kept); the message is also an INFO log (``-v``). Any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -22,11 +23,22 @@ from aum_jax.core.errors import UserError
 _Main = TypeVar("_Main", bound=Callable[..., Any])
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: its non-blank lines joined by "; " (by a space after a line that ends
+    in ``:;,.``), each run of whitespace one space."""
+    text = ""
+    for line in message.splitlines():
+        line = " ".join(line.split())
+        if line:
+            text = line if not text else text + (" " if text[-1] in ":;,." else "; ") + line
+    return text
+
+
 def exit_with_one_line(error: BaseException) -> None:
-    """Ends the process with ``error: <first line>`` (exit status 1); the whole message is an INFO log."""
+    """Ends the process with ``error: <the message on one line>`` (exit status 1); the message is also an INFO log."""
     message = str(error)
     logging.info("%s: %s", type(error).__name__, message)
-    sys.exit(f"error: {message.splitlines()[0] if message else type(error).__name__}")
+    sys.exit(f"error: {one_line(message) or type(error).__name__}")
 
 
 def guard(main: _Main, also: tuple[type[BaseException], ...] = ()) -> _Main:

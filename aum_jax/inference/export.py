@@ -18,6 +18,7 @@ from flax import nnx
 
 from aum_jax.checkpoints import model_files
 from aum_jax.core import storage
+from aum_jax.inference import predict
 from aum_jax.models import AudioMamba
 
 PLATFORMS = ("cpu", "cuda")  # the default: one artifact for CPU and CUDA servers.
@@ -42,7 +43,7 @@ def export_model(model: AudioMamba, batch: int | None = None, platforms: Sequenc
     Returns:
       The ``jax.export.Exported`` of ``features (B, T, F) float32 -> logits (B, C) float32``.
     """
-    model.eval()
+    model = nnx.view(model, deterministic=True)  # eval mode, the caller's model left in its own.
     graphdef, state = nnx.split(model)
 
     def forward(features: jax.Array) -> jax.Array:
@@ -86,16 +87,16 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
       ``(artifact path, preprocessing JSON path)``.
 
     Raises:
-      ValueError: an unknown platform, a model without a head or without statistics or loss.
+      NoHeadError: a model without a classification head (a pretraining model).
+      ValueError: an unknown platform, a model without statistics or loss.
       ModelDirectoryError: a missing or damaged model directory.
       OSError: the output cannot be written.
     """
     platforms = check_platforms(platforms)
     model_dir = model_files.model_directory(model_dir)
+    predict.require_head(model_files.load_config(model_dir), str(model_dir))  # before the model loads.
     model = model_files.load_model(model_dir, verify=verify, scan_impl=PORTABLE_SCAN)
     cfg = model.config
-    if cfg.num_classes == 0:
-        raise ValueError(f"{model_dir}: the model has no classification head to export")
     prep = model_files.load_preprocessing(model_dir)
     if prep is None or not prep.has_statistics or not prep.loss:
         missing = (f"no {model_files.PREPROCESSING_FILE}" if prep is None else

@@ -20,7 +20,8 @@ input exactly as in training (:meth:`aum_jax.data.features.preprocessing.Preproc
 recording, read a window at a time. Either way memory does not grow with a recording's
 length. The model runs through the evaluation pass (:func:`aum_jax.evaluation.evaluate.forward_pass`).
 Scores are sigmoids for a model trained with BCE (multi-label), softmaxes for one trained
-with CE (single-label), and the raw logits when the training loss is unknown.
+with CE (single-label), and the raw logits when the training loss is unknown. A model without a
+classification head (a pretraining model) has no scores: :func:`require_head` refuses it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from aum_jax.data.features import audio, preprocessing
 from aum_jax.data.sources import labels
 from aum_jax.evaluation import evaluate
 from aum_jax.inference import windows
-from aum_jax.models import AudioMamba
+from aum_jax.models import AudioMamba, AuMConfig
 
 MATMUL_PRECISIONS = ("highest", "high", "tensorfloat32", "bfloat16", "default")  # jax.default_matmul_precision
 # Audio read past a long file's first input: its last fbank frames (25 ms, or an EPIC STFT's
@@ -50,6 +51,21 @@ FIRST_INPUT_MARGIN_SECONDS = 1.0
 
 class NonFiniteOutputError(UserError, ValueError):
     """The model gave NaN or Inf logits or embeddings."""
+
+
+class NoHeadError(UserError, ValueError):
+    """Class scores or logits asked of a model without a classification head."""
+
+
+def require_head(config: AuMConfig, source: str = "the model") -> None:
+    """Raises :class:`NoHeadError` for a model without a classification head: ``num_classes`` 0, the
+    backbone a pretraining objective (masked patch modelling) saves, whose outputs are embeddings,
+    not the logits of classes. Every command and function that gives scores or logits checks this.
+    """
+    if config.num_classes == 0:
+        raise NoHeadError(f"{source} has no classification head (num_classes 0: a pretraining model), so it gives "
+                          "no class scores or logits; write its embeddings with python -m aum_jax.predict --audio "
+                          "FILES --embeddings OUT.npz")
 
 
 def check_features(features: np.ndarray, expected: tuple[int, int], source: str = "features") -> None:
@@ -115,8 +131,10 @@ def predict(
     """Fbank features (B, T, F) -> (logits (B, classes), pooled features (B, D)).
 
     Raises:
+      NoHeadError: the model has no classification head.
       ValueError: a wrong shape, zero rows, or rows with NaN or Inf (named).
     """
+    require_head(model.config)
     features = np.asarray(features)
     check_features(features, (model.config.audio_length, model.config.num_mel_bins))
     outputs = run_model(model, features.astype(np.float32), batch_size, matmul_precision, with_features=True)
@@ -273,10 +291,12 @@ def classify_clips(
     skipped and named in ``skipped``; when no file is left the call raises.
 
     Raises:
+      NoHeadError: the model has no classification head.
       ValueError: no file could be read (the reasons are named).
       MissingStatisticsError: ``prep`` has no normalisation statistics.
       NonFiniteOutputError: the model gave NaN or Inf logits (the files are named).
     """
+    require_head(model.config)
     reader = _ClipReader(paths, prep, channel)
     outputs = run_model(model, reader, batch_size, matmul_precision, with_features)
     if not reader.read:
@@ -322,11 +342,13 @@ def classify_recording(
       The :class:`Timeline` of the recording.
 
     Raises:
+      NoHeadError: the model has no classification head.
       ValueError: a window longer than the model's input, or a recording shorter than one
         fbank frame (the file is named).
       AudioLoadError: the file cannot be read.
       NonFiniteOutputError: the model gave NaN or Inf logits (the windows are named).
     """
+    require_head(model.config)
     with windows.RecordingWindows(prep, path, window_seconds, hop_seconds, channel) as recording:
         logits = run_model(model, recording, batch_size, matmul_precision).logits
     require_finite(logits, recording.names())

@@ -76,7 +76,7 @@ def run_whole(model: AudioMamba, prep: preprocessing.Preprocessing, waveform: np
     frames = math.ceil(duration * 1000.0 / embeddings.frame_step_ms(prep))
     length = input_frames(model, frames)
     fbank = prep.replace(target_length=length).features(waveform, sample_rate)[None]
-    model.eval()
+    model = nnx.view(model, deterministic=True)  # eval mode, the caller's model left in its own.
     with jax.default_matmul_precision(matmul_precision):
         out = jax.device_get(_forward(model, fbank, pos_embed))
     t_grid = out["frame_logits"].shape[1]
@@ -97,10 +97,12 @@ def classify_whole(model: AudioMamba, prep: preprocessing.Preprocessing, path: s
     the patch's centre (the patches' own spans overlap where the strides are smaller).
 
     Raises:
+      NoHeadError: the model has no classification head.
       ValueError: an unknown ``pos_embed``, or a recording shorter than one fbank frame (named).
       AudioLoadError: the file cannot be read.
       NonFiniteOutputError: NaN or Inf logits (the time patches named).
     """
+    predict.require_head(model.config)
     with audio.open_audio(path) as f:
         waveform, sample_rate = windows.mono(f.read(0, f.num_samples), channel), f.sample_rate
     duration = waveform.shape[1] / sample_rate

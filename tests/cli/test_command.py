@@ -20,8 +20,20 @@ def _main(error: BaseException | None) -> int:
 
 def test_a_user_error_is_one_error_line_and_exit_status_one(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        command.guard(_main)(_ToyMistake("config.x=1: must be positive\nthe details, shown with -v"))
-    assert exit_info.value.code == "error: config.x=1: must be positive"  # sys.exit(str): stderr, status 1.
+        command.guard(_main)(_ToyMistake("config.x=1: must be positive\nthe details,   on a later line"))
+    # sys.exit(str): stderr, status 1; the reason on the later line is kept.
+    assert exit_info.value.code == "error: config.x=1: must be positive; the details, on a later line"
+
+
+@pytest.mark.parametrize("message, line", [
+    ("The source does not fit the model:\n  missing key a (shape (3,))\n  missing key b",
+     "The source does not fit the model: missing key a (shape (3,)); missing key b"),
+    ("Failed loading config.\n\n  Attempted:\n    nope.py", "Failed loading config. Attempted: nope.py"),
+    ("one line\twith  runs   of whitespace", "one line with runs of whitespace"),
+    ("", ""),
+])
+def test_one_line_keeps_every_line_of_a_message(message, line) -> None:
+    assert command.one_line(message) == line
 
 
 def test_extra_types_are_user_errors_only_where_named() -> None:

@@ -93,7 +93,7 @@ def test_export_onto_a_full_disk_keeps_the_old_artifact(model_dir, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # the tiny model's artifact is 2.5 MB.
 
     result = run("-m", "aum_jax.export", "--model-dir", str(model_dir), "--output", str(output), "--platforms", "cpu",
-                 preexec_fn=limit_file_size, env={"PYTHONDONTWRITEBYTECODE": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"})
+                 "--overwrite", preexec_fn=limit_file_size, env={"PYTHONDONTWRITEBYTECODE": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"})
     assert_one_error_line(result, f"cannot write {output}", "file too large", "nothing was written")
     assert output.read_bytes() == b"the old artifact" and sidecar.read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jaxexport", "m.preprocessing.json"]

@@ -152,6 +152,47 @@ def test_hear_refuses_bad_audio(hear_model, tmp_path):
         hear.load_model(tmp_path / "nothing")
 
 
+def test_sounds_of_unequal_lengths_are_refused_naming_the_shape(hear_model):
+    short, long = sounds(1, 0.5)[0], sounds(1, 1.0)[0]
+    ragged = np.empty(2, object)
+    ragged[:] = [short, long]
+    for given in ([short, long], (short, long), ragged, [torch.from_numpy(short), torch.from_numpy(long)]):
+        for embed in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+            with pytest.raises(ValueError, match=r"audio must be \(n_sounds, n_samples\): sounds of one length, got 2 "
+                               r"sounds of shapes \(8000,\), \(16000,\)"):
+                embed(given, hear_model)
+    # Sounds of one length, as a list, embed as the array of them.
+    audio = sounds(2, 1.0, seed=3)
+    np.testing.assert_array_equal(hear.get_scene_embeddings(list(audio), hear_model),
+                                  hear.get_scene_embeddings(audio, hear_model))
+
+
+# A process of its own: the warning comes once per process.
+OUT_OF_RANGE = """
+import numpy as np
+from aum_jax import hear
+from aum_jax.data.features.preprocessing import Preprocessing
+from aum_jax.models import AuMConfig, init_model
+
+model = hear.HearModel(init_model(AuMConfig(num_mel_bins=32, audio_length=32, embed_dim=32, depth=1, num_classes=0)),
+                       Preprocessing(num_mel_bins=32, target_length=32, mean=-5.0, std=4.0))
+tone = np.sin(np.arange(8000) / 5.0).astype(np.float32)[None]
+hear.get_scene_embeddings(0.9 * tone, model)
+print("in range done", flush=True)
+for _ in range(2):
+    assert np.isfinite(hear.get_scene_embeddings(2.5 * tone, model)).all()
+    assert np.isfinite(hear.get_timestamp_embeddings(2.5 * tone, model)[0]).all()
+"""
+
+
+def test_audio_outside_minus_one_one_is_embedded_with_one_warning():
+    done = subprocess.run([sys.executable, "-c", OUT_OF_RANGE], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = [line for line in done.stderr.splitlines() if "outside the [-1, 1] of HEAR's API" in line]
+    assert len(warnings) == 1 and "up to 2.5 in magnitude" in warnings[0], done.stderr[-3000:]
+
+
 def test_integer_pcm_embeds_as_the_float_clip(hear_model):
     """int16 PCM, as a NumPy or JAX array or a torch tensor, is scaled by its type (/ 32768) as a WAV
     decoder reads it, not taken as floats of +-32767."""

@@ -254,7 +254,7 @@ def test_clip_outputs_note_what_was_left_unscored_and_replace_their_files(model_
     (out / "scores.json").write_text("an older run")
     result = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(long_wav), str(clip),
                      "--save-logits", str(out / "logits"), "--save-features", str(out / "features.npy"),
-                     "--json", str(out / "scores.json"), "--plot", str(out / "scores.png"))
+                     "--json", str(out / "scores.json"), "--plot", str(out / "scores.png"), "--overwrite")
     assert result.returncode == 0, result.stderr[-3000:]
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
     assert notes == [f"note: {long_wav}: only its first 1.28 s of 50.00 s were scored; --window-seconds scores it all"]
