@@ -48,11 +48,8 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def parse_flags(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_flags.argument_parser("python scripts/convert_checkpoint.py", __doc__.split("\n\n")[0],
+                                       "\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--torch-checkpoint", required=True, help="the .pth file (state_dict, module.-prefixed or {'model': ...})")
     parser.add_argument("--output", required=True, help="the model directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it holds an earlier model "
@@ -69,7 +66,6 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     pre.add_argument("--loss", choices=("BCE", "CE"), help="training loss: BCE gives sigmoid scores, CE softmax (default: --dataset's, else BCE)")
     pre.add_argument("--sample-rate", type=int, help="Hz the model's training audio was prepared at; predict resamples "
                      "every file to it (default: --dataset's, else 16000)")
-    cli_flags.add_verbosity_flag(parser)
     init = parser.add_argument_group("init mode: build a new model from the checkpoint's backbone")
     init.add_argument("--target-variant", help="Fo-Fo, Fo-Bi or Bi-Bi (or none, v1, v2); switches init mode on")
     init.add_argument("--target-num-classes", type=int, help="classes of the new head")

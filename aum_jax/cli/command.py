@@ -5,7 +5,7 @@
 :func:`guard` wraps a command's ``main``: a :class:`aum_jax.core.errors.UserError` (and the
 extra exception types a command names, e.g. predict's unreadable inputs) ends the process with
 ``error: <the message on one line>`` on stderr and exit status 1 (:func:`one_line`: a reason on
-a later line of the message is kept); the message is also an INFO log (``-v``). Any other
+a later line of the message is kept); the message and its ``details`` are also an INFO log (``-v``). Any other
 exception is a bug and keeps its traceback.
 """
 
@@ -35,9 +35,11 @@ def one_line(message: str) -> str:
 
 
 def exit_with_one_line(error: BaseException) -> None:
-    """Ends the process with ``error: <the message on one line>`` (exit status 1); the message is also an INFO log."""
+    """Ends the process with ``error: <the message on one line>`` (exit status 1); the message and its
+    ``details`` (:class:`aum_jax.core.errors.UserError`) are also an INFO log."""
     message = str(error)
-    logging.info("%s: %s", type(error).__name__, message)
+    details = getattr(error, "details", "")
+    logging.info("%s: %s%s", type(error).__name__, message, f"\n{details}" if details else "")
     sys.exit(f"error: {one_line(message) or type(error).__name__}")
 
 

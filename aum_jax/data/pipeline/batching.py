@@ -28,19 +28,18 @@ from aum_jax.data.pipeline.stages.base import Element, Failure
 class BadInputError(UserError, RuntimeError):
     """More clips failed to load than ``config.data.max_bad_fraction`` allows.
 
-    The first line of the message names the first bad clip and why it failed (the line the
-    command line prints); the next lines list up to 20 of them.
+    The message names the first bad clip and why it failed; ``details`` lists up to 20 of them (``-v``).
     """
 
     def __init__(self, bad: dict[str, str], limit: int, num_records: int):
         messages = list(bad.values())
         others = f"; and {len(messages) - 1} more (run with -v for all)" if len(messages) > 1 else ""
-        shown = "\n  ".join(messages[:20])
-        more = f"\n  ... and {len(messages) - 20} more" if len(messages) > 20 else ""
         super().__init__(
             f"{len(bad)} of {num_records} clips could not be loaded (at most {limit} allowed by "
-            f"config.data.max_bad_fraction): {messages[0]}{others}\n  {shown}{more}"
+            f"config.data.max_bad_fraction): {messages[0]}{others}"
         )
+        self.details = "\n".join(f"  {m}" for m in messages[:20]) + (
+            f"\n  ... and {len(messages) - 20} more" if len(messages) > 20 else "")
         self.bad = dict(bad)
         self._args = (dict(bad), limit, num_records)
 
