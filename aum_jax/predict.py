@@ -88,6 +88,36 @@ from aum_jax.models.aum import WHOLE_POS_EMBEDS  # noqa: E402
 from aum_jax.ops import SCAN_IMPLS  # noqa: E402
 
 
+# The five things predict does, picked by the inputs and flags given, and the options each takes
+# (by their argparse ``dest``); parse_flags refuses an option given to a mode that does not take it.
+_SCORING = ("top_k", "mean", "std", "label_csv", "loss")
+_AUDIO = ("channel",)
+MODES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "features": ("--features: scores of fbank features", (*_SCORING, "save_logits", "save_features")),
+    "clips": ("--audio: scores of each file's first input", (*_SCORING, *_AUDIO, "save_logits", "save_features",
+                                                              "json", "plot")),
+    "windows": ("--audio with --window-seconds/--hop-seconds: scores of windows over each whole file",
+                (*_SCORING, *_AUDIO, "window_seconds", "hop_seconds", "json", "plot")),
+    "whole": ("--audio --whole: scores of every time patch of one pass over each whole file",
+              (*_SCORING, *_AUDIO, "whole", "whole_pos_embed", "json", "plot")),
+    "embeddings": ("--audio --embeddings: embeddings of windows over each whole file",
+                   (*_AUDIO, "embeddings", "window_seconds", "hop_seconds", "pool", "layers", "tokens")),
+}
+
+MODES_OPTIONS = frozenset(option for _, takes in MODES.values() for option in takes)
+
+
+def mode_of(args: argparse.Namespace) -> str:
+    """The mode of :data:`MODES` that ``args`` ask for."""
+    if args.features:
+        return "features"
+    if args.embeddings:
+        return "embeddings"
+    if args.whole:
+        return "whole"
+    return "windows" if args.window_seconds or args.hop_seconds else "clips"
+
+
 def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser = cli_flags.argument_parser("python -m aum_jax.predict", "Runs an aum-jax model on audio files or fbank "
                                      "features.", __doc__)
@@ -96,65 +126,66 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--features", help=".npy of normalised fbank features, float32 (B, T, F)")
     inputs.add_argument("--audio", nargs="+", help="audio files to classify")
-    parser.add_argument("--save-logits", help=".npy to write the logits (B, classes) to")
-    parser.add_argument("--save-features", help=".npy to write the pooled features (B, D) to")
     parser.add_argument("--batch-size", type=int, default=32, help="examples (windows) per forward pass (default: 32)")
     parser.add_argument("--matmul-precision", default="highest", choices=predict.MATMUL_PRECISIONS,
                         help="float32 matmuls: highest (default) computes as the original; on a GPU "
                         "tensorfloat32 is faster and about 1e-3 off")
-    parser.add_argument("--mean", type=float, help="fbank mean of the training set (default: the model's)")
-    parser.add_argument("--std", type=float, help="fbank std of the training set (default: the model's)")
-    parser.add_argument("--label-csv", help="index,mid,display_name CSV naming the classes (default: the model's names)")
-    parser.add_argument("--loss", choices=tuple(preprocessing.SCORES), help="the model's training loss: BCE scores with "
-                        "sigmoids, CE with softmaxes (default: the model's; raw logits when unknown)")
-    parser.add_argument("--channel", choices=windows.CHANNELS, default="first",
-                        help="--audio: of a multi-channel file, the first channel (default, as the original) or their mean")
-    parser.add_argument("--top-k", type=int, default=5, help="classes printed per example or window (default: 5)")
-    parser.add_argument("--window-seconds", type=float, help="--audio: slide a window of this length over each whole file "
-                        "(default: the model's input length, once --hop-seconds is given; --embeddings always "
-                        "slides one)")
-    parser.add_argument("--hop-seconds", type=float, help="--audio: spacing of the windows (default: the window length)")
-    parser.add_argument("--whole", action="store_true", help="--audio: run the model once over each whole file and "
-                        "score every time patch (instead of windows)")
-    parser.add_argument("--whole-pos-embed", choices=WHOLE_POS_EMBEDS, default="interpolate",
-                        help="--whole: how the position embedding extends along time: interpolate (default; as the "
-                        "original resizes it for another input length) or tile (the clip's columns repeated)")
-    parser.add_argument("--json", help="--audio: write the per-file, per-window top-k scores to this JSON file")
-    parser.add_argument("--plot", help="--audio: draw a heat map of the top classes over time to this PNG")
-    parser.add_argument("--embeddings", help="--audio: write the embeddings of every window of each file (one row "
-                        "per file with --pool) to this .npz instead of printing scores")
-    parser.add_argument("--pool", action="store_true", help="--embeddings: one row per file, the mean of its windows "
-                        "weighted by the audio each holds (as HEAR's scene embedding)")
-    parser.add_argument("--layers", help="--embeddings: also the pooled hidden state after these blocks: 'all' or "
-                        "0-based indices such as 0,5,11")
-    parser.add_argument("--tokens", action="store_true", help="--embeddings: also the final tokens on the "
-                        "(frequency, time) patch grid, for a frame-level head")
     parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")
     cli_flags.add_overwrite_flag(parser)
+
+    scoring = parser.add_argument_group("scores (every mode but --embeddings)")
+    scoring.add_argument("--top-k", type=int, help="classes printed per example or window (default: 5)")
+    scoring.add_argument("--mean", type=float, help="fbank mean of the training set (default: the model's)")
+    scoring.add_argument("--std", type=float, help="fbank std of the training set (default: the model's)")
+    scoring.add_argument("--label-csv", help="index,mid,display_name CSV naming the classes (default: the model's names)")
+    scoring.add_argument("--loss", choices=tuple(preprocessing.SCORES), help="the model's training loss: BCE scores with "
+                         "sigmoids, CE with softmaxes (default: the model's; raw logits when unknown)")
+    scoring.add_argument("--save-logits", help="--features or clips: .npy to write the logits (B, classes) to")
+    scoring.add_argument("--save-features", help="--features or clips: .npy to write the pooled features (B, D) to")
+    scoring.add_argument("--json", help="--audio: write the per-file, per-window top-k scores to this JSON file")
+    scoring.add_argument("--plot", help="--audio: draw a heat map of the top classes over time to this PNG")
+
+    audio = parser.add_argument_group("audio files (--audio)")
+    audio.add_argument("--channel", choices=windows.CHANNELS, help="of a multi-channel file, the first channel "
+                       "(default, as the original) or their mean")
+    audio.add_argument("--window-seconds", type=float, help="slide a window of this length over each whole file "
+                       "(default: the model's input length, once --hop-seconds is given; --embeddings always "
+                       "slides one)")
+    audio.add_argument("--hop-seconds", type=float, help="spacing of the windows (default: the window length)")
+
+    one_pass = parser.add_argument_group("one pass over each whole file (--audio --whole)")
+    one_pass.add_argument("--whole", action="store_true", help="run the model once over each whole file and "
+                          "score every time patch (instead of windows)")
+    one_pass.add_argument("--whole-pos-embed", choices=WHOLE_POS_EMBEDS, help="how the position embedding extends "
+                          "along time: interpolate (default; as the original resizes it for another input length) or "
+                          "tile (the clip's columns repeated)")
+
+    embedding = parser.add_argument_group("embeddings (--audio --embeddings)")
+    embedding.add_argument("--embeddings", help="write the embeddings of every window of each file (one row per file "
+                           "with --pool) to this .npz instead of printing scores")
+    rows = embedding.add_mutually_exclusive_group()
+    rows.add_argument("--pool", action="store_true", help="one row per file, the mean of its windows weighted by the "
+                      "audio each holds (as HEAR's scene embedding)")
+    rows.add_argument("--tokens", action="store_true", help="also the final tokens on the (frequency, time) patch "
+                      "grid of each window, for a frame-level head")
+    embedding.add_argument("--layers", help="also the pooled hidden state after these blocks: 'all' or 0-based "
+                           "indices such as 0,5,11")
+
     args = parser.parse_args(argv[1:])
     flags.FLAGS.mark_as_parsed()
     logs.configure(args.verbosity)
+    mode = mode_of(args)
+    described, takes = MODES[mode]
+    for option in sorted(MODES_OPTIONS - set(takes)):  # every option given that the mode does not take.
+        if getattr(args, option) is not None and getattr(args, option) is not False:  # --mean 0 is given.
+            parser.error(f"--{option.replace('_', '-')} does not go with {described}")
     if (args.mean is None) != (args.std is None):
         parser.error("--mean and --std go together")
-    if args.batch_size <= 0 or args.top_k <= 0:
+    if args.batch_size <= 0 or (args.top_k is not None and args.top_k <= 0):
         parser.error("--batch-size and --top-k must be positive")
-    if args.features and (args.window_seconds or args.hop_seconds or args.json or args.plot):
-        parser.error("--window-seconds, --hop-seconds, --json and --plot work with --audio")
-    if (args.window_seconds or args.hop_seconds) and (args.save_logits or args.save_features):
-        parser.error("--save-logits and --save-features take whole clips; use --json for windows")
-    if args.whole and (args.features or args.window_seconds or args.hop_seconds or args.embeddings
-                       or args.save_logits or args.save_features):
-        parser.error("--whole takes --audio and scores whole files; --window-seconds, --hop-seconds, --embeddings, "
-                     "--save-logits and --save-features work without it")
-    if args.whole_pos_embed != "interpolate" and not args.whole:
-        parser.error("--whole-pos-embed goes with --whole")
-    if (args.layers or args.tokens or args.pool) and not args.embeddings:
-        parser.error("--layers, --tokens and --pool go with --embeddings")
-    if args.pool and args.tokens:
-        parser.error("--tokens are each window's patch grid and are not pooled; leave out --pool or --tokens")
-    if args.embeddings and (args.features or args.json or args.plot or args.save_logits or args.save_features):
-        parser.error("--embeddings takes --audio and writes its own rows; --json, --plot, --save-logits and "
-                     "--save-features work without it")
+    args.top_k = 5 if args.top_k is None else args.top_k
+    args.channel = args.channel or "first"
+    args.whole_pos_embed = args.whole_pos_embed or "interpolate"
     return args
 
 

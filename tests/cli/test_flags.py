@@ -77,7 +77,7 @@ def test_the_real_commands_name_the_config_mistake(tmp_path, command, fragment):
 
 @pytest.mark.parametrize("args, fragment", [
     (["-m", "aum_jax.predict", "--model-dir", "m", "--audio", "a.wav", "--whole", "--window-seconds", "1"],
-     "--whole takes --audio"),
+     "--window-seconds does not go with --audio --whole"),
     (["-m", "aum_jax.predict", "--model-dir", "m"], "one of the arguments --features --audio is required"),
     (["-m", "aum_jax.export", "--model-dir", "m", "--output", "o", "--bogus"], "unrecognized arguments: --bogus"),
 ], ids=["predict: a parser.error", "predict: a missing argument", "export: an unknown flag"])

@@ -133,7 +133,7 @@ def test_predict_whole_command(model_dir, tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 0
     bad = run("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(path), "--whole",
               "--window-seconds", "1")
-    assert_one_error_line(bad, "--whole takes --audio")
+    assert_one_error_line(bad, "--window-seconds does not go with --audio --whole")
     missing = run("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(tmp_path / "none.wav"),
                   "--whole")
     assert_one_error_line(missing, "none.wav")
