@@ -17,12 +17,12 @@ from aum_jax.configs.data import DATASETS, get_data_config
 from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
 from aum_jax.data.pipeline import norm_stats
-from aum_jax.data.sources import registry
+from aum_jax.data.sources import labels, registry
 
 _DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "data config name.", required=True)
 _SPLIT = flags.DEFINE_string("split", "train", "split to measure.")
 _DATAFILE = flags.DEFINE_string("datafile", None, "override the split's JSON datafile.")
-_LABEL_CSV = flags.DEFINE_string("label-csv", None, "override config.label_csv.")
+_LABEL_CSV = flags.DEFINE_string("label-csv", None, "override config.label_csv (and the class count: its rows).")
 _BATCH_SIZE = flags.DEFINE_integer("batch-size", 1000, "clips per batch.")
 _NUM_WORKERS = flags.DEFINE_integer("num-workers", None, "override config.num_workers.")
 
@@ -38,6 +38,7 @@ def main(argv: list[str]) -> None:
         node[key] = _DATAFILE.value
     if _LABEL_CSV.value:
         config.label_csv = _LABEL_CSV.value
+        config.num_classes = len(labels.load_label_csv(_LABEL_CSV.value)[1])
     if _NUM_WORKERS.value is not None:
         config.num_workers = _NUM_WORKERS.value
     stats = norm_stats.fbank_statistics(config, _SPLIT.value, _BATCH_SIZE.value)
@@ -47,4 +48,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(command.guard(main), flags_parser=cli_flags.parse_absl_flags)
+    app.run(command.guard(main, also=(OSError, ValueError)), flags_parser=cli_flags.parse_absl_flags)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from aum_jax.core.errors import UserError
 from aum_jax.data.records import AudioSource
 from aum_jax.data.sources import record_views
 from aum_jax.data.sources.base import DataNotFoundError, SourceKind, lookup
@@ -36,11 +37,15 @@ WEIGHT_STEP = ("python scripts/gen_weight_file.py --datafile data/audioset/dataf
                "(data/README.md, AudioSet)")
 
 
+class SourceConfigError(UserError, ValueError):
+    """A data config that names no known source kind or split, or whose source does not fit it."""
+
+
 def kind_of(data: ml_collections.ConfigDict) -> type[SourceKind]:
-    """The class of ``data.source``; raises ``ValueError`` for an unknown kind."""
+    """The class of ``data.source``; raises ``SourceConfigError`` for an unknown kind."""
     kind = KINDS.get(data.source)
     if kind is None:
-        raise ValueError(f"unknown data source {data.source!r}; choose from {', '.join(KINDS)}")
+        raise SourceConfigError(f"unknown data source {data.source!r}; choose from {', '.join(KINDS)}")
     return kind
 
 
@@ -81,22 +86,22 @@ def make_source(data: ml_collections.ConfigDict, split: str) -> AudioSource:
     (:func:`aum_jax.data.sources.record_views.keep_label_share`, seeded by ``data.seed``).
 
     Raises:
-      ValueError: unknown source kind or split, a source whose class count differs
+      SourceConfigError: unknown source kind or split, a source whose class count differs
         from ``data.num_classes``, or a validation or test split with unlabelled clips.
     """
     kind = kind_of(data)
     key = kind.split_key(split)
     if not lookup(data, key):
-        raise ValueError(f"{data.name}: no {split!r} split (config.{key} is unset)")
+        raise SourceConfigError(f"{data.name}: no {split!r} split (config.{key} is unset)")
     source = kind.from_config(data, split)
     if source.num_classes != data.num_classes:
-        raise ValueError(
+        raise SourceConfigError(
             f"{data.name}: the {split} source has {source.num_classes} classes but "
             f"config.num_classes is {data.num_classes}"
         )
     if split == "train":
         return record_views.keep_label_share(source, data.label_fraction, data.seed)
     if source.num_unlabelled:
-        raise ValueError(f"{data.name}: {source.num_unlabelled} clips of the {split} split have no labels "
+        raise SourceConfigError(f"{data.name}: {source.num_unlabelled} clips of the {split} split have no labels "
                          f"(config.{key}); validation and test clips need them")
     return source

@@ -12,14 +12,15 @@ import numpy as np
 from aum_jax.core import logs
 from aum_jax.data.features import audio
 from aum_jax.data.records import ClipRecord
-from aum_jax.data.sources.base import SourceKind
+from aum_jax.data.sources.base import DataNotFoundError, SourceKind
 
 
 class TfdsSource(SourceKind):
     """A TFDS audio dataset read with ``tfds.data_source`` (ArrayRecord format).
 
     The dataset must be prepared in ``data_dir`` (``tfds build`` or
-    ``builder.download_and_prepare(file_format="array_record")``). Integer audio is
+    ``builder.download_and_prepare(file_format="array_record")``); one that is not is a
+    :class:`DataNotFoundError` (nothing is downloaded). Integer audio is
     scaled to [-1, 1) as torchaudio does (int16 / 32768). TFDS finds its own files: none
     are checked before a run.
     """
@@ -40,11 +41,16 @@ class TfdsSource(SourceKind):
 
         self.dataset, self.split = name, split
         self.audio_key, self.label_key = audio_key, label_key
-        info = tfds.builder(name, data_dir=data_dir).info
+        try:  # nothing is downloaded at run time: a dataset not prepared is refused.
+            info = tfds.builder(name, data_dir=data_dir).info
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except Exception as e:  # noqa: BLE001 - an unknown name, a dataset not prepared, a builder's failed import.
+            raise DataNotFoundError(f"TFDS dataset {name!r} ({split}) cannot be opened, is it prepared in "
+                                    f"{data_dir or 'the TFDS default data_dir'} (tfds build {name} "
+                                    f"--file_format=array_record)? {type(e).__name__}: {e}") from e
         self.num_classes = int(info.features[label_key].num_classes)
         self.class_names = list(info.features[label_key].names)
         self.sample_rate = int(info.features[audio_key].sample_rate)
-        self._source = tfds.data_source(name, split=split, data_dir=data_dir)
         self._last: tuple[int, Any] | None = None  # the last decoded (index, record).
 
     @staticmethod

@@ -17,6 +17,7 @@ from aum_jax.data.features import audio
 from aum_jax.data.pipeline import input_pipeline as ip
 from aum_jax.data.records import ClipRecord
 from aum_jax.data.sources import datafile, labels, registry
+from aum_jax.data.sources.base import DataNotFoundError
 from aum_jax.data.sources.epic_sounds import EpicSoundsSource
 from aum_jax.data.sources.tfds import TfdsSource
 from tests.helpers import REPO_ROOT
@@ -226,3 +227,10 @@ def test_speechcommands_splits(tmp_path):
     splits = prep.split_lists(str(tmp_path))
     assert splits == {"train": ["yes/a.wav", "yes/c.wav"], "valid": ["yes/b.wav"],
                       "eval": ["no/d.wav"]}
+
+
+def test_a_tfds_dataset_not_prepared_is_refused_and_not_downloaded(tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"TFDS dataset 'speech_commands' \(train\) cannot be opened, is it "
+                                                r"prepared in .*tfds build speech_commands"):
+        TfdsSource("speech_commands", "train", data_dir=str(tmp_path))
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # nothing was fetched.
