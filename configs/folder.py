@@ -27,7 +27,7 @@ from aum_jax.configs import common, demo
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _, local = common.parse_variant(arg, "folder", ("folder",))
-    config = demo.get_config()  # the demo's model, optimizer and schedule (BENCHMARKS.md).
+    config = demo.get_config()  # the demo's model, optimizer and schedule (BENCHMARKS.md, "Your own folder").
     del config["demo"]  # no generated clips.
     config.variant = "folder" + (",runlocal" if local else "")  # for the logs.
 
