@@ -11,13 +11,17 @@ newest checkpoint in the workdir; a finished workdir is not trained again: its s
 results are printed. ``--mode=eval`` evaluates ``config.eval.model_dir``, else
 ``workdir/model``, else the newest training checkpoint, on ``config.eval.split``
 (``validation``) and ``config.eval.test_split`` (``test``) and writes
-``workdir/eval_<split>.json``.
+``workdir/eval_<split>.json``; it refuses a workdir that a live trainer holds.
+
+``--workdir`` is a new or empty folder, or the workdir of an earlier run (resumed, or its results
+printed); a folder holding anything a run did not write is refused. One inside the aum-jax
+checkout (outside its ignored ``runs/`` and ``workdir/``) gets a warning and a ``.gitignore``.
 
 The console shows progress bars, a line every ``config.train.log_every`` steps and the
 results; ``-v`` (``--verbosity=0``) adds the INFO logs of every library. A user mistake (an
 unknown or invalid config key, a workdir that cannot be written, missing data, a full disk)
 ends with one ``error:`` line and exit status 1; config values are checked before anything
-is written.
+is written. Ctrl-C (SIGINT) or SIGTERM stops training after a checkpoint, with exit status 130 or 143.
 
 On a cluster, start one process per host with ``--distributed`` (Cloud TPU, SLURM,
 Open MPI are detected) or with explicit ``--coordinator-address``, ``--num-processes``
@@ -77,6 +81,12 @@ def main(argv: list[str]) -> None:
     workdir = Path(_WORKDIR.value)
     try:
         config_checks.check_workdir(workdir)
+        if _MODE.value == "eval":
+            eval_mode.check_not_training(workdir, config.train.lock_stale_after_s)
+        checkout = workdir_lib.checkout_holding(workdir)
+        if checkout is not None and jax.process_index() == 0:
+            logging.warning("--workdir %s lies inside the aum-jax checkout %s: it gets a .gitignore that keeps its "
+                            "files out of git status (runs/ in the checkout is ignored already)", workdir, checkout)
         config = data_prepare.prepare(config, workdir, training=_MODE.value == "train",  # the run's read-only config.
                                       check=lambda c: config_checks.check(c, _MODE.value))  # before anything is written.
         labels.training_preprocessing(config)  # the label names fit the class count.
@@ -88,7 +98,7 @@ def main(argv: list[str]) -> None:
         report = train.train_and_evaluate(config, workdir)
     except train.TrainingInterrupted as e:
         logging.warning("%s", e)
-        sys.exit(143)
+        sys.exit(e.exit_status)
     if jax.process_index() == 0:
         print(report_lib.training_run_text(report, config, workdir, workdir / workdir_lib.REPORT_FILE,
                                            workdir / workdir_lib.MODEL_DIR))

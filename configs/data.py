@@ -42,7 +42,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.test_datafile = ""  # JSON datafile of the test split ("" none).
     c.label_csv = ""  # index,mid,display_name.
     c.balanced_sampling = False  # --bal bal: weighted sampling with replacement.
-    c.weight_csv = ""  # per-clip weights (scripts/gen_weight_file.py) for balanced sampling.
+    c.weight_csv = ""  # per-clip weights (scripts/gen_weight_file.py) for balanced sampling; not read under label_fraction < 1 (weights from the kept labels).
     c.num_classes = 0  # number of classes (the model's num_classes).
     c.sample_rate = 16000  # Hz the clips are prepared at (the recipes' 16 kHz); clips at another rate are resampled to it (not in the original).
     c.num_mel_bins = 128  # --melbins.
@@ -67,7 +67,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.batch_size = 12  # training batch per process.
     c.eval_batch_size = 24  # evaluation batch per process (original: 2x training).
     c.seed = 3949  # exp_seeds[0] of the original run.py.
-    c.label_fraction = 1.0  # keep the labels of this seeded, class-stratified share of the training clips; the rest are unlabelled (needs config.distill); not in the original.
+    c.label_fraction = 1.0  # keep the labels of this seeded, class-stratified share of the training clips; the rest train on the teacher's targets alone (config.distill), or not at all without one; not in the original.
     c.cache_features = False  # keep each training clip's fbank in memory after its first use (not in the original; needs no mixup and no random crops).
     c.num_workers = 4  # grain worker processes (--num-workers); 0 = in-process.
     c.read_threads = 2  # threads per worker reading and transforming clips.

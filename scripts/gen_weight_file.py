@@ -1,7 +1,7 @@
 """Writes the per-clip sampling weights for balanced sampling (``--bal bal``).
 
 Each class gets ``1000 / (count + 0.01)`` where ``count`` is how many clips carry it;
-a clip's weight is the sum over its labels. The weights go to
+a clip's weight is the sum over its labels (:func:`aum_jax.data.pipeline.sampling.label_weights`). The weights go to
 ``<datafile without .json>_weight.csv``, one per line, the file that
 ``config.weight_csv`` names.
 
@@ -21,6 +21,7 @@ from absl import app, flags
 from aum_jax.cli import command
 from aum_jax.cli import flags as cli_flags
 from aum_jax.core import storage
+from aum_jax.data.pipeline import sampling
 from aum_jax.data.sources.datafile import DatafileSource
 
 _DATAFILE = flags.DEFINE_string("datafile", None, "JSON datafile.", required=True)
@@ -30,22 +31,12 @@ _LABEL_CSV = flags.DEFINE_string(
 )
 
 
-def sample_weights(label_lists: list[tuple[int, ...]], num_classes: int) -> np.ndarray:
-    """Per-clip weights, shape ``(num_clips,)`` float64 (see the module docstring)."""
-    counts = np.zeros(num_classes)
-    for labels in label_lists:
-        for label in labels:
-            counts[label] += 1
-    class_weight = 1000.0 / (counts + 0.01)
-    return np.array([sum(class_weight[l] for l in labels) for labels in label_lists])
-
-
 def main(argv: list[str]) -> None:
     del argv
     out = _DATAFILE.value.removesuffix(".json") + "_weight.csv"
     storage.check_output_file(out, "the weight file", overwrite=_OVERWRITE.value)
     source = DatafileSource(_DATAFILE.value, _LABEL_CSV.value)
-    weights = sample_weights([source[i].labels for i in range(len(source))], source.num_classes)
+    weights = sampling.label_weights([source[i].labels for i in range(len(source))], source.num_classes)
     with storage.staged_file(out) as staging, open(staging, "w") as f:  # a file object: savetxt keeps the name.
         np.savetxt(f, weights, delimiter=",")
     print(f"wrote {len(weights)} weights to {out}")

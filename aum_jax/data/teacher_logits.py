@@ -61,8 +61,12 @@ def write(folder: str | os.PathLike, keys: Sequence[str], logits: np.ndarray, in
 class StoredLogits:
     """A stored-logits folder, read: each clip's row and the targets it gives at a temperature.
 
+    Opening it reads every row once (memory-mapped, in blocks) to refuse NaN or Inf logits: they give
+    only non-finite targets, and every step with such a clip would be skipped.
+
     Raises (when built):
-      ValueError: a folder without its three files, or whose files disagree (naming the file).
+      ValueError: a folder without its three files, whose files disagree (naming the file), or with rows
+        that hold NaN or Inf (their count, and the first rows with their clips).
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -81,7 +85,21 @@ class StoredLogits:
                              f"{self.info.get('num_classes')} classes")
         self.num_classes = int(shape[1])
         self.class_names = tuple(self.info.get("class_names") or ())
+        self._check_finite(keys)
         self._logits: np.ndarray | None = None
+
+    def _check_finite(self, keys: list[str]) -> None:
+        """Raises ValueError naming the rows (and their clips) whose logits are not all finite."""
+        logits = self._open()
+        block = max(1, (1 << 22) // max(1, self.num_classes))  # rows of 16 MB of float32 at a time.
+        bad: list[int] = []
+        for start in range(0, len(logits), block):
+            rows = np.asarray(logits[start:start + block])
+            bad.extend(start + int(i) for i in np.flatnonzero(~np.isfinite(rows).all(axis=1)))
+        if bad:
+            shown = ", ".join(f"{row} ({keys[row]})" for row in bad[:3]) + (", ..." if len(bad) > 3 else "")
+            raise ValueError(f"{self.folder / LOGITS_FILE}: {len(bad)} of its {len(keys)} rows hold NaN or Inf "
+                             f"logits, which give no target to learn (rows {shown}); write the teacher's logits again")
 
     def _open(self) -> np.ndarray:
         try:

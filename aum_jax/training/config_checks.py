@@ -7,12 +7,15 @@ line ends with one ``error:`` line instead of a traceback from deep inside the r
 from __future__ import annotations
 
 import difflib
+import json
+import os
 from pathlib import Path
 
 import ml_collections
 
-from aum_jax.checkpoints import convert, pretrained
-from aum_jax.core import sharding
+from aum_jax.checkpoints import convert, model_files, pretrained
+from aum_jax.core import sharding, storage
+from aum_jax.core import workdir as workdir_lib
 from aum_jax.core.errors import UserError
 from aum_jax.data.pipeline import clip_stages
 from aum_jax.evaluation import evaluate
@@ -29,7 +32,8 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
 
     Checked: positive batch sizes and step counts, the metric that picks the best model (one
     that evaluation reports), the training objective (a registered one, and its own settings), the fine-tuning
-    source (it exists; a model directory's files are valid), the share of bad clips allowed, the model's settings
+    source (it exists; a model directory's files are valid), the share of labelled clips in training and that of
+    bad clips allowed, the model's settings
     (``AuMConfig``), the data's feature and augmentation settings, and that the devices of the
     mesh divide the batches.
     """
@@ -55,6 +59,9 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
             pretrained.check_source(config.init)
         except convert.CheckpointError as e:
             raise ConfigError(str(e)) from e
+    if mode == "train" and not 0.0 < data.label_fraction <= 1.0:
+        raise ConfigError(f"config.data.label_fraction={data.label_fraction}: must be in (0, 1], the share of the "
+                          "training clips that keep their labels")
     if not 0.0 <= data.max_bad_fraction <= 1.0:
         raise ConfigError(f"config.data.max_bad_fraction={data.max_bad_fraction}: must be in [0, 1]")
     try:
@@ -89,6 +96,56 @@ def _check_metric(metric: str) -> None:
 
 
 def check_workdir(workdir: Path) -> None:
-    """Raises :class:`ConfigError` for a ``--workdir`` that is a file."""
+    """Refuses a ``--workdir`` a run may not write in: a file, or a folder that is not an aum-jax workdir.
+
+    A missing or empty folder is fine, and so is a workdir of an earlier run (resuming is normal): a
+    folder whose every entry is one a run writes (:data:`aum_jax.core.workdir.OWN`), its ``config.json``
+    a run's config, its ``labels.csv`` beside a folder source's record and its ``model/`` a model directory's
+    files. Anything else may be the user's, which a run must never replace: the folder is refused.
+
+    Raises:
+      ConfigError: ``workdir`` is a file.
+      OutputExistsError: a folder holding what no run wrote, naming (up to three of) them.
+    """
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir {workdir} is a file, not a folder; pass another --workdir")
+    if not workdir.is_dir():
+        return
+    try:
+        foreign = storage.foreign_entries(workdir, workdir_lib.OWN)
+        foreign += [name for name, ours in ((workdir_lib.CONFIG_FILE, _is_run_config),
+                                            (workdir_lib.FOLDER_LABELS_FILE, _beside_folder_record),
+                                            (workdir_lib.MODEL_DIR, _is_model_dir),
+                                            (workdir_lib.GITIGNORE_FILE, _is_our_gitignore))
+                    if os.path.lexists(workdir / name) and not ours(workdir / name)]
+    except OSError as e:
+        raise workdir_lib.WorkdirNotWritableError(f"--workdir {workdir} cannot be read ({e.strerror or e})") from e
+    if foreign:
+        foreign = sorted(foreign)
+        raise storage.OutputExistsError(
+            f"--workdir {workdir} holds files no aum-jax run wrote ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); name a new or empty folder, or the workdir of a run to resume it")
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is a run's ``config.json``: a JSON object with the sections every config has."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, IsADirectoryError):
+        return False
+    return isinstance(config, dict) and {"data", "model", "train"} <= set(config)
+
+
+def _beside_folder_record(path: Path) -> bool:
+    """Whether ``path`` (a ``labels.csv``) is a folder source's: its record lies beside it."""
+    return path.is_file() and (path.parent / workdir_lib.FOLDER_RECORD_FILE).is_file()
+
+
+def _is_model_dir(path: Path) -> bool:
+    """Whether ``path`` (``model/``) holds only what a model directory holds."""
+    return path.is_dir() and not storage.foreign_entries(path, model_files.MODEL_DIR_FILES)
+
+
+def _is_our_gitignore(path: Path) -> bool:
+    """Whether ``path`` is the ``.gitignore`` a run writes (:func:`aum_jax.core.workdir.keep_out_of_git`)."""
+    return path.is_file() and path.read_text(encoding="utf-8", errors="replace") == workdir_lib.GITIGNORE_TEXT

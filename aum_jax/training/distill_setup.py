@@ -21,7 +21,7 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from aum_jax.checkpoints import model_files
+from aum_jax.checkpoints import model_checks, model_files
 from aum_jax.core import logs, sharding
 from aum_jax.data import teacher_logits
 from aum_jax.data.features.preprocessing import Preprocessing
@@ -133,7 +133,7 @@ def _online(config: ml_collections.ConfigDict, source: AudioSource, student: Pre
                      what, ", ".join(differ))
     scale, shift = (1.0, 0.0) if prep.skip_norm else (student.std / prep.std, (student.mean - prep.mean) / (2.0 * prep.std))
     settings = distillation.Distill(**common, input_scale=scale, input_shift=shift)
-    record = {"teacher": str(directory), "teacher_checksums_sha256": model_files.checksums_digest(directory), **common,
+    record = {"teacher": str(directory), "teacher_checksums_sha256": model_checks.checksums_digest(directory), **common,
               "teacher_dtype": d.teacher_dtype}
     return Setup(settings, source, directory, own_input, d.teacher_dtype, config.init.verify, record)
 
@@ -177,10 +177,17 @@ def labelled_clips(config: ml_collections.ConfigDict, source: AudioSource) -> Au
 
 
 def load_teacher(setup: Setup, mesh: jax.sharding.Mesh) -> AudioMamba | None:
-    """The online teacher, frozen in eval mode, its parameters replicated on ``mesh``; None for stored logits."""
+    """The online teacher, frozen in eval mode, its parameters replicated on ``mesh``; None for stored logits.
+
+    Raises:
+      ConfigError: parameters that cannot be read, are not finite or do not match their checksums (naming the key).
+    """
     if setup.teacher_dir is None:
         return None
-    teacher = model_files.load_model(setup.teacher_dir, verify=setup.verify, dtype=setup.teacher_dtype)
+    try:
+        teacher = model_files.load_model(setup.teacher_dir, verify=setup.verify, dtype=setup.teacher_dtype)
+    except model_files.ModelDirectoryError as e:
+        raise ConfigError(f"config.distill.teacher={setup.teacher_dir}: {e}") from e
     teacher.eval()
     nnx.update(teacher, sharding.replicate(nnx.state(teacher), mesh))
     return teacher

@@ -53,10 +53,11 @@ class MaskedPatches:
 
 def step_settings(config: ml_collections.ConfigDict, model: AuMConfig) -> dict[str, MaskedPatches]:
     """The step's ``{"masked": MaskedPatches}`` from ``config.pretrain`` and the backbone's config:
-    M = round(mask_ratio * N), at least 2 (InfoNCE needs a negative).
+    M = round(mask_ratio * N) of the grid's N patches.
 
     Raises:
-      ValueError: a setting it cannot use, naming its key (overlapping patches among them).
+      ValueError: a setting it cannot use, naming its key (overlapping patches among them; a ratio that
+        masks fewer than 2 patches, as InfoNCE needs a negative, or leaves none visible on the grid).
     """
     p = config.get("pretrain")
     if p is None:
@@ -75,7 +76,14 @@ def step_settings(config: ml_collections.ConfigDict, model: AuMConfig) -> dict[s
             raise ValueError(f"config.pretrain.{key}={p[key]}: must be at least 0")
     if p.discriminative_weight + p.generative_weight <= 0:
         raise ValueError("config.pretrain.discriminative_weight and generative_weight are both 0: nothing to learn")
-    num_masked = min(model.num_patches, max(2, round(p.mask_ratio * model.num_patches)))
+    n = model.num_patches
+    num_masked = round(p.mask_ratio * n)
+    if not 2 <= num_masked <= n - 1:
+        grid = " x ".join(map(str, model.patch_grid))
+        fits = (f"choose a ratio that masks 2 to {n - 1} of them ({2 / n:.4g} to {(n - 1) / n:.4g})" if n >= 3
+                else "the grid is too small to mask 2 patches and leave one visible: lengthen config.data.audio_length")
+        raise ValueError(f"config.pretrain.mask_ratio={p.mask_ratio} masks {num_masked} of the {n} patches of the "
+                         f"{grid} grid ({'none visible' if num_masked >= n else 'InfoNCE needs at least 2'}); {fits}")
     return {"masked": MaskedPatches(model.patch_grid, tuple(model.patch_size), num_masked,
                                     sides if p.cluster else (1, 1), p.discriminative_weight, p.generative_weight,
                                     p.normalise_target)}

@@ -13,15 +13,23 @@ from jax.experimental import multihost_utils
 
 
 class StopRequest:
-    """Turns SIGTERM and the first Ctrl-C into a flag checked between steps."""
+    """Turns SIGTERM and the first Ctrl-C into a flag checked between steps.
+
+    Attributes:
+      requested: a stop was asked for.
+      signum: the signal that asked for it (the first one); SIGTERM where another process received it.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = signal.SIGTERM
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
         logging.warning("Received %s; stopping after the current step", signal.Signals(signum).name)
+        if not self.requested:
+            self.signum = signal.Signals(signum)
         self.requested = True
         if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once.
             signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))

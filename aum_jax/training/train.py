@@ -1,8 +1,9 @@
 """Training and evaluation of AudioMamba: the original ``traintest.train``, data-parallel.
 
-``train_and_evaluate(config, workdir)`` plans the run (mesh, data, step counts) before it
-writes anything, then runs one loop, in the sections of its banners: input, model,
-update, checkpoint, train loop, eval.
+``train_and_evaluate(config, workdir)`` plans the run (mesh, data, step counts, balanced sampling's
+weights) and reads the models it starts from (the online teacher; the pretrained source of a run
+with no checkpoint to resume) before it writes anything, then runs one loop, in the sections of
+its banners: input, model, update, checkpoint, train loop, eval.
 
 - The workdir is locked for the run (:mod:`aum_jax.core.workdir`); a second trainer stops.
 - A workdir whose ``report.json`` reached the configured steps is not trained again (nor
@@ -18,7 +19,9 @@ update, checkpoint, train loop, eval.
   evaluated and saved. A run without ``config.eval.split`` saves its last model.
 - A bad step (non-finite, or out of ``config.train.max_loss``/``max_grad_norm``) is
   skipped inside the jitted step; too many in a row stop the run
-  (:mod:`aum_jax.training.divergence`).
+  (:mod:`aum_jax.training.divergence`). No model is evaluated before the first applied update,
+  and a run that ends without one raises :class:`~aum_jax.training.divergence.NoUpdateError`
+  rather than save or report an untrained model.
 - SIGTERM or Ctrl-C checkpoint, then raise :class:`TrainingInterrupted`.
 - The loss goes to the host only at log, checkpoint and evaluation steps.
 - The test split is evaluated once, with the best model; its confusion matrix comes from
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,17 +49,18 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from aum_jax.checkpoints import model_files, pretrained
+from aum_jax.checkpoints import convert, model_files, pretrained
 from aum_jax.core import logs, sharding, storage
 from aum_jax.core import workdir as workdir_lib
 from aum_jax.data.features.preprocessing import Preprocessing
-from aum_jax.data.pipeline import batching, input_pipeline
+from aum_jax.data.pipeline import batching, input_pipeline, sampling
 from aum_jax.data.records import AudioSource
 from aum_jax.data.sources import labels, registry
 from aum_jax.evaluation import evaluate
 from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params
 from aum_jax.training import distill_setup, divergence, objectives, run_checkpoints, stop_request, update, workdir_lock
+from aum_jax.training.config_checks import ConfigError
 
 if TYPE_CHECKING:
     from clu import metric_writers
@@ -66,11 +71,18 @@ class MissingModelError(workdir_lib.WorkdirError):
 
 
 class TrainingInterrupted(Exception):
-    """SIGTERM or Ctrl-C stopped training; a checkpoint of ``step`` was saved."""
+    """SIGTERM or Ctrl-C stopped training; a checkpoint of ``step`` was saved.
 
-    def __init__(self, step: int):
-        super().__init__(f"training interrupted after step {step}; checkpoint saved")
+    Attributes:
+      step: the step of that checkpoint.
+      exit_status: what the command exits with: 128 + the signal's number, as a shell reports a process
+        that signal ended (130 for Ctrl-C, 143 for SIGTERM).
+    """
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"training interrupted after step {step} by {signal.Signals(signum).name}; checkpoint saved")
         self.step = step
+        self.exit_status = 128 + signum
 
 
 # ----------------------------------------------------------------------------------------
@@ -87,7 +99,7 @@ def _log_window(writer: metric_writers.MetricWriter, step: int, num_steps: int, 
     """Writes the scalars of the steps since the last log, and a console line."""
     means, skipped = watch.take_window()
     skipped_total = int(optimizer.opt_state.total_notfinite[...])
-    applied = int(optimizer.step[...]) - skipped_total  # skipped steps do not advance the schedule.
+    applied = _applied_updates(optimizer)  # skipped steps do not advance the schedule.
     scalars = {"train/lr": float(schedule(max(applied - 1, 0))), "train/skipped_steps": skipped,
                "train/skipped_steps_total": skipped_total, "input/skipped_clips": train_iter.num_skipped}
     scalars.update({f"input/skipped_clips_{k}": n for k, n in train_iter.skipped_by_kind_everywhere().items()})
@@ -115,6 +127,7 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     Raises:
       ValueError: batch sizes the mesh does not divide, an unknown split, a bad source.
       ConfigError: a teacher that does not fit, or unlabelled clips an objective of labels cannot train on.
+      SampleWeightsError: balanced sampling without weights that fit the training clips.
     """
     train_cfg = config.train
     mesh = sharding.make_mesh(config.mesh)
@@ -127,6 +140,7 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
         source = distill.source
     elif objectives.get(train_cfg.objective).uses_labels:
         source = distill_setup.labelled_clips(config, source)
+    sampling.train_weights(config.data, source)  # balanced sampling's weights fit the clips (read again by the input).
     steps_per_epoch = train_cfg.steps_per_epoch
     if steps_per_epoch <= 0:
         steps_per_epoch = max(1, len(source) // global_batch_size)
@@ -135,6 +149,42 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     logging.info("%d training clips, global batch %d: %d steps per epoch, %d steps",
                  len(source), global_batch_size, steps_per_epoch, num_steps)
     return Plan(mesh, source, steps_per_epoch, num_steps, eval_every, distill)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sources:
+    """The models a run reads besides its own checkpoints, read before it writes anything: a damaged or
+    misfitting one is refused with the workdir untouched."""
+
+    teacher: AudioMamba | None  # the online teacher, frozen, replicated on the mesh.
+    pretrained: AudioMamba | None  # config.init.checkpoint for a run that starts without a checkpoint.
+
+
+def _has_checkpoints(workdir: Path) -> bool:
+    """Whether ``workdir/checkpoints`` holds a step to resume from (readable or not)."""
+    folder = workdir / workdir_lib.CHECKPOINT_DIR
+    return folder.is_dir() and any(entry.name.isdigit() for entry in folder.iterdir())
+
+
+def _pretrained(config: ml_collections.ConfigDict) -> AudioMamba:
+    """The model of ``config.init.checkpoint`` for ``config.model``.
+
+    Raises:
+      ConfigError: a source that cannot be read or does not fit ``config.model`` (naming the key).
+    """
+    try:
+        return pretrained.init_from_pretrained(config.init.checkpoint, AuMConfig.from_dict(config.model.to_dict()),
+                                               config.init, seed=config.train.seed,
+                                               class_names=labels.training_preprocessing(config).class_names)
+    except (convert.CheckpointError, model_files.ModelDirectoryError) as e:
+        raise ConfigError(f"config.init.checkpoint={config.init.checkpoint}: {e}") from e
+
+
+def _read_sources(config: ml_collections.ConfigDict, workdir: Path, run: Plan) -> _Sources:
+    """The teacher of ``run`` and, for a run with nothing to resume in ``workdir``, its pretrained source."""
+    teacher = distill_setup.load_teacher(run.distill, run.mesh) if run.distill else None
+    starts_fresh = bool(config.init.checkpoint) and not _has_checkpoints(workdir)
+    return _Sources(teacher, _pretrained(config) if starts_fresh else None)
 
 
 class _Results:
@@ -244,7 +294,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     Raises:
       WorkdirError (MissingModelError among them), DivergedWorkdirError, NonFiniteLossError,
-      TrainingInterrupted, BadInputError, CheckpointWriteError.
+      NonFiniteInputError, NoUpdateError, TrainingInterrupted, BadInputError, CheckpointWriteError;
+      before anything is written: what :func:`plan` raises, and ConfigError for a teacher or pretrained
+      source that cannot be loaded or does not fit.
     """
     workdir = Path(workdir).absolute()
     run = plan(config)
@@ -252,18 +304,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if finished is not None and finished.get("step", -1) >= run.num_steps:  # nothing to do: keep the results.
         _restore_finished_model(config, workdir, finished)
         return {**finished, report_lib.ALREADY_TRAINED: True}
+    sources = _read_sources(config, workdir, run)
     lock = workdir_lock.lock_for_run(workdir, config.train.lock_heartbeat_s, config.train.lock_stale_after_s)
     try:
         divergence.check_resume(config, workdir)
         if jax.process_index() == 0:
             storage.write_text(workdir / workdir_lib.CONFIG_FILE, config.to_json_best_effort(indent=1))
-        return _train_and_evaluate(config, workdir, run)
+        return _train_and_evaluate(config, workdir, run, sources)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: Plan) -> dict[str, Any]:
+def _applied_updates(optimizer: nnx.Optimizer) -> int:
+    """The updates applied so far (a run's steps, resumed ones included, less the skipped ones)."""
+    return int(optimizer.step[...]) - int(optimizer.opt_state.total_notfinite[...])
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: Plan,
+                        sources: _Sources) -> dict[str, Any]:
     """The run itself, in the locked ``workdir``: see :func:`train_and_evaluate`."""
     train_cfg, mesh, is_main = config.train, run.mesh, jax.process_index() == 0
 
@@ -295,14 +354,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
     step = restored_from = run_checkpoints.restore(manager, trained, optimizer, train_iter)
     if restored_from:
         writer.write_scalars(step, {"train/restored_from_step": restored_from})
-    elif config.init.checkpoint:  # a new run starts from a pretrained source.
-        source = pretrained.init_from_pretrained(config.init.checkpoint, model_config, config.init, seed=train_cfg.seed,
-                                                 class_names=labels.training_preprocessing(config).class_names)
+    elif config.init.checkpoint:  # a new run starts from a pretrained source (read already, unless none was readable).
+        source = sources.pretrained or _pretrained(config)
         nnx.update(model, sharding.replicate(nnx.state(source, nnx.Param), mesh))
     trained.train()
     distilled = {distill_setup.RECORD_FILE: run.distill.record} if run.distill else {}
     results = _Results(config, workdir, mesh, writer, distilled)
-    teacher = distill_setup.load_teacher(run.distill, mesh) if run.distill else None
+    teacher = sources.teacher
     settings = {"distill": run.distill.settings} if run.distill else objective.settings(config, model_config)
     watch = divergence.Watch(config, workdir, manager)
 
@@ -340,13 +398,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
                     _log_window(writer, step, run.num_steps, watch, optimizer, schedule, train_iter)
                 # Evaluate before checkpointing: a run killed during the evaluation resumes
                 # from the previous checkpoint and evaluates this step again.
-                if eval_now:
+                if eval_now and _applied_updates(optimizer):
                     results.validate(step, model)
+                elif eval_now:  # an untrained model is never evaluated, nor saved, as a result.
+                    logging.warning("step %d: no update has been applied yet; not evaluated", step)
                 if checkpoint_now and watch.may_checkpoint:  # never checkpoint inside a bad streak.
                     run_checkpoints.save(manager, step, trained, optimizer, train_iter)
                 if stop_now:
                     run_checkpoints.save(manager, step, trained, optimizer, train_iter, force=True)
-                    raise TrainingInterrupted(step)
+                    raise TrainingInterrupted(step, stop.signum)
             if watch.may_checkpoint:
                 run_checkpoints.save(manager, step, trained, optimizer, train_iter, force=True)
     finally:
@@ -356,6 +416,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
         writer.flush()
 
     # ---------------------------------------------------------------- eval
+    if not _applied_updates(optimizer):
+        watch.no_update(step)
     if config.eval.split and results.last_step is None:  # resumed at the end: evaluate what we have.
         results.validate(step, model)
     if not config.eval.split:

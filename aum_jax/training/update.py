@@ -22,6 +22,10 @@ from aum_jax.training import distillation, masked_patches, objectives
 # apply_if_finite applies updates anyway after this many bad steps in a row; the loop
 # stops long before (config.train.max_nonfinite_steps).
 _NEVER_GIVE_UP = np.iinfo(np.int32).max
+# The batch entries a loss reads, by what they are: a non-finite one makes the step's loss non-finite
+# whatever the settings. The step reports them as the bits of "nonfinite_inputs", in this order.
+INPUTS = {"fbank": "the features", "label": "the labels", "teacher": "the teacher's targets",
+          "teacher_fbank": "the teacher's input features"}
 
 
 def learning_rate_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
@@ -97,21 +101,30 @@ def _train_step(
     counters advance.
 
     Returns:
-      ``{"loss", "grad_norm", "ok"}``: the batch's mean loss, the global gradient norm
-      and whether the update was applied; and the objective's own metrics.
+      ``{"loss", "grad_norm", "ok", "nonfinite_inputs"}``: the batch's mean loss, the global gradient norm,
+      whether the update was applied and which inputs of the loss held NaN or Inf (bit ``i`` for the ``i``-th
+      of :data:`INPUTS`, the online teacher's targets among them; :func:`nonfinite_inputs` names them); and
+      the objective's own metrics.
     """
 
     compute_loss = objectives.get(objective).loss
     settings = objectives.Settings(loss, distill, masked)
     if teacher is not None:
         batch = {**batch, "teacher": distillation.teacher_targets(teacher, batch, distill)}
+    nonfinite = sum(jnp.where(jnp.isfinite(batch[name]).all(), 0, 1 << bit)
+                    for bit, name in enumerate(INPUTS) if name in batch)
     (value, metrics), grads = nnx.value_and_grad(lambda m: compute_loss(m, batch, settings), has_aux=True)(model)
     grad_norm = optax.tree.norm(grads)
     ok = (value <= max_loss) & (grad_norm <= max_grad_norm)  # False for NaN too.
     if max_loss < float("inf") or max_grad_norm < float("inf"):
         grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads)
     optimizer.update(model, grads)
-    return {"loss": value, "grad_norm": grad_norm, "ok": ok, **metrics}
+    return {"loss": value, "grad_norm": grad_norm, "ok": ok, "nonfinite_inputs": nonfinite, **metrics}
+
+
+def nonfinite_inputs(bits: int) -> set[str]:
+    """The names (keys of :data:`INPUTS`) of a step's ``nonfinite_inputs`` bits."""
+    return {name for bit, name in enumerate(INPUTS) if int(bits) >> bit & 1}
 
 
 train_step = sharding.OnDataMesh(_train_step, arg=2)

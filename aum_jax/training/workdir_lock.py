@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from aum_jax.core import workdir as workdir_lib
 from aum_jax.core.workdir import LOCK_FILE, WorkdirError, WorkdirNotWritableError
 
 
@@ -96,11 +97,31 @@ def why_stale(holder: dict[str, Any], heartbeat_age_s: float, stale_after_s: flo
     return None
 
 
+def read_lock(path: Path) -> tuple[dict[str, Any], float] | None:
+    """The holder record of the lock file ``path`` and its heartbeat age in seconds, or None if there is no lock."""
+    try:
+        text = path.read_text()
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return _parse_holder(text), age
+
+
+def live_holder(workdir: Path, stale_after_s: float) -> dict[str, Any] | None:
+    """The holder record of ``workdir``'s lock while a live trainer holds it; None without a lock or with a
+    stale one."""
+    found = read_lock(Path(workdir).absolute() / LOCK_FILE)
+    if found is None or why_stale(*found, stale_after_s) is not None:
+        return None
+    return found[0]
+
+
 class WorkdirLock:
     """An exclusive, heartbeated lock file in a workdir; a context manager.
 
     Args:
-      workdir: the directory (created if missing).
+      workdir: the directory (created if missing; inside the aum-jax checkout it gets a ``.gitignore``:
+        :func:`aum_jax.core.workdir.keep_out_of_git`).
       heartbeat_s: seconds between touches of the lock file.
       stale_after_s: a lock from another host whose file was not touched for this long
         is stale.
@@ -127,13 +148,7 @@ class WorkdirLock:
             staging.unlink()
 
     def _read(self) -> tuple[dict[str, Any], float] | None:
-        """The holder record and its heartbeat age in seconds, or None if there is no lock."""
-        try:
-            text = self.path.read_text()
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        return _parse_holder(text), age
+        return read_lock(self.path)
 
     def acquire(self) -> None:
         """Takes the lock, or takes over a stale one.
@@ -148,6 +163,7 @@ class WorkdirLock:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             self._take()
+            workdir_lib.keep_out_of_git(workdir)
         except WorkdirError:
             raise
         except OSError as e:

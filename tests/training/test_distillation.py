@@ -284,6 +284,16 @@ def test_a_teacher_that_does_not_fit_is_one_error_line_before_anything_is_writte
         entry["labels"] = ""  # clips the source itself holds without labels.
     blanked = tmp_path / "blanked.json"
     blanked.write_text(json.dumps(entries))
+    unreadable = tmp_path / "unreadable"  # files that open, parameters that no longer match their checksums.
+    shutil.copytree(teacher, unreadable)
+    checksums = json.loads((unreadable / "checksums.json").read_text())
+    first = next(iter(checksums["sha256"]))
+    checksums["sha256"][first] = "0" * 64
+    (unreadable / "checksums.json").write_text(json.dumps(checksums))
+    keys = [registry.make_source(student_config(ten).data, "train")[i].key for i in range(20)]
+    logits = np.random.default_rng(0).normal(size=(20, 10))
+    logits[4, 2], logits[11, 7] = np.nan, np.inf  # rows that give no target.
+    teacher_logits.write(tmp_path / "nan_logits", keys, logits, {"teacher": "t"})
     cases = [
         ([f"--config.data.train_datafile={two['train']}", f"--config.data.validation_datafile={two['eval']}",
           f"--config.data.test_datafile={two['eval']}", f"--config.data.label_csv={two['label_csv']}",
@@ -294,6 +304,10 @@ def test_a_teacher_that_does_not_fit_is_one_error_line_before_anything_is_writte
         ([f"--config.distill.logits={tmp_path / 'nothing'}"], ["config.distill.logits=", "holds no logits.npy"]),
         ([f"--config.data.train_datafile={blanked}"], ["3 of the 20 training clips have no labels",
                                                        "config.distill.teacher"]),
+        ([f"--config.distill.teacher={unreadable}"], [f"config.distill.teacher={unreadable}", f"parameter(s) {first}",
+                                                       "no longer match"]),
+        ([f"--config.distill.logits={tmp_path / 'nan_logits'}"],
+         ["2 of its 20 rows hold NaN or Inf", f"rows 4 ({keys[4]}), 11 ({keys[11]})"]),
     ]
     for i, (extra, fragments) in enumerate(cases):
         workdir = tmp_path / f"work{i}"

@@ -285,6 +285,20 @@ def test_a_pretraining_config_mistake_is_one_error_line(toy, tmp_path) -> None:
         assert fragment in str(raised.value)
     with pytest.raises(config_checks.ConfigError, match="no split is evaluated"):  # nothing labelled to evaluate.
         config_checks.check(_toy_config(toy), "eval")
+    # A ratio must mask 2 patches or more (InfoNCE's negative) and leave one visible, on the config's own grid.
+    for config, ratio, fragment in ((_toy_config(toy), 0.999, "masks 6 of the 6 patches of the 2 x 3 grid"),
+                                    (_toy_config(toy), 0.1, "masks 1 of the 6 patches"),
+                                    (pretrain.get_config("runlocal"), 0.97, "masks 16 of the 16 patches of the 4 x 4"),
+                                    (pretrain.get_config("runlocal"), 0.999, "(none visible)"),
+                                    (pretrain.get_config("runlocal"), 0.02, "masks 0 of the 16")):
+        config.pretrain.mask_ratio = ratio
+        with pytest.raises(config_checks.ConfigError, match=re.escape(f"config.pretrain.mask_ratio={ratio} ")) as e:
+            config_checks.check(config, "train")
+        assert fragment in str(e.value)
+    config = pretrain.get_config("runlocal")
+    for ratio in (0.125, 0.9375):  # 2 and 15 of the 16.
+        config.pretrain.mask_ratio = ratio
+        config_checks.check(config, "train")
 
 
 def test_every_variant_masks_as_ssast_and_a_folder_of_unlabelled_clips_pretrains(tmp_path) -> None:

@@ -153,9 +153,11 @@ def test_a_bad_step_changes_no_parameter_or_moment() -> None:
     nan_batch = {**batch, "fbank": batch["fbank"].at[0, 0, 0].set(jnp.inf)}
     metrics = update.train_step(model, optimizer, nan_batch, "BCE")
     assert not bool(metrics["ok"]) and not np.isfinite(float(metrics["loss"]))
+    assert update.nonfinite_inputs(metrics["nonfinite_inputs"]) == {"fbank"}  # the input named.
     jax.tree.map(np.testing.assert_array_equal, snapshot(), before)
     metrics = update.train_step(model, optimizer, batch, "BCE", max_loss=1e-3)  # finite, out of bounds.
     assert not bool(metrics["ok"]) and np.isfinite(float(metrics["loss"]))
+    assert update.nonfinite_inputs(metrics["nonfinite_inputs"]) == set()
     metrics = update.train_step(model, optimizer, batch, "BCE", max_grad_norm=1e-6)
     assert not bool(metrics["ok"]) and np.isfinite(float(metrics["grad_norm"]))
     jax.tree.map(np.testing.assert_array_equal, snapshot(), before)
@@ -177,7 +179,7 @@ def test_main_help() -> None:
         assert flag in result.stdout
 
 
-def test_sigterm_checkpoints_and_the_job_resumes(toy_overrides, tmp_path: Path) -> None:
+def test_ctrl_c_checkpoints_exits_130_and_the_job_resumes(toy_overrides, tmp_path: Path) -> None:
     env = subprocess_env()
     workdir = tmp_path / "work"
     command = [sys.executable, "-m", "aum_jax.main", "--config=configs/speechcommands.py:runlocal", *toy_overrides,
@@ -189,13 +191,13 @@ def test_sigterm_checkpoints_and_the_job_resumes(toy_overrides, tmp_path: Path) 
         while not (workdir / "checkpoints" / "2").is_dir():
             assert job.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.2)
-        job.send_signal(signal.SIGTERM)
+        job.send_signal(signal.SIGINT)  # SIGTERM's 143: tests/training/test_workdir_use.py.
         _, stderr = job.communicate(timeout=120)
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode == 143, stderr[-3000:]
-    assert "training interrupted after step" in stderr
+    assert job.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "training interrupted after step" in stderr and "by SIGINT" in stderr
     stopped = run_checkpoints.make_manager(workdir, 3).latest_step()
     assert stopped >= 2
     resumed = subprocess.run(command[:-2] + [f"--config.train.num_steps={stopped + 2}"], env=env, cwd=REPO_ROOT,

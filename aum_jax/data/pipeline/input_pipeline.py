@@ -4,7 +4,7 @@ Three jobs, three modules, composed here:
 
 - :mod:`aum_jax.data.pipeline.sampling`: which source indices this process reads, in which order
   (the shard ``process_index::process_count``; shuffled per epoch from the seed, or drawn
-  with the probabilities of a ``*_weight.csv``; in evaluation once, in order, padded);
+  with the balanced-sampling weights of :func:`~aum_jax.data.pipeline.sampling.train_weights`; in evaluation once, in order, padded);
 - :mod:`aum_jax.data.pipeline.clip_stages`: per clip, the registered stages
   (:mod:`aum_jax.data.pipeline.stages`: decode, mixup, fbank, warp, masks, normalise, noise)
   in the original's order, each random one with its own stream; the features themselves are
@@ -37,7 +37,7 @@ from aum_jax.data.pipeline import sampling
 from aum_jax.data.pipeline.batching import BatchIterator
 from aum_jax.data.pipeline.clip_stages import examples
 from aum_jax.data.records import AudioSource
-from aum_jax.data.sources import labels, registry
+from aum_jax.data.sources import registry
 
 __all__ = ["make_eval_iterator", "make_train_iterator", "train_examples"]
 
@@ -70,7 +70,7 @@ def train_examples(config: ml_collections.ConfigDict, source: AudioSource, proce
         raise ValueError(f"{config.name}: the training source is empty")
     if len(sampling.shard(len(source), process_index, process_count)) == 0:
         raise ValueError(f"process {process_index} of {process_count} has no training clips")
-    weights = labels.load_sample_weights(config.weight_csv, len(source)) if config.balanced_sampling else None
+    weights = sampling.train_weights(config, source)
     indices = sampling.train_indices(len(source), config.seed, process_index, process_count, weights)
     _, augment_seed = sampling.host_seeds(config.seed, process_index)
     return examples(indices, config, source, True, augment_seed, teacher_preprocessing)

@@ -2,7 +2,7 @@
 
 Each process reads the disjoint shard ``process_index::process_count`` of the source.
 Training repeats it forever: shuffled per epoch from a per-process seed, or, with
-balanced sampling, drawn with replacement with the probabilities of a ``*_weight.csv``
+balanced sampling, drawn with replacement with the probabilities of :func:`train_weights`
 (the original's ``WeightedRandomSampler``). Evaluation reads it once, in order, padded
 with ``-1`` (no clip) so every process runs the same number of batches. Every stream
 is a random-access grain ``MapDataset``, so a run resumes at any position.
@@ -11,10 +11,67 @@ is a random-access grain ``MapDataset``, so a run resumes at any position.
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import grain
+import ml_collections
 import numpy as np
+from absl import logging
+
+from aum_jax.core.errors import UserError
+from aum_jax.data.records import AudioSource
+from aum_jax.data.sources import labels
+
+
+class SampleWeightsError(UserError, ValueError):
+    """Balanced sampling that cannot draw: no weight file, or one that does not fit the training clips."""
+
+
+def label_weights(label_lists: Sequence[tuple[int, ...]], num_classes: int) -> np.ndarray:
+    """Per-clip weights ``(num_clips,)`` float64 from the clips' labels, as ``scripts/gen_weight_file.py``
+    writes them: each class weighs ``1000 / (count + 0.01)`` (``count``: the clips that carry it), a
+    clip the sum over its labels; a clip without labels weighs the mean of the labelled clips."""
+    counts = np.zeros(num_classes)
+    for clip_labels in label_lists:
+        for label in clip_labels:
+            counts[label] += 1
+    class_weight = 1000.0 / (counts + 0.01)
+    weights = np.array([sum(class_weight[label] for label in ls) if ls else np.nan for ls in label_lists])
+    labelled = ~np.isnan(weights)
+    weights[~labelled] = weights[labelled].mean() if labelled.any() else 1.0
+    return weights
+
+
+def train_weights(config: ml_collections.ConfigDict, source: AudioSource) -> np.ndarray | None:
+    """The sampling weights ``(len(source),)`` of balanced sampling (``config.balanced_sampling``), else None.
+
+    With every label in view (``config.label_fraction`` 1) they are the ``config.weight_csv`` file's, one
+    per clip of ``source``. Under ``label_fraction < 1`` that file, made from every clip's labels, would
+    draw by the labels the fraction hid; the weights then come from the labels the run keeps
+    (:func:`label_weights`), the clips without any drawn as often as a mean labelled clip, and the file
+    is not read.
+
+    Raises:
+      SampleWeightsError: no ``weight_csv`` with every label in view, or a file that cannot be read, holds
+        another count of weights than ``source`` has clips, or weights that cannot draw (naming the file).
+    """
+    if not config.balanced_sampling:
+        return None
+    if config.label_fraction < 1.0:
+        logging.info("Balanced sampling under config.data.label_fraction=%s: weights from the labels the run keeps",
+                     config.label_fraction)
+        return label_weights([source[i].labels for i in range(len(source))], config.num_classes)
+    if not config.weight_csv:
+        raise SampleWeightsError("config.data.balanced_sampling=True needs config.data.weight_csv, a file of one "
+                                 "sampling weight per training clip (scripts/gen_weight_file.py writes it)")
+    path = os.path.expanduser(config.weight_csv)
+    try:
+        return labels.load_sample_weights(path, len(source))
+    except (OSError, ValueError) as e:
+        reason = str(e).removeprefix(f"{path}: ")
+        raise SampleWeightsError(f"config.data.weight_csv={config.weight_csv}: {reason}") from e
 
 
 class ShardLookup:

@@ -15,6 +15,7 @@ from aum_jax.configs.data import DATASETS, get_data_config
 
 from aum_jax.data.features import audio
 from aum_jax.data.pipeline import input_pipeline as ip
+from aum_jax.data.pipeline import sampling
 from aum_jax.data.records import ClipRecord
 from aum_jax.data.sources import datafile, labels, registry
 from aum_jax.data.sources.base import DataNotFoundError
@@ -207,8 +208,7 @@ def _load_script(name):
 
 
 def test_sample_weights_formula():
-    gen = _load_script("gen_weight_file")
-    weights = gen.sample_weights([(0,), (0, 1), (2,), (0,)], num_classes=3)
+    weights = sampling.label_weights([(0,), (0, 1), (2,), (0,)], num_classes=3)
     per_class = 1000.0 / (np.array([3, 1, 1]) + 0.01)
     np.testing.assert_allclose(
         weights, [per_class[0], per_class[0] + per_class[1], per_class[2], per_class[0]]
