@@ -18,6 +18,7 @@ from __future__ import annotations
 import ml_collections
 
 from aum_jax.models import AUM_TYPES, EMBED_DIMS, AuMConfig
+from aum_jax.training import objectives
 
 FAMILIES: dict[str, tuple[str, str, str]] = {
     # family: (size, aum_type, pretrained source kind: "" none, "vim", "aum")
@@ -115,32 +116,10 @@ def get_init_config(kind: str) -> ml_collections.ConfigDict:
     return c
 
 
-def get_distill_config() -> ml_collections.ConfigDict:
-    """Knowledge distillation from a teacher (off: no teacher and no stored logits); not in the original.
-
-    ``loss = (1 - weight) * label_loss + weight * distill_loss`` per labelled clip; an
-    unlabelled clip trains on ``distill_loss`` alone.
-    """
-    c = ml_collections.ConfigDict()
-    c.teacher = ""  # an aum-jax model directory run frozen inside each step on the student's batch ("" none).
-    c.logits = ""  # a folder of stored teacher logits (scripts/teacher_logits.py): no teacher forward ("" none).
-    c.weight = 0.9  # lambda; EfficientAT's kd_lambda=0.1 weighs the label loss, i.e. 0.9 here.
-    c.temperature = 1.0  # softens teacher and student alike; EfficientAT's and DASS's default.
-    c.loss = ""  # "kl" (T^2 KL to the teacher's softmax) or "bce" (to its sigmoids, as EfficientAT); "": kl for a CE task, bce for BCE.
-    c.teacher_dtype = "float32"  # the online teacher's compute dtype: "float32" or "bfloat16" (its parameters stay float32).
-    return c
-
-
-def get_pretrain_config() -> ml_collections.ConfigDict:
-    """Masked patch modelling (``train.objective="masked_patches"``) at SSAST's defaults; not in the original."""
-    c = ml_collections.ConfigDict()
-    c.mask_ratio = 0.78125  # share of each clip's patches masked: SSAST masks 400 of its 512.
-    c.cluster = True  # SSAST's cluster masking: squares of neighbouring patches (False: single patches at random).
-    c.cluster_sides = (3, 5)  # a square's side in patches, drawn from low..high (SSAST: 3 to 5).
-    c.discriminative_weight = 1.0  # weight of the InfoNCE loss (SSAST's joint objective: 1).
-    c.generative_weight = 10.0  # weight of the reconstruction MSE (SSAST: 10).
-    c.normalise_target = False  # reconstruct each patch standardised (MAE's norm_pix_loss); SSAST: as the model sees it.
-    return c
+def get_objective_configs() -> dict[str, ml_collections.ConfigDict]:
+    """``{key: settings}`` of every registered objective with settings of its own (``config.distill``,
+    ``config.pretrain``), at its defaults (:data:`aum_jax.training.objectives.OBJECTIVES`)."""
+    return {o.config_key: o.default_config() for o in objectives.OBJECTIVES.values() if o.default_config}
 
 
 def get_eval_config(test_split: str = "") -> ml_collections.ConfigDict:
@@ -196,7 +175,7 @@ def get_recipe_config(
      config.optimizer.decay_factor) = decay
     config.train = get_train_config(num_epochs, loss, metric)
     config.init = get_init_config(kind)
-    config.distill = get_distill_config()
+    config.update(get_objective_configs())
     config.eval = get_eval_config(test_split)
     config.mesh = get_mesh_config()
     if local:

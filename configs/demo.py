@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = -1  # every epoch.
 
     config.init = common.get_init_config("")
-    config.distill = common.get_distill_config()
+    config.update(common.get_objective_configs())
     config.eval = common.get_eval_config(test_split="test")
     config.eval.confusion_matrix = True  # a single-label set: show which keywords are confused.
     config.mesh = common.get_mesh_config()

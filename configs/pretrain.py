@@ -56,10 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optimizer.schedule = "constant"
         config.train.num_epochs = 10  # SSAST pretrains AudioSet + LibriSpeech for 10 epochs.
         config.train.log_every = 100
-        config.distill = common.get_distill_config()
     config.variant = f"pretrain,{variant}" + (",runlocal" if local else "")  # for the logs.
     config.train.objective = "masked_patches"  # aum_jax.training.objectives.OBJECTIVES.
-    config.pretrain = common.get_pretrain_config()
     config.data.freqm = config.data.timem = 0  # no SpecAugment: masking is the task (SSAST pretrains without).
     config.data.mixup = 0.0  # no mixup (SSAST pretrains without).
     config.data.folder.classes_required = False  # a folder source: any clips, in class folders or unlabelled/.

@@ -372,7 +372,7 @@ def distill_section() -> list[Row]:
     from flax import nnx
 
     from aum_jax.models import AuMConfig, init_model
-    from aum_jax.training import distillation, update
+    from aum_jax.training import distillation, objectives, update
 
     config = demo.get_config()
     teacher_config = AuMConfig.from_dict(config.model.to_dict())
@@ -382,7 +382,7 @@ def distill_section() -> list[Row]:
                                        teacher_config.num_mel_bins)).astype(np.float32),
              "label": np.eye(teacher_config.num_classes, dtype=np.float32)[
                  rng.integers(teacher_config.num_classes, size=config.data.batch_size)]}
-    settings = distillation.Distill(config.distill.weight, config.distill.temperature, "kl")
+    settings = {"supervised": objectives.Supervised("CE"), "distill": distillation.step_settings(config, None)}
     tx = update.make_optimizer(config.optimizer, update.learning_rate_schedule(config.optimizer, 100))
     arms = {"no teacher": None, "online teacher float32": "float32", "online teacher bfloat16": "bfloat16"}
     steps = {}
@@ -392,8 +392,10 @@ def distill_section() -> list[Row]:
         teacher = None if dtype is None else init_model(teacher_config.replace(dtype=dtype), 1)
         if teacher is not None:
             teacher.eval()
-        kwargs = {} if teacher is None else {"objective": "distill", "distill": settings, "teacher": teacher}
-        steps[arm] = lambda m=model, o=optimizer, k=kwargs: update.train_step(m, o, batch, "CE", **k)["loss"]
+            teacher = distillation.Teacher(teacher)
+        name = "supervised" if teacher is None else "distill"
+        steps[arm] = lambda m=model, o=optimizer, n=name, t=teacher: update.train_step(m, o, batch, n, settings[n],
+                                                                                    frozen=t)["loss"]
         jax.block_until_ready(steps[arm]())  # compiled before any timing.
     medians = _interleaved_medians(steps, _DISTILL_ROUNDS.value)
     rows: list[Row] = [(f"distill: {arm} train step (demo batch {config.data.batch_size})", ms, "ms")
@@ -429,8 +431,8 @@ def pretrain_section() -> list[Row]:
         objective = objectives.get(name)
         module = objective.init(model_config, 0)
         optimizer = nnx.Optimizer(module, tx, wrt=nnx.Param)
-        kwargs = {"objective": name, **objective.settings(config, model_config)}
-        steps[arm] = lambda m=module, o=optimizer, k=kwargs: update.train_step(m, o, batch, "CE", **k)["loss"]
+        settings = objective.settings(config, model_config)
+        steps[arm] = lambda m=module, o=optimizer, n=name, s=settings: update.train_step(m, o, batch, n, s)["loss"]
         jax.block_until_ready(steps[arm]())  # compiled before any timing.
     medians = _interleaved_medians(steps, _PRETRAIN_ROUNDS.value)
     rows: list[Row] = [(f"pretrain: {arm} train step (batch {config.data.batch_size})", ms, "ms")

@@ -1,7 +1,8 @@
 """Runs a teacher over a split of a run's source once and stores its logits for distillation.
 
   python scripts/teacher_logits.py --model-dir TEACHER --config=configs/demo.py --out logits/demo_teacher
-  python -m aum_jax.main --config=configs/demo.py --workdir=W --config.distill.logits=logits/demo_teacher
+  python -m aum_jax.main --config=configs/demo.py --workdir=W --config.train.objective=distill \
+      --config.distill.logits=logits/demo_teacher
 
 The source is the config's (datafile, folder, TFDS, the demo; ``--config.<key>=<value>``
 overrides any setting); each clip is read whole and uncropped, and becomes the teacher's input

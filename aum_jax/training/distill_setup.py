@@ -1,9 +1,9 @@
-"""A distilled run set up before it writes anything (``config.distill``): the teacher or its stored
+"""A distilled run set up before it writes anything (``config.train.objective="distill"``): the teacher or its stored
 logits read and checked against the student, and what the run's ``model/`` records of them.
 
-Distillation is on when ``config.distill.teacher`` (an online teacher) or
-``config.distill.logits`` (stored logits, ``scripts/teacher_logits.py``) is set; its objective
-is :func:`aum_jax.training.distillation.objective`. Training clips without labels
+Distillation is the objective ``config.train.objective="distill"``
+(:func:`aum_jax.training.distillation.objective`), from ``config.distill.teacher`` (an online teacher)
+or ``config.distill.logits`` (stored logits, ``scripts/teacher_logits.py``). Training clips without labels
 (``config.data.label_fraction < 1``, or a datafile entry with empty ``labels``) train on the
 teacher's targets alone: without distillation, the clips the fraction leaves unlabelled are not
 trained on, and clips the source itself holds without labels are a config error.
@@ -27,7 +27,6 @@ from aum_jax.data import teacher_logits
 from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.data.records import AudioSource
 from aum_jax.data.sources import labels, record_views
-from aum_jax.models import AudioMamba
 from aum_jax.training import distillation
 from aum_jax.training.config_checks import ConfigError
 
@@ -42,28 +41,30 @@ class Setup:
     """A distilled run's teacher side.
 
     Attributes:
-      settings: the step's static distillation settings.
       source: the training clips (carrying their stored targets when the run reads logits).
       teacher_dir: the online teacher's model directory, or None (stored logits).
       teacher_preprocessing: the online teacher's features where they differ from the student's
         (the input pipeline then computes its input from each clip's waveform), else None.
       teacher_dtype: the online teacher's compute dtype.
       verify: check the teacher's parameters against its checksums.json when it is loaded.
+      input_scale, input_shift: the online teacher's input from the student's normalised fbank
+        (:class:`aum_jax.training.distillation.Teacher`).
       record: what ``model/distillation.json`` and the report say of the teacher.
     """
 
-    settings: distillation.Distill
     source: AudioSource
     teacher_dir: Path | None
     teacher_preprocessing: Preprocessing | None
     teacher_dtype: str
     verify: bool
+    input_scale: float
+    input_shift: float
     record: dict[str, Any]
 
 
 def is_on(config: ml_collections.ConfigDict) -> bool:
-    """Whether ``config`` distils: a teacher or stored logits is set."""
-    return bool(config.distill.teacher or config.distill.logits)
+    """Whether ``config`` distils: its objective is "distill"."""
+    return config.train.objective == "distill"
 
 
 def setup(config: ml_collections.ConfigDict, source: AudioSource) -> Setup | None:
@@ -76,25 +77,19 @@ def setup(config: ml_collections.ConfigDict, source: AudioSource) -> Setup | Non
     """
     d = config.distill
     if not is_on(config):
+        if d.teacher or d.logits:
+            raise ConfigError(f"config.distill.{'teacher' if d.teacher else 'logits'} is set, but "
+                              f"config.train.objective={config.train.objective!r}: distil with "
+                              "config.train.objective=distill")
         return None
-    if config.train.objective != "supervised":
-        raise ConfigError(f"config.train.objective={config.train.objective!r}: distillation (config.distill) "
-                          "replaces the supervised objective; leave it 'supervised'")
     if d.teacher and d.logits:
         raise ConfigError("config.distill.teacher and config.distill.logits are both set; choose one")
-    if not 0.0 <= d.weight <= 1.0:
-        raise ConfigError(f"config.distill.weight={d.weight}: must be in [0, 1]")
-    if not d.temperature > 0:
-        raise ConfigError(f"config.distill.temperature={d.temperature}: must be positive")
-    loss = d.loss or ("kl" if config.train.loss == "CE" else "bce")
-    if loss not in distillation.LOSSES:
-        raise ConfigError(f"config.distill.loss={d.loss!r}: choose from {', '.join(distillation.LOSSES)} "
-                          "(or leave it empty: kl for a CE task, bce for BCE)")
-    if d.teacher_dtype not in distillation.TEACHER_DTYPES:
-        raise ConfigError(f"config.distill.teacher_dtype={d.teacher_dtype!r}: choose from "
-                          f"{', '.join(distillation.TEACHER_DTYPES)}")
+    if not (d.teacher or d.logits):
+        raise ConfigError("config.train.objective=distill needs config.distill.teacher (a model directory) or "
+                          "config.distill.logits (stored logits, scripts/teacher_logits.py)")
+    settings = distillation.step_settings(config, None)  # checked by config_checks before.
     student = labels.training_preprocessing(config)
-    common = {"weight": d.weight, "temperature": d.temperature, "loss": loss}
+    common = {"weight": settings.weight, "temperature": settings.temperature, "loss": settings.loss}
     if d.teacher:
         return _online(config, source, student, common)
     return _stored(config, source, student, common)
@@ -132,10 +127,9 @@ def _online(config: ml_collections.ConfigDict, source: AudioSource, student: Pre
         logging.info("%s reads other features than the student (%s): its input is made from each waveform",
                      what, ", ".join(differ))
     scale, shift = (1.0, 0.0) if prep.skip_norm else (student.std / prep.std, (student.mean - prep.mean) / (2.0 * prep.std))
-    settings = distillation.Distill(**common, input_scale=scale, input_shift=shift)
     record = {"teacher": str(directory), "teacher_checksums_sha256": model_checks.checksums_digest(directory), **common,
               "teacher_dtype": d.teacher_dtype}
-    return Setup(settings, source, directory, own_input, d.teacher_dtype, config.init.verify, record)
+    return Setup(source, directory, own_input, d.teacher_dtype, config.init.verify, scale, shift, record)
 
 
 def _stored(config: ml_collections.ConfigDict, source: AudioSource, student: Preprocessing,
@@ -153,7 +147,7 @@ def _stored(config: ml_collections.ConfigDict, source: AudioSource, student: Pre
         raise ConfigError(f"{what}: {e}") from e
     record = {"logits": str(stored.folder), "teacher": stored.info.get("teacher"),
               "teacher_checksums_sha256": stored.info.get("teacher_checksums_sha256"), **common}
-    return Setup(distillation.Distill(**common), source, None, None, "float32", True, record)
+    return Setup(source, None, None, "float32", True, 1.0, 0.0, record)
 
 
 def labelled_clips(config: ml_collections.ConfigDict, source: AudioSource) -> AudioSource:
@@ -166,8 +160,8 @@ def labelled_clips(config: ml_collections.ConfigDict, source: AudioSource) -> Au
     if source.num_unlabelled > source.num_unlabelled_by_fraction:
         unlabelled = source.num_unlabelled - source.num_unlabelled_by_fraction
         raise ConfigError(f"{unlabelled} of the {len(source)} training clips have no labels (empty datafile labels "
-                          "or a folder's unlabelled/); they train only on a teacher: set config.distill.teacher or "
-                          "config.distill.logits")
+                          "or a folder's unlabelled/); they train only on a teacher: config.train.objective=distill with "
+                          "config.distill.teacher or config.distill.logits")
     if not source.num_unlabelled:
         return source
     kept = record_views.labelled_only(source)
@@ -176,8 +170,9 @@ def labelled_clips(config: ml_collections.ConfigDict, source: AudioSource) -> Au
     return kept
 
 
-def load_teacher(setup: Setup, mesh: jax.sharding.Mesh) -> AudioMamba | None:
-    """The online teacher, frozen in eval mode, its parameters replicated on ``mesh``; None for stored logits.
+def load_teacher(setup: Setup, mesh: jax.sharding.Mesh) -> distillation.Teacher | None:
+    """The online teacher, frozen in eval mode, its parameters replicated on ``mesh``, reading the
+    student's batches (:class:`aum_jax.training.distillation.Teacher`); None for stored logits.
 
     Raises:
       ConfigError: parameters that cannot be read, are not finite or do not match their checksums (naming the key).
@@ -190,4 +185,4 @@ def load_teacher(setup: Setup, mesh: jax.sharding.Mesh) -> AudioMamba | None:
         raise ConfigError(f"config.distill.teacher={setup.teacher_dir}: {e}") from e
     teacher.eval()
     nnx.update(teacher, sharding.replicate(nnx.state(teacher), mesh))
-    return teacher
+    return distillation.Teacher(teacher, setup.input_scale, setup.input_shift)

@@ -51,8 +51,21 @@ class MaskedPatches:
     normalise_target: bool = False
 
 
-def step_settings(config: ml_collections.ConfigDict, model: AuMConfig) -> dict[str, MaskedPatches]:
-    """The step's ``{"masked": MaskedPatches}`` from ``config.pretrain`` and the backbone's config:
+def default_config() -> ml_collections.ConfigDict:
+    """``config.pretrain`` at SSAST's defaults: masked patch modelling (``train.objective="masked_patches"``);
+    not in the original."""
+    c = ml_collections.ConfigDict()
+    c.mask_ratio = 0.78125  # share of each clip's patches masked: SSAST masks 400 of its 512.
+    c.cluster = True  # SSAST's cluster masking: squares of neighbouring patches (False: single patches at random).
+    c.cluster_sides = (3, 5)  # a square's side in patches, drawn from low..high (SSAST: 3 to 5).
+    c.discriminative_weight = 1.0  # weight of the InfoNCE loss (SSAST's joint objective: 1).
+    c.generative_weight = 10.0  # weight of the reconstruction MSE (SSAST: 10).
+    c.normalise_target = False  # reconstruct each patch standardised (MAE's norm_pix_loss); SSAST: as the model sees it.
+    return c
+
+
+def step_settings(config: ml_collections.ConfigDict, model: AuMConfig) -> MaskedPatches:
+    """The step's :class:`MaskedPatches` from ``config.pretrain`` and the backbone's config:
     M = round(mask_ratio * N) of the grid's N patches.
 
     Raises:
@@ -84,9 +97,8 @@ def step_settings(config: ml_collections.ConfigDict, model: AuMConfig) -> dict[s
                 else "the grid is too small to mask 2 patches and leave one visible: lengthen config.data.audio_length")
         raise ValueError(f"config.pretrain.mask_ratio={p.mask_ratio} masks {num_masked} of the {n} patches of the "
                          f"{grid} grid ({'none visible' if num_masked >= n else 'InfoNCE needs at least 2'}); {fits}")
-    return {"masked": MaskedPatches(model.patch_grid, tuple(model.patch_size), num_masked,
-                                    sides if p.cluster else (1, 1), p.discriminative_weight, p.generative_weight,
-                                    p.normalise_target)}
+    return MaskedPatches(model.patch_grid, tuple(model.patch_size), num_masked, sides if p.cluster else (1, 1),
+                         p.discriminative_weight, p.generative_weight, p.normalise_target)
 
 
 def masked_indices(key: jax.Array, settings: MaskedPatches) -> jax.Array:
@@ -130,13 +142,9 @@ def patches(fbank: jax.Array, settings: MaskedPatches) -> jax.Array:
     return out.reshape(out.shape[0], pf * pt, -1).swapaxes(1, 2)
 
 
-def objective(model: MaskedPatchModel, batch: dict[str, jax.Array], settings) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The batch's joint loss and ``{"infonce", "mse", "masked_accuracy"}``; labels unused.
-
-    ``batch["fbank"]`` (B, T, F); ``settings`` is the step's :class:`aum_jax.training.objectives.Settings`
-    (its ``masked``).
-    """
-    s: MaskedPatches = settings.masked
+def objective(model: MaskedPatchModel, batch: dict[str, jax.Array], s: MaskedPatches) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The batch's joint loss and ``{"infonce", "mse", "masked_accuracy"}`` of ``batch["fbank"]`` (B, T, F);
+    labels unused."""
     fbank = batch["fbank"]
     indices, mask = draw_masks(model.masking(), fbank.shape[0], s)
     discriminative, generative = model(fbank, mask)  # (B, N, P) each.

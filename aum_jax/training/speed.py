@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from aum_jax.models import AudioMamba, AuMConfig
-from aum_jax.training import update
+from aum_jax.training import objectives, update
 
 # The precision modes of a GPU check: float32 at the original's "highest", TF32 matmuls, bf16 compute.
 PRECISIONS: dict[str, tuple[str, str]] = {  # mode: (matmul precision, model dtype)
@@ -127,7 +127,7 @@ def measure(recipe: Recipe, *, scan_impl: str = "auto", remat: str = "dots", mod
             planned = _planned_gb(update.train_step.lower(model, opt, batch, "BCE").compile())
             if planned is not None:
                 figures["train_planned_gb"] = planned
-            ms = time_ms(lambda: update.train_step(model, opt, batch, "BCE")["loss"], repeats, warmup=2)
+            ms = time_ms(lambda: update.train_step(model, opt, batch, "supervised", objectives.Supervised("BCE"))["loss"], repeats, warmup=2)
             figures.update(train_step_ms=ms, train_clips_s=recipe.train_batch / ms * 1000,
                            train_matmul_gflops=3 * recipe.train_batch * matmul_flops_per_clip(config) / ms / 1e6)
         model.eval()

@@ -39,12 +39,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 from tqdm import tqdm
@@ -59,7 +61,16 @@ from aum_jax.data.sources import labels, registry
 from aum_jax.evaluation import evaluate
 from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AudioMamba, AuMConfig, count_params
-from aum_jax.training import distill_setup, divergence, objectives, run_checkpoints, stop_request, update, workdir_lock
+from aum_jax.training import (
+    distill_setup,
+    distillation,
+    divergence,
+    objectives,
+    run_checkpoints,
+    stop_request,
+    update,
+    workdir_lock,
+)
 from aum_jax.training.config_checks import ConfigError
 
 if TYPE_CHECKING:
@@ -156,7 +167,7 @@ class _Sources:
     """The models a run reads besides its own checkpoints, read before it writes anything: a damaged or
     misfitting one is refused with the workdir untouched."""
 
-    teacher: AudioMamba | None  # the online teacher, frozen, replicated on the mesh.
+    teacher: distillation.Teacher | None  # the online teacher, frozen, replicated on the mesh.
     pretrained: AudioMamba | None  # config.init.checkpoint for a run that starts without a checkpoint.
 
 
@@ -321,50 +332,65 @@ def _applied_updates(optimizer: nnx.Optimizer) -> int:
     return int(optimizer.step[...]) - int(optimizer.opt_state.total_notfinite[...])
 
 
+@dataclasses.dataclass(frozen=True)
+class _Trainee:
+    """What a run trains: the objective's module, the AudioMamba it evaluates and saves (the module
+    itself, or inside it), the optimizer and its schedule, and the step's static settings."""
+
+    trained: nnx.Module
+    model: AudioMamba
+    optimizer: nnx.Optimizer
+    schedule: optax.Schedule
+    settings: Hashable
+
+
+def _build(config: ml_collections.ConfigDict, run: Plan) -> _Trainee:
+    """The objective's module and its optimizer, built on the run's mesh (replicated, under jit)."""
+    model_config = AuMConfig.from_dict(config.model.to_dict())
+    replicated = sharding.replicated(run.mesh)
+    objective = objectives.get(config.train.objective)
+    trained = objective.init(model_config, config.train.seed, replicated)
+    model = objective.backbone(trained)
+    logging.info("AuM %s %s: %.3f M parameters", model_config.size_name, model_config.aum_type,
+                 count_params(model) / 1e6)
+    schedule = update.learning_rate_schedule(config.optimizer, run.steps_per_epoch)
+    tx = update.make_optimizer(config.optimizer, schedule)
+    optimizer = nnx.jit(lambda m: sharding.constrain(nnx.Optimizer(m, tx, wrt=nnx.Param), replicated))(trained)
+    return _Trainee(trained, model, optimizer, schedule, objective.settings(config, model_config))
+
+
+def _resume(config: ml_collections.ConfigDict, manager: ocp.CheckpointManager, trainee: _Trainee,
+            train_iter: batching.BatchIterator, writer: metric_writers.MetricWriter, run: Plan,
+            sources: _Sources) -> tuple[int, int]:
+    """Restores the newest checkpoint of ``manager``, else starts from the pretrained source; -> (step, restored step)."""
+    step = restored_from = run_checkpoints.restore(manager, trainee.trained, trainee.optimizer, train_iter)
+    if restored_from:
+        writer.write_scalars(step, {"train/restored_from_step": restored_from})
+    elif config.init.checkpoint:  # a new run starts from a pretrained source (read already, unless none was readable).
+        source = sources.pretrained or _pretrained(config)
+        nnx.update(trainee.model, sharding.replicate(nnx.state(source, nnx.Param), run.mesh))
+    trainee.trained.train()
+    return step, restored_from
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: Plan,
                         sources: _Sources) -> dict[str, Any]:
     """The run itself, in the locked ``workdir``: see :func:`train_and_evaluate`."""
     train_cfg, mesh, is_main = config.train, run.mesh, jax.process_index() == 0
-
-    # ---------------------------------------------------------------- input
     logs.import_tensorflow()  # clu's writers load TensorFlow: only a run that trains pays for it.
     from clu import metric_writers, periodic_actions
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     train_iter = input_pipeline.make_train_iterator(
         config.data, source=run.source, teacher_preprocessing=run.distill.teacher_preprocessing if run.distill else None)
-
-    # ---------------------------------------------------------------- model
-    model_config = AuMConfig.from_dict(config.model.to_dict())
-    replicated = sharding.replicated(mesh)
-    objective_name = "distill" if run.distill else train_cfg.objective
-    objective = objectives.get(objective_name)
-    trained = objective.init(model_config, train_cfg.seed, replicated)  # built on the mesh, under jit.
-    model = objective.backbone(trained)  # what is evaluated and saved (the AudioMamba itself, or inside).
-    logging.info("AuM %s %s: %.3f M parameters", model_config.size_name, model_config.aum_type,
-                 count_params(model) / 1e6)
-
-    # ---------------------------------------------------------------- update
-    schedule = update.learning_rate_schedule(config.optimizer, run.steps_per_epoch)
-    tx = update.make_optimizer(config.optimizer, schedule)
-    optimizer = nnx.jit(lambda m: sharding.constrain(nnx.Optimizer(m, tx, wrt=nnx.Param), replicated))(trained)
-
-    # ---------------------------------------------------------------- checkpoint
+    trainee = _build(config, run)
+    trained, model, optimizer = trainee.trained, trainee.model, trainee.optimizer
     manager = run_checkpoints.make_manager(workdir, train_cfg.keep_checkpoints)
-    step = restored_from = run_checkpoints.restore(manager, trained, optimizer, train_iter)
-    if restored_from:
-        writer.write_scalars(step, {"train/restored_from_step": restored_from})
-    elif config.init.checkpoint:  # a new run starts from a pretrained source (read already, unless none was readable).
-        source = sources.pretrained or _pretrained(config)
-        nnx.update(model, sharding.replicate(nnx.state(source, nnx.Param), mesh))
-    trained.train()
+    step, restored_from = _resume(config, manager, trainee, train_iter, writer, run, sources)
     distilled = {distill_setup.RECORD_FILE: run.distill.record} if run.distill else {}
     results = _Results(config, workdir, mesh, writer, distilled)
-    teacher = sources.teacher
-    settings = {"distill": run.distill.settings} if run.distill else objective.settings(config, model_config)
     watch = divergence.Watch(config, workdir, manager)
 
-    # ---------------------------------------------------------------- train loop
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=run.num_steps, writer=writer, every_steps=train_cfg.log_every or None)
     bar = tqdm(total=run.num_steps, initial=step, desc="train", unit="step", disable=not is_main)
@@ -374,9 +400,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
             while step < run.num_steps:
                 batch = sharding.global_batch(next(train_iter), mesh)
                 with jax.set_mesh(mesh), jax.default_matmul_precision(train_cfg.matmul_precision):
-                    pending.append(update.train_step(trained, optimizer, batch, train_cfg.loss, train_cfg.max_loss,
-                                                     train_cfg.max_grad_norm, objective_name, teacher=teacher,
-                                                     **settings))
+                    pending.append(update.train_step(trained, optimizer, batch, train_cfg.objective, trainee.settings,
+                                                     train_cfg.max_loss, train_cfg.max_grad_norm, sources.teacher))
                 step += 1
                 bar.update()
                 report_progress(step)
@@ -395,7 +420,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
                 if watch.should_stop(step):
                     watch.stop(step)
                 if log_now:
-                    _log_window(writer, step, run.num_steps, watch, optimizer, schedule, train_iter)
+                    _log_window(writer, step, run.num_steps, watch, optimizer, trainee.schedule, train_iter)
                 # Evaluate before checkpointing: a run killed during the evaluation resumes
                 # from the previous checkpoint and evaluates this step again.
                 if eval_now and _applied_updates(optimizer):
@@ -415,10 +440,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
         train_iter.close()
         writer.flush()
 
-    # ---------------------------------------------------------------- eval
     if not _applied_updates(optimizer):
         watch.no_update(step)
-    if config.eval.split and results.last_step is None:  # resumed at the end: evaluate what we have.
+    report = _finish(config, workdir, results, model, step, restored_from, optimizer, train_iter, watch,
+                     {"distilled": run.distill.record} if run.distill else {})
+    writer.close()
+    return report
+
+
+def _finish(config: ml_collections.ConfigDict, workdir: Path, results: _Results, model: AudioMamba, step: int,
+            restored_from: int, optimizer: nnx.Optimizer, train_iter: batching.BatchIterator,
+            watch: divergence.Watch, extra: dict[str, Any]) -> dict[str, Any]:
+    """After the last step: the model evaluated if it was not (resumed at the end), or saved for a run
+    without an evaluation split; the test split; the run's report (with ``extra``), written to ``workdir``."""
+    if config.eval.split and results.last_step is None:
         results.validate(step, model)
     if not config.eval.split:
         results.save_model(model)
@@ -426,8 +461,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
               "restored_from_step": restored_from or None,
               "skipped_steps": int(optimizer.opt_state.total_notfinite[...]),
               "skipped_clips": {"total": train_iter.num_skipped, **train_iter.skipped_by_kind_everywhere()},
-              "train": watch.last_means,
-              **({"distilled": run.distill.record} if run.distill else {})}
+              "train": watch.last_means, **extra}
     report_lib.write_report(workdir / workdir_lib.REPORT_FILE, report)
-    writer.close()
     return report

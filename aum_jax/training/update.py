@@ -7,6 +7,7 @@ The config arguments are ``config.optimizer`` sections (any object with those at
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import jax
@@ -16,8 +17,7 @@ import optax
 from flax import nnx
 
 from aum_jax.core import sharding
-from aum_jax.models import AudioMamba
-from aum_jax.training import distillation, masked_patches, objectives
+from aum_jax.training import objectives
 
 # apply_if_finite applies updates anyway after this many bad steps in a row; the loop
 # stops long before (config.train.max_nonfinite_steps).
@@ -69,29 +69,25 @@ def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTrans
     )
 
 
-@nnx.jit(static_argnames=("loss", "max_loss", "max_grad_norm", "objective", "distill", "masked"),
-         donate_argnums=(0, 1))
+@nnx.jit(static_argnames=("objective", "settings", "max_loss", "max_grad_norm"), donate_argnums=(0, 1))
 def _train_step(
     model: nnx.Module,
     optimizer: nnx.Optimizer,
     batch: dict[str, jax.Array],
-    loss: str,
+    objective: str,
+    settings: Hashable,
     max_loss: float = float("inf"),
     max_grad_norm: float = float("inf"),
-    objective: str = "supervised",
-    distill: distillation.Distill | None = None,
-    teacher: AudioMamba | None = None,
-    masked: masked_patches.MaskedPatches | None = None,
+    frozen: nnx.Module | None = None,
 ) -> dict[str, jax.Array]:
     """One Adam step on a global batch ``{"fbank": (B, T, F), "label": (B, C)}``, minimising the
     training objective registered as ``objective`` (:data:`aum_jax.training.objectives.OBJECTIVES`)
-    with the label loss ``loss`` ("BCE" or "CE"), distillation's settings ``distill`` and masked
-    patch modelling's ``masked``. ``model`` is the module the objective trains (the AudioMamba, or
-    the objective's module around it).
+    with its ``settings`` (what its ``settings`` reads from the config). ``model`` is the module the
+    objective trains (the AudioMamba, or the objective's module around it).
 
-    An online ``teacher`` (frozen, in eval mode, parameters replicated) adds its targets for
-    this very batch as ``batch["teacher"]``, without gradients; stored targets come in the
-    batch instead.
+    A ``frozen`` module (distillation's online teacher: frozen, in eval mode, parameters replicated)
+    adds the objective's ``frozen_targets`` for this very batch, without gradients; stored targets
+    come in the batch instead.
 
     The model's and optimizer's buffers are donated. A batch split over a mesh runs the
     scan kernels on each device's own rows (:class:`aum_jax.core.sharding.OnDataMesh`). A step
@@ -103,17 +99,15 @@ def _train_step(
     Returns:
       ``{"loss", "grad_norm", "ok", "nonfinite_inputs"}``: the batch's mean loss, the global gradient norm,
       whether the update was applied and which inputs of the loss held NaN or Inf (bit ``i`` for the ``i``-th
-      of :data:`INPUTS`, the online teacher's targets among them; :func:`nonfinite_inputs` names them); and
+      of :data:`INPUTS`, the frozen module's targets among them; :func:`nonfinite_inputs` names them); and
       the objective's own metrics.
     """
-
-    compute_loss = objectives.get(objective).loss
-    settings = objectives.Settings(loss, distill, masked)
-    if teacher is not None:
-        batch = {**batch, "teacher": distillation.teacher_targets(teacher, batch, distill)}
+    entry = objectives.get(objective)
+    if frozen is not None:
+        batch = {**batch, **entry.frozen_targets(frozen, batch, settings)}
     nonfinite = sum(jnp.where(jnp.isfinite(batch[name]).all(), 0, 1 << bit)
                     for bit, name in enumerate(INPUTS) if name in batch)
-    (value, metrics), grads = nnx.value_and_grad(lambda m: compute_loss(m, batch, settings), has_aux=True)(model)
+    (value, metrics), grads = nnx.value_and_grad(lambda m: entry.loss(m, batch, settings), has_aux=True)(model)
     grad_norm = optax.tree.norm(grads)
     ok = (value <= max_loss) & (grad_norm <= max_grad_norm)  # False for NaN too.
     if max_loss < float("inf") or max_grad_norm < float("inf"):

@@ -60,13 +60,13 @@ def test_under_a_label_fraction_the_weights_come_from_the_kept_labels_alone(skew
     # With a teacher every clip trains; the hidden labels never weigh in.
     keys = [source[i].key for i in range(len(source))]
     teacher_logits.write(tmp_path / "logits", keys, np.zeros((len(keys), 2)), {"teacher": "t"})
-    config.distill.logits = str(tmp_path / "logits")
+    config.train.objective, config.distill.logits = "distill", str(tmp_path / "logits")
     run = train.plan(config)
     assert len(run.source) == 8
     np.testing.assert_allclose(sampling.train_weights(config.data, run.source), expected)
 
     # Without one the labelled share trains, weighted by its own labels.
-    config.distill.logits = ""
+    config.train.objective, config.distill.logits = "supervised", ""
     run = train.plan(config)
     assert len(run.source) == 4
     np.testing.assert_allclose(sampling.train_weights(config.data, run.source), [e for e, ls in zip(expected, kept)

@@ -27,7 +27,7 @@ STEP_SCRIPT = textwrap.dedent("""
     import jax, ml_collections, numpy as np, optax
     from flax import nnx
     from aum_jax.core import sharding
-    from aum_jax.training import update
+    from aum_jax.training import objectives, update
     from aum_jax.models import AuMConfig, init_model
 
     assert jax.device_count() == 8, jax.devices()
@@ -45,7 +45,7 @@ STEP_SCRIPT = textwrap.dedent("""
         nnx.update(model, sharding.replicate(nnx.state(model), mesh))
         nnx.update(optimizer, sharding.replicate(nnx.state(optimizer), mesh))
         arrays = sharding.global_batch(batch, mesh)
-        hlo = update.train_step.lower(model, optimizer, arrays, "CE").compile().as_text()
+        hlo = update.train_step.lower(model, optimizer, arrays, "supervised", objectives.Supervised("CE")).compile().as_text()
         calls = []
         for line in hlo.splitlines():
             target = re.search(r'custom_call_target="(aum_scan_cpu_(?:fwd|bwd)|aum_[a-z_]+)', line)  # any build
@@ -54,9 +54,9 @@ STEP_SCRIPT = textwrap.dedent("""
                 calls.append([target.group(1), [[int(d) for d in s.split(",")] for s in shapes]])
         params = lambda: [np.asarray(x) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]
         before = params()
-        metrics = [update.train_step(model, optimizer, arrays, "CE")]
+        metrics = [update.train_step(model, optimizer, arrays, "supervised", objectives.Supervised("CE"))]
         updates = [(x - b).ravel().tolist() for x, b in zip(params(), before)]
-        metrics.append(update.train_step(model, optimizer, arrays, "CE"))
+        metrics.append(update.train_step(model, optimizer, arrays, "supervised", objectives.Supervised("CE")))
         leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         out.append({"devices": devices, "variant": variant, "impl": impl, "calls": calls,
                     "param_devices": min(len(x.sharding.device_set) for x in leaves),

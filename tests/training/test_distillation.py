@@ -29,7 +29,7 @@ from aum_jax.data.sources import registry
 from aum_jax.data.teacher_logits import StoredLogits
 from aum_jax.inference import predict
 from aum_jax.models import AuMConfig, init_model
-from aum_jax.training import distill_setup, distillation, train, update
+from aum_jax.training import distill_setup, distillation, objectives, train, update
 from tests.helpers import (
     NAMES,
     REPO_ROOT,
@@ -89,23 +89,24 @@ def student_config(paths: dict[str, str], **train_overrides):
 def _step(config, source, teacher_dir: Path | None, weight: float | None = None):
     """One distilled step from a fresh student on the first training batch; (loss, parameters after)."""
     setup = distill_setup.setup(config, source)
-    settings = setup.settings if weight is None else distillation.Distill(weight, 1.0, setup.settings.loss,
-                                                                          setup.settings.input_scale,
-                                                                          setup.settings.input_shift)
+    if weight is not None:
+        config.distill.weight = weight
+    settings = distillation.step_settings(config, None)
     batch = next(input_pipeline.make_train_iterator(config.data, source=setup.source))
     model = init_model(AuMConfig.from_dict(config.model.to_dict()), 0)
     optimizer = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
-    teacher = model_files.load_model(teacher_dir) if teacher_dir else None
-    if teacher is not None:
+    teacher = None
+    if teacher_dir:
+        teacher = model_files.load_model(teacher_dir)
         teacher.eval()
-    metrics = update.train_step(model, optimizer, jax.tree.map(np.asarray, batch), "CE", objective="distill",
-                                distill=settings, teacher=teacher)
+        teacher = distillation.Teacher(teacher, setup.input_scale, setup.input_shift)
+    metrics = update.train_step(model, optimizer, jax.tree.map(np.asarray, batch), "distill", settings, frozen=teacher)
     return float(metrics["loss"]), [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))], batch
 
 
 def test_a_fixture_teacher_distils_into_a_student_that_records_it(teacher, ten, tmp_path):
     config = student_config(ten, num_steps=2, steps_per_epoch=2)
-    config.distill.teacher = str(teacher)
+    config.train.objective, config.distill.teacher = "distill", str(teacher)
     config.data.label_fraction = 0.5
     report = train.train_and_evaluate(config, tmp_path / "work")
     recorded = json.loads((tmp_path / "work" / "model" / distill_setup.RECORD_FILE).read_text())
@@ -127,7 +128,7 @@ def test_stored_logits_round_trip_and_give_the_online_teachers_first_update(teac
 
     config = student_config(ten)  # un-augmented batches: no mixup, masks or noise.
     source = registry.make_source(config.data, "train")
-    config.distill.teacher = str(teacher)
+    config.train.objective, config.distill.teacher = "distill", str(teacher)
     online_loss, online, batch = _step(config, source, teacher)
     config.distill.teacher, config.distill.logits = "", str(tmp_path / "logits")
     stored_loss, from_file, stored_batch = _step(config, source, None)
@@ -147,7 +148,7 @@ def test_a_teacher_of_other_features_reads_its_own_input_from_each_waveform(teac
     rows = (prep.features(*source.load_audio(i, None)) for i in range(len(source)))
     logits = predict.run_model(model_files.load_model(teacher), rows).logits
     teacher_logits.write(tmp_path / "logits", [source[i].key for i in range(len(source))], logits, {"teacher": "t"})
-    config.distill.teacher = str(teacher)
+    config.train.objective, config.distill.teacher = "distill", str(teacher)
     setup = distill_setup.setup(config, source)
     assert setup.teacher_preprocessing.num_mel_bins == 128
     online = next(input_pipeline.make_train_iterator(config.data, source=setup.source,
@@ -157,8 +158,9 @@ def test_a_teacher_of_other_features_reads_its_own_input_from_each_waveform(teac
     stored = next(input_pipeline.make_train_iterator(config.data, source=distill_setup.setup(config, source).source))
     loaded = model_files.load_model(teacher)
     loaded.eval()
-    np.testing.assert_allclose(distillation.teacher_targets(loaded, online, setup.settings), stored["teacher"],
-                               rtol=1e-4, atol=1e-6)
+    targets = distillation.online_targets(distillation.Teacher(loaded, setup.input_scale, setup.input_shift), online,
+                                          distillation.step_settings(config, None))["teacher"]
+    np.testing.assert_allclose(targets, stored["teacher"], rtol=1e-4, atol=1e-6)
     config.distill.teacher, config.distill.logits = str(teacher), ""
     report = train.train_and_evaluate(config.copy_and_resolve_references(), tmp_path / "work")  # the run trains.
     assert report["step"] == config.train.num_steps and np.isfinite(report["final"]["loss"])
@@ -166,12 +168,12 @@ def test_a_teacher_of_other_features_reads_its_own_input_from_each_waveform(teac
 
 def test_weight_zero_is_the_supervised_step_exactly(teacher, ten):
     config = student_config(ten)
-    config.distill.teacher = str(teacher)
+    config.train.objective, config.distill.teacher = "distill", str(teacher)
     source = registry.make_source(config.data, "train")
     _, distilled, batch = _step(config, source, teacher, weight=0.0)
     model = init_model(AuMConfig.from_dict(config.model.to_dict()), 0)
     optimizer = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
-    update.train_step(model, optimizer, jax.tree.map(np.asarray, batch), "CE")
+    update.train_step(model, optimizer, jax.tree.map(np.asarray, batch), "supervised", objectives.Supervised("CE"))
     for a, b in zip(distilled, [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))], strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -190,7 +192,7 @@ FOUR_DEVICES = textwrap.dedent("""
     batch = {"fbank": rng.normal(size=(8, 128, 128)).astype(np.float32),
              "label": np.eye(10, dtype=np.float32)[rng.integers(10, size=8)],
              "labelled": np.array([1, 0] * 4, np.float32)}
-    settings = distillation.Distill(0.7, 2.0, "kl", 1.1, -0.1)
+    settings = distillation.Distill(0.7, 2.0, "kl", "CE")
     out = []
     for devices in (1, 4):
         mesh = sharding.make_mesh(ml_collections.ConfigDict({"data_axis": "data", "num_devices": devices}))
@@ -200,8 +202,8 @@ FOUR_DEVICES = textwrap.dedent("""
         teacher.eval()
         for module in (model, optimizer, teacher):
             nnx.update(module, sharding.replicate(nnx.state(module), mesh))
-        metrics = update.train_step(model, optimizer, sharding.global_batch(batch, mesh), "CE", objective="distill",
-                                    distill=settings, teacher=teacher)
+        metrics = update.train_step(model, optimizer, sharding.global_batch(batch, mesh), "distill", settings,
+                                    frozen=distillation.Teacher(teacher, 1.1, -0.1))
         out.append({"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
                     "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(nnx.state(model, nnx.Param))]})
     print("RESULT " + json.dumps(out))
@@ -243,7 +245,7 @@ def test_labels_are_kept_for_a_seeded_class_stratified_share_which_alone_trains_
 
 def test_mixup_mixes_stored_targets_with_its_own_lambda(teacher, ten, tmp_path):
     config = student_config(ten)
-    config.distill.logits = str(tmp_path / "logits")
+    config.train.objective, config.distill.logits = "distill", str(tmp_path / "logits")
     keys = [registry.make_source(config.data, "train")[i].key for i in range(20)]
     logits = np.random.default_rng(1).normal(size=(20, 10)).astype(np.float32)
     teacher_logits.write(tmp_path / "logits", keys, logits, {"teacher": "made here"})
@@ -294,20 +296,27 @@ def test_a_teacher_that_does_not_fit_is_one_error_line_before_anything_is_writte
     logits = np.random.default_rng(0).normal(size=(20, 10))
     logits[4, 2], logits[11, 7] = np.nan, np.inf  # rows that give no target.
     teacher_logits.write(tmp_path / "nan_logits", keys, logits, {"teacher": "t"})
+    distil = "--config.train.objective=distill"
     cases = [
         ([f"--config.data.train_datafile={two['train']}", f"--config.data.validation_datafile={two['eval']}",
           f"--config.data.test_datafile={two['eval']}", f"--config.data.label_csv={two['label_csv']}",
-          "--config.data.num_classes=2", f"--config.distill.teacher={teacher}"],
+          "--config.data.num_classes=2", distil, f"--config.distill.teacher={teacher}"],
          [f"config.distill.teacher={teacher}", "has 10 classes"]),
-        ([f"--config.distill.teacher={damaged}"], [f"config.distill.teacher={damaged}", "config.json"]),
-        ([f"--config.distill.teacher={other_names}"], ["names its classes otherwise", "'zz' vs 'c0'"]),
-        ([f"--config.distill.logits={tmp_path / 'nothing'}"], ["config.distill.logits=", "holds no logits.npy"]),
+        ([distil, f"--config.distill.teacher={damaged}"], [f"config.distill.teacher={damaged}", "config.json"]),
+        ([distil, f"--config.distill.teacher={other_names}"], ["names its classes otherwise", "'zz' vs 'c0'"]),
+        ([distil, f"--config.distill.logits={tmp_path / 'nothing'}"], ["config.distill.logits=", "holds no logits.npy"]),
         ([f"--config.data.train_datafile={blanked}"], ["3 of the 20 training clips have no labels",
-                                                       "config.distill.teacher"]),
-        ([f"--config.distill.teacher={unreadable}"], [f"config.distill.teacher={unreadable}", f"parameter(s) {first}",
-                                                       "no longer match"]),
-        ([f"--config.distill.logits={tmp_path / 'nan_logits'}"],
+                                                       "config.train.objective=distill"]),
+        ([distil, f"--config.distill.teacher={unreadable}"], [f"config.distill.teacher={unreadable}",
+                                                              f"parameter(s) {first}", "no longer match"]),
+        ([distil, f"--config.distill.logits={tmp_path / 'nan_logits'}"],
          ["2 of its 20 rows hold NaN or Inf", f"rows 4 ({keys[4]}), 11 ({keys[11]})"]),
+        # Distillation is an objective: its settings without it, or it without a teacher, are config errors.
+        ([f"--config.distill.teacher={teacher}"],
+         ["config.distill.teacher is set, but config.train.objective='supervised'", "config.train.objective=distill"]),
+        ([distil], ["config.train.objective=distill needs config.distill.teacher", "or config.distill.logits"]),
+        ([distil, f"--config.distill.teacher={teacher}", "--config.distill.temperature=0"],
+         ["config.distill.temperature=0", "must be positive"]),
     ]
     for i, (extra, fragments) in enumerate(cases):
         workdir = tmp_path / f"work{i}"

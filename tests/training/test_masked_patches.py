@@ -215,8 +215,8 @@ FOUR_DEVICES = textwrap.dedent("""
         optimizer = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
         for module in (model, optimizer):
             nnx.update(module, sharding.replicate(nnx.state(module), mesh))
-        steps = [update.train_step(model, optimizer, sharding.global_batch(batch, mesh), "CE",
-                                   objective="masked_patches", masked=settings) for _ in range(2)]
+        steps = [update.train_step(model, optimizer, sharding.global_batch(batch, mesh), "masked_patches", settings)
+                 for _ in range(2)]
         out.append({"metrics": [{k: float(v) for k, v in m.items()} for m in steps],
                     "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(nnx.state(model, nnx.Param))]})
     print("RESULT " + json.dumps(out))
@@ -306,7 +306,7 @@ def test_every_variant_masks_as_ssast_and_a_folder_of_unlabelled_clips_pretrains
         config = pretrain.get_config(variant)
         model = AuMConfig.from_dict(config.model.to_dict())
         assert model.patch_grid == grid and model.embed_dim == {"tiny": 192, "small": 384, "base": 768}.get(variant, 192)
-        settings = objectives.get(config.train.objective).settings(config, model)["masked"]
+        settings = objectives.get(config.train.objective).settings(config, model)
         assert settings.num_masked == round(0.78125 * grid[0] * grid[1])  # SSAST: 400 of 512 patches.
     root = tmp_path / "clips"
     (root / "unlabelled").mkdir(parents=True)

@@ -18,8 +18,10 @@ from flax import nnx
 from aum_jax.checkpoints import model_files
 from aum_jax.data.pipeline import input_pipeline
 from aum_jax.models import AuMConfig, init_model
-from aum_jax.training import update
+from aum_jax.training import objectives, update
 from tests.helpers import REPO_ROOT, toy_config, write_toy_dataset
+
+CE = ("supervised", objectives.Supervised("CE"))  # the step's objective and settings.
 
 NUM_STEPS = 2
 
@@ -34,7 +36,7 @@ WORKER = textwrap.dedent("""
     from aum_jax.core import sharding
     from aum_jax.data.pipeline import input_pipeline
     from aum_jax.training import train, update
-    from tests.training.test_multihost import NUM_STEPS, model_and_optimizer
+    from tests.training.test_multihost import CE, NUM_STEPS, model_and_optimizer
     from tests.helpers import toy_config
 
     config = toy_config(paths, num_steps=NUM_STEPS, checkpoint_every=1)
@@ -43,7 +45,7 @@ WORKER = textwrap.dedent("""
     nnx.update(model, sharding.replicate(nnx.state(model), mesh))
     nnx.update(optimizer, sharding.replicate(nnx.state(optimizer), mesh))
     iterator = input_pipeline.make_train_iterator(config.data)  # this process's shard.
-    losses = [float(update.train_step(model, optimizer, sharding.global_batch(next(iterator), mesh), "CE")["loss"])
+    losses = [float(update.train_step(model, optimizer, sharding.global_batch(next(iterator), mesh), *CE)["loss"])
               for _ in range(NUM_STEPS)]
     iterator.close()
     params = [float(np.asarray(x).sum()) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]
@@ -106,7 +108,7 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     for _ in range(NUM_STEPS):
         parts = [next(it) for it in shards]
         batch = {k: np.concatenate([p[k] for p in parts]) for k in ("fbank", "label")}
-        losses.append(float(update.train_step(model, optimizer, batch, "CE")["loss"]))
+        losses.append(float(update.train_step(model, optimizer, batch, *CE)["loss"]))
     for it in shards:
         it.close()
     params = [float(np.asarray(x).sum()) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]

@@ -23,8 +23,10 @@ from aum_jax.core import workdir as workdir_lib
 from aum_jax.data.sources import labels
 from aum_jax.evaluation import report as report_lib
 from aum_jax.models import AuMConfig, init_model
-from aum_jax.training import config_checks, eval_mode, run_checkpoints, train, update
+from aum_jax.training import config_checks, eval_mode, objectives, run_checkpoints, train, update
 from tests.helpers import REPO_ROOT, read_scalars, subprocess_env, toy_config, write_toy_dataset
+
+BCE = ("supervised", objectives.Supervised("BCE"))  # the step's objective and settings.
 
 
 def final_params(workdir: Path) -> dict:
@@ -151,19 +153,19 @@ def test_a_bad_step_changes_no_parameter_or_moment() -> None:
 
     before = snapshot()
     nan_batch = {**batch, "fbank": batch["fbank"].at[0, 0, 0].set(jnp.inf)}
-    metrics = update.train_step(model, optimizer, nan_batch, "BCE")
+    metrics = update.train_step(model, optimizer, nan_batch, *BCE)
     assert not bool(metrics["ok"]) and not np.isfinite(float(metrics["loss"]))
     assert update.nonfinite_inputs(metrics["nonfinite_inputs"]) == {"fbank"}  # the input named.
     jax.tree.map(np.testing.assert_array_equal, snapshot(), before)
-    metrics = update.train_step(model, optimizer, batch, "BCE", max_loss=1e-3)  # finite, out of bounds.
+    metrics = update.train_step(model, optimizer, batch, *BCE, max_loss=1e-3)  # finite, out of bounds.
     assert not bool(metrics["ok"]) and np.isfinite(float(metrics["loss"]))
     assert update.nonfinite_inputs(metrics["nonfinite_inputs"]) == set()
-    metrics = update.train_step(model, optimizer, batch, "BCE", max_grad_norm=1e-6)
+    metrics = update.train_step(model, optimizer, batch, *BCE, max_grad_norm=1e-6)
     assert not bool(metrics["ok"]) and np.isfinite(float(metrics["grad_norm"]))
     jax.tree.map(np.testing.assert_array_equal, snapshot(), before)
     assert int(optimizer.opt_state.notfinite_count[...]) == 3  # apply_if_finite counted all three.
 
-    metrics = update.train_step(model, optimizer, batch, "BCE", max_loss=1e4, max_grad_norm=1e6)
+    metrics = update.train_step(model, optimizer, batch, *BCE, max_loss=1e4, max_grad_norm=1e6)
     assert bool(metrics["ok"])  # a good batch within the bounds still trains.
     assert int(optimizer.opt_state.notfinite_count[...]) == 0
     assert int(optimizer.opt_state.total_notfinite[...]) == 3
