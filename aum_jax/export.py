@@ -34,7 +34,7 @@ from absl import app, flags  # noqa: E402
 
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
-from aum_jax.inference.export import KNOWN_PLATFORMS, PLATFORMS, sidecar_path, write_export  # noqa: E402
+from aum_jax.inference.serving import KNOWN_PLATFORMS, PLATFORMS, sidecar_path, write_export  # noqa: E402
 
 
 def parse_flags(argv: list[str]) -> argparse.Namespace:

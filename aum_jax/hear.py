@@ -21,7 +21,7 @@ model's input as in training (:meth:`aum_jax.data.features.preprocessing.Preproc
 fbank and the statistics of the model's ``preprocessing.json``), and the windows of all
 sounds run through the model in fixed-size batches (one compiled program per batch size).
 NaN or Inf embeddings (damaged parameters, or audio far outside what the model was trained
-on) raise :class:`aum_jax.inference.predict.NonFiniteOutputError` naming the sounds.
+on) raise :class:`aum_jax.inference.classify.NonFiniteOutputError` naming the sounds.
 
 - Scene embedding: the final cls token after the last norm, the vector the model's head
   reads (the original's ``return_features``; the mean of the tokens for a model without
@@ -56,7 +56,7 @@ from aum_jax.checkpoints import model_files
 from aum_jax.data.features import preprocessing
 from aum_jax.data.features.audio import as_float_samples
 from aum_jax.evaluation import evaluate
-from aum_jax.inference import embeddings, predict, whole, windows
+from aum_jax.inference import embeddings, classify, whole, windows
 from aum_jax.models import AudioMamba
 from aum_jax.models.aum import WHOLE_POS_EMBEDS
 
@@ -143,7 +143,7 @@ def _sounds(audio: Any) -> np.ndarray:
         shapes = [tuple(np.shape(sound)) for sound in audio]
         if len(set(shapes)) > 1:
             raise ValueError(f"audio must be (n_sounds, n_samples): sounds of one length, got {len(shapes)} sounds of "
-                             f"shapes {predict.shown(shapes, 5)}; pad or cut them to one length, or embed each alone")
+                             f"shapes {classify.shown(shapes, 5)}; pad or cut them to one length, or embed each alone")
         audio = (np.stack([as_float_samples(sound, f"audio[{i}]") for i, sound in enumerate(audio)]) if shapes
                  else np.zeros((0, 0), np.float32))
     audio = as_float_samples(audio, "audio")
@@ -183,7 +183,7 @@ def _run(audio: np.ndarray, model: HearModel, bounds: np.ndarray, embed: evaluat
             for start, end in bounds:
                 yield model.prep.features(sound[None, start:end], rate)
 
-    return predict.run_model(model.model, rows(), model.batch_size, model.matmul_precision, embed=embed,
+    return classify.run_model(model.model, rows(), model.batch_size, model.matmul_precision, embed=embed,
                              reduce=reduce)
 
 
@@ -204,7 +204,7 @@ def get_scene_embeddings(audio: Any, model: HearModel) -> Any:
     bounds = _bounds(audio, model, model.prep.window_seconds)
     per_window = _run(audio, model, bounds, evaluate.Embed()).features.reshape(len(audio), len(bounds), -1)
     scene = np.stack([embeddings.pool_windows(rows, bounds) for rows in per_window])
-    predict.require_finite(scene, _names(audio), "embeddings")
+    classify.require_finite(scene, _names(audio), "embeddings")
     return _as_given(given, scene)[0]
 
 
@@ -224,7 +224,7 @@ def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[Any, Any]:
                   for sound, name in zip(audio, _names(audio))]
         result = np.stack([p.frames for p in passes]).astype(np.float32)
         stamps = np.stack([p.centres * 1000.0 for p in passes]).astype(np.float32)
-        predict.require_finite(result.reshape(len(audio), -1), _names(audio), "embeddings")
+        classify.require_finite(result.reshape(len(audio), -1), _names(audio), "embeddings")
         return _as_given(given, result, stamps)
     bounds = _bounds(audio, model, embeddings.time_patch_span(model.model, model.prep))  # one grid of patches.
     starts_ms, ends_ms = bounds.T * 1000.0 / model.sample_rate
@@ -245,5 +245,5 @@ def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[Any, Any]:
         return {}
 
     _run(audio, model, bounds, evaluate.Embed(tokens=True), write_per_time)
-    predict.require_finite(result.reshape(len(audio), -1), _names(audio), "embeddings")
+    classify.require_finite(result.reshape(len(audio), -1), _names(audio), "embeddings")
     return _as_given(given, result, np.repeat(centres_ms[keep][None].astype(np.float32), len(audio), axis=0))

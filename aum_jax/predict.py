@@ -80,7 +80,7 @@ from aum_jax.data.sources import labels  # noqa: E402
 from aum_jax.inference import (  # noqa: E402
     embeddings,
     plot,
-    predict,  # noqa: E402
+    classify,  # noqa: E402
     whole,
     windows,
 )
@@ -127,7 +127,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     inputs.add_argument("--features", help=".npy of normalised fbank features, float32 (B, T, F)")
     inputs.add_argument("--audio", nargs="+", help="audio files to classify")
     parser.add_argument("--batch-size", type=int, default=32, help="examples (windows) per forward pass (default: 32)")
-    parser.add_argument("--matmul-precision", default="highest", choices=predict.MATMUL_PRECISIONS,
+    parser.add_argument("--matmul-precision", default="highest", choices=classify.MATMUL_PRECISIONS,
                         help="float32 matmuls: highest (default) computes as the original; on a GPU "
                         "tensorfloat32 is faster and about 1e-3 off")
     parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")
@@ -205,7 +205,7 @@ def _preprocessing(args: argparse.Namespace, model_dir: str, num_classes: int, n
     return prep.replace(mean=args.mean, std=args.std, class_names=names, loss=args.loss)
 
 
-def _print_timeline(tl: predict.Timeline, k: int, windowed: bool, model_rate: int) -> None:
+def _print_timeline(tl: classify.Timeline, k: int, windowed: bool, model_rate: int) -> None:
     rate = f"; {tl.sample_rate} Hz resampled to {model_rate} Hz" if tl.sample_rate != model_rate else ""
     if not windowed:
         print(f"{tl.file}: " + ", ".join(f"{n} {s:.3f}" for n, s in tl.top(k)[0]) + f"  ({tl.score}{rate})")
@@ -223,7 +223,7 @@ def _save(path: str | None, array: np.ndarray | None, what: str) -> None:
         logging.info("Wrote %s %s to %s", what, array.shape, path)
 
 
-def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timeline], dict[str, str]]:
+def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[classify.Timeline], dict[str, str]]:
     if not args.whole:
         windows.check_window(prep, args.window_seconds)  # the same for every file: an error, not a skipped file.
     timelines, skipped = [], {}
@@ -233,9 +233,9 @@ def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[predict.Timel
                 timelines.append(whole.classify_whole(model, prep, path, pos_embed=args.whole_pos_embed,
                                                       matmul_precision=args.matmul_precision, channel=args.channel))
                 continue
-            timelines.append(predict.classify_recording(model, prep, path, args.window_seconds, args.hop_seconds,
+            timelines.append(classify.classify_recording(model, prep, path, args.window_seconds, args.hop_seconds,
                                                         args.batch_size, args.matmul_precision, channel=args.channel))
-        except (preprocessing.MissingStatisticsError, predict.NonFiniteOutputError):  # the model's fault: no file is skipped.
+        except (preprocessing.MissingStatisticsError, classify.NonFiniteOutputError):  # the model's fault: no file is skipped.
             raise
         except (ValueError, audio.AudioLoadError) as e:
             if len(args.audio) == 1:
@@ -249,7 +249,7 @@ def _run_audio(args: argparse.Namespace, model, prep) -> int:
     if windowed:
         timelines, skipped = _windowed(args, model, prep)
     else:
-        clips = predict.classify_clips(model, prep, args.audio, args.batch_size, args.matmul_precision,
+        clips = classify.classify_clips(model, prep, args.audio, args.batch_size, args.matmul_precision,
                                        channel=args.channel, with_features=bool(args.save_features))
         timelines, skipped = clips.timelines, clips.skipped
         if skipped and (args.save_logits or args.save_features):
@@ -282,13 +282,13 @@ def _run_audio(args: argparse.Namespace, model, prep) -> int:
 
 def _run_features(args: argparse.Namespace, model, prep) -> int:
     features = np.load(args.features)
-    logits, pooled = predict.predict(model, features, args.batch_size, args.matmul_precision)
+    logits, pooled = classify.logits_and_features(model, features, args.batch_size, args.matmul_precision)
     sources = [f"{args.features}[{i}]" for i in range(len(logits))]
-    predict.require_finite(logits, sources)
+    classify.require_finite(logits, sources)
     _save(args.save_logits, logits, "logits")
     _save(args.save_features, pooled, "features")
     names = labels.class_names(prep.class_names, logits.shape[1])
-    for source, best in zip(sources, predict.top_k(predict.scores(logits, prep.score), names, args.top_k)):
+    for source, best in zip(sources, classify.top_k(classify.scores(logits, prep.score), names, args.top_k)):
         print(f"{source}: " + ", ".join(f"{name} {score:.3f}" for name, score in best) + f"  ({prep.score})")
     return 0
 
@@ -323,7 +323,7 @@ def main(args: argparse.Namespace) -> int:
     overrides = {"scan_impl": args.scan_impl} if args.scan_impl else {}
     model_dir = model_files.model_directory(args.model_dir)
     if not args.embeddings:  # scores, logits and pooled features need a head: refused before the model loads.
-        predict.require_head(model_files.load_config(model_dir), str(model_dir))
+        classify.require_head(model_files.load_config(model_dir), str(model_dir))
     model = model_files.load_model(model_dir, verify=not args.no_verify, **overrides)
     cfg = model.config
     prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)

@@ -7,7 +7,7 @@ demo model (``--haystack-model``) must find it. ``--haystack-placements`` placem
 each a random eval clip at a random offset (seeded by ``--haystack-seed``), every one scored in
 three modes:
 
-* ``windows``: :func:`aum_jax.inference.predict.classify_recording`, the model's own 0.96 s input
+* ``windows``: :func:`aum_jax.inference.classify.classify_recording`, the model's own 0.96 s input
   slid every ``--haystack-hop`` seconds;
 * ``whole-interpolate`` and ``whole-tile``: :func:`aum_jax.inference.whole.classify_whole`, one pass
   over the whole recording, the position embedding interpolated or tiled along time.
@@ -271,7 +271,7 @@ def run_child() -> None:
 
     logs.quiet_native_logs()  # before JAX loads.
     from aum_jax.checkpoints import model_files
-    from aum_jax.inference import predict, whole
+    from aum_jax.inference import classify, whole
 
     mode, seconds = _CHILD.value.split(":")
     if mode not in MODES:
@@ -284,7 +284,7 @@ def run_child() -> None:
     for placement in placements:
         begin = time.perf_counter()
         if mode == "windows":
-            timeline = predict.classify_recording(model, prep, placement["wav"], window_seconds=None,
+            timeline = classify.classify_recording(model, prep, placement["wav"], window_seconds=None,
                                                   hop_seconds=_HOP.value)
         else:
             timeline = whole.classify_whole(model, prep, placement["wav"], pos_embed=mode.split("-", 1)[1])

@@ -36,7 +36,7 @@ from aum_jax.core import storage  # noqa: E402
 from aum_jax.data.features import audio  # noqa: E402
 from aum_jax.data.sources import registry  # noqa: E402
 from aum_jax.evaluation import evaluate  # noqa: E402
-from aum_jax.inference import predict  # noqa: E402
+from aum_jax.inference import classify  # noqa: E402
 from aum_jax.models import init_model  # noqa: E402
 from aum_jax.training import prepare  # noqa: E402
 
@@ -68,7 +68,7 @@ def _embed(model, prep, source) -> tuple[dict[str, np.ndarray], np.ndarray]:
     def keep(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {**batch, "tokens": batch["tokens"].mean(axis=(1, 2))}  # (B, D): not the whole grid.
 
-    out = predict.run_model(model, rows(), _BATCH.value, embed=evaluate.Embed(tokens=True), reduce=keep)
+    out = classify.run_model(model, rows(), _BATCH.value, embed=evaluate.Embed(tokens=True), reduce=keep)
     return {"pooled": out.features, "mean_tokens": out.tokens}, labels
 
 

@@ -33,7 +33,7 @@ from aum_jax.core import storage  # noqa: E402
 from aum_jax.data import teacher_logits  # noqa: E402
 from aum_jax.data.features import audio  # noqa: E402
 from aum_jax.data.sources import registry  # noqa: E402
-from aum_jax.inference import predict  # noqa: E402
+from aum_jax.inference import classify  # noqa: E402
 from aum_jax.training import prepare  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The run's config: its data source.",
@@ -69,7 +69,7 @@ def main(argv: list[str]) -> None:
             waveform, rate = source.load_audio(i, None)  # AudioLoadError names the clip.
             yield prep.features(waveform, rate)
 
-    outputs = predict.run_model(teacher, rows(), _BATCH.value, _PRECISION.value)
+    outputs = classify.run_model(teacher, rows(), _BATCH.value, _PRECISION.value)
     info = {"teacher": str(directory), "class_names": list(prep.class_names),
             "teacher_checksums_sha256": model_checks.checksums_digest(directory),
             "source": f"{config.data.name} {_SPLIT.value}", "matmul_precision": _PRECISION.value}

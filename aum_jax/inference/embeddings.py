@@ -38,7 +38,7 @@ import numpy as np
 from aum_jax.core import storage
 from aum_jax.data.features import audio, kaldi, preprocessing
 from aum_jax.evaluation import evaluate
-from aum_jax.inference.predict import check_features, require_finite, run_model, shown
+from aum_jax.inference.classify import check_features, require_finite, run_model, shown
 from aum_jax.inference.windows import RecordingWindows, check_window
 from aum_jax.models import AudioMamba
 

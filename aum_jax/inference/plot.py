@@ -9,7 +9,7 @@ import numpy as np
 
 from aum_jax.core import storage
 from aum_jax.data.features import preprocessing
-from aum_jax.inference.predict import Timeline
+from aum_jax.inference.classify import Timeline
 
 
 def plot_timelines(timelines: Sequence[Timeline], path: str | os.PathLike, num_classes: int = 10) -> None:

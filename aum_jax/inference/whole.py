@@ -5,7 +5,7 @@ number of clips' worth of time patches, so that recordings of similar lengths sh
 program; the position embedding is extended along time (:meth:`aum_jax.models.AudioMamba.whole`,
 ``pos_embed``: ``"interpolate"`` as the original resizes it for another input length, or
 ``"tile"``). The head scores every time patch (its tokens averaged over frequency), which gives a
-:class:`aum_jax.inference.predict.Timeline` with one row per time patch, on the same JSON and
+:class:`aum_jax.inference.classify.Timeline` with one row per time patch, on the same JSON and
 plot as sliding windows. Memory grows linearly with the recording: the audio, its fbank and the
 model's activations of one pass (``aum_jax.core.memory.peak_rss_mb`` reports what the process reached).
 
@@ -24,7 +24,7 @@ from flax import nnx
 
 from aum_jax.data.features import audio, preprocessing
 from aum_jax.data.sources import labels
-from aum_jax.inference import embeddings, predict, windows
+from aum_jax.inference import embeddings, classify, windows
 from aum_jax.models import AudioMamba
 from aum_jax.models.aum import WHOLE_POS_EMBEDS
 
@@ -84,13 +84,13 @@ def run_whole(model: AudioMamba, prep: preprocessing.Preprocessing, waveform: np
     keep = centres < duration
     keep[0] = True  # a recording shorter than half a patch keeps its first.
     logits = out["frame_logits"][0][keep]
-    predict.require_finite(logits, [f"{source} at {c:.2f} s" for c in centres[keep]])
+    classify.require_finite(logits, [f"{source} at {c:.2f} s" for c in centres[keep]])
     return WholePass(logits, out["frames"][0][keep], out["logits"][0], centres[keep],
                      t_grid * model.config.patch_grid[0] + model.config.num_cls_tokens)
 
 
 def classify_whole(model: AudioMamba, prep: preprocessing.Preprocessing, path: str, *, pos_embed: str = "interpolate",
-                   matmul_precision: str = "highest", channel: str = "first") -> predict.Timeline:
+                   matmul_precision: str = "highest", channel: str = "first") -> classify.Timeline:
     """Scores every time patch of a whole recording in one pass (see the module docstring).
 
     Each row of the timeline is a time patch: it starts and ends half a stride either side of
@@ -102,7 +102,7 @@ def classify_whole(model: AudioMamba, prep: preprocessing.Preprocessing, path: s
       AudioLoadError: the file cannot be read.
       NonFiniteOutputError: NaN or Inf logits (the time patches named).
     """
-    predict.require_head(model.config)
+    classify.require_head(model.config)
     with audio.open_audio(path) as f:
         waveform, sample_rate = windows.mono(f.read(0, f.num_samples), channel), f.sample_rate
     duration = waveform.shape[1] / sample_rate
@@ -116,5 +116,5 @@ def classify_whole(model: AudioMamba, prep: preprocessing.Preprocessing, path: s
     half = model.config.strides[1] * embeddings.frame_step_ms(prep) / 2000.0
     starts = np.maximum(result.centres - half, 0.0)
     ends = np.minimum(result.centres + half, duration)
-    return predict.Timeline(path, duration, starts, ends, predict.scores(result.logits, prep.score), prep.score,
+    return classify.Timeline(path, duration, starts, ends, classify.scores(result.logits, prep.score), prep.score,
                             labels.class_names(prep.class_names, result.logits.shape[1]), sample_rate)

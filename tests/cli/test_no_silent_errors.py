@@ -20,7 +20,7 @@ from scipy.signal import resample_poly
 from aum_jax.checkpoints import convert
 from aum_jax.checkpoints.model_files import save_model
 from aum_jax.data.features import kaldi, preprocessing
-from aum_jax.inference import predict
+from aum_jax.inference import classify
 from tests.helpers import (
     SAMPLE,
     TINY_FOBI,
@@ -67,9 +67,9 @@ def test_44k_and_48k_copies_score_like_the_16k_clip(model_dir, tmp_path):
     # The features themselves agree (bins near 8 kHz, where the resamplers' filters roll off, aside);
     # computed at the copy's own rate, as before, they do not.
     prep = PREP.replace(target_length=998)  # the clip's frames: no padding.
-    original = predict.file_features(str(SAMPLE), prep)[0]
+    original = classify.file_features(str(SAMPLE), prep)[0]
     for copy in copies:
-        assert np.median(np.abs(predict.file_features(copy, prep)[0] - original)) < 0.01
+        assert np.median(np.abs(classify.file_features(copy, prep)[0] - original)) < 0.01
         waveform, rate = soundfile.read(copy, dtype="float32", always_2d=True)
         own_rate = prep.normalize(preprocessing.pad_or_cut(kaldi.fbank_from_waveform(waveform.T, rate, 128), 998))
         assert np.median(np.abs(own_rate - original)) > 0.1
@@ -79,9 +79,9 @@ def test_stereo_files_use_the_first_channel_or_the_mean(model_dir, tmp_path):
     samples, rate = soundfile.read(SAMPLE, dtype="float32")
     stereo = tmp_path / "stereo.wav"
     soundfile.write(stereo, np.stack([samples, 0.1 * samples[::-1]], axis=1), rate, subtype="FLOAT")
-    first = predict.classify_clips(predict_model(model_dir), PREP, [str(stereo)]).logits
-    mono = predict.classify_clips(predict_model(model_dir), PREP, [str(SAMPLE)]).logits
-    mean = predict.classify_clips(predict_model(model_dir), PREP, [str(stereo)], channel="mean").logits
+    first = classify.classify_clips(predict_model(model_dir), PREP, [str(stereo)]).logits
+    mono = classify.classify_clips(predict_model(model_dir), PREP, [str(SAMPLE)]).logits
+    mean = classify.classify_clips(predict_model(model_dir), PREP, [str(stereo)], channel="mean").logits
     # "first": channel 0 after removing the mean of both channels, as the original; "mean": their average.
     np.testing.assert_allclose(first, mono, atol=1e-4)
     assert not np.allclose(mean, first, atol=1e-4)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from aum_jax.checkpoints.model_files import ModelDirectoryError, load_model
-from aum_jax.inference import predict
+from aum_jax.inference import classify
 from tests.helpers import NAMES, REPO_ROOT, save_tiny_fobi
 
 # Runs without aum-jax or Flax: only jax and numpy, as a serving process would.
@@ -50,21 +50,21 @@ def test_exported_model_matches_predict_in_a_fresh_process(model_dir, tmp_path):
     assert served.returncode == 0, served.stderr
     info = json.loads(served.stdout.strip().splitlines()[-1])
     assert info["platforms"] == ["cpu", "cuda"] and info["in"] == "float32[batch,128,128]"  # symbolic batch.
-    expected, _ = predict.predict(load_model(model_dir), features)
+    expected, _ = classify.logits_and_features(load_model(model_dir), features)
     np.testing.assert_allclose(np.load(tmp_path / "y5.npy"), expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.load(tmp_path / "y3.npy"), expected[:3], atol=1e-5, rtol=0)
 
 
 def test_fixed_batch_export(model_dir, tmp_path):
-    from aum_jax.inference import export
+    from aum_jax.inference import serving
 
-    artifact, _ = export.write_export(model_dir, tmp_path / "fixed.jaxexport", batch=2, platforms=("cpu",))
+    artifact, _ = serving.write_export(model_dir, tmp_path / "fixed.jaxexport", batch=2, platforms=("cpu",))
     import jax
 
     exported = jax.export.deserialize(bytearray(artifact.read_bytes()))
     assert exported.in_avals[0].shape == (2, 128, 128) and exported.out_avals[0].shape == (2, 10)
     with pytest.raises(ModelDirectoryError, match="nowhere does not exist"):
-        export.write_export(tmp_path / "nowhere", tmp_path / "x.jaxexport")
+        serving.write_export(tmp_path / "nowhere", tmp_path / "x.jaxexport")
 
 
 def test_an_unknown_platform_is_one_line_and_writes_nothing(model_dir, tmp_path):

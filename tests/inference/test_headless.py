@@ -11,7 +11,7 @@ import pytest
 
 from aum_jax.checkpoints.model_files import save_model
 from aum_jax.data.features.preprocessing import Preprocessing
-from aum_jax.inference import predict, whole
+from aum_jax.inference import classify, whole
 from aum_jax.models import AuMConfig, init_model
 from tests.helpers import SAMPLE, assert_one_error_line, run
 
@@ -49,13 +49,13 @@ def test_export_refuses_it_with_the_same_check(headless_dir, tmp_path):
 
 def test_the_library_refuses_it_too(tmp_path):
     model = init_model(CONFIG)
-    with pytest.raises(predict.NoHeadError, match="no classification head"):
-        predict.predict(model, np.zeros((1, 32, 32), np.float32))
-    with pytest.raises(predict.NoHeadError):
-        predict.classify_clips(model, PREP, [str(SAMPLE)])
-    with pytest.raises(predict.NoHeadError):
-        predict.classify_recording(model, PREP, str(SAMPLE))
-    with pytest.raises(predict.NoHeadError):
+    with pytest.raises(classify.NoHeadError, match="no classification head"):
+        classify.logits_and_features(model, np.zeros((1, 32, 32), np.float32))
+    with pytest.raises(classify.NoHeadError):
+        classify.classify_clips(model, PREP, [str(SAMPLE)])
+    with pytest.raises(classify.NoHeadError):
+        classify.classify_recording(model, PREP, str(SAMPLE))
+    with pytest.raises(classify.NoHeadError):
         whole.classify_whole(model, PREP, str(SAMPLE))
 
 

@@ -20,7 +20,7 @@ from flax import nnx
 from aum_jax import hear
 from aum_jax.checkpoints.model_files import ModelDirectoryError
 from aum_jax.data.features.preprocessing import Preprocessing
-from aum_jax.inference import embeddings, predict
+from aum_jax.inference import embeddings, classify
 from aum_jax.models import AudioMamba, AuMConfig, init_model
 from tests.helpers import NAMES, REPO_ROOT, save_tiny_fobi
 
@@ -214,7 +214,7 @@ def test_nan_embeddings_are_refused_naming_the_sounds(hear_model):
     broken = hear.HearModel(nnx.merge(graph, nan, rest), hear_model.prep)
     audio = sounds(2, 2.0, seed=9)
     for embed in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
-        with pytest.raises(predict.NonFiniteOutputError, match="NaN or Inf embeddings for sound 0, sound 1"):
+        with pytest.raises(classify.NonFiniteOutputError, match="NaN or Inf embeddings for sound 0, sound 1"):
             embed(audio, broken)
     assert np.isfinite(hear.get_scene_embeddings(audio, hear_model)).all()  # the model itself is untouched.
 

@@ -16,7 +16,7 @@ import soundfile
 from aum_jax.checkpoints import convert, model_files
 from aum_jax.checkpoints.model_files import ModelDirectoryError, load_model, save_model
 from aum_jax.data.features import audio, kaldi, preprocessing
-from aum_jax.inference import predict, windows
+from aum_jax.inference import classify, windows
 from tests.helpers import REPO_ROOT
 
 DEMO_LABELS = REPO_ROOT / "data" / "demo" / "class_labels_indices.csv"  # 10 names, as the fixture's classes.
@@ -87,8 +87,8 @@ def test_predict_uses_the_models_statistics_and_names(model_dir, fixtures_dir):
     model = load_model(model_dir)
     waveform, sr = audio.load_waveform(wav)
     fbank = preprocessing.pad_or_cut(kaldi.fbank_from_waveform(waveform, sr, 128), 128)
-    expected, _ = predict.predict(model, ((fbank - -5.0114145) / (2 * 4.2837193))[None])
-    probs = predict.scores(expected, "softmax")[0]
+    expected, _ = classify.logits_and_features(model, ((fbank - -5.0114145) / (2 * 4.2837193))[None])
+    probs = classify.scores(expected, "softmax")[0]
     best = int(np.argmax(probs))
     result = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", wav, "--top-k", "1")
     assert result.returncode == 0, result.stderr
@@ -156,14 +156,14 @@ def test_python_api_windows_match_single_clips(model_dir, long_wav):
     """Each window scores exactly as the same stretch of audio given as a clip of its own."""
     model = load_model(model_dir)
     prep = model_files.load_preprocessing(model_dir)
-    timeline = predict.classify_recording(model, prep, str(long_wav), window_seconds=1.0, hop_seconds=2.5)
+    timeline = classify.classify_recording(model, prep, str(long_wav), window_seconds=1.0, hop_seconds=2.5)
     assert len(timeline.starts) == 20 and timeline.score == "softmax"
     waveform, sr = audio.load_waveform(long_wav)
     clip = waveform[:, int(7.5 * sr) : int(8.5 * sr)]
-    logits, _ = predict.predict(model, prep.features(clip, sr)[None])
-    np.testing.assert_allclose(timeline.scores[3], predict.scores(logits, "softmax")[0], atol=1e-6)
+    logits, _ = classify.logits_and_features(model, prep.features(clip, sr)[None])
+    np.testing.assert_allclose(timeline.scores[3], classify.scores(logits, "softmax")[0], atol=1e-6)
     with pytest.raises(ValueError, match="longer than the model's input of 1.28 s"):
-        predict.classify_recording(model, prep, str(long_wav), window_seconds=5.0)
+        classify.classify_recording(model, prep, str(long_wav), window_seconds=5.0)
 
 
 def test_trained_model_directory_carries_the_demo_statistics(tmp_path):
@@ -186,8 +186,8 @@ def test_trained_model_directory_carries_the_demo_statistics(tmp_path):
     wav = str(tmp_path / "data" / "eval" / "high0.wav")
     waveform, sr = audio.load_waveform(wav)
     fbank = preprocessing.pad_or_cut(kaldi.fbank_from_waveform(waveform, sr, 32), 32)
-    logits, _ = predict.predict(load_model(model_dir), ((fbank - demo.mean) / (2 * demo.std))[None])
-    probs = predict.scores(logits, "softmax")[0]
+    logits, _ = classify.logits_and_features(load_model(model_dir), ((fbank - demo.mean) / (2 * demo.std))[None])
+    probs = classify.scores(logits, "softmax")[0]
     result = run_cli("-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", wav, "--top-k", "2")
     assert result.returncode == 0, result.stderr
     expected = ", ".join(f"{('low', 'high')[j]} {probs[j]:.3f}" for j in np.argsort(-probs))
@@ -215,7 +215,7 @@ def test_training_pipeline_and_predict_make_identical_features(tmp_path, rate):
     c.mixup, c.noise, c.freq_warp = 0.0, False, 0.0
     batch = next(input_pipeline.make_train_iterator(c, process_index=0, process_count=1))
     prep = preprocessing.Preprocessing.from_data_config(c)  # what training stores beside the model.
-    features, duration, file_rate = predict.file_features(str(wav), prep)
+    features, duration, file_rate = classify.file_features(str(wav), prep)
     assert file_rate == rate and duration == pytest.approx(0.7, abs=1e-4)
     assert features.shape == (96, 128) and np.isfinite(features).all()
     np.testing.assert_array_equal(batch["fbank"][0], features)
@@ -237,7 +237,7 @@ def test_a_long_files_first_input_is_read_from_its_start_alone(model_dir, long_w
         reads = []
         monkeypatch.setattr(audio.AudioFile, "read", lambda self, start=0, stop=None: reads.append((start, stop)) or
                             whole_read(self, start, stop))
-        features, duration, file_rate = predict.file_features(str(path), prep)
+        features, duration, file_rate = classify.file_features(str(path), prep)
         monkeypatch.undo()
         assert reads == [(0, round(2.28 * rate))]
         assert (duration, file_rate) == (waveform.shape[1] / rate, rate)

@@ -26,6 +26,15 @@ def _command(module: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.fixture(scope="module")
+def toy_kind():
+    """The toy kind registered by importing its module; unregistered after this file's tests."""
+    import tests.models.toy_mixer  # noqa: F401
+
+    yield "toy_conv_mlp"
+    del MIXERS["toy_conv_mlp"]
+
+
 def test_every_config_field_is_the_models_the_datas_trainings_executions_or_a_mixers():
     """A new field must say what it is: fine-tuning adopts the architecture's (model's + its mixer's)."""
     grouped = [*config_lib.MODEL_ARCHITECTURE_FIELDS, *config_lib.DATA_FIELDS, *config_lib.TRAINING_FIELDS,
@@ -39,9 +48,7 @@ def test_an_unknown_mixer_is_named_with_the_registered_ones():
         AuMConfig(mixer="attention")
 
 
-def test_a_toy_block_kind_trains_saves_loads_and_predicts_through_the_commands(tmp_path, toy_overrides):
-    import tests.models.toy_mixer  # noqa: F401 (registers the kind in this process too)
-
+def test_a_toy_block_kind_trains_saves_loads_and_predicts_through_the_commands(toy_kind, tmp_path, toy_overrides):
     workdir = tmp_path / "work"
     done = _command("aum_jax.main", "--config=configs/speechcommands.py:runlocal", f"--workdir={workdir}",
                     *toy_overrides, "--config.model.mixer=toy_conv_mlp", "--config.model.expand=3")
@@ -63,9 +70,7 @@ def test_a_toy_block_kind_trains_saves_loads_and_predicts_through_the_commands(t
     assert without.returncode == 1 and "toy_conv_mlp" in without.stderr.strip().splitlines()[-1]
 
 
-def test_a_kind_the_original_lacks_has_no_pytorch_state_dict():
-    import tests.models.toy_mixer  # noqa: F401
-
+def test_a_kind_the_original_lacks_has_no_pytorch_state_dict(toy_kind):
     model = init_model(AuMConfig(embed_dim=32, depth=1, num_mel_bins=32, audio_length=32, num_classes=2,
                                  mixer="toy_conv_mlp"), 0)
     with pytest.raises(convert.CheckpointError, match="'toy_conv_mlp' mixer has no counterpart"):

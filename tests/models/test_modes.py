@@ -9,7 +9,7 @@ from flax import nnx
 
 from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.evaluation import evaluate
-from aum_jax.inference import export, whole
+from aum_jax.inference import serving, whole
 from aum_jax.models import AuMConfig, init_model
 
 
@@ -42,5 +42,5 @@ def test_evaluation_whole_pass_and_export_leave_a_training_model_training():
     prep = Preprocessing(num_mel_bins=32, target_length=32, mean=0.0, std=1.0, loss="CE")
     whole.run_whole(model, prep, np.zeros((1, 16_000), np.float32), 16_000)
     assert _modes(model) == {False}
-    export.export_model(model, batch=1, platforms=("cpu",))
+    serving.export_model(model, batch=1, platforms=("cpu",))
     assert _modes(model) == {False}

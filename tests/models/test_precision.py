@@ -75,7 +75,7 @@ def test_bfloat16_model_trains_with_float32_params(impl, variant):
 def test_predict_computes_at_highest_precision_unless_told(monkeypatch):
     """``predict`` traces its forward pass under ``highest`` by default, as the original computes."""
     from aum_jax.evaluation import evaluate
-    from aum_jax.inference import predict
+    from aum_jax.inference import classify
 
     seen = []
     forward = evaluate._forward
@@ -88,8 +88,8 @@ def test_predict_computes_at_highest_precision_unless_told(monkeypatch):
     model = AudioMamba(AuMConfig(**TINY), rngs=nnx.Rngs(0))
     features = np.zeros((2, 64, 32), np.float32)
     with jax.default_matmul_precision("bfloat16"):  # a caller's ambient setting does not leak in.
-        predict.predict(model, features)
-    predict.predict(model, features, matmul_precision="tensorfloat32")
+        classify.logits_and_features(model, features)
+    classify.logits_and_features(model, features, matmul_precision="tensorfloat32")
     assert seen == ["highest", "tensorfloat32"]
 
 

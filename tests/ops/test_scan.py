@@ -262,7 +262,7 @@ def test_forward_and_backward_lower_for_cuda_through_triton(batch, length, dim, 
 def test_portable_export_lowers_the_kernels_for_cuda_and_the_sequential_scan_for_cpu(batch):
     """One artifact for CPU and CUDA: its CUDA lowering calls the forward kernel (for a fixed
     batch; Triton takes no symbolic grid), its CPU lowering is XLA's and gives the model's logits."""
-    from aum_jax.inference.export import export_model
+    from aum_jax.inference.serving import export_model
 
     config = AuMConfig(embed_dim=32, depth=2, num_classes=4, num_mel_bins=32, audio_length=64, scan_impl="portable")
     exported = export_model(AudioMamba(config, rngs=nnx.Rngs(0)), batch, ("cpu", "cuda"))

@@ -27,7 +27,7 @@ from aum_jax.data.pipeline.stages.decode import Decode
 from aum_jax.data.pipeline.stages.mixup import Mixup
 from aum_jax.data.sources import registry
 from aum_jax.data.teacher_logits import StoredLogits
-from aum_jax.inference import predict
+from aum_jax.inference import classify
 from aum_jax.models import AuMConfig, init_model
 from aum_jax.training import distill_setup, distillation, objectives, train, update
 from tests.helpers import (
@@ -146,7 +146,7 @@ def test_a_teacher_of_other_features_reads_its_own_input_from_each_waveform(teac
     source = registry.make_source(config.data, "train")
     prep = model_files.load_preprocessing(teacher)
     rows = (prep.features(*source.load_audio(i, None)) for i in range(len(source)))
-    logits = predict.run_model(model_files.load_model(teacher), rows).logits
+    logits = classify.run_model(model_files.load_model(teacher), rows).logits
     teacher_logits.write(tmp_path / "logits", [source[i].key for i in range(len(source))], logits, {"teacher": "t"})
     config.train.objective, config.distill.teacher = "distill", str(teacher)
     setup = distill_setup.setup(config, source)

@@ -24,7 +24,7 @@ from aum_jax.data.demo import demo_data
 from aum_jax.data.pipeline import input_pipeline, norm_stats
 from aum_jax.data.sources import folder_layout, folder_setup
 from aum_jax.data.sources.folder import FolderSource
-from aum_jax.inference import export, predict
+from aum_jax.inference import serving, classify
 from aum_jax.models import AuMConfig, init_model
 from aum_jax.training import prepare as data_prepare
 from tests.helpers import NAMES, REPO_ROOT, save_tiny_fobi
@@ -259,12 +259,12 @@ def test_a_folder_of_keyword_clips_trains_and_predicts_end_to_end(keyword_folder
     # The model directory serves predict, the HEAR API and export as it is.
     model = load_model(workdir / "model")
     clip = str(next(keyword_folder.glob("yes/*.wav")))
-    clips = predict.classify_clips(model, prep, [clip])
+    clips = classify.classify_clips(model, prep, [clip])
     assert {name for name, _ in clips.timelines[0].top(3)[0]} == {"no", "up", "yes"}
     hear_model = hear.load_model(str(workdir))
     audio = soundfile.read(clip, dtype="float32")[0][None]
     assert hear.get_scene_embeddings(audio, hear_model).shape == (1, 192)
-    artifact, _ = export.write_export(workdir, tmp_path / "m.jaxexport", platforms=("cpu",))
+    artifact, _ = serving.write_export(workdir, tmp_path / "m.jaxexport", platforms=("cpu",))
     exported = jax.export.deserialize(bytearray(artifact.read_bytes()))
     features = prep.features(audio, RATE)[None]
     np.testing.assert_allclose(np.asarray(exported.call(features)), clips.logits, atol=1e-4)

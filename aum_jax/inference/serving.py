@@ -18,7 +18,7 @@ from flax import nnx
 
 from aum_jax.checkpoints import model_files
 from aum_jax.core import storage
-from aum_jax.inference import predict
+from aum_jax.inference import classify
 from aum_jax.models import AudioMamba
 
 PLATFORMS = ("cpu", "cuda")  # the default: one artifact for CPU and CUDA servers.
@@ -94,7 +94,7 @@ def write_export(model_dir: str | os.PathLike, output: str | os.PathLike, batch:
     """
     platforms = check_platforms(platforms)
     model_dir = model_files.model_directory(model_dir)
-    predict.require_head(model_files.load_config(model_dir), str(model_dir))  # before the model loads.
+    classify.require_head(model_files.load_config(model_dir), str(model_dir))  # before the model loads.
     model = model_files.load_model(model_dir, verify=verify, scan_impl=PORTABLE_SCAN)
     cfg = model.config
     prep = model_files.load_preprocessing(model_dir)

@@ -1,17 +1,15 @@
 """Inference with a converted or trained AudioMamba: clips, long recordings, feature arrays.
 
-The command line is ``python -m aum_jax.predict`` (:mod:`aum_jax.inference.predict.__main__`); the
-timeline heat map is :mod:`aum_jax.inference.plot`; embeddings for downstream work (pooled, per
+The command line is ``python -m aum_jax.predict`` (:mod:`aum_jax.predict`); the timeline heat map is :mod:`aum_jax.inference.plot`; embeddings for downstream work (pooled, per
 block, per patch) are :mod:`aum_jax.inference.embeddings`. In Python::
 
-  from aum_jax.data.features import preprocessing
-  from aum_jax.inference import predict
-  from aum_jax.checkpoints.model_files import load_model
+  from aum_jax.checkpoints import model_files
+  from aum_jax.inference import classify
 
-  model, prep = load_model("MODEL_DIR"), model_files.load_preprocessing("MODEL_DIR")
-  clips = predict.classify_clips(model, prep, ["a.wav", "b.flac"])
+  model, prep = model_files.load_model("MODEL_DIR"), model_files.load_preprocessing("MODEL_DIR")
+  clips = classify.classify_clips(model, prep, ["a.wav", "b.flac"])
   clips.timelines[0].top(3)                         # [(label, score), ...]
-  timeline = predict.classify_recording(model, prep, "long.wav", window_seconds=1, hop_seconds=0.5)
+  timeline = classify.classify_recording(model, prep, "long.wav", window_seconds=1, hop_seconds=0.5)
 
 Every file is resampled to the model's rate (``prep.sample_rate``) and becomes the model's
 input exactly as in training (:meth:`aum_jax.data.features.preprocessing.Preprocessing.features`).
@@ -125,7 +123,7 @@ def run_model(model: AudioMamba, rows: Iterable[np.ndarray], batch_size: int = 3
                                  with_features=with_features, embed=embed, reduce=reduce)
 
 
-def predict(
+def logits_and_features(
     model: AudioMamba, features: np.ndarray, batch_size: int = 32, matmul_precision: str = "highest"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fbank features (B, T, F) -> (logits (B, classes), pooled features (B, D)).
