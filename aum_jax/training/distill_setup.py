@@ -24,6 +24,7 @@ from flax import nnx
 from aum_jax.checkpoints import model_checks, model_files
 from aum_jax.core import logs, sharding
 from aum_jax.data import teacher_logits
+from aum_jax.data.features import preprocessing
 from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.data.records import AudioSource
 from aum_jax.data.sources import labels, record_views
@@ -33,7 +34,7 @@ from aum_jax.training.config_checks import ConfigError
 RECORD_FILE = "distillation.json"  # in the run's model/: what it was distilled from.
 # The features an online teacher shares with the student for its input to be the student's batch
 # (re-normalised to its statistics); a teacher that differs in one gets its own input from each waveform.
-SHARED_FEATURES = ("feature", "sample_rate", "num_mel_bins", "target_length", "frame_shift_ms", "skip_norm")
+SHARED_FEATURES = (*preprocessing.FEATURE_FIELDS, *preprocessing.LENGTH_FIELDS, "skip_norm")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,15 +23,9 @@ from absl import logging
 from aum_jax.checkpoints import model_files
 from aum_jax.configs import data as data_configs
 from aum_jax.data.demo import demo_data
+from aum_jax.data.features import preprocessing
 from aum_jax.data.pipeline import norm_stats
 from aum_jax.data.sources import registry
-
-# The AuMConfig fields an adopted model directory sets (the rest: classes, input shape, dropout, implementation).
-ADOPTED_MODEL_FIELDS = ("embed_dim", "depth", "bimamba_type", "d_state", "d_conv", "expand", "dt_rank", "conv_bias",
-                        "proj_bias", "norm_epsilon", "residual_in_fp32", "if_devide_out", "cls_position", "pool",
-                        "transpose_token_sequence", "patch_size", "strides")
-ADOPTED_FEATURES = ("feature", "sample_rate", "num_mel_bins", "frame_shift_ms", "epic_window_ms", "epic_hop_ms")
-
 
 def adopt_model_dir(config: ml_collections.ConfigDict, checkpoint: str) -> None:
     """With ``checkpoint`` an aum-jax model directory (or training workdir): its model and input features
@@ -48,10 +42,10 @@ def adopt_model_dir(config: ml_collections.ConfigDict, checkpoint: str) -> None:
         prep = model_files.load_preprocessing(directory)
     except ValueError as e:
         raise model_files.ModelDirectoryError(f"config.init.checkpoint={checkpoint}: {e}") from e
-    for name in ADOPTED_MODEL_FIELDS:
+    for name in source.architecture_fields():  # the rest: classes, input length, dropout, execution.
         config.model[name] = getattr(source, name)
     if prep is not None:
-        for name in ADOPTED_FEATURES:
+        for name in preprocessing.FEATURE_FIELDS:
             config.data[name] = getattr(prep, name)
     else:
         config.data.num_mel_bins = source.num_mel_bins

@@ -83,6 +83,14 @@ _FIELD_TYPES = {  # field -> (accepted types, in words); bool is accepted only w
 }
 
 
+# What each Preprocessing field is: how audio becomes feature frames (a model directory fixes them for
+# whatever fine-tunes from it), the input's length, its normalisation, and what the logits mean.
+FEATURE_FIELDS = ("feature", "sample_rate", "num_mel_bins", "frame_shift_ms", "epic_window_ms", "epic_hop_ms")
+LENGTH_FIELDS = ("target_length",)
+NORMALISATION_FIELDS = ("mean", "std", "skip_norm", "dataset")
+LABEL_FIELDS = ("loss", "class_names")
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """Audio -> normalised features ``(target_length, num_mel_bins)``, and what logits mean.
