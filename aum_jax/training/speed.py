@@ -124,10 +124,11 @@ def measure(recipe: Recipe, *, scan_impl: str = "auto", remat: str = "dots", mod
             opt = nnx.Optimizer(model, optimizer(recipe), wrt=nnx.Param)
             batch = {"fbank": jax.random.normal(key_x, (recipe.train_batch, recipe.frames, config.num_mel_bins)),
                      "label": (jax.random.uniform(key_y, (recipe.train_batch, recipe.num_classes)) < 0.05).astype(jnp.float32)}
-            planned = _planned_gb(update.train_step.lower(model, opt, batch, "BCE").compile())
+            step = (model, opt, batch, "supervised", objectives.Supervised("BCE"))
+            planned = _planned_gb(update.train_step.lower(*step).compile())
             if planned is not None:
                 figures["train_planned_gb"] = planned
-            ms = time_ms(lambda: update.train_step(model, opt, batch, "supervised", objectives.Supervised("BCE"))["loss"], repeats, warmup=2)
+            ms = time_ms(lambda: update.train_step(*step)["loss"], repeats, warmup=2)
             figures.update(train_step_ms=ms, train_clips_s=recipe.train_batch / ms * 1000,
                            train_matmul_gflops=3 * recipe.train_batch * matmul_flops_per_clip(config) / ms / 1e6)
         model.eval()
