@@ -214,8 +214,7 @@ class _Results:
     def _evaluate(self, model: AudioMamba, split: str, step: int) -> tuple[dict[str, float], evaluate.Outputs]:
         cfg = self._config
         result, outputs = evaluate.evaluate_split(model, cfg.data, split, self._mesh, cfg.train.loss,
-                                                  cfg.eval.matmul_precision)
-        model.train()
+                                                  cfg.eval.matmul_precision)  # an eval-mode view: the model trains on.
         self._writer.write_scalars(step, {f"{split}/{k}": v for k, v in result.items()})
         return result, outputs
 
