@@ -10,7 +10,8 @@ from aum_jax.ops.scan import (
     has_fused_inference,
     resolve_impl,
     selective_scan,
+    selective_scan_from_state,
 )
 
 __all__ = ["IMPLEMENTATIONS", "SCAN_IMPLS", "SCAN_READOUT", "bidirectional_scan", "conv_silu", "fused_scan",
-           "has_fused_inference", "resolve_impl", "selective_scan"]
+           "has_fused_inference", "resolve_impl", "selective_scan", "selective_scan_from_state"]

@@ -26,3 +26,14 @@ def causal_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, *, reve
         windows = [padded[:, k : k + length] for k in range(width)]
     out = sum(window * kernel[k] for k, window in enumerate(windows))
     return out if bias is None else out + bias.astype(x.dtype)
+
+
+def causal_conv_from_history(x: jax.Array, history: jax.Array, kernel: jax.Array,
+                             bias: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """:func:`causal_conv` (forward in time) of a piece ``x`` (B, L, C) of a longer sequence whose
+    ``history`` (B, K - 1, C) holds the K - 1 inputs before it (zeros at the start) -> the piece's
+    output (B, L, C) and the history the next piece continues from (B, K - 1, C)."""
+    width = kernel.shape[0]
+    joined = jnp.concatenate([history.astype(x.dtype), x], axis=1)
+    out = causal_conv(joined, kernel, bias)[:, width - 1:]
+    return out, joined[:, joined.shape[1] - (width - 1):]

@@ -44,12 +44,12 @@ def _time_major(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 0, 1)
 
 
-def _forward_states(dt, dtu, B, C, At, keep_states: bool):
+def _forward_states(dt, dtu, B, C, At, keep_states: bool, h0: jax.Array | None = None):
     """The recurrence over time-major inputs, with the state laid out (B, N, D).
 
     dt, dtu = delta * u: (L, B, D); B, C: (L, B, N); At = A.T: (N, D). Returns the readout
-    (L, B, D) and, with ``keep_states``, the states before each step, h_{t-1} (L, B, N, D),
-    and the last one, h_{L-1} (B, N, D). The channel axis D is minor so that the decay, the
+    (L, B, D), with ``keep_states`` the states before each step, h_{t-1} (L, B, N, D), and
+    the last one, h_{L-1} (B, N, D). The state starts from ``h0`` (B, N, D), zeros by default. The channel axis D is minor so that the decay, the
     input and the readout are all vectorised along it, and the readout is a batched mat-vec
     (a dot, which XLA's CPU backend runs far faster than a reduce over a middle axis).
     """
@@ -60,9 +60,10 @@ def _forward_states(dt, dtu, B, C, At, keep_states: bool):
         y = jnp.einsum("bnd,bn->bd", h, C_t, precision=HIGHEST)
         return h, ((y, h_prev) if keep_states else y)
 
-    h0 = jnp.zeros((dt.shape[1], At.shape[0], At.shape[1]), jnp.float32)
+    if h0 is None:
+        h0 = jnp.zeros((dt.shape[1], At.shape[0], At.shape[1]), jnp.float32)
     h_last, out = jax.lax.scan(step, h0, (dt, dtu, B, C))
-    return (*out, h_last) if keep_states else out
+    return (*out, h_last) if keep_states else (out, h_last)
 
 
 @jax.custom_vjp
@@ -74,7 +75,7 @@ def scan_sequential(u, delta, A, B, C):
     transpose of the forward scan takes about 10x the forward's time on CPU.
     """
     dt, dtu, B, C = (_time_major(x) for x in (delta, delta * u, B, C))
-    return _time_major(_forward_states(dt, dtu, B, C, A.T, keep_states=False))
+    return _time_major(_forward_states(dt, dtu, B, C, A.T, keep_states=False)[0])
 
 
 def _sequential_fwd(u, delta, A, B, C):
@@ -127,6 +128,15 @@ def _sequential_bwd(residuals, dy):
 
 
 scan_sequential.defvjp(_sequential_fwd, _sequential_bwd)
+
+
+def scan_from_state(u, delta, A, B, C, h0):
+    """The recurrence from state ``h0`` (B, D, N): (B, L, D) inputs -> the readout (B, L, D) and the
+    last state (B, D, N), forward in time; for inference on a sequence read in pieces, each piece
+    starting from the state the previous one ended in (no gradient of its own is defined)."""
+    dt, dtu, B_t, C_t = (_time_major(x) for x in (delta, delta * u, B, C))
+    y, h_last = _forward_states(dt, dtu, B_t, C_t, A.T, keep_states=False, h0=jnp.swapaxes(h0, 1, 2))
+    return _time_major(y), jnp.swapaxes(h_last, 1, 2)
 
 
 def _scan_parallel(u, delta, A, B, C, h0):

@@ -116,6 +116,26 @@ _associative_readout = _time_reversed(
     lambda u, delta, A, B, C, *, chunk_size: jax_scan.scan_associative(u, delta, A, B, C, _zero_state(u, A)))
 
 
+def _step_sizes(u, delta, A, B, C, delta_bias, delta_softplus: bool) -> tuple[jax.Array, ...]:
+    """The scan's inputs in float32, delta with its bias added and softplus applied."""
+    f32 = jnp.float32
+    u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.astype(f32)
+    if delta_softplus:
+        delta = jax.nn.softplus(delta)
+    return u, delta, A, B, C
+
+
+def _skip_and_gate(y: jax.Array, u: jax.Array, D: jax.Array | None, z: jax.Array | None) -> jax.Array:
+    """The readout (B, L, D) float32 with the D skip added and the silu(z) gate applied."""
+    if D is not None:
+        y = y + u * D.astype(jnp.float32)
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(jnp.float32))
+    return y
+
+
 @functools.partial(jax.jit, static_argnames=("delta_softplus", "readout", "chunk_size", "reverse"))
 def _one_direction(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, *, readout: Readout, chunk_size: int, reverse: bool
@@ -123,18 +143,26 @@ def _one_direction(
     """One scan around a readout (the recurrence alone, on float32 inputs, state from t = L - 1 down
     to 0 with ``reverse``, output in time order): bias, softplus, D skip and gate in XLA."""
     out_dtype = u.dtype
-    f32 = jnp.float32
-    u, delta, A, B, C = (x.astype(f32) for x in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.astype(f32)
-    if delta_softplus:
-        delta = jax.nn.softplus(delta)
+    u, delta, A, B, C = _step_sizes(u, delta, A, B, C, delta_bias, delta_softplus)
     y = checkpoint_name(readout(u, delta, A, B, C, chunk_size=chunk_size, reverse=reverse), SCAN_READOUT)
-    if D is not None:
-        y = y + u * D.astype(f32)
-    if z is not None:
-        y = y * jax.nn.silu(z.astype(f32))
-    return y.astype(out_dtype)
+    return _skip_and_gate(y, u, D, z).astype(out_dtype)
+
+
+def selective_scan_from_state(
+    u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, D: jax.Array | None,
+    z: jax.Array | None, delta_bias: jax.Array | None, h0: jax.Array, *, delta_softplus: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`selective_scan` forward in time of a piece of a longer sequence, from the state ``h0``
+    (B, D, N) float32 the previous piece ended in (zeros at the start); inference only.
+
+    The pieces' outputs, joined, are the whole sequence's: one pass over a recording of any length
+    in bounded memory, or a live stream. Returns the piece's output (B, L, D) in ``u``'s dtype and
+    the state it ends in (B, D, N) float32.
+    """
+    out_dtype = u.dtype
+    u, delta, A, B, C = _step_sizes(u, delta, A, B, C, delta_bias, delta_softplus)
+    y, h_last = jax_scan.scan_from_state(u, delta, A, B, C, h0.astype(jnp.float32))
+    return _skip_and_gate(y, u, D, z).astype(out_dtype), h_last
 
 
 def _via_readout(readout: Readout) -> Callable[..., jax.Array]:

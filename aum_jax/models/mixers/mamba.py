@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,8 @@ from flax import nnx
 
 from aum_jax.models.layers import CausalConv1d, torch_linear_init
 from aum_jax.models.torch_layout import CONV1D, Layout
-from aum_jax.ops import bidirectional_scan, conv_silu, fused_scan, has_fused_inference
+from aum_jax.ops import bidirectional_scan, conv_silu, fused_scan, has_fused_inference, selective_scan_from_state
+from aum_jax.ops.conv import causal_conv_from_history
 
 if TYPE_CHECKING:  # the config module imports the mixer registry, which imports this module.
     from aum_jax.models.config import AuMConfig
@@ -87,6 +88,14 @@ def _s4d_real_a_log(config: AuMConfig) -> nnx.Param:
     return nnx.Param(jnp.log(a))
 
 
+class MambaState(NamedTuple):
+    """What a causal Mamba mixer carries from one piece of a sequence to the next: the causal conv's
+    last ``d_conv - 1`` inputs (B, K - 1, Di) and the SSM state (B, Di, N), float32."""
+
+    conv: jax.Array
+    ssm: jax.Array
+
+
 class Mamba(nnx.Module):
     """The Mamba mixer: (B, L, D) -> (B, L, D)."""
 
@@ -137,6 +146,33 @@ class Mamba(nnx.Module):
         bias = None if conv.bias is None else conv.bias[...]
         return conv_silu(xz, conv.kernel[...], bias, dim=d_inner, reverse=reverse,
                          impl=self.config.scan_impl).astype(xz.dtype)
+
+    def initial_state(self, batch: int) -> MambaState:
+        """The state a stream starts from: zeros (:meth:`stream`)."""
+        cfg = self.config
+        return MambaState(jnp.zeros((batch, cfg.d_conv - 1, cfg.d_inner), jnp.float32),
+                          jnp.zeros((batch, cfg.d_inner, cfg.d_state), jnp.float32))
+
+    def stream(self, hidden: jax.Array, state: MambaState) -> tuple[jax.Array, MambaState]:
+        """A piece (B, L, D) of a longer sequence, read forward in time from ``state`` (what the previous
+        piece left, or :meth:`initial_state`) -> its output (B, L, D) and the state after it.
+
+        The pieces' outputs, joined, are this mixer's output on the whole sequence: the causal (Fo-Fo,
+        ``bimamba_type="none"``) mixer reads a sequence of any length in a fixed amount of memory. A
+        bidirectional mixer reads each step's future, so it has no stream.
+        """
+        cfg = self.config
+        if cfg.bimamba_type != "none":
+            raise ValueError(f"a bidirectional Mamba mixer (bimamba_type={cfg.bimamba_type!r}) reads the whole "
+                             "sequence; only the causal one (bimamba_type='none', Fo-Fo) streams")
+        xz = self.in_proj(hidden)  # (B, L, 2 Di): x, then z
+        bias = None if self.conv1d.bias is None else self.conv1d.bias[...]
+        x, history = causal_conv_from_history(xz[..., :cfg.d_inner], state.conv, self.conv1d.kernel[...], bias)
+        x = jax.nn.silu(x)
+        delta, b, c = self._ssm_inputs(x, self.x_proj, self.dt_proj)
+        y, ssm = selective_scan_from_state(x, delta, -jnp.exp(self.A_log[...]), b, c, self.D[...],
+                                           xz[..., cfg.d_inner:], self.dt_proj.bias[...], state.ssm)
+        return self.out_proj(y.astype(xz.dtype)), MambaState(history.astype(jnp.float32), ssm)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """(B, L, D) -> (B, L, D)."""
