@@ -19,6 +19,7 @@ longer sequence, and the head applied to each time step's patch tokens as well.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +117,8 @@ class AudioMamba(nnx.Module):
             self.cls_token_tail = nnx.Param(init(rngs.params(), (1, 1, dim)))
         elif config.cls_position != "none":
             self.cls_token = nnx.Param(init(rngs.params(), (1, 1, dim)))
-        self.pos_embed = nnx.Param(init(rngs.params(), (1, config.num_cls_tokens + config.num_patches, dim)))
+        if config.position == "absolute":
+            self.pos_embed = nnx.Param(init(rngs.params(), (1, config.num_cls_tokens + config.num_patches, dim)))
         self.pos_drop = nnx.Dropout(config.drop_rate, rngs=rngs)
         self.layers = stack_modules([Block(config, rngs=rngs) for _ in range(config.depth)])
         self.drop_path = DropPath(rngs=rngs)
@@ -139,12 +141,15 @@ class AudioMamba(nnx.Module):
         cfg = self.config
         patches = self.patch_embed(jnp.swapaxes(x, 1, 2)[..., None])
         batch, f_grid, t_grid, dim = patches.shape
-        pos = self.pos_embed[...]
         n_cls = cfg.num_cls_tokens
         patches = patches.reshape(batch, f_grid * t_grid, dim)
         if mask is not None:
             patches = jnp.where(mask[..., None], mask_token.astype(patches.dtype), patches)
-        patches = patches + _extended_pos(pos[:, n_cls:], cfg.patch_grid, t_grid, pos_embed)
+        if cfg.position == "absolute":
+            pos = self.pos_embed[...]
+            patches = patches + _extended_pos(pos[:, n_cls:], cfg.patch_grid, t_grid, pos_embed)
+        else:  # no table: a cls token is itself.
+            pos = jnp.zeros((1, n_cls, dim), jnp.float32)
         if cfg.transpose_token_sequence:
             patches = jnp.swapaxes(patches.reshape(batch, f_grid, t_grid, dim), 1, 2)
             patches = patches.reshape(batch, t_grid * f_grid, dim)
@@ -262,6 +267,53 @@ class AudioMamba(nnx.Module):
         head = self.head if cfg.num_classes > 0 else (lambda v: v)
         logits = self._head(hidden if cfg.max_pooled else pooled)  # as model(x) reads a clip
         return {"logits": logits, "frame_logits": head(frames), "frames": frames}
+
+    def check_streams(self) -> None:
+        """Raises ValueError unless this model reads audio as a stream (:meth:`stream`): tokens that are whole
+        time slices (one patch spans every mel bin; slices that do not overlap), no position table, no cls
+        token, and a causal mixer."""
+        cfg = self.config
+        problems = [why for bad, why in (
+            (cfg.patch_size[0] != cfg.num_mel_bins or cfg.strides[0] != cfg.num_mel_bins,
+             f"a patch spans {cfg.patch_size[0]} of the {cfg.num_mel_bins} mel bins (a token must be a whole time slice)"),
+            (cfg.strides[1] != cfg.patch_size[1], f"time slices overlap (strides {cfg.strides[1]}, patch {cfg.patch_size[1]})"),
+            (cfg.position != "none", f"position={cfg.position!r} (a table over the training length)"),
+            (cfg.cls_position != "none", f"cls_position={cfg.cls_position!r} (a cls token reads the whole sequence)"),
+            (cfg.bimamba_type != "none", f"bimamba_type={cfg.bimamba_type!r} (a bidirectional mixer reads the future)"),
+        ) if bad]
+        if problems:
+            raise ValueError("this model does not stream: " + "; ".join(problems))
+
+    def initial_state(self, batch: int) -> Any:
+        """The state a stream starts from (:meth:`stream`): every block's mixer state, stacked (depth, ...)."""
+        self.check_streams()
+        one = self.layers.mixer.initial_state(batch)
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, (self.config.depth, *x.shape)), one)
+
+    def stream(self, x: jax.Array, state: Any) -> tuple[dict[str, jax.Array], Any]:
+        """A piece of a recording, fbank features (B, n * t, F) normalised (``n`` whole time slices of
+        ``t = patch_size[1]`` frames), read forward in time from ``state`` (what the previous piece left,
+        or :meth:`initial_state`) -> ``{"frame_logits": (B, n, classes), "frames": (B, n, D)}`` and the
+        state after it. In eval mode; the pieces' rows, joined, are :meth:`whole`'s on the whole recording.
+        """
+        cfg = self.config
+        t = cfg.patch_size[1]
+        if x.ndim != 3 or x.shape[2] != cfg.num_mel_bins or x.shape[1] % t:
+            raise ValueError(f"AudioMamba.stream expects (batch, a multiple of {t} frames, {cfg.num_mel_bins}) "
+                             f"features, got {x.shape}")
+        hidden = self.patch_embed(jnp.swapaxes(x, 1, 2)[..., None]).reshape(x.shape[0], x.shape[1] // t, -1)
+
+        def body(layer: Block, carry: tuple[jax.Array, jax.Array], layer_state: Any):
+            hidden, residual, layer_state = layer.stream(*carry, layer_state)
+            return (hidden, residual), layer_state
+
+        body = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0), graph=False)
+        hidden = hidden.astype(cfg.dtype)
+        residual = jnp.zeros(hidden.shape, jnp.float32 if cfg.residual_in_fp32 else hidden.dtype)
+        (hidden, residual), state = body(self.layers, (hidden, residual), state)
+        frames = self.norm_f(residual + hidden.astype(residual.dtype))
+        head = self.head if cfg.num_classes > 0 else (lambda v: v)
+        return {"frame_logits": head(frames), "frames": frames}, state
 
     def masked_patch_tokens(self, x: jax.Array, mask: jax.Array, mask_token: jax.Array) -> jax.Array:
         """Fbank features (B, T, F), normalised, with the patches of ``mask`` (B, N) bool replaced by

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -23,6 +25,15 @@ class Block(nnx.Module):
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = RMSNorm(config.embed_dim, config.norm_epsilon)
         self.mixer = MIXERS[config.mixer].module(config, rngs=rngs)
+
+    def stream(self, hidden: jax.Array, residual: jax.Array, state: Any) -> tuple[jax.Array, jax.Array, Any]:
+        """A piece (B, L, D) of the sequence (hidden and residual), read forward in time from the mixer's
+        ``state`` (its ``stream``; inference, no stochastic depth) -> new hidden, new residual and state."""
+        residual = residual + hidden
+        if self.residual_in_fp32:
+            residual = residual.astype(jnp.float32)
+        hidden, state = self.mixer.stream(self.norm(residual).astype(hidden.dtype), state)
+        return hidden, residual, state
 
     def __call__(
         self, hidden: jax.Array, residual: jax.Array, keep_mask: jax.Array

@@ -16,13 +16,17 @@ AUM_TYPES: dict[str, str] = {"Fo-Fo": "none", "Fo-Bi": "v1", "Bi-Bi": "v2"}
 BIMAMBA_TYPES: tuple[str, ...] = tuple(AUM_TYPES.values())
 CLS_POSITIONS: tuple[str, ...] = ("middle", "head", "end", "double", "none")
 POOLS: tuple[str, ...] = ("mean", "last", "max")
+# How a token knows where it is: "absolute", the original's learned table over the patch grid (which ties
+# a model to its training length); "none", no table: the recurrence and the causal conv give the order, so
+# a model reads audio of any length in one pass, and streams.
+POSITIONS: tuple[str, ...] = ("absolute", "none")
 REMAT_POLICIES: tuple[str, ...] = ("dots", "dots_scan", "none", "full")
 
 # The model's own fields that fix its parameters and forward pass, besides its mixer's
 # (``MIXERS[mixer].fields``): what fine-tuning adopts from a model directory (architecture_fields).
 # The rest: the data's (input shape, classes), training's (dropout) and execution's (scan, remat, dtype).
 MODEL_ARCHITECTURE_FIELDS = ("embed_dim", "depth", "mixer", "patch_size", "strides", "norm_epsilon",
-                             "residual_in_fp32", "cls_position", "pool", "transpose_token_sequence")
+                             "residual_in_fp32", "cls_position", "position", "pool", "transpose_token_sequence")
 DATA_FIELDS = ("num_mel_bins", "audio_length", "num_classes")
 TRAINING_FIELDS = ("drop_rate", "drop_path_rate")
 EXECUTION_FIELDS = ("scan_impl", "scan_chunk_size", "remat", "dtype")
@@ -83,6 +87,7 @@ class AuMConfig:
     residual_in_fp32: bool = True  # keep the residual stream in float32
     if_devide_out: bool = True  # Bi-Bi: average (not sum) the two directions
     cls_position: ClsPosition = "middle"  # where the cls token sits; "none" pools instead
+    position: str = "absolute"  # the original's learned position table; "none": order from the recurrence (POSITIONS)
     pool: str = "mean"  # with cls_position "none": "mean", "last" or "max" (head, then max over tokens)
     transpose_token_sequence: bool = False  # order patches time-major (needs strides == patch_size)
     drop_rate: float = 0.0  # dropout after the position embedding
@@ -107,6 +112,8 @@ class AuMConfig:
             raise ValueError(f"scan_impl must be one of {SCAN_IMPLS} or 'auto', got {self.scan_impl!r}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         positive = dict(
