@@ -49,6 +49,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.frame_shift_ms = 10.0  # --fshift (ms).
     c.audio_length = 1024  # --audio_length: frames after pad/cut (the model's audio_length).
     c.feature = "kaldi_fbank"  # "kaldi_fbank" (AudiosetDataset) or "epic_logmel".
+    c.remove_waveform_mean = True  # subtract each clip's mean first, as the original; False: features of a live stream (not in the original).
     c.epic_window_ms = 10.0  # EPIC log-mel window (AUDIO_DATA.WINDOW_LENGTH).
     c.epic_hop_ms = 5.0  # EPIC log-mel hop (AUDIO_DATA.HOP_LENGTH).
     # The per-clip stages' knobs (aum_jax/data/pipeline/stages/: each stage names the keys it reads).

@@ -16,6 +16,10 @@ removal, FFT size rounded up to a power of two, ``snip_edges=True``, mel filters
 Public API:
 
 * :func:`kaldi_fbank` -- features of one waveform, shape ``(frames, num_mel_bins)``.
+* :func:`frame_features` -- the same for 1-D samples of any length, 0 rows when shorter than
+  one frame: the one computation of a frame's features, shared by :func:`kaldi_fbank` and the
+  streaming front end (:mod:`aum_jax.data.features.streaming`).
+* :func:`frame_layout` -- a frame's length and hop in samples at a sample rate.
 * :func:`fbank_from_waveform` -- mean removal over the whole waveform, then fbank (the
   original ``_wav2fbank`` before padding, cutting and normalisation).
 * :func:`remove_mean` -- subtract the float32 mean over all channels (as torch does).
@@ -47,6 +51,8 @@ from aum_jax.data.features import audio, torch_sums
 __all__ = [
     "fbank_from_waveform",
     "filterbank_range",
+    "frame_features",
+    "frame_layout",
     "kaldi_fbank",
     "remove_mean",
 ]
@@ -69,6 +75,16 @@ def _window_sizes(sample_rate: float, frame_shift_ms: float) -> tuple[int, int, 
     window_shift = int(sample_rate * frame_shift_ms * _MS)
     fft_size = 1 << max(0, (window_size - 1).bit_length())
     return window_size, window_shift, fft_size
+
+
+def frame_layout(sample_rate: float, frame_shift_ms: float) -> tuple[int, int]:
+    """``(window, shift)``: a frame's length and the hop between frames in samples, as Kaldi rounds them.
+
+    Frame ``i`` covers samples ``[i * shift, i * shift + window)`` (``snip_edges``: only complete
+    frames), so ``samples >= window`` give ``1 + (samples - window) // shift`` frames.
+    """
+    window_size, window_shift, _ = _window_sizes(sample_rate, frame_shift_ms)
+    return window_size, window_shift
 
 
 def _check_params(sample_rate: float, num_mel_bins: int, frame_shift_ms: float) -> None:
@@ -236,15 +252,52 @@ def kaldi_fbank(
         NaN or Inf samples, or a clip shorter than one 25 ms frame.
     """
     _check_params(sample_rate, num_mel_bins, frame_shift_ms)
-    num_mel_bins = int(num_mel_bins)
     x = _first_channel(waveform)
+    window_size = frame_layout(sample_rate, frame_shift_ms)[0]
+    if x.shape[0] < window_size:
+        raise ValueError(
+            f"clip of {x.shape[0]} samples is too short for one {FRAME_LENGTH_MS:g} ms frame "
+            f"({window_size} samples at {sample_rate} Hz)"
+        )
+    return _frames(x, sample_rate, int(num_mel_bins), frame_shift_ms)
+
+
+def frame_features(
+    samples: np.ndarray,
+    sample_rate: float,
+    num_mel_bins: int = 128,
+    frame_shift_ms: float = 10.0,
+) -> np.ndarray:
+    """:func:`kaldi_fbank` of 1-D samples of any length: every complete frame, none when shorter than one.
+
+    Each frame's features depend on its own ``window`` samples alone (:func:`frame_layout`), so
+    the frames of consecutive stretches that overlap by ``window - shift`` samples are, row for
+    row and bit for bit, the frames of the whole.
+
+    Args:
+      samples: ``(samples,)`` float samples or integer PCM
+        (:func:`aum_jax.data.features.audio.as_float_samples`); no mean is removed.
+      sample_rate, num_mel_bins, frame_shift_ms: as :func:`kaldi_fbank`.
+
+    Returns:
+      float32 ``(frames, num_mel_bins)``, ``frames = max(0, 1 + (samples - window) // shift)``.
+
+    Raises:
+      ValueError: bad options, samples that are not 1-D, or NaN or Inf samples.
+    """
+    _check_params(sample_rate, num_mel_bins, frame_shift_ms)
+    x = audio.as_float_samples(samples, "samples")
+    if x.ndim != 1:
+        raise ValueError(f"samples must have shape (samples,), got shape {x.shape}")
+    return _frames(x, sample_rate, int(num_mel_bins), frame_shift_ms)
+
+
+def _frames(x: np.ndarray, sample_rate: float, num_mel_bins: int, frame_shift_ms: float) -> np.ndarray:
+    """float32 ``(frames, num_mel_bins)`` of checked float32 samples ``(n,)``; 0 rows when ``n < window``."""
     window_size, window_shift, fft_size = _window_sizes(sample_rate, frame_shift_ms)
     n = x.shape[0]
     if n < window_size:
-        raise ValueError(
-            f"clip of {n} samples is too short for one {FRAME_LENGTH_MS:g} ms frame "
-            f"({window_size} samples at {sample_rate} Hz)"
-        )
+        return np.zeros((0, num_mel_bins), dtype=np.float32)
     x = np.ascontiguousarray(x)
 
     frames_n = 1 + (n - window_size) // window_shift

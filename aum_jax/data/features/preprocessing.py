@@ -7,6 +7,9 @@ rate, fbank (:mod:`aum_jax.data.features.kaldi`, or EPIC-Sounds' log-mel:
 pipeline's stages (:mod:`aum_jax.data.pipeline.stages`) call its :meth:`~Preprocessing.resample`,
 :meth:`~Preprocessing.spectrogram` and :meth:`~Preprocessing.normalize`, with the
 augmentations in between; :mod:`aum_jax.predict` calls :meth:`~Preprocessing.features`.
+:meth:`~Preprocessing.frames` gives every frame of a recording, unpadded (the one-pass path), and
+:class:`aum_jax.data.features.streaming.StreamingFeatures` the same frames as the audio arrives,
+for a model whose features do not remove the whole waveform's mean (``remove_waveform_mean``).
 
 A model directory holds ``preprocessing.json`` next to ``config.json``: these settings,
 the class names and the training loss (which says whether a score is a sigmoid, for
@@ -80,12 +83,17 @@ _FIELD_TYPES = {  # field -> (accepted types, in words); bool is accepted only w
     "mean": ((int, float, type(None)), "a number or null"), "std": ((int, float, type(None)), "a number or null"),
     "skip_norm": ((bool,), "true or false"), "loss": ((str,), "a string"), "class_names": ((tuple,), "a list of strings"),
     "dataset": ((str,), "a string"), "epic_window_ms": _NUMBER, "epic_hop_ms": _NUMBER,
+    "remove_waveform_mean": ((bool,), "true or false"),
 }
+# Fields added after model directories were first written, with the value a preprocessing.json
+# without one means (the behaviour before the field existed).
+_ADDED_FIELDS = {"remove_waveform_mean": True}
 
 
 # What each Preprocessing field is: how audio becomes feature frames (a model directory fixes them for
 # whatever fine-tunes from it), the input's length, its normalisation, and what the logits mean.
-FEATURE_FIELDS = ("feature", "sample_rate", "num_mel_bins", "frame_shift_ms", "epic_window_ms", "epic_hop_ms")
+FEATURE_FIELDS = ("feature", "sample_rate", "num_mel_bins", "frame_shift_ms", "epic_window_ms", "epic_hop_ms",
+                  "remove_waveform_mean")
 LENGTH_FIELDS = ("target_length",)
 NORMALISATION_FIELDS = ("mean", "std", "skip_norm", "dataset")
 LABEL_FIELDS = ("loss", "class_names")
@@ -109,6 +117,11 @@ class Preprocessing:
       class_names: display names in class-index order; empty when unknown.
       dataset: the dataset the statistics come from, for messages.
       epic_window_ms, epic_hop_ms: window and hop of the epic_logmel feature.
+      remove_waveform_mean: kaldi_fbank subtracts the mean of the WHOLE waveform before the
+        fbank (True: the original AST/AuM front end, and every model directory written before the
+        field existed). False: each frame depends on its own samples alone, so the features can
+        be computed as the audio arrives (:mod:`aum_jax.data.features.streaming`); for streaming,
+        one-pass models. The epic_logmel recipe removes no mean, whatever this says.
     """
 
     feature: str = "kaldi_fbank"
@@ -124,6 +137,7 @@ class Preprocessing:
     dataset: str = ""
     epic_window_ms: float = 10.0
     epic_hop_ms: float = 5.0
+    remove_waveform_mean: bool = True  # kaldi_fbank: whole-waveform mean removed first (False: streamable).
 
     def __post_init__(self) -> None:
         for name, (kinds, wanted) in _FIELD_TYPES.items():
@@ -179,6 +193,8 @@ class Preprocessing:
             dataset=data.name,
             epic_window_ms=float(data.epic_window_ms),
             epic_hop_ms=float(data.epic_hop_ms),
+            # A data config without the knob means the original front end.
+            remove_waveform_mean=data.get("remove_waveform_mean", _ADDED_FIELDS["remove_waveform_mean"]),
         )
 
     def replace(self, **changes: Any) -> Preprocessing:
@@ -205,15 +221,18 @@ class Preprocessing:
     def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
         """The inverse of :meth:`to_dict`: every field present and checked (``score``, derived, is ignored).
 
+        A field added later (``remove_waveform_mean``) may be absent, as in files written before it
+        existed: it then reads as the behaviour those files had (True).
+
         Raises:
           ValueError: an unknown or missing field, or a field of the wrong type or range (named).
         """
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = sorted(set(values) - known - {"score"}), sorted(known - set(values))
+        unknown, missing = sorted(set(values) - known - {"score"}), sorted(known - set(values) - set(_ADDED_FIELDS))
         if unknown or missing:
             raise ValueError("; ".join(filter(None, (unknown and f"unknown field(s) {', '.join(unknown)}",
                                                     missing and f"missing field(s) {', '.join(missing)}"))))
-        values = {k: v for k, v in values.items() if k in known}
+        values = {**_ADDED_FIELDS, **{k: v for k, v in values.items() if k in known}}
         names = values.get("class_names", [])
         if not isinstance(names, list):
             raise ValueError(f"field class_names must be a list of strings, got {names!r}")
@@ -229,19 +248,25 @@ class Preprocessing:
     def spectrogram(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
         """Waveform ``(channels, samples)`` -> unnormalised features ``(target_length, num_mel_bins)`` float32.
 
-        Resampled to the model's rate; fbank (whole-clip mean removed, first channel), or
-        the EPIC log-mel; padded or cut. A fresh array (augmentations write into it).
+        Resampled to the model's rate; fbank (first channel; the whole clip's mean removed
+        first unless ``remove_waveform_mean`` is False), or the EPIC log-mel; padded or cut. A
+        fresh array (augmentations write into it).
 
         Raises:
           ValueError: a clip shorter than one fbank frame.
         """
-        waveform = self.resample(waveform, sample_rate)
+        spec = self._unpadded_spectrogram(self.resample(waveform, sample_rate))
+        mode = "edge" if self.feature == "epic_logmel" else "constant"
+        return np.array(pad_or_cut(spec, self.target_length, mode), np.float32)
+
+    def _unpadded_spectrogram(self, waveform: np.ndarray) -> np.ndarray:
+        """Waveform ``(channels, samples)`` at the model's rate -> every frame, unnormalised: ``(frames, bins)``."""
         if self.feature == "epic_logmel":
-            spec = epic_logmel.epic_log_mel(waveform[0], self.sample_rate, self.num_mel_bins, self.epic_window_ms,
-                                self.epic_hop_ms)
-            return np.array(pad_or_cut(spec, self.target_length, "edge"), np.float32)
-        spec = kaldi.fbank_from_waveform(waveform, self.sample_rate, self.num_mel_bins, self.frame_shift_ms)
-        return np.array(pad_or_cut(spec, self.target_length), np.float32)
+            return epic_logmel.epic_log_mel(waveform[0], self.sample_rate, self.num_mel_bins, self.epic_window_ms,
+                                            self.epic_hop_ms)
+        if self.remove_waveform_mean:
+            return kaldi.fbank_from_waveform(waveform, self.sample_rate, self.num_mel_bins, self.frame_shift_ms)
+        return kaldi.kaldi_fbank(waveform, self.sample_rate, self.num_mel_bins, self.frame_shift_ms)
 
     def normalize(self, spec: np.ndarray) -> np.ndarray:
         """``(x - mean) / (2 std)`` unless ``skip_norm``.
@@ -260,3 +285,20 @@ class Preprocessing:
         The evaluation pipeline's steps: :meth:`spectrogram`, then :meth:`normalize`.
         """
         return self.normalize(self.spectrogram(waveform, sample_rate))
+
+    def frames(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Waveform ``(channels, samples)`` -> every feature frame, normalised: ``(frames, num_mel_bins)`` float32.
+
+        :meth:`features` without the padding or cutting to ``target_length``: the input of a
+        one-pass model, whatever the recording's length (kaldi_fbank: ``1 + (samples - window) //
+        shift`` frames at the model's rate, :func:`aum_jax.data.features.kaldi.frame_layout`). With
+        ``remove_waveform_mean`` False these are exactly the frames that
+        :class:`aum_jax.data.features.streaming.StreamingFeatures` gives for the same audio pushed
+        in any chunks (first channel; resampled here, as there, by soxr's HQ filter).
+
+        Raises:
+          ValueError: a clip shorter than one fbank frame.
+          MissingStatisticsError: the normalisation statistics are unknown.
+        """
+        spec = self._unpadded_spectrogram(self.resample(waveform, sample_rate))
+        return self.normalize(np.asarray(spec, np.float32))

@@ -1,4 +1,4 @@
-"""The stage registry: a toy augmentation registered in one line runs in training batches only."""
+"""The stage registry: a toy augmentation registered in one line runs in training batches only; mixup's waveform mix."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from aum_jax.configs.data import defaults
 from aum_jax.data.pipeline import clip_stages
 from aum_jax.data.pipeline import input_pipeline as ip
 from aum_jax.data.pipeline.stages.base import Element, Stage
+from aum_jax.data.pipeline.stages.mixup import mix_waveforms
 from tests.data.pipeline.test_input_pipeline import pipeline_config, validation_batches
 
 
@@ -52,3 +53,14 @@ def test_two_stages_on_one_stream_are_refused(monkeypatch):
     monkeypatch.setattr(clip_stages, "REGISTRY", (*clip_stages.REGISTRY, Twin))
     with pytest.raises(ValueError, match="share a random stream"):
         clip_stages.stream_seeds(0)
+
+
+def test_mixup_keeps_the_clips_means_for_a_model_that_streams():
+    """Without remove_waveform_mean (a streaming model's features never see a whole clip's mean) the mix
+    is the clips' weighted sum; with it, the original's centred mix."""
+    rng = np.random.default_rng(0)
+    first, second = (rng.normal(size=(1, 800)).astype(np.float32) + 0.5 for _ in range(2))
+    np.testing.assert_allclose(mix_waveforms(first, second[:, :600], 0.7, remove_mean=False),
+                               0.7 * first + 0.3 * np.pad(second[:, :600], ((0, 0), (0, 200))), rtol=1e-6)
+    centred = mix_waveforms(first, second, 0.7)
+    assert abs(float(centred.mean())) < 1e-6 and not np.allclose(centred, 0.7 * first + 0.3 * second)

@@ -9,24 +9,26 @@ from aum_jax.data.features import audio, kaldi
 from aum_jax.data.pipeline.stages.base import ClipContext, Element, Stage
 
 
-def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float) -> np.ndarray:
+def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float, *, remove_mean: bool = True) -> np.ndarray:
     """The original's waveform mixup.
 
     Args:
       first: ``(channels, n1)`` float32.
       second: ``(channels2, n2)`` float32; zero-padded or cut to ``n1`` samples.
       lam: weight of ``first``.
+      remove_mean: the original's: each clip and the mix without their means (the preprocessing's
+        ``remove_waveform_mean``; a streaming model's features never see a whole clip's mean).
 
     Returns:
       ``(channels, n1)`` float32: ``lam * (first - mean) + (1 - lam) * (second - mean)``
-      minus its own mean.
+      minus its own mean (without ``remove_mean``: ``lam * first + (1 - lam) * second``).
     """
-    first = kaldi.remove_mean(first)
-    second = kaldi.remove_mean(second)
+    centre = kaldi.remove_mean if remove_mean else (lambda x: x)
+    first, second = centre(first), centre(second)
     n = first.shape[1]
     fitted = np.zeros((second.shape[0], n), dtype=np.float32)
     fitted[:, : min(n, second.shape[1])] = second[:, :n]
-    return kaldi.remove_mean(np.float32(lam) * first + np.float32(1.0 - lam) * fitted)
+    return centre(np.float32(lam) * first + np.float32(1.0 - lam) * fitted)
 
 
 class Mixup(Stage, name="mixup", order=20, stream="mixup", train_only=True, needs="waveform",
@@ -56,7 +58,8 @@ class Mixup(Stage, name="mixup", order=20, stream="mixup", train_only=True, need
         np.add.at(label, list(other.labels), 1.0 - lam)
         other_waveform = self._context.preprocessing.resample(other_waveform, other_rate)
         mixed = {**element, "key": f"{element['key']} mixed with {other.key}",
-                 "waveform": mix_waveforms(element["waveform"], other_waveform, lam),
+                 "waveform": mix_waveforms(element["waveform"], other_waveform, lam,
+                                           remove_mean=self._context.preprocessing.remove_waveform_mean),
                  "label": label.astype(np.float32)}
         if "teacher" in element:
             mixed["teacher"] = (np.float32(lam) * element["teacher"]
