@@ -1,0 +1,119 @@
+"""Live inference with a one-pass causal model: audio in as it arrives, a row of scores per time slice out.
+
+  from aum_jax.inference.stream import Stream
+
+  stream = Stream("MODEL_DIR")              # a model that streams (AudioMamba.check_streams)
+  for chunk in microphone_chunks():         # mono samples, at the model's rate or ``sample_rate``
+      rows = stream.push(chunk)             # the time slices the chunk completed
+      for end, best in zip(rows.ends, rows.top(1)):
+          ...
+  rows = stream.flush()                     # the end of the audio
+
+The features are made as the samples arrive (:class:`aum_jax.data.features.streaming.StreamingFeatures`)
+and the model reads each completed time slice from the state the previous ones left
+(:meth:`aum_jax.models.aum.AudioMamba.stream`): a fixed amount of memory, whatever the length, and the
+rows of one pass over the whole recording (:meth:`~aum_jax.models.aum.AudioMamba.whole`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from aum_jax.checkpoints import model_files
+from aum_jax.data.features.streaming import StreamingFeatures
+from aum_jax.data.sources import labels
+from aum_jax.inference import classify
+
+# The time slices one compiled program reads at once: a push's slices are split into these sizes, so
+# that any push size runs on at most len(PIECE_SLICES) compiled programs.
+PIECE_SLICES = (64, 16, 4, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """Rows of a stream: ``ends`` (n,) seconds into the audio where each time slice ends, ``scores``
+    (n, C) (``score``: "sigmoid", "softmax" or "logits") and the model's ``class_names``."""
+
+    ends: np.ndarray
+    scores: np.ndarray
+    score: str
+    class_names: Sequence[str]
+
+    def top(self, k: int) -> list[list[tuple[str, float]]]:
+        """Per row, the ``k`` best ``(label, score)``."""
+        return classify.top_k(self.scores, self.class_names, k)
+
+
+class Stream:
+    """A model directory's causal one-pass model, read live (see the module docstring).
+
+    Args:
+      model_dir: a model directory (or training workdir) of a model that streams, whose preprocessing
+        keeps each clip's mean (``remove_waveform_mean`` false).
+      sample_rate: the rate of the pushed samples (default: the model's); resampled as they arrive.
+      matmul_precision: float32 matmul precision ("highest": as training computed).
+      verify: check the parameters against ``checksums.json``.
+
+    Raises:
+      ModelDirectoryError: a missing or damaged model directory.
+      ValueError: a model that does not stream, or preprocessing that cannot (naming why).
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, *, sample_rate: int | None = None,
+                 matmul_precision: str = "highest", verify: bool = True):
+        directory = model_files.model_directory(model_dir)
+        model = model_files.load_model(directory, verify=verify)
+        model.check_streams()
+        self._prep = model_files.load_input_features(directory)
+        self._features = StreamingFeatures(self._prep, sample_rate)
+        self._slice = model.config.patch_size[1]  # frames per time slice.
+        self._names = labels.class_names(self._prep.class_names, model.config.num_classes)
+        graphdef, params = nnx.split(nnx.view(model, deterministic=True))
+        self._params = params
+
+        def step(params, frames, state):
+            with jax.default_matmul_precision(matmul_precision):
+                return nnx.merge(graphdef, params).stream(frames, state)
+
+        self._step = jax.jit(step, donate_argnums=(2,))
+        self._state = model.initial_state(1)
+        self._pending = np.zeros((0, model.config.num_mel_bins), np.float32)  # frames of the slice in progress.
+        self._slices = 0
+
+    @property
+    def seconds_per_slice(self) -> float:
+        """The hop between rows, in seconds."""
+        return self._slice * self._features.shift / self._prep.sample_rate
+
+    def push(self, samples: np.ndarray) -> Rows:
+        """Mono samples (n,), float in [-1, 1] or integer PCM -> the rows of the time slices they completed."""
+        return self._rows(self._features.push(samples))
+
+    def flush(self) -> Rows:
+        """Ends the stream: the rows the last samples complete (a partial last slice has none, as in one pass)."""
+        return self._rows(self._features.flush())
+
+    def _rows(self, frames: np.ndarray) -> Rows:
+        frames = np.concatenate([self._pending, frames])
+        count = len(frames) // self._slice
+        self._pending = frames[count * self._slice:]
+        logits, done = [], 0
+        for size in PIECE_SLICES:
+            while count - done >= size:
+                piece = frames[done * self._slice:(done + size) * self._slice][None]
+                out, self._state = self._step(self._params, piece, self._state)
+                logits.append(np.asarray(out["frame_logits"][0]))
+                done += size
+        logits = np.concatenate(logits) if logits else np.zeros((0, len(self._names)), np.float32)
+        first = self._slices
+        self._slices += count
+        # Slice k ends with its last frame: frame j spans samples [j * shift, j * shift + window).
+        last_frames = (np.arange(first, first + count) + 1) * self._slice - 1
+        ends = (last_frames * self._features.shift + self._features.window) / self._prep.sample_rate
+        return Rows(ends, classify.scores(logits, self._prep.score), self._prep.score, self._names)
