@@ -67,6 +67,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -84,6 +85,7 @@ from aum_jax.inference import (  # noqa: E402
     whole,
     windows,
 )
+from aum_jax.inference.stream import Stream  # noqa: E402
 from aum_jax.models.aum import WHOLE_POS_EMBEDS  # noqa: E402
 from aum_jax.ops import SCAN_IMPLS  # noqa: E402
 
@@ -100,6 +102,8 @@ MODES: dict[str, tuple[str, tuple[str, ...]]] = {
                 (*_SCORING, *_AUDIO, "window_seconds", "hop_seconds", "json", "plot")),
     "whole": ("--audio --whole: scores of every time patch of one pass over each whole file",
               (*_SCORING, *_AUDIO, "whole", "whole_pos_embed", "json", "plot")),
+    "stream": ("--audio --stream: scores of every time slice, each file read as a live source",
+               (*_SCORING, *_AUDIO, "stream", "chunk_seconds", "threshold", "json", "plot")),
     "embeddings": ("--audio --embeddings: embeddings of windows over each whole file",
                    (*_AUDIO, "embeddings", "window_seconds", "hop_seconds", "pool", "layers", "tokens")),
 }
@@ -113,6 +117,8 @@ def mode_of(args: argparse.Namespace) -> str:
         return "features"
     if args.embeddings:
         return "embeddings"
+    if args.stream:
+        return "stream"
     if args.whole:
         return "whole"
     return "windows" if args.window_seconds or args.hop_seconds else "clips"
@@ -160,6 +166,14 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
                           "along time: interpolate (default; as the original resizes it for another input length) or "
                           "tile (the clip's columns repeated)")
 
+    live = parser.add_argument_group("live: a one-pass causal model reads each file as it arrives (--audio --stream)")
+    live.add_argument("--stream", action="store_true", help="read each file (or '-': raw 16-bit mono PCM at the "
+                      "model's rate from standard input) in chunks as a live source would, print each detection "
+                      "when it happens and score every time slice (a model that streams: docs/inference.md)")
+    live.add_argument("--chunk-seconds", type=float, help="audio per chunk read (default: 0.1)")
+    live.add_argument("--threshold", type=float, help="a class is detected when its score rises to this "
+                      "(default: 0.5)")
+
     embedding = parser.add_argument_group("embeddings (--audio --embeddings)")
     embedding.add_argument("--embeddings", help="write the embeddings of every window of each file (one row per file "
                            "with --pool) to this .npz instead of printing scores")
@@ -186,6 +200,12 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     args.top_k = 5 if args.top_k is None else args.top_k
     args.channel = args.channel or "first"
     args.whole_pos_embed = args.whole_pos_embed or "interpolate"
+    if args.chunk_seconds is not None and args.chunk_seconds <= 0:
+        parser.error("--chunk-seconds must be positive")
+    args.chunk_seconds = args.chunk_seconds or 0.1
+    args.threshold = 0.5 if args.threshold is None else args.threshold
+    if mode != "stream" and "-" in (args.audio or ()):
+        parser.error("--audio - (standard input) is read by --stream")
     return args
 
 
@@ -266,6 +286,15 @@ def _run_audio(args: argparse.Namespace, model, prep) -> int:
         print(f"warning: skipped {reason}", file=sys.stderr)
     for tl in timelines:
         _print_timeline(tl, args.top_k, windowed, prep.sample_rate)
+    _write_timelines(args, prep, timelines, skipped)
+    if args.whole and timelines:  # last: the peak of the whole command, outputs written
+        print(f"note: one pass over each whole file ({', '.join(f'{tl.duration:.2f} s' for tl in timelines)}; "
+              f"{args.whole_pos_embed} position embedding); peak memory {memory.peak_rss_mb():.0f} MB", file=sys.stderr)
+    return 0 if timelines else 1
+
+
+def _write_timelines(args: argparse.Namespace, prep, timelines: list[classify.Timeline], skipped: dict[str, str]) -> None:
+    """--json and --plot of the files' timelines."""
     if args.json:
         storage.write_text(args.json, json.dumps(
             {"model": os.path.abspath(args.model_dir), "score": prep.score, "sample_rate": prep.sample_rate,
@@ -274,9 +303,73 @@ def _run_audio(args: argparse.Namespace, model, prep) -> int:
     if args.plot and timelines:
         plot.plot_timelines(timelines, args.plot)
         print(f"Wrote {args.plot}")
-    if args.whole and timelines:  # last: the peak of the whole command, outputs written
-        print(f"note: one pass over each whole file ({', '.join(f'{tl.duration:.2f} s' for tl in timelines)}; "
-              f"{args.whole_pos_embed} position embedding); peak memory {memory.peak_rss_mb():.0f} MB", file=sys.stderr)
+
+
+def _chunks(path: str, seconds: float, model_rate: int, channel: str) -> tuple[int, Iterator[np.ndarray]]:
+    """A file's (or standard input's: raw 16-bit mono PCM at the model's rate) rate and its mono chunks."""
+    if path == "-":
+        size = 2 * max(1, round(seconds * model_rate))
+
+        def pcm() -> Iterator[np.ndarray]:
+            rest = b""  # an odd byte a read ended on: the next read completes its sample.
+            while block := sys.stdin.buffer.read(size):
+                data = rest + block
+                usable = len(data) - len(data) % 2
+                rest = data[usable:]
+                yield np.frombuffer(data[:usable], "<i2").astype(np.float32) / 32768.0
+
+        return model_rate, pcm()
+    recording = audio.open_audio(path)
+
+    def blocks() -> Iterator[np.ndarray]:
+        with recording:
+            step = max(1, round(seconds * recording.sample_rate))
+            for start in range(0, recording.num_samples, step):
+                samples = recording.read(start, start + step)
+                yield samples[0] if channel == "first" else samples.mean(axis=0)
+
+    return recording.sample_rate, blocks()
+
+
+def _stream_one(stream: Stream, path: str, args: argparse.Namespace, model_rate: int) -> classify.Timeline:
+    """One file read as a live source: each detection printed when it happens; its timeline."""
+    rate, chunks = _chunks(path, args.chunk_seconds, model_rate, args.channel)
+    stream.reset(rate)
+    print(f"{path}: a row every {stream.seconds_per_slice * 1000:.0f} ms; detections (score >= {args.threshold:g}):",
+          flush=True)
+    rows, above, samples = [], None, 0
+    for chunk in [*chunks, None]:
+        if chunk is None:
+            new = stream.flush()
+        else:
+            samples += len(chunk)
+            new = stream.push(chunk)
+        for end, scores in zip(new.ends, new.scores):
+            now = scores >= args.threshold
+            for j in np.flatnonzero(now & ~above if above is not None else now):
+                print(f"  {end:9.2f} s  {new.class_names[j]} {scores[j]:.3f}", flush=True)
+            above = now
+        rows.append(new)
+    scores = np.concatenate([r.scores for r in rows])
+    print(f"{path}: {samples / rate:.2f} s, {len(scores)} rows ({rows[-1].score})")
+    return classify.Timeline(path, samples / rate, np.concatenate([r.starts for r in rows]),
+                             np.concatenate([r.ends for r in rows]), scores, rows[-1].score,
+                             list(rows[-1].class_names), rate)
+
+
+def _run_stream(args: argparse.Namespace, model_dir, prep) -> int:
+    stream = Stream(model_dir, preprocessing=prep, matmul_precision=args.matmul_precision, verify=not args.no_verify)
+    timelines, skipped = [], {}
+    for path in args.audio:
+        try:
+            timelines.append(_stream_one(stream, path, args, prep.sample_rate))
+        except audio.AudioLoadError as e:
+            if len(args.audio) == 1:
+                raise
+            skipped[path] = str(e)
+            print(f"warning: skipped {e}", file=sys.stderr)
+    _write_timelines(args, prep, timelines, skipped)
+    print(f"note: {len(timelines)} file(s) streamed; peak memory {memory.peak_rss_mb():.0f} MB", file=sys.stderr)
     return 0 if timelines else 1
 
 
@@ -324,6 +417,10 @@ def main(args: argparse.Namespace) -> int:
     model_dir = model_files.model_directory(args.model_dir)
     if not args.embeddings:  # scores, logits and pooled features need a head: refused before the model loads.
         classify.require_head(model_files.load_config(model_dir), str(model_dir))
+    if args.stream:
+        cfg = model_files.load_config(model_dir)
+        prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)
+        return _run_stream(args, model_dir, prep)
     model = model_files.load_model(model_dir, verify=not args.no_verify, **overrides)
     cfg = model.config
     prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from aum_jax.checkpoints import model_files
+from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.data.features.streaming import StreamingFeatures
 from aum_jax.data.sources import labels
 from aum_jax.inference import classify
@@ -37,9 +38,11 @@ PIECE_SLICES = (64, 16, 4, 1)
 
 @dataclasses.dataclass(frozen=True)
 class Rows:
-    """Rows of a stream: ``ends`` (n,) seconds into the audio where each time slice ends, ``scores``
-    (n, C) (``score``: "sigmoid", "softmax" or "logits") and the model's ``class_names``."""
+    """Rows of a stream: ``starts``, ``ends`` (n,) seconds into the audio where each time slice's samples
+    begin and end, ``scores`` (n, C) (``score``: "sigmoid", "softmax" or "logits") and the model's
+    ``class_names``."""
 
+    starts: np.ndarray
     ends: np.ndarray
     scores: np.ndarray
     score: str
@@ -57,6 +60,8 @@ class Stream:
       model_dir: a model directory (or training workdir) of a model that streams, whose preprocessing
         keeps each clip's mean (``remove_waveform_mean`` false).
       sample_rate: the rate of the pushed samples (default: the model's); resampled as they arrive.
+      preprocessing: the model's own with overrides (statistics, class names, loss; its features must
+        be the model's), default: the directory's.
       matmul_precision: float32 matmul precision ("highest": as training computed).
       verify: check the parameters against ``checksums.json``.
 
@@ -66,12 +71,11 @@ class Stream:
     """
 
     def __init__(self, model_dir: str | os.PathLike, *, sample_rate: int | None = None,
-                 matmul_precision: str = "highest", verify: bool = True):
+                 preprocessing: Preprocessing | None = None, matmul_precision: str = "highest", verify: bool = True):
         directory = model_files.model_directory(model_dir)
         model = model_files.load_model(directory, verify=verify)
         model.check_streams()
-        self._prep = model_files.load_input_features(directory)
-        self._features = StreamingFeatures(self._prep, sample_rate)
+        self._prep = preprocessing or model_files.load_input_features(directory)
         self._slice = model.config.patch_size[1]  # frames per time slice.
         self._names = labels.class_names(self._prep.class_names, model.config.num_classes)
         graphdef, params = nnx.split(nnx.view(model, deterministic=True))
@@ -82,8 +86,14 @@ class Stream:
                 return nnx.merge(graphdef, params).stream(frames, state)
 
         self._step = jax.jit(step, donate_argnums=(2,))
-        self._state = model.initial_state(1)
-        self._pending = np.zeros((0, model.config.num_mel_bins), np.float32)  # frames of the slice in progress.
+        self._initial_state = model.initial_state
+        self.reset(sample_rate)
+
+    def reset(self, sample_rate: int | None = None) -> None:
+        """Starts a new recording (at ``sample_rate``, default the model's) with the same model."""
+        self._features = StreamingFeatures(self._prep, sample_rate)
+        self._state = self._initial_state(1)
+        self._pending = np.zeros((0, self._prep.num_mel_bins), np.float32)  # frames of the slice in progress.
         self._slices = 0
 
     @property
@@ -116,4 +126,5 @@ class Stream:
         # Slice k ends with its last frame: frame j spans samples [j * shift, j * shift + window).
         last_frames = (np.arange(first, first + count) + 1) * self._slice - 1
         ends = (last_frames * self._features.shift + self._features.window) / self._prep.sample_rate
-        return Rows(ends, classify.scores(logits, self._prep.score), self._prep.score, self._names)
+        starts = (last_frames - self._slice + 1) * self._features.shift / self._prep.sample_rate
+        return Rows(starts, ends, classify.scores(logits, self._prep.score), self._prep.score, self._names)

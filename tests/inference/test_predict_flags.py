@@ -11,14 +11,15 @@ from aum_jax import predict
 VALUES = {"top_k": "3", "mean": "0", "std": "1", "label_csv": "l.csv", "loss": "CE", "save_logits": "l.npy",
           "save_features": "f.npy", "json": "t.json", "plot": "t.png", "channel": "mean", "window_seconds": "1",
           "hop_seconds": "0.5", "whole": None, "whole_pos_embed": "tile", "embeddings": "e.npz", "pool": None,
-          "layers": "all", "tokens": None}
+          "layers": "all", "tokens": None, "stream": None, "chunk_seconds": "0.2", "threshold": "0.7"}
 # Options that pick a mode, and the order mode_of gives precedence in: one that picks a mode ahead
 # of another turns that one into its own mode rather than being refused there.
-SELECTS = {"embeddings": "embeddings", "whole": "whole", "window_seconds": "windows", "hop_seconds": "windows"}
-PRECEDENCE = ["features", "embeddings", "whole", "windows", "clips"]
+SELECTS = {"embeddings": "embeddings", "stream": "stream", "whole": "whole", "window_seconds": "windows",
+           "hop_seconds": "windows"}
+PRECEDENCE = ["features", "embeddings", "stream", "whole", "windows", "clips"]
 MODE_ARGS = {"features": ["--features", "x.npy"], "clips": ["--audio", "a.wav"],
              "windows": ["--audio", "a.wav", "--window-seconds", "1"], "whole": ["--audio", "a.wav", "--whole"],
-             "embeddings": ["--audio", "a.wav", "--embeddings", "e.npz"]}
+             "embeddings": ["--audio", "a.wav", "--embeddings", "e.npz"], "stream": ["--audio", "a.wav", "--stream"]}
 
 
 def _argv(mode: str, *options: str) -> list[str]:

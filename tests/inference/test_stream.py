@@ -4,6 +4,10 @@ memory; a model that does not stream is refused."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.inference import classify
 from aum_jax.inference.stream import Stream
 from aum_jax.models import AuMConfig, init_model
-from tests.helpers import SAMPLE
+from tests.helpers import REPO_ROOT, SAMPLE, subprocess_env
 
 CONFIG = AuMConfig(num_mel_bins=32, audio_length=40, patch_size=(32, 4), strides=(32, 4), embed_dim=24, depth=2,
                    num_classes=3, bimamba_type="none", cls_position="none", pool="max", position="none")
@@ -72,3 +76,28 @@ def test_a_model_that_does_not_stream_is_refused(tmp_path):
     save_model(init_model(CONFIG, 0), tmp_path / "mean", preprocessing=PREP.replace(remove_waveform_mean=True))
     with pytest.raises(ValueError, match="remove_waveform_mean"):
         Stream(tmp_path / "mean")
+
+
+def test_predict_streams_a_file_and_standard_input_as_a_live_source(model_dir, audio, tmp_path):
+    """``predict --stream`` prints detections as they happen and writes the timeline of every slice: a
+    file and the same samples as raw 16-bit PCM on standard input give the same rows."""
+    wav = tmp_path / "speech.wav"
+    soundfile.write(wav, audio, 16000, subtype="PCM_16")
+    pcm = (soundfile.read(wav, dtype="int16")[0]).astype("<i2").tobytes()
+    timelines = {}
+    for source, stdin in ((str(wav), None), ("-", pcm)):
+        out = tmp_path / f"{len(timelines)}.json"
+        done = subprocess.run([sys.executable, "-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", source,
+                               "--stream", "--chunk-seconds", "0.25", "--threshold", "0.5", "--json", str(out)],
+                              input=stdin, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, timeout=300)
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        stdout = done.stdout.decode()
+        assert f"{source}: a row every 40 ms; detections (score >= 0.5):" in stdout
+        assert f"{source}: 3.00 s, 74 rows (sigmoid)" in stdout
+        timelines[source] = json.loads(out.read_text())["files"][0]["windows"]
+    assert timelines[str(wav)] == timelines["-"]
+    stream = Stream(model_dir)
+    rows = [stream.push(soundfile.read(wav, dtype="float32")[0]), stream.flush()]
+    scores = np.concatenate([r.scores for r in rows])
+    best = [w["top"][0]["score"] for w in timelines["-"]]
+    np.testing.assert_allclose(best, scores.max(axis=1), atol=1e-4)
