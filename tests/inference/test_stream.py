@@ -101,3 +101,17 @@ def test_predict_streams_a_file_and_standard_input_as_a_live_source(model_dir, a
     scores = np.concatenate([r.scores for r in rows])
     best = [w["top"][0]["score"] for w in timelines["-"]]
     np.testing.assert_allclose(best, scores.max(axis=1), atol=1e-4)
+
+
+def test_a_one_pass_model_trains_through_the_command_and_its_directory_streams(tmp_path, toy_overrides):
+    """The one-pass settings of docs/inference.md on a recipe: trained, saved, and read live."""
+    from tests.helpers import main_cli
+
+    one_pass = ["--config.model.patch_size=(32,4)", "--config.model.strides=(32,4)", "--config.model.position=none",
+                "--config.model.cls_position=none", "--config.model.pool=max", "--config.model.bimamba_type=none",
+                "--config.data.remove_waveform_mean=False"]
+    done = main_cli(tmp_path / "work", toy_overrides, *one_pass)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stream = Stream(tmp_path / "work")
+    rows = [stream.push(soundfile.read(SAMPLE, dtype="float32")[0][:16000]), stream.flush()]
+    assert sum(len(r.ends) for r in rows) == 24 and rows[0].score == "sigmoid"  # 98 frames: 24 slices of 4.
