@@ -67,7 +67,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -288,73 +287,43 @@ def _run_audio(args: argparse.Namespace, model, prep) -> int:
         _print_timeline(tl, args.top_k, windowed, prep.sample_rate)
     _write_timelines(args, prep, timelines, skipped)
     if args.whole and timelines:  # last: the peak of the whole command, outputs written
+        how = "read as a stream" if whole.streams(model, prep) else f"{args.whole_pos_embed} position embedding"
         print(f"note: one pass over each whole file ({', '.join(f'{tl.duration:.2f} s' for tl in timelines)}; "
-              f"{args.whole_pos_embed} position embedding); peak memory {memory.peak_rss_mb():.0f} MB", file=sys.stderr)
+              f"{how}); peak memory {memory.peak_rss_mb():.0f} MB", file=sys.stderr)
     return 0 if timelines else 1
 
 
 def _write_timelines(args: argparse.Namespace, prep, timelines: list[classify.Timeline], skipped: dict[str, str]) -> None:
     """--json and --plot of the files' timelines."""
-    if args.json:
-        storage.write_text(args.json, json.dumps(
-            {"model": os.path.abspath(args.model_dir), "score": prep.score, "sample_rate": prep.sample_rate,
-             "files": [tl.to_dict(args.top_k) for tl in timelines], "skipped": skipped}, indent=1))
+    if args.json:  # written a window at a time: an hour's timeline is not held as JSON objects.
+        header = {"model": os.path.abspath(args.model_dir), "score": prep.score, "sample_rate": prep.sample_rate,
+                  "skipped": skipped}
+        with storage.staged_file(args.json) as staging, open(staging, "w", encoding="utf-8") as f:
+            f.write(json.dumps(header)[:-1] + ', "files": [')
+            for i, tl in enumerate(timelines):
+                f.write("," if i else "")
+                tl.write_json(f, args.top_k)
+            f.write("]}\n")
         print(f"Wrote {args.json}")
     if args.plot and timelines:
         plot.plot_timelines(timelines, args.plot)
         print(f"Wrote {args.plot}")
 
 
-def _chunks(path: str, seconds: float, model_rate: int, channel: str) -> tuple[int, Iterator[np.ndarray]]:
-    """A file's (or standard input's: raw 16-bit mono PCM at the model's rate) rate and its mono chunks."""
-    if path == "-":
-        size = 2 * max(1, round(seconds * model_rate))
-
-        def pcm() -> Iterator[np.ndarray]:
-            rest = b""  # an odd byte a read ended on: the next read completes its sample.
-            while block := sys.stdin.buffer.read(size):
-                data = rest + block
-                usable = len(data) - len(data) % 2
-                rest = data[usable:]
-                yield np.frombuffer(data[:usable], "<i2").astype(np.float32) / 32768.0
-
-        return model_rate, pcm()
-    recording = audio.open_audio(path)
-
-    def blocks() -> Iterator[np.ndarray]:
-        with recording:
-            step = max(1, round(seconds * recording.sample_rate))
-            for start in range(0, recording.num_samples, step):
-                samples = recording.read(start, start + step)
-                yield samples[0] if channel == "first" else samples.mean(axis=0)
-
-    return recording.sample_rate, blocks()
-
-
-def _stream_one(stream: Stream, path: str, args: argparse.Namespace, model_rate: int) -> classify.Timeline:
+def _stream_one(stream: Stream, path: str, args: argparse.Namespace) -> classify.Timeline:
     """One file read as a live source: each detection printed when it happens; its timeline."""
-    rate, chunks = _chunks(path, args.chunk_seconds, model_rate, args.channel)
-    stream.reset(rate)
     print(f"{path}: a row every {stream.seconds_per_slice * 1000:.0f} ms; detections (score >= {args.threshold:g}):",
           flush=True)
-    rows, above, samples = [], None, 0
-    for chunk in [*chunks, None]:
-        if chunk is None:
-            new = stream.flush()
-        else:
-            samples += len(chunk)
-            new = stream.push(chunk)
-        for end, scores in zip(new.ends, new.scores):
+    above = None
+    for rows in stream.read(path, chunk_seconds=args.chunk_seconds, channel=args.channel):
+        for end, scores in zip(rows.ends, rows.scores):
             now = scores >= args.threshold
-            for j in np.flatnonzero(now & ~above if above is not None else now):
-                print(f"  {end:9.2f} s  {new.class_names[j]} {scores[j]:.3f}", flush=True)
+            for j in np.flatnonzero(now if above is None else now & ~above):
+                print(f"  {end:9.2f} s  {rows.class_names[j]} {scores[j]:.3f}", flush=True)
             above = now
-        rows.append(new)
-    scores = np.concatenate([r.scores for r in rows])
-    print(f"{path}: {samples / rate:.2f} s, {len(scores)} rows ({rows[-1].score})")
-    return classify.Timeline(path, samples / rate, np.concatenate([r.starts for r in rows]),
-                             np.concatenate([r.ends for r in rows]), scores, rows[-1].score,
-                             list(rows[-1].class_names), rate)
+    timeline = stream.timeline(path)
+    print(f"{path}: {timeline.duration:.2f} s, {len(timeline.ends)} rows ({timeline.score})")
+    return timeline
 
 
 def _run_stream(args: argparse.Namespace, model_dir, prep) -> int:
@@ -362,7 +331,7 @@ def _run_stream(args: argparse.Namespace, model_dir, prep) -> int:
     timelines, skipped = [], {}
     for path in args.audio:
         try:
-            timelines.append(_stream_one(stream, path, args, prep.sample_rate))
+            timelines.append(_stream_one(stream, path, args))
         except audio.AudioLoadError as e:
             if len(args.audio) == 1:
                 raise

@@ -25,8 +25,9 @@ classification head (a pretraining model) has no scores: :func:`require_head` re
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import ml_collections
 import numpy as np
@@ -202,17 +203,26 @@ class Timeline:
 
     def to_dict(self, k: int) -> dict[str, Any]:
         """``{"file", "duration_seconds", "sample_rate", "score", "windows": [{"start", "end", "top": [...]}]}``."""
-        return {
-            "file": self.file,
-            "duration_seconds": round(self.duration, 4),
-            "sample_rate": self.sample_rate,
-            "score": self.score,
-            "windows": [
-                {"start": round(float(s), 4), "end": round(float(e), 4),
-                 "top": [{"label": name, "score": value} for name, value in top]}
-                for s, e, top in zip(self.starts, self.ends, self.top(k))
-            ],
-        }
+        return {**self._header(), "windows": list(self.windows(k))}
+
+    def _header(self) -> dict[str, Any]:
+        return {"file": self.file, "duration_seconds": round(self.duration, 4), "sample_rate": self.sample_rate,
+                "score": self.score}
+
+    def windows(self, k: int, rows: int = 4096) -> Iterator[dict[str, Any]]:
+        """Each window's ``{"start", "end", "top": [{"label", "score"}, ...]}``, ``rows`` of them ranked at a time."""
+        for first in range(0, len(self.starts), rows):
+            part = slice(first, first + rows)
+            for s, e, top in zip(self.starts[part], self.ends[part], top_k(self.scores[part], self.class_names, k)):
+                yield {"start": round(float(s), 4), "end": round(float(e), 4),
+                       "top": [{"label": name, "score": value} for name, value in top]}
+
+    def write_json(self, f: TextIO, k: int) -> None:
+        """Writes :meth:`to_dict` as JSON to ``f`` a window at a time: memory does not grow with the recording."""
+        f.write(json.dumps(self._header())[:-1] + ', "windows": [')
+        for i, window in enumerate(self.windows(k)):
+            f.write(("," if i else "") + "\n  " + json.dumps(window))
+        f.write("\n]}")
 
 
 @dataclasses.dataclass

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
 from aum_jax.checkpoints import model_files
+from aum_jax.data.features import audio
 from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.data.features.streaming import StreamingFeatures
 from aum_jax.data.sources import labels
 from aum_jax.inference import classify
+from aum_jax.models import AudioMamba
 
 # The time slices one compiled program reads at once: a push's slices are split into these sizes, so
 # that any push size runs on at most len(PIECE_SLICES) compiled programs.
@@ -53,6 +56,34 @@ class Rows:
         return classify.top_k(self.scores, self.class_names, k)
 
 
+def file_chunks(path: str, seconds: float, model_rate: int, channel: str) -> tuple[int, Iterator[np.ndarray]]:
+    """A file's (or, for ``"-"``, standard input's: raw 16-bit mono PCM at the model's rate) sample rate and
+    its mono chunks of ``seconds`` (the first channel, or the mean of them: ``channel``), read as they are
+    needed: one chunk in memory at a time."""
+    if path == "-":
+        size = 2 * max(1, round(seconds * model_rate))
+
+        def pcm() -> Iterator[np.ndarray]:
+            rest = b""  # an odd byte a read ended on: the next read completes its sample.
+            while block := sys.stdin.buffer.read(size):
+                data = rest + block
+                usable = len(data) - len(data) % 2
+                rest = data[usable:]
+                yield np.frombuffer(data[:usable], "<i2").astype(np.float32) / 32768.0
+
+        return model_rate, pcm()
+    recording = audio.open_audio(path)
+
+    def blocks() -> Iterator[np.ndarray]:
+        with recording:
+            step = max(1, round(seconds * recording.sample_rate))
+            for start in range(0, recording.num_samples, step):
+                samples = recording.read(start, start + step)
+                yield samples[0] if channel == "first" else samples.mean(axis=0)
+
+    return recording.sample_rate, blocks()
+
+
 class Stream:
     """A model directory's causal one-pass model, read live (see the module docstring).
 
@@ -74,8 +105,19 @@ class Stream:
                  preprocessing: Preprocessing | None = None, matmul_precision: str = "highest", verify: bool = True):
         directory = model_files.model_directory(model_dir)
         model = model_files.load_model(directory, verify=verify)
+        self._start(model, preprocessing or model_files.load_input_features(directory), sample_rate, matmul_precision)
+
+    @classmethod
+    def of(cls, model: AudioMamba, preprocessing: Preprocessing, *, sample_rate: int | None = None,
+           matmul_precision: str = "highest") -> Stream:
+        """The stream of a model already loaded, with its ``preprocessing`` (as :class:`Stream` takes them)."""
+        stream = cls.__new__(cls)
+        stream._start(model, preprocessing, sample_rate, matmul_precision)
+        return stream
+
+    def _start(self, model: AudioMamba, prep: Preprocessing, sample_rate: int | None, matmul_precision: str) -> None:
         model.check_streams()
-        self._prep = preprocessing or model_files.load_input_features(directory)
+        self._prep = prep
         self._slice = model.config.patch_size[1]  # frames per time slice.
         self._names = labels.class_names(self._prep.class_names, model.config.num_classes)
         graphdef, params = nnx.split(nnx.view(model, deterministic=True))
@@ -108,6 +150,31 @@ class Stream:
     def flush(self) -> Rows:
         """Ends the stream: the rows the last samples complete (a partial last slice has none, as in one pass)."""
         return self._rows(self._features.flush())
+
+    def read(self, path: str, *, chunk_seconds: float = 1.0, channel: str = "first") -> Iterator[Rows]:
+        """Reads a file (or ``"-"``, standard input) from its start as a live source, ``chunk_seconds`` at a
+        time: the rows of each chunk, then of the flush. :meth:`timeline` then gives them all.
+
+        Raises:
+          AudioLoadError: the file cannot be read.
+        """
+        rate, chunks = file_chunks(path, chunk_seconds, self._prep.sample_rate, channel)
+        self.reset(rate)
+        self._read: list[Rows] = []
+        self._read_samples, self._read_rate = 0, rate
+        for chunk in chunks:
+            self._read_samples += len(chunk)
+            self._read.append(self.push(chunk))
+            yield self._read[-1]
+        self._read.append(self.flush())
+        yield self._read[-1]
+
+    def timeline(self, path: str) -> classify.Timeline:
+        """The timeline of the file :meth:`read` last read: every time slice's row."""
+        rows = self._read
+        return classify.Timeline(path, self._read_samples / self._read_rate, np.concatenate([r.starts for r in rows]),
+                                 np.concatenate([r.ends for r in rows]), np.concatenate([r.scores for r in rows]),
+                                 self._prep.score, list(self._names), self._read_rate)
 
     def _rows(self, frames: np.ndarray) -> Rows:
         frames = np.concatenate([self._pending, frames])

@@ -8,6 +8,9 @@ program; the position embedding is extended along time (:meth:`aum_jax.models.Au
 :class:`aum_jax.inference.classify.Timeline` with one row per time patch, on the same JSON and
 plot as sliding windows. Memory grows linearly with the recording: the audio, its fbank and the
 model's activations of one pass (``aum_jax.core.memory.peak_rss_mb`` reports what the process reached).
+A model that streams (a causal one-pass model: :meth:`aum_jax.models.aum.AudioMamba.check_streams`) is
+read instead :data:`STREAM_CHUNK_SECONDS` at a time, carrying its state (:class:`aum_jax.inference.stream.Stream`):
+the same rows, one per time slice, in a fixed amount of memory whatever the length.
 
   from aum_jax.inference import whole
   timeline = whole.classify_whole(model, prep, "long.wav")
@@ -24,9 +27,22 @@ from flax import nnx
 
 from aum_jax.data.features import audio, preprocessing
 from aum_jax.data.sources import labels
-from aum_jax.inference import embeddings, classify, windows
+from aum_jax.inference import classify, embeddings, windows
+from aum_jax.inference.stream import Stream
 from aum_jax.models import AudioMamba
 from aum_jax.models.aum import WHOLE_POS_EMBEDS
+
+
+STREAM_CHUNK_SECONDS = 10.0  # audio read at a time when a model that streams reads a whole file.
+
+
+def streams(model: AudioMamba, prep: preprocessing.Preprocessing) -> bool:
+    """Whether ``model`` with ``prep`` reads audio as a stream (its features too)."""
+    try:
+        model.check_streams()
+    except ValueError:
+        return False
+    return prep.feature == "kaldi_fbank" and not prep.remove_waveform_mean
 
 
 @dataclasses.dataclass
@@ -103,6 +119,11 @@ def classify_whole(model: AudioMamba, prep: preprocessing.Preprocessing, path: s
       NonFiniteOutputError: NaN or Inf logits (the time patches named).
     """
     classify.require_head(model.config)
+    if streams(model, prep):
+        stream = Stream.of(model, prep, matmul_precision=matmul_precision)
+        for _ in stream.read(path, chunk_seconds=STREAM_CHUNK_SECONDS, channel=channel):
+            pass
+        return stream.timeline(path)
     with audio.open_audio(path) as f:
         waveform, sample_rate = windows.mono(f.read(0, f.num_samples), channel), f.sample_rate
     duration = waveform.shape[1] / sample_rate

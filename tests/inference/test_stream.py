@@ -115,3 +115,23 @@ def test_a_one_pass_model_trains_through_the_command_and_its_directory_streams(t
     stream = Stream(tmp_path / "work")
     rows = [stream.push(soundfile.read(SAMPLE, dtype="float32")[0][:16000]), stream.flush()]
     assert sum(len(r.ends) for r in rows) == 24 and rows[0].score == "sigmoid"  # 98 frames: 24 slices of 4.
+
+
+def test_one_pass_over_a_whole_file_reads_a_model_that_streams_as_a_stream(model_dir, audio, tmp_path):
+    """``predict --whole`` of a causal one-pass model reads the file in chunks carrying the state: its
+    timeline is the stream's, and its JSON is written a window at a time (valid JSON, every row)."""
+    wav = tmp_path / "speech.wav"
+    soundfile.write(wav, audio, 16000)
+    out = tmp_path / "whole.json"
+    done = subprocess.run([sys.executable, "-m", "aum_jax.predict", "--model-dir", str(model_dir), "--audio", str(wav),
+                           "--whole", "--json", str(out), "--top-k", "2"], cwd=REPO_ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "read as a stream" in done.stderr
+    windows = json.loads(out.read_text())["files"][0]["windows"]
+    stream = Stream(model_dir)
+    rows = [stream.push(audio), stream.flush()]
+    ends = np.concatenate([r.ends for r in rows])
+    assert [w["end"] for w in windows] == [round(float(e), 4) for e in ends]
+    np.testing.assert_allclose([w["top"][0]["score"] for w in windows],
+                               np.concatenate([r.scores for r in rows]).max(axis=1), atol=1e-4)
