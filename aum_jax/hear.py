@@ -14,7 +14,8 @@ TensorFlow tensor or a torch tensor on any device, of float samples in [-1, 1] o
 PCM, scaled by its type (:func:`aum_jax.data.features.audio.as_float_samples`: int16 / 32768,
 ...). Sounds of unequal lengths (a list of them) are refused: HEAR gives a batch of one length.
 Float samples outside [-1, 1], which HEAR's API rules out, are embedded as they are, with one
-warning (absl logging, once per process) giving their peak: the fbank sees their true level. The results are float32 of the kind the audio came as: TensorFlow tensors for a
+warning (absl logging, once per process) giving their peak: the fbank sees their true level.
+The results are float32 of the kind the audio came as: TensorFlow tensors for a
 TensorFlow tensor, torch tensors on the audio's device for a torch tensor, NumPy arrays
 otherwise. Each sound is cut into windows of the model's input length; each window becomes the
 model's input as in training (:meth:`aum_jax.data.features.preprocessing.Preprocessing.features`: the
@@ -56,7 +57,7 @@ from aum_jax.checkpoints import model_files
 from aum_jax.data.features import preprocessing
 from aum_jax.data.features.audio import as_float_samples
 from aum_jax.evaluation import evaluate
-from aum_jax.inference import embeddings, classify, whole, windows
+from aum_jax.inference import classify, embeddings, whole, windows
 from aum_jax.models import AudioMamba
 from aum_jax.models.aum import WHOLE_POS_EMBEDS
 

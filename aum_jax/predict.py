@@ -384,15 +384,13 @@ def main(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"features file {args.features} does not exist")
     overrides = {"scan_impl": args.scan_impl} if args.scan_impl else {}
     model_dir = model_files.model_directory(args.model_dir)
+    cfg = model_files.load_config(model_dir)
     if not args.embeddings:  # scores, logits and pooled features need a head: refused before the model loads.
-        classify.require_head(model_files.load_config(model_dir), str(model_dir))
+        classify.require_head(cfg, str(model_dir))
+    prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)
     if args.stream:
-        cfg = model_files.load_config(model_dir)
-        prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)
         return _run_stream(args, model_dir, prep)
     model = model_files.load_model(model_dir, verify=not args.no_verify, **overrides)
-    cfg = model.config
-    prep = _preprocessing(args, str(model_dir), cfg.num_classes, cfg.num_mel_bins, cfg.audio_length)
     if args.embeddings:
         return _run_embeddings(args, model, prep)
     return _run_audio(args, model, prep) if args.audio else _run_features(args, model, prep)

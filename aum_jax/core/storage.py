@@ -201,10 +201,11 @@ def replace_dir(staging: Path, path: Path, own: Collection[str]) -> None:
       OutputExistsError: ``path`` is a file, or a folder holding entries outside ``own``.
     """
     recover_dir(path)
-    if path.exists() and (not path.is_dir() or foreign_entries(path, own)):
-        raise OutputExistsError(f"{path} holds files that were not written as such a folder "
-                                f"({', '.join(foreign_entries(path, own)[:3]) if path.is_dir() else 'a file'}); "
-                                "it is not replaced")
+    if path.exists():
+        foreign = foreign_entries(path, own) if path.is_dir() else ["a file"]
+        if foreign:
+            raise OutputExistsError(f"{path} holds files that were not written as such a folder "
+                                    f"({', '.join(foreign[:3])}); it is not replaced")
     _fsync_tree(staging)
     if not path.exists():
         os.rename(staging, path)

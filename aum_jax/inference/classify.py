@@ -1,7 +1,8 @@
 """Inference with a converted or trained AudioMamba: clips, long recordings, feature arrays.
 
-The command line is ``python -m aum_jax.predict`` (:mod:`aum_jax.predict`); the timeline heat map is :mod:`aum_jax.inference.plot`; embeddings for downstream work (pooled, per
-block, per patch) are :mod:`aum_jax.inference.embeddings`. In Python::
+The command line is ``python -m aum_jax.predict`` (:mod:`aum_jax.predict`); the timeline heat map
+is :mod:`aum_jax.inference.plot`; embeddings for downstream work (pooled, per block, per patch) are
+:mod:`aum_jax.inference.embeddings`. In Python::
 
   from aum_jax.checkpoints import model_files
   from aum_jax.inference import classify

@@ -26,21 +26,23 @@ class Block(nnx.Module):
         self.norm = RMSNorm(config.embed_dim, config.norm_epsilon)
         self.mixer = MIXERS[config.mixer].module(config, rngs=rngs)
 
-    def stream(self, hidden: jax.Array, residual: jax.Array, state: Any) -> tuple[jax.Array, jax.Array, Any]:
-        """A piece (B, L, D) of the sequence (hidden and residual), read forward in time from the mixer's
-        ``state`` (its ``stream``; inference, no stochastic depth) -> new hidden, new residual and state."""
+    def _add(self, residual: jax.Array, hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The residual stream after adding ``hidden``, and its norm: the mixer's input in ``hidden``'s dtype."""
         residual = residual + hidden
         if self.residual_in_fp32:
             residual = residual.astype(jnp.float32)
-        hidden, state = self.mixer.stream(self.norm(residual).astype(hidden.dtype), state)
+        return residual, self.norm(residual).astype(hidden.dtype)
+
+    def stream(self, hidden: jax.Array, residual: jax.Array, state: Any) -> tuple[jax.Array, jax.Array, Any]:
+        """A piece (B, L, D) of the sequence (hidden and residual), read forward in time from the mixer's
+        ``state`` (its ``stream``; inference, no stochastic depth) -> new hidden, new residual and state."""
+        residual, normed = self._add(residual, hidden)
+        hidden, state = self.mixer.stream(normed, state)
         return hidden, residual, state
 
     def __call__(
         self, hidden: jax.Array, residual: jax.Array, keep_mask: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         """hidden, residual (B, L, D), keep_mask (B, 1, 1) -> new hidden, new residual."""
-        residual = residual + hidden * keep_mask.astype(hidden.dtype)
-        if self.residual_in_fp32:
-            residual = residual.astype(jnp.float32)
-        normed = self.norm(residual).astype(hidden.dtype)
+        residual, normed = self._add(residual, hidden * keep_mask.astype(hidden.dtype))
         return self.mixer(normed), residual

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -130,6 +131,7 @@ class Plan:
     num_steps: int
     eval_every: int
     distill: distill_setup.Setup | None  # the teacher side of a distilled run.
+    weights: np.ndarray | None  # balanced sampling's weights of the training clips (sampling.train_weights).
 
 
 def plan(config: ml_collections.ConfigDict) -> Plan:
@@ -151,7 +153,7 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
         source = distill.source
     elif objectives.get(train_cfg.objective).uses_labels:
         source = distill_setup.labelled_clips(config, source)
-    sampling.train_weights(config.data, source)  # balanced sampling's weights fit the clips (read again by the input).
+    weights = sampling.train_weights(config.data, source)  # checked now, used by the input.
     steps_per_epoch = train_cfg.steps_per_epoch
     if steps_per_epoch <= 0:
         steps_per_epoch = max(1, len(source) // global_batch_size)
@@ -159,7 +161,7 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     eval_every = steps_per_epoch if train_cfg.eval_every < 0 else train_cfg.eval_every
     logging.info("%d training clips, global batch %d: %d steps per epoch, %d steps",
                  len(source), global_batch_size, steps_per_epoch, num_steps)
-    return Plan(mesh, source, steps_per_epoch, num_steps, eval_every, distill)
+    return Plan(mesh, source, steps_per_epoch, num_steps, eval_every, distill, weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,7 +383,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, run: P
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     train_iter = input_pipeline.make_train_iterator(
-        config.data, source=run.source, teacher_preprocessing=run.distill.teacher_preprocessing if run.distill else None)
+        config.data, source=run.source, teacher_preprocessing=run.distill.teacher_preprocessing if run.distill else None,
+        weights=run.weights)
     trainee = _build(config, run)
     trained, model, optimizer = trainee.trained, trainee.model, trainee.optimizer
     manager = run_checkpoints.make_manager(workdir, train_cfg.keep_checkpoints)

@@ -20,7 +20,7 @@ from flax import nnx
 from aum_jax import hear
 from aum_jax.checkpoints.model_files import ModelDirectoryError
 from aum_jax.data.features.preprocessing import Preprocessing
-from aum_jax.inference import embeddings, classify
+from aum_jax.inference import classify, embeddings
 from aum_jax.models import AudioMamba, AuMConfig, init_model
 from tests.helpers import NAMES, REPO_ROOT, save_tiny_fobi
 

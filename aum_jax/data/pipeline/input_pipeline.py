@@ -31,6 +31,7 @@ import math
 
 import grain
 import ml_collections
+import numpy as np
 
 from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.data.pipeline import sampling
@@ -60,8 +61,11 @@ def _bad_limit(config: ml_collections.ConfigDict, num_records: int) -> int:
 
 
 def train_examples(config: ml_collections.ConfigDict, source: AudioSource, process_index: int,
-                   process_count: int, teacher_preprocessing: Preprocessing | None = None) -> grain.MapDataset:
-    """This process's endless stream of augmented training examples, before batching.
+                   process_count: int, teacher_preprocessing: Preprocessing | None = None,
+                   weights: np.ndarray | None = None) -> grain.MapDataset:
+    """This process's endless stream of augmented training examples, before batching; ``weights``:
+    balanced sampling's, already read (:func:`~aum_jax.data.pipeline.sampling.train_weights`), or None
+    to read them here.
 
     Raises:
       ValueError: an empty source or shard, or settings that cannot work together.
@@ -70,7 +74,8 @@ def train_examples(config: ml_collections.ConfigDict, source: AudioSource, proce
         raise ValueError(f"{config.name}: the training source is empty")
     if len(sampling.shard(len(source), process_index, process_count)) == 0:
         raise ValueError(f"process {process_index} of {process_count} has no training clips")
-    weights = sampling.train_weights(config, source)
+    if weights is None:
+        weights = sampling.train_weights(config, source)
     indices = sampling.train_indices(len(source), config.seed, process_index, process_count, weights)
     _, augment_seed = sampling.host_seeds(config.seed, process_index)
     return examples(indices, config, source, True, augment_seed, teacher_preprocessing)
@@ -83,6 +88,7 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     teacher_preprocessing: Preprocessing | None = None,
+    weights: np.ndarray | None = None,
 ) -> BatchIterator:
     """The training batches of this process, endless.
 
@@ -98,6 +104,7 @@ def make_train_iterator(
       process_count: number of shards; default ``jax.process_count()``.
       teacher_preprocessing: an online teacher's own features: each batch adds ``teacher_fbank``
         (:class:`aum_jax.data.pipeline.stages.teacher_input.TeacherInput`).
+      weights: balanced sampling's weights of ``source``, already read; None: read here.
 
     Returns:
       A :class:`BatchIterator` of ``{"fbank": (B, T, F) float32, "label": (B, C)
@@ -107,7 +114,7 @@ def make_train_iterator(
     process_index, process_count = _process(process_index, process_count)
     if source is None:
         source = registry.make_source(config, "train")
-    clips = train_examples(config, source, process_index, process_count, teacher_preprocessing)
+    clips = train_examples(config, source, process_index, process_count, teacher_preprocessing, weights)
     return BatchIterator(clips, config, config.batch_size, train=True,
                          limit=_bad_limit(config, len(source)), num_records=len(source))
 
