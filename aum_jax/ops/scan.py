@@ -44,6 +44,13 @@ rows (``aum_jax.kernels.partition``).
 Fo-Bi and Bi-Bi blocks do: the kernels read time backwards for the second (the Pallas
 one runs both in one launch); the pure-JAX implementations flip its inputs and output.
 
+:func:`selective_scan_from_state` scans a piece of a longer sequence from the state the previous
+piece ended in and returns the state it ends in (inference on a stream, or on a recording of any
+length in bounded memory), by the implementation's ``Implementation.from_state``: the C++ and
+Pallas forward kernels take an initial state and return the last one; the pure-JAX
+implementations, and ``"portable"`` (whose artifacts must lower for every platform), run the
+``lax.scan`` of :func:`aum_jax.ops.jax_scan.scan_from_state`.
+
 An implementation may also have fused kernels for inference (``FusedInference``; the C++ one
 has): the mixer's conv with its SiLU (:func:`conv_silu`), and the scan with the delta bias and
 softplus, D skip, the directions' sum and the gate (:func:`fused_scan`), which the training path
@@ -72,6 +79,9 @@ from aum_jax.kernels.cpu import cpu_scan
 from aum_jax.kernels.pallas.selective_scan import (
     bidirectional_selective_scan,
     one_direction,
+)
+from aum_jax.kernels.pallas.selective_scan import (
+    selective_scan_from_state as pallas_scan_from_state,
 )
 from aum_jax.ops import jax_scan
 from aum_jax.ops.conv import causal_conv
@@ -148,21 +158,41 @@ def _one_direction(
     return _skip_and_gate(y, u, D, z).astype(out_dtype)
 
 
+StateReadout = Callable[..., tuple[jax.Array, jax.Array]]  # (u, delta, A, B, C, h0) -> (y (B, L, D), h_last (B, D, N))
+FromState = Callable[..., tuple[jax.Array, jax.Array]]  # selective_scan_from_state's arguments, less impl
+
+
+def _readout_from_state(readout: StateReadout) -> FromState:
+    """The from-state scan around ``readout``, the recurrence alone on float32 inputs from a state:
+    bias, softplus, D skip and gate in XLA."""
+
+    def run(u, delta, A, B, C, D, z, delta_bias, h0, *, delta_softplus: bool) -> tuple[jax.Array, jax.Array]:
+        out_dtype = u.dtype
+        u, delta, A, B, C = _step_sizes(u, delta, A, B, C, delta_bias, delta_softplus)
+        y, h_last = readout(u, delta, A, B, C, h0.astype(jnp.float32))
+        return _skip_and_gate(y, u, D, z).astype(out_dtype), h_last
+
+    return run
+
+
+_JAX_FROM_STATE = _readout_from_state(jax_scan.scan_from_state)
+
+
 def selective_scan_from_state(
     u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, D: jax.Array | None,
     z: jax.Array | None, delta_bias: jax.Array | None, h0: jax.Array, *, delta_softplus: bool = True,
+    impl: str = "auto",
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`selective_scan` forward in time of a piece of a longer sequence, from the state ``h0``
-    (B, D, N) float32 the previous piece ended in (zeros at the start); inference only.
+    (B, D, N) float32 the previous piece ended in (zeros at the start), by ``impl``'s from-state scan
+    (``"auto"`` resolved on the default device); inference only.
 
     The pieces' outputs, joined, are the whole sequence's: one pass over a recording of any length
     in bounded memory, or a live stream. Returns the piece's output (B, L, D) in ``u``'s dtype and
     the state it ends in (B, D, N) float32.
     """
-    out_dtype = u.dtype
-    u, delta, A, B, C = _step_sizes(u, delta, A, B, C, delta_bias, delta_softplus)
-    y, h_last = jax_scan.scan_from_state(u, delta, A, B, C, h0.astype(jnp.float32))
-    return _skip_and_gate(y, u, D, z).astype(out_dtype), h_last
+    from_state = IMPLEMENTATIONS[resolve_impl(impl)].from_state
+    return from_state(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus=delta_softplus)
 
 
 def _via_readout(readout: Readout) -> Callable[..., jax.Array]:
@@ -253,6 +283,8 @@ class Implementation:
     ``run(us, deltas, As, Bs, Cs, Ds, z, delta_biases, *, delta_softplus, scale, chunk_size)``
     is the bidirectional scan of :func:`bidirectional_scan`. An implementation of the recurrence
     alone registers it with :meth:`of_readout`, which wraps it in the bias, softplus, skip and gate.
+    ``from_state(u, delta, A, B, C, D, z, delta_bias, h0, *, delta_softplus)`` is its
+    :func:`selective_scan_from_state` (the pure-JAX ``lax.scan`` unless it has a kernel for it).
     """
 
     name: str
@@ -263,6 +295,7 @@ class Implementation:
     auto_on: tuple[str, ...] = ()  # platforms where "auto" may pick it ("*": any), first registered first
     unavailable: Callable[[jax.Device], str | None] = lambda device: None  # why it cannot run on a device
     fused_inference: FusedInference | None = None  # inference kernels that fuse the scan's surroundings
+    from_state: FromState = _JAX_FROM_STATE  # selective_scan_from_state: a piece of a sequence, from a state
 
     @classmethod
     def of_readout(cls, name: str, readout: Readout, **fields) -> Implementation:
@@ -274,8 +307,10 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.name: impl for impl in (
         Implementation.of_readout("cpu", _cpu_readout, platforms=("cpu",), auto_on=("cpu",),
                                   unavailable=_cpu_unavailable,
-                                  fused_inference=FusedInference(cpu_scan.conv_silu, cpu_scan.scan_inference)),
-        Implementation("pallas", _pallas, auto_on=("gpu",), unavailable=_pallas_unavailable),
+                                  fused_inference=FusedInference(cpu_scan.conv_silu, cpu_scan.scan_inference),
+                                  from_state=_readout_from_state(cpu_scan.scan_from_state)),
+        Implementation("pallas", _pallas, auto_on=("gpu",), unavailable=_pallas_unavailable,
+                       from_state=pallas_scan_from_state),
         Implementation.of_readout("sequential", _sequential_readout, auto_on=("cpu",)),
         Implementation.of_readout("chunked", _chunked_readout, auto_on=("*",)),
         Implementation.of_readout("associative", _associative_readout),

@@ -6,6 +6,8 @@
 //   h_t = exp(delta_t * A) * h_{t-1} + delta_t * u_t * B_t,     y_t = <h_t, C_t>
 //
 // Tensors are row-major and channels-last: u, delta, y (B, L, D); B, C (B, L, N); A (D, N).
+// The forward kernel may also start from a state h0 (B, D, N) and return the last one, so that a
+// sequence read in pieces (a live stream, a long recording) carries its state from piece to piece.
 // The training kernels leave the delta bias, softplus, D skip and gate to XLA. For inference two
 // more kernels fuse them (XLA's CPU code for such chains of transcendentals is several times
 // slower than the scan itself): ConvSilu, the depthwise causal conv and its SiLU; and
@@ -28,6 +30,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -341,20 +344,27 @@ __attribute__((noinline)) void Walk(const Shape& s, const Block& block, int s0, 
 }
 
 // The states [s0, s0 + K) of a block over time (backwards with `reverse`), kTile steps at a
-// time. Adds their share of <h_t, C_t> to y (stores it, when `first`); with kSave, keeps
-// h_t and exp(delta_t A) of every step in `saved` instead: 2K vectors per step in processing
-// order, after a first step whose h is zero (h_{-1}). `scratch`: (kTile + 1) * K vectors.
+// time, from h0 (K vectors; zeros when null), leaving the last state in h_last (K vectors, may
+// be h0; when not null). Adds their share of <h_t, C_t> to y (stores it, when `first`); with
+// kSave, keeps h_t and exp(delta_t A) of every step in `saved` instead: 2K vectors per step in
+// processing order, after a first step whose h is the initial one (h_{-1}).
+// `scratch`: (kTile + 1) * K vectors.
 template <int K, bool kSave>
-void ForwardPass(const Shape& s, const Block& block, int s0, bool reverse, bool first, vf* saved, vf* scratch) {
+void ForwardPass(const Shape& s, const Block& block, int s0, bool reverse, bool first, vf* saved, vf* scratch,
+                 const vf* h0 = nullptr, vf* h_last = nullptr) {
   vf* state = scratch;
-  std::fill(state, state + K, vf{});
-  if constexpr (kSave) std::fill(saved, saved + K, vf{});
+  if (h0)
+    std::copy(h0, h0 + K, state);
+  else
+    std::fill(state, state + K, vf{});
+  if constexpr (kSave) std::copy(state, state + K, saved);
   for (int64_t start = 0; start < s.length; start += kTile) {
     const int64_t end = std::min(s.length, start + kTile), stride = kSave ? 2 * K : K;
     vf* decay = kSave ? saved + 2 * K * (start + 1) + K : scratch + K;
     Decays<K>(s, block, s0, reverse, start, end, decay, stride);
     Walk<K, kSave>(s, block, s0, reverse, first, start, end, decay, stride, state);
   }
+  if (h_last) std::copy(state, state + K, h_last);
 }
 
 // The reverse walk over the states [s0, s0 + K) of a block, from what ForwardPass<K, true>
@@ -430,21 +440,51 @@ ffi::ErrorOr<Shape> CheckShapes(ffi::Buffer<ffi::F32>& u, ffi::Buffer<ffi::F32>&
   return s;
 }
 
+// The (B, D, N) state of one block of channels of batch row b as N vectors of kLanes channels,
+// zeros past the row's width; and back.
+void GatherState(const Shape& s, const float* h, int64_t b, int64_t index, int width, vf* out) {
+  float* lanes = reinterpret_cast<float*>(out);  // (N, kLanes)
+  std::fill(lanes, lanes + s.state * kLanes, 0.0f);
+  const float* row = h + (b * s.dim + index * kLanes) * s.state;
+  for (int lane = 0; lane < width; ++lane)
+    for (int64_t n = 0; n < s.state; ++n) lanes[n * kLanes + lane] = row[lane * s.state + n];
+}
+
+void ScatterState(const Shape& s, const vf* state, int64_t b, int64_t index, int width, float* h) {
+  const float* lanes = reinterpret_cast<const float*>(state);
+  float* row = h + (b * s.dim + index * kLanes) * s.state;
+  for (int lane = 0; lane < width; ++lane)
+    for (int64_t n = 0; n < s.state; ++n) row[lane * s.state + n] = lanes[n * kLanes + lane];
+}
+
+// The readout y; optionally from an initial state h0 (B, D, N) (zeros without it) and returning the
+// last state h_last (B, D, N): a sequence read in pieces, each from the state the previous one ended in.
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> delta, ffi::Buffer<ffi::F32> A,
-                   ffi::Buffer<ffi::F32> B, ffi::Buffer<ffi::F32> C, ffi::ResultBuffer<ffi::F32> y, int32_t reverse) {
+                   ffi::Buffer<ffi::F32> B, ffi::Buffer<ffi::F32> C, std::optional<ffi::Buffer<ffi::F32>> h0,
+                   ffi::ResultBuffer<ffi::F32> y, std::optional<ffi::ResultBuffer<ffi::F32>> h_last, int32_t reverse) {
   auto shape = CheckShapes(u, delta, A, B, C);
   if (shape.has_error()) return shape.error();
   const Shape s = shape.value();
+  const int64_t state_size = s.batch * s.dim * s.state;
+  if ((h0 && static_cast<int64_t>(h0->element_count()) != state_size) ||
+      (h_last && static_cast<int64_t>((*h_last)->element_count()) != state_size))
+    return ffi::Error::InvalidArgument("selective scan: the states h0 and h_last are (B, D, N)");
+  const float* initial = h0 ? h0->typed_data() : nullptr;
+  float* last = h_last ? (*h_last)->typed_data() : nullptr;
   const std::vector<vf> A2 = TransposeA(s, A.typed_data());
   const Tensors x{u.typed_data(), delta.typed_data(), B.typed_data(), C.typed_data(), nullptr, y->typed_data(),
                   nullptr, nullptr, nullptr, nullptr, nullptr, A2.data()};
   ParallelFor(pool, s.batch * s.blocks(), [&](int64_t item) {
     const int64_t b = item / s.blocks(), index = item % s.blocks();
     const Block block(s, x, b, index);
-    std::vector<vf> scratch((kTile + 1) * kForwardStates);
+    std::vector<vf> scratch((kTile + 1) * kForwardStates), state(initial || last ? s.state : 0);
+    if (initial) GatherState(s, initial, b, index, block.width, state.data());
     ForEachPass<kForwardStates>(s.state, [&](auto states, int s0) {
-      ForwardPass<decltype(states)::value, false>(s, block, s0, reverse, s0 == 0, nullptr, scratch.data());
+      ForwardPass<decltype(states)::value, false>(s, block, s0, reverse, s0 == 0, nullptr, scratch.data(),
+                                                  initial ? state.data() + s0 : nullptr,
+                                                  last ? state.data() + s0 : nullptr);
     });
+    if (last) ScatterState(s, state.data(), b, index, block.width, last);
     block.Finish(s, x, b, index);
   });
   return ffi::Error::Success();
@@ -620,7 +660,12 @@ using F32 = ffi::Buffer<ffi::F32>;
 // The thread pool and the inputs both kernels take: u, delta, A, B, C.
 auto BindScanInputs() { return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>(); }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AumScanForward, Forward, BindScanInputs().Ret<F32>().Attr<int32_t>("reverse"));  // -> y
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AumScanForward, Forward,
+                              BindScanInputs()
+                                  .OptionalArg<F32>()  // h0 (B, D, N): the initial state, zeros without it
+                                  .Ret<F32>()  // y
+                                  .OptionalRet<F32>()  // h_last (B, D, N): the last state
+                                  .Attr<int32_t>("reverse"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AumScanBackward, Backward,
                               BindScanInputs()

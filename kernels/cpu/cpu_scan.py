@@ -20,6 +20,8 @@ targets (``aum_scan_cpu_fwd`` for ``native``, ``aum_scan_cpu_fwd_x86-64-v3`` for
 
 ``scan_readout(u, delta, A, B, C, reverse)`` is the recurrence alone, float32, with its
 gradient (a second kernel that recomputes each block's states and walks time in reverse).
+``scan_from_state(u, delta, A, B, C, h0)`` is the same forward kernel started from a state and
+returning the last one, for a sequence read in pieces (inference only).
 For inference, ``conv_silu`` (the mixer's depthwise conv and SiLU) and ``scan_inference`` (both
 directions with the delta bias and softplus, D skip, sum, scale and gate) fuse what the
 training path leaves to XLA; they have no gradient of their own (``aum_jax.ops`` gives them one).
@@ -282,6 +284,32 @@ def scan_readout(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: 
       (B, L, D).
     """
     return _scan((bool(reverse), march or selected_march()), (u, delta, B, C), A)
+
+
+def scan_from_state(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, h0: jax.Array,
+                    march: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """<h_t, C_t> of the recurrence forward in time from the state ``h0``, float32, forward only: a
+    piece of a longer sequence, started from the state the previous piece ended in.
+
+    Args:
+      u, delta: (B, L, D), delta after its bias and softplus.
+      A: (D, N).
+      B, C: (B, L, N).
+      h0: (B, D, N), the state before the piece's first step (zeros at the sequence's start).
+      march: the kernel's target (default: ``selected_march()`` when traced).
+
+    Returns:
+      The readout (B, L, D) and the state after the piece's last step (B, D, N).
+    """
+    target = variant(march or selected_march()).forward_target
+
+    def run(rows, params):
+        u, delta, B, C, h0 = rows
+        shapes = (jax.ShapeDtypeStruct(u.shape, jnp.float32), jax.ShapeDtypeStruct(h0.shape, jnp.float32))
+        call = jax.ffi.ffi_call(target, shapes, vmap_method="sequential")
+        return call(u, delta, *params, B, C, h0, reverse=np.int32(False))
+
+    return partition.forward_only(run)((u, delta, B, C, h0), (A,))
 
 
 def conv_silu(x: jax.Array, kernel: jax.Array, bias: jax.Array, dim: int, reverse: bool,

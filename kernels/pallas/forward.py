@@ -8,7 +8,9 @@ Per step, with the delta bias, softplus, D skip and silu gate fused in:
 
 Direction 0 stores ``out``; direction 1, walking time backward, adds to it. At the start of
 every chunk of ``chunk`` logical steps the state is written to ``states`` (B, K, n_chunks,
-D, N), the only residual the backward pass needs besides the inputs.
+D, N), the only residual the backward pass needs besides the inputs. For inference on a
+sequence read in pieces, each direction may start from a given state ``h0`` (B, K, D, N) instead
+of zeros and return the one it ends in, ``h_last`` (B, K, D, N).
 """
 
 from __future__ import annotations
@@ -85,9 +87,12 @@ def step_size(layout: ScanLayout, delta: jax.Array, bias: jax.Array | None) -> j
     return lo.softplus(delta) if layout.delta_softplus else delta
 
 
-def _direction(layout: ScanLayout, blocks: BlockConfig, inputs: InputRefs, out_ref, states_ref, tile: Tile, k: int) -> None:
-    """Direction ``k``'s walk over time: stores (k = 0) or adds to (k > 0) the output rows."""
+def _direction(layout: ScanLayout, blocks: BlockConfig, inputs: InputRefs, out_ref, states_ref, tile: Tile, k: int,
+               h0_ref=None, h_last_ref=None) -> None:
+    """Direction ``k``'s walk over time: stores (k = 0) or adds to (k > 0) the output rows; starts from
+    ``h0_ref``'s state (zeros without it) and stores the last state to ``h_last_ref`` (both (B, K, D, N))."""
     a, d, bias = direction_constants(layout, inputs, tile, k)
+    state_view = lambda ref: ref.at[tile.b, jnp.int32(k), pl.ds(tile.d0, tile.block_d), pl.ds(0, layout.n_state)]
 
     def load_rows(s):
         t = lo.time_index(layout, k, s)
@@ -119,23 +124,31 @@ def _direction(layout: ScanLayout, blocks: BlockConfig, inputs: InputRefs, out_r
         return lo.walk(c * blocks.chunk, size, blocks.unroll, h, load_rows, compute)
 
     n_full, tail = divmod(layout.length, blocks.chunk)
-    h = jnp.zeros((blocks.block_d, layout.n_state), jnp.float32)
+    if h0_ref is None:
+        h = jnp.zeros((blocks.block_d, layout.n_state), jnp.float32)
+    else:
+        h = lo.load(state_view(h0_ref), tile.dn_mask)
     if n_full:
         h = jax.lax.fori_loop(0, n_full, functools.partial(chunk, size=blocks.chunk), h)
     if tail:
-        chunk(n_full, h, tail)
+        h = chunk(n_full, h, tail)
+    if h_last_ref is not None:
+        lo.store(state_view(h_last_ref), h, tile.dn_mask)
 
 
-def _kernel(*refs, layout: ScanLayout, blocks: BlockConfig, save_states: bool, interpret: bool):
-    n_in = len(refs) - 1 - int(save_states)
-    inputs = split_inputs(layout, refs[:n_in])
-    out_ref = refs[n_in]
-    states_ref = refs[n_in + 1] if save_states else None
+def _kernel(*refs, layout: ScanLayout, blocks: BlockConfig, save_states: bool, from_state: bool, interpret: bool):
+    n_in = len(refs) - 1 - int(save_states) - int(from_state)
+    inputs = split_inputs(layout, refs[:n_in])  # h0, the last input where given, is not among them
+    h0_ref = refs[n_in - 1] if from_state else None
+    outputs = iter(refs[n_in:])
+    out_ref = next(outputs)
+    states_ref = next(outputs) if save_states else None
+    h_last_ref = next(outputs) if from_state else None
     tile = Tile.here(layout, blocks.block_d)
     for k in range(layout.n_dirs):
         if k and not interpret:
             plgpu.debug_barrier()  # direction k reads back the output rows direction k - 1 stored
-        _direction(layout, blocks, inputs, out_ref, states_ref, tile, k)
+        _direction(layout, blocks, inputs, out_ref, states_ref, tile, k, h0_ref, h_last_ref)
 
 
 def num_chunks(layout: ScanLayout, blocks: BlockConfig) -> int:
@@ -143,20 +156,27 @@ def num_chunks(layout: ScanLayout, blocks: BlockConfig) -> int:
 
 
 def forward(
-    layout: ScanLayout, blocks: BlockConfig, inputs: list[jax.Array], *, out_dtype, save_states: bool, interpret: bool
-) -> tuple[jax.Array, jax.Array | None]:
-    """Runs the kernel: flat inputs in ``split_inputs`` order -> out (B, L, D), states or None."""
+    layout: ScanLayout, blocks: BlockConfig, inputs: list[jax.Array], *, out_dtype, save_states: bool, interpret: bool,
+    h0: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """Runs the kernel: flat inputs in ``split_inputs`` order -> out (B, L, D), the chunk-boundary states
+    (with ``save_states``) or None, and with an initial state ``h0`` (B, K, D, N) float32 (each direction
+    starts from its own) the state each ends in (B, K, D, N) float32, else None."""
     shape = (layout.batch, layout.length, layout.dim)
     out_shape = [jax.ShapeDtypeStruct(shape, out_dtype)]
     if save_states:
         states = (layout.batch, layout.n_dirs, num_chunks(layout, blocks), layout.dim, layout.n_state)
         out_shape.append(jax.ShapeDtypeStruct(states, jnp.float32))
+    from_state = h0 is not None
+    if from_state:
+        out_shape.append(jax.ShapeDtypeStruct((layout.batch, layout.n_dirs, layout.dim, layout.d_state), jnp.float32))
     outs = pl.pallas_call(
-        functools.partial(_kernel, layout=layout, blocks=blocks, save_states=save_states, interpret=interpret),
+        functools.partial(_kernel, layout=layout, blocks=blocks, save_states=save_states, from_state=from_state,
+                          interpret=interpret),
         out_shape=out_shape,
         grid=(layout.batch, pl.cdiv(layout.dim, blocks.block_d)),
         compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps, num_stages=1),
         interpret=interpret,
         name="aum_selective_scan_fwd",
-    )(*inputs)
-    return outs[0], (outs[1] if save_states else None)
+    )(*inputs, *([h0.astype(jnp.float32)] if from_state else []))
+    return outs[0], (outs[1] if save_states else None), (outs[-1] if from_state else None)

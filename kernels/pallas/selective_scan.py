@@ -9,6 +9,9 @@ backward kernel, which recomputes the states inside each chunk while it walks ti
 reverse; training holds O(B L D) per scan, never O(B L D N). The state is float32
 whatever the input dtype; the output takes ``u``'s dtype and each gradient its input's.
 
+``selective_scan_from_state`` runs the forward kernel alone on a piece of a longer sequence, from
+the state the previous piece ended in, and returns the state it ends in (inference only).
+
 Pallas compiles the kernels through Triton on a CUDA GPU and runs them in interpret mode
 elsewhere (``interpret=None`` picks by backend), which is how the CPU tests check them.
 Under a data-parallel mesh each device runs them on its own batch rows (``kernels.partition``).
@@ -53,6 +56,46 @@ def selective_scan_fn(
     """
     return bidirectional_selective_scan(*one_direction(u, delta, A, B, C, D, z, delta_bias),
                                         delta_softplus=delta_softplus, interpret=interpret)
+
+
+def selective_scan_from_state(
+    u: jax.Array,
+    delta: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    D: jax.Array | None,
+    z: jax.Array | None,
+    delta_bias: jax.Array | None,
+    h0: jax.Array,
+    *,
+    delta_softplus: bool,
+    interpret: bool | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`selective_scan_fn` of a piece of a longer sequence, from the state ``h0`` (B, D, N) the
+    previous piece ended in (zeros at the start); forward only, no gradient.
+
+    Returns:
+      The piece's output (B, L, D) in ``u``'s dtype and the state after its last step (B, D, N) float32.
+    """
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    static = _Static(bool(delta_softplus), 1.0, bool(interpret), None)
+    us, deltas, As, Bs, Cs, Ds, z, biases = one_direction(u, delta, A, B, C, D, z, delta_bias)
+
+    def run(rows, params):
+        *scan_rows, h0 = rows
+        layout = _layout(static, scan_rows, params)
+        _check(layout, scan_rows, params)
+        state = (layout.batch, layout.dim, layout.d_state)
+        if h0.shape != state:
+            raise ValueError(f"selective scan: h0 has shape {h0.shape}, expected {state}")
+        fwd, _ = static.pick(layout)
+        out, _, h_last = forward(layout, fwd, _flat(scan_rows, params), out_dtype=u.dtype, save_states=False,
+                                 interpret=static.interpret, h0=h0[:, None])
+        return out, h_last[:, 0]
+
+    return partition.forward_only(run)((us, deltas, Bs, Cs, z, h0), (As, Ds, biases))
 
 
 def one_direction(u, delta, A, B, C, D, z, delta_bias) -> tuple:
@@ -146,8 +189,8 @@ def _forward(static: _Static, rows, params, save: bool):
     layout = _layout(static, rows, params)
     _check(layout, rows, params)
     fwd, _ = static.pick(layout)
-    out, states = forward(layout, fwd, _flat(rows, params), out_dtype=rows[0][0].dtype, save_states=save,
-                          interpret=static.interpret)
+    out, states, _ = forward(layout, fwd, _flat(rows, params), out_dtype=rows[0][0].dtype, save_states=save,
+                             interpret=static.interpret)
     return out, ((states,) if save else ())
 
 

@@ -1,10 +1,10 @@
 """The C++ CPU scan kernel (``kernels/cpu_scan.cc``) built for every instruction set this
 machine executes (native, AVX2 as ``x86-64-v3``, x86-64's SSE2 baseline), side by side in one
 process: outputs and the five gradients against the sequential scan in both directions on
-awkward shapes; what each build reports and which FFI targets a trace calls; that the time
-loops keep their vectors in registers (no stack traffic, ``scripts/kernel_asm_report.py``);
-and that the kernel cross-compiles for aarch64 without a warning where that compiler is
-installed."""
+awkward shapes, and the forward kernel from a given state; what each build reports and which
+FFI targets a trace calls; that the time loops keep their vectors in registers (no stack
+traffic, ``scripts/kernel_asm_report.py``); and that the kernel cross-compiles for aarch64
+without a warning where that compiler is installed."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from aum_jax.kernels.cpu import cpu_scan
 
-from aum_jax.ops import bidirectional_scan, selective_scan
+from aum_jax.ops import bidirectional_scan, jax_scan, selective_scan
 from aum_jax.ops.conv import causal_conv
 from tests.helpers import REPO_ROOT
 
@@ -95,6 +95,26 @@ def test_extreme_decays_underflow_like_exp(march):
     A = A.at[:, 0].set(-50.0)
     got = cpu_scan.scan_readout(u, delta, A, B, C, False, march=march)
     np.testing.assert_allclose(got, sequential(u, delta, A, B, C, False), atol=2e-5, rtol=2e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("march", VARIANTS)
+def test_from_a_state_matches_the_pure_jax_scan(march, shape):
+    """The forward kernel from a given state (B, D, N): its readout and last state against the pure-JAX
+    ``lax.scan``'s, and two pieces, the second from the first's last state, against the whole."""
+    loaded(march)
+    batch, length, dim, n = shape
+    args = inputs(*shape, seed=7)
+    h0 = jax.random.normal(jax.random.key(8), (batch, dim, n))
+    y, h_last = cpu_scan.scan_from_state(*args, h0, march=march)
+    want_y, want_h = jax_scan.scan_from_state(*args, h0)
+    assert_close(y, want_y, 2e-6, f"{march} y")
+    assert_close(h_last, want_h, 2e-6, f"{march} h_last")
+    cut = length // 2
+    first, state = cpu_scan.scan_from_state(*(x[:, :cut] if x.ndim == 3 else x for x in args), h0, march=march)
+    second, state = cpu_scan.scan_from_state(*(x[:, cut:] if x.ndim == 3 else x for x in args), state, march=march)
+    np.testing.assert_array_equal(np.concatenate([first, second], axis=1), y)  # the same arithmetic, in pieces
+    np.testing.assert_array_equal(state, h_last)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["causal", "anticausal"])
