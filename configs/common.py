@@ -129,6 +129,10 @@ def get_eval_config(test_split: str = "") -> ml_collections.ConfigDict:
     c.matmul_precision = "highest"  # float32 matmuls in evaluation: the original's fp32 (see train.matmul_precision).
     c.model_dir = ""  # --mode=eval: model directory to evaluate; "" = workdir/model, else latest checkpoint.
     c.confusion_matrix = False  # after training: print and plot (workdir/confusion_<split>.png) the test split's confusion matrix; not in the original.
+    c.haystack_seconds = ()  # after training: hide needles in noise of these lengths (s) and find them (workdir/haystack.json); () none; not in the original.
+    c.haystack_placements = 10  # placements per haystack length (each a random needle at a random place).
+    c.haystack_seed = 0  # seed of the placements.
+    c.haystack_clips = ""  # the needles: a folder in the demo dataset's layout (the one-pass demo sets it).
     return c
 
 

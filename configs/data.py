@@ -41,6 +41,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.validation_datafile = ""  # JSON datafile of the validation split, evaluated during training (--data-val).
     c.test_datafile = ""  # JSON datafile of the test split ("" none).
     c.label_csv = ""  # index,mid,display_name.
+    c.train_events = ""  # DCASE TSV (filename, onset, offset, event_label) of the training split's events ("" clip labels only; not in the original).
+    c.validation_events = ""  # the same for the validation split.
+    c.test_events = ""  # the same for the test split.
+    c.frame_targets = False  # give each training clip frame targets from its events (config.train.objective=events; not in the original).
+    c.crop_seconds = ()  # (shortest, longest): train on crops of random length, padded (needs frame_targets); () whole clips.
     c.balanced_sampling = False  # --bal bal: weighted sampling with replacement.
     c.weight_csv = ""  # per-clip weights (scripts/gen_weight_file.py) for balanced sampling; not read under label_fraction < 1 (weights from the kept labels).
     c.num_classes = 0  # number of classes (the model's num_classes).

@@ -11,6 +11,7 @@
       report.json        the run's final report
       events.out.tfevents.*        TensorBoard scalars
       confusion_<split>.json/.png  the confusion matrix of the best model (``config.eval.confusion_matrix``)
+      haystack.json      the best model's needles found in long noise (``config.eval.haystack_seconds``)
       diverged.json      written when a run stops on divergence; a restart reads it
       diverged_at_<step>.json      a ``diverged.json`` that a restart with changed settings went past
       eval_<split>.json  written by ``--mode=eval``
@@ -38,12 +39,14 @@ CORRUPT_DIR = "corrupt"  # inside CHECKPOINT_DIR.
 MODEL_DIR = "model"
 BEST_FILE = "best.json"
 REPORT_FILE = "report.json"
+HAYSTACK_FILE = "haystack.json"
 DIVERGED_FILE = "diverged.json"
 GITIGNORE_FILE = ".gitignore"
 GITIGNORE_TEXT = "# written by aum-jax: a training workdir inside the source checkout.\n*\n"
 FOLDER_RECORD_FILE, FOLDER_LABELS_FILE = "folder_data.json", "labels.csv"  # folder_setup's RECORD_FILE, LABELS_FILE.
 # The file-name patterns of everything a run writes in its workdir (the module docstring).
-OWN = (LOCK_FILE, f".{LOCK_FILE}.*", CONFIG_FILE, CHECKPOINT_DIR, MODEL_DIR, BEST_FILE, REPORT_FILE, DIVERGED_FILE,
+OWN = (LOCK_FILE, f".{LOCK_FILE}.*", CONFIG_FILE, CHECKPOINT_DIR, MODEL_DIR, BEST_FILE, REPORT_FILE, HAYSTACK_FILE,
+       DIVERGED_FILE,
        "diverged_at_*.json", "eval_*.json", "confusion_*.json", "confusion_*.png", "events.out.tfevents.*",
        FOLDER_RECORD_FILE, FOLDER_LABELS_FILE, GITIGNORE_FILE, ".*.partial.*", ".*.previous")
 # Folders of the checkout that its .gitignore keeps out of git status (README's runs/, and workdir/).

@@ -8,9 +8,17 @@ random-access data source (``len`` and ``__getitem__``) of :class:`ClipRecord` s
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
+
+
+class Event(NamedTuple):
+    """One sound event of a clip (a strong label): from ``onset`` to ``offset`` seconds, of class ``label``."""
+
+    onset: float
+    offset: float
+    label: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,11 +31,14 @@ class ClipRecord:
       labels: class indices of the clip (repeats allowed); empty for an unlabelled training clip.
       teacher: ``(num_classes,)`` float32 targets of a distillation teacher (its stored
         logits at the run's temperature), or None.
+      events: the clip's sound events with their onsets and offsets (strong labels; empty: none
+        happens in it), or None where only its clip labels are known.
     """
 
     key: str
     labels: tuple[int, ...]
     teacher: np.ndarray | None = None
+    events: tuple[Event, ...] | None = None
 
 
 class AudioSource(Protocol):

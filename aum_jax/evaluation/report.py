@@ -107,7 +107,24 @@ def training_run_text(report: Mapping[str, Any], config: ml_collections.ConfigDi
                      f"{d['temperature']}, {d['loss']} loss).")
     if config.eval.confusion_matrix:
         parts.append(confusion_text(workdir, test_split or split))
+    if report.get("haystack"):
+        parts.append(haystack_text(report["haystack"], config))
     return "\n".join(parts)
+
+
+def haystack_text(rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict) -> str:
+    """The haystack rows of a report (:meth:`aum_jax.training.train._Results.haystack`) as a table."""
+    lines = [f"\nA test keyword hidden in noise, {config.eval.haystack_placements} placements per length (seed "
+             f"{config.eval.haystack_seed}), found by the best model:",
+             f"{'haystack':>9} {'read as':>8} {'found':>6} {'peak found':>11} {'detected':>9} {'latency':>8} "
+             f"{'false alarms/min':>17} {'wall/min':>9}"]
+    lines.append("-" * len(lines[-1]))
+    for r in rows:
+        length = f"{r['seconds'] / 60:g} min" if r["seconds"] >= 60 else f"{r['seconds']:g} s"
+        latency = "-" if r["latency_s"] is None else f"{r['latency_s']:.2f}s"
+        lines.append(f"{length:>9} {r['mode']:>8} {r['found']:>5.0f}% {r['peak_found']:>10.0f}% {r['detected']:>8.0f}% "
+                     f"{latency:>8} {r['false_alarms_per_min']:>17.2f} {r['wall_per_min_s']:>8.2f}s")
+    return "\n".join(lines)
 
 
 def save_confusion(outputs: Outputs, names: Sequence[str], workdir: Path, split: str) -> None:

@@ -34,7 +34,7 @@ from flax import nnx
 from aum_jax.evaluation.losses import label_loss
 from aum_jax.models import AudioMamba, AuMConfig, init_model
 from aum_jax.models.masked_patch_model import MaskedPatchModel
-from aum_jax.training import distillation, masked_patches
+from aum_jax.training import distillation, event_detection, masked_patches
 
 Batch = dict[str, jax.Array]
 Loss = Callable[[nnx.Module, Batch, Any], tuple[jax.Array, dict[str, jax.Array]]]
@@ -83,6 +83,8 @@ OBJECTIVES: dict[str, Objective] = {
     "supervised": Objective(supervised, supervised_settings),
     "distill": Objective(distillation.objective, distillation.step_settings, frozen_targets=distillation.online_targets,
                          config_key="distill", default_config=distillation.default_config),
+    "events": Objective(event_detection.objective, event_detection.step_settings, config_key="events",
+                        default_config=event_detection.default_config),
     "masked_patches": Objective(masked_patches.objective, masked_patches.step_settings, MaskedPatchModel,
                                 uses_labels=False, config_key="pretrain", default_config=masked_patches.default_config),
 }

@@ -22,7 +22,7 @@ from absl import logging
 
 from aum_jax.checkpoints import model_files
 from aum_jax.configs import data as data_configs
-from aum_jax.data.demo import demo_data
+from aum_jax.data.demo import demo_data, stream_data
 from aum_jax.data.features import preprocessing
 from aum_jax.data.pipeline import norm_stats
 from aum_jax.data.sources import registry
@@ -57,8 +57,13 @@ def adopt_model_dir(config: ml_collections.ConfigDict, checkpoint: str) -> None:
 
 
 def _point_at_demo_data(config: ml_collections.ConfigDict) -> None:
-    """Generates (or reuses) the eSpeak demo dataset of ``config.demo`` and points ``config.data`` at it."""
+    """Generates (or reuses) the eSpeak demo dataset of ``config.demo`` (its clips, or for
+    ``kind="stretches"`` the one-pass demo's stretches and the haystack's needles) and points
+    ``config.data`` (and ``config.eval.haystack_clips``) at it."""
     demo = config.demo
+    if demo.get("kind") == "stretches":
+        _point_at_stream_demo_data(config)
+        return
     dataset = demo_data.generate_demo_dataset(
         os.path.expanduser(demo.cache_dir) if demo.cache_dir else demo_data.default_cache_dir(),
         seed=demo.seed,
@@ -71,6 +76,24 @@ def _point_at_demo_data(config: ml_collections.ConfigDict) -> None:
     config.data.validation_datafile = str(dataset.valid_json or dataset.eval_json)
     config.data.test_datafile = str(dataset.eval_json)
     config.data.label_csv = str(dataset.label_csv)
+
+
+def _point_at_stream_demo_data(config: ml_collections.ConfigDict) -> None:
+    demo = config.demo
+    cache = os.path.expanduser(demo.cache_dir) if demo.cache_dir else demo_data.default_cache_dir()
+    show = jax.process_index() == 0
+    dataset = stream_data.generate_stream_dataset(
+        cache, seed=demo.seed, stretches={"train": demo.train_stretches, "valid": demo.valid_stretches,
+                                          "eval": demo.eval_stretches},
+        seconds=demo.stretch_seconds, max_words=demo.max_words, show_progress=show)
+    splits = {"train": "train", "validation": "valid" if demo.valid_stretches else "eval", "test": "eval"}
+    for split, part in splits.items():
+        config.data[f"{split}_datafile"] = str(dataset.datafiles[part])
+        config.data[f"{split}_events"] = str(dataset.events[part])
+    config.data.label_csv = str(dataset.label_csv)
+    if config.eval.haystack_seconds:
+        config.eval.haystack_clips = str(stream_data.needles(cache, seed=demo.seed, clips_per_word=demo.needles_per_word,
+                                                             show_progress=show))
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: Path, *, training: bool,

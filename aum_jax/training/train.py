@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import tempfile
 from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,6 +256,34 @@ class _Results:
         self._save_confusion(outputs, split)
         return result
 
+    def haystack(self) -> list[dict[str, Any]] | None:
+        """With ``config.eval.haystack_seconds``: the best model finds needles hidden in noise of those lengths
+        (:mod:`aum_jax.inference.haystack`, read as the model reads a file: a stream, one pass or windows),
+        stored as ``workdir/haystack.json``; process 0 alone."""
+        cfg, model_dir = self._config.eval, self._workdir / workdir_lib.MODEL_DIR
+        if not cfg.haystack_seconds or jax.process_index() != 0 or not model_dir.is_dir():
+            return None
+        from aum_jax.inference import haystack
+
+        model, prep = model_files.load_model(model_dir), model_files.load_input_features(model_dir)
+        needles, names = haystack.read_needles(cfg.haystack_clips)
+        if prep.class_names and list(prep.class_names) != names:
+            raise ValueError(f"config.eval.haystack_clips: the needles' classes {names} are not the model's "
+                             f"{list(prep.class_names)}")
+        mode = haystack.mode_for(model, prep)
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="aum_haystack_") as folder:
+            for seconds in cfg.haystack_seconds:
+                placements = haystack.write_haystacks(folder, seconds, cfg.haystack_placements, needles,
+                                                      cfg.haystack_seed)
+                results = haystack.run(model, prep, placements, mode)
+                rows.append({"seconds": float(seconds), "mode": mode, "placements": len(results),
+                             **haystack.summary(results)})
+                for placement in placements:
+                    os.remove(placement["wav"])
+        storage.write_text(self._workdir / workdir_lib.HAYSTACK_FILE, report_lib.to_json({"rows": rows}))
+        return rows
+
 
 def _model_preprocessing(config: ml_collections.ConfigDict) -> Preprocessing:
     """The preprocessing stored beside the run's model; without classes for an objective that reads no labels."""
@@ -460,6 +489,7 @@ def _finish(config: ml_collections.ConfigDict, workdir: Path, results: _Results,
     if not config.eval.split:
         results.save_model(model)
     report = {"step": step, "best": results.best, "final": results.final, "test": results.test(step),
+              "haystack": results.haystack(),
               "restored_from_step": restored_from or None,
               "skipped_steps": int(optimizer.opt_state.total_notfinite[...]),
               "skipped_clips": {"total": train_iter.num_skipped, **train_iter.skipped_by_kind_everywhere()},

@@ -25,7 +25,7 @@ _NEVER_GIVE_UP = np.iinfo(np.int32).max
 # The batch entries a loss reads, by what they are: a non-finite one makes the step's loss non-finite
 # whatever the settings. The step reports them as the bits of "nonfinite_inputs", in this order.
 INPUTS = {"fbank": "the features", "label": "the labels", "teacher": "the teacher's targets",
-          "teacher_fbank": "the teacher's input features"}
+          "teacher_fbank": "the teacher's input features", "frame_label": "the frame targets"}
 
 
 def learning_rate_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:

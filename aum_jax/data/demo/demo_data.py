@@ -35,7 +35,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -109,20 +109,22 @@ def _plan(seed: int, words: Sequence[str], clips: dict[str, int]) -> list[render
     ]
 
 
-def _shards(jobs: list[render.ClipJob]) -> Iterator[list[render.ClipJob]]:
+def _shards(jobs: list) -> Iterator[list]:
     for start in range(0, len(jobs), _SHARD_SIZE):
         yield jobs[start : start + _SHARD_SIZE]
 
 
-def _render_all(jobs: list[render.ClipJob], root: Path, num_workers: int, show_progress: bool) -> list[dict[str, str]]:
-    """Renders every clip, one fresh interpreter per shard, ``num_workers`` at a time; results in job order."""
+def render_all(jobs: list[render.ClipJob] | list[render.StretchJob], root: Path, num_workers: int | None,
+               show_progress: bool, what: str) -> list[dict[str, str]]:
+    """Renders every job, one fresh interpreter per shard, ``num_workers`` (default: CPU count) at a time;
+    results in job order; the progress bar says ``what``."""
     from tqdm.auto import tqdm
 
     shards = list(_shards(jobs))
     rows: list[dict[str, str]] = []
     with (
-        ThreadPoolExecutor(min(num_workers, len(shards))) as pool,
-        tqdm(total=len(jobs), desc="demo dataset", unit="clip", disable=not show_progress) as bar,
+        ThreadPoolExecutor(min(num_workers or os.cpu_count() or 1, len(shards))) as pool,
+        tqdm(total=len(jobs), desc=what, unit="file", disable=not show_progress) as bar,
     ):
         futures = [pool.submit(render.render_in_fresh_interpreter, shard, str(root)) for shard in shards]
         for future in futures:
@@ -132,26 +134,26 @@ def _render_all(jobs: list[render.ClipJob], root: Path, num_workers: int, show_p
     return rows
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
 
 
-def _mid(word: str) -> str:
+def mid(word: str) -> str:
     return f"/demo/{word}"
 
 
 def _write_outputs(root: Path, words: Sequence[str], rows: list[dict[str, str]]) -> None:
-    _write_csv(
+    write_csv(
         root / "class_labels_indices.csv",
         ("index", "mid", "display_name"),
-        [(str(i), _mid(w), w) for i, w in enumerate(words)],
+        [(str(i), mid(w), w) for i, w in enumerate(words)],
     )
-    _write_csv(root / "clips.csv", list(rows[0]), [list(r.values()) for r in rows])
+    write_csv(root / "clips.csv", list(rows[0]), [list(r.values()) for r in rows])
     for split in SPLITS:
-        entries = [(r["wav"], [_mid(r["word"])]) for r in rows if r["split"] == split]
+        entries = [(r["wav"], [mid(r["word"])]) for r in rows if r["split"] == split]
         if entries:
             write_datafile(root / f"{split}.json", entries)
 
@@ -248,21 +250,32 @@ def generate_demo_dataset(
     cache = Path(cache_dir).expanduser().resolve()
     clips = {"train": clips_per_word, "valid": valid_clips_per_word, "eval": eval_clips_per_word}
     _validate(words, clips)
-    manifest = _manifest(seed, words, clips)
+
+    def build(staging: Path) -> None:
+        rows = render_all(_plan(seed, words, clips), staging, num_workers, show_progress, "demo dataset")
+        _write_outputs(staging, words, rows)
+
+    root = build_cached(cache, _manifest(seed, words, clips), build, force=force)
+    return _dataset(root, len(words), valid_clips_per_word > 0)
+
+
+def build_cached(cache: Path, manifest: dict[str, object], build: Callable[[Path], None], *,
+                 force: bool = False) -> Path:
+    """The folder of ``manifest``'s dataset in ``cache``: reused when it is there (unless ``force``), else
+    made by ``build(staging)`` in a private folder and renamed into place complete (see the module docstring).
+    """
     name = _folder_name(manifest)
     root = cache / name
-    dataset = _dataset(root, len(words), valid_clips_per_word > 0)
     if not force and _is_cached(root, manifest):
-        logging.info("Reusing demo dataset in %s", root)
-        return dataset
-    logging.info("Generating demo dataset in %s (%s clips per word)", root, clips)
+        logging.info("Reusing the dataset in %s", root)
+        return root
+    logging.info("Generating a dataset in %s", root)
     cache.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(cache, name)
     staging = cache / f".{name}.partial.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    rows = _render_all(_plan(seed, words, clips), staging, num_workers or os.cpu_count() or 1, show_progress)
-    _write_outputs(staging, words, rows)
+    build(staging)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     if force and root.exists():  # moved aside in one rename: readers of the old copy keep their open files.
         aside = cache / f".{name}.replaced.{os.getpid()}"
@@ -272,4 +285,4 @@ def generate_demo_dataset(
         staging.rename(root)  # complete, in one step.
     except OSError:  # another process put the same dataset in place first: use it.
         shutil.rmtree(staging)
-    return dataset
+    return root

@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 
 from aum_jax.data.features.preprocessing import Preprocessing
-from aum_jax.data.pipeline.stages import decode, features, masks, mixup, noise, normalize, teacher_input, warp
+from aum_jax.data.pipeline.stages import (crop, decode, events, features, masks, mixup, noise, normalize, teacher_input,
+                                          warp)
 from aum_jax.data.pipeline.stages.base import ClipContext, Element, Stage
 from aum_jax.data.records import AudioSource
 
@@ -29,7 +30,13 @@ REGISTRY: tuple[type[Stage], ...] = (
     noise.Noise,
     warp.FrequencyWarp,
     teacher_input.TeacherInput,
+    events.FrameTargets,
+    crop.RandomCrop,
 )
+
+
+# What a training example carries besides its features and labels, where its source and stages give it.
+TRAINING_EXTRAS = ("teacher", "labelled", "teacher_fbank", "frame_label", "frame_valid", "strong")
 
 
 def stream_seeds(seed: int) -> dict[str, int]:
@@ -96,7 +103,8 @@ class _Kept:
 
 class _Example:
     """The pipeline's element: ``{"fbank", "label"}`` (+ ``mask`` in evaluation; + ``teacher``
-    targets and the ``labelled`` flag in training where the source has them) or a failure.
+    targets, the ``labelled`` flag and the frame targets in training where the source and
+    ``frame_targets`` give them) or a failure.
 
     In evaluation a failed clip or a padding row becomes zeros with ``mask`` False (a
     failure keeps its marker, to be counted).
@@ -111,7 +119,7 @@ class _Example:
             example = {"fbank": element["fbank"], "label": element["label"]}
             if not context.train:
                 return {**example, "mask": np.True_}
-            return {**example, **{k: element[k] for k in ("teacher", "labelled", "teacher_fbank") if k in element}}
+            return {**example, **{k: element[k] for k in TRAINING_EXTRAS if k in element}}
         if context.train:
             return element
         prep = context.preprocessing

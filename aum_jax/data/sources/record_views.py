@@ -8,6 +8,7 @@ Each wraps any source kind: the clips, their audio and their order stay those of
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 
 import numpy as np
@@ -49,7 +50,7 @@ class _Relabelled(_View):
 
     def __getitem__(self, index: int) -> ClipRecord:
         record = self._source[index]
-        return ClipRecord(record.key, self._labels[index], record.teacher)
+        return ClipRecord(record.key, self._labels[index], record.teacher)  # clip labels alone: no events.
 
 
 class _Subset(_View):
@@ -81,7 +82,7 @@ class _WithTeacher(_View):
 
     def __getitem__(self, index: int) -> ClipRecord:
         record = self._source[index]
-        return ClipRecord(record.key, record.labels, self._targets(self._stored.logits(int(self._rows[index]))))
+        return dataclasses.replace(record, teacher=self._targets(self._stored.logits(int(self._rows[index]))))
 
 
 def keep_label_share(source: AudioSource, fraction: float, seed: int) -> AudioSource:

@@ -32,7 +32,7 @@ def test_a_registered_stage_runs_in_training_and_not_in_evaluation(tmp_path, mon
 
 
 def test_streams_are_seeded_in_registry_order():
-    assert list(clip_stages.stream_seeds(0)) == ["decode", "mixup", "masks", "noise", "warp"]
+    assert list(clip_stages.stream_seeds(0)) == ["decode", "mixup", "masks", "noise", "warp", "crop"]
 
 
 def test_every_stage_key_has_a_default_in_the_data_config():
@@ -41,7 +41,7 @@ def test_every_stage_key_has_a_default_in_the_data_config():
         assert all(key in keys for key in stage.keys), stage.name
     claimed = {key for stage in clip_stages.REGISTRY for key in stage.keys}
     assert claimed == {"freqm", "timem", "freq_warp", "mask_style", "mixup", "mixup_beta", "noise", "noise_scale",
-                       "noise_max_shift", "cache_features"}
+                       "noise_max_shift", "cache_features", "frame_targets", "crop_seconds"}
     names = [stage.name for stage in clip_stages.REGISTRY]
     assert len(set(names)) == len(names)
 

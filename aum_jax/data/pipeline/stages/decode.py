@@ -10,8 +10,9 @@ from aum_jax.data.pipeline.stages.base import Element, Stage
 
 class Decode(Stage, name="decode", order=10, stream="decode", needs="index"):
     """Source index -> ``{"key", "labels", "waveform" (channels, samples), "label" (num_classes,)}``,
-    plus ``teacher`` (num_classes,) for a record with stored teacher targets and ``labelled``
-    (1.0 or 0.0) where the training source has unlabelled clips.
+    plus ``teacher`` (num_classes,) for a record with stored teacher targets, ``labelled``
+    (1.0 or 0.0) where the training source has unlabelled clips, and ``events`` for a record with
+    strong labels.
 
     ``index == -1`` is an evaluation padding row, passed on as ``{"padding": True}``. The
     random stream is a source's random crop (training only).
@@ -32,6 +33,8 @@ class Decode(Stage, name="decode", order=10, stream="decode", needs="index"):
                    "waveform": self._context.preprocessing.resample(waveform, sample_rate)}
         if record.teacher is not None:
             element["teacher"] = np.asarray(record.teacher, np.float32)
+        if record.events is not None:
+            element["events"] = record.events
         if self._context.partly_labelled:
             element["labelled"] = np.float32(bool(record.labels))
         return element

@@ -9,7 +9,8 @@ from aum_jax.data.pipeline.stages.base import ClipContext, Element, Stage
 
 
 class Features(Stage, name="features", order=30, needs="waveform", keys=("cache_features",)):
-    """Waveform -> ``fbank`` ``(target_length, num_mel_bins)`` float32, a fresh array per clip.
+    """Waveform -> ``fbank`` ``(target_length, num_mel_bins)`` float32, a fresh array per clip, and
+    ``samples``, the waveform's length at the model's rate (which frames hold audio).
 
     With ``cache_features`` (training) it and the stages before it run once per clip, their
     result kept (:attr:`keeps_earlier`).
@@ -31,5 +32,6 @@ class Features(Stage, name="features", order=30, needs="waveform", keys=("cache_
             spec = prep.spectrogram(element["waveform"], prep.sample_rate)
         except ValueError as e:  # a clip shorter than one frame.
             return {"failure": (element["key"], "too_short", f"{element['key']}: {e}")}
-        kept = {k: element[k] for k in ("key", "label", "teacher", "labelled", "teacher_fbank") if k in element}  # the waveform goes.
-        return {**kept, "fbank": spec}
+        kept = {k: element[k] for k in ("key", "label", "teacher", "labelled", "teacher_fbank", "events")
+                if k in element}  # the waveform goes.
+        return {**kept, "fbank": spec, "samples": element["waveform"].shape[-1]}
