@@ -40,6 +40,18 @@ on) raise :class:`aum_jax.inference.classify.NonFiniteOutputError` naming the so
   (:mod:`aum_jax.inference.whole`): the same patch tokens averaged over frequency, stamped at
   the patches' centres, from one pass over the sound with the position embedding extended
   along time (``pos_embed``).
+
+A one-pass model (tokens that are whole time slices of ``t`` frames, no position table, no cls
+token: :func:`one_pass`) reads each whole sound in one pass by default (``whole=False`` gives it
+windows): one timestamp embedding per time slice, the slice's final token, stamped at the slice's
+centre, so the timestamps are ``t`` frames apart (40 ms for 4-frame slices at a 10 ms shift), for
+every whole time slice of the sound (a partial last one has none, as in a stream). A causal
+model that streams (:func:`aum_jax.inference.whole.streams`) reads the sounds of a batch together,
+:data:`STREAM_PIECE_SLICES` slices at a time, carrying every block's state
+(:meth:`aum_jax.models.aum.AudioMamba.stream`: the rows of one pass, in memory that does not grow
+with the length); a bidirectional one reads each sound in one pass
+(:func:`aum_jax.inference.whole.run_whole`). Its scene embedding is the mean over time of those
+per-slice embeddings.
 """
 
 from __future__ import annotations
@@ -49,9 +61,11 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from flax import nnx
 
 from aum_jax.checkpoints import model_files
 from aum_jax.data.features import preprocessing
@@ -60,6 +74,18 @@ from aum_jax.evaluation import evaluate
 from aum_jax.inference import classify, embeddings, whole, windows
 from aum_jax.models import AudioMamba
 from aum_jax.models.aum import WHOLE_POS_EMBEDS
+
+# The time slices a causal one-pass model reads per compiled step (the sounds' frames are padded to a
+# whole number of these).
+STREAM_PIECE_SLICES = 64
+
+
+def one_pass(model: AudioMamba) -> bool:
+    """Whether ``model`` reads a sound of any length in one pass, a token per time slice: one patch over every
+    mel bin, time slices that do not overlap, no position table and no cls token (causal or bidirectional)."""
+    cfg = model.config
+    return (cfg.patch_size[0] == cfg.strides[0] == cfg.num_mel_bins and cfg.strides[1] == cfg.patch_size[1]
+            and cfg.position == "none" and cfg.cls_position == "none")
 
 
 class HearModel(tf.Module):
@@ -75,12 +101,13 @@ class HearModel(tf.Module):
       prep: its preprocessing (rate, fbank, statistics).
       batch_size: windows per forward pass.
       matmul_precision: float32 matmul precision ("highest" computes as the original).
-      whole: timestamp embeddings from one pass over each whole sound, not windows.
+      whole: timestamp embeddings from one pass over each whole sound, not windows (given None: for a
+        :func:`one_pass` model).
       pos_embed: with ``whole``, how the position embedding extends along time (``WHOLE_POS_EMBEDS``).
     """
 
     def __init__(self, model: AudioMamba, prep: preprocessing.Preprocessing, batch_size: int = 32,
-                 matmul_precision: str = "highest", whole: bool = False, pos_embed: str = "interpolate"):
+                 matmul_precision: str = "highest", whole: bool | None = None, pos_embed: str = "interpolate"):
         super().__init__(name="aum_jax")
         if pos_embed not in WHOLE_POS_EMBEDS:
             raise ValueError(f"unknown pos_embed {pos_embed!r}; use one of {', '.join(WHOLE_POS_EMBEDS)}")
@@ -88,7 +115,7 @@ class HearModel(tf.Module):
         self.prep = prep
         self.batch_size = batch_size
         self.matmul_precision = matmul_precision
-        self.whole = whole
+        self.whole = one_pass(model) if whole is None else whole
         self.pos_embed = pos_embed
 
     @property
@@ -106,11 +133,12 @@ class HearModel(tf.Module):
 
 
 def load_model(model_file_path: str | os.PathLike, *, batch_size: int = 32, matmul_precision: str = "highest",
-               verify: bool = True, whole: bool = False, pos_embed: str = "interpolate") -> HearModel:
+               verify: bool = True, whole: bool | None = None, pos_embed: str = "interpolate") -> HearModel:
     """The model of an aum-jax model directory (or a training workdir's ``model/``).
 
     ``whole=True`` gives timestamp embeddings from one pass over each whole sound (``pos_embed``:
-    ``"interpolate"`` or ``"tile"``, see :mod:`aum_jax.inference.whole`).
+    ``"interpolate"`` or ``"tile"``, see :mod:`aum_jax.inference.whole`); ``whole=None``, the default,
+    does for a :func:`one_pass` model (its slices, see the module docstring) and gives windows otherwise.
 
     ``verify=False`` loads a directory without ``checksums.json`` (its parameters are then
     not checked for damage).
@@ -193,15 +221,77 @@ def _bounds(audio: np.ndarray, model: HearModel, hop_seconds: float) -> np.ndarr
     return np.array(windows.window_bounds(audio.shape[1], model.sample_rate, model.prep.window_seconds, hop_seconds))
 
 
-def get_scene_embeddings(audio: Any, model: HearModel) -> Any:
-    """``(n_sounds, n_samples)`` at ``model.sample_rate`` -> ``(n_sounds, scene_embedding_size)`` float32,
-    of the kind ``audio`` is (see the module's docstring).
+@nnx.jit
+def _stream_step(model: AudioMamba, fbank: jax.Array, state: Any) -> tuple[jax.Array, Any]:
+    """Fbank ``(B, n * t, F)`` read on from ``state`` -> the ``n`` slices' final tokens ``(B, n, D)`` and the state."""
+    out, state = model.stream(fbank, state)
+    return out["frames"], state
+
+
+def _streamed(audio: np.ndarray, model: HearModel) -> tuple[np.ndarray, np.ndarray]:
+    """Sounds ``(n_sounds, n_samples)`` through a causal one-pass model that streams, ``model.batch_size``
+    sounds at a time, :data:`STREAM_PIECE_SLICES` time slices per step with every block's state carried ->
+    the final token of every whole time slice ``(n_sounds, S, D)`` (a partial last slice has none, as in
+    :class:`aum_jax.inference.stream.Stream`) and the slices' centres ``(S,)`` in seconds.
 
     Raises:
-      ValueError: audio of another shape or type, or with NaN or Inf samples.
+      ValueError: sounds shorter than one time slice.
+    """
+    prep, amba = model.prep, nnx.view(model.model, deterministic=True)  # eval mode, the caller's model left in its own.
+    t = amba.config.patch_size[1]  # frames per time slice.
+    step = STREAM_PIECE_SLICES * t
+    groups = []
+    for first in range(0, len(audio), model.batch_size):
+        group = audio[first:first + model.batch_size]
+        frames = np.stack([prep.frames(sound[None], model.sample_rate) for sound in group])  # (B, frames, F)
+        count = frames.shape[1] // t
+        if not count:
+            raise ValueError(f"sounds of {audio.shape[1]} samples are shorter than one time slice of the model "
+                             f"({t} frames of {embeddings.frame_step_ms(prep):g} ms)")
+        # Zeros to a whole number of steps: a causal model's rows do not read what comes after them.
+        frames = np.pad(frames, ((0, 0), (0, -(-count // STREAM_PIECE_SLICES) * step - frames.shape[1]), (0, 0)))
+        state, rows = amba.initial_state(len(group)), []
+        with jax.default_matmul_precision(model.matmul_precision):
+            for start in range(0, frames.shape[1], step):
+                tokens, state = _stream_step(amba, frames[:, start:start + step], state)
+                rows.append(np.asarray(tokens))
+        groups.append(np.concatenate(rows, axis=1)[:, :count])
+    return np.concatenate(groups), embeddings.time_patch_centres(amba, prep, count)
+
+
+def _whole_frames(audio: np.ndarray, model: HearModel) -> tuple[np.ndarray, np.ndarray]:
+    """Sounds ``(n_sounds, n_samples)``, each in one pass -> the time patches' tokens averaged over frequency
+    ``(n_sounds, T', D)`` float32 and their centres ``(n_sounds, T')`` in ms.
+
+    Raises:
+      ValueError: sounds shorter than one time slice of a one-pass model.
+      NonFiniteOutputError: NaN or Inf embeddings (the sounds named).
+    """
+    if whole.streams(model.model, model.prep):
+        frames, centres = _streamed(audio, model)
+        stamps = np.repeat(centres[None] * 1000.0, len(audio), axis=0)
+    else:
+        passes = [whole.run_whole(model.model, model.prep, sound[None], model.sample_rate, pos_embed=model.pos_embed,
+                                  matmul_precision=model.matmul_precision, source=name)
+                  for sound, name in zip(audio, _names(audio))]
+        frames, stamps = np.stack([p.frames for p in passes]), np.stack([p.centres * 1000.0 for p in passes])
+    classify.require_finite(frames.reshape(len(audio), -1), _names(audio), "embeddings")
+    return frames.astype(np.float32), stamps.astype(np.float32)
+
+
+def get_scene_embeddings(audio: Any, model: HearModel) -> Any:
+    """``(n_sounds, n_samples)`` at ``model.sample_rate`` -> ``(n_sounds, scene_embedding_size)`` float32,
+    of the kind ``audio`` is (see the module's docstring). A :func:`one_pass` model reading whole sounds
+    (``model.whole``) gives the mean over time of its timestamp embeddings (one per time slice).
+
+    Raises:
+      ValueError: audio of another shape or type, or with NaN or Inf samples; sounds shorter than one
+        time slice of a one-pass model read whole.
       NonFiniteOutputError: NaN or Inf embeddings (the sounds named).
     """
     given, audio = audio, _sounds(audio)
+    if model.whole and one_pass(model.model):
+        return _as_given(given, _whole_frames(audio, model)[0].mean(axis=1))[0]
     bounds = _bounds(audio, model, model.prep.window_seconds)
     per_window = _run(audio, model, bounds, evaluate.Embed()).features.reshape(len(audio), len(bounds), -1)
     scene = np.stack([embeddings.pool_windows(rows, bounds) for rows in per_window])
@@ -211,22 +301,18 @@ def get_scene_embeddings(audio: Any, model: HearModel) -> Any:
 
 def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[Any, Any]:
     """``(n_sounds, n_samples)`` -> embeddings ``(n_sounds, n_timestamps, timestamp_embedding_size)``
-    and their timestamps ``(n_sounds, n_timestamps)`` in ms (the centres of the time patches),
-    float32 of the kind ``audio`` is (see the module's docstring).
+    and their timestamps ``(n_sounds, n_timestamps)`` in ms (the centres of the time patches; of a
+    :func:`one_pass` model's time slices, ``patch_size[1]`` frames apart), float32 of the kind ``audio``
+    is (see the module's docstring).
 
     Raises:
-      ValueError: audio of another shape or type, or with NaN or Inf samples.
+      ValueError: audio of another shape or type, or with NaN or Inf samples; sounds shorter than one
+        time slice of a one-pass model read whole.
       NonFiniteOutputError: NaN or Inf embeddings (the sounds named).
     """
     given, audio = audio, _sounds(audio)
     if model.whole:
-        passes = [whole.run_whole(model.model, model.prep, sound[None], model.sample_rate, pos_embed=model.pos_embed,
-                                  matmul_precision=model.matmul_precision, source=name)
-                  for sound, name in zip(audio, _names(audio))]
-        result = np.stack([p.frames for p in passes]).astype(np.float32)
-        stamps = np.stack([p.centres * 1000.0 for p in passes]).astype(np.float32)
-        classify.require_finite(result.reshape(len(audio), -1), _names(audio), "embeddings")
-        return _as_given(given, result, stamps)
+        return _as_given(given, *_whole_frames(audio, model))
     bounds = _bounds(audio, model, embeddings.time_patch_span(model.model, model.prep))  # one grid of patches.
     starts_ms, ends_ms = bounds.T * 1000.0 / model.sample_rate
     centres_ms = starts_ms[:, None] + embeddings.time_patch_centres(model.model, model.prep)[None] * 1000.0

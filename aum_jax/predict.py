@@ -22,8 +22,10 @@ window; save it as JSON and as a heat map:
 Whole recordings in one pass (not in the original): the model runs once over each whole file, the
 position embedding extended along time (--whole-pos-embed interpolate, as the original resizes it
 for another input length, or tile), and the head scores every time patch; the same timeline, JSON
-and heat map as windows, one row per time patch (memory grows linearly with the recording; a note
-on stderr gives the peak memory the command reached):
+and heat map as windows, one row per time patch (memory grows linearly with the recording, and a
+pass that would not fit in the memory available is refused before it starts, saying what it needs;
+a one-pass model reads any length in bounded memory; a note on stderr gives the peak memory the
+command reached):
 
   python -m aum_jax.predict --model-dir MODEL_DIR --audio long.wav --whole --json timeline.json --plot timeline.png
 
@@ -287,7 +289,8 @@ def _run_audio(args: argparse.Namespace, model, prep) -> int:
         _print_timeline(tl, args.top_k, windowed, prep.sample_rate)
     _write_timelines(args, prep, timelines, skipped)
     if args.whole and timelines:  # last: the peak of the whole command, outputs written
-        how = "read as a stream" if whole.streams(model, prep) else f"{args.whole_pos_embed} position embedding"
+        how = ("read as a stream" if whole.streams(model, prep) else "read in chunks" if whole.reads_in_chunks(model)
+               else f"{args.whole_pos_embed} position embedding")
         print(f"note: one pass over each whole file ({', '.join(f'{tl.duration:.2f} s' for tl in timelines)}; "
               f"{how}); peak memory {memory.peak_rss_mb():.0f} MB", file=sys.stderr)
     return 0 if timelines else 1

@@ -242,6 +242,15 @@ class AudioMamba(nnx.Module):
         out["tokens"] = self.patch_tokens(out.pop("hidden"))
         return out
 
+    def frame_logits(self, x: jax.Array) -> jax.Array:
+        """Fbank features (B, T, F), normalised -> the head on every time step (B, T', classes): each time
+        step's final patch tokens averaged over frequency (the cls token left out), as :meth:`whole` reads a
+        recording; event detection's training output (:mod:`aum_jax.training.event_detection`)."""
+        self._check_input(x)
+        hidden, _ = self.encode(self.tokens(x))
+        frames = self.patch_tokens(hidden).mean(axis=1)  # (B, T', D)
+        return self.head(frames) if self.config.num_classes > 0 else frames
+
     def whole(self, x: jax.Array, pos_embed: str = "interpolate") -> dict[str, jax.Array]:
         """Fbank features (B, T, F) of a whole recording, normalised, in one pass.
 
@@ -268,21 +277,63 @@ class AudioMamba(nnx.Module):
         logits = self._head(hidden if cfg.max_pooled else pooled)  # as model(x) reads a clip
         return {"logits": logits, "frame_logits": head(frames), "frames": frames}
 
-    def check_streams(self) -> None:
-        """Raises ValueError unless this model reads audio as a stream (:meth:`stream`): tokens that are whole
-        time slices (one patch spans every mel bin; slices that do not overlap), no position table, no cls
-        token, and a causal mixer."""
+    def whole_tokens(self, frames: int) -> int:
+        """The length of :meth:`whole`'s token sequence over ``frames`` frames (a valid length), cls tokens included."""
+        f_grid, t_grid = _grid(self.config, frames)
+        return f_grid * t_grid + self.config.num_cls_tokens
+
+    def _one_pass_problems(self) -> list[str]:
+        """Why this model's tokens are not a sequence of whole time slices that any length of audio gives."""
         cfg = self.config
-        problems = [why for bad, why in (
+        return [why for bad, why in (
             (cfg.patch_size[0] != cfg.num_mel_bins or cfg.strides[0] != cfg.num_mel_bins,
              f"a patch spans {cfg.patch_size[0]} of the {cfg.num_mel_bins} mel bins (a token must be a whole time slice)"),
             (cfg.strides[1] != cfg.patch_size[1], f"time slices overlap (strides {cfg.strides[1]}, patch {cfg.patch_size[1]})"),
             (cfg.position != "none", f"position={cfg.position!r} (a table over the training length)"),
             (cfg.cls_position != "none", f"cls_position={cfg.cls_position!r} (a cls token reads the whole sequence)"),
-            (cfg.bimamba_type != "none", f"bimamba_type={cfg.bimamba_type!r} (a bidirectional mixer reads the future)"),
         ) if bad]
+
+    def check_streams(self) -> None:
+        """Raises ValueError unless this model reads audio as a stream (:meth:`stream`): tokens that are whole
+        time slices (one patch spans every mel bin; slices that do not overlap), no position table, no cls
+        token, and a causal mixer."""
+        cfg = self.config
+        problems = self._one_pass_problems()
+        if cfg.bimamba_type != "none":
+            problems.append(f"bimamba_type={cfg.bimamba_type!r} (a bidirectional mixer reads the future)")
         if problems:
             raise ValueError("this model does not stream: " + "; ".join(problems))
+
+    def check_reads_in_chunks(self) -> None:
+        """Raises ValueError unless this model's whole pass can be read a piece at a time
+        (:func:`aum_jax.inference.whole.read_in_chunks`): the tokens of a model that streams, with a causal
+        (Fo-Fo) or a Bi-Bi mixer, whose backward branch has a conv of its own."""
+        cfg = self.config
+        problems = self._one_pass_problems()
+        if cfg.bimamba_type == "v1":
+            problems.append("bimamba_type='v1' (its backward scan reads the forward conv's output)")
+        if problems:
+            raise ValueError("this model's whole pass is not read in chunks: " + "; ".join(problems))
+
+    def slice_tokens(self, x: jax.Array) -> jax.Array:
+        """Fbank features (B, n * t, F) of ``n`` whole time slices of ``t = patch_size[1]`` frames, normalised,
+        of a model whose tokens are time slices -> their tokens (B, n, D) in the config's dtype (the patch
+        embedding reads each slice alone: any piece of a recording is embedded on its own)."""
+        tokens = self.patch_embed(jnp.swapaxes(x, 1, 2)[..., None]).reshape(x.shape[0], -1, self.config.embed_dim)
+        return tokens.astype(self.config.dtype)
+
+    def frame_outputs(self, hidden: jax.Array, residual: jax.Array) -> dict[str, jax.Array]:
+        """The last block's hidden and residual streams (B, n, D) of time-slice tokens -> ``{"frame_logits":
+        (B, n, classes), "frames": (B, n, D)}`` as :meth:`whole` gives them (the final norm, the head)."""
+        frames = self.norm_f(residual + hidden.astype(residual.dtype))
+        head = self.head if self.config.num_classes > 0 else (lambda v: v)
+        return {"frame_logits": head(frames), "frames": frames}
+
+    def pooled_logits(self, frames: jax.Array) -> jax.Array:
+        """The final tokens (B, n, D) of a model without a cls token (``frames`` of :meth:`frame_outputs`) ->
+        :meth:`whole`'s ``"logits"`` (B, classes): the head on the tokens pooled as the config says."""
+        cfg = self.config
+        return self._head(frames if cfg.max_pooled else pool_tokens(cfg, frames, frames.shape[1]))
 
     def initial_state(self, batch: int) -> Any:
         """The state a stream starts from (:meth:`stream`): every block's mixer state, stacked (depth, ...)."""
@@ -301,19 +352,16 @@ class AudioMamba(nnx.Module):
         if x.ndim != 3 or x.shape[2] != cfg.num_mel_bins or x.shape[1] % t:
             raise ValueError(f"AudioMamba.stream expects (batch, a multiple of {t} frames, {cfg.num_mel_bins}) "
                              f"features, got {x.shape}")
-        hidden = self.patch_embed(jnp.swapaxes(x, 1, 2)[..., None]).reshape(x.shape[0], x.shape[1] // t, -1)
+        hidden = self.slice_tokens(x)
 
         def body(layer: Block, carry: tuple[jax.Array, jax.Array], layer_state: Any):
             hidden, residual, layer_state = layer.stream(*carry, layer_state)
             return (hidden, residual), layer_state
 
         body = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0), graph=False)
-        hidden = hidden.astype(cfg.dtype)
         residual = jnp.zeros(hidden.shape, jnp.float32 if cfg.residual_in_fp32 else hidden.dtype)
         (hidden, residual), state = body(self.layers, (hidden, residual), state)
-        frames = self.norm_f(residual + hidden.astype(residual.dtype))
-        head = self.head if cfg.num_classes > 0 else (lambda v: v)
-        return {"frame_logits": head(frames), "frames": frames}, state
+        return self.frame_outputs(hidden, residual), state
 
     def masked_patch_tokens(self, x: jax.Array, mask: jax.Array, mask_token: jax.Array) -> jax.Array:
         """Fbank features (B, T, F), normalised, with the patches of ``mask`` (B, N) bool replaced by

@@ -40,6 +40,24 @@ class Block(nnx.Module):
         hidden, state = self.mixer.stream(normed, state)
         return hidden, residual, state
 
+    def read_back(self, hidden: jax.Array, residual: jax.Array, state: Any,
+                  valid: jax.Array) -> tuple[jax.Array, Any]:
+        """A piece (B, L, D) of the sequence (hidden and residual, the first ``valid`` steps real), read
+        backward in time from the Mamba mixer's reverse ``state`` (:meth:`Mamba.direction
+        <aum_jax.models.mixers.mamba.Mamba.direction>`; inference) -> the backward branch's output
+        (B, L, Di), which :meth:`read_forward` takes, and the state before the piece."""
+        _, normed = self._add(residual, hidden)
+        return self.mixer.direction(normed, state, valid, reverse=True)
+
+    def read_forward(self, hidden: jax.Array, residual: jax.Array, state: Any, valid: jax.Array,
+                     backward: jax.Array | None) -> tuple[jax.Array, jax.Array, Any]:
+        """A piece (B, L, D) of the sequence read forward in time from the Mamba mixer's ``state``, with the
+        backward branch's output on it (:meth:`read_back`; None for a causal mixer) -> new hidden, new
+        residual (the block's output on the piece, as :meth:`__call__` gives it) and the state after it."""
+        residual, normed = self._add(residual, hidden)
+        forward, state = self.mixer.direction(normed, state, valid, reverse=False)
+        return self.mixer.join(forward, backward), residual, state
+
     def __call__(
         self, hidden: jax.Array, residual: jax.Array, keep_mask: jax.Array
     ) -> tuple[jax.Array, jax.Array]:

@@ -1,9 +1,11 @@
 """Embeddings for downstream work: the HEAR 2021 API and predict's embeddings (pooled, per block,
 per patch) against a direct forward pass of a converted fixture model; long clips, batch sizes,
-one compilation per batch shape, and the command line's .npz."""
+one compilation per batch shape, and the command line's .npz. One-pass models (causal and
+bidirectional) give an embedding per time slice, at their own hop, from one pass."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +20,11 @@ import torch
 from flax import nnx
 
 from aum_jax import hear
-from aum_jax.checkpoints.model_files import ModelDirectoryError
+from aum_jax.checkpoints.model_files import ModelDirectoryError, save_model
 from aum_jax.data.features.preprocessing import Preprocessing
-from aum_jax.inference import classify, embeddings
+from aum_jax.inference import classify, embeddings, whole
 from aum_jax.models import AudioMamba, AuMConfig, init_model
-from tests.helpers import NAMES, REPO_ROOT, save_tiny_fobi
+from tests.helpers import NAMES, REPO_ROOT, save_tiny_fobi, subprocess_env
 
 RATE = 16_000
 WINDOW = 20_480  # the fixture model's input: 128 frames, 1.28 s.
@@ -314,3 +316,64 @@ def test_pooled_file_embeddings_are_hears_scene_embeddings(model_dir, hear_model
                                atol=1e-6)
     with pytest.raises(ValueError, match="tokens are each window's patch grid and are not pooled"):
         embeddings.embed_files(hear_model.model, hear_model.prep, [str(paths[0])], pool=True, tokens=True)
+
+
+# A one-pass model: a token per 4-frame time slice over all 32 bins, no position table, no cls token.
+ONE_PASS = AuMConfig(num_mel_bins=32, audio_length=40, patch_size=(32, 4), strides=(32, 4), embed_dim=24, depth=2,
+                     num_classes=3, bimamba_type="none", cls_position="none", pool="max", position="none")
+ONE_PASS_PREP = Preprocessing(num_mel_bins=32, target_length=40, mean=-5.0, std=4.0, loss="BCE",
+                              remove_waveform_mean=False)
+
+
+@pytest.fixture(scope="module", params=["none", "v2"], ids=["causal", "bidirectional"])
+def one_pass_dir(request, tmp_path_factory) -> Path:
+    config = dataclasses.replace(ONE_PASS, bimamba_type=request.param)
+    return save_model(init_model(config, 0), tmp_path_factory.mktemp("one_pass") / "m", preprocessing=ONE_PASS_PREP)
+
+
+def test_a_one_pass_model_gives_an_embedding_per_time_slice_at_its_hop(one_pass_dir):
+    model = hear.load_model(one_pass_dir)
+    causal = model.model.config.bimamba_type == "none"
+    assert hear.one_pass(model.model) and model.whole and whole.streams(model.model, model.prep) == causal
+    audio = sounds(3, 3.03, seed=12)  # 301 frames: 75 whole time slices of 4 (a partial last one has none).
+    emb, ms = hear.get_timestamp_embeddings(audio, model)
+    assert emb.shape == (3, 75, 24) and ms.shape == (3, 75)
+    # Slice k spans frames 4k..4k+3 (Kaldi frame j covers [10j, 10j + 25) ms): centred at 40k + 27.5 ms.
+    np.testing.assert_allclose(ms, np.broadcast_to(40.0 * np.arange(75) + 27.5, (3, 75)))
+    assert np.diff(ms).max() <= 50.0 and 3030.0 - ms[0, -1] < 50.0  # the validator's 50 ms, to the sound's end.
+    for sound, rows, stamps in zip(audio, emb, ms, strict=True):  # the rows of one whole pass.
+        reference = whole.run_whole(model.model, model.prep, sound[None], RATE)
+        np.testing.assert_allclose(rows, reference.frames, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stamps, reference.centres * 1000.0, rtol=1e-6)
+    if causal:  # the stream's rows, state carried (64 slices a step here); any batch size.
+        frames = np.stack([model.prep.frames(sound[None], RATE)[:300] for sound in audio])
+        streamed, _ = model.model.stream(jnp.asarray(frames), model.model.initial_state(3))
+        np.testing.assert_allclose(emb, streamed["frames"], rtol=1e-5, atol=1e-5)
+        small = hear.HearModel(model.model, model.prep, batch_size=2)
+        np.testing.assert_allclose(hear.get_timestamp_embeddings(audio, small)[0], emb, rtol=1e-6, atol=1e-6)
+    # The scene: the mean over time of the slices' embeddings.
+    np.testing.assert_allclose(hear.get_scene_embeddings(audio, model), emb.mean(axis=1), rtol=1e-6, atol=1e-6)
+    short, short_ms = hear.get_timestamp_embeddings(audio[:, :880], model)  # 55 ms: 4 frames, one slice.
+    assert short.shape == (3, 1, 24) and short_ms.tolist() == [[27.5]] * 3
+    with pytest.raises(ValueError, match="shorter than one time slice"):
+        hear.get_timestamp_embeddings(audio[:, :879], model)
+    graph, params, rest = nnx.split(model.model, nnx.Param, ...)
+    nan = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params)
+    broken = hear.HearModel(nnx.merge(graph, nan, rest), model.prep)
+    with pytest.raises(classify.NonFiniteOutputError, match="NaN or Inf"):
+        hear.get_scene_embeddings(audio, broken)
+    # whole=False: windows of the model's input (0.4 s, 10 slices each), each read on its own.
+    windows, window_ms = hear.get_timestamp_embeddings(audio, hear.HearModel(model.model, model.prep, whole=False))
+    np.testing.assert_allclose(window_ms[:, :75], ms)  # and a 76th: windows keep the padded slice centred on audio.
+    if causal:  # the first window's whole slices are the pass's (0.4 s holds 38 frames, then padding) ...
+        np.testing.assert_allclose(windows[:, :9], emb[:, :9], rtol=1e-5, atol=1e-5)
+    # ... but later windows know nothing before them.
+    assert np.abs(windows[:, 10:75] - emb[:, 10:]).max() > 1e-3
+
+
+def test_hear_validator_passes_a_one_pass_model(one_pass_dir, tmp_path):
+    done = subprocess.run([str(Path(sys.executable).parent / "hear-validator"), "aum_jax.hear", "--model",
+                           str(one_pass_dir)], env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Interval between timestamps is 40.0ms" in done.stdout and done.stdout.rstrip().endswith("Looks good!")

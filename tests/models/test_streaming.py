@@ -1,6 +1,8 @@
 """Reading a sequence in pieces: the causal conv and the selective scan carry their state from one
 piece to the next, and a causal (Fo-Fo) Mamba mixer's stream is its output on the whole sequence,
-under every scan implementation the whole pass can take; a bidirectional mixer has no stream."""
+under every scan implementation the whole pass can take; a bidirectional mixer has no stream, but a
+Bi-Bi one reads its backward branch in pieces from the end (its forward one from the start), padded
+pieces leaving the states as they are, and the two joined are its output on the whole sequence."""
 
 from __future__ import annotations
 
@@ -53,6 +55,55 @@ def test_a_causal_mixers_stream_is_its_output_on_the_whole_sequence(impl):
     assert jax.tree.map(jnp.shape, state) == jax.tree.map(jnp.shape, mixer.initial_state(3))  # a fixed size.
 
 
+def _directions(mixer: Mamba, x: jax.Array, size: int) -> np.ndarray:
+    """The mixer over x (B, L, D) read as the chunked whole pass reads it: pieces of ``size`` steps (the
+    last padded with junk), the backward branch from the last piece to the first, then the forward one."""
+    length = x.shape[1]
+    pieces = [(a, min(size, length - a)) for a in range(0, length, size)]
+    pad = lambda a: jnp.pad(x[:, a:a + size], ((0, 0), (0, size - x[:, a:a + size].shape[1]), (0, 0)),
+                            constant_values=7.0)  # junk past the end: the padding's own values must not count.
+    backward, state = {}, mixer.initial_state(x.shape[0])
+    if mixer.config.bimamba_type == "v2":
+        for a, valid in reversed(pieces):
+            backward[a], state = mixer.direction(pad(a), state, jnp.int32(valid), reverse=True)
+    out, state = [], mixer.initial_state(x.shape[0])
+    for a, valid in pieces:
+        forward, state = mixer.direction(pad(a), state, jnp.int32(valid), reverse=False)
+        out.append(mixer.join(forward, backward.get(a))[:, :valid])
+    return np.concatenate(out, 1)
+
+
+@pytest.mark.parametrize("bimamba_type, if_devide_out", [("v2", True), ("v2", False), ("none", True)])
+@pytest.mark.parametrize("size", [5, 8, 37, 64])
+def test_a_mixers_directions_read_in_pieces_are_its_output_on_the_whole_sequence(bimamba_type, if_devide_out, size):
+    """37 steps in pieces of 5 (the last of 2), 8 (the last of 5), one piece or one padded piece."""
+    config = AuMConfig(embed_dim=16, bimamba_type=bimamba_type, if_devide_out=if_devide_out, scan_impl="sequential",
+                       depth=2)
+    mixer = Mamba(config, rngs=nnx.Rngs(0))
+    x = jnp.asarray(_normal(np.random.default_rng(3), 2, 37, 16))
+    whole = mixer(x)
+    kernels = Mamba(config.replace(scan_impl="cpu"), rngs=nnx.Rngs(0))  # the same weights, the C++ kernels.
+    np.testing.assert_allclose(nnx.view(kernels, deterministic=True)(x), whole, rtol=1e-5, atol=1e-5)
+    for read in (mixer, kernels):
+        np.testing.assert_allclose(_directions(read, x, size), whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_padded_last_piece_reads_as_the_sequences_end(reverse):
+    """Steps past ``valid`` are past the sequence's end: the real steps' outputs are the unpadded piece's, and
+    the backward branch, which reads them first, leaves them in the state it starts from."""
+    mixer = Mamba(AuMConfig(embed_dim=16, bimamba_type="v2", depth=2), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(4)
+    x, junk = jnp.asarray(_normal(rng, 1, 6, 16)), jnp.asarray(_normal(rng, 1, 10, 16))
+    y, state = mixer.direction(x, mixer.initial_state(1), jnp.int32(6), reverse=reverse)
+    y_padded, state_padded = mixer.direction(jnp.concatenate([x, junk], 1), mixer.initial_state(1), jnp.int32(6),
+                                             reverse=reverse)
+    np.testing.assert_allclose(y_padded[:, :6], y, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(state_padded.ssm, state.ssm, rtol=1e-6, atol=1e-6)
+    if reverse:
+        np.testing.assert_array_equal(state_padded.conv, state.conv)
+
+
 def test_a_bidirectional_mixer_has_no_stream():
     mixer = Mamba(AuMConfig(embed_dim=16, bimamba_type="v2", depth=2), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="only the causal one .*streams"):
@@ -92,6 +143,30 @@ def test_a_one_pass_models_stream_gives_the_rows_of_one_pass_over_the_whole_reco
 def test_a_model_that_reads_the_whole_sequence_does_not_stream(changes, reason):
     with pytest.raises(ValueError, match=f"this model does not stream: .*{reason}"):
         init_model(_one_pass(**changes), 0).initial_state(1)
+
+
+@pytest.mark.parametrize("changes, reads", [
+    (dict(), True), (dict(bimamba_type="v2"), True), (dict(bimamba_type="v1"), False),
+    (dict(position="absolute"), False), (dict(strides=(32, 2)), False),
+])
+def test_a_one_pass_models_whole_pass_reads_in_chunks_unless_fo_bi(changes, reads):
+    model = init_model(_one_pass(**changes), 0)
+    if reads:
+        model.check_reads_in_chunks()
+    else:
+        with pytest.raises(ValueError, match="whole pass is not read in chunks: "):
+            model.check_reads_in_chunks()
+
+
+def test_a_one_pass_models_pieces_of_a_recording_are_its_whole_pass_in_pieces():
+    """Slice tokens embedded per piece, the final norm and head per piece, the head pooled over all."""
+    model = nnx.view(init_model(_one_pass(bimamba_type="v2", pool="mean"), 0), deterministic=True)
+    x = jnp.asarray(_normal(np.random.default_rng(5), 1, 80, 32))
+    whole = model.whole(x)
+    tokens = jnp.concatenate([model.slice_tokens(x[:, :36]), model.slice_tokens(x[:, 36:])], 1)
+    np.testing.assert_allclose(tokens, model.slice_tokens(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model.pooled_logits(whole["frames"]), whole["logits"], rtol=1e-6, atol=1e-6)
+    assert model.whole_tokens(80) == 20
 
 
 def test_without_a_position_table_the_model_has_none_and_reads_any_length():

@@ -171,8 +171,57 @@ class Mamba(nnx.Module):
         x = jax.nn.silu(x)
         delta, b, c = self._ssm_inputs(x, self.x_proj, self.dt_proj)
         y, ssm = selective_scan_from_state(x, delta, -jnp.exp(self.A_log[...]), b, c, self.D[...],
-                                           xz[..., cfg.d_inner:], self.dt_proj.bias[...], state.ssm)
+                                           xz[..., cfg.d_inner:], self.dt_proj.bias[...], state.ssm,
+                                           impl=cfg.scan_impl)
         return self.out_proj(y.astype(xz.dtype)), MambaState(history.astype(jnp.float32), ssm)
+
+    def direction(self, hidden: jax.Array, state: MambaState, valid: jax.Array, *,
+                  reverse: bool) -> tuple[jax.Array, MambaState]:
+        """One direction of the mixer over a piece (B, L, D) of a longer sequence, the whole sequence read in
+        pieces from its start (forward) or from its end (``reverse``: the Bi-Bi backward branch, ``conv1d_b``,
+        ``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b``) -> that direction's gated output (B, L, Di) and
+        the state after the piece (:meth:`initial_state` before the first; for ``reverse`` its conv part
+        holds the inputs after the piece, latest first).
+
+        Only the piece's first ``valid`` steps (an int32 scalar) are the sequence; the steps after them lie
+        past its end (the piece is its last): zero inputs, as the conv reads past the end, and zero step
+        sizes, which leave the scan's state as it is, so that a reverse read starts from the sequence's true
+        end in a piece of the one compiled size. :meth:`join` sums the directions' outputs; with the pieces'
+        outputs joined, that is this mixer on the whole sequence.
+        """
+        cfg = self.config
+        d_inner = cfg.d_inner
+        if reverse:
+            branch = (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+        else:
+            branch = (self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        conv, x_proj, dt_proj, a_log, skip = branch
+        real = (jnp.arange(hidden.shape[1]) < valid)[None, :, None]
+        xz = jnp.where(real, self.in_proj(hidden), 0)  # (B, L, 2 Di): x, then z; padding past the end is zeros.
+        if reverse:  # the backward branch is the forward one on the time-flipped sequence (its conv: causal_conv's).
+            xz, real = jnp.flip(xz, axis=1), jnp.flip(real, axis=1)
+        bias = None if conv.bias is None else conv.bias[...]
+        x, history = causal_conv_from_history(xz[..., :d_inner], state.conv, conv.kernel[...], bias)
+        x = jax.nn.silu(x)
+        delta, b, c = self._ssm_inputs(x, x_proj, dt_proj)
+        # delta = 0 at a padded step: decay exp(0) = 1 and no input, so the state passes it unchanged.
+        delta = jax.nn.softplus(delta.astype(jnp.float32) + dt_proj.bias[...].astype(jnp.float32))
+        delta = jnp.where(real, delta, 0)
+        y, ssm = selective_scan_from_state(x, delta, -jnp.exp(a_log[...]), b, c, skip[...], xz[..., d_inner:], None,
+                                           state.ssm, delta_softplus=False, impl=cfg.scan_impl)
+        if reverse:
+            y = jnp.flip(y, axis=1)
+        return y, MambaState(history.astype(jnp.float32), ssm)
+
+    def join(self, forward: jax.Array, backward: jax.Array | None) -> jax.Array:
+        """The directions' outputs (B, L, Di) of :meth:`direction` (``backward`` None for the causal mixer) -> the
+        mixer's output (B, L, D): ``out_proj`` of their sum, halved with ``if_devide_out`` (as :meth:`__call__`)."""
+        y = forward
+        if backward is not None:
+            y = y + backward
+            if self.config.if_devide_out:
+                y = y * 0.5
+        return self.out_proj(y.astype(self.config.dtype))
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """(B, L, D) -> (B, L, D)."""
