@@ -26,7 +26,7 @@ import csv
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -158,30 +158,44 @@ def mode_for(model: AudioMamba, prep: Preprocessing) -> str:
     return "whole" if cfg.position == "none" and cfg.cls_position == "none" else "windows"
 
 
-def read(model: AudioMamba, prep: Preprocessing, path: str, mode: str, hop_seconds: float = 0.25) -> classify.Timeline:
-    """The timeline of one recording read by ``model`` in ``mode`` (:data:`MODES`): sliding windows of its input
-    every ``hop_seconds``; one pass over the whole file (the position table interpolated, or tiled); or as a
-    live stream, :data:`STREAM_CHUNK_SECONDS` at a time (a causal one-pass model)."""
-    if mode == "windows":
-        return classify.classify_recording(model, prep, path, window_seconds=None, hop_seconds=hop_seconds)
-    if mode == "stream":
-        stream = Stream.of(model, prep)
-        for _ in stream.read(path, chunk_seconds=STREAM_CHUNK_SECONDS):
-            pass
-        return stream.timeline(path)
+def reader(model: AudioMamba, prep: Preprocessing, mode: str, hop_seconds: float = 0.25) -> Callable[[str], classify.Timeline]:
+    """How ``model`` reads a recording in ``mode`` (:data:`MODES`) -> its timeline: sliding windows of its input
+    every ``hop_seconds``; one pass over the whole file (the position table interpolated, or tiled; a causal
+    one-pass model in :data:`aum_jax.inference.whole.STREAM_CHUNK_SECONDS` pieces carrying its state); or as a
+    live stream, :data:`STREAM_CHUNK_SECONDS` at a time. A causal model's compiled stream serves every file.
+
+    Raises:
+      ValueError: an unknown mode, or ``"stream"`` for a model that does not stream.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown haystack mode {mode!r}; use one of {', '.join(MODES)}")
-    return whole.classify_whole(model, prep, path, pos_embed="tile" if mode == "whole-tile" else "interpolate")
+    if mode == "windows":
+        return lambda path: classify.classify_recording(model, prep, path, window_seconds=None, hop_seconds=hop_seconds)
+    if whole.streams(model, prep) and mode != "whole-tile":
+        stream = Stream.of(model, prep)
+        chunk = STREAM_CHUNK_SECONDS if mode == "stream" else whole.STREAM_CHUNK_SECONDS
+
+        def read(path: str) -> classify.Timeline:
+            for _ in stream.read(path, chunk_seconds=chunk):
+                pass
+            return stream.timeline(path)
+
+        return read
+    if mode == "stream":
+        raise ValueError("the stream mode needs a causal one-pass model (AudioMamba.check_streams)")
+    pos_embed = "tile" if mode == "whole-tile" else "interpolate"
+    return lambda path: whole.classify_whole(model, prep, path, pos_embed=pos_embed)
 
 
 def run(model: AudioMamba, prep: Preprocessing, placements: Sequence[dict], mode: str, hop_seconds: float = 0.25,
         threshold: float = 0.5) -> list[dict]:
     """Each placement's :func:`score_timeline` with ``wall_s`` (the read, features and model; the first call
     compiles) and ``duration_s``."""
+    read = reader(model, prep, mode, hop_seconds)
     results = []
     for placement in placements:
         begin = time.perf_counter()
-        timeline = read(model, prep, placement["wav"], mode, hop_seconds)
+        timeline = read(placement["wav"])
         wall = time.perf_counter() - begin
         results.append({**score_timeline(timeline.starts, timeline.ends, timeline.scores, placement, threshold),
                         "wall_s": wall, "duration_s": timeline.duration})

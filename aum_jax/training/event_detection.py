@@ -14,8 +14,10 @@ patch), by ``config.events.positives``:
   cannot name a word from its first sound; this lets it fire once it has heard enough, within the
   tail. The loss is the negatives' mean cross-entropy plus the events' mean.
 
-A clip with clip labels alone trains the max over its time steps (pooling over time, as the clip's score
-is read) on its labels, by ``config.train.loss``. Padding (``frame_valid`` 0: the end of a short clip, or
+A clip with strong labels also trains, with weight ``config.events.clip_weight``, the max over its time
+steps on the classes its events hold (a weak label, as DCASE's baselines add to their frame loss: it names
+the words before it places them). A clip with clip labels alone trains that max (pooling over time, as
+the clip's score is read) on its labels, by ``config.train.loss``. Padding (``frame_valid`` 0: the end of a short clip, or
 a random crop's, ``config.data.crop_seconds``) is left out of all of them.
 """
 
@@ -42,6 +44,7 @@ class Events:
       patch, stride: a time patch's frames and the hop between patches (the model's).
       positives: "frames" or "max" (see the module docstring).
       tail_steps: with "max", the time steps after an event's end that may hold its best step.
+      clip_weight: the weight of a strong clip's pooled loss on its events' classes.
     """
 
     clip_loss: str
@@ -49,6 +52,7 @@ class Events:
     stride: int
     positives: str = "frames"
     tail_steps: int = 0
+    clip_weight: float = 1.0
 
 
 POSITIVES = ("frames", "max")
@@ -60,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.positives = "frames"  # "frames": each step of an event is a positive; "max": its best step (a causal detector).
     c.tail_seconds = 0.25  # with "max": an event's best step may come this long after its end.
+    c.clip_weight = 1.0  # a strong clip's loss on its events' classes, pooled over time, added with this weight.
     return c
 
 
@@ -75,11 +80,12 @@ def step_settings(config: ml_collections.ConfigDict, model: AuMConfig) -> Events
     events = config.events
     if events.positives not in POSITIVES:
         raise ValueError(f"config.events.positives={events.positives!r}: choose from {', '.join(POSITIVES)}")
-    if not events.tail_seconds >= 0:
-        raise ValueError(f"config.events.tail_seconds={events.tail_seconds}: must be >= 0")
+    for key in ("tail_seconds", "clip_weight"):
+        if not events[key] >= 0:
+            raise ValueError(f"config.events.{key}={events[key]}: must be >= 0")
     step_seconds = model.strides[1] * config.data.frame_shift_ms / 1000.0
     return Events(config.train.loss, model.patch_size[1], model.strides[1], events.positives,
-                  round(events.tail_seconds / step_seconds))
+                  round(events.tail_seconds / step_seconds), float(events.clip_weight))
 
 
 def _per_step(frames: jax.Array, steps: int, settings: Events, reduce) -> jax.Array:
@@ -125,8 +131,10 @@ def objective(model: AudioMamba, batch: dict[str, jax.Array], settings: Events) 
         frame = _every_step(logits, targets, valid)
     pooled = jnp.where(valid[..., None] > 0, logits, -1e9).max(axis=1)  # (B, C): a clip's score, its best step's
     clip = per_clip_label_loss(pooled, batch["label"], settings.clip_loss)
+    heard = (targets * valid[..., None]).max(axis=1) > 0  # (B, C): the classes a strong clip's kept steps hold
+    heard_loss = per_clip_label_loss(pooled, heard.astype(jnp.float32), "BCE")
     strong = batch["strong"]
-    loss = jnp.mean(strong * frame + (1.0 - strong) * clip)
+    loss = jnp.mean(strong * (frame + settings.clip_weight * heard_loss) + (1.0 - strong) * clip)
     metrics = {"frame_loss": (strong * frame).sum() / jnp.maximum(strong.sum(), 1.0),
                "clip_loss": ((1.0 - strong) * clip).sum() / jnp.maximum((1.0 - strong).sum(), 1.0)}
     return loss, metrics
