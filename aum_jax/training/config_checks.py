@@ -77,6 +77,8 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
         clip_stages.check(data, train=mode == "train")
     except ValueError as e:
         raise ConfigError(f"config.data: {e}") from e
+    if mode == "train":
+        _check_haystack(config)
     try:
         mesh = sharding.make_mesh(config.mesh)
         if mode == "train":
@@ -84,6 +86,22 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
         sharding.check_batch_size(data.eval_batch_size, mesh, "data.eval_batch_size")
     except ValueError as e:
         raise ConfigError(f"config.{e}") from e
+
+
+def _check_haystack(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`ConfigError` for haystack settings the end of a run cannot use (``config.eval.haystack_*``)."""
+    evaluation = config.eval
+    seconds = tuple(evaluation.get("haystack_seconds") or ())
+    if not seconds:
+        return
+    if not all(isinstance(s, (int, float)) and s >= 1 for s in seconds):
+        raise ConfigError(f"config.eval.haystack_seconds={seconds}: lengths of at least 1 s (a needle is 1 s) wanted")
+    if evaluation.haystack_placements < 1:
+        raise ConfigError(f"config.eval.haystack_placements={evaluation.haystack_placements}: must be positive")
+    from_demo = config.get("demo") and config.demo.generate and config.demo.get("kind") == "stretches"
+    if not evaluation.haystack_clips and not from_demo:
+        raise ConfigError("config.eval.haystack_seconds is set but config.eval.haystack_clips is empty: point it at a "
+                          "folder of needle clips in the demo dataset's layout (eval.json, class_labels_indices.csv)")
 
 
 def _check_metric(metric: str) -> None:

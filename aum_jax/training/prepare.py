@@ -26,6 +26,7 @@ from aum_jax.data.demo import demo_data, stream_data
 from aum_jax.data.features import preprocessing
 from aum_jax.data.pipeline import norm_stats
 from aum_jax.data.sources import registry
+from aum_jax.data.sources.base import DataNotFoundError
 
 def adopt_model_dir(config: ml_collections.ConfigDict, checkpoint: str) -> None:
     """With ``checkpoint`` an aum-jax model directory (or training workdir): its model and input features
@@ -121,4 +122,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *, training: bool,
     kind.prepare(derived, workdir, configured, norm_stats.fbank_statistics)
     splits = (["train"] if training else []) + [s for s in (derived.eval.split, derived.eval.test_split) if s]
     registry.check_files(derived.data, splits, data_configs.prep_step(derived.data.name))
+    if training and derived.eval.get("haystack_seconds"):
+        _check_needles(derived.eval.haystack_clips)
     return ml_collections.FrozenConfigDict(derived)
+
+
+def _check_needles(folder: str) -> None:
+    """Raises :class:`DataNotFoundError` unless ``folder`` (``config.eval.haystack_clips``) holds needle clips."""
+    root = Path(folder).expanduser()
+    for name in ("eval.json", "class_labels_indices.csv"):
+        if not (root / name).is_file():
+            raise DataNotFoundError(f"{root / name} does not exist: config.eval.haystack_clips must be a folder of "
+                                    "needle clips in the demo dataset's layout (eval.json, class_labels_indices.csv)")

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from aum_jax.configs import demo_stream
-from tests.helpers import run
+from tests.helpers import assert_one_error_line, run
 
 
 def test_the_one_pass_demo_trains_finds_needles_and_streams(tmp_path: Path):
@@ -31,3 +33,23 @@ def test_the_one_pass_demo_trains_finds_needles_and_streams(tmp_path: Path):
     assert streamed.returncode == 0, streamed.stderr[-3000:]
     timeline = json.loads(out.read_text())
     assert timeline  # the stretch's rows, one per 40 ms slice
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("--config.eval.haystack_seconds=(0.5,)", "config.eval.haystack_seconds=(0.5,): lengths of at least 1 s"),
+    ("--config.events.positives=best", "config.events.positives='best': choose from frames, max"),
+    ("--config.data.crop_seconds=(2.0,1.0)", "crop_seconds must be (shortest, longest)"),
+    ("--config.data.frame_targets=False", "config.train.objective=events needs config.data.frame_targets=True"),
+])
+def test_a_setting_the_recipe_cannot_use_is_one_error_line_before_anything_is_written(tmp_path: Path, override, fragment):
+    workdir = tmp_path / "run"
+    done = run("-m", "aum_jax.main", "--config=configs/demo_stream.py:runlocal", f"--workdir={workdir}", override,
+               env={"AUM_JAX_CACHE": str(tmp_path / "cache")})
+    assert_one_error_line(done, fragment)
+    assert not workdir.exists() and not (tmp_path / "cache").exists()
+
+
+def test_haystack_lengths_without_needles_are_refused_in_another_recipe(tmp_path: Path):
+    done = run("-m", "aum_jax.main", "--config=configs/demo.py:runlocal", f"--workdir={tmp_path / 'run'}",
+               "--config.eval.haystack_seconds=(30.0,)", env={"AUM_JAX_CACHE": str(tmp_path / "cache")})
+    assert_one_error_line(done, "config.eval.haystack_clips is empty")
