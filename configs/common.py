@@ -8,7 +8,10 @@ a variant, a comma-separated list of:
   (small, Bi-Bi, from the ViM-S ImageNet checkpoint) or ``base_audioset`` (base,
   Fo-Bi, from an AuM-B AudioSet checkpoint);
 - ``runlocal``: a depth-2 tiny model and a few steps on small batches,
-  to check a setup on a CPU in well under a minute.
+  to check a setup on a CPU in well under a minute;
+- ``causal`` or ``bidirectional``: the model built for one pass (:func:`apply_one_pass`), beside
+  the original's Fo-Fo, Fo-Bi and Bi-Bi types: it reads a file of any length once (``bidirectional``),
+  or a live stream (``causal``).
 
 Defaults are those of the original ``src/run.py`` and ``src/traintest.py``.
 """
@@ -32,19 +35,49 @@ PRETRAINED = {
     "aum": "data/pretrained/aum-base_audioset.pth",  # an AuM-B trained on AudioSet.
 }
 LOCAL_FLAGS = ("runlocal",)
+# The one-pass readings, beside the original's types (AUM_TYPES): the mixer each reads with.
+ONE_PASS_TYPES = {"causal": "Fo-Fo", "bidirectional": "Bi-Bi"}
+SLICE_FRAMES = 4  # a one-pass token: 4 frames (40 ms) of every mel bin, HEAR's 50 ms hop or finer.
 
 
 def parse_variant(arg: str | None, default: str, families: tuple[str, ...]) -> tuple[str, bool]:
-    """``"small_imgnet,runlocal"`` -> ``("small_imgnet", True)``."""
+    """``"small_imgnet,runlocal"`` -> ``("small_imgnet", True)``; a one-pass flag is read by :func:`one_pass_type`."""
     family, local = default, False
     for part in filter(None, (arg or "").split(",")):
         if part in LOCAL_FLAGS:
             local = True
         elif part in families:
             family = part
-        else:
-            raise ValueError(f"unknown config variant {part!r}; choose from {families + LOCAL_FLAGS}")
+        elif part not in ONE_PASS_TYPES:
+            raise ValueError(f"unknown config variant {part!r}; choose from "
+                             f"{families + LOCAL_FLAGS + tuple(ONE_PASS_TYPES)}")
     return family, local
+
+
+def one_pass_type(arg: str | None) -> str:
+    """The one-pass flag of a variant string (``"base_scratch,causal"`` -> ``"causal"``), "" for none."""
+    flags = [part for part in (arg or "").split(",") if part in ONE_PASS_TYPES]
+    if len(flags) > 1:
+        raise ValueError(f"config variant {arg!r} names two one-pass types; choose one of {tuple(ONE_PASS_TYPES)}")
+    return flags[0] if flags else ""
+
+
+def variant_name(name: str, arg: str | None, local: bool) -> str:
+    """The variant a config was built as, for the logs: ``"base_scratch,causal,runlocal"``."""
+    return ",".join(filter(None, (name, one_pass_type(arg), "runlocal" if local else "")))
+
+
+def apply_one_pass(config: ml_collections.ConfigDict, kind: str, slice_frames: int = SLICE_FRAMES) -> None:
+    """Makes ``config.model`` a model built for one pass, in place: one token per ``slice_frames`` frames of
+    every mel bin (a token is complete as soon as its slice of audio has arrived), no position table (the
+    recurrence gives the order, so any length reads), no cls token and a score per token (a clip's score
+    its best token's), the mixer of ``ONE_PASS_TYPES[kind]``; and features that never see a whole clip's
+    mean (a live source has none)."""
+    model, bins = config.model, config.data.num_mel_bins
+    model.bimamba_type = AUM_TYPES[ONE_PASS_TYPES[kind]]
+    model.patch_size = model.strides = (bins, slice_frames)
+    model.position, model.cls_position, model.pool = "none", "none", "max"
+    config.data.remove_waveform_mean = False
 
 
 def get_model_config(data: ml_collections.ConfigDict, size: str, aum_type: str) -> ml_collections.ConfigDict:
@@ -171,7 +204,7 @@ def get_recipe_config(
     family, local = parse_variant(arg, families[0], families)
     size, aum_type, kind = FAMILIES[family]
     config = ml_collections.ConfigDict()
-    config.variant = family + (",runlocal" if local else "")  # for the logs.
+    config.variant = variant_name(family, arg, local)  # for the logs.
     config.data = data
     config.model = get_model_config(config.data, size, aum_type)
     config.optimizer = get_optimizer_config(lr, warmup=warmup)
@@ -182,6 +215,8 @@ def get_recipe_config(
     config.update(get_objective_configs())
     config.eval = get_eval_config(test_split)
     config.mesh = get_mesh_config()
+    if one_pass_type(arg):
+        apply_one_pass(config, one_pass_type(arg))
     if local:
         apply_runlocal(config)
     return config

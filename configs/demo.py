@@ -9,7 +9,8 @@ test voices (10 classes: chance is 10%); the matrix is also saved as
 ``workdir/confusion_test.png``. Its measured accuracy and wall time, per machine, seed and
 kernel build, are in BENCHMARKS.md.
 
-Variant ``runlocal``: a handful of steps on a tiny dataset, seconds.
+Variant ``runlocal``: a handful of steps on a tiny dataset, seconds; ``causal`` or ``bidirectional``: the
+model built for one pass (``configs/common.py``) on the same clips.
 """
 
 import ml_collections
@@ -44,7 +45,7 @@ def get_data_config() -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _, local = common.parse_variant(arg, "demo", ("demo",))
     config = ml_collections.ConfigDict()
-    config.variant = "demo" + (",runlocal" if local else "")  # for the logs.
+    config.variant = common.variant_name("demo", arg, local)  # for the logs.
 
     config.demo = ml_collections.ConfigDict()
     config.demo.generate = True  # generate or reuse the dataset and point config.data at it.
@@ -60,6 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.depth = 2  # on 2 CPU cores, more epochs beat more blocks in a few minutes.
     config.model.strides = (8, 8)  # patches overlap in frequency and time: 7 x 11 tokens generalise best to new voices.
     config.model.remat = "dots_scan"  # keep the scans' readouts too: the CPU kernel's backward skips its forward.
+    if common.one_pass_type(arg):
+        common.apply_one_pass(config, common.one_pass_type(arg))
 
     config.optimizer = common.get_optimizer_config(2e-3, warmup=False)
     config.optimizer.decay_start_epoch = 12  # halve the lr every epoch from the 13th.

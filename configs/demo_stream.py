@@ -12,14 +12,15 @@ keyword hidden in 30 s and 2 min of noise, found by reading the file once as a s
 (``python -m aum_jax.predict --model-dir /tmp/aum_demo_stream/model --audio F --stream`` reads one live).
 Its measured figures, per machine and seed, are in BENCHMARKS.md.
 
-Variant ``runlocal``: a handful of steps on a tiny dataset, seconds.
+Variant ``runlocal``: a handful of steps on a tiny dataset, seconds; ``bidirectional``: a model that reads
+each file both ways (it does not stream).
 """
 
 import ml_collections
 from aum_jax.configs import common, demo
 
 PREP_STEP = ""  # generated on first use (config.demo.generate).
-SLICE_FRAMES = 4  # a token is 4 frames (40 ms) of every mel bin: HEAR's 50 ms hop or finer.
+SLICE_FRAMES = common.SLICE_FRAMES  # a token is 4 frames (40 ms) of every mel bin: HEAR's 50 ms hop or finer.
 
 
 def get_data_config() -> ml_collections.ConfigDict:
@@ -27,7 +28,6 @@ def get_data_config() -> ml_collections.ConfigDict:
     c = demo.get_data_config()
     c.name = "demo_stream"
     c.train_datafile = "~/.cache/aum_jax/demo/train.json"  # set by config.demo.generate.
-    c.remove_waveform_mean = False  # a live source never sees a whole file's mean.
     c.audio_length = 400  # 4 s stretches: 100 time slices.
     c.frame_targets = True  # each slice trains on its own targets (the words' onsets and offsets).
     c.crop_seconds = (1.0, 4.0)  # crops of random length: the model reads any length from any start.
@@ -42,7 +42,7 @@ def get_data_config() -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _, local = common.parse_variant(arg, "demo_stream", ("demo_stream",))
     config = ml_collections.ConfigDict()
-    config.variant = "demo_stream" + (",runlocal" if local else "")  # for the logs.
+    config.variant = common.variant_name("demo_stream", arg, local)  # for the logs.
 
     config.demo = ml_collections.ConfigDict()
     config.demo.generate = True  # generate or reuse the dataset and point config.data at it.
@@ -59,12 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = get_data_config()
 
     config.model = common.get_model_config(config.data, "tiny", "Fo-Fo")
+    kind = common.one_pass_type(arg) or "causal"  # ",bidirectional": the same reading both ways, for files.
+    common.apply_one_pass(config, kind, SLICE_FRAMES)  # a token per 40 ms slice, no position table, a score per slice.
     config.model.depth = 4  # causal blocks read one direction: twice the blocks of the demo's Bi-Bi for its cost.
-    config.model.patch_size = (config.data.num_mel_bins, SLICE_FRAMES)  # one token per time slice, every bin.
-    config.model.strides = (config.data.num_mel_bins, SLICE_FRAMES)  # slices that do not overlap.
-    config.model.position = "none"  # no position table: the recurrence gives the order, any length reads.
-    config.model.cls_position = "none"  # no cls token: a score per slice.
-    config.model.pool = "max"  # a stretch's score: its best slice's.
     config.model.remat = "dots_scan"  # as the demo.
     config.model.dt_min = 0.01  # state time constants of at most ~4 s at init (original 1e-3: ~40 s): the state a long stream settles in is one the 4 s crops trained.
 

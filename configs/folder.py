@@ -18,7 +18,8 @@ bins with overlapping patches, measured on a CPU). With ``init.checkpoint`` an a
 directory (a converted or trained model), the model and its input features are that model's
 (``init.adopt_model_dir``), with a fresh head for the folder's classes.
 
-Variant ``runlocal``: a handful of steps on short inputs, seconds.
+Variant ``runlocal``: a handful of steps on short inputs, seconds; ``causal`` or ``bidirectional``: the
+model built for one pass (``configs/common.py``).
 """
 
 import ml_collections
@@ -29,7 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _, local = common.parse_variant(arg, "folder", ("folder",))
     config = demo.get_config()  # the demo's model, optimizer and schedule (BENCHMARKS.md, "Your own folder").
     del config["demo"]  # no generated clips.
-    config.variant = "folder" + (",runlocal" if local else "")  # for the logs.
+    config.variant = common.variant_name("folder", arg, local)  # for the logs.
+    if common.one_pass_type(arg):
+        common.apply_one_pass(config, common.one_pass_type(arg))
 
     data = config.data
     data.name = "folder"

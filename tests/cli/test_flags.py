@@ -65,7 +65,7 @@ def test_a_config_file_mistake_is_one_line(toy, config, extra, fragments):
 
 @pytest.mark.parametrize("command, fragment", [
     ("-m aum_jax.main --config=configs/demo.py:runlocl --workdir={out}",
-     "--config=configs/demo.py:runlocl: unknown config variant 'runlocl'; choose from ('demo', 'runlocal')"),
+     "--config=configs/demo.py:runlocl: unknown config variant 'runlocl'; choose from ('demo', 'runlocal', 'causal', 'bidirectional')"),
     ("scripts/teacher_logits.py --config=nope.py --model-dir=m --out={out}",
      "--config=nope.py: no such config file nope.py"),
 ], ids=["main, misspelt variant", "teacher_logits, missing file"])

@@ -53,3 +53,22 @@ def test_haystack_lengths_without_needles_are_refused_in_another_recipe(tmp_path
     done = run("-m", "aum_jax.main", "--config=configs/demo.py:runlocal", f"--workdir={tmp_path / 'run'}",
                "--config.eval.haystack_seconds=(30.0,)", env={"AUM_JAX_CACHE": str(tmp_path / "cache")})
     assert_one_error_line(done, "config.eval.haystack_clips is empty")
+
+
+def test_the_one_pass_variants_of_any_recipe_build_a_model_that_reads_in_one_pass():
+    from aum_jax.configs import folder, speechcommands
+    from aum_jax.models import AudioMamba, AuMConfig, init_model
+
+    for config, kind in ((speechcommands.get_config("causal,runlocal"), "causal"),
+                         (folder.get_config("bidirectional"), "bidirectional")):
+        model = init_model(AuMConfig.from_dict({**config.model.to_dict(), "audio_length": 64, "num_classes": 3}))
+        assert isinstance(model, AudioMamba) and not config.data.remove_waveform_mean
+        if kind == "causal":
+            model.check_streams()
+            assert config.variant.endswith("causal,runlocal")
+        else:
+            model.check_reads_in_chunks()
+            with pytest.raises(ValueError, match="a bidirectional mixer reads the future"):
+                model.check_streams()
+    with pytest.raises(ValueError, match="names two one-pass types"):
+        speechcommands.get_config("causal,bidirectional")
