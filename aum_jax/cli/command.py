@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,6 +41,9 @@ def exit_with_one_line(error: BaseException) -> None:
     message = str(error)
     details = getattr(error, "details", "")
     logging.info("%s: %s%s", type(error).__name__, message, f"\n{details}" if details else "")
+    # A write the error cut short (orbax's async checkpoint fragments) is collected at exit; Python's warning
+    # about its coroutine would print after the error line, which must stay the last.
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
     sys.exit(f"error: {one_line(message) or type(error).__name__}")
 
 
