@@ -82,10 +82,9 @@ STREAM_PIECE_SLICES = 64
 
 def one_pass(model: AudioMamba) -> bool:
     """Whether ``model`` reads a sound of any length in one pass, a token per time slice: one patch over every
-    mel bin, time slices that do not overlap, no position table and no cls token (causal or bidirectional)."""
-    cfg = model.config
-    return (cfg.patch_size[0] == cfg.strides[0] == cfg.num_mel_bins and cfg.strides[1] == cfg.patch_size[1]
-            and cfg.position == "none" and cfg.cls_position == "none")
+    mel bin, time slices that do not overlap, no position table and no cls token (causal or bidirectional:
+    :meth:`aum_jax.models.aum.AudioMamba.one_pass_problems`)."""
+    return not model.one_pass_problems()
 
 
 class HearModel(tf.Module):

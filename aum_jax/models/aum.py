@@ -282,7 +282,7 @@ class AudioMamba(nnx.Module):
         f_grid, t_grid = _grid(self.config, frames)
         return f_grid * t_grid + self.config.num_cls_tokens
 
-    def _one_pass_problems(self) -> list[str]:
+    def one_pass_problems(self) -> list[str]:
         """Why this model's tokens are not a sequence of whole time slices that any length of audio gives."""
         cfg = self.config
         return [why for bad, why in (
@@ -298,7 +298,7 @@ class AudioMamba(nnx.Module):
         time slices (one patch spans every mel bin; slices that do not overlap), no position table, no cls
         token, and a causal mixer."""
         cfg = self.config
-        problems = self._one_pass_problems()
+        problems = self.one_pass_problems()
         if cfg.bimamba_type != "none":
             problems.append(f"bimamba_type={cfg.bimamba_type!r} (a bidirectional mixer reads the future)")
         if problems:
@@ -309,7 +309,7 @@ class AudioMamba(nnx.Module):
         (:func:`aum_jax.inference.whole.read_in_chunks`): the tokens of a model that streams, with a causal
         (Fo-Fo) or a Bi-Bi mixer, whose backward branch has a conv of its own."""
         cfg = self.config
-        problems = self._one_pass_problems()
+        problems = self.one_pass_problems()
         if cfg.bimamba_type == "v1":
             problems.append("bimamba_type='v1' (its backward scan reads the forward conv's output)")
         if problems:
