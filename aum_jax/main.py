@@ -10,7 +10,7 @@ Every setting lives in the config file (print it with ``--config=... --mode=prin
 newest checkpoint in the workdir; a finished workdir is not trained again: its stored
 results are printed. ``--mode=eval`` evaluates ``config.eval.model_dir``, else
 ``workdir/model``, else the newest training checkpoint, on ``config.eval.split``
-(``validation``) and ``config.eval.test_split`` (``test``) and writes
+(``validation``), ``config.eval.test_split`` (``test``) and ``config.eval.extra_test_splits`` and writes
 ``workdir/eval_<split>.json``; it refuses a workdir that a live trainer holds.
 
 ``--workdir`` is a new or empty folder, or the workdir of an earlier run (resumed, or its results

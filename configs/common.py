@@ -159,6 +159,7 @@ def get_eval_config(test_split: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.split = "validation"  # split evaluated during training and by --mode=eval (config.data.validation_datafile).
     c.test_split = test_split  # "test": evaluated once with the best model after training ("" none).
+    c.extra_test_splits = ()  # more splits evaluated once with the best model after training and by --mode=eval, each its own row of the results table; each reads config.data.<split>_datafile.
     c.matmul_precision = "highest"  # float32 matmuls in evaluation: the original's fp32 (see train.matmul_precision).
     c.model_dir = ""  # --mode=eval: model directory to evaluate; "" = workdir/model, else latest checkpoint.
     c.confusion_matrix = False  # after training: print and plot (workdir/confusion_<split>.png) the test split's confusion matrix; not in the original.

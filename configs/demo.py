@@ -1,13 +1,16 @@
-"""The embedded demo: keyword spotting on the synthetic eSpeak NG dataset, on a CPU.
+"""The embedded demo: keyword spotting on the synthetic demo dataset, on a CPU.
 
   python -m aum_jax.main --config=configs/demo.py --workdir=/tmp/aum_demo
 
 Generates the dataset into the cache on first use (``$AUM_JAX_CACHE/demo`` or
-``~/.cache/aum_jax/demo``), trains a tiny (depth 2) Bi-Bi AuM for 16 epochs, keeps the best
-model on the validation voices, and prints its accuracy and confusion matrix on the held-out
-test voices (10 classes: chance is 10%); the matrix is also saved as
-``workdir/confusion_test.png``. Its measured accuracy and wall time, per machine, seed and
-kernel build, are in BENCHMARKS.md.
+``~/.cache/aum_jax/demo``): the keywords said by eSpeak NG and Kokoro-82M voices in simulated
+rooms, through simulated microphones, over noise, babble, music or hum
+(:mod:`aum_jax.data.demo.demo_data`). Trains a tiny (depth 2) Bi-Bi AuM for 16 epochs, keeps the
+best model on the validation voices, and prints its accuracy and confusion matrices on two test
+splits (10 classes: chance is 10%): ``test``, voices held out from training, and ``test_synth``,
+a synthesizer held out from training (Piper); the matrices are also saved as
+``workdir/confusion_<split>.png``. Its measured accuracy and wall time, per machine, seed and
+kernel build, and what each ingredient of the data adds, are in BENCHMARKS.md.
 
 Variant ``runlocal``: a handful of steps on a tiny dataset, seconds; ``causal`` or ``bidirectional``: the
 model built for one pass (``configs/common.py``) on the same clips.
@@ -26,6 +29,7 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.train_datafile = "~/.cache/aum_jax/demo/train.json"  # from demo_data (config.demo.generate points the run at it).
     c.validation_datafile = "~/.cache/aum_jax/demo/valid.json"  # validation voices.
     c.test_datafile = "~/.cache/aum_jax/demo/eval.json"  # held-out voices.
+    c.test_synth_datafile = "~/.cache/aum_jax/demo/synth.json"  # the held-out synthesizer.
     c.label_csv = "data/demo/class_labels_indices.csv"  # the 10 keywords.
     c.num_classes = 10  # yes no up down left right on off stop go.
     c.num_mel_bins = 64  # half the bins: half the tokens, twice the speed on a CPU.
@@ -54,6 +58,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.demo.clips_per_word = 400  # training clips per keyword: more voices, rates and pitches per word.
     config.demo.valid_clips_per_word = 20  # validation clips per keyword (picks the best model).
     config.demo.eval_clips_per_word = 40  # test clips per keyword, spoken by held-out voices.
+    config.demo.synth_clips_per_word = 40  # test_synth clips per keyword, spoken by the held-out synthesizer.
+    # The ingredients (demo_data.Recipe; each measured in BENCHMARKS.md):
+    config.demo.synthesizers = ("espeak", "kokoro")  # who speaks train, valid and test: formant and neural voices.
+    config.demo.heldout_synthesizer = "piper"  # who speaks test_synth alone ("" no test_synth).
+    config.demo.bank_per_word = (24, 4, 8, 24)  # neural utterances per word: train, valid, test, test_synth.
+    config.demo.speed = (0.85, 1.15)  # speed perturbation: pitch, formants and tempo ((1, 1) none).
+    config.demo.rooms = (64, 8, 16, 16)  # simulated rooms per split, disjoint (all 0: no rooms).
+    config.demo.room_probability = 0.8  # a clip's chance of being said in a room.
+    config.demo.mic_probability = 0.8  # a clip's chance of a random microphone and channel.
+    config.demo.backgrounds = ("coloured", "babble", "music", "hum")  # each clip's background, drawn uniformly.
 
     config.data = get_data_config()
 
@@ -77,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.init = common.get_init_config("")
     config.update(common.get_objective_configs())
     config.eval = common.get_eval_config(test_split="test")
+    config.eval.extra_test_splits = ("test_synth",)  # the held-out synthesizer, beside the held-out voices.
     config.eval.confusion_matrix = True  # a single-label set: show which keywords are confused.
     config.mesh = common.get_mesh_config()
 
@@ -84,6 +99,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.demo.clips_per_word = 4
         config.demo.valid_clips_per_word = 1
         config.demo.eval_clips_per_word = 2
+        config.demo.synth_clips_per_word = 2
+        config.demo.bank_per_word = (2, 1, 1, 1)
+        config.demo.rooms = (2, 1, 1, 1)
         common.apply_runlocal(config)
         config.data.eval_batch_size = 8
         config.train.steps_per_epoch = 2

@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
         model = init_model(model.config, _SEED.value)
     prep = model_files.load_input_features(directory)
     config = _CONFIG.value.copy_and_resolve_references()
-    config.eval.split, config.eval.test_split = _TEST_SPLIT.value, ""
+    config.eval.split, config.eval.test_split, config.eval.extra_test_splits = _TEST_SPLIT.value, "", ()
     with tempfile.TemporaryDirectory() as scratch:  # a folder source's first-use files; not kept.
         config = prepare.prepare(config, Path(scratch), training=True, check=lambda c: None)
         sources = {split: registry.make_source(config.data, split) for split in (_TRAIN_SPLIT.value, _TEST_SPLIT.value)}

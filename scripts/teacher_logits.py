@@ -59,6 +59,7 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value.copy_and_resolve_references()
     training = _SPLIT.value == "train"
     config.eval.split, config.eval.test_split = ("" if training else _SPLIT.value), ""  # only this split's files.
+    config.eval.extra_test_splits = ()
     with tempfile.TemporaryDirectory() as scratch:  # a folder source's first-use files; not kept.
         config = prepare.prepare(config, Path(scratch), training=training, check=lambda c: None)
         source = registry.make_source(config.data, _SPLIT.value)

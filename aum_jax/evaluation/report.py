@@ -83,9 +83,9 @@ def results_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]]) -> str:
 def training_run_text(report: Mapping[str, Any], config: ml_collections.ConfigDict, workdir: Path,
                       report_file: Path, model_dir: Path) -> str:
     """What a training run shows at its end: that it was trained before, if so; the best model on
-    ``config.eval.split`` (and ``test_split``) and where its files are (``report_file``, ``model_dir``);
-    the confusion matrix stored in ``workdir`` for the test split (else validation) with
-    ``config.eval.confusion_matrix``."""
+    ``config.eval.split`` (and ``test_split``, then a row per split of the report's ``extra_tests``) and where its
+    files are (``report_file``, ``model_dir``); the confusion matrices stored in ``workdir`` for the test split
+    (else validation), then each of ``config.eval.extra_test_splits``, with ``config.eval.confusion_matrix``."""
     parts = []
     if report.get(ALREADY_TRAINED):
         parts.append(f"{workdir} is already trained to step {report['step']}; its stored results follow "
@@ -93,8 +93,9 @@ def training_run_text(report: Mapping[str, Any], config: ml_collections.ConfigDi
     split, test_split = config.eval.split, config.eval.test_split
     if split:
         rows = [(split, report.get("best") or report.get("final"))]
-        if report.get("test"):
-            rows.append((test_split, {"step": (report.get("best") or {}).get("step"), **report["test"]}))
+        tests = [(test_split, report.get("test")), *(report.get("extra_tests") or {}).items()]
+        best_step = (report.get("best") or {}).get("step")
+        rows += [(name, {"step": best_step, **metrics}) for name, metrics in tests if metrics]
         parts.append(f"\nResults ({report_file}); best model by {config.train.metric} in {model_dir}:")
         parts.append(results_table(rows))
     else:  # nothing evaluated (a run without labels): the objective's last logged training values.
@@ -107,6 +108,7 @@ def training_run_text(report: Mapping[str, Any], config: ml_collections.ConfigDi
                      f"{d['temperature']}, {d['loss']} loss).")
     if config.eval.confusion_matrix:
         parts.append(confusion_text(workdir, test_split or split))
+        parts += [confusion_text(workdir, extra) for extra in config.eval.get("extra_test_splits", ())]
     if report.get("haystack"):
         parts.append(haystack_text(report["haystack"], config))
     return "\n".join(parts)
@@ -114,10 +116,10 @@ def training_run_text(report: Mapping[str, Any], config: ml_collections.ConfigDi
 
 def haystack_text(rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict) -> str:
     """The haystack rows of a report (:meth:`aum_jax.training.train._Results.haystack`) as a table."""
-    lines = [f"\nA test keyword hidden in noise, {config.eval.haystack_placements} placements per length (seed "
-             f"{config.eval.haystack_seed}), found by the best model:",
-             f"{'haystack':>9} {'read as':>8} {'found':>6} {'peak found':>11} {'detected':>9} {'latency':>8} "
-             f"{'false alarms/min':>17} {'wall/min':>9}"]
+    lines = [(f"\nA test keyword hidden in noise, {config.eval.haystack_placements} placements per length (seed "
+              f"{config.eval.haystack_seed}), found by the best model:"),
+             (f"{'haystack':>9} {'read as':>8} {'found':>6} {'peak found':>11} {'detected':>9} {'latency':>8} "
+              f"{'false alarms/min':>17} {'wall/min':>9}")]
     lines.append("-" * len(lines[-1]))
     for r in rows:
         length = f"{r['seconds'] / 60:g} min" if r["seconds"] >= 60 else f"{r['seconds']:g} s"

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from aum_jax.data.demo import render
+from aum_jax.data.demo import acoustics, render
 from aum_jax.data.features.preprocessing import Preprocessing
 from aum_jax.data.sources.datafile import DatafileSource
 from aum_jax.inference import classify, whole
@@ -51,7 +51,7 @@ class Needle:
     onset: int | None  # the speech's first sample in the clip
     offset: int | None  # and one past its last
     snr_db: float | None
-    noise_beta: float | None
+    noise_beta: float | None  # None: the clip's background is not coloured noise
 
 
 def read_needles(folder: str | os.PathLike) -> tuple[list[Needle], list[str]]:
@@ -76,8 +76,8 @@ def read_needles(folder: str | os.PathLike) -> tuple[list[Needle], list[str]]:
         if len(record.labels) != 1:
             continue  # a needle is one keyword
         row = recipe.get(os.path.abspath(record.key))
-        values = ((int(row["onset"]), int(row["offset"]), float(row["snr_db"]), float(row["noise_beta"]))
-                  if row else (None,) * 4)
+        values = ((int(row["onset"]), int(row["offset"]), float(row["snr_db"]),
+                   float(row["noise_beta"]) if row.get("noise_beta") else None) if row else (None,) * 4)
         found.append(Needle(record.key, record.labels[0], *values))
     if not found:
         raise ValueError(f"{eval_json} names no single-label clip to hide")
@@ -85,7 +85,7 @@ def read_needles(folder: str | os.PathLike) -> tuple[list[Needle], list[str]]:
 
 
 def noise_level(clip: np.ndarray, onset: int, offset: int, snr_db: float) -> float:
-    """The RMS of the noise inside a demo clip, from its recipe (``render._mix``): the speech span holds speech and
+    """The RMS of the noise inside a demo clip, from its recipe (``render._render_clip``): the speech span holds speech and
     noise at ``snr_db``, so the noise is its RMS times 10**(-snr/20) / sqrt(1 + 10**(-snr/10))."""
     span = clip[onset:offset].astype(np.float64)
     return float(np.sqrt(np.mean(span**2)) * 10.0 ** (-snr_db / 20.0) / np.sqrt(1.0 + 10.0 ** (-snr_db / 10.0)))
@@ -111,9 +111,10 @@ def write_haystacks(folder: str, seconds: float, count: int, needles: Sequence[N
         at = int(rng.integers(samples - clip.size + 1))
         if needle.onset is None:  # no recipe row: the whole clip, its noise drawn from the demo's ranges
             onset, offset = 0, clip.size
-            snr_db, beta = float(rng.uniform(*render.SNR_DB)), float(rng.uniform(*render.NOISE_BETA))
-        else:
-            onset, offset, snr_db, beta = needle.onset, needle.offset, needle.snr_db, needle.noise_beta
+            snr_db, beta = float(rng.uniform(*render.SNR_DB)), float(rng.uniform(*acoustics.BACKGROUND_BETA))
+        else:  # a clip over another background than coloured noise: coloured noise of a drawn slope around it
+            onset, offset, snr_db = needle.onset, needle.offset, needle.snr_db
+            beta = needle.noise_beta if needle.noise_beta is not None else float(rng.uniform(*acoustics.BACKGROUND_BETA))
         haystack = render.background(rng, beta, noise_level(clip, onset, offset, snr_db), samples)
         render.hide(haystack, clip, at)
         wav = os.path.join(folder, f"haystack_{seconds:g}s_{p:03d}.wav")

@@ -18,6 +18,9 @@ from aum_jax.core import sharding, storage
 from aum_jax.core import workdir as workdir_lib
 from aum_jax.core.errors import UserError
 from aum_jax.data.pipeline import clip_stages
+from aum_jax.data.sources import folder_layout, registry
+from aum_jax.data.sources.base import lookup
+from aum_jax.data.sources.folder import FolderSource
 from aum_jax.evaluation import evaluate
 from aum_jax.models import AuMConfig
 from aum_jax.training import objectives
@@ -34,8 +37,8 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     that evaluation reports), the training objective (a registered one, and its own settings), the fine-tuning
     source (it exists; a model directory's files are valid), the share of labelled clips in training and that of
     bad clips allowed, the model's settings
-    (``AuMConfig``), the data's feature and augmentation settings, and that the devices of the
-    mesh divide the batches.
+    (``AuMConfig``), the data's feature and augmentation settings, the extra test splits (:func:`_check_extra_splits`),
+    and that the devices of the mesh divide the batches.
     """
     data, train = config.data, config.train
     positive = {"data.batch_size": data.batch_size, "data.eval_batch_size": data.eval_batch_size,
@@ -47,7 +50,8 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config.{key}={value}: must be positive")
-    if mode == "eval" and not (config.eval.split or config.eval.test_split):
+    _check_extra_splits(config)
+    if mode == "eval" and not evaluated_splits(config):
         raise ConfigError("--mode=eval: config.eval.split and config.eval.test_split are both empty, so no split is "
                           "evaluated (a pretraining config has none: evaluate with a fine-tuning recipe's config)")
     if mode == "train":
@@ -86,6 +90,38 @@ def check(config: ml_collections.ConfigDict, mode: str) -> None:
         sharding.check_batch_size(data.eval_batch_size, mesh, "data.eval_batch_size")
     except ValueError as e:
         raise ConfigError(f"config.{e}") from e
+
+
+def evaluated_splits(config: ml_collections.ConfigDict) -> list[str]:
+    """The splits a run evaluates, in order: ``config.eval.split``, ``test_split``, then each of
+    ``extra_test_splits``; the empty ones left out."""
+    evaluation = config.eval
+    return [s for s in (evaluation.split, evaluation.test_split, *evaluation.get("extra_test_splits", ())) if s]
+
+
+def _check_extra_splits(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`ConfigError` for an extra test split (``config.eval.extra_test_splits``) that is empty,
+    repeats another evaluated split, or that the data source cannot read: its ``config.data`` key (the
+    datafile source's ``<split>_datafile``) missing or empty, or a folder source's split other than its three."""
+    extra = tuple(config.eval.get("extra_test_splits", ()))
+    if not extra:
+        return
+    named, kind = f"config.eval.extra_test_splits={extra}", registry.kind_of(config.data)
+    seen = [config.eval.split, config.eval.test_split]
+    for split in extra:
+        if not split:
+            raise ConfigError(f"{named}: an empty split name; name each split to evaluate")
+        if split in seen:
+            raise ConfigError(f"{named}: {split!r} is evaluated already (config.eval.split, config.eval.test_split "
+                              "or an earlier extra split); name each split once")
+        seen.append(split)
+        key, what = kind.split_key(split), f"the {kind.split_what} of the split {split!r}"
+        if kind is FolderSource and split not in folder_layout.SPLITS:
+            raise ConfigError(f"{named}: a folder source has no split {split!r}, only {', '.join(folder_layout.SPLITS)}")
+        if lookup(config.data, key) is None:
+            raise ConfigError(f"{named}: config.data has no key {key}, {what}; add it to the config file")
+        if not lookup(config.data, key):
+            raise ConfigError(f"{named}: config.data.{key}, {what}, is empty; set it")
 
 
 def _check_haystack(config: ml_collections.ConfigDict) -> None:

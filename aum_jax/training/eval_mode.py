@@ -3,8 +3,8 @@
 The model is ``config.eval.model_dir``, else ``workdir/model``, else the newest readable
 training checkpoint in ``workdir/checkpoints``; a console line names it and its step (that of
 ``best.json``, else ``report.json``, for ``workdir/model``; the checkpoint's), and each report
-carries them. Each of ``config.eval.split`` and ``config.eval.test_split`` gets
-``workdir/eval_<split>.json`` and, with ``config.eval.confusion_matrix``, its confusion matrix
+carries them. Each of ``config.eval.split``, ``config.eval.test_split`` and ``config.eval.extra_test_splits``
+gets ``workdir/eval_<split>.json`` and, with ``config.eval.confusion_matrix``, its confusion matrix
 from the same pass (:mod:`aum_jax.evaluation.report`).
 
 A workdir that a live trainer holds (its ``lock.json``, :mod:`aum_jax.training.workdir_lock`) is
@@ -28,7 +28,7 @@ from aum_jax.core import logs, sharding, storage
 from aum_jax.core import workdir as workdir_lib
 from aum_jax.data.sources import labels
 from aum_jax.evaluation import evaluate, report
-from aum_jax.training import run_checkpoints, workdir_lock
+from aum_jax.training import config_checks, run_checkpoints, workdir_lock
 
 
 class WorkdirTrainingError(workdir_lib.WorkdirError):
@@ -88,7 +88,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: Path) -> dict[s
     nnx.update(model, sharding.replicate(nnx.state(model), mesh))
     names = labels.training_preprocessing(config).class_names
     reports = {}
-    for split in filter(None, (config.eval.split, config.eval.test_split)):
+    for split in config_checks.evaluated_splits(config):
         result, outputs = evaluate.evaluate_split(model, config.data, split, mesh, config.train.loss,
                                                   config.eval.matmul_precision)
         logging.info("%s on %s: %s", source, split, result)

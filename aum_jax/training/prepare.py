@@ -27,6 +27,8 @@ from aum_jax.data.features import preprocessing
 from aum_jax.data.pipeline import norm_stats
 from aum_jax.data.sources import registry
 from aum_jax.data.sources.base import DataNotFoundError
+from aum_jax.training import config_checks
+
 
 def adopt_model_dir(config: ml_collections.ConfigDict, checkpoint: str) -> None:
     """With ``checkpoint`` an aum-jax model directory (or training workdir): its model and input features
@@ -71,11 +73,17 @@ def _point_at_demo_data(config: ml_collections.ConfigDict) -> None:
         clips_per_word=demo.clips_per_word,
         valid_clips_per_word=demo.valid_clips_per_word,
         eval_clips_per_word=demo.eval_clips_per_word,
+        synth_clips_per_word=demo.synth_clips_per_word,
+        recipe=demo_data.Recipe.from_config(demo),
         show_progress=jax.process_index() == 0,
     )
     config.data.train_datafile = str(dataset.train_json)
     config.data.validation_datafile = str(dataset.valid_json or dataset.eval_json)
     config.data.test_datafile = str(dataset.eval_json)
+    if dataset.synth_json:
+        config.data.test_synth_datafile = str(dataset.synth_json)
+    else:  # no held-out synthesizer: no test_synth split to evaluate.
+        config.eval.extra_test_splits = tuple(s for s in config.eval.extra_test_splits if s != "test_synth")
     config.data.label_csv = str(dataset.label_csv)
 
 
@@ -120,7 +128,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *, training: bool,
     if derived.get("demo") and derived.demo.generate:
         _point_at_demo_data(derived)
     kind.prepare(derived, workdir, configured, norm_stats.fbank_statistics)
-    splits = (["train"] if training else []) + [s for s in (derived.eval.split, derived.eval.test_split) if s]
+    splits = (["train"] if training else []) + config_checks.evaluated_splits(derived)
     registry.check_files(derived.data, splits, data_configs.prep_step(derived.data.name))
     if training and derived.eval.get("haystack_seconds"):
         _check_needles(derived.eval.haystack_clips)

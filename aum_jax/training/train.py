@@ -24,14 +24,14 @@ its banners: input, model, update, checkpoint, train loop, eval.
   rather than save or report an untrained model.
 - SIGTERM or Ctrl-C checkpoint, then raise :class:`TrainingInterrupted`.
 - The loss goes to the host only at log, checkpoint and evaluation steps.
-- The test split is evaluated once, with the best model; its confusion matrix comes from
-  the same pass.
+- The test split and the extra test splits (``config.eval.extra_test_splits``) are evaluated once,
+  with the best model; each one's confusion matrix comes from the same pass.
 
 Outputs in ``workdir`` are listed in :mod:`aum_jax.core.workdir`; the best model lands in
 ``model/`` with its ``preprocessing.json``. ``report.json`` holds the metrics and the
 run's accounting: skipped steps, skipped clips by reason and the step training was
 restored from; TensorBoard gets the same counts, under ``train/*``, ``validation/*`` and
-``test/*``.
+``test/*`` (and ``<split>/*`` of each extra test split).
 """
 
 from __future__ import annotations
@@ -244,17 +244,21 @@ class _Results:
             if not self._config.eval.test_split:
                 self._save_confusion(outputs, split)
 
-    def test(self, step: int) -> dict[str, float] | None:
-        """Evaluates ``config.eval.test_split`` once, with the best model."""
-        split, model_dir = self._config.eval.test_split, self._workdir / workdir_lib.MODEL_DIR
-        if not split or not model_dir.is_dir():
-            return None
+    def test(self, step: int) -> dict[str, dict[str, float]]:
+        """Evaluates ``config.eval.test_split``, then each of ``config.eval.extra_test_splits``, once, with the
+        best model (read once): ``{split: metrics}``, empty without such a split or a model."""
+        evaluation, model_dir = self._config.eval, self._workdir / workdir_lib.MODEL_DIR
+        splits = [s for s in (evaluation.test_split, *evaluation.get("extra_test_splits", ())) if s]
+        if not splits or not model_dir.is_dir():
+            return {}
         model = model_files.load_model(model_dir)
         nnx.update(model, sharding.replicate(nnx.state(model), self._mesh))
-        result, outputs = self._evaluate(model, split, step)
-        logging.info("%s with the best model: %s", split, result)
-        self._save_confusion(outputs, split)
-        return result
+        results = {}
+        for split in splits:
+            results[split], outputs = self._evaluate(model, split, step)
+            logging.info("%s with the best model: %s", split, results[split])
+            self._save_confusion(outputs, split)
+        return results
 
     def haystack(self) -> list[dict[str, Any]] | None:
         """With ``config.eval.haystack_seconds``: the best model finds needles hidden in noise of those lengths
@@ -329,7 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     Returns:
       The report also written to ``workdir/report.json``: ``{"step", "best", "final",
-      "test"}`` with the metrics of :func:`aum_jax.evaluation.evaluate.split_metrics`, and
+      "test"}`` with the metrics of :func:`aum_jax.evaluation.evaluate.split_metrics`, ``"extra_tests"``
+      (``{split: metrics}`` of ``config.eval.extra_test_splits``; absent without them), and
       ``"restored_from_step"``, ``"skipped_steps"``, ``"skipped_clips"`` (by reason), and ``"train"``: the
       means of the last logged window of steps (loss, gradient norm, the objective's metrics).
 
@@ -483,13 +488,15 @@ def _finish(config: ml_collections.ConfigDict, workdir: Path, results: _Results,
             restored_from: int, optimizer: nnx.Optimizer, train_iter: batching.BatchIterator,
             watch: divergence.Watch, extra: dict[str, Any]) -> dict[str, Any]:
     """After the last step: the model evaluated if it was not (resumed at the end), or saved for a run
-    without an evaluation split; the test split; the run's report (with ``extra``), written to ``workdir``."""
+    without an evaluation split; the test splits; the run's report (with ``extra``), written to ``workdir``."""
     if config.eval.split and results.last_step is None:
         results.validate(step, model)
     if not config.eval.split:
         results.save_model(model)
-    report = {"step": step, "best": results.best, "final": results.final, "test": results.test(step),
-              "haystack": results.haystack(),
+    tests = results.test(step)
+    test = tests.pop(config.eval.test_split, None)  # the rest: config.eval.extra_test_splits.
+    report = {"step": step, "best": results.best, "final": results.final, "test": test,
+              **({"extra_tests": tests} if tests else {}), "haystack": results.haystack(),
               "restored_from_step": restored_from or None,
               "skipped_steps": int(optimizer.opt_state.total_notfinite[...]),
               "skipped_clips": {"total": train_iter.num_skipped, **train_iter.skipped_by_kind_everywhere()},

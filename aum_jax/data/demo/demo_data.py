@@ -1,28 +1,30 @@
-"""Embedded demo dataset: synthetic keyword spotting generated with eSpeak NG.
+"""Embedded demo dataset: synthetic keyword spotting, spoken by synthesizers of several kinds, in rooms.
 
-Nothing is downloaded. Ten Speech-Commands-like keywords are spoken by
-eSpeak NG (shipped by the ``espeakng-loader`` wheel and driven through
-ctypes) with many voices, speaking rates and pitches, resampled to 16 kHz,
-placed at a random offset inside a 1 s clip and mixed with coloured noise at
-a random SNR. The result is written as PCM-16 wav files plus standard
-AST/AuM datafiles::
+Nothing is downloaded. Ten Speech-Commands-like keywords are spoken by the synthesizers of
+:mod:`aum_jax.data.demo.synthesizers` (eSpeak NG, Kokoro-82M, Piper), each with its voices held out
+between the splits, sped up or slowed down, placed at a random offset inside a 1 s clip, in a
+simulated room, over a background (coloured noise, babble, music or mains hum) at a random SNR, and
+through a simulated microphone (:mod:`aum_jax.data.demo.acoustics`). The result is written as
+PCM-16 wav files plus standard AST/AuM datafiles::
 
     <cache_dir>/<seed>-<manifest hash>/
-      manifest.json                 # version, seed, sizes, voices per split
+      manifest.json                 # version, seed, recipe, sizes, voices per split
       class_labels_indices.csv      # index,mid,display_name
-      train.json valid.json eval.json   # {"data": [{"wav": rel_path, "labels": mid}]}
-      clips.csv                     # per-clip recipe (voice, rate, pitch, SNR, onset, ...)
-      audio/<split>/<word>/<n>.wav
+      train.json valid.json eval.json synth.json   # {"data": [{"wav": rel_path, "labels": mid}]}
+      clips.csv                     # per-clip recipe (synthesizer, voice, speed, room, background, SNR, ...)
+      utterances.csv rooms.csv      # the banked utterances and the rooms, each with its recipe
+      audio/<split>/<word>/<n>.wav  utterances/<split>/<synthesizer>/<word>/<n>.wav  rooms/<split>/<n>.npy
 
-Voices are held out per split: the eSpeak *variants* (m1, f2, klatt, ...)
-of the train, valid and eval splits are disjoint, so eval voices are never
-seen in training.
+Splits: ``train``, ``valid`` and ``eval`` are spoken by :attr:`Recipe.synthesizers`, each split with its own
+voices (eSpeak NG's variants and Kokoro's blends are disjoint between them, so ``eval`` measures voices
+never heard in training) and its own rooms; ``synth`` is spoken by :attr:`Recipe.heldout_synthesizer`
+alone, a synthesizer never heard in training.
 
-eSpeak NG keeps internal state (e.g. pitch flutter phase) across
-utterances in one process, so byte-exact determinism is obtained by
-rendering fixed shards of clips, each in a fresh worker process (:mod:`aum_jax.data.demo.render`).
+eSpeak NG keeps internal state across utterances in one process and onnxruntime draws its models'
+noise from a seed set before they load, so byte-exact determinism is obtained by rendering fixed
+shards of jobs, each in a fresh worker process (:mod:`aum_jax.data.demo.render`).
 
-Datasets of different recipes (seed, sizes, words) live side by side in the cache, each in
+Datasets of different recipes (seed, sizes, words, ingredients) live side by side in the cache, each in
 a folder named for its manifest; a dataset is rendered into a private folder and renamed
 into place complete, so no run deletes or rewrites the clips another run reads.
 """
@@ -35,41 +37,69 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from absl import logging
 
 from aum_jax.core import storage
-from aum_jax.data.demo import render
+from aum_jax.data.demo import acoustics, render, synthesizers
 from aum_jax.data.sources.datafile import write_datafile
 
-DATASET_VERSION = 1
+DATASET_VERSION = 2
 
 KEYWORDS: tuple[str, ...] = (
     "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
 )
-ACCENTS: tuple[str, ...] = (
-    "en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc",
-    "en-gb-x-gbclan", "en-gb-x-gbcwmd",
-)
-# eSpeak voice variants, disjoint between splits (the held-out voices).
-SPLIT_VARIANTS: dict[str, tuple[str, ...]] = {
-    "train": (
-        "", "m1", "m2", "m3", "m5", "m6", "m8", "f1", "f2", "f4", "klatt",
-        "klatt3", "Andy", "Annie", "Denis", "Gene", "Lee", "adam", "anika",
-        "belinda", "benjamin", "david", "ed", "grandpa", "linda", "max",
-        "paul", "quincy", "rob", "steph", "travis", "croak", "whisper",
-    ),
-    "valid": ("m4", "f5", "klatt2", "Alicia", "edward", "iven"),
-    "eval": (
-        "m7", "f3", "klatt4", "Mario", "Michael", "aunty", "grandma",
-        "robert", "shelby", "whisperf",
-    ),
-}
-SPLITS: tuple[str, ...] = ("train", "valid", "eval")
+SPLITS: tuple[str, ...] = ("train", "valid", "eval")  # the splits of held-out voices.
+SYNTH_SPLIT = "synth"  # the held-out synthesizer's split.
+CLIP_SPLITS: tuple[str, ...] = (*SPLITS, SYNTH_SPLIT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What the clips are made of: who speaks, and the acoustics. The defaults are ``configs/demo.py``'s;
+    each field is one ingredient of the BENCHMARKS.md table."""
+
+    synthesizers: tuple[str, ...] = ("espeak", "kokoro")  # speak train, valid and eval (each its held-out voices).
+    heldout_synthesizer: str = "piper"  # speaks the synth split alone ("" no such split).
+    bank_per_word: tuple[int, int, int, int] = (24, 4, 8, 24)  # banked utterances per word: train valid eval synth.
+    speed: tuple[float, float] = (0.85, 1.15)  # speed perturbation range ((1, 1) none).
+    rooms: tuple[int, int, int, int] = (64, 8, 16, 16)  # rooms per split: train valid eval synth (0 none).
+    room_probability: float = 0.8  # a clip's chance of being said in one of its split's rooms.
+    mic_probability: float = 0.8  # a clip's chance of passing through a random microphone and channel.
+    backgrounds: tuple[str, ...] = acoustics.BACKGROUND_KINDS  # each clip's background, drawn uniformly.
+
+    @classmethod
+    def from_config(cls, demo: Mapping[str, Any]) -> Recipe:
+        """The recipe of ``config.demo`` (its keys of the fields' names)."""
+        return cls(**{f.name: tuple(demo[f.name]) if isinstance(demo[f.name], (list, tuple)) else demo[f.name]
+                      for f in dataclasses.fields(cls)})
+
+    def speakers(self, split: str) -> tuple[str, ...]:
+        """The synthesizers of ``split``."""
+        if split == SYNTH_SPLIT:
+            return (self.heldout_synthesizer,) if self.heldout_synthesizer else ()
+        return self.synthesizers
+
+    def validate(self) -> None:
+        """Raises ValueError for an unknown synthesizer or background, or a held-out synthesizer also in training."""
+        for name in (*self.synthesizers, *filter(None, [self.heldout_synthesizer])):
+            synthesizers.get(name)
+        if not self.synthesizers or self.heldout_synthesizer in self.synthesizers:
+            raise ValueError(f"synthesizers {list(self.synthesizers)} must be non-empty and exclude the held-out "
+                             f"synthesizer {self.heldout_synthesizer!r}")
+        for split in CLIP_SPLITS:
+            for name in self.speakers(split):
+                if not synthesizers.REGISTRY[name].voices.get(split):
+                    raise ValueError(f"synthesizer {name!r} has no voices for the {split} split")
+        unknown = set(self.backgrounds) - set(acoustics.BACKGROUND_KINDS)
+        if not self.backgrounds or unknown:
+            raise ValueError(f"backgrounds {list(self.backgrounds)}: choose from {list(acoustics.BACKGROUND_KINDS)}")
 _SHARD_SIZE = 256  # clips rendered per fresh worker process
+_SMALL_SHARD_SIZE = 32  # utterances or rooms per process: 10 s of a core or less, so the cores finish together
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +110,7 @@ class DemoDataset:
     train_json: Path
     valid_json: Path | None
     eval_json: Path
+    synth_json: Path | None  # the held-out synthesizer's clips.
     label_csv: Path
     num_classes: int
 
@@ -90,31 +121,50 @@ def default_cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "aum_jax") / "demo"
 
 
-def split_voices(split: str) -> tuple[str, ...]:
-    """eSpeak voice names (``accent+variant``) used by one split."""
-    return tuple(
-        accent + (f"+{variant}" if variant else "")
-        for variant in SPLIT_VARIANTS[split]
-        for accent in ACCENTS
-    )
-
-
-def _plan(seed: int, words: Sequence[str], clips: dict[str, int]) -> list[render.ClipJob]:
-    voices = {split: split_voices(split) for split in SPLITS}  # shared: pickled once
+def _bank(seed: int, words: Sequence[str], recipe: Recipe, clips: dict[str, int]) -> list[render.UtteranceJob]:
     return [
-        render.ClipJob(seed, split, s, w, word, i, voices[split])
-        for s, split in enumerate(SPLITS)
+        render.UtteranceJob(seed, split, s, name, w, word, i, synthesizers.REGISTRY[name].voices[split])
+        for s, split in enumerate(CLIP_SPLITS) if clips[split]
+        for name in recipe.speakers(split) if synthesizers.REGISTRY[name].banked
         for w, word in enumerate(words)
-        for i in range(clips[split])
+        for i in range(recipe.bank_per_word[s])
     ]
 
 
-def _shards(jobs: list) -> Iterator[list]:
-    for start in range(0, len(jobs), _SHARD_SIZE):
-        yield jobs[start : start + _SHARD_SIZE]
+def _rooms(seed: int, recipe: Recipe, clips: dict[str, int]) -> list[render.RoomJob]:
+    return [render.RoomJob(seed, split, s, i) for s, split in enumerate(CLIP_SPLITS) if clips[split]
+            for i in range(recipe.rooms[s])]
 
 
-def render_all(jobs: list[render.ClipJob] | list[render.StretchJob], root: Path, num_workers: int | None,
+def _plan(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Recipe, bank: list[render.UtteranceJob],
+          rooms: list[render.RoomJob]) -> list[render.ClipJob]:
+    """The clips: clip ``i`` of word ``w`` is spoken by its split's synthesizer ``(w + i) mod n``."""
+    jobs = []
+    for s, split in enumerate(CLIP_SPLITS):
+        split_bank = [u for u in bank if u.split == split]
+        babble = tuple(u.rel_path for u in split_bank[:: max(1, len(split_bank) // 64)])  # 64 talkers at most
+        split_rooms = tuple(r.rel_path for r in rooms if r.split == split)
+        espeak_voices = synthesizers.Espeak.voices.get(split) or synthesizers.Espeak.voices["eval"]
+        names = recipe.speakers(split)
+        for w, word in enumerate(words):
+            utterances = {name: tuple(u.rel_path for u in split_bank if u.synthesizer == name and u.word == word)
+                          for name in names}
+            for i in range(clips[split]):
+                name = names[(w + i) % len(names)]
+                jobs.append(render.ClipJob(
+                    seed, split, s, w, word, i, name, synthesizers.REGISTRY[name].voices[split], utterances[name],
+                    recipe.speed, split_rooms, recipe.room_probability, recipe.mic_probability, recipe.backgrounds,
+                    babble, espeak_voices, tuple(words)))
+    return jobs
+
+
+def _shards(jobs: Sequence[render.Job]) -> Iterator[Sequence[render.Job]]:
+    size = _SHARD_SIZE if isinstance(jobs[0], (render.ClipJob, render.StretchJob)) else _SMALL_SHARD_SIZE
+    for start in range(0, len(jobs), size):
+        yield jobs[start : start + size]
+
+
+def render_all(jobs: Sequence[render.Job], root: Path, num_workers: int | None,
                show_progress: bool, what: str) -> list[dict[str, str]]:
     """Renders every job, one fresh interpreter per shard, ``num_workers`` (default: CPU count) at a time;
     results in job order; the progress bar says ``what``."""
@@ -152,13 +202,13 @@ def _write_outputs(root: Path, words: Sequence[str], rows: list[dict[str, str]])
         [(str(i), mid(w), w) for i, w in enumerate(words)],
     )
     write_csv(root / "clips.csv", list(rows[0]), [list(r.values()) for r in rows])
-    for split in SPLITS:
+    for split in CLIP_SPLITS:
         entries = [(r["wav"], [mid(r["word"])]) for r in rows if r["split"] == split]
         if entries:
             write_datafile(root / f"{split}.json", entries)
 
 
-def _manifest(seed: int, words: Sequence[str], clips: dict[str, int]) -> dict[str, object]:
+def _manifest(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Recipe) -> dict[str, object]:
     return {
         "version": DATASET_VERSION,
         "seed": seed,
@@ -166,13 +216,22 @@ def _manifest(seed: int, words: Sequence[str], clips: dict[str, int]) -> dict[st
         "clip_samples": render.CLIP_SAMPLES,
         "words": list(words),
         "recipe": {
-            "rate_wpm": render.RATE_WPM, "pitch": render.PITCH, "pitch_range": render.PITCH_RANGE,
-            "snr_db": render.SNR_DB, "noise_beta": render.NOISE_BETA, "peak_dbfs": render.PEAK_DBFS,
-            "shard_size": _SHARD_SIZE,
+            **dataclasses.asdict(recipe),
+            "espeak": {"rate_wpm": synthesizers.ESPEAK_RATE_WPM, "pitch": synthesizers.ESPEAK_PITCH,
+                       "pitch_range": synthesizers.ESPEAK_PITCH_RANGE},
+            "kokoro_speed": synthesizers.KOKORO_SPEED,
+            "piper": {"length_scale": synthesizers.PIPER_LENGTH_SCALE, "noise_scale": synthesizers.PIPER_NOISE_SCALE,
+                      "noise_w_scale": synthesizers.PIPER_NOISE_W_SCALE},
+            "room": {"rt60": acoustics.ROOM_RT60, "size": acoustics.ROOM_SIZE},
+            "microphone": {"highpass_hz": acoustics.MIC_HIGHPASS_HZ, "lowpass_hz": acoustics.MIC_LOWPASS_HZ,
+                           "peaks_db": acoustics.MIC_PEAKS_DB},
+            "snr_db": render.SNR_DB, "noise_beta": acoustics.BACKGROUND_BETA, "peak_dbfs": render.PEAK_DBFS,
+            "shard_size": _SHARD_SIZE, "small_shard_size": _SMALL_SHARD_SIZE,
         },
         "splits": {
-            split: {"clips_per_word": n, "num_clips": n * len(words), "voices": list(split_voices(split))}
-            for split, n in clips.items()
+            split: {"clips_per_word": n, "num_clips": n * len(words),
+                    "voices": {name: list(synthesizers.REGISTRY[name].voices[split]) for name in recipe.speakers(split)}}
+            for split, n in clips.items() if n or split != SYNTH_SPLIT
         },
     }
 
@@ -200,12 +259,13 @@ def _remove_abandoned(cache_dir: Path, name: str) -> None:
             pass
 
 
-def _dataset(root: Path, num_classes: int, has_valid: bool) -> DemoDataset:
+def _dataset(root: Path, num_classes: int, clips: dict[str, int]) -> DemoDataset:
     return DemoDataset(
         root=root,
         train_json=root / "train.json",
-        valid_json=root / "valid.json" if has_valid else None,
+        valid_json=root / "valid.json" if clips["valid"] else None,
         eval_json=root / "eval.json",
+        synth_json=root / f"{SYNTH_SPLIT}.json" if clips[SYNTH_SPLIT] else None,
         label_csv=root / "class_labels_indices.csv",
         num_classes=num_classes,
     )
@@ -214,8 +274,8 @@ def _dataset(root: Path, num_classes: int, has_valid: bool) -> DemoDataset:
 def _validate(words: Sequence[str], clips: dict[str, int]) -> None:
     if not words or len(set(words)) != len(words) or not all(w.isalpha() and w.isascii() for w in words):
         raise ValueError(f"words must be distinct non-empty ASCII words, got {list(words)}")
-    if clips["train"] < 1 or clips["eval"] < 1 or clips["valid"] < 0:
-        raise ValueError(f"need >= 1 train and eval clip per word and >= 0 valid, got {clips}")
+    if clips["train"] < 1 or clips["eval"] < 1 or clips["valid"] < 0 or clips[SYNTH_SPLIT] < 0:
+        raise ValueError(f"need >= 1 train and eval clip per word and >= 0 valid and synth, got {clips}")
 
 
 def generate_demo_dataset(
@@ -225,7 +285,9 @@ def generate_demo_dataset(
     clips_per_word: int = 200,
     valid_clips_per_word: int = 20,
     eval_clips_per_word: int = 40,
+    synth_clips_per_word: int = 40,
     words: Sequence[str] = KEYWORDS,
+    recipe: Recipe = Recipe(),
     num_workers: int | None = None,
     force: bool = False,
     show_progress: bool = True,
@@ -239,7 +301,10 @@ def generate_demo_dataset(
       clips_per_word: train clips per keyword.
       valid_clips_per_word: validation clips per keyword (0: no valid split).
       eval_clips_per_word: eval clips per keyword (held-out voices).
+      synth_clips_per_word: clips per keyword of the held-out synthesizer (0, or no
+        ``recipe.heldout_synthesizer``: no synth split).
       words: keywords, one class each.
+      recipe: the synthesizers and acoustics.
       num_workers: worker processes (default: CPU count); never affects bytes.
       force: regenerate even if the dataset is cached (the old copy is replaced in one rename).
       show_progress: show a tqdm progress bar.
@@ -248,15 +313,25 @@ def generate_demo_dataset(
       The paths of the dataset.
     """
     cache = Path(cache_dir).expanduser().resolve()
-    clips = {"train": clips_per_word, "valid": valid_clips_per_word, "eval": eval_clips_per_word}
+    clips = {"train": clips_per_word, "valid": valid_clips_per_word, "eval": eval_clips_per_word,
+             SYNTH_SPLIT: synth_clips_per_word if recipe.heldout_synthesizer else 0}
     _validate(words, clips)
+    recipe.validate()
 
     def build(staging: Path) -> None:
-        rows = render_all(_plan(seed, words, clips), staging, num_workers, show_progress, "demo dataset")
+        bank, rooms = _bank(seed, words, recipe, clips), _rooms(seed, recipe, clips)
+        for name in sorted({job.synthesizer for job in bank}):
+            synthesizers.REGISTRY[name].prepare()
+        for jobs, what, csv_name in ((bank, "demo utterances", "utterances.csv"), (rooms, "demo rooms", "rooms.csv")):
+            if jobs:
+                rows = render_all(jobs, staging, num_workers, show_progress, what)
+                write_csv(staging / csv_name, list(rows[0]), [list(r.values()) for r in rows])
+        rows = render_all(_plan(seed, words, clips, recipe, bank, rooms), staging, num_workers, show_progress,
+                          "demo clips")
         _write_outputs(staging, words, rows)
 
-    root = build_cached(cache, _manifest(seed, words, clips), build, force=force)
-    return _dataset(root, len(words), valid_clips_per_word > 0)
+    root = build_cached(cache, _manifest(seed, words, clips, recipe), build, force=force)
+    return _dataset(root, len(words), clips)
 
 
 def build_cached(cache: Path, manifest: dict[str, object], build: Callable[[Path], None], *,

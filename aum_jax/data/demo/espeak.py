@@ -16,6 +16,7 @@ import numpy as np
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
 _CHARS_UTF8 = 1
+_PHONEMES_IPA = 0x02
 _POS_CHARACTER = 1
 _PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
 _EE_OK = 0
@@ -59,6 +60,8 @@ class Espeak:
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
         lib.espeak_Synth.argtypes = [
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
             ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
@@ -72,6 +75,16 @@ class Espeak:
     def _check(self, status: int, what: str) -> None:
         if status != _EE_OK:
             raise RuntimeError(f"eSpeak NG {what} failed with status {status}")
+
+    def phonemes(self, text: str, voice: str) -> str:
+        """``text`` as IPA phonemes in ``voice``'s language (``"en-us"``), its clauses joined by spaces."""
+        self._check(self._lib.espeak_SetVoiceByName(voice.encode()), f"SetVoiceByName({voice!r})")
+        buffer = ctypes.create_string_buffer(text.encode() + b"\0")
+        pointer = ctypes.c_void_p(ctypes.addressof(buffer))  # eSpeak advances it clause by clause, NULL at the end.
+        clauses = []
+        while pointer.value:
+            clauses.append(self._lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA).decode())
+        return " ".join(filter(None, clauses))
 
     def synthesize(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int, seed: int) -> np.ndarray:
         """Returns int16 samples at ``self.sample_rate``."""

@@ -11,9 +11,9 @@ their onsets and offsets are known, so every stretch has strong labels for free.
       train.tsv valid.tsv eval.tsv                   # DCASE TSVs: filename, onset, offset, event_label
       audio/<split>/<n>.wav
 
-The needles of the haystack test (a keyword hidden in minutes of noise) are the demo's own test clips:
-:func:`needles` renders them with :func:`aum_jax.data.demo.demo_data.generate_demo_dataset` (the same
-seed gives the demo's bytes), cached beside it.
+The needles of the haystack test (a keyword hidden in minutes of noise) are test clips of the demo's
+keywords in the stretches' own sound: :func:`needles` renders them with
+:func:`aum_jax.data.demo.demo_data.generate_demo_dataset` (:data:`NEEDLE_RECIPE`), cached beside it.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from aum_jax.data.demo import demo_data, render
+from aum_jax.data.demo import acoustics, demo_data, render, synthesizers
 from aum_jax.data.sources.datafile import write_datafile
 
 DATASET_VERSION = 1
+# The needles: the held-out eSpeak NG voices in coloured noise, as the stretches are spoken.
+NEEDLE_RECIPE = demo_data.Recipe(synthesizers=("espeak",), heldout_synthesizer="", speed=(1.0, 1.0),
+                                 rooms=(0, 0, 0, 0), mic_probability=0.0, backgrounds=("coloured",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +45,7 @@ class StreamDataset:
 
 def _plan(seed: int, stretches: dict[str, int], seconds: float, max_words: int,
           words: Sequence[str]) -> list[render.StretchJob]:
-    return [render.StretchJob(seed, split, s, i, seconds, tuple(words), max_words, demo_data.split_voices(split))
+    return [render.StretchJob(seed, split, s, i, seconds, tuple(words), max_words, synthesizers.Espeak.voices[split])
             for s, split in enumerate(demo_data.SPLITS) for i in range(stretches[split])]
 
 
@@ -92,10 +95,11 @@ def generate_stream_dataset(
     manifest = {
         "version": DATASET_VERSION, "kind": "stretches", "seed": seed, "sample_rate": render.SAMPLE_RATE,
         "seconds": seconds, "max_words": max_words, "words": list(words), "stretches": counts,
-        "recipe": {"rate_wpm": render.RATE_WPM, "pitch": render.PITCH, "pitch_range": render.PITCH_RANGE,
-                   "snr_db": render.SNR_DB, "noise_beta": render.NOISE_BETA, "peak_dbfs": render.PEAK_DBFS,
+        "recipe": {"rate_wpm": synthesizers.ESPEAK_RATE_WPM, "pitch": synthesizers.ESPEAK_PITCH,
+                   "pitch_range": synthesizers.ESPEAK_PITCH_RANGE,
+                   "snr_db": render.SNR_DB, "noise_beta": acoustics.BACKGROUND_BETA, "peak_dbfs": render.PEAK_DBFS,
                    "fade_seconds": render.FADE_SECONDS},
-        "voices": {split: list(demo_data.split_voices(split)) for split in demo_data.SPLITS},
+        "voices": {split: list(synthesizers.Espeak.voices[split]) for split in demo_data.SPLITS},
     }
 
     def build(staging: Path) -> None:
@@ -111,8 +115,9 @@ def generate_stream_dataset(
 
 def needles(cache_dir: str | os.PathLike[str], *, seed: int = 0, clips_per_word: int = 40,
             show_progress: bool = True) -> Path:
-    """The folder of the haystack's needles: the demo's test clips (``eval.json``, ``clips.csv``, the
-    held-out voices), ``clips_per_word`` per keyword, byte-identical to the demo dataset's of ``seed``."""
+    """The folder of the haystack's needles: demo test clips of :data:`NEEDLE_RECIPE` (``eval.json``,
+    ``clips.csv``, the held-out voices), ``clips_per_word`` per keyword."""
     dataset = demo_data.generate_demo_dataset(cache_dir, seed=seed, clips_per_word=1, valid_clips_per_word=0,
-                                              eval_clips_per_word=clips_per_word, show_progress=show_progress)
+                                              eval_clips_per_word=clips_per_word, recipe=NEEDLE_RECIPE,
+                                              show_progress=show_progress)
     return dataset.root

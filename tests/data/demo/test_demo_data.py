@@ -1,4 +1,4 @@
-"""Tests of the synthetic eSpeak NG keyword-spotting demo dataset."""
+"""Tests of the synthetic keyword-spotting demo dataset: its splits, voices, acoustics and bytes."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pytest
 import soundfile
 from scipy.signal import stft
 
-from aum_jax.data.demo import demo_data, espeak, render
+from aum_jax.data.demo import demo_data, espeak, synthesizers
 from tests.helpers import REPO_ROOT
 
-TINY = dict(clips_per_word=3, valid_clips_per_word=1, eval_clips_per_word=2, show_progress=False)
+# Every ingredient on, small: two synthesizers, the held-out one, rooms, microphones, every background.
+TINY = dict(clips_per_word=4, valid_clips_per_word=1, eval_clips_per_word=2, synth_clips_per_word=2, show_progress=False,
+            recipe=demo_data.Recipe(bank_per_word=(2, 1, 1, 1), rooms=(2, 1, 1, 1)))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def _datafile_entries(path: Path) -> list[dict[str, str]]:
 
 
 def _all_entries(ds: demo_data.DemoDataset) -> list[dict[str, str]]:
-    return [e for p in (ds.train_json, ds.valid_json, ds.eval_json) for e in _datafile_entries(p)]
+    return [e for p in (ds.train_json, ds.valid_json, ds.eval_json, ds.synth_json) for e in _datafile_entries(p)]
 
 
 def _clips(ds: demo_data.DemoDataset) -> list[dict[str, str]]:
@@ -41,7 +43,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 def test_clips_are_one_second_mono_16k_pcm16(tiny: demo_data.DemoDataset) -> None:
     entries = _all_entries(tiny)
-    assert len(entries) == 10 * (3 + 1 + 2)
+    assert len(entries) == 10 * (4 + 1 + 2 + 2)
     for entry in entries:
         assert not Path(entry["wav"]).is_absolute()
         info = soundfile.info(tiny.root / entry["wav"])
@@ -64,14 +66,27 @@ def test_repository_label_csv_matches_generated(tiny: demo_data.DemoDataset) -> 
     assert shipped.read_bytes() == tiny.label_csv.read_bytes()
 
 
-def test_eval_and_valid_voices_are_held_out(tiny: demo_data.DemoDataset) -> None:
+def test_voices_rooms_and_the_synthesizer_are_held_out(tiny: demo_data.DemoDataset) -> None:
     manifest = json.loads((tiny.root / "manifest.json").read_text())
-    voices = {split: set(info["voices"]) for split, info in manifest["splits"].items()}
-    assert not voices["train"] & voices["eval"]
-    assert not voices["train"] & voices["valid"]
+    voices = {split: {f"{name}:{v}" for name, vs in info["voices"].items() for v in vs}
+              for split, info in manifest["splits"].items()}
+    kokoro = {split: set(info["voices"].get("kokoro", [])) for split, info in manifest["splits"].items()}
+    assert not voices["train"] & voices["eval"] and not kokoro["train"] & kokoro["eval"]
     assert not voices["valid"] & voices["eval"]
+    assert not {v for v in voices["train"] if v.startswith("espeak:")} & voices["valid"]
+    assert set(manifest["splits"]["synth"]["voices"]) == {"piper"}
+    utterances = {row["wav"]: row for row in csv.DictReader((tiny.root / "utterances.csv").open(newline=""))}
+    by_split = {split: {c["synthesizer"] for c in _clips(tiny) if c["split"] == split} for split in voices}
+    assert by_split == {"train": {"espeak", "kokoro"}, "valid": {"espeak", "kokoro"}, "eval": {"espeak", "kokoro"},
+                        "synth": {"piper"}}
     for clip in _clips(tiny):
-        assert clip["voice"] in voices[clip["split"]]
+        if clip["synthesizer"] == "espeak":
+            assert f"espeak:{clip['voice']}" in voices[clip["split"]]
+        else:  # a banked utterance of the clip's own split, word and synthesizer
+            said = utterances[clip["voice"]]
+            assert (said["split"], said["word"], said["synthesizer"]) == (clip["split"], clip["word"],
+                                                                        clip["synthesizer"])
+        assert not clip["room"] or clip["room"].startswith(f"rooms/{clip['split']}/")
 
 
 def test_same_seed_same_bytes_other_seed_differs(tiny: demo_data.DemoDataset, tmp_path: Path) -> None:
@@ -88,7 +103,7 @@ def test_speech_region_is_louder_than_noise(tiny: demo_data.DemoDataset) -> None
     for clip in _clips(tiny):
         audio, _ = soundfile.read(tiny.root / clip["wav"])
         onset, offset = int(clip["onset"]), int(clip["offset"])
-        noise = np.concatenate([audio[:onset], audio[offset:]])
+        noise = audio[:onset]  # after the word, its room's echoes
         speech_rms = np.sqrt(np.mean(audio[onset:offset] ** 2))
         assert speech_rms > 1e-3, clip
         if noise.size >= 1600:
@@ -108,8 +123,9 @@ def _fingerprint(audio: np.ndarray, frames: int = 24) -> np.ndarray:
 @pytest.mark.parametrize("voice", ["en-us", "en+whisper", "en-gb-x-rp+f3"])
 def test_different_words_sound_different(voice: str) -> None:
     """Each word, said again slower and lower, is nearer itself than any other word is to it."""
-    first = {w: _fingerprint(render.synthesize(w, voice)) for w in demo_data.KEYWORDS}
-    second = {w: _fingerprint(render.synthesize(w, voice, rate=140, pitch=35, seed=1)) for w in demo_data.KEYWORDS}
+    first = {w: _fingerprint(synthesizers.synthesize_espeak(w, voice)) for w in demo_data.KEYWORDS}
+    second = {w: _fingerprint(synthesizers.synthesize_espeak(w, voice, rate=140, pitch=35, seed=1))
+              for w in demo_data.KEYWORDS}
     same_word = min(float(first[w] @ second[w]) for w in demo_data.KEYWORDS)
     cross_word = max(
         float(first[a] @ second[b]) for a in demo_data.KEYWORDS for b in demo_data.KEYWORDS if a != b
@@ -118,7 +134,8 @@ def test_different_words_sound_different(voice: str) -> None:
 
 
 def test_cache_is_reused_and_other_recipes_live_beside_it(tmp_path: Path) -> None:
-    kwargs = dict(clips_per_word=1, valid_clips_per_word=0, eval_clips_per_word=1, words=("yes", "no"))
+    kwargs = dict(clips_per_word=1, valid_clips_per_word=0, eval_clips_per_word=1, synth_clips_per_word=0,
+                  words=("yes", "no"), recipe=demo_data.Recipe(synthesizers=("espeak",), rooms=(1, 0, 0, 0)))
     first = demo_data.generate_demo_dataset(tmp_path, show_progress=False, **kwargs)
     assert first.valid_json is None and first.num_classes == 2 and first.root.parent == tmp_path
     wav = first.root / _datafile_entries(first.train_json)[0]["wav"]
@@ -137,6 +154,16 @@ def test_invalid_arguments_raise(tmp_path: Path) -> None:
         demo_data.generate_demo_dataset(tmp_path, words=("yes", "yes"))
     with pytest.raises(ValueError, match="clip"):
         demo_data.generate_demo_dataset(tmp_path, clips_per_word=0)
+    with pytest.raises(ValueError, match="unknown synthesizer 'festival'"):
+        demo_data.generate_demo_dataset(tmp_path, recipe=demo_data.Recipe(synthesizers=("espeak", "festival")))
+    with pytest.raises(ValueError, match="exclude the held-out synthesizer 'piper'"):
+        demo_data.generate_demo_dataset(tmp_path, recipe=demo_data.Recipe(synthesizers=("espeak", "piper")))
+    with pytest.raises(ValueError, match="'espeak' has no voices for the synth split"):
+        demo_data.generate_demo_dataset(tmp_path, recipe=demo_data.Recipe(synthesizers=("kokoro",),
+                                                                          heldout_synthesizer="espeak"))
+    with pytest.raises(ValueError, match="backgrounds"):
+        demo_data.generate_demo_dataset(tmp_path, recipe=demo_data.Recipe(backgrounds=("rain",)))
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_default_cache_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
