@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     data.name = "folder"
     data.source = "folder"  # aum_jax.data.sources.folder.
     data.train_datafile = data.validation_datafile = data.test_datafile = ""  # the folder holds the splits.
+    del data["test_synth_datafile"]  # the demo's held-out synthesizer.
     data.label_csv = ""  # written from the class folders: WORKDIR/labels.csv.
     data.num_classes = 0  # the number of class folders (set on first use).
     data.audio_length = 0  # 0: the longest training clip's frames (up to data.folder.max_audio_length), in whole patches.
@@ -47,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.init.adopt_model_dir = True  # an aum-jax model directory in init.checkpoint sets the model and its input features.
     config.eval.test_split = "test"  # evaluated once with the best model (dropped when the folder has no test clips).
+    config.eval.extra_test_splits = ()  # a folder has train, validation and test only.
 
     if local:
         common.apply_runlocal(config)

@@ -214,6 +214,7 @@ def _demo_needles() -> str:
         os.path.expanduser(settings.cache_dir) if settings.cache_dir else demo_data.default_cache_dir(),
         seed=settings.seed, clips_per_word=settings.clips_per_word,
         valid_clips_per_word=settings.valid_clips_per_word, eval_clips_per_word=settings.eval_clips_per_word,
+        synth_clips_per_word=settings.synth_clips_per_word, recipe=demo_data.Recipe.from_config(settings),
         show_progress=False)
     return str(dataset.root)
 
