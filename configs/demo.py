@@ -64,7 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.demo.heldout_synthesizer = "piper"  # who speaks test_synth alone ("" no test_synth).
     config.demo.bank_per_word = (24, 4, 8, 24)  # neural utterances per word: train, valid, test, test_synth.
     config.demo.speed = (0.85, 1.15)  # speed perturbation: pitch, formants and tempo ((1, 1) none).
-    config.demo.rooms = (64, 8, 16, 16)  # simulated rooms per split, disjoint (all 0: no rooms).
+    # The acoustics of train, valid and test (test_synth is always heard in these defaults, in 16 rooms of its own):
+    config.demo.rooms = (64, 8, 16)  # simulated rooms of train, valid and test, disjoint (all 0: no rooms).
     config.demo.room_probability = 0.8  # a clip's chance of being said in a room.
     config.demo.mic_probability = 0.8  # a clip's chance of a random microphone and channel.
     config.demo.backgrounds = ("coloured", "babble", "music", "hum")  # each clip's background, drawn uniformly.
@@ -101,7 +102,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.demo.eval_clips_per_word = 2
         config.demo.synth_clips_per_word = 2
         config.demo.bank_per_word = (2, 1, 1, 1)
-        config.demo.rooms = (2, 1, 1, 1)
+        config.demo.rooms = (2, 1, 1)
         common.apply_runlocal(config)
         config.data.eval_batch_size = 8
         config.train.steps_per_epoch = 2

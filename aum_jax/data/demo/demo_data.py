@@ -56,18 +56,24 @@ KEYWORDS: tuple[str, ...] = (
 SPLITS: tuple[str, ...] = ("train", "valid", "eval")  # the splits of held-out voices.
 SYNTH_SPLIT = "synth"  # the held-out synthesizer's split.
 CLIP_SPLITS: tuple[str, ...] = (*SPLITS, SYNTH_SPLIT)
+SYNTH_ROOMS = 16  # the held-out synthesizer's rooms.
+_ACOUSTICS = ("speed", "room_probability", "mic_probability", "backgrounds")  # Recipe's fields of acoustics.
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """What the clips are made of: who speaks, and the acoustics. The defaults are ``configs/demo.py``'s;
-    each field is one ingredient of the BENCHMARKS.md table."""
+    each field is one ingredient of the BENCHMARKS.md table.
+
+    The acoustics apply to the training synthesizers' splits (train, valid, eval); the held-out
+    synthesizer's split is always heard in the defaults' acoustics (:meth:`heard_in`), :data:`SYNTH_ROOMS`
+    rooms of its own: one test, whatever a recipe trains on."""
 
     synthesizers: tuple[str, ...] = ("espeak", "kokoro")  # speak train, valid and eval (each its held-out voices).
     heldout_synthesizer: str = "piper"  # speaks the synth split alone ("" no such split).
     bank_per_word: tuple[int, int, int, int] = (24, 4, 8, 24)  # banked utterances per word: train valid eval synth.
     speed: tuple[float, float] = (0.85, 1.15)  # speed perturbation range ((1, 1) none).
-    rooms: tuple[int, int, int, int] = (64, 8, 16, 16)  # rooms per split: train valid eval synth (0 none).
+    rooms: tuple[int, int, int] = (64, 8, 16)  # rooms per split: train valid eval (0 none).
     room_probability: float = 0.8  # a clip's chance of being said in one of its split's rooms.
     mic_probability: float = 0.8  # a clip's chance of passing through a random microphone and channel.
     backgrounds: tuple[str, ...] = acoustics.BACKGROUND_KINDS  # each clip's background, drawn uniformly.
@@ -77,6 +83,16 @@ class Recipe:
         """The recipe of ``config.demo`` (its keys of the fields' names)."""
         return cls(**{f.name: tuple(demo[f.name]) if isinstance(demo[f.name], (list, tuple)) else demo[f.name]
                       for f in dataclasses.fields(cls)})
+
+    def heard_in(self, split: str) -> Recipe:
+        """The recipe ``split`` is rendered with: this one, or for the synth split the defaults' acoustics."""
+        if split != SYNTH_SPLIT:
+            return self
+        return dataclasses.replace(self, **{name: getattr(Recipe, name) for name in _ACOUSTICS})
+
+    def room_count(self, split: str) -> int:
+        """How many rooms of its own ``split`` is said in."""
+        return SYNTH_ROOMS if split == SYNTH_SPLIT else self.rooms[CLIP_SPLITS.index(split)]
 
     def speakers(self, split: str) -> tuple[str, ...]:
         """The synthesizers of ``split``."""
@@ -133,7 +149,7 @@ def _bank(seed: int, words: Sequence[str], recipe: Recipe, clips: dict[str, int]
 
 def _rooms(seed: int, recipe: Recipe, clips: dict[str, int]) -> list[render.RoomJob]:
     return [render.RoomJob(seed, split, s, i) for s, split in enumerate(CLIP_SPLITS) if clips[split]
-            for i in range(recipe.rooms[s])]
+            for i in range(recipe.room_count(split))]
 
 
 def _plan(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Recipe, bank: list[render.UtteranceJob],
@@ -145,7 +161,7 @@ def _plan(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Recipe
         babble = tuple(u.rel_path for u in split_bank[:: max(1, len(split_bank) // 64)])  # 64 talkers at most
         split_rooms = tuple(r.rel_path for r in rooms if r.split == split)
         espeak_voices = synthesizers.Espeak.voices.get(split) or synthesizers.Espeak.voices["eval"]
-        names = recipe.speakers(split)
+        names, heard = recipe.speakers(split), recipe.heard_in(split)
         for w, word in enumerate(words):
             utterances = {name: tuple(u.rel_path for u in split_bank if u.synthesizer == name and u.word == word)
                           for name in names}
@@ -153,7 +169,7 @@ def _plan(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Recipe
                 name = names[(w + i) % len(names)]
                 jobs.append(render.ClipJob(
                     seed, split, s, w, word, i, name, synthesizers.REGISTRY[name].voices[split], utterances[name],
-                    recipe.speed, split_rooms, recipe.room_probability, recipe.mic_probability, recipe.backgrounds,
+                    heard.speed, split_rooms, heard.room_probability, heard.mic_probability, heard.backgrounds,
                     babble, espeak_voices, tuple(words)))
     return jobs
 

@@ -29,7 +29,7 @@ from aum_jax.data.sources.datafile import write_datafile
 DATASET_VERSION = 1
 # The needles: the held-out eSpeak NG voices in coloured noise, as the stretches are spoken.
 NEEDLE_RECIPE = demo_data.Recipe(synthesizers=("espeak",), heldout_synthesizer="", speed=(1.0, 1.0),
-                                 rooms=(0, 0, 0, 0), mic_probability=0.0, backgrounds=("coloured",))
+                                 rooms=(0, 0, 0), mic_probability=0.0, backgrounds=("coloured",))
 
 
 @dataclasses.dataclass(frozen=True)

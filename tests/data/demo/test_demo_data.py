@@ -16,7 +16,7 @@ from tests.helpers import REPO_ROOT
 
 # Every ingredient on, small: two synthesizers, the held-out one, rooms, microphones, every background.
 TINY = dict(clips_per_word=4, valid_clips_per_word=1, eval_clips_per_word=2, synth_clips_per_word=2, show_progress=False,
-            recipe=demo_data.Recipe(bank_per_word=(2, 1, 1, 1), rooms=(2, 1, 1, 1)))
+            recipe=demo_data.Recipe(bank_per_word=(2, 1, 1, 1), rooms=(2, 1, 1)))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_different_words_sound_different(voice: str) -> None:
 
 def test_cache_is_reused_and_other_recipes_live_beside_it(tmp_path: Path) -> None:
     kwargs = dict(clips_per_word=1, valid_clips_per_word=0, eval_clips_per_word=1, synth_clips_per_word=0,
-                  words=("yes", "no"), recipe=demo_data.Recipe(synthesizers=("espeak",), rooms=(1, 0, 0, 0)))
+                  words=("yes", "no"), recipe=demo_data.Recipe(synthesizers=("espeak",), rooms=(1, 0, 0)))
     first = demo_data.generate_demo_dataset(tmp_path, show_progress=False, **kwargs)
     assert first.valid_json is None and first.num_classes == 2 and first.root.parent == tmp_path
     wav = first.root / _datafile_entries(first.train_json)[0]["wav"]
@@ -179,3 +179,20 @@ def test_missing_library_error_names_path(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(espeakng_loader, "get_library_path", lambda: "/nonexistent/libespeak-ng.so")
     with pytest.raises(RuntimeError, match="/nonexistent/libespeak-ng.so"):
         espeak.Espeak()
+
+
+def test_the_held_out_synthesizer_is_heard_in_the_default_acoustics_whatever_the_recipe(tmp_path: Path) -> None:
+    plain = demo_data.Recipe(synthesizers=("espeak",), speed=(1.0, 1.0), rooms=(0, 0, 0), mic_probability=0.0,
+                             backgrounds=("coloured",), bank_per_word=(1, 1, 1, 4))
+    dataset = demo_data.generate_demo_dataset(tmp_path, clips_per_word=1, valid_clips_per_word=0,
+                                              eval_clips_per_word=1, synth_clips_per_word=8, show_progress=False,
+                                              recipe=plain)
+    clips = _clips(dataset)
+    trained = [c for c in clips if c["split"] != "synth"]
+    assert all(not c["room"] and not c["microphone"] and c["background"] == "coloured" and c["speed"] == "1.000"
+               for c in trained)
+    synth = [c for c in clips if c["split"] == "synth"]
+    assert len(synth) == 80 and {c["synthesizer"] for c in synth} == {"piper"}
+    assert {c["background"] for c in synth} == set(demo_data.Recipe.backgrounds)
+    assert any(c["room"].startswith("rooms/synth/") for c in synth) and any(c["microphone"] for c in synth)
+    assert len(list((dataset.root / "rooms" / "synth").iterdir())) == demo_data.SYNTH_ROOMS

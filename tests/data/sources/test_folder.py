@@ -233,7 +233,7 @@ def keyword_folder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("keywords")
     dataset = demo_data.generate_demo_dataset(out / "cache", words=("yes", "no", "up"), clips_per_word=8,
                                               valid_clips_per_word=1, eval_clips_per_word=1, synth_clips_per_word=0,
-                                              recipe=demo_data.Recipe(synthesizers=("espeak",), rooms=(2, 1, 1, 0)),
+                                              recipe=demo_data.Recipe(synthesizers=("espeak",), rooms=(2, 1, 1)),
                                               num_workers=2, show_progress=False)
     root = out / "clips"
     for wav in sorted((dataset.root / "audio").rglob("*.wav")):
