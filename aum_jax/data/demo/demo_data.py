@@ -1,7 +1,7 @@
 """Embedded demo dataset: synthetic keyword spotting, spoken by synthesizers of several kinds, in rooms.
 
 Nothing is downloaded. Ten Speech-Commands-like keywords are spoken by the synthesizers of
-:mod:`aum_jax.data.demo.synthesizers` (eSpeak NG, Kokoro-82M, Piper), each with its voices held out
+:mod:`aum_jax.data.demo.voices` (eSpeak NG, Kokoro-82M, Piper), each with its voices held out
 between the splits, sped up or slowed down, placed at a random offset inside a 1 s clip, in a
 simulated room, over a background (coloured noise, babble, music or mains hum) at a random SNR, and
 through a simulated microphone (:mod:`aum_jax.data.demo.acoustics`). The result is written as
@@ -45,7 +45,8 @@ from typing import Any
 from absl import logging
 
 from aum_jax.core import storage
-from aum_jax.data.demo import acoustics, render, synthesizers
+from aum_jax.data.demo import acoustics, render, voices
+from aum_jax.data.demo.voices import espeak_ng, kokoro_82m, piper_tts
 from aum_jax.data.sources.datafile import write_datafile
 
 DATASET_VERSION = 2
@@ -103,13 +104,13 @@ class Recipe:
     def validate(self) -> None:
         """Raises ValueError for an unknown synthesizer or background, or a held-out synthesizer also in training."""
         for name in (*self.synthesizers, *filter(None, [self.heldout_synthesizer])):
-            synthesizers.get(name)
+            voices.get(name)
         if not self.synthesizers or self.heldout_synthesizer in self.synthesizers:
             raise ValueError(f"synthesizers {list(self.synthesizers)} must be non-empty and exclude the held-out "
                              f"synthesizer {self.heldout_synthesizer!r}")
         for split in CLIP_SPLITS:
             for name in self.speakers(split):
-                if not synthesizers.REGISTRY[name].voices.get(split):
+                if not voices.REGISTRY[name].voices.get(split):
                     raise ValueError(f"synthesizer {name!r} has no voices for the {split} split")
         unknown = set(self.backgrounds) - set(acoustics.BACKGROUND_KINDS)
         if not self.backgrounds or unknown:
@@ -139,9 +140,9 @@ def default_cache_dir() -> Path:
 
 def _bank(seed: int, words: Sequence[str], recipe: Recipe, clips: dict[str, int]) -> list[render.UtteranceJob]:
     return [
-        render.UtteranceJob(seed, split, s, name, w, word, i, synthesizers.REGISTRY[name].voices[split])
+        render.UtteranceJob(seed, split, s, name, w, word, i, voices.REGISTRY[name].voices[split])
         for s, split in enumerate(CLIP_SPLITS) if clips[split]
-        for name in recipe.speakers(split) if synthesizers.REGISTRY[name].banked
+        for name in recipe.speakers(split) if voices.REGISTRY[name].banked
         for w, word in enumerate(words)
         for i in range(recipe.bank_per_word[s])
     ]
@@ -160,7 +161,7 @@ def _plan(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Recipe
         split_bank = [u for u in bank if u.split == split]
         babble = tuple(u.rel_path for u in split_bank[:: max(1, len(split_bank) // 64)])  # 64 talkers at most
         split_rooms = tuple(r.rel_path for r in rooms if r.split == split)
-        espeak_voices = synthesizers.Espeak.voices.get(split) or synthesizers.Espeak.voices["eval"]
+        espeak_voices = espeak_ng.Espeak.voices.get(split) or espeak_ng.Espeak.voices["eval"]
         names, heard = recipe.speakers(split), recipe.heard_in(split)
         for w, word in enumerate(words):
             utterances = {name: tuple(u.rel_path for u in split_bank if u.synthesizer == name and u.word == word)
@@ -168,7 +169,7 @@ def _plan(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Recipe
             for i in range(clips[split]):
                 name = names[(w + i) % len(names)]
                 jobs.append(render.ClipJob(
-                    seed, split, s, w, word, i, name, synthesizers.REGISTRY[name].voices[split], utterances[name],
+                    seed, split, s, w, word, i, name, voices.REGISTRY[name].voices[split], utterances[name],
                     heard.speed, split_rooms, heard.room_probability, heard.mic_probability, heard.backgrounds,
                     babble, espeak_voices, tuple(words)))
     return jobs
@@ -233,11 +234,11 @@ def _manifest(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Re
         "words": list(words),
         "recipe": {
             **dataclasses.asdict(recipe),
-            "espeak": {"rate_wpm": synthesizers.ESPEAK_RATE_WPM, "pitch": synthesizers.ESPEAK_PITCH,
-                       "pitch_range": synthesizers.ESPEAK_PITCH_RANGE},
-            "kokoro_speed": synthesizers.KOKORO_SPEED,
-            "piper": {"length_scale": synthesizers.PIPER_LENGTH_SCALE, "noise_scale": synthesizers.PIPER_NOISE_SCALE,
-                      "noise_w_scale": synthesizers.PIPER_NOISE_W_SCALE},
+            "espeak": {"rate_wpm": espeak_ng.RATE_WPM, "pitch": espeak_ng.PITCH,
+                       "pitch_range": espeak_ng.PITCH_RANGE},
+            "kokoro_speed": kokoro_82m.SPEED,
+            "piper": {"length_scale": piper_tts.LENGTH_SCALE, "noise_scale": piper_tts.NOISE_SCALE,
+                      "noise_w_scale": piper_tts.NOISE_W_SCALE},
             "room": {"rt60": acoustics.ROOM_RT60, "size": acoustics.ROOM_SIZE},
             "microphone": {"highpass_hz": acoustics.MIC_HIGHPASS_HZ, "lowpass_hz": acoustics.MIC_LOWPASS_HZ,
                            "peaks_db": acoustics.MIC_PEAKS_DB},
@@ -246,7 +247,7 @@ def _manifest(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Re
         },
         "splits": {
             split: {"clips_per_word": n, "num_clips": n * len(words),
-                    "voices": {name: list(synthesizers.REGISTRY[name].voices[split]) for name in recipe.speakers(split)}}
+                    "voices": {name: list(voices.REGISTRY[name].voices[split]) for name in recipe.speakers(split)}}
             for split, n in clips.items() if n or split != SYNTH_SPLIT
         },
     }
@@ -337,7 +338,7 @@ def generate_demo_dataset(
     def build(staging: Path) -> None:
         bank, rooms = _bank(seed, words, recipe, clips), _rooms(seed, recipe, clips)
         for name in sorted({job.synthesizer for job in bank}):
-            synthesizers.REGISTRY[name].prepare()
+            voices.REGISTRY[name].prepare()
         for jobs, what, csv_name in ((bank, "demo utterances", "utterances.csv"), (rooms, "demo rooms", "rooms.csv")):
             if jobs:
                 rows = render_all(jobs, staging, num_workers, show_progress, what)

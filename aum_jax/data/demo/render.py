@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aum_jax.data.demo import acoustics, synthesizers
+from aum_jax.data.demo import acoustics, voices
 
-SAMPLE_RATE = synthesizers.SAMPLE_RATE
+SAMPLE_RATE = voices.base.SAMPLE_RATE
 CLIP_SAMPLES = SAMPLE_RATE  # exactly 1 s
 
 # Per-clip ranges (inclusive).
@@ -182,14 +182,14 @@ def _babble_speech(job: ClipJob, root: str, rng: np.random.Generator) -> list[np
     """Talkers for a babble background: 6 of the split's banked utterances, else 3 words said by eSpeak NG."""
     if job.babble:
         return [_read(root, job.babble[i]) for i in rng.integers(len(job.babble), size=6)]
-    espeak = synthesizers.get("espeak")
+    espeak = voices.get("espeak")
     return [espeak.speak(job.words[i], job.babble_voices, rng)[0] for i in rng.integers(len(job.words), size=3)]
 
 
 def _render_clip(job: ClipJob, root: str) -> tuple[np.ndarray, dict[str, str]]:
     """Renders one 1 s clip; returns int16 audio and its recipe row."""
     rng = np.random.default_rng([job.seed, job.split_index, job.word_index, job.clip_index])
-    synthesizer = synthesizers.get(job.synthesizer)
+    synthesizer = voices.get(job.synthesizer)
     if synthesizer.banked:
         utterance = job.utterances[rng.integers(len(job.utterances))]
         speech, said = _read(root, utterance), {"voice": utterance}
@@ -230,7 +230,7 @@ def _render_clip(job: ClipJob, root: str) -> tuple[np.ndarray, dict[str, str]]:
 def _render_utterance(job: UtteranceJob) -> tuple[np.ndarray, dict[str, str]]:
     """Speaks one banked utterance; int16 at a peak of -1 dBFS, and its recipe row."""
     rng = np.random.default_rng([job.seed, job.split_index, job.word_index, job.index, 2])  # 5 entries: its own.
-    speech, said = synthesizers.get(job.synthesizer).speak(job.word, job.voices, rng)
+    speech, said = voices.get(job.synthesizer).speak(job.word, job.voices, rng)
     row = {"split": job.split, "wav": job.rel_path, "word": job.word, "synthesizer": job.synthesizer, **said}
     return _to_int16(speech, -1.0), row
 
@@ -244,7 +244,7 @@ def _render_room(job: RoomJob) -> tuple[np.ndarray, dict[str, str]]:
 
 def _spoken(rng: np.random.Generator, word: str, voices: Sequence[str]) -> tuple[np.ndarray, dict[str, str]]:
     """One utterance of ``word`` by a random eSpeak NG voice at a random rate and pitch (at most 1 s), and its recipe."""
-    speech, recipe = synthesizers.get("espeak").speak(word, voices, rng)
+    speech, recipe = voices.get("espeak").speak(word, voices, rng)
     return speech[:CLIP_SAMPLES], recipe
 
 
@@ -286,7 +286,7 @@ def render_shard(jobs: Sequence[Job], root: str) -> list[dict[str, str]]:
     import soundfile
 
     first = [x for x in dataclasses.astuple(jobs[0]) if isinstance(x, int)]
-    synthesizers.seed_onnxruntime(int(np.random.default_rng([*first, 4]).integers(2**31)))
+    voices.seed_onnxruntime(int(np.random.default_rng([*first, 4]).integers(2**31)))
     rows = []
     for job in jobs:
         if isinstance(job, ClipJob):

@@ -23,7 +23,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from aum_jax.data.demo import acoustics, demo_data, render, synthesizers
+from aum_jax.data.demo import acoustics, demo_data, render
+from aum_jax.data.demo.voices import espeak_ng
 from aum_jax.data.sources.datafile import write_datafile
 
 DATASET_VERSION = 1
@@ -45,7 +46,7 @@ class StreamDataset:
 
 def _plan(seed: int, stretches: dict[str, int], seconds: float, max_words: int,
           words: Sequence[str]) -> list[render.StretchJob]:
-    return [render.StretchJob(seed, split, s, i, seconds, tuple(words), max_words, synthesizers.Espeak.voices[split])
+    return [render.StretchJob(seed, split, s, i, seconds, tuple(words), max_words, espeak_ng.Espeak.voices[split])
             for s, split in enumerate(demo_data.SPLITS) for i in range(stretches[split])]
 
 
@@ -95,11 +96,11 @@ def generate_stream_dataset(
     manifest = {
         "version": DATASET_VERSION, "kind": "stretches", "seed": seed, "sample_rate": render.SAMPLE_RATE,
         "seconds": seconds, "max_words": max_words, "words": list(words), "stretches": counts,
-        "recipe": {"rate_wpm": synthesizers.ESPEAK_RATE_WPM, "pitch": synthesizers.ESPEAK_PITCH,
-                   "pitch_range": synthesizers.ESPEAK_PITCH_RANGE,
+        "recipe": {"rate_wpm": espeak_ng.RATE_WPM, "pitch": espeak_ng.PITCH,
+                   "pitch_range": espeak_ng.PITCH_RANGE,
                    "snr_db": render.SNR_DB, "noise_beta": acoustics.BACKGROUND_BETA, "peak_dbfs": render.PEAK_DBFS,
                    "fade_seconds": render.FADE_SECONDS},
-        "voices": {split: list(synthesizers.Espeak.voices[split]) for split in demo_data.SPLITS},
+        "voices": {split: list(espeak_ng.Espeak.voices[split]) for split in demo_data.SPLITS},
     }
 
     def build(staging: Path) -> None:

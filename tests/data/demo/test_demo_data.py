@@ -11,7 +11,8 @@ import pytest
 import soundfile
 from scipy.signal import stft
 
-from aum_jax.data.demo import demo_data, espeak, synthesizers
+from aum_jax.data.demo import demo_data, espeak
+from aum_jax.data.demo.voices import espeak_ng
 from tests.helpers import REPO_ROOT
 
 # Every ingredient on, small: two synthesizers, the held-out one, rooms, microphones, every background.
@@ -123,8 +124,8 @@ def _fingerprint(audio: np.ndarray, frames: int = 24) -> np.ndarray:
 @pytest.mark.parametrize("voice", ["en-us", "en+whisper", "en-gb-x-rp+f3"])
 def test_different_words_sound_different(voice: str) -> None:
     """Each word, said again slower and lower, is nearer itself than any other word is to it."""
-    first = {w: _fingerprint(synthesizers.synthesize_espeak(w, voice)) for w in demo_data.KEYWORDS}
-    second = {w: _fingerprint(synthesizers.synthesize_espeak(w, voice, rate=140, pitch=35, seed=1))
+    first = {w: _fingerprint(espeak_ng.synthesize_espeak(w, voice)) for w in demo_data.KEYWORDS}
+    second = {w: _fingerprint(espeak_ng.synthesize_espeak(w, voice, rate=140, pitch=35, seed=1))
               for w in demo_data.KEYWORDS}
     same_word = min(float(first[w] @ second[w]) for w in demo_data.KEYWORDS)
     cross_word = max(

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from aum_jax.data.demo import demo_data, synthesizers
+from aum_jax.data.demo import demo_data, voices
+from aum_jax.data.demo.voices import base
 
 
 def _listener():
@@ -24,7 +25,7 @@ def _listener():
 
 
 def _heard(decoder, audio: np.ndarray) -> str:
-    pad = np.zeros(synthesizers.SAMPLE_RATE // 5, np.float32)
+    pad = np.zeros(base.SAMPLE_RATE // 5, np.float32)
     decoder.start_utt()
     decoder.process_raw((np.concatenate([pad, audio, pad]) * 32767).astype(np.int16).tobytes(), full_utt=True)
     decoder.end_utt()
@@ -35,7 +36,7 @@ def _heard(decoder, audio: np.ndarray) -> str:
 @pytest.mark.parametrize("name, split, share", [("kokoro", "train", 0.7), ("kokoro", "eval", 0.3),
                                                 ("piper", "synth", 0.55), ("espeak", "eval", 0.2)])
 def test_a_recogniser_trained_on_people_hears_the_keywords(name: str, split: str, share: float) -> None:
-    synthesizer, decoder = synthesizers.get(name), _listener()
+    synthesizer, decoder = voices.get(name), _listener()
     heard = 0
     for k in range(2):
         for i, word in enumerate(demo_data.KEYWORDS):
@@ -46,7 +47,7 @@ def test_a_recogniser_trained_on_people_hears_the_keywords(name: str, split: str
 
 
 def test_kokoro_reads_espeaks_ipa_in_its_own_phoneme_set() -> None:
-    kokoro = synthesizers.get("kokoro")
+    kokoro = voices.get("kokoro")
     vocab = kokoro._model[1]
     inverse = {i: c for c, i in vocab.items()}
     assert "".join(inverse[i] for i in kokoro.tokens("right")) == "ɹˈIt"  # aɪ is one symbol, I
@@ -56,4 +57,4 @@ def test_kokoro_reads_espeaks_ipa_in_its_own_phoneme_set() -> None:
 
 def test_an_unknown_synthesizer_is_named() -> None:
     with pytest.raises(ValueError, match="unknown synthesizer 'festival'; choose from"):
-        synthesizers.get("festival")
+        voices.get("festival")
