@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -49,7 +50,7 @@ from aum_jax.data.demo import acoustics, render, voices
 from aum_jax.data.demo.voices import espeak_ng, kokoro_82m, piper_tts
 from aum_jax.data.sources.datafile import write_datafile
 
-DATASET_VERSION = 2
+DATASET_VERSION = 3
 
 KEYWORDS: tuple[str, ...] = (
     "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
@@ -176,9 +177,19 @@ def _plan(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Recipe
 
 
 def _shards(jobs: Sequence[render.Job]) -> Iterator[Sequence[render.Job]]:
+    """Runs of a clip split's jobs (and a bank's synthesizer's), so that a split's bytes never depend on another
+    split's jobs (the stretches as one run)."""
     size = _SHARD_SIZE if isinstance(jobs[0], (render.ClipJob, render.StretchJob)) else _SMALL_SHARD_SIZE
-    for start in range(0, len(jobs), size):
-        yield jobs[start : start + size]
+
+    def run_of(job: render.Job) -> tuple[str, str]:
+        if isinstance(job, render.StretchJob):
+            return ("", "")
+        return (job.split, job.synthesizer if isinstance(job, render.UtteranceJob) else "")
+
+    for _, run in itertools.groupby(jobs, key=run_of):
+        run = list(run)
+        for start in range(0, len(run), size):
+            yield run[start : start + size]
 
 
 def render_all(jobs: Sequence[render.Job], root: Path, num_workers: int | None,

@@ -197,3 +197,14 @@ def test_the_held_out_synthesizer_is_heard_in_the_default_acoustics_whatever_the
     assert {c["background"] for c in synth} == set(demo_data.Recipe.backgrounds)
     assert any(c["room"].startswith("rooms/synth/") for c in synth) and any(c["microphone"] for c in synth)
     assert len(list((dataset.root / "rooms" / "synth").iterdir())) == demo_data.SYNTH_ROOMS
+
+
+def test_the_held_out_synthesizers_bytes_do_not_depend_on_the_training_voices(tmp_path: Path) -> None:
+    sizes = dict(clips_per_word=1, valid_clips_per_word=0, eval_clips_per_word=1, synth_clips_per_word=2,
+                 words=("yes", "no"), show_progress=False)
+    banked = demo_data.generate_demo_dataset(tmp_path / "a", **sizes, recipe=demo_data.Recipe(bank_per_word=(2, 1, 1, 3)))
+    plain = demo_data.generate_demo_dataset(tmp_path / "b", **sizes, recipe=demo_data.Recipe(
+        synthesizers=("espeak",), bank_per_word=(2, 1, 1, 3), rooms=(0, 0, 0), mic_probability=0.0))
+    synth = [name for name in _tree_bytes(banked.root) if "/synth/" in name or name == "synth.json"]
+    assert len(synth) > 10 and {n: (banked.root / n).read_bytes() for n in synth} == {
+        n: (plain.root / n).read_bytes() for n in synth}
