@@ -242,9 +242,10 @@ def _render_room(job: RoomJob) -> tuple[np.ndarray, dict[str, str]]:
     return rir, {"split": job.split, "wav": job.rel_path, **recipe}
 
 
-def _spoken(rng: np.random.Generator, word: str, voices: Sequence[str]) -> tuple[np.ndarray, dict[str, str]]:
-    """One utterance of ``word`` by a random eSpeak NG voice at a random rate and pitch (at most 1 s), and its recipe."""
-    speech, recipe = voices.get("espeak").speak(word, voices, rng)
+def _spoken(rng: np.random.Generator, word: str, speakers: Sequence[str]) -> tuple[np.ndarray, dict[str, str]]:
+    """One utterance of ``word`` by a random eSpeak NG voice of ``speakers`` at a random rate and pitch (at most
+    1 s), and its recipe."""
+    speech, recipe = voices.get("espeak").speak(word, speakers, rng)
     return speech[:CLIP_SAMPLES], recipe
 
 
@@ -261,7 +262,7 @@ def _render_stretch(job: StretchJob) -> tuple[np.ndarray, dict[str, str]]:
     mix = background(rng, beta, 1.0, samples)
     count = int(rng.integers(job.max_words + 1))
     slot = samples // max(count, 1)
-    events, voices = [], []
+    events, speakers = [], []
     for k in range(count):
         word = job.words[int(rng.integers(len(job.words)))]
         speech, recipe = _spoken(rng, word, job.voices)
@@ -271,8 +272,8 @@ def _render_stretch(job: StretchJob) -> tuple[np.ndarray, dict[str, str]]:
         rms = np.sqrt(np.mean(np.square(speech, dtype=np.float64)))
         mix[onset : onset + speech.size] += speech * (10.0 ** (snr_db / 20.0) / rms)
         events.append(f"{onset / SAMPLE_RATE:.4f}:{(onset + speech.size) / SAMPLE_RATE:.4f}:{word}")
-        voices.append(recipe["voice"])
-    row = {"split": job.split, "wav": job.rel_path, "events": ";".join(events), "voices": ";".join(voices),
+        speakers.append(recipe["voice"])
+    row = {"split": job.split, "wav": job.rel_path, "events": ";".join(events), "voices": ";".join(speakers),
            "noise_beta": f"{beta:.3f}", "peak_dbfs": f"{peak_dbfs:.2f}"}
     return _to_int16(mix, peak_dbfs), row
 
