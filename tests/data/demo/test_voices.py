@@ -32,18 +32,17 @@ def _heard(decoder, audio: np.ndarray) -> str:
     return decoder.hyp().hypstr.strip() if decoder.hyp() else ""
 
 
-# At least this share of 20 utterances (2 per keyword) heard right; measured 43/50, 22/50, 36/50 and 17/50.
+# At least this share of 10 utterances (1 per keyword) heard right; of 50, 43, 22, 36 and 17 were (BENCHMARKS.md).
 @pytest.mark.parametrize("name, split, share", [("kokoro", "train", 0.7), ("kokoro", "eval", 0.3),
                                                 ("piper", "synth", 0.55), ("espeak", "eval", 0.2)])
 def test_a_recogniser_trained_on_people_hears_the_keywords(name: str, split: str, share: float) -> None:
     synthesizer, decoder = voices.get(name), _listener()
     heard = 0
-    for k in range(2):
-        for i, word in enumerate(demo_data.KEYWORDS):
-            audio, recipe = synthesizer.speak(word, synthesizer.voices[split], np.random.default_rng([k, i, 7]))
-            assert audio.dtype == np.float32 and audio.ndim == 1 and recipe["voice"]
-            heard += _heard(decoder, audio) == word
-    assert heard >= share * 20
+    for i, word in enumerate(demo_data.KEYWORDS):
+        audio, recipe = synthesizer.speak(word, synthesizer.voices[split], np.random.default_rng([0, i, 7]))
+        assert audio.dtype == np.float32 and audio.ndim == 1 and recipe["voice"]
+        heard += _heard(decoder, audio) == word
+    assert heard >= share * 10
 
 
 def test_kokoro_reads_espeaks_ipa_in_its_own_phoneme_set() -> None:
