@@ -18,6 +18,7 @@ model built for one pass (``configs/common.py``) on the same clips.
 
 import ml_collections
 from aum_jax.configs import common, data
+from aum_jax.data.demo import demo_data
 
 PREP_STEP = ""  # generated on first use (config.demo.generate).
 
@@ -29,7 +30,7 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.train_datafile = "~/.cache/aum_jax/demo/train.json"  # from demo_data (config.demo.generate points the run at it).
     c.validation_datafile = "~/.cache/aum_jax/demo/valid.json"  # validation voices.
     c.test_datafile = "~/.cache/aum_jax/demo/eval.json"  # held-out voices.
-    c.test_synth_datafile = "~/.cache/aum_jax/demo/synth.json"  # the held-out synthesizer.
+    c[f"{demo_data.SYNTH_TEST_SPLIT}_datafile"] = "~/.cache/aum_jax/demo/synth.json"  # the held-out synthesizer.
     c.label_csv = "data/demo/class_labels_indices.csv"  # the 10 keywords.
     c.num_classes = 10  # yes no up down left right on off stop go.
     c.num_mel_bins = 64  # half the bins: half the tokens, twice the speed on a CPU.
@@ -92,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.init = common.get_init_config("")
     config.update(common.get_objective_configs())
     config.eval = common.get_eval_config(test_split="test")
-    config.eval.extra_test_splits = ("test_synth",)  # the held-out synthesizer, beside the held-out voices.
+    config.eval.extra_test_splits = (demo_data.SYNTH_TEST_SPLIT,)  # the held-out synthesizer, beside the held-out voices.
     config.eval.confusion_matrix = True  # a single-label set: show which keywords are confused.
     config.mesh = common.get_mesh_config()
 
@@ -101,7 +102,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.demo.valid_clips_per_word = 1
         config.demo.eval_clips_per_word = 2
         config.demo.synth_clips_per_word = 2
-        config.demo.bank_per_word = (2, 1, 1, 1)
+        config.demo.bank_per_word = (1, 1, 1, 1)  # the fewest neural utterances: one per word and split.
         config.demo.rooms = (2, 1, 1)
         common.apply_runlocal(config)
         config.data.eval_batch_size = 8

@@ -80,10 +80,11 @@ def _point_at_demo_data(config: ml_collections.ConfigDict) -> None:
     config.data.train_datafile = str(dataset.train_json)
     config.data.validation_datafile = str(dataset.valid_json or dataset.eval_json)
     config.data.test_datafile = str(dataset.eval_json)
+    synth = demo_data.SYNTH_TEST_SPLIT
     if dataset.synth_json:
-        config.data.test_synth_datafile = str(dataset.synth_json)
+        config.data[f"{synth}_datafile"] = str(dataset.synth_json)
     else:  # no held-out synthesizer: no test_synth split to evaluate.
-        config.eval.extra_test_splits = tuple(s for s in config.eval.extra_test_splits if s != "test_synth")
+        config.eval.extra_test_splits = tuple(s for s in config.eval.extra_test_splits if s != synth)
     config.data.label_csv = str(dataset.label_csv)
 
 

@@ -57,6 +57,7 @@ KEYWORDS: tuple[str, ...] = (
 )
 SPLITS: tuple[str, ...] = ("train", "valid", "eval")  # the splits of held-out voices.
 SYNTH_SPLIT = "synth"  # the held-out synthesizer's split.
+SYNTH_TEST_SPLIT = f"test_{SYNTH_SPLIT}"  # its evaluation split in a run's config (config.data.test_synth_datafile).
 CLIP_SPLITS: tuple[str, ...] = (*SPLITS, SYNTH_SPLIT)
 SYNTH_ROOMS = 16  # the held-out synthesizer's rooms.
 _ACOUSTICS = ("speed", "room_probability", "mic_probability", "backgrounds")  # Recipe's fields of acoustics.
@@ -178,11 +179,12 @@ def _plan(seed: int, words: Sequence[str], clips: dict[str, int], recipe: Recipe
 
 def _shards(jobs: Sequence[render.Job]) -> Iterator[Sequence[render.Job]]:
     """Runs of a clip split's jobs (and a bank's synthesizer's), so that a split's bytes never depend on another
-    split's jobs (the stretches as one run)."""
+    split's jobs; the stretches and the rooms each as one run (a room's bytes depend on its own job alone:
+    no synthesizer, no state across jobs, so all splits' rooms share the fewest interpreters)."""
     size = _SHARD_SIZE if isinstance(jobs[0], (render.ClipJob, render.StretchJob)) else _SMALL_SHARD_SIZE
 
     def run_of(job: render.Job) -> tuple[str, str]:
-        if isinstance(job, render.StretchJob):
+        if isinstance(job, (render.StretchJob, render.RoomJob)):
             return ("", "")
         return (job.split, job.synthesizer if isinstance(job, render.UtteranceJob) else "")
 

@@ -20,9 +20,30 @@ TINY = dict(clips_per_word=4, valid_clips_per_word=1, eval_clips_per_word=2, syn
             recipe=demo_data.Recipe(bank_per_word=(2, 1, 1, 1), rooms=(2, 1, 1)))
 
 
+# Smaller: three words, no valid split, a banked held-out synthesizer of 3 utterances per word and 8 clips per word
+# (24 clips: every background). SMALL's synth files must not depend on its training voices and acoustics: PLAIN
+# has the same sizes, spoken by eSpeak NG alone, in none of the acoustics.
+SMALL = dict(words=("yes", "no", "go"), clips_per_word=2, valid_clips_per_word=0, eval_clips_per_word=2,
+             synth_clips_per_word=8, show_progress=False)
+SMALL_RECIPE = demo_data.Recipe(bank_per_word=(1, 1, 1, 3), rooms=(1, 1, 1))
+PLAIN_RECIPE = demo_data.Recipe(synthesizers=("espeak",), speed=(1.0, 1.0), rooms=(0, 0, 0), mic_probability=0.0,
+                                backgrounds=("coloured",), bank_per_word=(1, 1, 1, 3))
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> demo_data.DemoDataset:
     return demo_data.generate_demo_dataset(tmp_path_factory.mktemp("demo_a"), seed=0, num_workers=2, **TINY)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> demo_data.DemoDataset:
+    return demo_data.generate_demo_dataset(tmp_path_factory.mktemp("small"), seed=0, num_workers=2, recipe=SMALL_RECIPE,
+                                           **SMALL)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> demo_data.DemoDataset:
+    return demo_data.generate_demo_dataset(tmp_path_factory.mktemp("plain"), seed=0, recipe=PLAIN_RECIPE, **SMALL)
 
 
 def _datafile_entries(path: Path) -> list[dict[str, str]]:
@@ -90,13 +111,11 @@ def test_voices_rooms_and_the_synthesizer_are_held_out(tiny: demo_data.DemoDatas
         assert not clip["room"] or clip["room"].startswith(f"rooms/{clip['split']}/")
 
 
-def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
-    small = dict(TINY, words=("yes", "no", "go"), clips_per_word=2, valid_clips_per_word=0,
-                 recipe=demo_data.Recipe(bank_per_word=(1, 1, 1, 1), rooms=(1, 1, 1)))
-    first = demo_data.generate_demo_dataset(tmp_path / "a", seed=0, num_workers=2, **small)
-    again = demo_data.generate_demo_dataset(tmp_path / "b", seed=0, num_workers=1, **small)
-    other = demo_data.generate_demo_dataset(tmp_path / "c", seed=1, num_workers=1, **small)
-    reference = _tree_bytes(first.root)
+def test_same_seed_same_bytes_other_seed_differs(small: demo_data.DemoDataset, tmp_path: Path) -> None:
+    again = demo_data.generate_demo_dataset(tmp_path / "b", seed=0, num_workers=1, recipe=SMALL_RECIPE, **SMALL)
+    other = demo_data.generate_demo_dataset(tmp_path / "c", seed=1, num_workers=1, recipe=SMALL_RECIPE, **SMALL)
+    reference = _tree_bytes(small.root)
+    assert any(name.startswith("rooms/") for name in reference) and any("/kokoro/" in n for n in reference)
     assert _tree_bytes(again.root) == reference
     other_bytes = _tree_bytes(other.root)
     wavs = [name for name in reference if name.endswith(".wav")]
@@ -185,29 +204,24 @@ def test_missing_library_error_names_path(monkeypatch: pytest.MonkeyPatch) -> No
         espeak.Espeak()
 
 
-def test_the_held_out_synthesizer_is_heard_in_the_default_acoustics_whatever_the_recipe(tmp_path: Path) -> None:
-    plain = demo_data.Recipe(synthesizers=("espeak",), speed=(1.0, 1.0), rooms=(0, 0, 0), mic_probability=0.0,
-                             backgrounds=("coloured",), bank_per_word=(1, 1, 1, 4))
-    dataset = demo_data.generate_demo_dataset(tmp_path, clips_per_word=1, valid_clips_per_word=0,
-                                              eval_clips_per_word=1, synth_clips_per_word=8, show_progress=False,
-                                              recipe=plain)
-    clips = _clips(dataset)
+def test_the_held_out_synthesizer_is_heard_in_the_default_acoustics_whatever_the_recipe(
+        plain: demo_data.DemoDataset) -> None:
+    clips = _clips(plain)
     trained = [c for c in clips if c["split"] != "synth"]
+    assert len(trained) == 3 * (2 + 2)
     assert all(not c["room"] and not c["microphone"] and c["background"] == "coloured" and c["speed"] == "1.000"
                for c in trained)
     synth = [c for c in clips if c["split"] == "synth"]
-    assert len(synth) == 80 and {c["synthesizer"] for c in synth} == {"piper"}
+    assert len(synth) == 24 and {c["synthesizer"] for c in synth} == {"piper"}
     assert {c["background"] for c in synth} == set(demo_data.Recipe.backgrounds)
     assert any(c["room"].startswith("rooms/synth/") for c in synth) and any(c["microphone"] for c in synth)
-    assert len(list((dataset.root / "rooms" / "synth").iterdir())) == demo_data.SYNTH_ROOMS
+    assert len({c["speed"] for c in synth}) > 1
+    assert len(list((plain.root / "rooms" / "synth").iterdir())) == demo_data.SYNTH_ROOMS
 
 
-def test_the_held_out_synthesizers_bytes_do_not_depend_on_the_training_voices(tmp_path: Path) -> None:
-    sizes = dict(clips_per_word=1, valid_clips_per_word=0, eval_clips_per_word=1, synth_clips_per_word=2,
-                 words=("yes", "no"), show_progress=False)
-    banked = demo_data.generate_demo_dataset(tmp_path / "a", **sizes, recipe=demo_data.Recipe(bank_per_word=(1, 1, 1, 3)))
-    plain = demo_data.generate_demo_dataset(tmp_path / "b", **sizes, recipe=demo_data.Recipe(
-        synthesizers=("espeak",), bank_per_word=(1, 1, 1, 3), rooms=(0, 0, 0), mic_probability=0.0))
-    synth = [name for name in _tree_bytes(banked.root) if "/synth/" in name or name == "synth.json"]
-    assert len(synth) > 10 and {n: (banked.root / n).read_bytes() for n in synth} == {
+def test_the_held_out_synthesizers_bytes_do_not_depend_on_the_training_voices(
+        small: demo_data.DemoDataset, plain: demo_data.DemoDataset) -> None:
+    synth = [name for name in _tree_bytes(small.root) if "/synth/" in name or name == "synth.json"]
+    assert len(synth) > 10 and {n: (small.root / n).read_bytes() for n in synth} == {
         n: (plain.root / n).read_bytes() for n in synth}
+    assert len([n for n in synth if n.startswith("utterances/synth/piper/")]) == 3 * 3
