@@ -37,17 +37,11 @@ logs.quiet_native_logs()  # before JAX and TensorFlow (clu) load.
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
-from aum_jax.core import workdir as workdir_lib  # noqa: E402
-from aum_jax.data.sources import labels  # noqa: E402
-from aum_jax.evaluation import report as report_lib  # noqa: E402
-from aum_jax.training import config_checks, eval_mode, train  # noqa: E402
-from aum_jax.training import prepare as data_prepare  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/demo.py",
@@ -70,6 +64,16 @@ def main(argv: list[str]) -> None:
     if _MODE.value == "print":
         print(cli_flags.format_config(config))
         return
+    # JAX, TensorFlow and the training code load here, not at import: --help, --mode=print and a flag
+    # mistake answer without the seconds they take.
+    import jax
+
+    from aum_jax.core import workdir as workdir_lib
+    from aum_jax.data.sources import labels
+    from aum_jax.evaluation import report as report_lib
+    from aum_jax.training import config_checks, eval_mode, train
+    from aum_jax.training import prepare as data_prepare
+
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     if _COORDINATOR.value:

@@ -53,6 +53,10 @@ its raw logits are printed unless --loss is given. A model without a classificat
 pretraining model, num_classes 0) gives no scores: it is refused except with --embeddings.
 A model directory without checksums.json is refused unless --no-verify.
 
+A second call of a model is faster: what the first compiled and traced is kept under
+$AUM_JAX_CACHE (default ~/.cache/aum_jax), keyed by jax, the machine and the model (-v says what
+was loaded); deleting it is safe.
+
 Output files (--json, --plot, --save-logits, --save-features, --embeddings) are checked before
 the model is loaded: a path that exists is refused unless --overwrite, and so are a folder, two
 outputs naming one file, and an output naming an input. A file is written atomically: a kill or
@@ -69,27 +73,25 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from aum_jax.checkpoints import model_files  # noqa: E402
 from aum_jax.cli import command  # noqa: E402
 from aum_jax.cli import flags as cli_flags  # noqa: E402
 from aum_jax.core import memory, storage  # noqa: E402
 from aum_jax.data.features import audio, preprocessing  # noqa: E402
 from aum_jax.data.sources import labels  # noqa: E402
-from aum_jax.inference import (  # noqa: E402
-    embeddings,
-    plot,
-    classify,  # noqa: E402
-    whole,
-    windows,
-)
-from aum_jax.inference.stream import Stream  # noqa: E402
-from aum_jax.models.aum import WHOLE_POS_EMBEDS  # noqa: E402
-from aum_jax.ops import SCAN_IMPLS  # noqa: E402
+from aum_jax.inference import windows  # noqa: E402
 
+# JAX, orbax and the model load in the functions that run them, not at import: --help and a flag
+# mistake answer at once, without the seconds those imports take.
+if TYPE_CHECKING:
+    from aum_jax.inference import classify
+    from aum_jax.inference.stream import Stream
+
+MATMUL_PRECISIONS = ("highest", "high", "tensorfloat32", "bfloat16", "default")  # jax.default_matmul_precision's
 
 # The five things predict does, picked by the inputs and flags given, and the options each takes
 # (by their argparse ``dest``); parse_flags refuses an option given to a mode that does not take it.
@@ -125,6 +127,12 @@ def mode_of(args: argparse.Namespace) -> str:
     return "windows" if args.window_seconds or args.hop_seconds else "clips"
 
 
+def _check_choice(parser: argparse.ArgumentParser, flag: str, value: str, choices: tuple[str, ...]) -> None:
+    """argparse's refusal of a value not in ``choices``, for a flag whose choices are checked after parsing."""
+    if value not in choices:
+        parser.error(f"argument {flag}: invalid choice: {value!r} (choose from {', '.join(map(repr, choices))})")
+
+
 def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser = cli_flags.argument_parser("python -m aum_jax.predict", "Runs an aum-jax model on audio files or fbank "
                                      "features.", __doc__)
@@ -133,11 +141,13 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--features", help=".npy of normalised fbank features, float32 (B, T, F)")
     inputs.add_argument("--audio", nargs="+", help="audio files to classify")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples (windows) per forward pass (default: 32)")
-    parser.add_argument("--matmul-precision", default="highest", choices=classify.MATMUL_PRECISIONS,
+    parser.add_argument("--batch-size", type=int, default=32, help="examples (windows) per forward pass (default: 32, "
+                        "or the number of files or rows when fewer)")
+    parser.add_argument("--matmul-precision", default="highest", choices=MATMUL_PRECISIONS,
                         help="float32 matmuls: highest (default) computes as the original; on a GPU "
                         "tensorfloat32 is faster and about 1e-3 off")
-    parser.add_argument("--scan-impl", choices=(*SCAN_IMPLS, "auto"), help="selective-scan implementation (default: the model's)")
+    parser.add_argument("--scan-impl", help="selective-scan implementation: auto, or a name in aum_jax.ops.SCAN_IMPLS "
+                        "(an unknown name is refused with the list; default: the model's)")
     cli_flags.add_overwrite_flag(parser)
 
     scoring = parser.add_argument_group("scores (every mode but --embeddings)")
@@ -163,7 +173,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     one_pass = parser.add_argument_group("one pass over each whole file (--audio --whole)")
     one_pass.add_argument("--whole", action="store_true", help="run the model once over each whole file and "
                           "score every time patch (instead of windows)")
-    one_pass.add_argument("--whole-pos-embed", choices=WHOLE_POS_EMBEDS, help="how the position embedding extends "
+    one_pass.add_argument("--whole-pos-embed", help="how the position embedding extends "
                           "along time: interpolate (default; as the original resizes it for another input length) or "
                           "tile (the clip's columns repeated)")
 
@@ -198,6 +208,15 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
         parser.error("--mean and --std go together")
     if args.batch_size <= 0 or (args.top_k is not None and args.top_k <= 0):
         parser.error("--batch-size and --top-k must be positive")
+    # Names from the model's registries, which import JAX: checked only when given.
+    if args.scan_impl is not None:
+        from aum_jax.ops import SCAN_IMPLS
+
+        _check_choice(parser, "--scan-impl", args.scan_impl, (*SCAN_IMPLS, "auto"))
+    if args.whole_pos_embed is not None:
+        from aum_jax.models.aum import WHOLE_POS_EMBEDS
+
+        _check_choice(parser, "--whole-pos-embed", args.whole_pos_embed, WHOLE_POS_EMBEDS)
     args.top_k = 5 if args.top_k is None else args.top_k
     args.channel = args.channel or "first"
     args.whole_pos_embed = args.whole_pos_embed or "interpolate"
@@ -213,6 +232,8 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
 def _preprocessing(args: argparse.Namespace, model_dir: str, num_classes: int, num_mel_bins: int,
                    audio_length: int) -> preprocessing.Preprocessing:
     """The model's stored preprocessing with the flags' overrides; a model without one is said so."""
+    from aum_jax.checkpoints import model_files
+
     prep = model_files.load_preprocessing(model_dir)
     if prep is None:
         print(f"note: {model_dir} has no {model_files.PREPROCESSING_FILE}: "
@@ -245,6 +266,8 @@ def _save(path: str | None, array: np.ndarray | None, what: str) -> None:
 
 
 def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[classify.Timeline], dict[str, str]]:
+    from aum_jax.inference import classify, whole
+
     if not args.whole:
         windows.check_window(prep, args.window_seconds)  # the same for every file: an error, not a skipped file.
     timelines, skipped = [], {}
@@ -266,6 +289,8 @@ def _windowed(args: argparse.Namespace, model, prep) -> tuple[list[classify.Time
 
 
 def _run_audio(args: argparse.Namespace, model, prep) -> int:
+    from aum_jax.inference import classify, whole
+
     windowed = bool(args.window_seconds or args.hop_seconds or args.whole)
     if windowed:
         timelines, skipped = _windowed(args, model, prep)
@@ -309,6 +334,8 @@ def _write_timelines(args: argparse.Namespace, prep, timelines: list[classify.Ti
             f.write("]}\n")
         print(f"Wrote {args.json}")
     if args.plot and timelines:
+        from aum_jax.inference import plot  # matplotlib, only for a plot
+
         plot.plot_timelines(timelines, args.plot)
         print(f"Wrote {args.plot}")
 
@@ -330,6 +357,8 @@ def _stream_one(stream: Stream, path: str, args: argparse.Namespace) -> classify
 
 
 def _run_stream(args: argparse.Namespace, model_dir, prep) -> int:
+    from aum_jax.inference.stream import Stream
+
     stream = Stream(model_dir, preprocessing=prep, matmul_precision=args.matmul_precision, verify=not args.no_verify)
     timelines, skipped = [], {}
     for path in args.audio:
@@ -346,6 +375,8 @@ def _run_stream(args: argparse.Namespace, model_dir, prep) -> int:
 
 
 def _run_features(args: argparse.Namespace, model, prep) -> int:
+    from aum_jax.inference import classify
+
     features = np.load(args.features)
     logits, pooled = classify.logits_and_features(model, features, args.batch_size, args.matmul_precision)
     sources = [f"{args.features}[{i}]" for i in range(len(logits))]
@@ -359,6 +390,8 @@ def _run_features(args: argparse.Namespace, model, prep) -> int:
 
 
 def _run_embeddings(args: argparse.Namespace, model, prep) -> int:
+    from aum_jax.inference import embeddings
+
     layers = embeddings.parse_layers(args.layers, model.config.depth)
     rows = embeddings.embed_files(model, prep, args.audio, window_seconds=args.window_seconds,
                                   hop_seconds=args.hop_seconds, pool=args.pool, layers=layers, tokens=args.tokens,
@@ -380,6 +413,9 @@ OUTPUT_FLAGS = (("--json", "json"), ("--plot", "plot"), ("--save-logits", "save_
 
 
 def main(args: argparse.Namespace) -> int:
+    from aum_jax.checkpoints import model_files
+    from aum_jax.inference import classify
+
     inputs = [("--features", args.features)] if args.features else [("--audio", path) for path in args.audio]
     cli_flags.check_output_files([(flag, getattr(args, name)) for flag, name in OUTPUT_FLAGS],
                                  overwrite=args.overwrite, inputs=inputs)

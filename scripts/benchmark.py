@@ -78,6 +78,7 @@ from collections.abc import Callable  # noqa: E402
 
 import benchmark_haystack  # noqa: E402 (scripts/, the folder of this script)
 import benchmark_peers  # noqa: E402
+from benchmark_child import sgemm_gflops  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
@@ -279,19 +280,6 @@ def scan_section() -> list[Row]:
     return rows
 
 
-def _sgemm_gflops(mode: str) -> float:
-    """float32 matmul rate at the mode's precision, 2048^3."""
-    import jax
-
-    from aum_jax.training import speed
-
-    x = jax.random.normal(jax.random.key(0), (2048, 2048))
-    with jax.default_matmul_precision(speed.PRECISIONS[mode][0]):
-        mm = jax.jit(lambda x: x @ x)
-        ms = time_ms(lambda: mm(x), 10)
-    return 2 * 2048**3 / ms / 1e6
-
-
 ORIGINAL_MODES = {"highest": (False, False), "tensorfloat32": (True, False), "bfloat16": (False, True)}  # (tf32, amp)
 
 
@@ -319,7 +307,7 @@ def model_section() -> list[Row]:
     impls = _labelled(_MODEL_IMPLS.value or _runnable_impls())
     rows: list[Row] = []
     for mode in _MODES.value:
-        sgemm = _sgemm_gflops(mode)
+        sgemm = sgemm_gflops(speed.PRECISIONS[mode][0])
         rows.append((f"sgemm GFLOP/s (2048^3, {mode})", sgemm, "GFLOP/s"))
         originals = _originals(mode)
         for name in names:

@@ -1,4 +1,5 @@
-"""Shared fixtures and session settings: the absl flags grain needs, one XLA compilation cache."""
+"""Shared fixtures and session settings: the absl flags grain needs, one XLA compilation cache and one aum-jax
+cache per session."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="aum_jax_test_xla_cache_")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the toy programs compile in < 1 s each.
 
+# Everything else aum-jax caches (the traced model skeletons of aum_jax.core.warm_start, the demo's
+# data unless a test names its own folder) goes to one folder per session, not the user's home.
+_OWN_AUM_CACHE = "AUM_JAX_CACHE" not in os.environ
+if _OWN_AUM_CACHE:
+    os.environ["AUM_JAX_CACHE"] = tempfile.mkdtemp(prefix="aum_jax_test_cache_")
+
 # The tests check numbers, not speed: XLA's CPU backend with LLVM at -O0 compiles the suite's
 # hundreds of small programs a third faster (tests/models and tests/ops: 448 s -> 291 s of CPU)
 # and emits the same arithmetic (XLA's CPU fast-math is off at every level). Processes the tests
@@ -33,6 +40,8 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _OWN_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    if _OWN_AUM_CACHE:
+        shutil.rmtree(os.environ["AUM_JAX_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

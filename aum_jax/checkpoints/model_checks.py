@@ -42,7 +42,7 @@ def flat_params(tree: Any) -> dict[str, Any]:
 
 def checksums(params: nnx.State) -> dict[str, str]:
     """SHA-256 of each parameter's bytes, by its path."""
-    return {k: hashlib.sha256(np.ascontiguousarray(np.asarray(v)).tobytes()).hexdigest()
+    return {k: hashlib.sha256(np.ascontiguousarray(np.asarray(v)).data).hexdigest()  # hashed in place, not copied
             for k, v in sorted(flat_params(params).items())}
 
 

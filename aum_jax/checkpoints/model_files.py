@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
@@ -40,7 +41,7 @@ from aum_jax.checkpoints.model_checks import (
 from aum_jax.core import storage
 from aum_jax.core import workdir as workdir_lib
 from aum_jax.data.features import preprocessing as preprocessing_lib
-from aum_jax.models import AudioMamba, AuMConfig, model_with_params
+from aum_jax.models import AudioMamba, AuMConfig, model_with_params, skeleton
 
 # What a model directory holds: its parameters and JSON files (config, checksums, preprocessing, records).
 MODEL_DIR_FILES = (PARAMS_DIR, "*.json")
@@ -246,8 +247,9 @@ def open_model_dir(path: str | os.PathLike, *, verify: bool = True) -> ModelFile
 def load_model(directory: str | os.PathLike, *, verify: bool = True, **config_overrides) -> AudioMamba:
     """Restores a model saved by ``save_model``, checking what it reads (:func:`open_model_dir`, then the values).
 
-    The parameters are read into the model's abstract shapes (``models.model_with_params``): no
-    initialiser runs, so the process holds one copy of the weights.
+    The parameters are read into the model's abstract shapes (``models.skeleton``): no initialiser
+    runs and the model holds the arrays read (``models.model_with_params``), so the process holds one
+    copy of the weights.
 
     ``config_overrides`` may change fields that do not touch the parameters, such as
     ``scan_impl`` or ``drop_path_rate``.
@@ -260,15 +262,16 @@ def load_model(directory: str | os.PathLike, *, verify: bool = True, **config_ov
         config = files.config.replace(**config_overrides)
     except (TypeError, ValueError) as e:
         raise ModelDirectoryError(f"{files.path}: {e}") from e
-    abstract = nnx.state(nnx.eval_shape(lambda: AudioMamba(config, rngs=nnx.Rngs(0))), nnx.Param)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    abstract = skeleton(config).params
     params_dir = files.path / PARAMS_DIR
-    with ocp.StandardCheckpointer() as checkpointer:
+    # Read as host arrays, then placed on the device: a CPU device takes them without a copy, where orbax's
+    # restore into device arrays holds a second copy of every array while it reads (a peak of twice the weights).
+    as_host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+    with ocp.PyTreeCheckpointer() as checkpointer:
         try:
-            params = checkpointer.restore(params_dir, abstract)
+            params = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(item=abstract, restore_args=as_host))
         except Exception as e:  # noqa: BLE001 - any reader failure: the directory is damaged.
             raise ModelDirectoryError(f"{params_dir} is damaged (a truncated or overwritten file?): "
                                       f"{model_checks.read_error_reason(e)}") from e
     model_checks.check_values(params, files.path, files.checksums)
-    return model_with_params(config, params)
+    return model_with_params(config, jax.device_put(params, jax.local_devices()[0]))

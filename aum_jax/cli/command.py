@@ -1,9 +1,11 @@
-"""The one place where a command's user mistake becomes one ``error:`` line.
+"""The one place where a command starts: its compilation cache on, and a user mistake as one ``error:`` line.
 
   app.run(command.guard(main), flags_parser=flags.parse_absl_flags)
 
-:func:`guard` wraps a command's ``main``: a :class:`aum_jax.core.errors.UserError` (and the
-extra exception types a command names, e.g. predict's unreadable inputs) ends the process with
+:func:`guard` wraps a command's ``main``: it turns on the persistent XLA compilation cache
+(:func:`aum_jax.core.warm_start.enable_compilation_cache`) before ``main`` runs, and a
+:class:`aum_jax.core.errors.UserError` (and the extra exception types a command names, e.g.
+predict's unreadable inputs) ends the process with
 ``error: <the message on one line>`` on stderr and exit status 1 (:func:`one_line`: a reason on
 a later line of the message is kept); the message and its ``details`` are also an INFO log (``-v``). Any other
 exception is a bug and keeps its traceback.
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 
 from absl import logging
 
+from aum_jax.core import warm_start
 from aum_jax.core.errors import UserError
 
 _Main = TypeVar("_Main", bound=Callable[..., Any])
@@ -48,13 +51,17 @@ def exit_with_one_line(error: BaseException) -> None:
 
 
 def guard(main: _Main, also: tuple[type[BaseException], ...] = ()) -> _Main:
-    """``main``, with a UserError (or one of ``also``) turned into one ``error:`` line and exit status 1."""
+    """``main``, run with the compilation cache on, a UserError (or one of ``also``) turned into one ``error:``
+    line and exit status 1."""
 
     @functools.wraps(main)
     def guarded(*args: Any, **kwargs: Any) -> Any:
+        warm_start.enable_compilation_cache()
         try:
             return main(*args, **kwargs)
         except (UserError, *also) as e:
             exit_with_one_line(e)
+        finally:  # before an error line, which prints as the process exits
+            warm_start.log_compilation_cache()
 
     return guarded  # type: ignore[return-value]

@@ -12,6 +12,7 @@ confusion matrix (:func:`aum_jax.evaluation.confusion.confusion_matrix` of the s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 
 import jax
@@ -25,10 +26,10 @@ from scipy import special
 from tqdm import tqdm
 
 from aum_jax.core import sharding
-from aum_jax.data.pipeline import input_pipeline
-from aum_jax.evaluation import metrics
-from aum_jax.evaluation.losses import label_loss
 from aum_jax.models import AudioMamba
+
+# The input pipeline (grain), the metrics (scikit-learn) and the loss (optax) load in the functions that use
+# them: predict runs forward_pass alone, and its wait is mostly imports.
 
 
 @dataclasses.dataclass
@@ -63,11 +64,18 @@ class Embed:
     tokens: bool = False
 
 
-@nnx.jit(static_argnames=("with_features", "embed"))
-def _forward(model: AudioMamba, fbank: jax.Array, with_features: bool = False,
+@functools.partial(jax.jit, static_argnames=("graphdef", "with_features", "embed"))
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, fbank: jax.Array, with_features: bool = False,
              embed: Embed | None = None) -> dict[str, jax.Array]:
     """Fbank (B, T, F) -> ``{"logits": (B, C)}``, with ``"features": (B, D)`` if asked; with
-    ``embed`` also ``"layers": (B, K, D)`` and ``"tokens": (B, F', T', D)`` as asked."""
+    ``embed`` also ``"layers": (B, K, D)`` and ``"tokens": (B, F', T', D)`` as asked.
+
+    A pure function of the model's split ``state``: the program returns only its rows, so a call
+    reads the parameters in place and allocates no copy of them (an ``nnx.jit`` of the model would
+    also return its state). Nothing is donated: no output has the shape of an input, so XLA could
+    reuse none of their buffers. One program per batch shape (``forward_pass``'s batches are fixed).
+    """
+    model = nnx.merge(graphdef, state)
     if embed is None and not with_features:
         return {"logits": model(fbank)}
     out = model.outputs(fbank)
@@ -106,12 +114,12 @@ def forward_pass(
     Returns:
       The gathered :class:`Outputs` of every process's rows, in order.
     """
-    model = nnx.view(model, deterministic=True)  # eval mode, the caller's model left in its own.
+    graphdef, state = nnx.split(nnx.view(model, deterministic=True))  # eval mode, the caller's model left in its own.
     gathered: dict[str, list[np.ndarray]] = {}
     for batch in tqdm(batches, desc=desc, unit="batch", disable=jax.process_index() != 0, leave=False):
         arrays = sharding.global_batch(batch, mesh)
         with jax.set_mesh(mesh), jax.default_matmul_precision(matmul_precision):
-            rows = _forward(model, arrays["fbank"], with_features=with_features, embed=embed)
+            rows = _forward(graphdef, state, arrays["fbank"], with_features=with_features, embed=embed)
         if "label" in arrays:
             rows["labels"] = arrays["label"]
         rows, mask = multihost_utils.process_allgather((rows, arrays["mask"]), tiled=True)
@@ -144,6 +152,9 @@ def is_better(metric: str, new: float | None, best: float | None) -> bool:
 
 def split_metrics(outputs: Outputs, loss: str) -> dict[str, float]:
     """``{"mAP", "mAUC", "d_prime", "accuracy", "loss", "num_examples"}`` of a pass with labels."""
+    from aum_jax.evaluation import metrics
+    from aum_jax.evaluation.losses import label_loss
+
     logits, labels = outputs.logits, outputs.labels
     bad = int(np.sum(~np.isfinite(logits)))
     if bad:
@@ -160,6 +171,8 @@ def evaluate_split(
     matmul_precision: str = "highest",
 ) -> tuple[dict[str, float], Outputs]:
     """One pass over ``split`` of the data config ``data``: its metrics and its outputs."""
+    from aum_jax.data.pipeline import input_pipeline
+
     iterator = input_pipeline.make_eval_iterator(data, split)
     try:
         outputs = forward_pass(model, iterator, mesh, matmul_precision, desc=split)

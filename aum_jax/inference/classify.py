@@ -137,6 +137,7 @@ def logits_and_features(
     require_head(model.config)
     features = np.asarray(features)
     check_features(features, (model.config.audio_length, model.config.num_mel_bins))
+    batch_size = min(batch_size, max(len(features), 1))  # fewer rows than a batch: no padding rows are computed
     outputs = run_model(model, features.astype(np.float32), batch_size, matmul_precision, with_features=True)
     return outputs.logits, outputs.features
 
@@ -307,6 +308,7 @@ def classify_clips(
     """
     require_head(model.config)
     reader = _ClipReader(paths, prep, channel)
+    batch_size = min(batch_size, max(len(paths), 1))  # fewer files than a batch: no padding rows are computed
     outputs = run_model(model, reader, batch_size, matmul_precision, with_features)
     if not reader.read:
         raise ValueError("no file could be read: " + "; ".join(reader.skipped.values()))

@@ -163,9 +163,10 @@ def check_memory(model: AudioMamba, prep: preprocessing.Preprocessing, num_sampl
                  "?" if available is None else f"{available:.0f}")
 
 
-@nnx.jit(static_argnames=("pos_embed",))
-def _forward(model: AudioMamba, fbank: jax.Array, pos_embed: str) -> dict[str, jax.Array]:
-    return model.whole(fbank, pos_embed)
+@functools.partial(jax.jit, static_argnames=("graphdef", "pos_embed"))
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, fbank: jax.Array, pos_embed: str) -> dict[str, jax.Array]:
+    """``AudioMamba.whole`` of the split model: only its rows leave the program (no copy of the parameters)."""
+    return nnx.merge(graphdef, state).whole(fbank, pos_embed)
 
 
 def _single_pass(model: AudioMamba, prep: preprocessing.Preprocessing, waveform: np.ndarray, sample_rate: int,
@@ -177,7 +178,7 @@ def _single_pass(model: AudioMamba, prep: preprocessing.Preprocessing, waveform:
     fbank = prep.replace(target_length=length).features(waveform, sample_rate)[None]
     model = nnx.view(model, deterministic=True)  # eval mode, the caller's model left in its own.
     with jax.default_matmul_precision(matmul_precision):
-        out = jax.device_get(_forward(model, fbank, pos_embed))
+        out = jax.device_get(_forward(*nnx.split(model), fbank, pos_embed))
     t_grid = out["frame_logits"].shape[1]
     centres = embeddings.time_patch_centres(model, prep, t_grid)
     keep = centres < duration

@@ -18,6 +18,8 @@ longer sequence, and the head applied to each time step's patch tokens as well.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from aum_jax.core import warm_start
 from aum_jax.models.block import Block
 from aum_jax.models.config import AuMConfig
 from aum_jax.models.layers import RMSNorm
@@ -456,15 +459,61 @@ def init_model(config: AuMConfig, seed: int = 0, sharding: jax.sharding.Sharding
     return nnx.jit(build)()
 
 
+@dataclasses.dataclass(frozen=True)
+class Skeleton:
+    """A module's structure without its parameters (:func:`skeleton`).
+
+    Attributes:
+      graphdef: the module's graph, to merge with ``params`` and ``others``.
+      params: its ``nnx.Param`` state as ``jax.ShapeDtypeStruct`` leaves (what a checkpoint restores into).
+      others: its other variables (the RNG streams), with the values ``init_model`` gives them.
+    """
+
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    others: nnx.State
+
+
+def skeleton(config: AuMConfig, seed: int = 0, module: Callable[..., nnx.Module] = AudioMamba) -> Skeleton:
+    """``module(config, rngs=nnx.Rngs(seed))``'s :class:`Skeleton`, built by tracing the module once.
+
+    The one trace gives the graph and the parameters' shapes; the program it compiles returns only
+    the RNG state, so XLA drops the parameter initialisers as dead code and no parameter is computed.
+    Kept per (config, seed, module) for the process, and on disk for later ones
+    (:func:`aum_jax.core.warm_start.memoized`, keyed by the config and aum-jax's source).
+    """
+    return _skeleton(config, seed, module)
+
+
+@functools.lru_cache(maxsize=8)
+def _skeleton(config: AuMConfig, seed: int, module: Callable[..., nnx.Module]) -> Skeleton:
+    # NNX keeps no traced module between processes, and tracing a 24-block model's initialisers takes
+    # seconds (most of a warm predict's wait): the skeleton is kept on disk, keyed by the config and the code.
+    name = f"{module.__module__}.{module.__qualname__}"
+    return warm_start.memoized("skeleton", f"{name}\n{seed}\n{config!r}", lambda: _trace_skeleton(config, seed, module))
+
+
+def _trace_skeleton(config: AuMConfig, seed: int, module: Callable[..., nnx.Module]) -> Skeleton:
+    traced: dict[str, Any] = {}
+
+    def build() -> nnx.State:
+        graphdef, params, others = nnx.split(module(config, rngs=nnx.Rngs(seed)), nnx.Param, ...)
+        traced["graphdef"] = graphdef
+        traced["params"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+        return others
+
+    others = jax.jit(build).trace().lower().compile()()
+    return Skeleton(traced["graphdef"], traced["params"], others)
+
+
 def model_with_params(config: AuMConfig, params: nnx.State, seed: int = 0, *,
                       module: Callable[..., nnx.Module] = AudioMamba) -> nnx.Module:
-    """``module(config)`` holding ``params`` (its ``nnx.Param`` state, e.g. read from a checkpoint).
+    """``module(config)`` holding ``params`` (its ``nnx.Param`` state, e.g. read from a checkpoint), in place.
 
     Its other variables (the RNG streams) are those of ``init_model(config, seed)``; the initial
-    parameters are never computed, so no initialiser is compiled and no second copy of the
-    weights is held (a checkpoint's load costs the parameters' memory, nothing more).
+    parameters are never computed (:func:`skeleton`), so no initialiser runs and no second copy of the
+    weights is held: the model's parameters are the arrays of ``params``.
     """
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: module(config, rngs=nnx.Rngs(seed))), nnx.Param, ...)
-    # Only the RNG state leaves the program; XLA drops the parameter initialisers as dead code.
-    others = nnx.jit(lambda: nnx.state(module(config, rngs=nnx.Rngs(seed)), nnx.Not(nnx.Param)))()
-    return nnx.merge(graphdef, params, others)
+    frame = skeleton(config, seed, module)
+    others = jax.tree.map(lambda x: x, frame.others)  # new Variables of the same arrays: models never share RNG state
+    return nnx.merge(frame.graphdef, params, others)

@@ -80,9 +80,9 @@ def test_predict_computes_at_highest_precision_unless_told(monkeypatch):
     seen = []
     forward = evaluate._forward
 
-    def spy(model, x, **kwargs):
+    def spy(graphdef, state, x, **kwargs):
         seen.append(jax.config.jax_default_matmul_precision)
-        return forward(model, x, **kwargs)
+        return forward(graphdef, state, x, **kwargs)
 
     monkeypatch.setattr(evaluate, "_forward", spy)
     model = AudioMamba(AuMConfig(**TINY), rngs=nnx.Rngs(0))
