@@ -45,7 +45,7 @@ from typing import Any
 
 from absl import logging
 
-from aum_jax.core import storage
+from aum_jax.core import storage, warm_start
 from aum_jax.data.demo import acoustics, render, voices
 from aum_jax.data.demo.voices import espeak_ng, kokoro_82m, piper_tts
 from aum_jax.data.sources.datafile import write_datafile
@@ -135,9 +135,8 @@ class DemoDataset:
 
 
 def default_cache_dir() -> Path:
-    """``$AUM_JAX_CACHE/demo`` if the variable is set, else ``~/.cache/aum_jax/demo``."""
-    base = os.environ.get("AUM_JAX_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "aum_jax") / "demo"
+    """``$AUM_JAX_CACHE/demo`` if the variable is set, else ``~/.cache/aum_jax/demo`` (:func:`warm_start.cache_root`)."""
+    return warm_start.cache_root() / "demo"
 
 
 def _bank(seed: int, words: Sequence[str], recipe: Recipe, clips: dict[str, int]) -> list[render.UtteranceJob]:
