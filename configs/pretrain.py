@@ -67,7 +67,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if local:
         common.apply_runlocal(config)
         if variant == "demo":
-            config.demo.clips_per_word = 4
-            config.demo.valid_clips_per_word = 1
-            config.demo.eval_clips_per_word = 2
+            config.demo = demo.get_config("runlocal").demo  # the demo runlocal's few clips, banks and rooms (its data).
     return config

@@ -125,7 +125,8 @@ def test_predict_loads_its_programs_on_a_second_call_and_compiles_anew_for_anoth
 
     warm_top, warm = _predict(first, wav, cache)
     assert warm_top == cold_top
-    assert _counts(warm) == (_counts(cold)[1], 0)  # every program written by the first call is loaded, none compiled
+    loaded, written = _counts(warm)
+    assert loaded >= 1 and written == 0  # the forward is loaded and nothing is compiled (nor traced: no build program)
     assert set(os.listdir(cache / "xla" / folder)) == programs
 
     _, another = _predict(other, wav, cache)
