@@ -117,10 +117,11 @@ def save_aum(width: str, length: int, directory: str) -> None:
     """Saves a randomly initialised AuM of ``width`` for ``length``-frame clips as a model directory, with
     AudioSet's fbank statistics and BCE scores, as the converter saves a published checkpoint."""
     from aum_jax.checkpoints import model_files
-    from aum_jax.data.features.preprocessing import Preprocessing
+    from aum_jax.data.features.preprocessing import AUDIOSET_MEAN, AUDIOSET_STD, Preprocessing
     from aum_jax.models.aum import init_model
 
-    prep = Preprocessing(num_mel_bins=MEL_BINS, target_length=length, mean=-4.2677393, std=4.5689974, loss="BCE")
+    prep = Preprocessing(num_mel_bins=MEL_BINS, target_length=length, mean=AUDIOSET_MEAN, std=AUDIOSET_STD,
+                          loss="BCE")
     model_files.save_model(init_model(aum_config(width, length)), directory, preprocessing=prep)
 
 
